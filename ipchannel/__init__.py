@@ -1,0 +1,36 @@
+"""ipchannel: peer processes on one machine share one in-process service.
+
+One process is elected (file lock) to host a Unix-socket server in a daemon
+thread; every process, the host included, connects to it. When the host dies,
+another process takes over and the sockets reconnect by themselves.
+"""
+
+from __future__ import annotations
+
+from ._channel import Channel as Channel
+from ._channel import open_channel as open_channel
+from ._client import ChannelSocket as ChannelSocket
+from ._errors import ChannelClosed as ChannelClosed
+from ._errors import ChannelError as ChannelError
+from ._errors import ChannelTimeout as ChannelTimeout
+from ._errors import HostChanged as HostChanged
+from ._errors import RuntimeDirError as RuntimeDirError
+from ._version import __version__ as __version__
+
+__all__ = [
+    "Channel",
+    "ChannelClosed",
+    "ChannelError",
+    "ChannelSocket",
+    "ChannelTimeout",
+    "HostChanged",
+    "RuntimeDirError",
+    "__version__",
+    "open_channel",
+]
+
+for _name in __all__:
+    _obj = globals()[_name]
+    if hasattr(_obj, "__module__"):
+        _obj.__module__ = __name__
+del _name, _obj

@@ -1,0 +1,213 @@
+"""The socket ``connect()`` returns, and what its reads and writes do when the host changes.
+
+A ``ChannelSocket`` is a real ``socket.socket`` (``makefile()``, ``settimeout()``,
+selectors all work). When its connection is lost (EOF, reset, broken pipe) it
+asks the channel whether the host it talked to is still serving:
+
+- still serving: the handler closed the connection; plain socket behaviour;
+- not serving, and ``auto_reconnect``: the channel finds the new host and the
+  new connection is ``dup2``-ed onto the same file descriptor, so the object
+  and its ``fileno()`` stay the same. ``send``/``sendall`` then deliver to the
+  new host; ``recv``/``recv_into`` raise ``HostChanged`` (what the old host had
+  not answered is lost).
+
+Only ``recv``, ``recv_into``, ``send`` and ``sendall`` (and ``makefile()``, built
+on them) take part; ``sendfile``, ``recvmsg`` and friends behave as on a plain socket.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ._election import Deadline
+from ._errors import ChannelClosed, HostChanged
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer, WriteableBuffer
+
+    from ._hostrecord import HostRecord
+
+__all__ = ["ChannelSocket"]
+
+_LOGGER = logging.getLogger("ipchannel")
+_LOST = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
+
+
+class _Owner(Protocol):
+    """What a ChannelSocket needs from its Channel."""
+
+    name: str
+    auto_reconnect: bool
+
+    @property
+    def closed(self) -> bool: ...
+
+    def _still_serving(self, record: HostRecord) -> bool: ...
+
+    def _open_connection(self, deadline: Deadline) -> tuple[socket.socket, HostRecord]: ...
+
+
+class ChannelSocket(socket.socket):
+    """A connected AF_UNIX socket that follows its channel's host across failover.
+
+    Returned by ``Channel.connect()``; not meant to be created directly. A socket
+    made by ``dup()`` is a plain copy that does not follow the host.
+    """
+
+    def __init__(self, family: int = -1, type: int = -1, proto: int = -1, fileno: int | None = None) -> None:
+        super().__init__(family, type, proto, fileno)
+        self._owner: _Owner | None = None
+        self._record: HostRecord | None = None
+        self._timeout: float | None = None
+        self._epoch = 0
+        self._stale = False  # set in a forked child: reconnect before first use
+        self._peer_closed = False  # the host's handler closed this connection deliberately
+        self._channel_closed = False
+        self._recover_lock = threading.Lock()
+
+    def _attach(self, owner: _Owner, record: HostRecord, timeout: float | None) -> None:
+        self._owner, self._record, self._timeout = owner, record, timeout
+
+    @property
+    def host_generation(self) -> int | None:
+        """Generation of the host this socket is connected to."""
+        return None if self._record is None else self._record.generation
+
+    # -- the four I/O calls -------------------------------------------------
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        """Like ``socket.recv``; raises ``HostChanged`` if the host died while waiting."""
+        epoch, generation = self._before_io(reading=True), self.host_generation
+        try:
+            data = super().recv(bufsize, flags)
+        except _LOST as exc:
+            self._raise_if_host_changed(epoch, generation, exc)
+            raise
+        if not data and bufsize > 0:
+            self._raise_if_host_changed(epoch, generation, None)
+        return data
+
+    def recv_into(self, buffer: WriteableBuffer, nbytes: int = 0, flags: int = 0) -> int:
+        """Like ``socket.recv_into``; raises ``HostChanged`` if the host died while waiting."""
+        epoch, generation = self._before_io(reading=True), self.host_generation
+        try:
+            count = super().recv_into(buffer, nbytes, flags)
+        except _LOST as exc:
+            self._raise_if_host_changed(epoch, generation, exc)
+            raise
+        if count == 0 and (nbytes or memoryview(buffer).nbytes) > 0:
+            self._raise_if_host_changed(epoch, generation, None)
+        return count
+
+    def send(self, data: ReadableBuffer, flags: int = 0) -> int:
+        """Like ``socket.send``; if the host died, sends to the new host instead."""
+        while True:
+            epoch = self._before_io(reading=False)
+            try:
+                return super().send(data, flags)
+            except _LOST:
+                if not self._recover(epoch):
+                    raise
+
+    def sendall(self, data: ReadableBuffer, flags: int = 0) -> None:
+        """Like ``socket.sendall``; if the host died, sends everything again to the new host."""
+        while True:
+            epoch = self._before_io(reading=False)
+            try:
+                super().sendall(data, flags)
+            except _LOST:
+                if not self._recover(epoch):
+                    raise
+            else:
+                return
+
+    # -- recovery ------------------------------------------------------------
+
+    def _before_io(self, *, reading: bool) -> int:
+        if self._channel_closed:
+            raise ChannelClosed(self._owner.name if self._owner else "?")
+        if self._stale:
+            generation = self.host_generation
+            if self._recover(self._epoch, forked=True) and reading:
+                raise self._host_changed(generation)
+        return self._epoch
+
+    def _raise_if_host_changed(self, epoch: int, generation: int | None, exc: BaseException | None) -> None:
+        if self._recover(epoch):
+            raise self._host_changed(generation) from exc
+
+    def _host_changed(self, old_generation: int | None) -> HostChanged:
+        owner = self._owner
+        return HostChanged(owner.name if owner else "?", old_generation, self.host_generation)
+
+    def _recover(self, epoch: int, *, forked: bool = False) -> bool:
+        """After a lost connection: reconnect to the new host and return True, or False for a plain EOF.
+
+        Raises ``ChannelClosed`` if the channel was closed, ``ChannelTimeout`` if
+        no host appeared within the timeout the socket was connected with.
+        """
+        owner = self._owner
+        if owner is None:
+            return False
+        with self._recover_lock:
+            if self._channel_closed or owner.closed:
+                raise ChannelClosed(owner.name)
+            if self._epoch != epoch:
+                return True  # another thread already moved this socket to the new host
+            if self._peer_closed or not owner.auto_reconnect:
+                return False
+            old = self._record
+            if not forked and old is not None and owner._still_serving(old):  # noqa: SLF001
+                self._peer_closed = True
+                return False
+            self._reconnect(owner, old)
+            return True
+
+    def _reconnect(self, owner: _Owner, old: HostRecord | None) -> None:
+        fresh, record = owner._open_connection(Deadline(self._timeout))  # noqa: SLF001
+        try:
+            os.dup2(fresh.fileno(), self.fileno())
+        finally:
+            fresh.close()
+        self.settimeout(self.gettimeout())  # the new description starts blocking; reapply our mode
+        self._record = record
+        self._stale = False
+        self._epoch += 1
+        _LOGGER.info(
+            "channel %r: socket reconnected to host pid %d (generation %s -> %d)",
+            owner.name,
+            record.pid,
+            None if old is None else old.generation,
+            record.generation,
+        )
+
+    # -- called by the channel -------------------------------------------------
+
+    def _close_for_channel(self) -> None:
+        """The channel was closed: wake any blocked call (it raises ChannelClosed) and close."""
+        self._channel_closed = True
+        if self.fileno() >= 0:
+            try:
+                self.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            self.close()
+
+    def _detach_after_fork(self) -> None:
+        """In a forked child: drop our copy of the parent's connection; reconnect on first use."""
+        if self.fileno() < 0:
+            return
+        placeholder = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            os.dup2(placeholder.fileno(), self.fileno())
+        finally:
+            placeholder.close()
+        self._recover_lock = threading.Lock()
+        self._stale = True
+
+    def __reduce__(self) -> Any:
+        raise TypeError("a ChannelSocket cannot be pickled; call channel.connect() in the other process")

@@ -1,0 +1,161 @@
+"""The election: a cross-process lock decides who hosts a channel.
+
+Protocol, for a channel ``NAME`` in one runtime directory:
+
+1. Whoever holds the flock on ``NAME.lock`` is the host. The kernel drops the
+   lock when the holder dies, so at most one process ever hosts.
+2. The new host removes a stale ``NAME.sock``, binds and listens, then writes
+   ``NAME.host`` with generation = previous + 1.
+3. Everyone else reads ``NAME.host`` and connects to the socket it names; a
+   missing, stale or refusing host means "back off briefly and try again".
+
+This is the only module that imports filelock. ``NAME.lock`` is never unlinked:
+a process may hold a descriptor on the old inode while a newcomer would lock a
+fresh file, and both would think they host (filelock issue #31).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import time
+from typing import TYPE_CHECKING
+
+import filelock
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+
+__all__ = ["Backoff", "Deadline", "HostLock", "validate_timeout"]
+
+_LOGGER = logging.getLogger("ipchannel")
+
+
+class HostLock:
+    """The lock whose holder hosts the channel.
+
+    Not thread-local (``thread_local=False``): the monitor thread may take it
+    and ``close()`` or atexit release it from another thread.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._lock = filelock.FileLock(str(path), thread_local=False)
+        self._held = False
+        self._fd: int | None = None
+        self._identity: tuple[int, int] | None = None
+
+    @property
+    def held(self) -> bool:
+        """True while this process holds the lock."""
+        return self._held
+
+    def try_acquire(self) -> bool:
+        """Take the lock without waiting; return True if we now hold it."""
+        if self.held:
+            return True
+        try:
+            self._lock.acquire(blocking=False)
+        except filelock.Timeout:
+            return False
+        self._held = True
+        # Remembered so a forked child can close exactly this descriptor (see forget_after_fork).
+        fd = getattr(getattr(self._lock, "_context", None), "lock_file_fd", None)
+        if isinstance(fd, int):
+            st = os.fstat(fd)
+            self._fd, self._identity = fd, (st.st_dev, st.st_ino)
+        return True
+
+    def release(self) -> None:
+        """Give the lock up, so another process can host."""
+        if not self._held:
+            return
+        self._held = False
+        self._fd = None
+        self._identity = None
+        self._lock.release(force=True)
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: close the inherited descriptor and forget the lock, without unlocking.
+
+        No release(): LOCK_UN on the inherited open file description would free
+        the *parent's* lock, and filelock's ``__del__`` releases with force.
+        """
+        if self._fd is not None and self._identity is not None:
+            try:
+                st = os.fstat(self._fd)
+            except OSError:
+                st = None  # filelock >= 4 closes its descriptors in its own at-fork hook
+            if st is not None and (st.st_dev, st.st_ino) == self._identity:
+                os.close(self._fd)
+        context = getattr(self._lock, "_context", None)
+        if context is not None and getattr(context, "lock_file_fd", None) is not None:
+            # filelock 3.x still believes it holds the lock: make its finalizer a no-op.
+            context.lock_file_fd = None
+            if hasattr(context, "lock_counter"):
+                context.lock_counter = 0
+        self._held = False
+        self._fd = None
+        self._identity = None
+        self._lock = filelock.FileLock(str(self._path), thread_local=False)
+
+
+def validate_timeout(timeout: object) -> float | None:
+    """Return ``timeout`` as float seconds (None: wait forever), or raise TypeError/ValueError."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number of seconds or None, not {type(timeout).__name__}")
+    seconds = float(timeout)
+    if math.isnan(seconds) or seconds < 0:
+        raise ValueError(f"timeout must be a number of seconds >= 0, or None to wait forever; got {timeout!r}")
+    return None if math.isinf(seconds) else seconds
+
+
+class Deadline:
+    """A point in time measured on the monotonic clock; ``None`` timeout means never."""
+
+    def __init__(self, timeout: float | None) -> None:
+        self.timeout = timeout
+        self._start = time.monotonic()
+        self._end = math.inf if timeout is None else self._start + timeout
+
+    def remaining(self) -> float:
+        """Seconds left, never negative; ``inf`` for no deadline."""
+        return max(0.0, self._end - time.monotonic())
+
+    def elapsed(self) -> float:
+        """Seconds since the deadline was created."""
+        return time.monotonic() - self._start
+
+
+class Backoff:
+    """Waits between election attempts: 1 ms doubling to 50 ms, with jitter, within a deadline.
+
+    ``wait(seconds)`` is the channel's stop Event ``wait``, so ``close()``
+    interrupts a waiting ``connect()``; it returns True when interrupted.
+    """
+
+    FIRST = 0.001
+    CAP = 0.05
+
+    def __init__(self, deadline: Deadline, wait: Callable[[float], bool]) -> None:
+        self._deadline = deadline
+        self._wait = wait
+        self._delay = self.FIRST
+
+    def sleep(self) -> bool:
+        """Wait for the next attempt. Return False if the deadline has passed or the wait was interrupted."""
+        remaining = self._deadline.remaining()
+        if remaining <= 0:
+            return False
+        delay = min(self._delay * random.uniform(0.5, 1.5), remaining)  # noqa: S311 - jitter, not crypto
+        self._delay = min(self._delay * 2, self.CAP)
+        if self._wait(delay):
+            return False
+        _LOGGER.debug("election: retrying after %.1f ms", delay * 1000)
+        return True
+

@@ -1,0 +1,110 @@
+"""Exceptions raised by ipchannel.
+
+One root, with builtin mix-ins so ``except TimeoutError`` and friends work::
+
+    ChannelError
+    ├── ChannelTimeout   (also TimeoutError)          no host could be reached in time
+    ├── HostChanged      (also ConnectionResetError)  the host died; the socket now talks to a new one
+    ├── ChannelClosed                                  *your* code closed the channel
+    └── RuntimeDirError  (also OSError)                the runtime directory cannot be used safely
+
+Each exception keeps its context as attributes, builds its text in ``__str__``
+and pickles through ``__reduce__``, so it survives being sent to another process.
+"""
+
+from __future__ import annotations
+
+import errno
+from typing import Any
+
+__all__ = ["ChannelClosed", "ChannelError", "ChannelTimeout", "HostChanged", "RuntimeDirError"]
+
+
+class ChannelError(Exception):
+    """Root of every error ipchannel raises."""
+
+
+class ChannelTimeout(ChannelError, TimeoutError):
+    """No live host could be reached before the timeout.
+
+    Raised by ``connect()``, and by a socket operation that had to wait for a
+    new host after the old one died.
+    """
+
+    def __init__(
+        self, channel: str, runtime_dir: str, waited: float, last_host_pid: int | None, detail: str = ""
+    ) -> None:
+        super().__init__(errno.ETIMEDOUT, f"timed out on channel {channel!r}")
+        self.channel = channel
+        self.runtime_dir = runtime_dir
+        self.waited = waited
+        self.last_host_pid = last_host_pid
+        self.detail = detail
+
+    def __str__(self) -> str:
+        last = "no host seen" if self.last_host_pid is None else f"last host pid {self.last_host_pid}"
+        text = (
+            f"no host for channel {self.channel!r} in {self.runtime_dir} "
+            f"after waiting {self.waited:.3f} s ({last})"
+        )
+        return f"{text}: {self.detail}" if self.detail else text
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.channel, self.runtime_dir, self.waited, self.last_host_pid, self.detail)
+
+
+class HostChanged(ChannelError, ConnectionResetError):
+    """The host died while this socket was waiting for it; the socket now talks to the new host.
+
+    Whatever the old host had not answered is lost: send the request again.
+    """
+
+    def __init__(self, channel: str, old_generation: int | None, new_generation: int | None) -> None:
+        super().__init__(errno.ECONNRESET, f"host of channel {channel!r} changed")
+        self.channel = channel
+        self.old_generation = old_generation
+        self.new_generation = new_generation
+
+    def __str__(self) -> str:
+        return (
+            f"host of channel {self.channel!r} changed (generation {self.old_generation} -> "
+            f"{self.new_generation}); the socket is connected to the new host, resend what was not answered"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.channel, self.old_generation, self.new_generation)
+
+
+class ChannelClosed(ChannelError):
+    """The channel was closed by this process's own code, so it cannot be used any more."""
+
+    def __init__(self, channel: str) -> None:
+        super().__init__(channel)
+        self.channel = channel
+
+    def __str__(self) -> str:
+        return f"channel {self.channel!r} is closed; create a new Channel to connect again"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.channel,)
+
+
+class RuntimeDirError(ChannelError, OSError):
+    """The runtime directory cannot be used safely; nothing was written through it.
+
+    ``path`` is the directory, ``problem`` says which check failed and
+    ``hint`` what to do about it.
+    """
+
+    def __init__(self, path: str, problem: str, hint: str = "") -> None:
+        super().__init__(problem)
+        self.path = path
+        self.problem = problem
+        self.hint = hint
+
+    def __str__(self) -> str:
+        text = f"runtime directory {self.path} {self.problem}"
+        return f"{text}; {self.hint}" if self.hint else text
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.path, self.problem, self.hint)

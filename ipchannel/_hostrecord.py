@@ -1,0 +1,144 @@
+"""The host record: who hosts a channel, written by the host only.
+
+``NAME.host`` holds JSON: pid, process create time, socket path, generation and
+start time. It is written after the server listens, atomically (temporary file,
+then ``os.replace``), so a reader sees the old record, the new one or none,
+never half of one. A host is identified by (pid, create time), so a pid reused
+by an unrelated process is never mistaken for the host.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from typing import TYPE_CHECKING, Literal
+
+import psutil
+
+from . import _platform
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+__all__ = ["HostRecord", "Liveness", "own_create_time", "read_record", "remove_record", "write_record"]
+
+_LOGGER = logging.getLogger("ipchannel")
+
+Liveness = Literal["alive", "dead", "unknown"]
+
+# psutil derives create times from the boot time, which follows the wall clock
+# (NTP steps move it by whole seconds); a reused pid starts much later than that.
+_CREATE_TIME_TOLERANCE = 1.0
+
+
+@lru_cache(maxsize=4)
+def own_create_time(pid: int) -> float:
+    """Return the create time of this process (cached per pid, so a forked child looks itself up)."""
+    return psutil.Process(pid).create_time()
+
+
+@dataclass(frozen=True)
+class HostRecord:
+    """One host term of a channel."""
+
+    #: pid of the hosting process
+    pid: int
+    #: its create time (psutil), to tell it from a later process with the same pid
+    create_time: float
+    #: path of the socket it listens on
+    sock: str
+    #: 1 for the first host, +1 for every host after it
+    generation: int
+    #: wall-clock time the host started serving
+    started: float
+
+    def to_json(self) -> bytes:
+        """Return the record as JSON bytes."""
+        return json.dumps(asdict(self), sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> HostRecord:
+        """Parse a record; raise ``ValueError`` if it is not one."""
+        try:
+            raw = json.loads(data)
+            record = cls(
+                pid=int(raw["pid"]),
+                create_time=float(raw["create_time"]),
+                sock=str(raw["sock"]),
+                generation=int(raw["generation"]),
+                started=float(raw["started"]),
+            )
+        except (KeyError, TypeError, ValueError, UnicodeDecodeError) as exc:
+            raise ValueError(f"not a host record: {exc}") from exc
+        if record.pid <= 0 or record.generation <= 0:
+            raise ValueError("not a host record: pid and generation must be positive")
+        return record
+
+    def liveness(self) -> Liveness:
+        """Say whether the recorded process still runs: "alive", "dead", or "unknown".
+
+        "unknown" (no permission to look, or a zombie) fails closed: callers
+        treat it as alive and let the lock decide.
+        """
+        try:
+            proc = psutil.Process(self.pid)
+            create_time = proc.create_time()
+        except psutil.ZombieProcess:
+            return "unknown"
+        except psutil.NoSuchProcess:
+            return "dead"
+        except psutil.AccessDenied:
+            return "unknown"
+        if abs(create_time - self.create_time) > _CREATE_TIME_TOLERANCE:
+            return "dead"
+        return "alive"
+
+    def serving(self) -> bool:
+        """Return True only if the recorded process runs and is not exiting.
+
+        Stricter than ``liveness()``: used to decide whether an EOF came from
+        a handler that returned (host still serving) or from a host that died.
+        """
+        return self.liveness() == "alive" and not _platform.process_exiting(self.pid)
+
+
+def read_record(path: Path) -> HostRecord | None:
+    """Return the record at ``path``, or None if it is missing or unreadable (logged at DEBUG)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        _LOGGER.debug("cannot read host record %s: %s", path, exc)
+        return None
+    try:
+        return HostRecord.from_json(data)
+    except ValueError as exc:
+        _LOGGER.debug("ignoring host record %s: %s", path, exc)
+        return None
+
+
+def write_record(path: Path, record: HostRecord) -> None:
+    """Write ``record`` to ``path`` atomically. Only the lock holder calls this."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        try:
+            os.write(fd, record.to_json())
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def remove_record(path: Path) -> None:
+    """Remove the record at ``path`` if present. Only the lock holder calls this."""
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()

@@ -1,0 +1,118 @@
+"""Channel names, the runtime directory, and the files of a channel inside it.
+
+The runtime directory is ``IPCHANNEL_DIR`` if set, else ``$XDG_RUNTIME_DIR/ipchannel``,
+else ``<tempdir>/ipchannel-<uid>``. It is created with mode 0700 and refused
+(``RuntimeDirError``, nothing written) if it is a symlink, not a directory, not
+owned by us, or writable by group or others: every lock, record and socket of
+every channel lives in it, so whoever can write there can impersonate a host.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import stat
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import _platform
+from ._errors import RuntimeDirError
+
+__all__ = ["NAME_RULE", "ChannelPaths", "ensure_runtime_dir", "resolve_runtime_dir", "validate_name"]
+
+NAME_RULE = "1-64 characters of letters, digits, '.', '_' and '-', not starting with '.'"
+_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
+
+
+def validate_name(name: object) -> str:
+    """Return ``name`` if it is a valid channel name, else raise ``TypeError``/``ValueError``."""
+    if not isinstance(name, str):
+        raise TypeError(f"channel name must be a str ({NAME_RULE}), not {type(name).__name__}")
+    if not _NAME.fullmatch(name):
+        raise ValueError(f"invalid channel name {name!r}: must be {NAME_RULE}")
+    return name
+
+
+def resolve_runtime_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """Return the runtime directory to use, without touching the filesystem."""
+    if explicit is not None:
+        return Path(os.fspath(explicit)).absolute()
+    if env := os.environ.get("IPCHANNEL_DIR"):
+        return Path(env).absolute()
+    if xdg := os.environ.get("XDG_RUNTIME_DIR"):
+        return Path(xdg, "ipchannel").absolute()
+    return Path(tempfile.gettempdir(), f"ipchannel-{os.geteuid()}").absolute()
+
+
+def ensure_runtime_dir(path: Path) -> None:
+    """Create ``path`` (mode 0700) if missing, then check it is safe to use; else raise RuntimeDirError."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        _create(path)
+        st = path.lstat()
+    except OSError as exc:
+        raise RuntimeDirError(str(path), f"cannot be examined: {exc.strerror}") from exc
+    _check(path, st)
+
+
+def _create(path: Path) -> None:
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        return  # another process created it first; _check() examines it
+    except FileNotFoundError as exc:
+        raise RuntimeDirError(
+            str(path),
+            f"cannot be created: its parent {path.parent} does not exist",
+            "create the parent, or set IPCHANNEL_DIR to a directory that can be created",
+        ) from exc
+    except OSError as exc:
+        raise RuntimeDirError(
+            str(path), f"cannot be created: {exc.strerror}", "set IPCHANNEL_DIR to a writable location"
+        ) from exc
+
+
+def _check(path: Path, st: os.stat_result) -> None:
+    fix = "set IPCHANNEL_DIR to a private directory (mode 0700, owned by you)"
+    if stat.S_ISLNK(st.st_mode):
+        raise RuntimeDirError(str(path), "is a symlink, which could point anywhere", fix)
+    if not stat.S_ISDIR(st.st_mode):
+        raise RuntimeDirError(str(path), "is not a directory", fix)
+    if st.st_uid != os.geteuid():
+        raise RuntimeDirError(str(path), f"is owned by uid {st.st_uid}, not by you (uid {os.geteuid()})", fix)
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise RuntimeDirError(
+            str(path),
+            f"is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})",
+            f"run 'chmod 700 {path}', or {fix}",
+        )
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise RuntimeDirError(str(path), "is not writable by you", fix)
+
+
+@dataclass(frozen=True)
+class ChannelPaths:
+    """The three files of one channel: lock (anyone), host record and socket (the host only)."""
+
+    directory: Path
+    lock: Path
+    record: Path
+    sock: Path
+
+    @classmethod
+    def for_channel(cls, name: str, directory: Path) -> ChannelPaths:
+        """Return the paths of channel ``name``; the socket name is hashed if the path is too long."""
+        sock = directory / f"{name}.sock"
+        if len(os.fsencode(sock)) > _platform.SUN_PATH_MAX:
+            sock = directory / f"h{hashlib.sha256(name.encode()).hexdigest()[:15]}.sock"
+        if len(os.fsencode(sock)) > _platform.SUN_PATH_MAX:
+            raise RuntimeDirError(
+                str(directory),
+                f"is too long for a Unix socket path ({len(os.fsencode(sock))} bytes with the socket name, "
+                f"the limit is {_platform.SUN_PATH_MAX})",
+                "set IPCHANNEL_DIR to a shorter path",
+            )
+        return cls(directory, directory / f"{name}.lock", directory / f"{name}.host", sock)

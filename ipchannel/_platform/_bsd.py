@@ -1,0 +1,38 @@
+"""macOS and the BSDs: LOCAL_PEERCRED for the peer's uid; no cheap exit flag or fd scan."""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+import psutil
+
+__all__ = ["SUN_PATH_MAX", "lock_holders", "peer_credentials", "process_exiting"]
+
+SUN_PATH_MAX = 103  # sizeof(sockaddr_un.sun_path) is 104
+
+_SOL_LOCAL = 0
+_LOCAL_PEERCRED = 0x001
+_XUCRED_HEAD = struct.Struct("Ii")  # struct xucred: cr_version, cr_uid, ...
+
+
+def peer_credentials(sock: socket.socket) -> tuple[int | None, int | None]:
+    """Return ``(None, uid)``: the BSDs report the peer's uid but not, portably, its pid."""
+    raw = sock.getsockopt(_SOL_LOCAL, _LOCAL_PEERCRED, 76)  # sizeof(struct xucred)
+    _version, uid = _XUCRED_HEAD.unpack_from(raw)
+    return None, uid
+
+
+def process_exiting(pid: int) -> bool:
+    """Return True if ``pid`` is gone or a zombie; the exit flag itself is not visible here."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.AccessDenied:
+        return False
+
+
+def lock_holders(path: str) -> list[int] | None:  # noqa: ARG001 - same signature on every platform
+    """Return None: finding who holds a file needs root here."""
+    return None

@@ -1,0 +1,64 @@
+"""Linux: SO_PEERCRED, /proc/PID/stat flags and /proc/PID/fd."""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+from pathlib import Path
+
+__all__ = ["SUN_PATH_MAX", "lock_holders", "peer_credentials", "process_exiting"]
+
+SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) is 108, one byte for the NUL
+
+_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+_PF_EXITING = 0x00000004  # include/linux/sched.h; set before the task closes its files
+
+
+def peer_credentials(sock: socket.socket) -> tuple[int | None, int | None]:
+    """Return ``(pid, uid)`` of the peer; for a client socket, of the process that listens."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+    pid, uid, _gid = _UCRED.unpack(raw)
+    return (pid or None), uid
+
+
+def process_exiting(pid: int) -> bool:
+    """Return True if ``pid`` has started to exit (PF_EXITING), is a zombie, or is gone.
+
+    A killed host closes its sockets inside exit, before it becomes a zombie:
+    this flag closes that window, so an EOF from a dying host is never taken
+    for a handler that simply returned.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return True
+    # The command name may hold spaces and parentheses: split after the last ')'.
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    state, flags = fields[0], int(fields[6])
+    return state in {b"Z", b"X", b"x"} or bool(flags & _PF_EXITING)
+
+
+def lock_holders(path: str) -> list[int] | None:
+    """Return the pids that hold an open descriptor on ``path`` (visible to us), or None."""
+    try:
+        target = os.stat(path)
+    except OSError:
+        return None
+    holders: list[int] = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fds = list((entry / "fd").iterdir())
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                st = fd.stat()
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino):
+                holders.append(int(entry.name))
+                break
+    return holders

@@ -1,0 +1,26 @@
+"""Platforms without AF_UNIX and flock: every name exists, and raises when called."""
+
+from __future__ import annotations
+
+import socket
+import sys
+
+__all__ = ["SUN_PATH_MAX", "lock_holders", "peer_credentials", "process_exiting"]
+
+SUN_PATH_MAX = 0
+_MESSAGE = f"ipchannel needs Unix domain sockets and flock; {sys.platform} is not supported"
+
+
+def peer_credentials(sock: socket.socket) -> tuple[int | None, int | None]:
+    """Raise NotImplementedError: no AF_UNIX peer credentials here."""
+    raise NotImplementedError(_MESSAGE)
+
+
+def process_exiting(pid: int) -> bool:
+    """Raise NotImplementedError."""
+    raise NotImplementedError(_MESSAGE)
+
+
+def lock_holders(path: str) -> list[int] | None:
+    """Raise NotImplementedError."""
+    raise NotImplementedError(_MESSAGE)

@@ -1,0 +1,210 @@
+"""Hosting: the Unix-socket server that runs the user's handler, in the host process only.
+
+Lifecycle contract (socketserver's pitfalls, handled here):
+
+- handler threads are daemon threads named ``ipchannel-handler:NAME`` and are
+  tracked, with their sockets, so ``close_connections()`` can shut every live
+  connection down (clients see EOF at once) and join the threads;
+- ``serve_forever`` runs on ``ipchannel-server:NAME``; ``stop_listening()``
+  wakes it by shutting the listening socket, so it returns at once rather
+  than after a poll interval, and unlinks the socket file only if it is ours;
+- handler errors are logged, never printed; a peer with another uid is refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import socketserver
+import sys
+import threading
+from typing import TYPE_CHECKING, Any
+
+from . import _platform
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+
+__all__ = ["HostedServer", "handler_class"]
+
+_LOGGER = logging.getLogger("ipchannel")
+_JOIN_TIMEOUT = 2.0
+
+
+def handler_class(handler: object) -> type[socketserver.BaseRequestHandler]:
+    """Adapt the user's handler to a ``BaseRequestHandler`` subclass, or raise ``TypeError``."""
+    if isinstance(handler, type):
+        if issubclass(handler, socketserver.BaseRequestHandler):
+            return handler
+        raise TypeError(
+            f"handler class {handler.__qualname__} is not a socketserver.BaseRequestHandler subclass; "
+            "pass such a subclass, or a callable handler(conn: socket.socket)"
+        )
+    if not callable(handler):
+        raise TypeError(
+            "handler must be a callable handler(conn: socket.socket) or a "
+            f"socketserver.BaseRequestHandler subclass, not {type(handler).__name__}"
+        )
+    func: Callable[[socket.socket], object] = handler
+
+    class _CallableHandler(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            func(self.request)
+
+    _CallableHandler.__qualname__ = f"handler[{getattr(handler, '__qualname__', repr(handler))}]"
+    return _CallableHandler
+
+
+class _UnixServer(socketserver.ThreadingUnixStreamServer):
+    daemon_threads = True
+    block_on_close = False  # stop() shuts connections and joins handler threads itself
+    request_queue_size = 128  # a whole election storm connects at once; socketserver's default is 5
+
+    def __init__(self, path: Path, handler: type[socketserver.BaseRequestHandler], name: str) -> None:
+        self.channel_name = name
+        self._tracked_lock = threading.Lock()
+        self._live_requests: set[socket.socket] = set()
+        self._handler_threads: set[threading.Thread] = set()
+        super().__init__(str(path), handler)
+        st = os.lstat(path)
+        self.identity = (st.st_dev, st.st_ino)
+
+    def server_bind(self) -> None:
+        super().server_bind()
+        os.chmod(self.server_address, 0o600)
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:  # noqa: ARG002 - socketserver hook
+        _pid, uid = _platform.peer_credentials(request)
+        if uid is not None and uid != os.geteuid():
+            _LOGGER.warning("channel %r: refused a connection from uid %s", self.channel_name, uid)
+            return False
+        return True
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        thread = threading.Thread(
+            target=self.process_request_thread,
+            args=(request, client_address),
+            name=f"ipchannel-handler:{self.channel_name}",
+            daemon=True,
+        )
+        with self._tracked_lock:
+            self._live_requests.add(request)
+            self._handler_threads.add(thread)
+        thread.start()
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._tracked_lock:
+                self._handler_threads.discard(threading.current_thread())
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._tracked_lock:
+            self._live_requests.discard(request)
+        super().shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:  # noqa: ARG002 - socketserver hook
+        # A client process that dies mid-conversation is normal; anything else is the handler's bug.
+        level = logging.DEBUG if isinstance(sys.exc_info()[1], ConnectionError) else logging.ERROR
+        _LOGGER.log(level, "channel %r: handler raised", self.channel_name, exc_info=True)
+
+    def tracked(self) -> tuple[list[socket.socket], list[threading.Thread]]:
+        with self._tracked_lock:
+            return list(self._live_requests), list(self._handler_threads)
+
+
+class HostedServer:
+    """The listening server of a host, and the thread that runs it.
+
+    It binds and listens on a private temporary path; ``publish()`` renames
+    the socket to the channel's path once the host record is written, so a
+    socket at that path always belongs to a host whose record is in place.
+    """
+
+    def __init__(self, name: str, bind_path: Path, handler: type[socketserver.BaseRequestHandler]) -> None:
+        self._name = name
+        self._path = bind_path
+        self._server = _UnixServer(bind_path, handler, name)
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+
+    def publish(self, path: Path) -> None:
+        """Move the listening socket to ``path``, atomically replacing a stale socket file."""
+        os.replace(self._path, path)
+        self._path = path
+
+    def start(self) -> None:
+        """Start (or restart) ``serve_forever`` on a named daemon thread."""
+        self._thread = threading.Thread(
+            target=self._serve, name=f"ipchannel-server:{self._name}", daemon=True
+        )
+        self._thread.start()
+
+    def _serve(self) -> None:
+        try:
+            self._server.serve_forever(poll_interval=0.5)
+        except Exception:
+            _LOGGER.exception("channel %r: server thread died", self._name)
+
+    def restart_if_dead(self) -> bool:
+        """Restart the server thread if it died; return True if it had to."""
+        if self._stopped or self._thread is None or self._thread.is_alive():
+            return False
+        _LOGGER.warning("channel %r: server thread had died; restarting it", self._name)
+        self.start()
+        return True
+
+    def stop_listening(self) -> None:
+        """Stop accepting: wake and end ``serve_forever``, close the listener, unlink our socket file."""
+        if self._stopped:
+            return
+        self._stopped = True
+        with contextlib.suppress(OSError):
+            self._server.socket.shutdown(socket.SHUT_RDWR)  # wakes serve_forever's select at once
+        if self._thread is not None:
+            if self._thread.is_alive() and self._thread is not threading.current_thread():
+                self._server.shutdown()
+            self._thread.join(_JOIN_TIMEOUT)
+        self._server.server_close()
+        self._unlink_if_ours()
+
+    def _unlink_if_ours(self) -> None:
+        try:
+            st = os.lstat(self._path)
+        except FileNotFoundError:
+            return
+        if (st.st_dev, st.st_ino) == self._server.identity:
+            os.unlink(self._path)
+
+    def close_connections(self) -> None:
+        """Shut every live connection down (clients see EOF at once) and join the handler threads."""
+        live, threads = self._server.tracked()
+        for request in live:
+            with contextlib.suppress(OSError):
+                request.shutdown(socket.SHUT_RDWR)
+        for thread in threads:
+            if thread is threading.current_thread():
+                continue
+            thread.join(_JOIN_TIMEOUT)
+            if thread.is_alive():
+                _LOGGER.warning(
+                    "channel %r: a handler thread did not return within %.1f s of its connection closing",
+                    self._name,
+                    _JOIN_TIMEOUT,
+                )
+
+    def abandon_after_fork(self) -> None:
+        """In a forked child: close our copies of the listener and connections, touching nothing shared.
+
+        No shutdown() and no unlink: those would act on the parent's server.
+        """
+        self._stopped = True
+        # No tracked(): its lock may have been held by a parent thread at fork time.
+        live = list(self._server._live_requests)  # noqa: SLF001
+        for sock in [self._server.socket, *live]:
+            with contextlib.suppress(OSError):
+                sock.close()

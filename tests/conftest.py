@@ -1,0 +1,174 @@
+"""Fixtures: a private runtime directory, real peer processes, and leak checks after every test."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import psutil
+import pytest
+
+import _peers  # type: ignore[import-not-found]
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from multiprocessing.connection import Connection
+    from multiprocessing.process import BaseProcess
+
+SPAWN = multiprocessing.get_context("spawn")
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 5.0, interval: float = 0.005) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail the test at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout} s: {predicate}")
+        time.sleep(interval)
+
+
+@pytest.fixture
+def runtime_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A fresh, short runtime directory (AF_UNIX paths are short), also set as IPCHANNEL_DIR."""
+    path = Path(tempfile.mkdtemp(prefix="ipc-", dir="/tmp"))
+    monkeypatch.setenv("IPCHANNEL_DIR", str(path))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+class Peer:
+    """A real spawned process owning one Channel, driven by commands over a Pipe."""
+
+    def __init__(self, name: str, runtime_dir: Path) -> None:
+        parent, child = SPAWN.Pipe()
+        self._conn: Connection = parent
+        self.process: BaseProcess = SPAWN.Process(
+            target=_peers.peer_main, args=(child, name, str(runtime_dir)), daemon=True
+        )
+        self.process.start()
+        child.close()
+        self.pid: int = self._recv(30.0)["ready"]
+
+    def _recv(self, timeout: float) -> dict[str, Any]:
+        if not self._conn.poll(timeout):
+            pytest.fail(f"peer {self.process.pid} did not answer within {timeout} s")
+        reply: dict[str, Any] = self._conn.recv()
+        return reply
+
+    def call(self, cmd: str, timeout: float = 10.0, **args: Any) -> dict[str, Any]:
+        """Run a command in the peer; fail the test if it raised there."""
+        reply = self.try_call(cmd, timeout, **args)
+        assert reply["ok"], f"peer {self.pid} {cmd}: {reply}"
+        return reply
+
+    def try_call(self, cmd: str, timeout: float = 10.0, **args: Any) -> dict[str, Any]:
+        """Run a command in the peer and return its reply, error or not."""
+        self._conn.send((cmd, args))
+        return self._recv(timeout)
+
+    def exit(self, timeout: float = 10.0) -> None:
+        """Close the channel and end the process cleanly."""
+        self._conn.send(("exit", {}))
+        self._recv(timeout)
+        self.process.join(timeout)
+        self._conn.close()
+        assert self.process.exitcode == 0
+        self.process.close()
+
+    def kill(self) -> None:
+        """SIGKILL and reap the process."""
+        if self.process.exitcode is None:
+            os.kill(self.pid, signal.SIGKILL)
+        self.process.join(10)
+        self._conn.close()
+        if self.process.exitcode is not None:
+            self.process.close()  # releases the sentinel pipe
+
+    @property
+    def alive(self) -> bool:
+        return not self._conn.closed and self.process.is_alive()
+
+
+class Peers:
+    """Starts peers and guarantees they are killed and reaped."""
+
+    def __init__(self, runtime_dir: Path) -> None:
+        self._runtime_dir = runtime_dir
+        self.started: list[Peer] = []
+
+    def start(self, n: int = 1, name: str = "test") -> list[Peer]:
+        new = [Peer(name, self._runtime_dir) for _ in range(n)]
+        self.started.extend(new)
+        return new
+
+    def host(self, peers: list[Peer]) -> Peer:
+        hosts = [p for p in peers if p.alive and p.call("info")["is_host"]]
+        assert len(hosts) == 1, [p.call("info") for p in peers if p.alive]
+        return hosts[0]
+
+    def close_all(self) -> None:
+        for peer in self.started:
+            if not peer._conn.closed:  # noqa: SLF001
+                peer.kill()
+        for peer in self.started:
+            assert not psutil.pid_exists(peer.pid) or psutil.Process(peer.pid).ppid() != os.getpid(), (
+                f"peer {peer.pid} was not reaped"
+            )
+
+
+@pytest.fixture
+def peers(runtime_dir: Path) -> Iterator[Peers]:
+    pool = Peers(runtime_dir)
+    try:
+        yield pool
+    finally:
+        pool.close_all()
+
+
+def _ipchannel_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name.startswith("ipchannel-")}
+
+
+def _open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _resource_tracker() -> None:
+    """Spawn starts multiprocessing's resource tracker once per session: start it before any leak baseline."""
+    from multiprocessing import resource_tracker  # noqa: PLC0415
+
+    resource_tracker.ensure_running()
+
+
+@pytest.fixture(autouse=True)
+def no_leaks(_resource_tracker: None) -> Iterator[None]:
+    """After each test: no ipchannel thread, file descriptor or child process is left behind."""
+    threads, fds = _ipchannel_threads(), _open_fds()
+    children = {p.pid for p in psutil.Process().children(recursive=True)}
+    yield
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        extra_threads = _ipchannel_threads() - threads
+        extra_fds = _open_fds() - fds
+        extra_children = {p.pid for p in psutil.Process().children(recursive=True)} - children
+        if not (extra_threads or extra_fds or extra_children):
+            return
+        time.sleep(0.01)
+    fd_targets = {}
+    for fd in extra_fds:
+        try:
+            fd_targets[fd] = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            fd_targets[fd] = "?"
+    pytest.fail(f"leaked threads {extra_threads}, fds {fd_targets}, child processes {extra_children}")

@@ -1,0 +1,159 @@
+"""Real processes, real SIGKILLs: elections, failover, handover."""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import TYPE_CHECKING
+
+import pytest
+from conftest import Peer, Peers, wait_until
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+def _connect_all(peers: list[Peer]) -> list[dict[str, object]]:
+    return [p.call("connect") for p in peers]
+
+
+def test_two_processes_exchange_messages(peers: Peers) -> None:
+    a, b = peers.start(2)
+    info_a, info_b = _connect_all([a, b])
+    assert info_a["is_host"] and not info_b["is_host"]
+    assert info_a["host_pid"] == info_b["host_pid"] == a.pid
+    # both talk: the host through its own socket, the client through its
+    assert a.call("request", text="from a")["reply"] == f"{a.pid} from a"
+    assert b.call("request", text="from b")["reply"] == f"{a.pid} from b"
+
+
+def test_names_keep_channels_apart(peers: Peers) -> None:
+    (a,) = peers.start(1, name="alpha")
+    (b,) = peers.start(1, name="beta")
+    assert a.call("connect")["is_host"]
+    assert b.call("connect")["is_host"]
+    assert a.call("request", text="x")["reply"] == f"{a.pid} x"
+    assert b.call("request", text="x")["reply"] == f"{b.pid} x"
+
+
+@pytest.mark.timeout(120)
+def test_sixteen_processes_connect_at_once_one_host(peers: Peers, runtime_dir: Path) -> None:
+    group = peers.start(16)
+    for p in group:  # fire all connects before reading any answer
+        p._conn.send(("connect", {"timeout": 20.0}))  # noqa: SLF001
+    infos = [p._recv(30.0) for p in group]  # noqa: SLF001
+    assert all(i["ok"] for i in infos), infos
+    hosts = [i["pid"] for i in infos if i["is_host"]]
+    assert len(hosts) == 1
+    assert {i["host_pid"] for i in infos} == set(hosts)
+    assert {p.call("request", text="hi")["reply"] for p in group} == {f"{hosts[0]} hi"}
+    assert sorted(os.listdir(runtime_dir)) == ["test.host", "test.lock", "test.sock"]
+
+
+def test_sigkill_host_each_client_same_socket_gets_reply_from_new_host(peers: Peers) -> None:
+    group = peers.start(5)
+    before = _connect_all(group)
+    host = peers.host(group)
+    clients = [p for p in group if p is not host]
+    for c in clients:
+        assert c.call("request", text="warm")["reply"] == f"{host.pid} warm"
+    host.kill()
+    after = [c.call("request", text="after", timeout=2.0) for c in clients]
+    new_host_pids = {a["reply"].split()[0] for a in after}
+    assert len(new_host_pids) == 1
+    new_host = int(new_host_pids.pop())
+    assert new_host in {c.pid for c in clients}
+    for c, a, b in zip(clients, after, before[1:] if before[0]["is_host"] else before, strict=False):
+        assert a["seconds"] < 2.0
+        assert a["generation"] == 2
+    # the very same socket objects and descriptors
+    by_pid = {b["pid"]: b for b in before}
+    for a in after:
+        assert a["sock_id"] == by_pid[a["pid"]]["sock_id"]
+        assert a["fileno"] == by_pid[a["pid"]]["fileno"]
+    assert len([c for c in clients if c.call("info")["is_host"]]) == 1
+
+
+@pytest.mark.timeout(120)
+def test_repeated_failover_ten_kills(peers: Peers) -> None:
+    group = peers.start(12)
+    _connect_all(group)
+    alive = list(group)
+    seen_hosts = []
+    for round_ in range(10):
+        host = peers.host(alive)
+        seen_hosts.append(host.pid)
+        host.kill()
+        alive.remove(host)
+        replies = {p.call("request", text=f"r{round_}", timeout=5.0)["reply"].split()[0] for p in alive}
+        assert len(replies) == 1, replies
+        infos = [p.call("info") for p in alive]
+        assert {i["generation"] for i in infos} == {round_ + 2}
+        assert sum(i["is_host"] for i in infos) == 1
+    assert len(set(seen_hosts)) == 10
+
+
+def test_idle_clients_elect_without_any_blocked_call(peers: Peers) -> None:
+    group = peers.start(3)
+    _connect_all(group)
+    host = peers.host(group)
+    host.kill()
+    rest = [p for p in group if p is not host]
+    # nobody calls recv/send: the monitor threads notice and elect a new host on their own
+    wait_until(lambda: sum(p.call("info")["is_host"] for p in rest) == 1, timeout=5)
+    wait_until(lambda: all(p.call("info")["state"] == "connected" for p in rest), timeout=5)
+
+
+def test_graceful_close_hands_over(peers: Peers, runtime_dir: Path) -> None:
+    group = peers.start(3)
+    _connect_all(group)
+    host = peers.host(group)
+    rest = [p for p in group if p is not host]
+    host.exit()  # channel.close() in the host, then a clean exit
+    replies = {p.call("request", text="after", timeout=2.0)["reply"].split()[0] for p in rest}
+    assert len(replies) == 1
+    assert int(replies.pop()) in {p.pid for p in rest}
+    for p in rest:
+        p.exit()
+    assert os.listdir(runtime_dir) == ["test.lock"]  # no record, no socket left
+
+
+def test_interpreter_exit_hands_over(peers: Peers, runtime_dir: Path) -> None:
+    group = peers.start(2)
+    _connect_all(group)
+    host = peers.host(group)
+    (other,) = [p for p in group if p is not host]
+    os.kill(host.pid, signal.SIGTERM)  # the peer turns SIGTERM into sys.exit: atexit runs
+    host.process.join(10)
+    assert host.process.exitcode == 0
+    assert other.call("request", text="x", timeout=2.0)["reply"] == f"{other.pid} x"
+    other.exit()
+    assert os.listdir(runtime_dir) == ["test.lock"]
+
+
+def test_auto_reconnect_off_behaves_like_a_plain_socket(peers: Peers) -> None:
+    a, b = peers.start(2)
+    _connect_all([a, b])
+    host = peers.host([a, b])
+    client = b if host is a else a
+    client.call("set_auto_reconnect", value=False)
+    client.call("request", text="warm")
+    host.kill()
+    wait_until(lambda: client.call("info")["is_host"], timeout=5)
+    result = client.call("send_then_recv_error", text="lost")
+    # a plain socket: EOF (empty read) or a reset, never a silent reconnect
+    assert result.get("data", "") == "" or result.get("error") in {"ConnectionResetError", "BrokenPipeError"}
+    # connect() again gives a working socket
+    client.call("connect")
+    assert client.call("request", text="again")["reply"] == f"{client.pid} again"
+
+
+def test_handler_closing_the_connection_is_a_plain_eof(peers: Peers) -> None:
+    a, b = peers.start(2)
+    _connect_all([a, b])
+    host = peers.host([a, b])
+    client = b if host is a else a
+    # "bye" makes the handler return: the client sees EOF, not HostChanged, and no failover happens
+    assert client.call("send_then_recv_error", text="bye") == {"ok": True, "data": ""}
+    assert client.call("info")["host_pid"] == host.pid
+    assert host.call("info")["is_host"]
