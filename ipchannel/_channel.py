@@ -292,8 +292,9 @@ class Channel:
         server: HostedServer | None = None
         try:
             ensure_runtime_dir(paths.directory)
-            self._remove_stale_temporaries()
-            server = HostedServer(self._name, paths.directory / f".{self._name}.{os.getpid()}.sock", self._handler)
+            for stale in paths.stale_temporaries():
+                stale.unlink(missing_ok=True)
+            server = HostedServer(self._name, paths.bind_path(os.getpid()), self._handler)
             server.start()
             pid = os.getpid()
             record = HostRecord(pid, own_create_time(pid), str(paths.sock), generation, time.time())
@@ -320,12 +321,6 @@ class Channel:
             previous.pid if previous else None,
         )
         return record
-
-    def _remove_stale_temporaries(self) -> None:
-        """Remove temporary socket and record files left by hosts that died mid-start (lock held)."""
-        for path in self._paths.directory.glob(f".{self._name}.*"):
-            with contextlib.suppress(OSError):
-                path.unlink()
 
     def _adopt(self, record: HostRecord) -> None:
         with self._state_lock:

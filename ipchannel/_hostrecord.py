@@ -86,7 +86,9 @@ class HostRecord:
         """
         try:
             proc = psutil.Process(self.pid)
-            create_time = proc.create_time()
+            with proc.oneshot():  # one read of /proc/PID/stat for both
+                create_time = proc.create_time()
+                zombie = proc.status() == psutil.STATUS_ZOMBIE
         except psutil.ZombieProcess:
             return "unknown"
         except psutil.NoSuchProcess:
@@ -95,7 +97,7 @@ class HostRecord:
             return "unknown"
         if abs(create_time - self.create_time) > _CREATE_TIME_TOLERANCE:
             return "dead"
-        return "alive"
+        return "unknown" if zombie else "alive"
 
     def serving(self) -> bool:
         """Return True only if the recorded process runs and is not exiting.

@@ -93,9 +93,13 @@ def _check(path: Path, st: os.stat_result) -> None:
         raise RuntimeDirError(str(path), "is not writable by you", fix)
 
 
+# The host binds ".<sock stem>.<pid>.sock" first and renames it into place: room for ".", pid, ".".
+_BIND_OVERHEAD = 1 + 7 + 1
+
+
 @dataclass(frozen=True)
 class ChannelPaths:
-    """The three files of one channel: lock (anyone), host record and socket (the host only)."""
+    """The files of one channel: lock (anyone), host record and socket (the host only)."""
 
     directory: Path
     lock: Path
@@ -106,13 +110,25 @@ class ChannelPaths:
     def for_channel(cls, name: str, directory: Path) -> ChannelPaths:
         """Return the paths of channel ``name``; the socket name is hashed if the path is too long."""
         sock = directory / f"{name}.sock"
-        if len(os.fsencode(sock)) > _platform.SUN_PATH_MAX:
-            sock = directory / f"h{hashlib.sha256(name.encode()).hexdigest()[:15]}.sock"
-        if len(os.fsencode(sock)) > _platform.SUN_PATH_MAX:
+        if len(os.fsencode(sock)) + _BIND_OVERHEAD > _platform.SUN_PATH_MAX:
+            sock = directory / f"h{hashlib.sha256(name.encode()).hexdigest()[:10]}.sock"
+        needed = len(os.fsencode(sock)) + _BIND_OVERHEAD
+        if needed > _platform.SUN_PATH_MAX:
             raise RuntimeDirError(
                 str(directory),
-                f"is too long for a Unix socket path ({len(os.fsencode(sock))} bytes with the socket name, "
+                f"is too long for a Unix socket path ({needed} bytes with the socket name, "
                 f"the limit is {_platform.SUN_PATH_MAX})",
                 "set IPCHANNEL_DIR to a shorter path",
             )
         return cls(directory, directory / f"{name}.lock", directory / f"{name}.host", sock)
+
+    def bind_path(self, pid: int) -> Path:
+        """The private name a starting host listens on before publishing its socket."""
+        return self.directory / f".{self.sock.stem}.{pid}{self.sock.suffix}"
+
+    def stale_temporaries(self) -> list[Path]:
+        """Temporary socket and record files that hosts which died mid-start left behind."""
+        return [
+            *self.directory.glob(f".{self.sock.stem}.*{self.sock.suffix}"),
+            *self.directory.glob(f".{self.record.name}.*.tmp"),
+        ]

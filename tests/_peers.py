@@ -12,6 +12,7 @@ import contextlib
 import os
 import signal
 import socket
+import subprocess
 import sys
 import time
 from typing import TYPE_CHECKING, Any
@@ -98,6 +99,13 @@ class _Peer:
                 return {"data": read_line(self.sock).decode()}
             except OSError as exc:
                 return {"error": type(exc).__name__}
+        if cmd == "leak_lock":
+            # Start a process that inherits the lock's open file description (pass_fds) and
+            # outlives us: after our death it holds the lock without hosting.
+            fd = self.channel._lock._fd  # noqa: SLF001
+            assert fd is not None
+            sleeper = subprocess.Popen(["sleep", "60"], pass_fds=[fd])  # noqa: S607
+            return {"sleeper": sleeper.pid}
         if cmd == "set_auto_reconnect":
             self.channel.auto_reconnect = args["value"]
             return self.info()
@@ -130,3 +138,64 @@ def peer_main(conn: Connection, name: str, runtime_dir: str) -> None:
             conn.send({"ok": False, "error": type(exc).__name__, "message": str(exc)})
     with contextlib.suppress(OSError):
         conn.close()
+
+
+def _fds_pointing_to(path: str) -> list[int]:
+    found = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/self/fd/{fd}") == path:
+                found.append(int(fd))
+    return found
+
+
+def _forked_child(conn: Connection, channel: ipchannel.Channel, sock: ipchannel.ChannelSocket, parent: int) -> None:
+    """Body of a child forked from a hosting parent; reports over the inherited pipe, then waits."""
+    lock_path = str(channel.runtime_dir / f"{channel.name}.lock")
+    conn.send(
+        {
+            "pid": os.getpid(),
+            "event": "forked",
+            "is_host": channel.is_host,
+            "state": channel.state,
+            "lock_fds": _fds_pointing_to(lock_path),
+        }
+    )
+    deadline = time.monotonic() + 20
+    reply, _ = request(sock, "first use", deadline)  # the inherited socket, first use in the child
+    conn.send({"pid": os.getpid(), "event": "first_reply", "reply": reply, "sock_id": id(sock)})
+    while time.monotonic() < deadline:  # until a host other than the parent answers
+        reply, _ = request(sock, "poll", deadline)
+        if int(reply.split()[0]) != parent:
+            conn.send({"pid": os.getpid(), "event": "new_host", "reply": reply, "is_host": channel.is_host})
+            break
+        time.sleep(0.005)
+    stop = channel.runtime_dir / "stop"
+    while not stop.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def fork_main(conn: Connection, name: str, runtime_dir: str, children: int) -> None:
+    """Host a channel, fork ``children`` children that share it, then obey 'request' until killed."""
+    channel = ipchannel.Channel(name, echo_handler, runtime_dir=runtime_dir)
+    sock = channel.connect()
+    request(sock, "before fork", time.monotonic() + 5)
+    pids = []
+    for _ in range(children):
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                _forked_child(conn, channel, sock, os.getppid())
+            except BaseException as exc:  # noqa: BLE001 - reported, then the child dies hard
+                conn.send({"pid": os.getpid(), "event": "error", "error": repr(exc)})
+                code = 1
+            finally:
+                os._exit(code)
+        pids.append(pid)
+    conn.send({"pid": os.getpid(), "event": "parent", "children": pids, "is_host": channel.is_host})
+    while True:
+        cmd = conn.recv()
+        if cmd == "request":
+            reply, _ = request(sock, "parent", time.monotonic() + 5)
+            conn.send({"pid": os.getpid(), "event": "parent_reply", "reply": reply})

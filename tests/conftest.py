@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import multiprocessing
 import os
 import shutil
@@ -23,6 +25,7 @@ if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
 
 SPAWN = multiprocessing.get_context("spawn")
+_PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = 5.0, interval: float = 0.005) -> Any:
@@ -143,16 +146,42 @@ def _open_fds() -> set[str]:
     return set(os.listdir("/proc/self/fd"))
 
 
+def reap(pid: int, timeout: float = 5.0) -> None:
+    """Wait up to ``timeout`` for ``pid`` (a descendant) to exit, SIGKILL it if it has not, and reap it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                break
+        except psutil.NoSuchProcess:
+            return
+        if time.monotonic() >= deadline:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    with contextlib.suppress(ChildProcessError):  # not ours to reap, or already reaped
+        os.waitpid(pid, 0)
+
+
 @pytest.fixture(scope="session", autouse=True)
-def _resource_tracker() -> None:
-    """Spawn starts multiprocessing's resource tracker once per session: start it before any leak baseline."""
+def _session_processes() -> None:
+    """Session-wide process set-up, before any leak baseline.
+
+    - spawn starts multiprocessing's resource tracker once per session: start it now;
+    - become a child subreaper, so processes orphaned by a killed peer (forked
+      children, a helper it started) are re-parented to this process and reaped here.
+    """
     from multiprocessing import resource_tracker  # noqa: PLC0415
 
     resource_tracker.ensure_running()
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
 
 
 @pytest.fixture(autouse=True)
-def no_leaks(_resource_tracker: None) -> Iterator[None]:
+def no_leaks(_session_processes: None) -> Iterator[None]:
     """After each test: no ipchannel thread, file descriptor or child process is left behind."""
     threads, fds = _ipchannel_threads(), _open_fds()
     children = {p.pid for p in psutil.Process().children(recursive=True)}
@@ -162,6 +191,11 @@ def no_leaks(_resource_tracker: None) -> Iterator[None]:
         extra_threads = _ipchannel_threads() - threads
         extra_fds = _open_fds() - fds
         extra_children = {p.pid for p in psutil.Process().children(recursive=True)} - children
+        for pid in list(extra_children):
+            with contextlib.suppress(psutil.NoSuchProcess, ChildProcessError):
+                if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                    os.waitpid(pid, 0)  # an orphan that exited and was re-parented to us
+                    extra_children.discard(pid)
         if not (extra_threads or extra_fds or extra_children):
             return
         time.sleep(0.01)

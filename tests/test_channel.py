@@ -1,0 +1,374 @@
+"""The Channel API in this process, against real peer processes where a second process is needed."""
+
+from __future__ import annotations
+
+import logging
+import os
+import selectors
+import signal
+import socket
+import socketserver
+import stat
+import threading
+import time
+from typing import TYPE_CHECKING
+
+import pytest
+from conftest import Peers, reap, wait_until
+
+import _peers  # type: ignore[import-not-found]
+import ipchannel
+from ipchannel._hostrecord import HostRecord, read_record, write_record
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+
+@pytest.fixture
+def channel(runtime_dir: Path) -> Iterator[ipchannel.Channel]:
+    ch = ipchannel.Channel("test", _peers.echo_handler)
+    try:
+        yield ch
+    finally:
+        ch.close()
+
+
+def _ipc_threads() -> list[str]:
+    return sorted(t.name for t in threading.enumerate() if t.name.startswith("ipchannel-"))
+
+
+def test_lifecycle_state_threads_and_files(channel: ipchannel.Channel, runtime_dir: Path) -> None:
+    assert channel.state == "initiated"
+    assert not channel.connected
+    assert channel.host_pid is None
+    assert os.listdir(runtime_dir) == []  # nothing is created before the first connect()
+    sock = channel.connect()
+    assert isinstance(sock, socket.socket)
+    assert channel.state == "connected"
+    assert channel.connected
+    assert channel.is_host
+    assert channel.host_pid == os.getpid()
+    # the host's own connection is served by a handler thread, started once accepted
+    threads = ["ipchannel-handler:test", "ipchannel-monitor:test", "ipchannel-server:test"]
+    wait_until(lambda: _ipc_threads() == threads)
+    assert sorted(os.listdir(runtime_dir)) == ["test.host", "test.lock", "test.sock"]
+    assert stat.S_IMODE(os.stat(runtime_dir / "test.sock").st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(runtime_dir).st_mode) == 0o700
+    record = read_record(runtime_dir / "test.host")
+    assert record is not None
+    assert (record.pid, record.generation) == (os.getpid(), 1)
+    channel.close()
+    channel.close()  # idempotent
+    assert channel.state == "closed"
+    assert not channel.is_host
+    assert os.listdir(runtime_dir) == ["test.lock"]
+    wait_until(lambda: _ipc_threads() == [])
+    with pytest.raises(ipchannel.ChannelClosed, match="is closed"):
+        channel.connect()
+    with pytest.raises(ipchannel.ChannelClosed):
+        sock.recv(10)
+    with pytest.raises(ipchannel.ChannelClosed):
+        sock.sendall(b"x\n")
+
+
+def test_context_manager_and_open_channel(runtime_dir: Path) -> None:
+    with ipchannel.open_channel(_peers.echo_handler) as ch:
+        assert ch.name == "ipchannel"
+        sock = ch.connect()
+        sock.sendall(b"a\n")
+        assert _peers.read_line(sock) == f"{os.getpid()} a\n".encode()
+    assert ch.state == "closed"
+    with ipchannel.open_channel("named", _peers.echo_handler) as ch2:
+        assert ch2.name == "named"
+
+
+def test_each_connect_is_a_new_independent_connection(channel: ipchannel.Channel) -> None:
+    a, b = channel.connect(), channel.connect()
+    assert a.fileno() != b.fileno()
+    a.sendall(b"to a\n")
+    b.sendall(b"to b\n")
+    assert _peers.read_line(b) == f"{os.getpid()} to b\n".encode()
+    assert _peers.read_line(a) == f"{os.getpid()} to a\n".encode()
+    a.close()
+    b.sendall(b"still\n")
+    assert _peers.read_line(b).endswith(b"still\n")
+
+
+def test_socket_works_with_makefile_selectors_and_timeouts(channel: ipchannel.Channel) -> None:
+    sock = channel.connect()
+    with sock.makefile("rwb") as stream:
+        stream.write(b"via file\n")
+        stream.flush()
+        assert stream.readline() == f"{os.getpid()} via file\n".encode()
+    with selectors.DefaultSelector() as sel:
+        sel.register(sock, selectors.EVENT_READ)
+        assert sel.select(0) == []
+        sock.sendall(b"ping\n")
+        assert sel.select(5)
+    assert _peers.read_line(sock).endswith(b"ping\n")
+    sock.settimeout(0.05)
+    with pytest.raises(TimeoutError):
+        sock.recv(10)
+
+
+class _UpperHandler(socketserver.StreamRequestHandler):
+    def handle(self) -> None:
+        for line in self.rfile:
+            self.wfile.write(line.upper())
+
+
+def test_base_request_handler_subclass_is_used_as_is(runtime_dir: Path) -> None:
+    with ipchannel.Channel("upper", _UpperHandler) as ch:
+        sock = ch.connect()
+        sock.sendall(b"hello\n")
+        assert _peers.read_line(sock) == b"HELLO\n"
+
+
+@pytest.mark.parametrize("handler", [42, "echo", None, int, object])
+def test_bad_handler_is_a_type_error(runtime_dir: Path, handler: object) -> None:
+    with pytest.raises(TypeError, match=r"handler.*(callable|BaseRequestHandler)"):
+        ipchannel.Channel("x", handler)  # type: ignore[arg-type]
+    assert os.listdir(runtime_dir) == []
+
+
+@pytest.mark.parametrize("name", ["", ".x", "a/b", "x" * 65])
+def test_bad_name_is_a_value_error_and_writes_nothing(runtime_dir: Path, name: str) -> None:
+    with pytest.raises(ValueError, match="letters, digits"):
+        ipchannel.Channel(name, _peers.echo_handler)
+    assert os.listdir(runtime_dir) == []
+
+
+def test_bad_auto_reconnect_is_a_type_error(runtime_dir: Path) -> None:
+    with pytest.raises(TypeError, match="auto_reconnect must be a bool"):
+        ipchannel.Channel("x", _peers.echo_handler, auto_reconnect="yes")  # type: ignore[arg-type]
+
+
+def test_bad_timeouts_leave_the_channel_usable(channel: ipchannel.Channel) -> None:
+    with pytest.raises(ValueError, match=">= 0"):
+        channel.connect(timeout=-1)
+    with pytest.raises(TypeError, match="number of seconds"):
+        channel.connect(timeout="5")  # type: ignore[arg-type]
+    assert channel.state == "initiated"
+    sock = channel.connect(timeout=0)  # zero: one attempt, and the lock is free
+    sock.sendall(b"ok\n")
+    assert _peers.read_line(sock).endswith(b"ok\n")
+
+
+def _assert_refused(path: Path, match: str) -> None:
+    with pytest.raises(ipchannel.RuntimeDirError, match=match) as info:
+        ipchannel.Channel("x", _peers.echo_handler, runtime_dir=path)
+    assert isinstance(info.value, ipchannel.ChannelError)
+    assert info.value.path == str(path)
+
+
+def test_runtime_dir_is_created_private(runtime_dir: Path) -> None:
+    fresh = runtime_dir / "fresh"
+    with ipchannel.Channel("x", _peers.echo_handler, runtime_dir=fresh):
+        assert stat.S_IMODE(fresh.stat().st_mode) == 0o700
+
+
+def test_runtime_dir_that_cannot_be_created(runtime_dir: Path) -> None:
+    _assert_refused(runtime_dir / "missing" / "child", "cannot be created: its parent")
+
+
+def test_runtime_dir_that_is_a_file(runtime_dir: Path) -> None:
+    (runtime_dir / "file").write_text("")
+    _assert_refused(runtime_dir / "file", "is not a directory")
+
+
+def test_runtime_dir_that_is_a_symlink(runtime_dir: Path) -> None:
+    (runtime_dir / "real").mkdir(mode=0o700)
+    (runtime_dir / "link").symlink_to(runtime_dir / "real")
+    _assert_refused(runtime_dir / "link", "is a symlink")
+    assert os.listdir(runtime_dir / "real") == []
+
+
+def test_runtime_dir_writable_by_others(runtime_dir: Path) -> None:
+    (runtime_dir / "open").mkdir()
+    (runtime_dir / "open").chmod(0o777)
+    _assert_refused(runtime_dir / "open", r"writable by group or others \(mode 0777\)")
+    assert os.listdir(runtime_dir / "open") == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a directory away")
+def test_runtime_dir_owned_by_someone_else(runtime_dir: Path) -> None:
+    (runtime_dir / "theirs").mkdir(mode=0o700)
+    os.chown(runtime_dir / "theirs", 65534, 65534)
+    _assert_refused(runtime_dir / "theirs", "is owned by uid 65534, not by you")
+
+
+def test_runtime_dir_environment_variable(runtime_dir: Path) -> None:
+    ch = ipchannel.Channel("x", _peers.echo_handler)
+    assert ch.runtime_dir == runtime_dir
+    ch.close()
+
+
+def test_long_names_in_a_long_directory_get_a_hashed_socket(runtime_dir: Path) -> None:
+    deep = runtime_dir / ("d" * (80 - len(str(runtime_dir))))
+    with ipchannel.Channel("n" * 64, _peers.echo_handler, runtime_dir=deep) as ch:
+        sock = ch.connect()
+        sock.sendall(b"long\n")
+        assert _peers.read_line(sock).endswith(b"long\n")
+
+
+def test_stale_record_and_socket_from_a_killed_host_do_not_block(runtime_dir: Path) -> None:
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(runtime_dir / "test.sock"))  # a socket file nobody listens on
+    stale.close()
+    write_record(runtime_dir / "test.host", HostRecord(2**22 + 7, 1.0, str(runtime_dir / "test.sock"), 41, 0.0))
+    with ipchannel.Channel("test", _peers.echo_handler) as ch:
+        sock = ch.connect(timeout=2)
+        assert ch.is_host
+        assert ch.generation == 42
+        sock.sendall(b"x\n")
+        assert _peers.read_line(sock) == f"{os.getpid()} x\n".encode()
+
+
+def test_record_of_a_reused_pid_does_not_block(runtime_dir: Path) -> None:
+    # A live, unrelated process has the recorded pid, with another create time.
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(runtime_dir / "test.sock"))
+    stale.close()
+    write_record(runtime_dir / "test.host", HostRecord(os.getppid(), 12345.0, str(runtime_dir / "test.sock"), 3, 0.0))
+    with ipchannel.Channel("test", _peers.echo_handler) as ch:
+        ch.connect(timeout=2)
+        assert ch.is_host
+        assert ch.generation == 4
+
+
+def test_garbage_record_does_not_block(runtime_dir: Path) -> None:
+    (runtime_dir / "test.host").write_bytes(b"\x00garbage{")
+    with ipchannel.Channel("test", _peers.echo_handler) as ch:
+        ch.connect(timeout=2)
+        assert ch.is_host
+        assert ch.generation == 1
+
+
+def test_this_process_follows_a_killed_host(peers: Peers, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="ipchannel")
+    (host,) = peers.start(1)
+    host.call("connect")
+    with ipchannel.Channel("test", _peers.echo_handler) as ch:
+        sock = ch.connect(timeout=5)
+        assert not ch.is_host
+        assert ch.host_pid == host.pid
+        sock.sendall(b"one\n")
+        assert _peers.read_line(sock) == f"{host.pid} one\n".encode()
+        # a recv blocked on the host when it dies raises HostChanged, already reconnected
+        errors: list[BaseException] = []
+
+        def blocked_recv() -> None:
+            try:
+                sock.recv(100)
+            except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+                errors.append(exc)
+
+        reader = threading.Thread(target=blocked_recv)
+        reader.start()
+        time.sleep(0.05)  # let the reader block in recv (the assertion below holds either way)
+        host.kill()
+        reader.join(5)
+        assert not reader.is_alive()
+        assert len(errors) == 1
+        assert isinstance(errors[0], ipchannel.HostChanged)
+        assert isinstance(errors[0], ConnectionResetError)
+        assert (errors[0].old_generation, errors[0].new_generation) == (1, 2)
+        assert ch.is_host  # the only process left
+        sock.sendall(b"two\n")  # the same socket object now talks to the new host
+        assert _peers.read_line(sock) == f"{os.getpid()} two\n".encode()
+    messages = caplog.text
+    assert f"host pid {host.pid} (generation 1) lost" in messages
+    assert f"pid {os.getpid()} elected host (generation 2" in messages
+    assert "socket reconnected to host pid" in messages
+
+
+def test_sendall_to_a_dead_host_is_delivered_to_the_new_one(peers: Peers) -> None:
+    (host,) = peers.start(1)
+    host.call("connect")
+    with ipchannel.Channel("test", _peers.echo_handler) as ch:
+        sock = ch.connect()
+        fileno = sock.fileno()
+        host.kill()
+        sock.sendall(b"after death\n")  # no error: delivered once a new host is up
+        assert _peers.read_line(sock) == f"{os.getpid()} after death\n".encode()
+        assert sock.fileno() == fileno
+
+
+def test_no_host_within_timeout_names_the_lock_holder_then_recovers(
+    peers: Peers, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="ipchannel")
+    (host,) = peers.start(1)
+    host.call("connect")
+    sleeper = host.call("leak_lock")["sleeper"]  # inherits the host's lock, then outlives it
+    try:
+        with ipchannel.Channel("test", _peers.echo_handler) as ch:
+            sock = ch.connect(timeout=0.5)
+            host.kill()
+            start = time.monotonic()
+            with pytest.raises(ipchannel.ChannelTimeout) as info:
+                sock.sendall(b"x\n")
+            assert 0.4 < time.monotonic() - start < 3
+            assert isinstance(info.value, TimeoutError)
+            assert info.value.last_host_pid == host.pid
+            assert f"held by pid(s) [{sleeper}]" in str(info.value)
+            # the monitor says so too, once
+            wait_until(lambda: f"(holders: [{sleeper}])" in caplog.text, timeout=5)
+            os.kill(sleeper, signal.SIGKILL)
+            reap(sleeper)
+            sock.sendall(b"back\n")  # the channel and the socket are still usable
+            assert _peers.read_line(sock) == f"{os.getpid()} back\n".encode()
+            assert ch.is_host
+    finally:
+        reap(sleeper, timeout=0)
+
+
+def test_monitor_restarts_a_dead_server_thread(channel: ipchannel.Channel, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="ipchannel")
+    channel.connect()
+    server = channel._server  # noqa: SLF001
+    assert server is not None
+    first = server._thread  # noqa: SLF001
+    assert first is not None
+
+    def boom() -> None:
+        del server._server.service_actions  # noqa: SLF001 - fail once, then behave
+        raise RuntimeError("injected fault")
+
+    server._server.service_actions = boom  # type: ignore[method-assign]  # noqa: SLF001
+    channel.connect()  # a request makes serve_forever go round its loop
+    first.join(5)
+    assert not first.is_alive()
+    wait_until(lambda: server._thread is not first and server._thread.is_alive())  # noqa: SLF001
+    sock = channel.connect()
+    sock.sendall(b"alive\n")
+    assert _peers.read_line(sock).endswith(b"alive\n")
+    assert "server thread had died; restarting it" in caplog.text
+
+
+def test_close_from_another_thread_interrupts_a_waiting_connect(runtime_dir: Path, peers: Peers) -> None:
+    (host,) = peers.start(1)
+    host.call("connect")
+    sleeper = host.call("leak_lock")["sleeper"]
+    host.kill()  # the lock stays held by the sleeper: nobody can host
+    try:
+        ch = ipchannel.Channel("test", _peers.echo_handler)
+        errors: list[BaseException] = []
+
+        def waiting_connect() -> None:
+            try:
+                ch.connect(timeout=None)
+            except BaseException as exc:  # noqa: BLE001
+                errors.append(exc)
+
+        waiter = threading.Thread(target=waiting_connect)
+        waiter.start()
+        wait_until(lambda: ch.state == "connecting")
+        ch.close()
+        waiter.join(5)
+        assert not waiter.is_alive()
+        assert len(errors) == 1
+        assert isinstance(errors[0], ipchannel.ChannelClosed)
+    finally:
+        reap(sleeper, timeout=0)

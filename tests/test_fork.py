@@ -1,0 +1,83 @@
+"""Fork safety with a real os.fork() (gunicorn --preload): the parent hosts, the children share the channel."""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from conftest import SPAWN, reap, wait_until
+
+import _peers  # type: ignore[import-not-found]
+
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
+    from pathlib import Path
+
+
+class _Events:
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.seen: list[dict[str, Any]] = []
+
+    def wait_for(self, predicate: Any, timeout: float = 10.0) -> dict[str, Any]:
+        for event in self.seen:
+            if predicate(event):
+                return event
+
+        def poll() -> dict[str, Any] | None:
+            while self.conn.poll(0.01):
+                event: dict[str, Any] = self.conn.recv()
+                self.seen.append(event)
+                assert event["event"] != "error", event
+                if predicate(event):
+                    return event
+            return None
+
+        result: dict[str, Any] = wait_until(poll, timeout=timeout)
+        return result
+
+
+@pytest.mark.timeout(60)
+def test_forked_children_never_host_and_take_over_when_parent_dies(runtime_dir: Path) -> None:
+    parent_conn, child_conn = SPAWN.Pipe()
+    proc = SPAWN.Process(target=_peers.fork_main, args=(child_conn, "forked", str(runtime_dir), 2), daemon=True)
+    proc.start()
+    child_conn.close()
+    events = _Events(parent_conn)
+    children: list[int] = []
+    try:
+        parent = events.wait_for(lambda e: e["event"] == "parent")
+        children = parent["children"]
+        assert parent["is_host"]
+        for pid in children:
+            forked = events.wait_for(lambda e, pid=pid: e["event"] == "forked" and e["pid"] == pid)
+            assert forked["is_host"] is False
+            assert forked["state"] == "initiated"
+            assert forked["lock_fds"] == []  # the parent's lock descriptor was closed in the child
+            first = events.wait_for(lambda e, pid=pid: e["event"] == "first_reply" and e["pid"] == pid)
+            assert first["reply"] == f"{proc.pid} first use"  # reconnected afresh, served by the parent
+        # the parent's own connection was not written into by the children
+        parent_conn.send("request")
+        assert events.wait_for(lambda e: e["event"] == "parent_reply")["reply"] == f"{proc.pid} parent"
+
+        os.kill(proc.pid, signal.SIGKILL)
+        # not join(): it waits on a sentinel pipe the forked children inherited; exitcode uses waitpid
+        wait_until(lambda: proc.exitcode is not None)
+        takeovers = [
+            events.wait_for(lambda e, pid=pid: e["event"] == "new_host" and e["pid"] == pid) for pid in children
+        ]
+        new_hosts = {int(t["reply"].split()[0]) for t in takeovers}
+        assert len(new_hosts) == 1
+        assert new_hosts <= set(children)
+        assert [t["is_host"] for t in takeovers].count(True) == 1
+    finally:
+        (runtime_dir / "stop").touch()
+        if proc.exitcode is None:
+            proc.kill()
+            wait_until(lambda: proc.exitcode is not None)
+        parent_conn.close()
+        for pid in children:
+            reap(pid)
+        proc.close()

@@ -1,0 +1,172 @@
+"""Pure helpers: names, paths, host records, exceptions, exports."""
+
+from __future__ import annotations
+
+import errno
+import os
+import pickle
+import subprocess
+import sys
+import time
+import psutil
+import pytest
+from conftest import wait_until
+
+import ipchannel
+from ipchannel._election import Backoff, Deadline, validate_timeout
+from ipchannel._hostrecord import HostRecord, own_create_time, read_record, write_record
+from ipchannel._paths import NAME_RULE, ChannelPaths, validate_name
+
+from pathlib import Path
+
+
+@pytest.mark.parametrize("name", ["a", "counter", "A-b_c.d", "-x", "_", "9" * 64])
+def test_valid_names(name: str) -> None:
+    assert validate_name(name) == name
+
+
+@pytest.mark.parametrize("name", ["", ".hidden", "..", "a/b", "a b", "é", "x" * 65, "a\x00b", "a\n"])
+def test_invalid_names_say_the_rule(name: str) -> None:
+    with pytest.raises(ValueError, match="must be 1-64 characters") as info:
+        validate_name(name)
+    assert NAME_RULE in str(info.value)
+
+
+def test_name_must_be_str() -> None:
+    with pytest.raises(TypeError, match="must be a str"):
+        validate_name(b"abc")
+
+
+@pytest.mark.parametrize(("value", "expected"), [(None, None), (0, 0.0), (2, 2.0), (0.5, 0.5), (float("inf"), None)])
+def test_valid_timeouts(value: object, expected: float | None) -> None:
+    assert validate_timeout(value) == expected
+
+
+@pytest.mark.parametrize("value", [-1, -0.001, float("nan")])
+def test_negative_or_nan_timeout_is_a_value_error(value: float) -> None:
+    with pytest.raises(ValueError, match="timeout must be a number of seconds >= 0"):
+        validate_timeout(value)
+
+
+@pytest.mark.parametrize("value", ["5", True, [1], object()])
+def test_non_numeric_timeout_is_a_type_error(value: object) -> None:
+    with pytest.raises(TypeError, match="timeout must be a number of seconds or None"):
+        validate_timeout(value)
+
+
+def test_backoff_doubles_to_the_cap_and_stops_at_the_deadline() -> None:
+    waits: list[float] = []
+    backoff = Backoff(Deadline(0.5), lambda s: waits.append(s) or False)
+    for _ in range(12):
+        assert backoff.sleep()
+    assert waits[0] <= 1.5 * Backoff.FIRST
+    assert max(waits) <= 1.5 * Backoff.CAP
+    assert not Backoff(Deadline(0), lambda _s: False).sleep()
+    assert not Backoff(Deadline(1), lambda _s: True).sleep()  # interrupted by close()
+
+
+def test_socket_name_is_hashed_when_the_path_is_too_long(tmp_path: Path) -> None:
+    directory = tmp_path.root / Path("tmp", "d" * 75)  # 80 bytes: "<dir>/<64 chars>.sock" would be 150
+    paths = ChannelPaths.for_channel("n" * 64, directory)
+    assert len(os.fsencode(paths.bind_path(4194304))) <= 107
+    assert paths.sock.parent == directory
+    assert paths.lock.name == "n" * 64 + ".lock"
+    assert ChannelPaths.for_channel("m" * 64, directory).sock != paths.sock
+
+
+def test_runtime_dir_too_long_for_any_socket_name(tmp_path: Path) -> None:
+    with pytest.raises(ipchannel.RuntimeDirError, match="too long for a Unix socket path"):
+        ChannelPaths.for_channel("n", tmp_path / ("d" * 120))
+
+
+def _record(pid: int, create_time: float, generation: int = 1) -> HostRecord:
+    return HostRecord(pid, create_time, "/x.sock", generation, time.time())
+
+
+def test_record_round_trip_and_atomic_write(tmp_path: Path) -> None:
+    record = _record(os.getpid(), own_create_time(os.getpid()), 7)
+    write_record(tmp_path / "c.host", record)
+    assert read_record(tmp_path / "c.host") == record
+    assert sorted(os.listdir(tmp_path)) == ["c.host"]  # no temporary file left
+
+
+@pytest.mark.parametrize("content", [b"", b"{", b"[]", b'{"pid": 1}', b'{"pid": -1, "create_time": 0, '
+                                     b'"sock": "", "generation": 1, "started": 0}', b"\xff\xfe"])
+def test_corrupt_record_reads_as_none(tmp_path: Path, content: bytes) -> None:
+    (tmp_path / "c.host").write_bytes(content)
+    assert read_record(tmp_path / "c.host") is None
+
+
+def test_missing_record_reads_as_none(tmp_path: Path) -> None:
+    assert read_record(tmp_path / "nothing.host") is None
+
+
+def test_liveness_uses_pid_and_create_time() -> None:
+    me = os.getpid()
+    assert _record(me, own_create_time(me)).liveness() == "alive"
+    assert _record(me, own_create_time(me)).serving()
+    assert _record(me, own_create_time(me) - 1000).liveness() == "dead"  # pid reused by someone else
+    assert _record(2**22 + 12345, 0.0).liveness() == "dead"  # no such process
+
+
+def test_zombie_is_unknown_and_not_serving() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        proc = psutil.Process(child.pid)
+        create_time = proc.create_time()
+        wait_until(lambda: proc.status() == psutil.STATUS_ZOMBIE)
+        record = _record(child.pid, create_time)
+        assert record.liveness() == "unknown"
+        assert not record.serving()
+    finally:
+        child.wait()
+
+
+def test_exception_tree() -> None:
+    assert issubclass(ipchannel.ChannelTimeout, ipchannel.ChannelError)
+    assert issubclass(ipchannel.ChannelTimeout, TimeoutError)
+    assert issubclass(ipchannel.HostChanged, ipchannel.ChannelError)
+    assert issubclass(ipchannel.HostChanged, ConnectionResetError)
+    assert issubclass(ipchannel.ChannelClosed, ipchannel.ChannelError)
+    assert issubclass(ipchannel.RuntimeDirError, ipchannel.ChannelError)
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        ipchannel.ChannelTimeout("c", "/run/x", 1.5, 42, "lock held by [7]"),
+        ipchannel.HostChanged("c", 1, 2),
+        ipchannel.ChannelClosed("c"),
+        ipchannel.RuntimeDirError("/run/x", "is a symlink", "set IPCHANNEL_DIR"),
+    ],
+)
+def test_exceptions_pickle_and_keep_their_message(exc: Exception) -> None:
+    copy = pickle.loads(pickle.dumps(exc))  # noqa: S301 - our own bytes
+    assert type(copy) is type(exc)
+    assert str(copy) == str(exc)
+    assert vars(copy) == vars(exc)
+
+
+def test_exception_messages_carry_context() -> None:
+    timeout = ipchannel.ChannelTimeout("jobs", "/run/x", 1.5, 42)
+    assert "'jobs'" in str(timeout)
+    assert "/run/x" in str(timeout)
+    assert "1.500 s" in str(timeout)
+    assert "last host pid 42" in str(timeout)
+    assert timeout.errno == errno.ETIMEDOUT
+    changed = ipchannel.HostChanged("jobs", 3, 4)
+    assert "generation 3 -> 4" in str(changed)
+    assert changed.errno == errno.ECONNRESET
+
+
+def test_exports() -> None:
+    assert ipchannel.__all__ == sorted(ipchannel.__all__)
+    assert {"Channel", "open_channel", "ChannelError", "ChannelTimeout", "HostChanged", "ChannelClosed"} <= set(
+        ipchannel.__all__
+    )
+    for name in ipchannel.__all__:
+        obj = getattr(ipchannel, name)
+        if name != "__version__":
+            assert obj.__module__ == "ipchannel", name
+    assert ipchannel.HostChanged.__module__ == "ipchannel"
+    assert isinstance(ipchannel.__version__, str)
