@@ -10,7 +10,6 @@ this process at a time take part in the election.
 from __future__ import annotations
 
 import atexit
-import contextlib
 import logging
 import os
 import socket
@@ -259,7 +258,9 @@ class Channel:
             return None
         except OSError as exc:
             sock.close()
-            raise ChannelError(f"channel {self._name!r}: cannot connect to {self._paths.sock}: {exc}") from exc
+            raise ChannelError(
+                f"channel {self._name!r}: cannot connect to {self._paths.sock}: {exc}"
+            ) from exc
         if peer_pid is not None and peer_pid != record.pid:
             sock.close()  # a newer host than the record we read; read it again
             return None
@@ -306,7 +307,9 @@ class Channel:
                 remove_record(paths.record)
             self._lock.release()
             if isinstance(exc, OSError):
-                raise ChannelError(f"channel {self._name!r}: cannot host in {paths.directory}: {exc}") from exc
+                raise ChannelError(
+                    f"channel {self._name!r}: cannot host in {paths.directory}: {exc}"
+                ) from exc
             raise
         with self._state_lock:
             self._server, self._record = server, record
@@ -334,7 +337,10 @@ class Channel:
             self._last_generation = max(self._last_generation, record.generation)
             self._last_host_pid = record.pid
             _LOGGER.info(
-                "channel %r: connected to host pid %d (generation %d)", self._name, record.pid, record.generation
+                "channel %r: connected to host pid %d (generation %d)",
+                self._name,
+                record.pid,
+                record.generation,
             )
 
     def _forget_host(self, record: HostRecord) -> None:
@@ -344,10 +350,12 @@ class Channel:
             self._record = None
             if self._state == "connected":
                 self._state = "connecting"
-        _LOGGER.info("channel %r: host pid %d (generation %d) lost", self._name, record.pid, record.generation)
+        _LOGGER.info(
+            "channel %r: host pid %d (generation %d) lost", self._name, record.pid, record.generation
+        )
 
     def _still_serving(self, record: HostRecord) -> bool:
-        """Called by a socket after EOF: is the host it talked to still serving?"""
+        """Tell a socket that saw EOF whether the host it talked to is still serving."""
         if self._server is not None and self._record == record:
             return True
         if read_record(self._paths.record) == record and record.serving():
@@ -372,7 +380,7 @@ class Channel:
     # -- monitor -----------------------------------------------------------------
 
     def _monitor_tick(self) -> None:
-        """Runs on the monitor thread: restart a dead server, or notice a dead host and elect."""
+        """Restart a dead server, or notice a dead host and elect (runs on the monitor thread)."""
         server, record = self._server, self._record
         if server is not None:
             server.restart_if_dead()

@@ -17,11 +17,12 @@ on them) take part; ``sendfile``, ``recvmsg`` and friends behave as on a plain s
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import threading
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, NoReturn, Protocol
 
 from ._election import Deadline
 from ._errors import ChannelClosed, HostChanged
@@ -40,8 +41,10 @@ _LOST = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
 class _Owner(Protocol):
     """What a ChannelSocket needs from its Channel."""
 
-    name: str
     auto_reconnect: bool
+
+    @property
+    def name(self) -> str: ...
 
     @property
     def closed(self) -> bool: ...
@@ -188,13 +191,11 @@ class ChannelSocket(socket.socket):
     # -- called by the channel -------------------------------------------------
 
     def _close_for_channel(self) -> None:
-        """The channel was closed: wake any blocked call (it raises ChannelClosed) and close."""
+        """Wake any blocked call (it raises ChannelClosed) and close: the channel was closed."""
         self._channel_closed = True
         if self.fileno() >= 0:
-            try:
+            with contextlib.suppress(OSError):
                 self.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             self.close()
 
     def _detach_after_fork(self) -> None:
@@ -209,5 +210,5 @@ class ChannelSocket(socket.socket):
         self._recover_lock = threading.Lock()
         self._stale = True
 
-    def __reduce__(self) -> Any:
+    def __reduce__(self) -> NoReturn:
         raise TypeError("a ChannelSocket cannot be pickled; call channel.connect() in the other process")

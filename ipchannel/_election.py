@@ -111,7 +111,9 @@ def validate_timeout(timeout: object) -> float | None:
         raise TypeError(f"timeout must be a number of seconds or None, not {type(timeout).__name__}")
     seconds = float(timeout)
     if math.isnan(seconds) or seconds < 0:
-        raise ValueError(f"timeout must be a number of seconds >= 0, or None to wait forever; got {timeout!r}")
+        raise ValueError(
+            f"timeout must be a number of seconds >= 0, or None to wait forever; got {timeout!r}"
+        )
     return None if math.isinf(seconds) else seconds
 
 
@@ -158,4 +160,3 @@ class Backoff:
             return False
         _LOGGER.debug("election: retrying after %.1f ms", delay * 1000)
         return True
-

@@ -25,7 +25,9 @@ _JOIN_TIMEOUT = 5.0
 class Monitor:
     """Runs ``tick()`` every ``interval`` seconds on a named daemon thread until ``stopping`` is set."""
 
-    def __init__(self, name: str, tick: Callable[[], None], interval: float, stopping: threading.Event) -> None:
+    def __init__(
+        self, name: str, tick: Callable[[], None], interval: float, stopping: threading.Event
+    ) -> None:
         self._tick = tick
         self._interval = interval
         self._stopping = stopping

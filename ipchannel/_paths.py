@@ -123,7 +123,7 @@ class ChannelPaths:
         return cls(directory, directory / f"{name}.lock", directory / f"{name}.host", sock)
 
     def bind_path(self, pid: int) -> Path:
-        """The private name a starting host listens on before publishing its socket."""
+        """Return the private name a starting host listens on before publishing its socket."""
         return self.directory / f".{self.sock.stem}.{pid}{self.sock.suffix}"
 
     def stale_temporaries(self) -> list[Path]:

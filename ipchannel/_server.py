@@ -68,13 +68,14 @@ class _UnixServer(socketserver.ThreadingUnixStreamServer):
         self._tracked_lock = threading.Lock()
         self._live_requests: set[socket.socket] = set()
         self._handler_threads: set[threading.Thread] = set()
+        self._bind_path = path
         super().__init__(str(path), handler)
         st = os.lstat(path)
         self.identity = (st.st_dev, st.st_ino)
 
     def server_bind(self) -> None:
         super().server_bind()
-        os.chmod(self.server_address, 0o600)
+        os.chmod(self._bind_path, 0o600)
 
     def verify_request(self, request: Any, client_address: Any) -> bool:  # noqa: ARG002 - socketserver hook
         _pid, uid = _platform.peer_credentials(request)

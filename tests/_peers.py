@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import ipchannel
 
 if TYPE_CHECKING:
+    import socket
     from multiprocessing.connection import Connection
 
 
@@ -149,7 +149,9 @@ def _fds_pointing_to(path: str) -> list[int]:
     return found
 
 
-def _forked_child(conn: Connection, channel: ipchannel.Channel, sock: ipchannel.ChannelSocket, parent: int) -> None:
+def _forked_child(
+    conn: Connection, channel: ipchannel.Channel, sock: ipchannel.ChannelSocket, parent: int
+) -> None:
     """Body of a child forked from a hosting parent; reports over the inherited pipe, then waits."""
     lock_path = str(channel.runtime_dir / f"{channel.name}.lock")
     conn.send(

@@ -20,7 +20,8 @@ def _connect_all(peers: list[Peer]) -> list[dict[str, object]]:
 def test_two_processes_exchange_messages(peers: Peers) -> None:
     a, b = peers.start(2)
     info_a, info_b = _connect_all([a, b])
-    assert info_a["is_host"] and not info_b["is_host"]
+    assert info_a["is_host"]
+    assert not info_b["is_host"]
     assert info_a["host_pid"] == info_b["host_pid"] == a.pid
     # both talk: the host through its own socket, the client through its
     assert a.call("request", text="from a")["reply"] == f"{a.pid} from a"
@@ -63,7 +64,7 @@ def test_sigkill_host_each_client_same_socket_gets_reply_from_new_host(peers: Pe
     assert len(new_host_pids) == 1
     new_host = int(new_host_pids.pop())
     assert new_host in {c.pid for c in clients}
-    for c, a, b in zip(clients, after, before[1:] if before[0]["is_host"] else before, strict=False):
+    for a in after:
         assert a["seconds"] < 2.0
         assert a["generation"] == 2
     # the very same socket objects and descriptors

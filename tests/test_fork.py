@@ -1,4 +1,4 @@
-"""Fork safety with a real os.fork() (gunicorn --preload): the parent hosts, the children share the channel."""
+"""Fork safety with a real os.fork(), as under gunicorn --preload: the parent hosts, its children share."""
 
 from __future__ import annotations
 
@@ -6,10 +6,9 @@ import os
 import signal
 from typing import TYPE_CHECKING, Any
 
+import _peers
 import pytest
 from conftest import SPAWN, reap, wait_until
-
-import _peers  # type: ignore[import-not-found]
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
@@ -42,7 +41,9 @@ class _Events:
 @pytest.mark.timeout(60)
 def test_forked_children_never_host_and_take_over_when_parent_dies(runtime_dir: Path) -> None:
     parent_conn, child_conn = SPAWN.Pipe()
-    proc = SPAWN.Process(target=_peers.fork_main, args=(child_conn, "forked", str(runtime_dir), 2), daemon=True)
+    proc = SPAWN.Process(
+        target=_peers.fork_main, args=(child_conn, "forked", str(runtime_dir), 2), daemon=True
+    )
     proc.start()
     child_conn.close()
     events = _Events(parent_conn)
@@ -62,11 +63,13 @@ def test_forked_children_never_host_and_take_over_when_parent_dies(runtime_dir: 
         parent_conn.send("request")
         assert events.wait_for(lambda e: e["event"] == "parent_reply")["reply"] == f"{proc.pid} parent"
 
+        assert proc.pid is not None
         os.kill(proc.pid, signal.SIGKILL)
         # not join(): it waits on a sentinel pipe the forked children inherited; exitcode uses waitpid
         wait_until(lambda: proc.exitcode is not None)
         takeovers = [
-            events.wait_for(lambda e, pid=pid: e["event"] == "new_host" and e["pid"] == pid) for pid in children
+            events.wait_for(lambda e, pid=pid: e["event"] == "new_host" and e["pid"] == pid)
+            for pid in children
         ]
         new_hosts = {int(t["reply"].split()[0]) for t in takeovers}
         assert len(new_hosts) == 1

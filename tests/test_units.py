@@ -8,6 +8,8 @@ import pickle
 import subprocess
 import sys
 import time
+from pathlib import Path
+
 import psutil
 import pytest
 from conftest import wait_until
@@ -16,8 +18,6 @@ import ipchannel
 from ipchannel._election import Backoff, Deadline, validate_timeout
 from ipchannel._hostrecord import HostRecord, own_create_time, read_record, write_record
 from ipchannel._paths import NAME_RULE, ChannelPaths, validate_name
-
-from pathlib import Path
 
 
 @pytest.mark.parametrize("name", ["a", "counter", "A-b_c.d", "-x", "_", "9" * 64])
@@ -37,7 +37,9 @@ def test_name_must_be_str() -> None:
         validate_name(b"abc")
 
 
-@pytest.mark.parametrize(("value", "expected"), [(None, None), (0, 0.0), (2, 2.0), (0.5, 0.5), (float("inf"), None)])
+@pytest.mark.parametrize(
+    ("value", "expected"), [(None, None), (0, 0.0), (2, 2.0), (0.5, 0.5), (float("inf"), None)]
+)
 def test_valid_timeouts(value: object, expected: float | None) -> None:
     assert validate_timeout(value) == expected
 
@@ -56,7 +58,12 @@ def test_non_numeric_timeout_is_a_type_error(value: object) -> None:
 
 def test_backoff_doubles_to_the_cap_and_stops_at_the_deadline() -> None:
     waits: list[float] = []
-    backoff = Backoff(Deadline(0.5), lambda s: waits.append(s) or False)
+
+    def record_wait(seconds: float) -> bool:
+        waits.append(seconds)
+        return False
+
+    backoff = Backoff(Deadline(0.5), record_wait)
     for _ in range(12):
         assert backoff.sleep()
     assert waits[0] <= 1.5 * Backoff.FIRST
@@ -90,8 +97,17 @@ def test_record_round_trip_and_atomic_write(tmp_path: Path) -> None:
     assert sorted(os.listdir(tmp_path)) == ["c.host"]  # no temporary file left
 
 
-@pytest.mark.parametrize("content", [b"", b"{", b"[]", b'{"pid": 1}', b'{"pid": -1, "create_time": 0, '
-                                     b'"sock": "", "generation": 1, "started": 0}', b"\xff\xfe"])
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"",
+        b"{",
+        b"[]",
+        b'{"pid": 1}',
+        b'{"pid": -1, "create_time": 0, "sock": "", "generation": 1, "started": 0}',
+        b"\xff\xfe",
+    ],
+)
 def test_corrupt_record_reads_as_none(tmp_path: Path, content: bytes) -> None:
     (tmp_path / "c.host").write_bytes(content)
     assert read_record(tmp_path / "c.host") is None
@@ -161,9 +177,14 @@ def test_exception_messages_carry_context() -> None:
 
 def test_exports() -> None:
     assert ipchannel.__all__ == sorted(ipchannel.__all__)
-    assert {"Channel", "open_channel", "ChannelError", "ChannelTimeout", "HostChanged", "ChannelClosed"} <= set(
-        ipchannel.__all__
-    )
+    assert {
+        "Channel",
+        "open_channel",
+        "ChannelError",
+        "ChannelTimeout",
+        "HostChanged",
+        "ChannelClosed",
+    } <= set(ipchannel.__all__)
     for name in ipchannel.__all__:
         obj = getattr(ipchannel, name)
         if name != "__version__":

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-import socket
 import struct
+from typing import TYPE_CHECKING
 
 import psutil
+
+if TYPE_CHECKING:
+    import socket
 
 __all__ = ["SUN_PATH_MAX", "lock_holders", "peer_credentials", "process_exiting"]
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-import socket
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import socket
 
 __all__ = ["SUN_PATH_MAX", "lock_holders", "peer_credentials", "process_exiting"]
 
