@@ -1,0 +1,7 @@
+"""``python -m ipchannel``: see ``_cli``."""
+
+from __future__ import annotations
+
+from ._cli import main
+
+raise SystemExit(main())
