@@ -9,6 +9,8 @@ import signal
 import socket
 import socketserver
 import stat
+import subprocess
+import sys
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -390,3 +392,38 @@ def test_close_from_another_thread_interrupts_a_waiting_connect(peers: Peers) ->
         assert isinstance(errors[0], ipchannel.ChannelClosed)
     finally:
         reap(sleeper, timeout=0)
+
+
+_CONNECT_AS_NOBODY = """
+import os, socket, sys
+os.setgid(65534); os.setuid(65534)
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect(sys.argv[1])
+s.sendall(b"let me in\\n")
+print(repr(s.recv(100)), flush=True)
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a client as another user")
+def test_peer_with_another_uid_is_refused(
+    channel: ipchannel.Channel, runtime_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="ipchannel")
+    channel.connect()
+    # Open the door on purpose (the directory is 0700, the socket 0600): the uid check must still hold.
+    runtime_dir.chmod(0o711)
+    (runtime_dir / "test.sock").chmod(0o666)
+    result = subprocess.run(
+        [sys.executable, "-c", _CONNECT_AS_NOBODY, str(runtime_dir / "test.sock")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    # refused: EOF, or a reset/broken pipe if the refusal lands before the client's write
+    refused = ("ConnectionResetError", "BrokenPipeError")
+    assert result.stdout.strip() == "b''" or any(r in result.stderr for r in refused), result
+    assert "refused a connection from uid 65534" in caplog.text
+    sock = channel.connect()  # the host keeps serving its own user
+    sock.sendall(b"me\n")
+    assert _peers.read_line(sock) == f"{os.getpid()} me\n".encode()
