@@ -280,7 +280,7 @@ class Channel:
             record = read_record(self._paths.record)
             if record is not None:
                 self._last_host_pid = record.pid
-                if record != avoid and (not verify or record.liveness() == "alive"):
+                if record != avoid and (not verify or record.serving()):
                     return record
             if self._lock.try_acquire():
                 return self._become_host(record)
@@ -306,7 +306,7 @@ class Channel:
                 server.stop_listening()
                 remove_record(paths.record)
             self._lock.release()
-            if isinstance(exc, OSError):
+            if isinstance(exc, OSError) and not isinstance(exc, ChannelError):
                 raise ChannelError(
                     f"channel {self._name!r}: cannot host in {paths.directory}: {exc}"
                 ) from exc
@@ -386,10 +386,9 @@ class Channel:
             server.restart_if_dead()
             return
         if record is not None:
-            liveness = record.liveness()
-            if liveness == "alive":
+            if record.serving():
                 return
-            if liveness == "dead":
+            if record.liveness() != "unknown":  # dead, or exiting: its lock is about to go
                 self._forget_host(record)
         # No live host known (or a zombie one): one election step, as connect() would.
         found = self._elect(record, verify=True)

@@ -51,7 +51,9 @@ class _Owner(Protocol):
 
     def _still_serving(self, record: HostRecord) -> bool: ...
 
-    def _open_connection(self, deadline: Deadline) -> tuple[socket.socket, HostRecord]: ...
+    def _open_connection(
+        self, deadline: Deadline, avoid: HostRecord | None = None
+    ) -> tuple[socket.socket, HostRecord]: ...
 
 
 class ChannelSocket(socket.socket):
@@ -164,14 +166,18 @@ class ChannelSocket(socket.socket):
             if self._peer_closed or not owner.auto_reconnect:
                 return False
             old = self._record
-            if not forked and old is not None and owner._still_serving(old):  # noqa: SLF001
+            if forked:  # the parent's host is as good as ever; only our copy of its connection is gone
+                self._reconnect(owner, old, avoid=None)
+                return True
+            if old is not None and owner._still_serving(old):  # noqa: SLF001
                 self._peer_closed = True
                 return False
-            self._reconnect(owner, old)
+            # avoid=old: a dying host's listener can outlive its connections for a moment; never go back to it
+            self._reconnect(owner, old, avoid=old)
             return True
 
-    def _reconnect(self, owner: _Owner, old: HostRecord | None) -> None:
-        fresh, record = owner._open_connection(Deadline(self._timeout))  # noqa: SLF001
+    def _reconnect(self, owner: _Owner, old: HostRecord | None, avoid: HostRecord | None) -> None:
+        fresh, record = owner._open_connection(Deadline(self._timeout), avoid=avoid)  # noqa: SLF001
         try:
             os.dup2(fresh.fileno(), self.fileno())
         finally:

@@ -4,10 +4,13 @@ Protocol, for a channel ``NAME`` in one runtime directory:
 
 1. Whoever holds the flock on ``NAME.lock`` is the host. The kernel drops the
    lock when the holder dies, so at most one process ever hosts.
-2. The new host removes a stale ``NAME.sock``, binds and listens, then writes
-   ``NAME.host`` with generation = previous + 1.
-3. Everyone else reads ``NAME.host`` and connects to the socket it names; a
-   missing, stale or refusing host means "back off briefly and try again".
+2. The new host listens on a private name (``.NAME.<pid>.sock``), writes
+   ``NAME.host`` with generation = previous + 1, then renames its socket to
+   ``NAME.sock``, atomically replacing a stale one. So a socket that accepts at
+   ``NAME.sock`` always belongs to a host whose record is already written.
+3. Everyone else reads ``NAME.host`` and connects to ``NAME.sock``; the peer's
+   pid (SO_PEERCRED) must match the record. A missing, stale or refusing host
+   means "try the lock, else back off briefly and try again".
 
 This is the only module that imports filelock. ``NAME.lock`` is never unlinked:
 a process may hold a descriptor on the old inode while a newcomer would lock a

@@ -78,7 +78,12 @@ class _UnixServer(socketserver.ThreadingUnixStreamServer):
         os.chmod(self._bind_path, 0o600)
 
     def verify_request(self, request: Any, client_address: Any) -> bool:  # noqa: ARG002 - socketserver hook
-        _pid, uid = _platform.peer_credentials(request)
+        # socketserver calls this outside its try: an exception here would end serve_forever.
+        try:
+            _pid, uid = _platform.peer_credentials(request)
+        except OSError as exc:
+            _LOGGER.debug("channel %r: cannot read peer credentials: %s", self.channel_name, exc)
+            return False
         if uid is not None and uid != os.geteuid():
             _LOGGER.warning("channel %r: refused a connection from uid %s", self.channel_name, uid)
             return False
