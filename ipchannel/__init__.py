@@ -14,7 +14,12 @@ from ._errors import ChannelClosed as ChannelClosed
 from ._errors import ChannelError as ChannelError
 from ._errors import ChannelTimeout as ChannelTimeout
 from ._errors import HostChanged as HostChanged
+from ._errors import ProtocolError as ProtocolError
+from ._errors import RemoteError as RemoteError
 from ._errors import RuntimeDirError as RuntimeDirError
+from ._framing import recv_message as recv_message
+from ._framing import send_message as send_message
+from ._requests import RequestChannel as RequestChannel
 from ._version import __version__ as __version__
 
 __all__ = [
@@ -24,9 +29,14 @@ __all__ = [
     "ChannelSocket",
     "ChannelTimeout",
     "HostChanged",
+    "ProtocolError",
+    "RemoteError",
+    "RequestChannel",
     "RuntimeDirError",
     "__version__",
     "open_channel",
+    "recv_message",
+    "send_message",
 ]
 
 for _name in __all__:

@@ -22,20 +22,38 @@ import logging
 import os
 import socket
 import threading
-from typing import TYPE_CHECKING, NoReturn, Protocol
+from typing import TYPE_CHECKING, NoReturn, Protocol, cast
 
 from ._election import Deadline
 from ._errors import ChannelClosed, HostChanged
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from _typeshed import ReadableBuffer, WriteableBuffer
 
     from ._hostrecord import HostRecord
 
-__all__ = ["ChannelSocket"]
+__all__ = ["ChannelSocket", "reconnect_within"]
 
 _LOGGER = logging.getLogger("ipchannel")
 _LOST = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
+_NO_OVERRIDE = object()
+_override = threading.local()
+
+
+@contextlib.contextmanager
+def reconnect_within(seconds: float | None) -> Iterator[None]:
+    """In this thread, bound a socket's wait for a new host by ``seconds`` instead of its connect timeout.
+
+    Lets a layer with its own deadlines (the request layer) share one socket between threads.
+    """
+    previous = getattr(_override, "seconds", _NO_OVERRIDE)
+    _override.seconds = seconds
+    try:
+        yield
+    finally:
+        _override.seconds = previous
 
 
 class _Owner(Protocol):
@@ -69,6 +87,7 @@ class ChannelSocket(socket.socket):
         self._record: HostRecord | None = None
         self._timeout: float | None = None
         self._epoch = 0
+        self._switched_by = 0  # thread ident of whoever made the last reconnection
         self._stale = False  # set in a forked child: reconnect before first use
         self._peer_closed = False  # the host's handler closed this connection deliberately
         self._channel_closed = False
@@ -81,6 +100,15 @@ class ChannelSocket(socket.socket):
     def host_generation(self) -> int | None:
         """Generation of the host this socket is connected to."""
         return None if self._record is None else self._record.generation
+
+    @property
+    def reconnects(self) -> int:
+        """How many times this socket was moved to a new connection (host change or fork)."""
+        return self._epoch
+
+    def _moved_by_this_thread(self, since: int) -> bool:
+        """Say whether exactly one reconnection happened since ``since``, made by the calling thread."""
+        return self._epoch == since + 1 and self._switched_by == threading.get_ident()
 
     # -- the four I/O calls -------------------------------------------------
 
@@ -177,7 +205,9 @@ class ChannelSocket(socket.socket):
             return True
 
     def _reconnect(self, owner: _Owner, old: HostRecord | None, avoid: HostRecord | None) -> None:
-        fresh, record = owner._open_connection(Deadline(self._timeout), avoid=avoid)  # noqa: SLF001
+        override = getattr(_override, "seconds", _NO_OVERRIDE)
+        timeout = self._timeout if override is _NO_OVERRIDE else cast("float | None", override)
+        fresh, record = owner._open_connection(Deadline(timeout), avoid=avoid)  # noqa: SLF001
         try:
             os.dup2(fresh.fileno(), self.fileno())
         finally:
@@ -185,6 +215,7 @@ class ChannelSocket(socket.socket):
         self.settimeout(self.gettimeout())  # the new description starts blocking; reapply our mode
         self._record = record
         self._stale = False
+        self._switched_by = threading.get_ident()
         self._epoch += 1
         _LOGGER.info(
             "channel %r: socket reconnected to host pid %d (generation %s -> %d)",

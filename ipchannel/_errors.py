@@ -6,7 +6,9 @@ One root, with builtin mix-ins so ``except TimeoutError`` and friends work::
     ├── ChannelTimeout   (also TimeoutError)          no host could be reached in time
     ├── HostChanged      (also ConnectionResetError)  the host died; the socket now talks to a new one
     ├── ChannelClosed                                  *your* code closed the channel
-    └── RuntimeDirError  (also OSError)                the runtime directory cannot be used safely
+    ├── RuntimeDirError  (also OSError)                the runtime directory cannot be used safely
+    ├── ProtocolError                                  bytes on the wire are not a valid frame
+    └── RemoteError                                    the host's request handler raised
 
 Each exception keeps its context as attributes, builds its text in ``__str__``
 and pickles through ``__reduce__``, so it survives being sent to another process.
@@ -17,7 +19,15 @@ from __future__ import annotations
 import errno
 from typing import Any
 
-__all__ = ["ChannelClosed", "ChannelError", "ChannelTimeout", "HostChanged", "RuntimeDirError"]
+__all__ = [
+    "ChannelClosed",
+    "ChannelError",
+    "ChannelTimeout",
+    "HostChanged",
+    "ProtocolError",
+    "RemoteError",
+    "RuntimeDirError",
+]
 
 
 class ChannelError(Exception):
@@ -108,3 +118,44 @@ class RuntimeDirError(ChannelError, OSError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return type(self), (self.path, self.problem, self.hint)
+
+
+class ProtocolError(ChannelError):
+    """The bytes received are not a valid frame (too large, truncated, unknown kind).
+
+    The connection that carried them is out of step and should be closed; other connections are unaffected.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"protocol error: {self.reason}"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.reason,)
+
+
+class RemoteError(ChannelError):
+    """The host's request handler raised; its type, message and traceback travel back to the caller.
+
+    The host keeps running; only this request failed.
+    """
+
+    def __init__(
+        self, channel: str, type_name: str, message: str, traceback: str, host_pid: int | None
+    ) -> None:
+        super().__init__(channel, type_name, message)
+        self.channel = channel
+        self.type_name = type_name
+        self.message = message
+        self.traceback = traceback
+        self.host_pid = host_pid
+
+    def __str__(self) -> str:
+        where = f"the handler of channel {self.channel!r} in host pid {self.host_pid}"
+        return f"{self.type_name}: {self.message} (raised by {where})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.channel, self.type_name, self.message, self.traceback, self.host_pid)

@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -201,3 +202,120 @@ def fork_main(conn: Connection, name: str, runtime_dir: str, children: int) -> N
         if cmd == "request":
             reply, _ = request(sock, "parent", time.monotonic() + 5)
             conn.send({"pid": os.getpid(), "event": "parent_reply", "reply": reply})
+
+
+# -- RequestChannel peers -----------------------------------------------------------------------
+
+_BARRIER = threading.Barrier(8)
+
+
+def _runtime_dir() -> str:
+    return os.environ["IPCHANNEL_DIR"]
+
+
+def on_request(message: Any) -> Any:
+    """The request handler every RequestChannel peer uses; what it does depends on the message."""
+    op = message.get("op") if isinstance(message, dict) else None
+    if op == "raise":
+        raise ValueError(f"refused {message['value']!r}")
+    if op == "barrier":  # returns only once 8 requests are inside the handler at the same time
+        _BARRIER.wait(timeout=10)
+    if op == "hold":  # blocks while a hold file names this host; logs its entry first
+        fd = os.open(
+            os.path.join(_runtime_dir(), f"entered-{os.getpid()}"), os.O_WRONLY | os.O_CREAT | os.O_APPEND
+        )
+        os.write(fd, b".")
+        os.close(fd)
+        while os.path.exists(os.path.join(_runtime_dir(), f"hold-{os.getpid()}")):
+            time.sleep(0.005)
+    return {"pid": os.getpid(), "message": message}
+
+
+class ReversingCodec:
+    """A custom codec: UTF-8 text, reversed on the wire."""
+
+    @staticmethod
+    def dumps(obj: Any) -> bytes:
+        return str(obj)[::-1].encode()
+
+    @staticmethod
+    def loads(data: bytes) -> Any:
+        return data.decode()[::-1]
+
+
+class _RequestPeer:
+    def __init__(self, name: str, runtime_dir: str, codec: str) -> None:
+        chosen: Any = ReversingCodec() if codec == "reversing" else codec
+        self.channel = ipchannel.RequestChannel(name, on_request, codec=chosen, runtime_dir=runtime_dir)
+        self.received: list[Any] = []
+        self.lock = threading.Lock()
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "is_host": self.channel.is_host,
+            "host_pid": self.channel.channel.host_pid,
+        }
+
+    def do(self, cmd: str, args: dict[str, Any]) -> dict[str, Any]:
+        if cmd == "request":
+            return {
+                **self.info(),
+                "reply": self.channel.request(args["message"], timeout=args.get("timeout", 5.0)),
+            }
+        if cmd == "concurrent_requests":
+            return {**self.info(), "replies": self._concurrently(args["messages"], args.get("timeout", 10.0))}
+        if cmd == "subscribe":
+            self.channel.subscribe(self._on_message)
+            return self.info()
+        if cmd == "received":
+            with self.lock:
+                return {"received": list(self.received)}
+        if cmd == "publish":
+            self.channel.publish(args["message"], timeout=args.get("timeout", 5.0))
+            return self.info()
+        if cmd == "info":
+            return self.info()
+        raise ValueError(f"unknown command {cmd!r}")
+
+    def _on_message(self, message: Any) -> None:
+        with self.lock:
+            self.received.append(message)
+
+    def _concurrently(self, messages: list[Any], timeout: float) -> list[Any]:
+        results: list[Any] = [None] * len(messages)
+
+        def one(i: int) -> None:
+            try:
+                results[i] = self.channel.request(messages[i], timeout=timeout)
+            except Exception as exc:  # noqa: BLE001 - reported to the test
+                results[i] = {"error": type(exc).__name__, "message": str(exc)}
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(len(messages))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return results
+
+
+def request_peer_main(conn: Connection, name: str, runtime_dir: str, codec: str = "json") -> None:
+    """Entry point of a RequestChannel peer; same command loop as peer_main."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    peer = _RequestPeer(name, runtime_dir, codec)
+    conn.send({"ready": os.getpid()})
+    while True:
+        try:
+            cmd, args = conn.recv()
+        except EOFError:
+            break
+        if cmd == "exit":
+            peer.channel.close()
+            conn.send({"exited": True})
+            break
+        try:
+            conn.send({"ok": True, **peer.do(cmd, args)})
+        except Exception as exc:  # noqa: BLE001 - reported to the test, which asserts on it
+            conn.send({"ok": False, "error": type(exc).__name__, "message": str(exc)})
+    with contextlib.suppress(OSError):
+        conn.close()

@@ -51,11 +51,17 @@ def runtime_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 class Peer:
     """A real spawned process owning one Channel, driven by commands over a Pipe."""
 
-    def __init__(self, name: str, runtime_dir: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        runtime_dir: Path,
+        target: Callable[..., None] = _peers.peer_main,
+        extra: tuple[Any, ...] = (),
+    ) -> None:
         parent, child = SPAWN.Pipe()
         self._conn: Connection = parent
         self.process: BaseProcess = SPAWN.Process(
-            target=_peers.peer_main, args=(child, name, str(runtime_dir)), daemon=True
+            target=target, args=(child, name, str(runtime_dir), *extra), daemon=True
         )
         self.process.start()
         child.close()
@@ -109,7 +115,14 @@ class Peers:
         self.started: list[Peer] = []
 
     def start(self, n: int = 1, name: str = "test") -> list[Peer]:
+        """Start ``n`` peers owning a Channel."""
         new = [Peer(name, self._runtime_dir) for _ in range(n)]
+        self.started.extend(new)
+        return new
+
+    def start_requests(self, n: int = 1, name: str = "test", codec: str = "json") -> list[Peer]:
+        """Start ``n`` peers owning a RequestChannel (handler: ``_peers.on_request``)."""
+        new = [Peer(name, self._runtime_dir, _peers.request_peer_main, (codec,)) for _ in range(n)]
         self.started.extend(new)
         return new
 

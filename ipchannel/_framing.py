@@ -1,0 +1,63 @@
+"""Length-prefixed frames over a stream socket, for raw-socket users and the request layer.
+
+A frame is a 4-byte big-endian length (``!I``) followed by that many bytes, as
+``multiprocessing.connection`` does. The length is checked against a limit
+*before* anything is allocated. Header and payload go out in one ``sendall``,
+so a host change can never deliver a header without its payload.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import TYPE_CHECKING
+
+from ._errors import ProtocolError
+
+if TYPE_CHECKING:
+    import socket
+
+    from _typeshed import ReadableBuffer
+
+__all__ = ["DEFAULT_MAX_SIZE", "recv_message", "send_message"]
+
+#: Largest frame accepted by default: 64 MiB.
+DEFAULT_MAX_SIZE = 64 * 1024 * 1024
+_HEADER = struct.Struct("!I")
+
+
+def send_message(sock: socket.socket, data: ReadableBuffer) -> None:
+    """Send ``data`` as one frame.
+
+    :raises ValueError: ``data`` is longer than a 4-byte length can say (4 GiB).
+    """
+    payload = memoryview(data).cast("B")
+    if payload.nbytes > 0xFFFFFFFF:
+        raise ValueError(f"a frame holds at most 4 GiB - 1 bytes, not {payload.nbytes}")
+    sock.sendall(_HEADER.pack(payload.nbytes) + payload)
+
+
+def recv_message(sock: socket.socket, max_size: int = DEFAULT_MAX_SIZE) -> bytes:
+    """Receive one frame and return its payload.
+
+    :raises EOFError: the peer closed the connection cleanly, between frames.
+    :raises ProtocolError: the frame is larger than ``max_size``, or the connection ended mid-frame.
+    """
+    header = _recv_exactly(sock, _HEADER.size, at_boundary=True)
+    (size,) = _HEADER.unpack(header)
+    if size > max_size:
+        raise ProtocolError(f"frame of {size} bytes is larger than the limit of {max_size} bytes")
+    return _recv_exactly(sock, size, at_boundary=False)
+
+
+def _recv_exactly(sock: socket.socket, size: int, *, at_boundary: bool) -> bytes:
+    buffer = bytearray(size)
+    view = memoryview(buffer)
+    received = 0
+    while received < size:
+        count = sock.recv_into(view[received:], size - received)
+        if count == 0:
+            if at_boundary and received == 0:
+                raise EOFError("connection closed")
+            raise ProtocolError(f"connection closed {received} bytes into a {size}-byte read")
+        received += count
+    return bytes(buffer)

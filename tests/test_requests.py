@@ -1,0 +1,245 @@
+"""Framing and RequestChannel: request/reply and publish/subscribe across real processes and host kills."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import pickle
+import socket
+import struct
+import threading
+from typing import TYPE_CHECKING, Any
+
+import _peers
+import pytest
+from conftest import Peer, Peers, wait_until
+
+import ipchannel
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+
+# -- framing --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with a, b:
+        yield a, b
+
+
+@pytest.mark.parametrize("payload", [b"", b"x", b"hello" * 1000, bytes(range(256)) * 4096])
+def test_frames_round_trip(pair: tuple[socket.socket, socket.socket], payload: bytes) -> None:
+    a, b = pair
+    sender = threading.Thread(target=ipchannel.send_message, args=(a, payload))  # larger than the buffer
+    sender.start()
+    assert ipchannel.recv_message(b) == payload
+    sender.join(10)
+
+
+def test_frame_over_the_limit_is_a_protocol_error_before_allocating(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    a, b = pair
+    a.sendall(struct.pack("!I", 0xFFFFFFFF))
+    with pytest.raises(ipchannel.ProtocolError, match="larger than the limit of 1024"):
+        ipchannel.recv_message(b, max_size=1024)
+    assert issubclass(ipchannel.ProtocolError, ipchannel.ChannelError)
+
+
+def test_truncated_frame_is_a_protocol_error_and_clean_eof_is_eoferror(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    a, b = pair
+    ipchannel.send_message(a, b"whole")
+    a.sendall(struct.pack("!I", 10) + b"half")
+    a.shutdown(socket.SHUT_WR)
+    assert ipchannel.recv_message(b) == b"whole"
+    with pytest.raises(ipchannel.ProtocolError, match="4 bytes into a 10-byte read"):
+        ipchannel.recv_message(b)
+    c, d = socket.socketpair()
+    with c, d:
+        c.close()
+        with pytest.raises(EOFError):
+            ipchannel.recv_message(d)
+
+
+def test_remote_error_pickles() -> None:
+    exc = ipchannel.RemoteError("c", "ValueError", "bad", "Traceback ...", 42)
+    copy = pickle.loads(pickle.dumps(exc))  # noqa: S301 - our own bytes
+    assert vars(copy) == vars(exc)
+    assert str(copy) == "ValueError: bad (raised by the handler of channel 'c' in host pid 42)"
+
+
+# -- RequestChannel in this process -------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("runtime_dir")
+def test_bad_arguments() -> None:
+    with pytest.raises(TypeError, match="on_request must be a callable"):
+        ipchannel.RequestChannel("x", 42)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unknown codec 'yaml'"):
+        ipchannel.RequestChannel("x", _peers.on_request, codec="yaml")
+    with pytest.raises(TypeError, match="codec must be"):
+        ipchannel.RequestChannel("x", _peers.on_request, codec=object())  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="max_message_size"):
+        ipchannel.RequestChannel("x", _peers.on_request, max_message_size=0)
+    with ipchannel.RequestChannel("x", _peers.on_request) as rc:
+        with pytest.raises(TypeError, match="callback must be callable"):
+            rc.subscribe(42)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match=">= 0"):
+            rc.request("m", timeout=-1)
+        with pytest.raises(TypeError, match="not JSON serializable"):
+            rc.request(object())
+        assert rc.request("still usable")["message"] == "still usable"
+
+
+@pytest.mark.usefixtures("runtime_dir")
+def test_closed_channel_raises_channel_closed() -> None:
+    rc = ipchannel.RequestChannel("x", _peers.on_request)
+    assert rc.request(1)["pid"] == os.getpid()
+    rc.close()
+    rc.close()
+    with pytest.raises(ipchannel.ChannelClosed):
+        rc.request(1)
+    with pytest.raises(ipchannel.ChannelClosed):
+        rc.publish(1)
+
+
+def test_request_timeout_names_the_channel_and_the_wait(peers: Peers, runtime_dir: Path) -> None:
+    (host,) = peers.start_requests(1)
+    assert host.call("request", message={"op": "echo"})["reply"]["pid"] == host.pid
+    (runtime_dir / f"hold-{host.pid}").touch()
+    with ipchannel.RequestChannel("test", _peers.on_request) as rc:
+        with pytest.raises(ipchannel.ChannelTimeout) as info:
+            rc.request({"op": "hold"}, timeout=0.3)
+        assert isinstance(info.value, TimeoutError)
+        assert "'test'" in str(info.value)
+        assert 0.3 <= info.value.waited < 2
+        (runtime_dir / f"hold-{host.pid}").unlink()
+        assert rc.request("after")["message"] == "after"  # the channel is still usable
+
+
+# -- real processes ------------------------------------------------------------------------------------
+
+
+def test_request_reply_between_four_processes(peers: Peers) -> None:
+    group = peers.start_requests(4)
+    first = group[0].call("request", message="hello")
+    host = first["reply"]["pid"]
+    assert host == group[0].pid
+    for p in group:
+        reply = p.call("request", message={"from": p.pid})["reply"]
+        assert reply == {"pid": host, "message": {"from": p.pid}}
+
+
+def test_eight_threads_have_requests_in_flight_at_once(peers: Peers) -> None:
+    host, client = peers.start_requests(2)
+    host.call("request", message="elect me")
+    # the handler returns only once 8 requests are inside it together (serialised: a broken barrier)
+    replies = client.call("concurrent_requests", timeout=30, messages=[{"op": "barrier"}] * 8)["replies"]
+    assert [r.get("pid") for r in replies] == [host.pid] * 8, replies
+
+
+def test_remote_exception_reaches_the_caller_and_the_host_keeps_serving(peers: Peers) -> None:
+    host, client = peers.start_requests(2)
+    host.call("request", message="elect me")
+    result = client.try_call("request", message={"op": "raise", "value": 7})
+    assert result["error"] == "RemoteError"
+    assert (
+        f"ValueError: refused 7 (raised by the handler of channel 'test' in host pid {host.pid})"
+        in (result["message"])
+    )
+    assert client.call("request", message="next")["reply"]["pid"] == host.pid
+    with ipchannel.RequestChannel("test", _peers.on_request) as rc:
+        with pytest.raises(ipchannel.RemoteError) as info:
+            rc.request({"op": "raise", "value": "x"})
+        assert info.value.type_name == "ValueError"
+        assert "Traceback (most recent call last)" in info.value.traceback
+        assert "refused 'x'" in info.value.traceback
+
+
+@pytest.mark.timeout(60)
+def test_sigkill_host_with_fifty_requests_in_flight_every_one_answered(
+    peers: Peers, runtime_dir: Path
+) -> None:
+    host, *clients = peers.start_requests(4)
+    host.call("request", message="elect me")
+    (runtime_dir / f"hold-{host.pid}").touch()  # the first host sits on every request it gets
+    counts = [17, 17, 16]
+    for client, n in zip(clients, counts, strict=True):
+        messages = [{"op": "hold", "n": i, "client": client.pid} for i in range(n)]
+        client._conn.send(("concurrent_requests", {"messages": messages, "timeout": 20.0}))  # noqa: SLF001
+    entered = runtime_dir / f"entered-{host.pid}"
+    wait_until(lambda: entered.exists() and len(entered.read_bytes()) == sum(counts), timeout=15)
+    host.kill()
+    answers = [client._recv(30.0) for client in clients]  # noqa: SLF001
+    for client, n, answer in zip(clients, counts, answers, strict=True):
+        assert answer["ok"], answer
+        replies = answer["replies"]
+        assert len(replies) == n
+        assert all("error" not in r for r in replies), replies
+        assert {r["message"]["n"] for r in replies} == set(range(n))
+        assert {r["message"]["client"] for r in replies} == {client.pid}
+        assert {r["pid"] for r in replies} <= {c.pid for c in clients}  # answered by the new host
+    assert len({r["pid"] for a in answers for r in a["replies"]}) == 1
+
+
+def _received(peer: Peer) -> list[Any]:
+    received: list[Any] = peer.call("received")["received"]
+    return received
+
+
+def _received_exactly(peer: Peer, expected: list[Any]) -> bool:
+    return _received(peer) == expected
+
+
+def test_publish_reaches_every_subscriber_and_again_after_the_host_dies(peers: Peers) -> None:
+    host, *subscribers, publisher = peers.start_requests(5)
+    host.call("request", message="elect me")
+    for p in [*subscribers, publisher]:
+        p.call("subscribe")
+    publisher.call("publish", message="one")
+    for p in [*subscribers, publisher]:  # the publisher's own subscription included
+        wait_until(functools.partial(_received_exactly, p, ["one"]))
+    host.kill()
+    publisher.call("publish", message="two")  # at once: subscribers may not have re-subscribed yet
+    publisher.call("publish", message="three")
+    for p in [*subscribers, publisher]:  # once each, in order, none lost in the failover window
+        wait_until(functools.partial(_received_exactly, p, ["one", "two", "three"]), timeout=5)
+
+
+def test_custom_codec(peers: Peers) -> None:
+    host, client = peers.start_requests(2, codec="reversing")
+    assert host.call("request", message="abc")["reply"].startswith("{")  # str() of the reply dict
+    reply = client.call("request", message="hello")["reply"]
+    assert reply == str({"pid": host.pid, "message": "hello"})
+
+
+def test_oversized_and_garbage_frames_do_not_disturb_other_clients(peers: Peers, runtime_dir: Path) -> None:
+    host, client = peers.start_requests(2)
+    host.call("request", message="elect me")
+    path = str(runtime_dir / "test.sock")
+    hostile = [
+        struct.pack("!I", 0xFFFFFFF0) + b"x" * 100,  # 4 GiB announced: refused before allocating
+        struct.pack("!I", 3) + b"abc",  # shorter than an envelope
+        struct.pack("!I", 9) + struct.pack("!BQ", 200, 1),  # unknown frame kind
+        os.urandom(4096),  # noise
+        struct.pack("!I", 1000) + b"truncated",  # then the connection closes mid-frame
+    ]
+    for garbage in hostile:
+        raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        with raw:
+            raw.connect(path)
+            raw.sendall(garbage)
+            raw.shutdown(socket.SHUT_WR)
+            raw.settimeout(5)
+            with contextlib.suppress(ConnectionResetError):  # a reset is a refusal too
+                while raw.recv(4096):  # the host closes the connection; nothing useful comes back
+                    pass
+        assert client.call("request", message="fine")["reply"] == {"pid": host.pid, "message": "fine"}
+    assert host.call("info")["is_host"]
