@@ -319,3 +319,58 @@ def request_peer_main(conn: Connection, name: str, runtime_dir: str, codec: str 
             conn.send({"ok": False, "error": type(exc).__name__, "message": str(exc)})
     with contextlib.suppress(OSError):
         conn.close()
+
+
+def request_fork_main(conn: Connection, name: str, runtime_dir: str) -> None:
+    """Host a RequestChannel, fork while another thread waits inside a request, report both sides.
+
+    At fork time the waiting thread holds the request connection's read lock; the child must not
+    inherit it held, must subscribe afresh, and must not write into the parent's connections.
+    """
+    channel = ipchannel.RequestChannel(name, on_request, runtime_dir=runtime_dir)
+    channel.request("parent first")
+    got: list[Any] = []
+    channel.subscribe(got.append)
+    hold = os.path.join(runtime_dir, f"hold-{os.getpid()}")
+    open(hold, "w").close()
+    held: list[Any] = []
+    waiter = threading.Thread(target=lambda: held.append(channel.request({"op": "hold"}, timeout=20)))
+    waiter.start()
+    entered = os.path.join(runtime_dir, f"entered-{os.getpid()}")
+    while not os.path.exists(entered):
+        time.sleep(0.005)
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            reply = channel.request({"child": os.getpid()}, timeout=5)
+            channel.publish("from child", timeout=5)
+            deadline = time.monotonic() + 5
+            while "from child" not in got and time.monotonic() < deadline:
+                time.sleep(0.005)
+            conn.send(
+                {"event": "child", "pid": os.getpid(), "reply": reply, "is_host": channel.is_host, "got": got}
+            )
+        except BaseException as exc:  # noqa: BLE001 - reported, then the child dies hard
+            conn.send({"event": "error", "error": repr(exc)})
+            code = 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    os.unlink(hold)
+    waiter.join(20)
+    deadline = time.monotonic() + 5
+    while "from child" not in got and time.monotonic() < deadline:
+        time.sleep(0.005)
+    after = channel.request("parent after", timeout=5)
+    conn.send(
+        {
+            "event": "parent",
+            "status": status,
+            "got": got,
+            "reply": after,
+            "is_host": channel.is_host,
+            "held": held,
+        }
+    )
+    channel.close()

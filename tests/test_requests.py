@@ -9,11 +9,12 @@ import pickle
 import socket
 import struct
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 import _peers
 import pytest
-from conftest import Peer, Peers, wait_until
+from conftest import SPAWN, Peer, Peers, reap, wait_until
 
 import ipchannel
 
@@ -243,3 +244,53 @@ def test_oversized_and_garbage_frames_do_not_disturb_other_clients(peers: Peers,
                     pass
         assert client.call("request", message="fine")["reply"] == {"pid": host.pid, "message": "fine"}
     assert host.call("info")["is_host"]
+
+
+def test_publish_with_no_possible_host_times_out(peers: Peers) -> None:
+    (holder,) = peers.start(1)  # a Channel peer hosts, leaks its lock to a sleeper, and dies
+    holder.call("connect")
+    sleeper = holder.call("leak_lock")["sleeper"]
+    holder.kill()
+    try:
+        with ipchannel.RequestChannel("test", _peers.on_request) as rc:
+            start = time.monotonic()
+            with pytest.raises(ipchannel.ChannelTimeout) as info:
+                rc.publish("nobody hears this", timeout=0.3)
+            assert 0.3 <= time.monotonic() - start < 3
+            assert "'test'" in str(info.value)
+    finally:
+        reap(sleeper, timeout=0)
+
+
+@pytest.mark.timeout(60)
+def test_forked_child_uses_the_request_channel_while_a_parent_thread_waits_in_a_request(
+    runtime_dir: Path,
+) -> None:
+    parent_conn, child_conn = SPAWN.Pipe()
+    proc = SPAWN.Process(
+        target=_peers.request_fork_main, args=(child_conn, "forked", str(runtime_dir)), daemon=True
+    )
+    proc.start()
+    child_conn.close()
+    try:
+        events = [parent_conn.recv() for _ in range(2) if parent_conn.poll(30)]
+        by_kind = {e["event"]: e for e in events}
+        assert "error" not in by_kind, by_kind
+        child, parent = by_kind["child"], by_kind["parent"]
+        assert child["reply"] == {"pid": proc.pid, "message": {"child": child["pid"]}}  # served by the parent
+        assert child["is_host"] is False
+        assert "from child" in child["got"]  # the child's subscription was started afresh in the child
+        assert parent["status"] == 0
+        assert parent["held"] == [
+            {"pid": proc.pid, "message": {"op": "hold"}}
+        ]  # the parent's waiter finished
+        assert "from child" in parent["got"]  # the child subscribed afresh and published through the host
+        assert parent["reply"] == {"pid": proc.pid, "message": "parent after"}  # parent's connection intact
+        assert parent["is_host"] is True
+    finally:
+        proc.join(10)
+        if proc.exitcode is None:
+            proc.kill()
+            proc.join()
+        proc.close()
+        parent_conn.close()
