@@ -38,7 +38,6 @@ __all__ = ["Channel", "open_channel"]
 _LOGGER = logging.getLogger("ipchannel")
 
 State = Literal["initiated", "connecting", "connected", "closed"]
-Handler = "Callable[[socket.socket], object] | type[socketserver.BaseRequestHandler]"
 
 _STUCK_WARNING_AFTER = 2.0  # seconds a dead host's lock may stay held before we say so
 
@@ -391,7 +390,11 @@ class Channel:
             if record.liveness() != "unknown":  # dead, or exiting: its lock is about to go
                 self._forget_host(record)
         # No live host known (or a zombie one): one election step, as connect() would.
-        found = self._elect(record, verify=True)
+        try:
+            found = self._elect(record, verify=True)
+        except ChannelClosed:
+            return  # close() began during this tick
+
         if found is not None:
             self._adopt(found)
         else:

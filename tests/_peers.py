@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import ipchannel
 
@@ -118,11 +118,17 @@ class _Peer:
         raise ValueError(f"unknown command {cmd!r}")
 
 
-def peer_main(conn: Connection, name: str, runtime_dir: str) -> None:
-    """Entry point of a peer process."""
+class _Commandable(Protocol):
+    @property
+    def channel(self) -> ipchannel.Channel | ipchannel.RequestChannel: ...
+
+    def do(self, cmd: str, args: dict[str, Any]) -> dict[str, Any]: ...
+
+
+def _serve_commands(conn: Connection, peer: _Commandable) -> None:
+    """Answer the test's commands until it says exit or hangs up; errors are reported, not raised."""
     # The test kills peers with SIGKILL; SIGTERM would run no atexit either, so make it exit cleanly.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    peer = _Peer(name, runtime_dir)
     conn.send({"ready": os.getpid()})
     while True:
         try:
@@ -139,6 +145,11 @@ def peer_main(conn: Connection, name: str, runtime_dir: str) -> None:
             conn.send({"ok": False, "error": type(exc).__name__, "message": str(exc)})
     with contextlib.suppress(OSError):
         conn.close()
+
+
+def peer_main(conn: Connection, name: str, runtime_dir: str) -> None:
+    """Entry point of a peer process owning a Channel."""
+    _serve_commands(conn, _Peer(name, runtime_dir))
 
 
 def _fds_pointing_to(path: str) -> list[int]:
@@ -300,25 +311,8 @@ class _RequestPeer:
 
 
 def request_peer_main(conn: Connection, name: str, runtime_dir: str, codec: str = "json") -> None:
-    """Entry point of a RequestChannel peer; same command loop as peer_main."""
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    peer = _RequestPeer(name, runtime_dir, codec)
-    conn.send({"ready": os.getpid()})
-    while True:
-        try:
-            cmd, args = conn.recv()
-        except EOFError:
-            break
-        if cmd == "exit":
-            peer.channel.close()
-            conn.send({"exited": True})
-            break
-        try:
-            conn.send({"ok": True, **peer.do(cmd, args)})
-        except Exception as exc:  # noqa: BLE001 - reported to the test, which asserts on it
-            conn.send({"ok": False, "error": type(exc).__name__, "message": str(exc)})
-    with contextlib.suppress(OSError):
-        conn.close()
+    """Entry point of a peer process owning a RequestChannel."""
+    _serve_commands(conn, _RequestPeer(name, runtime_dir, codec))
 
 
 def request_fork_main(conn: Connection, name: str, runtime_dir: str) -> None:
