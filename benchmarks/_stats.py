@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import dataclass, field
 from typing import Any
@@ -67,24 +68,39 @@ class Result:
         for s in self.ours:
             ratio = self.ratio(s)
             rows.append(
-                (s.name, _fmt(s.scaled(s.median()), s.unit), _fmt(s.scaled(s.p99()), s.unit), str(len(s.samples)),
-                 "-" if ratio is None else f"{ratio:.2f}x")
+                (
+                    s.name,
+                    _fmt(s.scaled(s.median()), s.unit),
+                    _fmt(s.scaled(s.p99()), s.unit),
+                    str(len(s.samples)),
+                    "-" if ratio is None else f"{ratio:.2f}x",
+                )
             )
-        for s in self.baselines:
-            rows.append(
-                (f"baseline: {s.name}", _fmt(s.scaled(s.median()), s.unit), _fmt(s.scaled(s.p99()), s.unit),
-                 str(len(s.samples)), "1.00x")
+        rows.extend(
+            (
+                f"baseline: {s.name}",
+                _fmt(s.scaled(s.median()), s.unit),
+                _fmt(s.scaled(s.p99()), s.unit),
+                str(len(s.samples)),
+                "1.00x",
             )
+            for s in self.baselines
+        )
         widths = [max(len(r[i]) for r in rows) for i in range(5)]
         lines = [f"== {self.scenario}   (target: {self.target})"]
-        for row in rows:
-            lines.append("  " + "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
+        lines.extend(
+            "  "
+            + "  ".join(
+                c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
+            )
+            for row in rows
+        )
         lines.extend(f"  note: {n}" for n in self.notes)
         return "\n".join(lines)
 
 
 def _fmt(value: float, unit: str) -> str:
-    if value != value:  # NaN
+    if math.isnan(value):
         return "-"
     if unit in {"req/s", "count"}:
         return f"{value:,.0f} {unit}"

@@ -10,16 +10,18 @@ import contextlib
 import fcntl
 import os
 import resource
-import socket
 import socketserver
 import threading
 import time
 from multiprocessing.connection import Client, Connection, Listener
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
 import ipchannel
+
+if TYPE_CHECKING:
+    import socket
 
 PAYLOAD = b"x" * 63 + b"\n"  # 64 bytes
 
@@ -31,14 +33,15 @@ def echo(conn: socket.socket) -> None:
 
 
 def echo_line_with_pid(conn: socket.socket) -> None:
-    """Answer each line with '<pid>\\n' (failover: tells a client who served it)."""
+    """Answer each line with '<pid>\\n', except 'wait', never answered: failover clients park on it."""
     reply = f"{os.getpid()}\n".encode()
     buf = b""
     while data := conn.recv(4096):
         buf += data
         while b"\n" in buf:
-            _line, buf = buf.split(b"\n", 1)
-            conn.sendall(reply)
+            line, buf = buf.split(b"\n", 1)
+            if line != b"wait":
+                conn.sendall(reply)
 
 
 def on_request(message: Any) -> Any:
@@ -47,7 +50,7 @@ def on_request(message: Any) -> Any:
 
 
 def raise_fd_limit() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
@@ -137,23 +140,28 @@ def mp_host(conn: Connection, address: str) -> None:
 # -- failover ---------------------------------------------------------------------------------------
 
 
-def failover_client(conn: Connection, name: str, runtime_dir: str, pause: float) -> None:
-    """Ask who hosts, every ``pause`` seconds; report each change of host with its time."""
+def failover_client(conn: Connection, name: str, runtime_dir: str) -> None:
+    """Wait on the host with a request it never answers; when it dies, ask the new host and report when."""
     channel = ipchannel.Channel(name, echo_line_with_pid, runtime_dir=runtime_dir)
     sock = channel.connect(timeout=10)
-    host = None
     conn.send({"pid": os.getpid()})
-    while not conn.poll():
-        sock.sendall(b"?\n")
-        try:
-            pid = int(recv_line(sock))
-        except ipchannel.HostChanged:
-            continue
-        if pid != host:
+
+    def ask_and_wait() -> None:
+        while True:
+            sock.sendall(b"?\n")
+            try:
+                pid = int(recv_line(sock))
+            except ipchannel.HostChanged:
+                continue
             conn.send({"host": pid, "at": time.monotonic_ns()})
-            host = pid
-        time.sleep(pause)
-    channel.close()
+            sock.sendall(b"wait\n")
+            with contextlib.suppress(ipchannel.HostChanged):
+                recv_line(sock)  # returns only by HostChanged, once the host has died
+
+    threading.Thread(target=ask_and_wait, daemon=True).start()
+    with contextlib.suppress(EOFError):
+        conn.recv()  # "stop"
+    os._exit(0)  # the waiting thread is parked on the host: leave without a goodbye
 
 
 def recv_line(sock: socket.socket) -> bytes:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import multiprocessing
 import os
@@ -56,8 +57,43 @@ class Config:
     capacity: tuple[int, int]  # client processes, connections each
 
 
-QUICK = Config(True, 400, 30, 1000, 1.0, 1, {8: 4, 32: 2}, 10, 32, (4, 50))
-FULL = Config(False, 3000, 200, 10000, 3.0, 3, {8: 20, 32: 8}, 40, 64, (4, 250))
+QUICK = Config(
+    quick=True,
+    connects=400,
+    cold_starts=30,
+    round_trips=1000,
+    load_seconds=1.0,
+    load_repeats=1,
+    failover_trials={8: 4, 32: 2},
+    floor_trials=10,
+    storm=32,
+    capacity=(4, 50),
+)
+#: a quick run with more kills: for before/after comparisons of failover
+MEDIUM = Config(
+    quick=False,
+    connects=400,
+    cold_starts=30,
+    round_trips=1000,
+    load_seconds=1.0,
+    load_repeats=1,
+    failover_trials={8: 12, 32: 4},
+    floor_trials=10,
+    storm=32,
+    capacity=(4, 50),
+)
+FULL = Config(
+    quick=False,
+    connects=3000,
+    cold_starts=200,
+    round_trips=10000,
+    load_seconds=3.0,
+    load_repeats=3,
+    failover_trials={8: 20, 32: 8},
+    floor_trials=40,
+    storm=64,
+    capacity=(4, 250),
+)
 
 
 def progress(text: str) -> None:
@@ -164,7 +200,10 @@ def bench_round_trip_raw(cfg: Config, rd: str) -> Result:
         ours = channel.connect()
         base = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         base.connect(os.path.join(rd, "ss.sock"))
-        a, b = Series("64-byte echo, ChannelSocket"), Series("64-byte echo, socketserver.ThreadingUnixStreamServer")
+        a, b = (
+            Series("64-byte echo, ChannelSocket"),
+            Series("64-byte echo, socketserver.ThreadingUnixStreamServer"),
+        )
         for i in range(cfg.round_trips):
             for sock, series in ((ours, a), (base, b)):
                 start = time.perf_counter_ns()
@@ -185,7 +224,10 @@ def bench_round_trip_request(cfg: Config, rd: str) -> Result:
         channel = ipchannel.RequestChannel("req", w.on_request, runtime_dir=rd)
         client = multiprocessing.connection.Client(address, family="AF_UNIX")
         message = "x" * 60
-        a, b = Series("RequestChannel.request(), 64 B, json"), Series("multiprocessing.connection send/recv_bytes")
+        a, b = (
+            Series("RequestChannel.request(), 64 B, json"),
+            Series("multiprocessing.connection send/recv_bytes"),
+        )
         for i in range(cfg.round_trips):
             ta = _timed(lambda: channel.request(message))
             start = time.perf_counter_ns()
@@ -198,34 +240,36 @@ def bench_round_trip_request(cfg: Config, rd: str) -> Result:
         client.close()
         channel.close()
     notes = []
-    try:
-        import zmq  # noqa: F401, PLC0415
-    except ImportError:
+    if importlib.util.find_spec("zmq") is None:
         notes.append("pyzmq is not installed: its REQ/REP baseline was skipped")
     return Result("round trip, request", [a], [b], "ratio <= 1.0", notes)
 
 
 def bench_concurrent(cfg: Config, rd: str) -> Result:
     address = os.path.join(rd, "mpl.sock")
-    ours, base = Series("RequestChannel, 4 processes x 4 threads", unit="req/s"), Series(
-        "multiprocessing.connection, a connection per thread", unit="req/s"
+    ours, base = (
+        Series("RequestChannel, 4 processes x 4 threads", unit="req/s"),
+        Series("multiprocessing.connection, a connection per thread", unit="req/s"),
     )
     with workers() as started:
         started.append(Worker(w.request_host, "load", rd))
         started.append(Worker(w.mp_host, address))
         for _ in range(cfg.load_repeats):
-            for series, make in (
-                (ours, lambda: Worker(w.request_load_client, "load", rd, 4, cfg.load_seconds)),
-                (base, lambda: Worker(w.mp_load_client, address, 4, cfg.load_seconds)),
-            ):
-                clients = [make() for _ in range(4)]
+            variants: list[tuple[Series, Callable[..., None], tuple[Any, ...]]] = [
+                (ours, w.request_load_client, ("load", rd, 4, cfg.load_seconds)),
+                (base, w.mp_load_client, (address, 4, cfg.load_seconds)),
+            ]
+            for series, target, args in variants:
+                clients = [Worker(target, *args) for _ in range(4)]
                 for c in clients:
                     c.send("go")
                 results = [c.recv(60) for c in clients]
                 series.samples.append(sum(n for n, _ in results) / max(t for _, t in results))
                 for c in clients:
                     c.stop()
-    return Result("concurrent requests", [ours], [base], ">= 1.0x the baseline's requests/s", higher_is_better=True)
+    return Result(
+        "concurrent requests", [ours], [base], ">= 1.0x the baseline's requests/s", higher_is_better=True
+    )
 
 
 def _flock_floor(cfg: Config, rd: str) -> Series:
@@ -266,7 +310,7 @@ def bench_failover(cfg: Config, rd: str) -> Result:
         with workers() as started:
             host = Worker(w.channel_host, name, rd, "pid")
             started.append(host)
-            clients = [Worker(w.failover_client, name, rd, 0.001) for _ in range(n)]
+            clients = [Worker(w.failover_client, name, rd) for _ in range(n)]
             started.extend(clients)
             current = host.pid
             seen: dict[int, int | None] = {}  # client pid -> the host it last reported
@@ -288,14 +332,22 @@ def bench_failover(cfg: Config, rd: str) -> Result:
                 each.samples.extend(delays)
                 every.samples.append(max(delays))
                 if victim is not None:  # keep N clients
-                    replacement = Worker(w.failover_client, name, rd, 0.001)
+                    replacement = Worker(w.failover_client, name, rd)
                     started.append(replacement)
                     clients.append(replacement)
         ours.extend([each, every])
     progress("failover: the flock floor")
     floor = _flock_floor(cfg, rd)
-    return Result("failover (SIGKILL the host)", ours, [floor], "N=8: p50 <= 5 ms, p99 <= 20 ms; N=32: p50 <= 20 ms",
-                  ["clients ask every 1 ms; a client that is the new host answers itself"])
+    return Result(
+        "failover (SIGKILL the host)",
+        ours,
+        [floor],
+        "N=8: p50 <= 5 ms, p99 <= 20 ms; N=32: p50 <= 20 ms",
+        [
+            "every client is blocked in recv() on the host when it is killed",
+            "a client that becomes the new host answers itself",
+        ],
+    )
 
 
 def bench_storm(cfg: Config, rd: str) -> Result:
@@ -310,8 +362,13 @@ def bench_storm(cfg: Config, rd: str) -> Result:
         reports = [c.recv(60) for c in clients]
     series.samples = [r["connected"] - start_at for r in reports]
     hosts = sum(r["is_host"] for r in reports)
-    return Result("election storm", [series], [], "all connected within 1 s, exactly one host",
-                  [f"hosts elected: {hosts}; slowest: {series.scaled(max(series.samples)):.1f} ms"])
+    return Result(
+        "election storm",
+        [series],
+        [],
+        "all connected within 1 s, exactly one host",
+        [f"hosts elected: {hosts}; slowest: {series.scaled(max(series.samples)):.1f} ms"],
+    )
 
 
 def bench_capacity(cfg: Config, rd: str) -> Result:
@@ -331,14 +388,18 @@ def bench_capacity(cfg: Config, rd: str) -> Result:
             c.send("go")
         reports = [c.recv(60) for c in clients]
     served = sum(r["served"] for r in reports)
+    mib = 2**20
     series = Series(f"{total} connections, one 64-byte round trip each (per client process)", unit="ms")
     series.samples = [r["ns"] for r in reports]
     return Result(
-        "host capacity", [series], [], f"all {total} served; report RSS and threads",
+        "host capacity",
+        [series],
+        [],
+        f"all {total} served; report RSS and threads",
         [
             f"served {served}/{total}",
-            f"host RSS {before['rss'] / 2**20:.1f} MiB idle -> {loaded['rss'] / 2**20:.1f} MiB with {total} "
-            f"connections; threads {before['threads']} -> {loaded['threads']} (one handler thread each)",
+            f"host RSS {before['rss'] / mib:.1f} MiB idle, {loaded['rss'] / mib:.1f} MiB connected",
+            f"host threads {before['threads']} idle, {loaded['threads']} with the connections",
         ],
     )
 
@@ -372,8 +433,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a smoke run, under a minute on 2 cores")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     parser.add_argument("--only", nargs="+", choices=sorted(SCENARIOS), help="run only these scenarios")
+    parser.add_argument("--medium", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    cfg = QUICK if args.quick else FULL
+    cfg = QUICK if args.quick else MEDIUM if args.medium else FULL
     rd = tempfile.mkdtemp(prefix="ipcb-", dir="/tmp")
     results: list[Result] = []
     started = time.monotonic()
@@ -392,7 +454,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {info}\nrun: {'--quick' if args.quick else 'full'}, {time.monotonic() - started:.0f} s")
     if args.json:
         Path(args.json).write_text(
-            json.dumps({"machine": info, "quick": args.quick, "results": [r.to_json() for r in results]}, indent=2)
+            json.dumps(
+                {"machine": info, "quick": args.quick, "results": [r.to_json() for r in results]}, indent=2
+            )
         )
     return 0
 

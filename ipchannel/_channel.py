@@ -10,6 +10,7 @@ this process at a time take part in the election.
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import os
 import socket
@@ -218,7 +219,9 @@ class Channel:
                 return
             if self._state == "initiated":
                 self._state = "connecting"
-            self._monitor = Monitor(self._name, self._monitor_tick, self.monitor_interval, self._stopping)
+            self._monitor = Monitor(
+                self._name, self._monitor_tick, self.monitor_interval, self._stopping, first=self._warm_up
+            )
             self._monitor.start()
         atexit.register(self.close)
 
@@ -227,8 +230,11 @@ class Channel:
     ) -> tuple[ChannelSocket, HostRecord]:
         """Connect to the live host, electing one if needed; ``avoid`` is a host known to be gone."""
         self._start()
-        backoff = Backoff(deadline, self._stopping.wait)
+        # A lost lock race means another process is starting to host: its publication (watched every
+        # 0.5 ms) wakes us, so the timer only matters if it died too; no need to retry the lock soon.
+        backoff = Backoff(deadline, self._stopping.wait, first=Backoff.FIRST if avoid is None else 0.005)
         while True:
+            marker = self._published_marker(avoid)
             record = self._record
             if record is None or record == avoid:
                 record = self._elect(avoid, verify=False)
@@ -241,10 +247,28 @@ class Channel:
                     avoid = record
                     self._forget_host(record)
                     continue  # straight to the lock: the host is gone
-            if not backoff.sleep():
+            if not backoff.sleep(changed=functools.partial(self._published_since, marker, avoid)):
                 if self._stopping.is_set():
                     raise ChannelClosed(self._name)
                 raise self._timeout_error(deadline)
+
+    def _published_since(self, marker: tuple[int, int, bool], dead: HostRecord | None) -> bool:
+        return self._published_marker(dead) != marker
+
+    def _published_marker(self, dead: HostRecord | None) -> tuple[int, int, bool]:
+        """Return what changes when the election can move on.
+
+        The inodes of the record and socket files change when a new host publishes
+        itself; a dead host's lock is free once it is a zombie or gone (its sockets
+        close a little before its lock does).
+        """
+        inodes = []
+        for path in (self._paths.record, self._paths.sock):
+            try:
+                inodes.append(os.stat(path).st_ino)
+            except OSError:
+                inodes.append(0)
+        return inodes[0], inodes[1], dead is None or _platform.process_gone(dead.pid)
 
     def _connect_to(self, record: HostRecord) -> ChannelSocket | None:
         """Connect to the channel's socket; None if nobody listens there (yet) or it is another host."""
@@ -377,6 +401,10 @@ class Channel:
         )
 
     # -- monitor -----------------------------------------------------------------
+
+    def _warm_up(self) -> None:
+        """Compute early, on the monitor thread, what becoming host needs (off the failover path)."""
+        own_create_time(os.getpid())
 
     def _monitor_tick(self) -> None:
         """Restart a dead server, or notice a dead host and elect (runs on the monitor thread)."""

@@ -142,24 +142,32 @@ class Backoff:
 
     ``wait(seconds)`` is the channel's stop Event ``wait``, so ``close()``
     interrupts a waiting ``connect()``; it returns True when interrupted.
+    ``sleep(changed)`` also ends early, checking every ``POLL`` seconds, once
+    ``changed()`` says a new host has published itself: waiters then connect
+    within half a millisecond of it instead of at their next backoff step.
     """
 
     FIRST = 0.001
     CAP = 0.05
+    POLL = 0.0005
 
-    def __init__(self, deadline: Deadline, wait: Callable[[float], bool]) -> None:
+    def __init__(self, deadline: Deadline, wait: Callable[[float], bool], first: float = FIRST) -> None:
         self._deadline = deadline
         self._wait = wait
-        self._delay = self.FIRST
+        self._delay = first
 
-    def sleep(self) -> bool:
+    def sleep(self, changed: Callable[[], bool] | None = None) -> bool:
         """Wait for the next attempt. Return False if the deadline has passed or the wait was interrupted."""
         remaining = self._deadline.remaining()
         if remaining <= 0:
             return False
         delay = min(self._delay * random.uniform(0.5, 1.5), remaining)  # noqa: S311 - jitter, not crypto
         self._delay = min(self._delay * 2, self.CAP)
-        if self._wait(delay):
-            return False
-        _LOGGER.debug("election: retrying after %.1f ms", delay * 1000)
+        end = time.monotonic() + delay
+        while (left := end - time.monotonic()) > 0:
+            if self._wait(left if changed is None else min(left, self.POLL)):
+                return False
+            if changed is not None and changed():
+                break
+        _LOGGER.debug("election: retrying after %.1f ms", (delay - max(0.0, left)) * 1000)
         return True

@@ -105,7 +105,8 @@ class HostRecord:
         Stricter than ``liveness()``: used to decide whether an EOF came from
         a handler that returned (host still serving) or from a host that died.
         """
-        return self.liveness() == "alive" and not _platform.process_exiting(self.pid)
+        # The /proc check is ~10x cheaper than psutil and settles the common case, a host that just died.
+        return not _platform.process_exiting(self.pid) and self.liveness() == "alive"
 
 
 def read_record(path: Path) -> HostRecord | None:

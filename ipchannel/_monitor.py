@@ -26,8 +26,14 @@ class Monitor:
     """Runs ``tick()`` every ``interval`` seconds on a named daemon thread until ``stopping`` is set."""
 
     def __init__(
-        self, name: str, tick: Callable[[], None], interval: float, stopping: threading.Event
+        self,
+        name: str,
+        tick: Callable[[], None],
+        interval: float,
+        stopping: threading.Event,
+        first: Callable[[], None] | None = None,
     ) -> None:
+        self._first = first
         self._tick = tick
         self._interval = interval
         self._stopping = stopping
@@ -46,6 +52,11 @@ class Monitor:
             _LOGGER.warning("%s did not stop within %.1f s", self._thread.name, _JOIN_TIMEOUT)
 
     def _run(self) -> None:
+        if self._first is not None:
+            try:
+                self._first()
+            except Exception:
+                _LOGGER.exception("%s: start-up work failed", self._thread.name)
         while not self._stopping.wait(self._interval):
             try:
                 self._tick()

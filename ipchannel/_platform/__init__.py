@@ -5,7 +5,8 @@ Every platform module defines the same names:
 - ``SUN_PATH_MAX``: longest AF_UNIX path, in bytes, without the trailing NUL.
 - ``peer_credentials(sock)``: ``(pid, uid)`` of the process at the other end of
   a connected AF_UNIX socket; either may be ``None`` where the system cannot tell.
-- ``process_exiting(pid)``: True while the process is tearing itself down.
+- ``process_exiting(pid)``: True while the process is tearing itself down (or is gone).
+- ``process_gone(pid)``: True once the process is a zombie or gone: all its descriptors are closed.
 - ``lock_holders(path)``: pids that have the file open, or ``None`` if unknown.
 """
 
@@ -14,10 +15,10 @@ from __future__ import annotations
 import sys
 
 if sys.platform.startswith("linux"):
-    from ._linux import SUN_PATH_MAX, lock_holders, peer_credentials, process_exiting
+    from ._linux import SUN_PATH_MAX, lock_holders, peer_credentials, process_exiting, process_gone
 elif sys.platform == "darwin" or "bsd" in sys.platform:
-    from ._bsd import SUN_PATH_MAX, lock_holders, peer_credentials, process_exiting
+    from ._bsd import SUN_PATH_MAX, lock_holders, peer_credentials, process_exiting, process_gone
 else:
-    from ._unsupported import SUN_PATH_MAX, lock_holders, peer_credentials, process_exiting
+    from ._unsupported import SUN_PATH_MAX, lock_holders, peer_credentials, process_exiting, process_gone
 
-__all__ = ["SUN_PATH_MAX", "lock_holders", "peer_credentials", "process_exiting"]
+__all__ = ["SUN_PATH_MAX", "lock_holders", "peer_credentials", "process_exiting", "process_gone"]

@@ -10,7 +10,7 @@ import psutil
 if TYPE_CHECKING:
     import socket
 
-__all__ = ["SUN_PATH_MAX", "lock_holders", "peer_credentials", "process_exiting"]
+__all__ = ["SUN_PATH_MAX", "lock_holders", "peer_credentials", "process_exiting", "process_gone"]
 
 SUN_PATH_MAX = 103  # sizeof(sockaddr_un.sun_path) is 104
 
@@ -34,6 +34,11 @@ def process_exiting(pid: int) -> bool:
         return True
     except psutil.AccessDenied:
         return False
+
+
+def process_gone(pid: int) -> bool:
+    """Return True once ``pid`` is a zombie or gone."""
+    return process_exiting(pid)
 
 
 def lock_holders(path: str) -> list[int] | None:  # noqa: ARG001 - same signature on every platform

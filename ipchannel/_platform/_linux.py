@@ -7,7 +7,7 @@ import socket
 import struct
 from pathlib import Path
 
-__all__ = ["SUN_PATH_MAX", "lock_holders", "peer_credentials", "process_exiting"]
+__all__ = ["SUN_PATH_MAX", "lock_holders", "peer_credentials", "process_exiting", "process_gone"]
 
 SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) is 108, one byte for the NUL
 
@@ -22,6 +22,21 @@ def peer_credentials(sock: socket.socket) -> tuple[int | None, int | None]:
     return (pid or None), uid
 
 
+def _stat_fields(pid: int) -> list[bytes] | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    # The command name may hold spaces and parentheses: split after the last ')'.
+    return stat[stat.rindex(b")") + 2 :].split()
+
+
+def process_gone(pid: int) -> bool:
+    """Return True once ``pid`` is a zombie or gone, so every descriptor it held (its lock too) is closed."""
+    fields = _stat_fields(pid)
+    return fields is None or fields[0] in {b"Z", b"X", b"x"}
+
+
 def process_exiting(pid: int) -> bool:
     """Return True if ``pid`` has started to exit (PF_EXITING), is a zombie, or is gone.
 
@@ -29,12 +44,9 @@ def process_exiting(pid: int) -> bool:
     this flag closes that window, so an EOF from a dying host is never taken
     for a handler that simply returned.
     """
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
+    fields = _stat_fields(pid)
+    if fields is None:
         return True
-    # The command name may hold spaces and parentheses: split after the last ')'.
-    fields = stat[stat.rindex(b")") + 2 :].split()
     state, flags = fields[0], int(fields[6])
     return state in {b"Z", b"X", b"x"} or bool(flags & _PF_EXITING)
 
