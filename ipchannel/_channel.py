@@ -230,6 +230,11 @@ class Channel:
     ) -> tuple[ChannelSocket, HostRecord]:
         """Connect to the live host, electing one if needed; ``avoid`` is a host known to be gone."""
         self._start()
+        known = self._record
+        if known is not None and known != avoid:  # the warm path: a live host is known
+            sock = self._connect_to(known)
+            if sock is not None:
+                return sock, known
         # A lost lock race means another process is starting to host: its publication (watched every
         # 0.5 ms) wakes us, so the timer only matters if it died too; no need to retry the lock soon.
         backoff = Backoff(deadline, self._stopping.wait, first=Backoff.FIRST if avoid is None else 0.005)
