@@ -13,6 +13,8 @@ import logging
 import threading
 from typing import TYPE_CHECKING
 
+from . import _platform
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -52,6 +54,7 @@ class Monitor:
             _LOGGER.warning("%s did not stop within %.1f s", self._thread.name, _JOIN_TIMEOUT)
 
     def _run(self) -> None:
+        _platform.leave_signals_to_the_application()
         if self._first is not None:
             try:
                 self._first()

@@ -33,6 +33,7 @@ import weakref
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from . import _platform
 from ._channel import Channel
 from ._client import ChannelSocket, reconnect_within
 from ._codecs import Codec, resolve_codec
@@ -115,6 +116,7 @@ class _WorkerPool:
         self._tasks.put((func, args))
 
     def _work(self) -> None:
+        _platform.leave_signals_to_the_application()
         while (task := self._tasks.get()) is not None:
             with self._lock:
                 self._queued -= 1
@@ -457,6 +459,7 @@ class _Subscriber:
             self._deliver(payload)
 
     def _run(self, sock: ChannelSocket) -> None:
+        _platform.leave_signals_to_the_application()
         with reconnect_within(None):  # wait as long as it takes for a new host; close() interrupts
             while True:
                 try:

@@ -102,6 +102,7 @@ class _UnixServer(socketserver.ThreadingUnixStreamServer):
         thread.start()
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
+        _platform.leave_signals_to_the_application()
         try:
             super().process_request_thread(request, client_address)
         finally:
@@ -151,6 +152,7 @@ class HostedServer:
         self._thread.start()
 
     def _serve(self) -> None:
+        _platform.leave_signals_to_the_application()
         try:
             self._server.serve_forever(poll_interval=0.5)
         except Exception:

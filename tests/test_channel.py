@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import _peers
@@ -24,7 +25,6 @@ from ipchannel._hostrecord import HostRecord, read_record, write_record
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-    from pathlib import Path
 
 
 @pytest.fixture
@@ -427,3 +427,30 @@ def test_peer_with_another_uid_is_refused(
     sock = channel.connect()  # the host keeps serving its own user
     sock.sendall(b"me\n")
     assert _peers.read_line(sock) == f"{os.getpid()} me\n".encode()
+
+
+def _blocked_signals(native_id: int) -> int:
+    for line in Path(f"/proc/self/task/{native_id}/status").read_text().splitlines():
+        if line.startswith("SigBlk:"):
+            return int(line.split()[1], 16)
+    raise AssertionError("no SigBlk line")
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads /proc/self/task")
+def test_library_threads_leave_signals_to_the_application(channel: ipchannel.Channel) -> None:
+    # Otherwise the kernel may hand SIGTERM to one of our threads while the main thread sleeps in a read,
+    # and the application's handler never runs (seen: a SIGTERMed host that did not exit).
+    sock = channel.connect()
+    sock.sendall(b"x\n")
+    _peers.read_line(sock)
+    ours = [t for t in threading.enumerate() if t.name.startswith("ipchannel-")]
+    assert {t.name.split(":")[0] for t in ours} == {
+        "ipchannel-monitor",
+        "ipchannel-server",
+        "ipchannel-handler",
+    }
+    sigterm = 1 << (signal.SIGTERM - 1)
+    for thread in ours:
+        assert thread.native_id is not None
+        assert _blocked_signals(thread.native_id) & sigterm, thread.name
+    assert not _blocked_signals(threading.main_thread().native_id or 0) & sigterm

@@ -8,6 +8,7 @@ Every platform module defines the same names:
 - ``process_exiting(pid)``: True while the process is tearing itself down (or is gone).
 - ``process_gone(pid)``: True once the process is a zombie or gone: all its descriptors are closed.
 - ``lock_holders(path)``: pids that have the file open, or ``None`` if unknown.
+- ``leave_signals_to_the_application()``: block asynchronous signals in the calling (library) thread.
 """
 
 from __future__ import annotations
@@ -15,10 +16,38 @@ from __future__ import annotations
 import sys
 
 if sys.platform.startswith("linux"):
-    from ._linux import SUN_PATH_MAX, lock_holders, peer_credentials, process_exiting, process_gone
+    from ._linux import (
+        SUN_PATH_MAX,
+        leave_signals_to_the_application,
+        lock_holders,
+        peer_credentials,
+        process_exiting,
+        process_gone,
+    )
 elif sys.platform == "darwin" or "bsd" in sys.platform:
-    from ._bsd import SUN_PATH_MAX, lock_holders, peer_credentials, process_exiting, process_gone
+    from ._bsd import (
+        SUN_PATH_MAX,
+        leave_signals_to_the_application,
+        lock_holders,
+        peer_credentials,
+        process_exiting,
+        process_gone,
+    )
 else:
-    from ._unsupported import SUN_PATH_MAX, lock_holders, peer_credentials, process_exiting, process_gone
+    from ._unsupported import (
+        SUN_PATH_MAX,
+        leave_signals_to_the_application,
+        lock_holders,
+        peer_credentials,
+        process_exiting,
+        process_gone,
+    )
 
-__all__ = ["SUN_PATH_MAX", "lock_holders", "peer_credentials", "process_exiting", "process_gone"]
+__all__ = [
+    "SUN_PATH_MAX",
+    "leave_signals_to_the_application",
+    "lock_holders",
+    "peer_credentials",
+    "process_exiting",
+    "process_gone",
+]

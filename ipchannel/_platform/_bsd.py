@@ -10,7 +10,16 @@ import psutil
 if TYPE_CHECKING:
     import socket
 
-__all__ = ["SUN_PATH_MAX", "lock_holders", "peer_credentials", "process_exiting", "process_gone"]
+from ._posix import leave_signals_to_the_application
+
+__all__ = [
+    "SUN_PATH_MAX",
+    "leave_signals_to_the_application",
+    "lock_holders",
+    "peer_credentials",
+    "process_exiting",
+    "process_gone",
+]
 
 SUN_PATH_MAX = 103  # sizeof(sockaddr_un.sun_path) is 104
 

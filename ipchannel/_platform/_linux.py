@@ -7,7 +7,16 @@ import socket
 import struct
 from pathlib import Path
 
-__all__ = ["SUN_PATH_MAX", "lock_holders", "peer_credentials", "process_exiting", "process_gone"]
+from ._posix import leave_signals_to_the_application
+
+__all__ = [
+    "SUN_PATH_MAX",
+    "leave_signals_to_the_application",
+    "lock_holders",
+    "peer_credentials",
+    "process_exiting",
+    "process_gone",
+]
 
 SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) is 108, one byte for the NUL
 

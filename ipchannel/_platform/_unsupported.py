@@ -8,7 +8,14 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import socket
 
-__all__ = ["SUN_PATH_MAX", "lock_holders", "peer_credentials", "process_exiting", "process_gone"]
+__all__ = [
+    "SUN_PATH_MAX",
+    "leave_signals_to_the_application",
+    "lock_holders",
+    "peer_credentials",
+    "process_exiting",
+    "process_gone",
+]
 
 SUN_PATH_MAX = 0
 _MESSAGE = f"ipchannel needs Unix domain sockets and flock; {sys.platform} is not supported"
@@ -20,6 +27,11 @@ def peer_credentials(sock: socket.socket) -> tuple[int | None, int | None]:
 
 
 def process_exiting(pid: int) -> bool:
+    """Raise NotImplementedError."""
+    raise NotImplementedError(_MESSAGE)
+
+
+def leave_signals_to_the_application() -> None:
     """Raise NotImplementedError."""
     raise NotImplementedError(_MESSAGE)
 
