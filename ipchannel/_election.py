@@ -143,8 +143,9 @@ class Backoff:
     ``wait(seconds)`` is the channel's stop Event ``wait``, so ``close()``
     interrupts a waiting ``connect()``; it returns True when interrupted.
     ``sleep(changed)`` also ends early, checking every ``POLL`` seconds, once
-    ``changed()`` says a new host has published itself: waiters then connect
-    within half a millisecond of it instead of at their next backoff step.
+    ``changed()`` says the election can move on (a new host published itself, or
+    the dead one's lock is free): waiters act within half a millisecond of it
+    instead of at their next backoff step.
     """
 
     FIRST = 0.001
