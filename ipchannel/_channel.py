@@ -427,7 +427,6 @@ class Channel:
             found = self._elect(record, verify=True)
         except ChannelClosed:
             return  # close() began during this tick
-
         if found is not None:
             self._adopt(found)
         else:

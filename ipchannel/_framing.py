@@ -18,11 +18,20 @@ if TYPE_CHECKING:
 
     from _typeshed import ReadableBuffer
 
-__all__ = ["DEFAULT_MAX_SIZE", "recv_message", "send_message"]
+__all__ = ["DEFAULT_MAX_SIZE", "HEADER", "frame_size", "recv_message", "send_message"]
 
 #: Largest frame accepted by default: 64 MiB.
 DEFAULT_MAX_SIZE = 64 * 1024 * 1024
-_HEADER = struct.Struct("!I")
+#: The frame header: payload length, 4 bytes big-endian.
+HEADER = struct.Struct("!I")
+
+
+def frame_size(header: ReadableBuffer, max_size: int) -> int:
+    """Return the payload length a header announces, or raise ProtocolError if over ``max_size``."""
+    (size,) = HEADER.unpack_from(header)
+    if size > max_size:
+        raise ProtocolError(f"frame of {size} bytes is larger than the limit of {max_size} bytes")
+    return int(size)
 
 
 def send_message(sock: socket.socket, data: ReadableBuffer) -> None:
@@ -33,7 +42,7 @@ def send_message(sock: socket.socket, data: ReadableBuffer) -> None:
     payload = memoryview(data).cast("B")
     if payload.nbytes > 0xFFFFFFFF:
         raise ValueError(f"a frame holds at most 4 GiB - 1 bytes, not {payload.nbytes}")
-    sock.sendall(_HEADER.pack(payload.nbytes) + payload)
+    sock.sendall(HEADER.pack(payload.nbytes) + payload)
 
 
 def recv_message(sock: socket.socket, max_size: int = DEFAULT_MAX_SIZE) -> bytes:
@@ -42,11 +51,8 @@ def recv_message(sock: socket.socket, max_size: int = DEFAULT_MAX_SIZE) -> bytes
     :raises EOFError: the peer closed the connection cleanly, between frames.
     :raises ProtocolError: the frame is larger than ``max_size``, or the connection ended mid-frame.
     """
-    header = _recv_exactly(sock, _HEADER.size, at_boundary=True)
-    (size,) = _HEADER.unpack(header)
-    if size > max_size:
-        raise ProtocolError(f"frame of {size} bytes is larger than the limit of {max_size} bytes")
-    return _recv_exactly(sock, size, at_boundary=False)
+    header = _recv_exactly(sock, HEADER.size, at_boundary=True)
+    return _recv_exactly(sock, frame_size(header, max_size), at_boundary=False)
 
 
 def _recv_exactly(sock: socket.socket, size: int, *, at_boundary: bool) -> bytes:

@@ -39,7 +39,7 @@ from ._client import ChannelSocket, reconnect_within
 from ._codecs import Codec, resolve_codec
 from ._election import Deadline, validate_timeout
 from ._errors import ChannelClosed, ChannelError, ChannelTimeout, HostChanged, ProtocolError, RemoteError
-from ._framing import DEFAULT_MAX_SIZE, recv_message, send_message
+from ._framing import DEFAULT_MAX_SIZE, HEADER, frame_size, recv_message, send_message
 
 if TYPE_CHECKING:
     import socket
@@ -52,7 +52,6 @@ __all__ = ["RequestChannel"]
 _LOGGER = logging.getLogger("ipchannel")
 
 _ENVELOPE = struct.Struct("!BQ")
-_LENGTH = struct.Struct("!I")  # the frame header of _framing
 REQUEST, PUBLISH, SUBSCRIBE = 1, 2, 3
 REPLY, ERROR, ACK, MESSAGE = 11, 12, 13, 14
 _REPLAY_LIMIT = 1024
@@ -389,16 +388,11 @@ class _Requester:
         self._dispatch()
 
     def _dispatch(self) -> None:
-        while len(self._buffer) >= _LENGTH.size:
-            (size,) = _LENGTH.unpack_from(self._buffer)
-            if size > self._max_size:
-                raise ProtocolError(
-                    f"reply frame of {size} bytes is larger than the limit of {self._max_size}"
-                )
-            end = _LENGTH.size + size
+        while len(self._buffer) >= HEADER.size:
+            end = HEADER.size + frame_size(self._buffer, self._max_size)
             if len(self._buffer) < end:
                 return
-            frame = bytes(self._buffer[_LENGTH.size : end])
+            frame = bytes(self._buffer[HEADER.size : end])
             del self._buffer[:end]
             kind, ident, payload = _parse(frame)
             with self._calls_lock:
