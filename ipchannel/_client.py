@@ -28,8 +28,6 @@ from ._election import Deadline
 from ._errors import ChannelClosed, HostChanged
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
     from _typeshed import ReadableBuffer, WriteableBuffer
 
     from ._hostrecord import HostRecord
@@ -42,18 +40,25 @@ _NO_OVERRIDE = object()
 _override = threading.local()
 
 
-@contextlib.contextmanager
-def reconnect_within(seconds: float | None) -> Iterator[None]:
+class reconnect_within:  # noqa: N801 - used like a function: ``with reconnect_within(seconds):``
     """In this thread, bound a socket's wait for a new host by ``seconds`` instead of its connect timeout.
 
     Lets a layer with its own deadlines (the request layer) share one socket between threads.
+    A class rather than ``@contextmanager``: it is on every request's path.
     """
-    previous = getattr(_override, "seconds", _NO_OVERRIDE)
-    _override.seconds = seconds
-    try:
-        yield
-    finally:
-        _override.seconds = previous
+
+    __slots__ = ("_previous", "_seconds")
+
+    def __init__(self, seconds: float | None) -> None:
+        self._seconds = seconds
+        self._previous: object = _NO_OVERRIDE
+
+    def __enter__(self) -> None:
+        self._previous = getattr(_override, "seconds", _NO_OVERRIDE)
+        _override.seconds = self._seconds
+
+    def __exit__(self, *exc_info: object) -> None:
+        _override.seconds = self._previous
 
 
 class _Owner(Protocol):
@@ -91,6 +96,7 @@ class ChannelSocket(socket.socket):
         self._stale = False  # set in a forked child: reconnect before first use
         self._peer_closed = False  # the host's handler closed this connection deliberately
         self._channel_closed = False
+        self._unusual = False  # _stale or _channel_closed: the one flag the I/O calls test
         self._recover_lock = threading.Lock()
 
     def _attach(self, owner: _Owner, record: HostRecord, timeout: float | None) -> None:
@@ -112,34 +118,42 @@ class ChannelSocket(socket.socket):
 
     # -- the four I/O calls -------------------------------------------------
 
+    # These four are on every message's path, so the common case is kept to attribute reads.
+
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
         """Like ``socket.recv``; raises ``HostChanged`` if the host died while waiting."""
-        epoch, generation = self._before_io(reading=True), self.host_generation
+        if self._unusual:
+            self._before_io(reading=True)
+        epoch, record = self._epoch, self._record
         try:
             data = super().recv(bufsize, flags)
         except _LOST as exc:
-            self._raise_if_host_changed(epoch, generation, exc)
+            self._raise_if_host_changed(epoch, record, exc)
             raise
         if not data and bufsize > 0:
-            self._raise_if_host_changed(epoch, generation, None)
+            self._raise_if_host_changed(epoch, record, None)
         return data
 
     def recv_into(self, buffer: WriteableBuffer, nbytes: int = 0, flags: int = 0) -> int:
         """Like ``socket.recv_into``; raises ``HostChanged`` if the host died while waiting."""
-        epoch, generation = self._before_io(reading=True), self.host_generation
+        if self._unusual:
+            self._before_io(reading=True)
+        epoch, record = self._epoch, self._record
         try:
             count = super().recv_into(buffer, nbytes, flags)
         except _LOST as exc:
-            self._raise_if_host_changed(epoch, generation, exc)
+            self._raise_if_host_changed(epoch, record, exc)
             raise
         if count == 0 and (nbytes or memoryview(buffer).nbytes) > 0:
-            self._raise_if_host_changed(epoch, generation, None)
+            self._raise_if_host_changed(epoch, record, None)
         return count
 
     def send(self, data: ReadableBuffer, flags: int = 0) -> int:
         """Like ``socket.send``; if the host died, sends to the new host instead."""
         while True:
-            epoch = self._before_io(reading=False)
+            if self._unusual:
+                self._before_io(reading=False)
+            epoch = self._epoch
             try:
                 return super().send(data, flags)
             except _LOST:
@@ -149,7 +163,9 @@ class ChannelSocket(socket.socket):
     def sendall(self, data: ReadableBuffer, flags: int = 0) -> None:
         """Like ``socket.sendall``; if the host died, sends everything again to the new host."""
         while True:
-            epoch = self._before_io(reading=False)
+            if self._unusual:
+                self._before_io(reading=False)
+            epoch = self._epoch
             try:
                 super().sendall(data, flags)
             except _LOST:
@@ -160,22 +176,26 @@ class ChannelSocket(socket.socket):
 
     # -- recovery ------------------------------------------------------------
 
-    def _before_io(self, *, reading: bool) -> int:
+    def _before_io(self, *, reading: bool) -> None:
+        """Raise if the channel was closed; reconnect first if this is a forked child's copy."""
         if self._channel_closed:
             raise ChannelClosed(self._owner.name if self._owner else "?")
         if self._stale:
-            generation = self.host_generation
+            record = self._record
             if self._recover(self._epoch, forked=True) and reading:
-                raise self._host_changed(generation)
-        return self._epoch
+                raise self._host_changed(record)
 
-    def _raise_if_host_changed(self, epoch: int, generation: int | None, exc: BaseException | None) -> None:
+    def _raise_if_host_changed(
+        self, epoch: int, record: HostRecord | None, exc: BaseException | None
+    ) -> None:
         if self._recover(epoch):
-            raise self._host_changed(generation) from exc
+            raise self._host_changed(record) from exc
 
-    def _host_changed(self, old_generation: int | None) -> HostChanged:
+    def _host_changed(self, old: HostRecord | None) -> HostChanged:
         owner = self._owner
-        return HostChanged(owner.name if owner else "?", old_generation, self.host_generation)
+        return HostChanged(
+            owner.name if owner else "?", None if old is None else old.generation, self.host_generation
+        )
 
     def _recover(self, epoch: int, *, forked: bool = False) -> bool:
         """After a lost connection: reconnect to the new host and return True, or False for a plain EOF.
@@ -215,6 +235,7 @@ class ChannelSocket(socket.socket):
         self.settimeout(self.gettimeout())  # the new description starts blocking; reapply our mode
         self._record = record
         self._stale = False
+        self._unusual = self._channel_closed
         self._switched_by = threading.get_ident()
         self._epoch += 1
         _LOGGER.info(
@@ -229,7 +250,7 @@ class ChannelSocket(socket.socket):
 
     def _close_for_channel(self) -> None:
         """Wake any blocked call (it raises ChannelClosed) and close: the channel was closed."""
-        self._channel_closed = True
+        self._channel_closed = self._unusual = True
         if self.fileno() >= 0:
             with contextlib.suppress(OSError):
                 self.shutdown(socket.SHUT_RDWR)
@@ -245,7 +266,7 @@ class ChannelSocket(socket.socket):
         finally:
             placeholder.close()
         self._recover_lock = threading.Lock()
-        self._stale = True
+        self._stale = self._unusual = True
 
     def __reduce__(self) -> NoReturn:
         raise TypeError("a ChannelSocket cannot be pickled; call channel.connect() in the other process")

@@ -23,15 +23,17 @@ class Codec(Protocol):
 
 
 class _Json:
+    """Compact UTF-8 JSON; one encoder and decoder made up front, as ``json.dumps`` would per call."""
+
     name = "json"
+    _encode = json.JSONEncoder(separators=(",", ":")).encode
+    _decode = json.JSONDecoder().decode
 
-    @staticmethod
-    def dumps(obj: Any) -> bytes:
-        return json.dumps(obj, separators=(",", ":")).encode()
+    def dumps(self, obj: Any) -> bytes:
+        return self._encode(obj).encode()
 
-    @staticmethod
-    def loads(data: bytes) -> Any:
-        return json.loads(data)
+    def loads(self, data: bytes) -> Any:
+        return self._decode(str(data, "utf-8"))
 
 
 class _Pickle:

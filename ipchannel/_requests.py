@@ -6,16 +6,19 @@ starts with ``!BQ``: a kind byte and a 64-bit id, then the codec's bytes::
     client -> host   REQUEST(id, message)  PUBLISH(id, message)  SUBSCRIBE(id, resume flag)
     host -> client   REPLY(id, reply)  ERROR(id, json)  ACK(id)  MESSAGE(0, message)
 
-Failover, requests: a request keeps its frame until answered. Whenever the
-request socket moves to a new connection (``ChannelSocket.reconnects``
-changes), every unanswered frame is sent again: at-least-once.
+Requests: each caller thread borrows a connection of its own (kept for reuse),
+so at most one request is in flight per connection and the host answers it in
+that connection's handler thread: no thread hand-off on either side. If the
+connection moves to a new host before the answer came, the frame is sent
+again: at-least-once.
 
 Failover, subscriptions: the subscriber socket re-subscribes with the resume
 flag; the new host replays what was published to it so far in its term (up to
 ``_REPLAY_LIMIT`` messages), so nothing published in the failover window is lost.
 
-Threads: ``on_request`` runs in a worker thread of the host
-(``ipchannel-worker:NAME``); subscriber callbacks in ``ipchannel-subscriber:NAME``.
+Threads: ``on_request`` runs in the host, in the handler thread of the
+caller's connection (``ipchannel-handler:NAME``); subscriber callbacks in
+``ipchannel-subscriber:NAME``.
 """
 
 from __future__ import annotations
@@ -23,8 +26,8 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import math
 import os
-import queue
 import select
 import struct
 import threading
@@ -52,12 +55,13 @@ __all__ = ["RequestChannel"]
 _LOGGER = logging.getLogger("ipchannel")
 
 _ENVELOPE = struct.Struct("!BQ")
+_FRAME_HEAD = struct.Struct("!IBQ")  # _framing's HEADER, then the envelope: a whole frame's head
+_KIND, _IDENT, _ANSWER = 4, slice(5, 13), slice(13, None)  # where they sit in a whole frame
 REQUEST, PUBLISH, SUBSCRIBE = 1, 2, 3
 REPLY, ERROR, ACK, MESSAGE = 11, 12, 13, 14
 _REPLAY_LIMIT = 1024
-_MAX_WORKERS = 64
-_POLL_SLICE = 0.05  # a waiting caller re-checks every this often whether it should read for everyone
 _JOIN_TIMEOUT = 2.0
+_READ_SIZE = 65536
 
 
 def _envelope(kind: int, ident: int, payload: bytes = b"") -> bytes:
@@ -90,60 +94,6 @@ class _Peer:
         return True
 
 
-class _WorkerPool:
-    """Daemon worker threads, grown on demand so every queued task has a thread (up to a cap)."""
-
-    def __init__(self, name: str, max_workers: int) -> None:
-        self._name, self._max = name, max_workers
-        self._tasks: queue.SimpleQueue[tuple[Callable[..., None], tuple[Any, ...]] | None] = (
-            queue.SimpleQueue()
-        )
-        self._lock = threading.Lock()
-        self._threads: list[threading.Thread] = []
-        self._idle = self._queued = 0
-
-    def submit(self, func: Callable[..., None], *args: Any) -> None:
-        with self._lock:
-            self._queued += 1
-            if self._queued > self._idle and len(self._threads) < self._max:
-                thread = threading.Thread(
-                    target=self._work, name=f"ipchannel-worker:{self._name}", daemon=True
-                )
-                self._threads.append(thread)
-                self._idle += 1
-                thread.start()
-        self._tasks.put((func, args))
-
-    def _work(self) -> None:
-        _platform.leave_signals_to_the_application()
-        while (task := self._tasks.get()) is not None:
-            with self._lock:
-                self._queued -= 1
-                self._idle -= 1
-            func, args = task
-            try:
-                func(*args)
-            except Exception:
-                _LOGGER.exception("channel %r: worker task failed", self._name)
-            with self._lock:
-                self._idle += 1
-
-    def shutdown(self) -> None:
-        with self._lock:
-            threads = list(self._threads)
-        for _ in threads:
-            self._tasks.put(None)
-        for thread in threads:
-            if thread is not threading.current_thread():
-                thread.join(_JOIN_TIMEOUT)
-                if thread.is_alive():
-                    _LOGGER.warning(
-                        "channel %r: a request handler did not return within %.1f s of close",
-                        self._name,
-                        _JOIN_TIMEOUT,
-                    )
-
-
 class _Host:
     """What the host process does for a RequestChannel: answer, fan out, replay. One term per instance."""
 
@@ -158,7 +108,6 @@ class _Host:
         self._lock = threading.Lock()
         self._subscribers: set[_Peer] = set()
         self._replay: deque[bytes] = deque(maxlen=_REPLAY_LIMIT)
-        self._pool: _WorkerPool | None = None
 
     def handle(self, conn: socket.socket) -> None:
         """Serve one connection (runs in a handler thread of the host)."""
@@ -173,9 +122,9 @@ class _Host:
                     _LOGGER.warning("channel %r: closing a connection that sent garbage: %s", self._name, exc)
                     return
                 if kind == REQUEST:
-                    self._workers().submit(self._answer, peer, ident, payload)
+                    self._answer(peer, ident, payload)
                 elif kind == PUBLISH:
-                    self._workers().submit(self._publish, peer, ident, payload)
+                    self._publish(peer, ident, payload)
                 elif kind == SUBSCRIBE:
                     self._subscribe(peer, ident, resume=payload == b"\x01")
                 else:
@@ -186,12 +135,6 @@ class _Host:
         finally:
             with self._lock:
                 self._subscribers.discard(peer)
-
-    def _workers(self) -> _WorkerPool:
-        with self._lock:
-            if self._pool is None:
-                self._pool = _WorkerPool(self._name, _MAX_WORKERS)
-            return self._pool
 
     def _answer(self, peer: _Peer, ident: int, payload: bytes) -> None:
         try:
@@ -245,34 +188,31 @@ class _Host:
                 _REPLAY_LIMIT,
             )
 
-    def shutdown(self) -> None:
-        with self._lock:
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown()
-
 
 # -- the client side ---------------------------------------------------------------------------
 
 
-class _Call:
-    __slots__ = ("done", "epoch", "event", "frame", "kind", "payload")
+class _Connection:
+    """One request connection and what has been read from it but not yet parsed."""
 
-    def __init__(self, frame: bytes) -> None:
-        self.frame = frame
-        self.event = threading.Event()
-        self.done = False
-        self.kind = 0
-        self.payload = b""
-        self.epoch = -1  # the socket connection (ChannelSocket.reconnects) the frame was last sent on
+    __slots__ = ("buffer", "chunk", "poller", "sock")
+
+    def __init__(self, sock: ChannelSocket) -> None:
+        self.sock = sock
+        self.buffer = bytearray()
+        self.chunk = memoryview(bytearray(_READ_SIZE))  # reused: a fresh large recv buffer costs an mmap
+        self.poller = select.poll()
+        self.poller.register(sock.fileno(), select.POLLIN)  # dup2 on reconnect keeps the fd number
 
 
 class _Requester:
-    """The request connection of this process: many threads, one socket, calls matched by id.
+    """The request connections of this process: one per concurrent caller, reused.
 
-    The caller's own thread reads replies (for everyone) while it waits, so a
-    lone request pays no thread hand-off; when it is answered, another waiting
-    caller takes over reading.
+    A call takes an idle connection (or opens one), sends its frame and reads
+    its own answer in its own thread: no hand-off between threads on either
+    side, since the host answers each connection in that connection's handler
+    thread. Concurrent callers use different connections, so the host serves
+    them at once.
     """
 
     def __init__(self, channel: Channel, max_size: int) -> None:
@@ -280,126 +220,86 @@ class _Requester:
         self.reset()
 
     def reset(self) -> None:
-        """Start afresh (also in a forked child, where the parent's locks may be held)."""
-        self._sock: ChannelSocket | None = None
-        self._connect_lock = threading.Lock()
-        self._write_lock = threading.Lock()
-        self._read_lock = threading.Lock()
-        self._calls_lock = threading.Lock()
-        self._calls: dict[int, _Call] = {}
+        """Start afresh (also in a forked child, where the parent's lock may be held)."""
+        self._lock = threading.Lock()
+        self._idle: list[_Connection] = []
         self._ids = itertools.count(1)
-        self._buffer = bytearray()
-        self._sent_epoch = self._read_epoch = 0
 
-    def call(self, kind: int, payload: bytes, deadline: Deadline) -> _Call:
-        """Send one frame and wait for its answer; raises ChannelTimeout at the deadline."""
-        ident = next(self._ids)
-        call = _Call(_envelope(kind, ident, payload))
-        with self._calls_lock:
-            self._calls[ident] = call
+    def call(self, kind: int, payload: bytes, deadline: Deadline) -> tuple[int, bytes] | None:
+        """Send one frame and return the answer's (kind, payload), or None at the deadline."""
+        size = _ENVELOPE.size + len(payload)
+        if size > self._max_size:
+            raise ValueError(
+                f"the encoded message is {len(payload)} bytes, over this channel's max_message_size"
+                f" ({self._max_size - _ENVELOPE.size} bytes for a message)"
+            )
+        frame = _FRAME_HEAD.pack(size, kind, next(self._ids)) + payload
+        with self._lock:
+            conn = self._idle.pop() if self._idle else None
+        if conn is None:
+            conn = _Connection(self._channel.connect(timeout=deadline.remaining()))
+        answer = None
         try:
-            sock = self._socket(deadline)
-            with self._write_lock, reconnect_within(deadline.remaining()):
-                before = sock.reconnects
-                # if the host died, this reconnects and delivers to the new host
-                send_message(sock, call.frame)
-                moved_here = sock._moved_by_this_thread(before)  # noqa: SLF001
-                # sent on the current connection, unless another thread switched it meanwhile: then
-                # which connection took it is unknown, so count it as old and let the resend repeat it
-                call.epoch = sock.reconnects if sock.reconnects == before or moved_here else before
-            self._resend_if_reconnected(sock, deadline)
-            self._wait(sock, call, deadline)
+            with reconnect_within(deadline.remaining()):
+                answer = self._exchange(conn, frame, deadline)
         finally:
-            with self._calls_lock:
-                self._calls.pop(ident, None)
-            self._hand_reading_on()
-        return call
-
-    def _socket(self, deadline: Deadline) -> ChannelSocket:
-        with self._connect_lock:
-            if self._sock is None:
-                sock = self._channel.connect(timeout=deadline.remaining())
-                self._sent_epoch = self._read_epoch = sock.reconnects
-                self._sock = sock
-            return self._sock
-
-    def _resend_if_reconnected(self, sock: ChannelSocket, deadline: Deadline) -> None:
-        """Send again every unanswered frame that went out on an older connection (the old host lost it)."""
-        with self._write_lock:
-            if sock.reconnects == self._sent_epoch:
-                return
-            self._sent_epoch = epoch = sock.reconnects
-            with self._calls_lock:
-                stale = [c for c in self._calls.values() if not c.done and c.epoch != epoch]
-            _LOGGER.debug("channel %r: resending %d unanswered frame(s)", self._channel.name, len(stale))
-            with reconnect_within(deadline.remaining()):
-                for call in stale:
-                    send_message(sock, call.frame)
-                    call.epoch = epoch
-
-    def _wait(self, sock: ChannelSocket, call: _Call, deadline: Deadline) -> None:
-        while not call.done:
-            if deadline.remaining() <= 0:
-                return
-            if self._read_lock.acquire(blocking=False):
-                try:
-                    while not call.done and deadline.remaining() > 0:
-                        self._read_some(sock, deadline)
-                finally:
-                    self._read_lock.release()
+            if answer is None:  # timed out or failed: a late answer could still arrive; never reuse
+                conn.sock.close()
             else:
-                call.event.wait(min(deadline.remaining(), _POLL_SLICE))
-                if not call.done:
-                    call.event.clear()
+                with self._lock:
+                    self._idle.append(conn)
+        return answer
 
-    def _hand_reading_on(self) -> None:
-        if self._read_lock.locked():
-            return
-        with self._calls_lock:
-            waiting = next((c for c in self._calls.values() if not c.done), None)
-        if waiting is not None:
-            waiting.event.set()  # not answered: wakes it to read for everyone
-
-    def _read_some(self, sock: ChannelSocket, deadline: Deadline) -> None:
-        """Read what has arrived (waiting at most a slice) and dispatch every complete frame."""
+    def _exchange(self, conn: _Connection, frame: bytes, deadline: Deadline) -> tuple[int, bytes] | None:
+        sock, chunk, buffer = conn.sock, conn.chunk, conn.buffer
+        ident = frame[_IDENT]
         epoch = sock.reconnects
-        if epoch != self._read_epoch:
-            self._buffer.clear()  # a partial frame from the old host is worthless
-            self._read_epoch = epoch
-            self._resend_if_reconnected(sock, deadline)
-        poller = select.poll()
-        poller.register(sock.fileno(), select.POLLIN)
-        if not poller.poll(int(min(deadline.remaining(), _POLL_SLICE) * 1000)):
-            return
-        try:
-            with reconnect_within(deadline.remaining()):
-                data = sock.recv(262144)
-        except HostChanged:
-            return  # the next round sees the new epoch and resends
-        if sock.reconnects != epoch:
-            return  # these bytes may belong to either connection: drop them; everything is resent
-        if not data:  # the host itself closed our connection: start over with a new one next time
-            with self._connect_lock:
-                if self._sock is sock:
-                    self._sock = None
-            sock.close()
-            raise ChannelError(f"the host of channel {self._channel.name!r} closed the request connection")
-        self._buffer += data
-        self._dispatch()
+        sock.sendall(frame)  # if the host died, this reconnects and delivers to the new host
+        while True:
+            if sock.reconnects != epoch:  # a partial frame from the old host is worthless
+                buffer.clear()
+                epoch = sock.reconnects
+            while buffer and (answer := self._next_frame(buffer)) is not None:
+                if answer[_IDENT] == ident:
+                    return answer[_KIND], answer[_ANSWER]
+                # else a late duplicate of an earlier, resent frame (at-least-once)
+            remaining = deadline.remaining()
+            if remaining <= 0:
+                return None
+            if not conn.poller.poll(None if math.isinf(remaining) else math.ceil(remaining * 1000)):
+                continue
+            try:
+                count = sock.recv_into(chunk)
+            except HostChanged:
+                _LOGGER.debug("channel %r: resending an unanswered frame", self._channel.name)
+                buffer.clear()
+                epoch = sock.reconnects
+                sock.sendall(frame)
+                continue
+            if not count:  # the host itself closed our connection
+                name = self._channel.name
+                raise ChannelError(f"the host of channel {name!r} closed the request connection")
+            if (  # the usual case: exactly our answer, whole, in one read
+                not buffer
+                and count >= _FRAME_HEAD.size
+                and frame_size(chunk, self._max_size) == count - HEADER.size
+                and chunk[_IDENT] == ident
+            ):
+                return chunk[_KIND], bytes(chunk[_ANSWER.start : count])
+            buffer += chunk[:count]
 
-    def _dispatch(self) -> None:
-        while len(self._buffer) >= HEADER.size:
-            end = HEADER.size + frame_size(self._buffer, self._max_size)
-            if len(self._buffer) < end:
-                return
-            frame = bytes(self._buffer[HEADER.size : end])
-            del self._buffer[:end]
-            kind, ident, payload = _parse(frame)
-            with self._calls_lock:
-                call = self._calls.get(ident)
-            if call is not None and not call.done:  # else a late or duplicate answer (at-least-once)
-                call.kind, call.payload, call.done = kind, payload, True
-                call.event.set()
+    def _next_frame(self, buffer: bytearray) -> bytes | None:
+        """Remove and return the first whole frame (header included), or None if it is incomplete."""
+        if len(buffer) < HEADER.size:
+            return None
+        end = HEADER.size + frame_size(buffer, self._max_size)
+        if len(buffer) < end:
+            return None
+        if end < _FRAME_HEAD.size:
+            raise ProtocolError(f"the host sent a {end - HEADER.size}-byte frame, shorter than an envelope")
+        frame = bytes(buffer[:end])
+        del buffer[:end]
+        return frame
 
 
 class _Subscriber:
@@ -575,11 +475,11 @@ class RequestChannel:
         :raises ChannelTimeout: no reply within ``timeout`` seconds.
         :raises ChannelClosed: the channel was closed.
         """
-        call = self._call(REQUEST, message, timeout)
-        if call.kind == ERROR:
-            info = json.loads(call.payload)
+        kind, payload = self._call(REQUEST, message, timeout)
+        if kind == ERROR:
+            info = json.loads(payload)
             raise RemoteError(self.name, info["type"], info["message"], info["traceback"], info.get("pid"))
-        return self._codec.loads(call.payload)
+        return self._codec.loads(payload)
 
     def publish(self, message: Any, timeout: float | None = 5.0) -> None:
         """Deliver ``message`` to every subscriber (this process's too); return once the host sent it out.
@@ -604,7 +504,6 @@ class RequestChannel:
         """Close the channel (handing hosting over) and stop this process's threads. Idempotent."""
         self._channel.close()
         self._subscriber.join()
-        self._host.shutdown()
 
     def __enter__(self) -> RequestChannel:
         return self
@@ -622,19 +521,19 @@ class RequestChannel:
         if self._channel.closed:
             raise ChannelClosed(self.name)
 
-    def _call(self, kind: int, message: Any, timeout: float | None) -> _Call:
+    def _call(self, kind: int, message: Any, timeout: float | None) -> tuple[int, bytes]:
         deadline = Deadline(validate_timeout(timeout))
         self._check_open()
         payload = self._codec.dumps(message)
         if self._subscriber.active:
             self._subscriber.ensure_running(deadline)  # after fork: subscribe again in this process
         try:
-            call = self._requester.call(kind, payload, deadline)
+            answer = self._requester.call(kind, payload, deadline)
         except ChannelTimeout as exc:
             raise self._timeout(deadline, exc.last_host_pid) from None
-        if not call.done:
+        if answer is None:
             raise self._timeout(deadline, self._channel.host_pid)
-        return call
+        return answer
 
     def _timeout(self, deadline: Deadline, last_host_pid: int | None) -> ChannelTimeout:
         return ChannelTimeout(
