@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
     from _typeshed import ReadableBuffer
 
-__all__ = ["DEFAULT_MAX_SIZE", "HEADER", "frame_size", "recv_message", "send_message"]
+__all__ = ["DEFAULT_MAX_SIZE", "HEADER", "FrameReader", "frame_size", "recv_message", "send_message"]
 
 #: Largest frame accepted by default: 64 MiB.
 DEFAULT_MAX_SIZE = 64 * 1024 * 1024
@@ -67,3 +67,67 @@ def _recv_exactly(sock: socket.socket, size: int, *, at_boundary: bool) -> bytes
             raise ProtocolError(f"connection closed {received} bytes into a {size}-byte read")
         received += count
     return bytes(buffer)
+
+
+class FrameReader:
+    """Reads frames from one stream socket, usually with a single ``recv`` per frame.
+
+    Unlike ``recv_message`` it reads ahead: whatever follows a frame stays in
+    the reader, so all reads from the socket must go through it. ``fill`` and
+    ``next_frame`` let a caller wait with its own ``poll``; ``read`` blocks.
+    """
+
+    CHUNK = 65536  # one reused receive buffer: a fresh large one per recv costs an mmap
+
+    def __init__(self, sock: socket.socket, max_size: int = DEFAULT_MAX_SIZE) -> None:
+        self._sock, self._max_size = sock, max_size
+        self._buffer = bytearray()
+        self._chunk = memoryview(bytearray(self.CHUNK))
+
+    def next_frame(self) -> bytes | None:
+        """Return the payload of the next whole buffered frame, or None if there is none yet."""
+        buffer = self._buffer
+        if len(buffer) < HEADER.size:
+            return None
+        end = HEADER.size + frame_size(buffer, self._max_size)
+        if len(buffer) < end:
+            return None
+        with memoryview(buffer) as view:
+            payload = bytes(view[HEADER.size : end])
+        del buffer[:end]
+        return payload
+
+    def fill(self) -> None:
+        """Receive once (blocking as the socket does) and buffer what arrived.
+
+        :raises EOFError: the peer closed the connection cleanly, between frames.
+        :raises ProtocolError: the connection ended mid-frame.
+        """
+        buffer = self._buffer
+        start = len(buffer)
+        missing = HEADER.size + frame_size(buffer, self._max_size) - start if start >= HEADER.size else 0
+        if missing > self.CHUNK:  # a large frame: receive straight into its place
+            count = 0
+            buffer += bytes(missing)
+            try:
+                with memoryview(buffer) as view:
+                    count = self._sock.recv_into(view[start:])
+            finally:
+                del buffer[start + count :]
+        else:
+            count = self._sock.recv_into(self._chunk)
+            buffer += self._chunk[:count]
+        if count == 0:
+            if not buffer:
+                raise EOFError("connection closed")
+            raise ProtocolError(f"connection closed {len(buffer)} bytes into a frame")
+
+    def read(self) -> bytes:
+        """Receive one frame and return its payload; raises as ``recv_message`` does."""
+        while (payload := self.next_frame()) is None:
+            self.fill()
+        return payload
+
+    def clear(self) -> None:
+        """Forget what is buffered (the socket moved to a new connection: a partial frame is worthless)."""
+        self._buffer.clear()

@@ -42,7 +42,7 @@ from ._client import ChannelSocket, reconnect_within
 from ._codecs import Codec, resolve_codec
 from ._election import Deadline, validate_timeout
 from ._errors import ChannelClosed, ChannelError, ChannelTimeout, HostChanged, ProtocolError, RemoteError
-from ._framing import DEFAULT_MAX_SIZE, HEADER, frame_size, recv_message, send_message
+from ._framing import DEFAULT_MAX_SIZE, FrameReader
 
 if TYPE_CHECKING:
     import socket
@@ -56,16 +56,19 @@ _LOGGER = logging.getLogger("ipchannel")
 
 _ENVELOPE = struct.Struct("!BQ")
 _FRAME_HEAD = struct.Struct("!IBQ")  # _framing's HEADER, then the envelope: a whole frame's head
-_KIND, _IDENT, _ANSWER = 4, slice(5, 13), slice(13, None)  # where they sit in a whole frame
+_MAX_FRAME = 0xFFFFFFFF
 REQUEST, PUBLISH, SUBSCRIBE = 1, 2, 3
 REPLY, ERROR, ACK, MESSAGE = 11, 12, 13, 14
 _REPLAY_LIMIT = 1024
 _JOIN_TIMEOUT = 2.0
-_READ_SIZE = 65536
 
 
-def _envelope(kind: int, ident: int, payload: bytes = b"") -> bytes:
-    return _ENVELOPE.pack(kind, ident) + payload
+def _frame(kind: int, ident: int, payload: bytes = b"") -> bytes:
+    """Return a whole frame, length header included, ready for one ``sendall``."""
+    size = _ENVELOPE.size + len(payload)
+    if size > _MAX_FRAME:
+        raise ValueError(f"a message of {len(payload)} bytes does not fit in one frame (4 GiB)")
+    return _FRAME_HEAD.pack(size, kind, ident) + payload
 
 
 def _parse(frame: bytes) -> tuple[int, int, bytes]:
@@ -88,7 +91,7 @@ class _Peer:
     def send(self, frame: bytes) -> bool:
         try:
             with self.lock:
-                send_message(self.conn, frame)
+                self.conn.sendall(frame)
         except OSError:
             return False  # the client went away; its process will resend to whoever hosts
         return True
@@ -111,11 +114,11 @@ class _Host:
 
     def handle(self, conn: socket.socket) -> None:
         """Serve one connection (runs in a handler thread of the host)."""
-        peer = _Peer(conn)
+        peer, reader = _Peer(conn), FrameReader(conn, self._max_size)
         try:
             while True:
                 try:
-                    kind, ident, payload = _parse(recv_message(conn, self._max_size))
+                    kind, ident, payload = _parse(reader.read())
                 except EOFError:
                     return
                 except ProtocolError as exc:
@@ -141,7 +144,7 @@ class _Host:
             if self._on_request is None:
                 raise LookupError("this RequestChannel was created without on_request")  # noqa: TRY301
             reply = self._on_request(self._codec.loads(payload))
-            frame = _envelope(REPLY, ident, self._codec.dumps(reply))
+            frame = _frame(REPLY, ident, self._codec.dumps(reply))
         except Exception as exc:  # noqa: BLE001 - every failure travels back as RemoteError
             kind = type(exc)
             name = (
@@ -155,11 +158,11 @@ class _Host:
                 "traceback": traceback.format_exc(),
                 "pid": os.getpid(),
             }
-            frame = _envelope(ERROR, ident, json.dumps(info).encode())
+            frame = _frame(ERROR, ident, json.dumps(info).encode())
         peer.send(frame)
 
     def _publish(self, peer: _Peer, ident: int, payload: bytes) -> None:
-        frame = _envelope(MESSAGE, 0, payload)
+        frame = _frame(MESSAGE, 0, payload)
         with self._lock:
             self._replay.append(frame)
             subscribers = list(self._subscribers)
@@ -167,7 +170,7 @@ class _Host:
             if not subscriber.send(frame):
                 with self._lock:
                     self._subscribers.discard(subscriber)
-        peer.send(_envelope(ACK, ident))
+        peer.send(_frame(ACK, ident))
 
     def _subscribe(self, peer: _Peer, ident: int, *, resume: bool) -> None:
         with self._lock:
@@ -175,8 +178,8 @@ class _Host:
             backlog = list(self._replay) if resume else []
             peer.lock.acquire()  # taken under our lock: no publish can reach the peer before the backlog
         try:
-            for frame in [_envelope(ACK, ident), *backlog]:
-                send_message(peer.conn, frame)
+            for frame in [_frame(ACK, ident), *backlog]:
+                peer.conn.sendall(frame)
         except OSError:
             pass
         finally:
@@ -193,14 +196,13 @@ class _Host:
 
 
 class _Connection:
-    """One request connection and what has been read from it but not yet parsed."""
+    """One request connection, its reader, and a poll object to wait on it with a deadline."""
 
-    __slots__ = ("buffer", "chunk", "poller", "sock")
+    __slots__ = ("poller", "reader", "sock")
 
-    def __init__(self, sock: ChannelSocket) -> None:
+    def __init__(self, sock: ChannelSocket, max_size: int) -> None:
         self.sock = sock
-        self.buffer = bytearray()
-        self.chunk = memoryview(bytearray(_READ_SIZE))  # reused: a fresh large recv buffer costs an mmap
+        self.reader = FrameReader(sock, max_size)
         self.poller = select.poll()
         self.poller.register(sock.fileno(), select.POLLIN)  # dup2 on reconnect keeps the fd number
 
@@ -233,15 +235,16 @@ class _Requester:
                 f"the encoded message is {len(payload)} bytes, over this channel's max_message_size"
                 f" ({self._max_size - _ENVELOPE.size} bytes for a message)"
             )
-        frame = _FRAME_HEAD.pack(size, kind, next(self._ids)) + payload
+        ident = next(self._ids)
+        frame = _frame(kind, ident, payload)
         with self._lock:
             conn = self._idle.pop() if self._idle else None
         if conn is None:
-            conn = _Connection(self._channel.connect(timeout=deadline.remaining()))
+            conn = _Connection(self._channel.connect(timeout=deadline.remaining()), self._max_size)
         answer = None
         try:
             with reconnect_within(deadline.remaining()):
-                answer = self._exchange(conn, frame, deadline)
+                answer = self._exchange(conn, ident, frame, deadline)
         finally:
             if answer is None:  # timed out or failed: a late answer could still arrive; never reuse
                 conn.sock.close()
@@ -250,18 +253,20 @@ class _Requester:
                     self._idle.append(conn)
         return answer
 
-    def _exchange(self, conn: _Connection, frame: bytes, deadline: Deadline) -> tuple[int, bytes] | None:
-        sock, chunk, buffer = conn.sock, conn.chunk, conn.buffer
-        ident = frame[_IDENT]
+    def _exchange(
+        self, conn: _Connection, ident: int, frame: bytes, deadline: Deadline
+    ) -> tuple[int, bytes] | None:
+        sock, reader = conn.sock, conn.reader
         epoch = sock.reconnects
         sock.sendall(frame)  # if the host died, this reconnects and delivers to the new host
         while True:
             if sock.reconnects != epoch:  # a partial frame from the old host is worthless
-                buffer.clear()
+                reader.clear()
                 epoch = sock.reconnects
-            while buffer and (answer := self._next_frame(buffer)) is not None:
-                if answer[_IDENT] == ident:
-                    return answer[_KIND], answer[_ANSWER]
+            while (answer := reader.next_frame()) is not None:
+                kind, answer_ident, payload = _parse(answer)
+                if answer_ident == ident:
+                    return kind, payload
                 # else a late duplicate of an earlier, resent frame (at-least-once)
             remaining = deadline.remaining()
             if remaining <= 0:
@@ -269,37 +274,15 @@ class _Requester:
             if not conn.poller.poll(None if math.isinf(remaining) else math.ceil(remaining * 1000)):
                 continue
             try:
-                count = sock.recv_into(chunk)
+                reader.fill()
             except HostChanged:
                 _LOGGER.debug("channel %r: resending an unanswered frame", self._channel.name)
-                buffer.clear()
+                reader.clear()
                 epoch = sock.reconnects
                 sock.sendall(frame)
-                continue
-            if not count:  # the host itself closed our connection
+            except EOFError:  # the host itself closed our connection
                 name = self._channel.name
-                raise ChannelError(f"the host of channel {name!r} closed the request connection")
-            if (  # the usual case: exactly our answer, whole, in one read
-                not buffer
-                and count >= _FRAME_HEAD.size
-                and frame_size(chunk, self._max_size) == count - HEADER.size
-                and chunk[_IDENT] == ident
-            ):
-                return chunk[_KIND], bytes(chunk[_ANSWER.start : count])
-            buffer += chunk[:count]
-
-    def _next_frame(self, buffer: bytearray) -> bytes | None:
-        """Remove and return the first whole frame (header included), or None if it is incomplete."""
-        if len(buffer) < HEADER.size:
-            return None
-        end = HEADER.size + frame_size(buffer, self._max_size)
-        if len(buffer) < end:
-            return None
-        if end < _FRAME_HEAD.size:
-            raise ProtocolError(f"the host sent a {end - HEADER.size}-byte frame, shorter than an envelope")
-        frame = bytes(buffer[:end])
-        del buffer[:end]
-        return frame
+                raise ChannelError(f"the host of channel {name!r} closed the request connection") from None
 
 
 class _Subscriber:
@@ -332,36 +315,41 @@ class _Subscriber:
 
     def _start(self, deadline: Deadline) -> None:
         sock = self._channel.connect(timeout=deadline.remaining())
+        reader = FrameReader(sock, self._max_size)
         try:
             with reconnect_within(deadline.remaining()):
-                self._subscribe(sock, resume=False)
+                self._subscribe(sock, reader, resume=False)
         except BaseException:
             sock.close()
             raise
         self._thread = threading.Thread(
-            target=self._run, args=(sock,), name=f"ipchannel-subscriber:{self._channel.name}", daemon=True
+            target=self._run,
+            args=(sock, reader),
+            name=f"ipchannel-subscriber:{self._channel.name}",
+            daemon=True,
         )
         self._thread.start()
 
-    def _subscribe(self, sock: ChannelSocket, *, resume: bool) -> None:
+    def _subscribe(self, sock: ChannelSocket, reader: FrameReader, *, resume: bool) -> None:
         """Send SUBSCRIBE and wait for its ACK; messages arriving before it are delivered."""
-        send_message(sock, _envelope(SUBSCRIBE, 1, b"\x01" if resume else b"\x00"))
+        reader.clear()  # after a host change: a partial frame from the old host is worthless
+        sock.sendall(_frame(SUBSCRIBE, 1, b"\x01" if resume else b"\x00"))
         while True:
-            kind, _ident, payload = _parse(recv_message(sock, self._max_size))
+            kind, _ident, payload = _parse(reader.read())
             if kind == ACK:
                 return
             self._deliver(payload)
 
-    def _run(self, sock: ChannelSocket) -> None:
+    def _run(self, sock: ChannelSocket, reader: FrameReader) -> None:
         _platform.leave_signals_to_the_application()
         with reconnect_within(None):  # wait as long as it takes for a new host; close() interrupts
             while True:
                 try:
-                    kind, _ident, payload = _parse(recv_message(sock, self._max_size))
+                    kind, _ident, payload = _parse(reader.read())
                     if kind == MESSAGE:
                         self._deliver(payload)
                 except HostChanged:
-                    self._resubscribe(sock)
+                    self._resubscribe(sock, reader)
                 except (ChannelClosed, EOFError, OSError):
                     return
                 except ProtocolError as exc:
@@ -370,10 +358,10 @@ class _Subscriber:
                     )
                     return
 
-    def _resubscribe(self, sock: ChannelSocket) -> None:
+    def _resubscribe(self, sock: ChannelSocket, reader: FrameReader) -> None:
         while True:
             try:
-                self._subscribe(sock, resume=True)
+                self._subscribe(sock, reader, resume=True)
             except HostChanged:
                 continue
             _LOGGER.info("channel %r: re-subscribed after a host change", self._channel.name)
