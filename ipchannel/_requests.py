@@ -394,7 +394,7 @@ class RequestChannel:
 
     ::
 
-        def on_request(message):            # runs in the host process, in a worker thread
+        def on_request(message):            # runs in the host process, in a handler thread
             return {"echo": message}
 
         with RequestChannel("echo", on_request) as channel:

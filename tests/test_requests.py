@@ -97,6 +97,34 @@ def test_bad_arguments() -> None:
         with pytest.raises(TypeError, match="not JSON serializable"):
             rc.request(object())
         assert rc.request("still usable")["message"] == "still usable"
+    with ipchannel.RequestChannel("y", _peers.on_request, max_message_size=100) as rc:
+        with pytest.raises(ValueError, match="over this channel's max_message_size"):
+            rc.request("m" * 200)
+        assert rc.request("small")["message"] == "small"
+
+
+@pytest.mark.usefixtures("runtime_dir")
+def test_a_request_connection_per_concurrent_caller_reused() -> None:
+    with ipchannel.RequestChannel("x", _peers.on_request) as rc:
+        rc.request("first")
+        (first,) = rc.channel._sockets  # noqa: SLF001 - white box: the connections this process opened
+        for i in range(20):
+            assert rc.request(i)["message"] == i
+        assert list(rc.channel._sockets) == [first]  # noqa: SLF001 - sequential calls share it
+        start, wrong = threading.Barrier(4), list[int]()
+
+        def caller() -> None:
+            start.wait(10)
+            wrong.extend(i for i in range(50) if rc.request(i)["message"] != i)
+
+        threads = [threading.Thread(target=caller) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert not wrong
+        assert first in rc.channel._sockets  # noqa: SLF001
+        assert len(rc.channel._sockets) <= 4  # noqa: SLF001 - at most one per concurrent caller
 
 
 @pytest.mark.usefixtures("runtime_dir")
