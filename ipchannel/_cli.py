@@ -1,11 +1,23 @@
-"""The command line: ``python -m ipchannel demo``. Thin by design; the library never imports it."""
+"""The command line: ``python -m ipchannel status|demo``. Thin by design; the library never imports it.
+
+Exit codes, as usual for command lines: 0 success, 1 failure (for ``status NAME``:
+the channel has no live host), 2 bad usage.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from typing import TYPE_CHECKING, TextIO
 
 from ._errors import ChannelError
+from ._paths import ensure_runtime_dir, resolve_runtime_dir, validate_name
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from ._status import ChannelStatus
 
 __all__ = ["main"]
 
@@ -16,6 +28,20 @@ def _parser() -> argparse.ArgumentParser:
         description="ipchannel: peer processes on one machine share one in-process service.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    status = commands.add_parser(
+        "status",
+        help="list the channels in the runtime directory and their hosts",
+        description=(
+            "List the channels in the runtime directory: host pid and command line, generation, "
+            "uptime, socket, and whether the host is alive; stale records are flagged. Read-only: "
+            "it never connects to a host. Exit code 1 if NAME is given and has no live host."
+        ),
+    )
+    status.add_argument("name", nargs="?", help="only this channel")
+    status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    status.add_argument(
+        "--dir", metavar="PATH", help="runtime directory (default: IPCHANNEL_DIR, then the usual place)"
+    )
     demo = commands.add_parser(
         "demo",
         help="watch worker processes share a channel while its host is killed",
@@ -28,7 +54,19 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return 0 on success, 1 on failure, 2 for bad usage."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "status":
+        if args.name is not None:
+            try:
+                validate_name(args.name)
+            except ValueError as exc:
+                parser.error(str(exc))
+        try:
+            return _status(args.name, resolve_runtime_dir(args.dir), as_json=args.json, out=sys.stdout)
+        except ChannelError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
     if args.command == "demo":
         from ._demo import run_demo  # noqa: PLC0415 - multiprocessing only when the demo runs
 
@@ -38,3 +76,53 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 1
     return 2  # unreachable: argparse rejects unknown commands with exit code 2
+
+
+def _status(name: str | None, directory: Path, *, as_json: bool, out: TextIO) -> int:
+    from ._status import channel_status, list_channels  # noqa: PLC0415 - only this command needs it
+
+    if not directory.exists():
+        channels: list[ChannelStatus] = []
+    else:
+        ensure_runtime_dir(directory)  # refuses (RuntimeDirError) a directory that is not safe to trust
+        channels = [channel_status(name, directory)] if name else list_channels(directory)
+    if as_json:
+        print(
+            json.dumps({"runtime_dir": str(directory), "channels": [c.to_json() for c in channels]}), file=out
+        )
+    elif not channels:
+        print(f"no channels in {directory}", file=out)
+    else:
+        print(f"runtime directory: {directory}", file=out)
+        for c in channels:
+            if c.host_pid is None:
+                print(f"{c.name}: {c.state}{f' ({c.problem})' if c.problem else ''}", file=out)
+                continue
+            flag = f"  STALE: {c.problem}" if c.state == "stale" else ""
+            print(
+                f"{c.name}: {c.state}, host pid {c.host_pid}, generation {c.generation}, "
+                f"up {_duration(c.uptime or 0.0)}{flag}\n"
+                f"    socket  {c.socket}\n"
+                f"    command {_one_line(c.host_command or '?')}",
+                file=out,
+            )
+    if name is not None:
+        return 0 if channels and channels[0].state == "live" else 1
+    return 0
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return (
+        f"{hours}h{minutes:02d}m{secs:02d}s"
+        if hours
+        else f"{minutes}m{secs:02d}s"
+        if minutes
+        else f"{seconds:.1f}s"
+    )
+
+
+def _one_line(text: str, limit: int = 160) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."

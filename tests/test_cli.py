@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from conftest import Peers
 
 
 def _run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -22,12 +30,68 @@ def test_help_exits_zero() -> None:
     result = _run("--help")
     assert result.returncode == 0
     assert "demo" in result.stdout
+    assert "status" in result.stdout
     assert _run("demo", "--help").returncode == 0
+    assert _run("status", "--help").returncode == 0
 
 
 def test_bad_usage_exits_two() -> None:
     assert _run().returncode == 2
     assert _run("nonsense").returncode == 2
+
+
+def _status(runtime_dir: Path, *args: str) -> tuple[int, dict[str, Any]]:
+    result = _run("status", "--json", "--dir", str(runtime_dir), *args)
+    assert result.stderr == ""
+    document: dict[str, Any] = json.loads(result.stdout)
+    assert document["runtime_dir"] == str(runtime_dir)
+    return result.returncode, document
+
+
+def test_status_shows_the_live_host_then_flags_its_stale_record(peers: Peers, runtime_dir: Path) -> None:
+    assert _status(runtime_dir) == (0, {"runtime_dir": str(runtime_dir), "channels": []})
+    (host,) = peers.start(1, name="counter")
+    host.call("connect")
+    code, document = _status(runtime_dir, "counter")
+    assert code == 0
+    (channel,) = document["channels"]
+    assert channel["state"] == "live"
+    assert channel["host_pid"] == host.pid
+    assert channel["host_alive"] is True
+    assert channel["generation"] == 1
+    assert channel["socket"] == str(runtime_dir / "counter.sock")
+    assert "python" in channel["host_command"]
+    assert 0 <= channel["uptime_seconds"] < 60
+    table = _run("status", "--dir", str(runtime_dir))
+    assert table.returncode == 0
+    assert f"counter: live, host pid {host.pid}, generation 1" in table.stdout
+
+    host.kill()  # nobody takes over: the record is left behind, naming a dead host
+    code, document = _status(runtime_dir, "counter")
+    assert code == 1
+    (channel,) = document["channels"]
+    assert channel["state"] == "stale"
+    assert channel["host_alive"] is False
+    assert f"host pid {host.pid} is gone" in channel["problem"]
+    assert "STALE" in _run("status", "--dir", str(runtime_dir)).stdout
+    assert _status(runtime_dir)[0] == 0  # listing everything succeeds, stale or not
+
+
+def test_status_of_an_unknown_channel_exits_one_and_a_bad_name_two(runtime_dir: Path) -> None:
+    code, document = _status(runtime_dir, "nothing-here")
+    assert code == 1
+    assert document["channels"][0]["state"] == "no host"
+    result = _run("status", "--dir", str(runtime_dir), "../etc")
+    assert result.returncode == 2
+    assert "invalid channel name" in result.stderr
+
+
+def test_status_refuses_a_runtime_dir_others_can_write(runtime_dir: Path) -> None:
+    os.chmod(runtime_dir, 0o777)  # noqa: S103 - the point of the test
+    result = _run("status", "--dir", str(runtime_dir))
+    assert result.returncode == 1
+    assert "writable by group or others" in result.stderr
+    assert "chmod 700" in result.stderr
 
 
 def test_demo_needs_more_workers_than_kills() -> None:
