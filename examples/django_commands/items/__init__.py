@@ -1,0 +1,1 @@
+"""The items app: its management command coordinates concurrent runs through a channel."""

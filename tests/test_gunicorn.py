@@ -1,0 +1,159 @@
+"""The gunicorn example under real gunicorn: 4 sync workers share one counter; the host is killed."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import psutil
+import pytest
+from conftest import reap, wait_until
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "gunicorn_counter"
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self._path)
+        self.sock = sock
+
+
+def _get(address: str, url: str, timeout: float = 10.0) -> tuple[int, dict[str, Any]]:
+    conn = _UnixHTTPConnection(address, timeout)
+    try:
+        conn.request("GET", url)
+        response = conn.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        conn.close()
+
+
+class Gunicorn:
+    """A real gunicorn master serving the example on a Unix socket."""
+
+    def __init__(self, config: str, runtime_dir: Path) -> None:
+        self.address = str(runtime_dir.parent / f"{runtime_dir.name}-http.sock")
+        env = {**os.environ, "IPCHANNEL_DIR": str(runtime_dir), "COUNTER_BIND": f"unix:{self.address}"}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", config, "app:app"],
+            cwd=EXAMPLE,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.master = psutil.Process(self.process.pid)
+        self.seen: set[int] = set()  # every worker pid we saw, to check they are all gone at the end
+        wait_until(lambda: len(self.workers()) == 4, timeout=30)
+
+    def workers(self) -> list[int]:
+        pids = [p.pid for p in self.master.children()]
+        self.seen.update(pids)
+        return pids
+
+    def stop(self) -> str:
+        """SIGTERM the master, wait for it to exit; return its stderr."""
+        self.process.send_signal(signal.SIGTERM)
+        _, err = self.process.communicate(timeout=30)
+        return err
+
+    def kill_all(self) -> None:
+        for pid in [*self.seen, self.process.pid]:
+            reap(pid, timeout=1)
+        Path(self.address).unlink(missing_ok=True)
+
+
+@pytest.fixture(params=["gunicorn.conf.py", "gunicorn_preload.conf.py"])
+def gunicorn(request: pytest.FixtureRequest, runtime_dir: Path) -> Iterator[Gunicorn]:
+    server = Gunicorn(request.param, runtime_dir)
+    try:
+        yield server
+    finally:
+        server.kill_all()
+
+
+def _counts(address: str, requests: int, threads: int) -> list[dict[str, Any]]:
+    replies: list[dict[str, Any]] = []
+    errors: list[BaseException] = []
+
+    def client(n: int) -> None:
+        try:
+            for _ in range(n):
+                status, body = _get(address, "/count")
+                assert status == 200, body
+                replies.append(body)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test thread below
+            errors.append(exc)
+
+    workers = [threading.Thread(target=client, args=(requests // threads,)) for _ in range(threads)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join(60)
+    assert not errors, errors
+    return replies
+
+
+@pytest.mark.timeout(120)
+def test_four_sync_workers_share_one_counter_and_survive_the_host_kill(
+    gunicorn: Gunicorn, runtime_dir: Path
+) -> None:
+    replies = _counts(gunicorn.address, requests=200, threads=8)
+    assert sorted(r["count"] for r in replies) == list(range(1, 201))  # one state, no value twice
+    serving = {r["worker"] for r in replies}
+    assert len(serving) >= 2, serving  # several workers answered from that one state
+    (host,) = {r["host"] for r in replies}
+    assert host in gunicorn.workers()
+
+    os.kill(host, signal.SIGKILL)
+    killed_at = time.monotonic()
+    # within 2 s requests succeed again, answered by a new host (one of the surviving workers)
+    status, body = wait_until(lambda: _try_get(gunicorn.address), timeout=2.0, interval=0.01)
+    assert time.monotonic() - killed_at <= 2.0
+    assert status == 200, body
+    assert body["host"] not in {None, host}
+    for _ in range(20):
+        status, body = _get(gunicorn.address, "/count")
+        assert status == 200, body
+    wait_until(lambda: len(gunicorn.workers()) == 4 and host not in gunicorn.workers(), timeout=10)
+
+    err = gunicorn.stop()
+    assert gunicorn.process.returncode == 0, err
+    assert "Traceback" not in err, err
+    wait_until(lambda: not any(psutil.pid_exists(pid) for pid in gunicorn.seen), timeout=10)
+    leftovers = sorted(p.name for p in runtime_dir.iterdir() if not p.name.endswith(".lock"))
+    assert leftovers == [], leftovers  # no socket, record or temporary file
+
+
+def _try_get(address: str) -> tuple[int, dict[str, Any]] | None:
+    try:
+        status, body = _get(address, "/count", timeout=1.0)
+    except (OSError, http.client.HTTPException):
+        return None  # the killed worker's own connection, or a worker not yet accepting
+    return (status, body) if status == 200 else None
+
+
+@pytest.mark.timeout(60)
+def test_the_rate_limit_is_shared_by_every_worker(gunicorn: Gunicorn) -> None:
+    statuses = [_get(gunicorn.address, "/limited")[0] for _ in range(20)]
+    assert statuses.count(200) == 5  # RATE_LIMIT per window, whichever worker answered
+    assert statuses.count(429) == 15
+    gunicorn.stop()
