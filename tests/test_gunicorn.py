@@ -49,9 +49,14 @@ def _get(address: str, url: str, timeout: float = 10.0) -> tuple[int, dict[str, 
 class Gunicorn:
     """A real gunicorn master serving the example on a Unix socket."""
 
-    def __init__(self, config: str, runtime_dir: Path) -> None:
+    def __init__(self, config: str, runtime_dir: Path, max_requests: int = 0) -> None:
         self.address = str(runtime_dir.parent / f"{runtime_dir.name}-http.sock")
-        env = {**os.environ, "IPCHANNEL_DIR": str(runtime_dir), "COUNTER_BIND": f"unix:{self.address}"}
+        env = {
+            **os.environ,
+            "IPCHANNEL_DIR": str(runtime_dir),
+            "COUNTER_BIND": f"unix:{self.address}",
+            "COUNTER_MAX_REQUESTS": str(max_requests),
+        }
         self.process = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-c", config, "app:app"],
             cwd=EXAMPLE,
@@ -76,8 +81,13 @@ class Gunicorn:
         return err
 
     def kill_all(self) -> None:
+        if self.process.poll() is None:
+            self.workers()  # the current ones too
         for pid in [*self.seen, self.process.pid]:
             reap(pid, timeout=1)
+        self.process.wait(5)
+        if self.process.stderr is not None:
+            self.process.stderr.close()
         Path(self.address).unlink(missing_ok=True)
 
 
@@ -157,3 +167,18 @@ def test_the_rate_limit_is_shared_by_every_worker(gunicorn: Gunicorn) -> None:
     assert statuses.count(200) == 5  # RATE_LIMIT per window, whichever worker answered
     assert statuses.count(429) == 15
     gunicorn.stop()
+
+
+@pytest.mark.timeout(120)
+def test_max_requests_recycling_hands_hosting_over_without_failing_a_request(runtime_dir: Path) -> None:
+    server = Gunicorn("gunicorn.conf.py", runtime_dir, max_requests=30)
+    try:
+        replies = _counts(server.address, requests=240, threads=4)  # every worker recycled twice
+        hosts = {r["host"] for r in replies}
+        assert len(hosts) >= 2, hosts  # hosting moved as hosting workers were recycled
+        assert len({r["worker"] for r in replies}) > 4  # gunicorn did replace workers
+        err = server.stop()
+        assert server.process.returncode == 0, err
+        assert "Traceback" not in err, err
+    finally:
+        server.kill_all()

@@ -11,4 +11,5 @@ bind = os.environ.get("COUNTER_BIND", "unix:/tmp/gunicorn-counter.sock")
 workers = 4
 worker_class = "sync"
 graceful_timeout = 10  # a hosting worker hands over within this on SIGTERM or recycling
-max_requests = 0  # recycling (say 1000, with max_requests_jitter) is fine: a host hands over as it exits
+# Recycling workers is fine: a hosting worker hands hosting over as it exits (its state goes with it).
+max_requests = int(os.environ.get("COUNTER_MAX_REQUESTS", "0"))
