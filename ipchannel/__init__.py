@@ -10,6 +10,7 @@ from __future__ import annotations
 from ._channel import Channel as Channel
 from ._channel import open_channel as open_channel
 from ._client import ChannelSocket as ChannelSocket
+from ._errors import AuthenticationError as AuthenticationError
 from ._errors import ChannelClosed as ChannelClosed
 from ._errors import ChannelError as ChannelError
 from ._errors import ChannelTimeout as ChannelTimeout
@@ -23,6 +24,7 @@ from ._requests import RequestChannel as RequestChannel
 from ._version import __version__ as __version__
 
 __all__ = [
+    "AuthenticationError",
     "Channel",
     "ChannelClosed",
     "ChannelError",

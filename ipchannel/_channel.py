@@ -20,9 +20,10 @@ import weakref
 from typing import TYPE_CHECKING, Literal, overload
 
 from . import _platform
+from ._auth import client_handshake, validate_authkey
 from ._client import ChannelSocket
 from ._election import Backoff, Deadline, HostLock, validate_timeout
-from ._errors import ChannelClosed, ChannelError, ChannelTimeout
+from ._errors import AuthenticationError, ChannelClosed, ChannelError, ChannelTimeout
 from ._hostrecord import HostRecord, own_create_time, read_record, remove_record, write_record
 from ._monitor import Monitor
 from ._paths import ChannelPaths, ensure_runtime_dir, resolve_runtime_dir, validate_name
@@ -65,6 +66,10 @@ class Channel:
     :param runtime_dir: where the lock, host record and socket live; default ``IPCHANNEL_DIR``,
         else ``$XDG_RUNTIME_DIR/ipchannel``, else ``<tempdir>/ipchannel-<uid>``.
     :param auto_reconnect: follow the host across failover (see ``connect()``).
+    :param authkey: if given (bytes, e.g. ``os.urandom(32)`` shared by your processes), every
+        connection first proves in both directions that it knows the key (HMAC challenge-response,
+        as ``multiprocessing.connection``); a process with another key, or none, gets
+        ``AuthenticationError`` and the host never runs the handler for it.
     :raises ValueError: the name breaks the rule above.
     :raises TypeError: the handler is neither accepted form.
     :raises RuntimeDirError: the runtime directory cannot be created or used safely.
@@ -80,9 +85,11 @@ class Channel:
         *,
         runtime_dir: str | os.PathLike[str] | None = None,
         auto_reconnect: bool = True,
+        authkey: bytes | None = None,
     ) -> None:
         self._name = validate_name(name)
         self._handler = handler_class(handler)
+        self._authkey = validate_authkey(authkey)
         if not isinstance(auto_reconnect, bool):
             raise TypeError(f"auto_reconnect must be a bool, not {type(auto_reconnect).__name__}")
         if not _platform.SUN_PATH_MAX:
@@ -277,6 +284,13 @@ class Channel:
 
     def _connect_to(self, record: HostRecord) -> ChannelSocket | None:
         """Connect to the channel's socket; None if nobody listens there (yet) or it is another host."""
+        if record.auth != (self._authkey is not None):
+            raise AuthenticationError(
+                self._name,
+                "the host requires an authkey and this channel has none"
+                if record.auth
+                else "this channel has an authkey but the host does not ask for one",
+            )
         sock = ChannelSocket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.connect(str(self._paths.sock))
@@ -292,6 +306,15 @@ class Channel:
         if peer_pid is not None and peer_pid != record.pid:
             sock.close()  # a newer host than the record we read; read it again
             return None
+        if self._authkey is not None:
+            try:
+                client_handshake(sock, self._authkey, self._name)
+            except AuthenticationError:
+                sock.close()
+                raise
+            except OSError:
+                sock.close()
+                return None  # the host went away mid-handshake: look again
         return sock
 
     def _elect(self, avoid: HostRecord | None, *, verify: bool) -> HostRecord | None:
@@ -323,10 +346,12 @@ class Channel:
             ensure_runtime_dir(paths.directory)
             for stale in paths.stale_temporaries():
                 stale.unlink(missing_ok=True)
-            server = HostedServer(self._name, paths.bind_path(os.getpid()), self._handler)
+            server = HostedServer(self._name, paths.bind_path(os.getpid()), self._handler, self._authkey)
             server.start()
             pid = os.getpid()
-            record = HostRecord(pid, own_create_time(pid), str(paths.sock), generation, time.time())
+            record = HostRecord(
+                pid, own_create_time(pid), str(paths.sock), generation, time.time(), self._authkey is not None
+            )
             write_record(paths.record, record)
             server.publish(paths.sock)
         except BaseException as exc:

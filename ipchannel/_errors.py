@@ -7,6 +7,7 @@ One root, with builtin mix-ins so ``except TimeoutError`` and friends work::
     ├── HostChanged      (also ConnectionResetError)  the host died; the socket now talks to a new one
     ├── ChannelClosed                                  *your* code closed the channel
     ├── RuntimeDirError  (also OSError)                the runtime directory cannot be used safely
+    ├── AuthenticationError (also PermissionError)    the other side does not share the authkey
     ├── ProtocolError                                  bytes on the wire are not a valid frame
     └── RemoteError                                    the host's request handler raised
 
@@ -20,6 +21,7 @@ import errno
 from typing import Any
 
 __all__ = [
+    "AuthenticationError",
     "ChannelClosed",
     "ChannelError",
     "ChannelTimeout",
@@ -118,6 +120,25 @@ class RuntimeDirError(ChannelError, OSError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return type(self), (self.path, self.problem, self.hint)
+
+
+class AuthenticationError(ChannelError, PermissionError):
+    """The authkey handshake failed: the two sides do not share the same ``authkey``.
+
+    Raised by ``connect()`` (and by a reconnection) in the client; the host logs
+    it and closes the connection before the handler sees it.
+    """
+
+    def __init__(self, channel: str, reason: str) -> None:
+        super().__init__(errno.EACCES, reason)
+        self.channel = channel
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"channel {self.channel!r}: authentication failed: {self.reason}"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.channel, self.reason)
 
 
 class ProtocolError(ChannelError):

@@ -55,6 +55,8 @@ class HostRecord:
     generation: int
     #: wall-clock time the host started serving
     started: float
+    #: whether the host requires the authkey handshake (so a client without a key can say so)
+    auth: bool = False
 
     def to_json(self) -> bytes:
         """Return the record as JSON bytes."""
@@ -71,6 +73,7 @@ class HostRecord:
                 sock=str(raw["sock"]),
                 generation=int(raw["generation"]),
                 started=float(raw["started"]),
+                auth=bool(raw.get("auth", False)),
             )
         except (KeyError, TypeError, ValueError, UnicodeDecodeError) as exc:
             raise ValueError(f"not a host record: {exc}") from exc

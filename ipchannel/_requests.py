@@ -407,9 +407,10 @@ class RequestChannel:
         object with ``dumps(obj) -> bytes`` and ``loads(bytes) -> obj``.
     :param runtime_dir: as for ``Channel``.
     :param max_message_size: largest encoded message accepted, in bytes (default 64 MiB).
+    :param authkey: as for ``Channel``: every process must pass the same key.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - keyword-only options, as Channel has
         self,
         name: str,
         on_request: Callable[[Any], Any] | None,
@@ -417,6 +418,7 @@ class RequestChannel:
         codec: str | Codec = "json",
         runtime_dir: str | os.PathLike[str] | None = None,
         max_message_size: int = DEFAULT_MAX_SIZE,
+        authkey: bytes | None = None,
     ) -> None:
         if on_request is not None and not callable(on_request):
             raise TypeError(f"on_request must be a callable taking the message, or None; not {on_request!r}")
@@ -428,7 +430,7 @@ class RequestChannel:
             raise ValueError(f"max_message_size must be a positive number of bytes, not {max_message_size!r}")
         self._codec = resolve_codec(codec)
         self._host = _Host(name, on_request, self._codec, max_message_size)
-        self._channel = Channel(name, self._host.handle, runtime_dir=runtime_dir)
+        self._channel = Channel(name, self._host.handle, runtime_dir=runtime_dir, authkey=authkey)
         self._requester = _Requester(self._channel, max_message_size)
         self._subscriber = _Subscriber(self._channel, self._codec, max_message_size)
         _REQUEST_CHANNELS.add(self)

@@ -23,6 +23,8 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from . import _platform
+from ._auth import host_handshake
+from ._errors import AuthenticationError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -63,8 +65,11 @@ class _UnixServer(socketserver.ThreadingUnixStreamServer):
     block_on_close = False  # stop() shuts connections and joins handler threads itself
     request_queue_size = 128  # a whole election storm connects at once; socketserver's default is 5
 
-    def __init__(self, path: Path, handler: type[socketserver.BaseRequestHandler], name: str) -> None:
+    def __init__(
+        self, path: Path, handler: type[socketserver.BaseRequestHandler], name: str, authkey: bytes | None
+    ) -> None:
         self.channel_name = name
+        self._authkey = authkey
         self._tracked_lock = threading.Lock()
         self._live_requests: set[socket.socket] = set()
         self._handler_threads: set[threading.Thread] = set()
@@ -104,10 +109,26 @@ class _UnixServer(socketserver.ThreadingUnixStreamServer):
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         _platform.leave_signals_to_the_application()
         try:
+            if self._authkey is not None and not self._authenticate(request):
+                self.shutdown_request(request)
+                return
             super().process_request_thread(request, client_address)
         finally:
             with self._tracked_lock:
                 self._handler_threads.discard(threading.current_thread())
+
+    def _authenticate(self, request: socket.socket) -> bool:
+        """Run the authkey handshake in this handler thread, so a slow client delays nobody else."""
+        assert self._authkey is not None
+        try:
+            host_handshake(request, self._authkey, self.channel_name)
+        except AuthenticationError as exc:
+            _LOGGER.warning("refused a connection: %s", exc)
+            return False
+        except OSError as exc:
+            _LOGGER.debug("channel %r: a client left during the handshake: %s", self.channel_name, exc)
+            return False
+        return True
 
     def shutdown_request(self, request: Any) -> None:
         with self._tracked_lock:
@@ -132,10 +153,16 @@ class HostedServer:
     socket at that path always belongs to a host whose record is in place.
     """
 
-    def __init__(self, name: str, bind_path: Path, handler: type[socketserver.BaseRequestHandler]) -> None:
+    def __init__(
+        self,
+        name: str,
+        bind_path: Path,
+        handler: type[socketserver.BaseRequestHandler],
+        authkey: bytes | None = None,
+    ) -> None:
         self._name = name
         self._path = bind_path
-        self._server = _UnixServer(bind_path, handler, name)
+        self._server = _UnixServer(bind_path, handler, name, authkey)
         self._thread: threading.Thread | None = None
         self._stopped = False
 

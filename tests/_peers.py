@@ -39,6 +39,14 @@ def echo_handler(conn: socket.socket) -> None:
             conn.sendall(f"{os.getpid()} ".encode() + line + b"\n")
 
 
+def recv_exactly(sock: socket.socket, size: int) -> bytes:
+    """Read exactly ``size`` bytes (fewer only at EOF)."""
+    data = b""
+    while len(data) < size and (chunk := sock.recv(size - len(data))):
+        data += chunk
+    return data
+
+
 def read_line(sock: socket.socket) -> bytes:
     """Read one newline-terminated line (the echo replies are small: byte at a time is fine)."""
     buf = b""
@@ -255,9 +263,11 @@ class ReversingCodec:
 
 
 class _RequestPeer:
-    def __init__(self, name: str, runtime_dir: str, codec: str) -> None:
+    def __init__(self, name: str, runtime_dir: str, codec: str, authkey: bytes | None) -> None:
         chosen: Any = ReversingCodec() if codec == "reversing" else codec
-        self.channel = ipchannel.RequestChannel(name, on_request, codec=chosen, runtime_dir=runtime_dir)
+        self.channel = ipchannel.RequestChannel(
+            name, on_request, codec=chosen, runtime_dir=runtime_dir, authkey=authkey
+        )
         self.received: list[Any] = []
         self.lock = threading.Lock()
 
@@ -310,9 +320,11 @@ class _RequestPeer:
         return results
 
 
-def request_peer_main(conn: Connection, name: str, runtime_dir: str, codec: str = "json") -> None:
+def request_peer_main(
+    conn: Connection, name: str, runtime_dir: str, codec: str = "json", authkey: bytes | None = None
+) -> None:
     """Entry point of a peer process owning a RequestChannel."""
-    _serve_commands(conn, _RequestPeer(name, runtime_dir, codec))
+    _serve_commands(conn, _RequestPeer(name, runtime_dir, codec, authkey))
 
 
 def request_fork_main(conn: Connection, name: str, runtime_dir: str) -> None:

@@ -120,9 +120,12 @@ class Peers:
         self.started.extend(new)
         return new
 
-    def start_requests(self, n: int = 1, name: str = "test", codec: str = "json") -> list[Peer]:
+    def start_requests(
+        self, n: int = 1, name: str = "test", codec: str = "json", authkey: bytes | None = None
+    ) -> list[Peer]:
         """Start ``n`` peers owning a RequestChannel (handler: ``_peers.on_request``)."""
-        new = [Peer(name, self._runtime_dir, _peers.request_peer_main, (codec,)) for _ in range(n)]
+        extra = (codec, authkey)
+        new = [Peer(name, self._runtime_dir, _peers.request_peer_main, extra) for _ in range(n)]
         self.started.extend(new)
         return new
 
