@@ -2,7 +2,8 @@
 
 A frame is a 4-byte big-endian length (``!I``) followed by that many bytes, as
 ``multiprocessing.connection`` does. The length is checked against a limit
-*before* anything is allocated. Header and payload go out in one ``sendall``,
+*before* anything is allocated, and memory grows with the bytes that arrive
+(1 MiB at a time), not with what a header announces. Header and payload go out in one ``sendall``,
 so a host change can never deliver a header without its payload.
 """
 
@@ -56,16 +57,21 @@ def recv_message(sock: socket.socket, max_size: int = DEFAULT_MAX_SIZE) -> bytes
 
 
 def _recv_exactly(sock: socket.socket, size: int, *, at_boundary: bool) -> bytes:
-    buffer = bytearray(size)
-    view = memoryview(buffer)
-    received = 0
-    while received < size:
-        count = sock.recv_into(view[received:], size - received)
+    # Grown a bounded step at a time: a header alone never makes us allocate the whole frame.
+    buffer = bytearray()
+    while (received := len(buffer)) < size:
+        step = min(size - received, FrameReader.STEP)
+        buffer += bytes(step)
+        count = 0
+        try:
+            with memoryview(buffer) as view:
+                count = sock.recv_into(view[received:], step)
+        finally:
+            del buffer[received + count :]
         if count == 0:
             if at_boundary and received == 0:
                 raise EOFError("connection closed")
             raise ProtocolError(f"connection closed {received} bytes into a {size}-byte read")
-        received += count
     return bytes(buffer)
 
 
@@ -78,6 +84,7 @@ class FrameReader:
     """
 
     CHUNK = 65536  # one reused receive buffer: a fresh large one per recv costs an mmap
+    STEP = 1 << 20  # at most this much is allocated ahead of the bytes that actually arrived
 
     def __init__(self, sock: socket.socket, max_size: int = DEFAULT_MAX_SIZE) -> None:
         self._sock, self._max_size = sock, max_size
@@ -106,7 +113,8 @@ class FrameReader:
         buffer = self._buffer
         start = len(buffer)
         missing = HEADER.size + frame_size(buffer, self._max_size) - start if start >= HEADER.size else 0
-        if missing > self.CHUNK:  # a large frame: receive straight into its place
+        if missing > self.CHUNK:  # a large frame: receive straight into its place, a bounded step at a time
+            missing = min(missing, self.STEP)  # so a header alone never makes us allocate the whole frame
             count = 0
             buffer += bytes(missing)
             try:
