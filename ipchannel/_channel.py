@@ -10,6 +10,7 @@ this process at a time take part in the election.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import logging
 import os
@@ -357,7 +358,7 @@ class Channel:
         except BaseException as exc:
             if server is not None:
                 server.stop_listening()
-                remove_record(paths.record)
+                remove_record(paths.record, record)
             self._lock.release()
             if isinstance(exc, OSError) and not isinstance(exc, ChannelError):
                 raise ChannelError(
@@ -439,8 +440,9 @@ class Channel:
     def _monitor_tick(self) -> None:
         """Restart a dead server, or notice a dead host and elect (runs on the monitor thread)."""
         server, record = self._server, self._record
-        if server is not None:
+        if server is not None and record is not None:
             server.restart_if_dead()
+            self._check_own_files(server, record)
             return
         if record is not None:
             if record.serving():
@@ -456,6 +458,47 @@ class Channel:
             self._adopt(found)
         else:
             self._report_stuck_lock()
+
+    def _check_own_files(self, server: HostedServer, record: HostRecord) -> None:
+        """As host: repair a damaged record; step down if the lock or socket file was taken away.
+
+        Someone deleted the runtime directory, removed our socket, or wrote over
+        our record. A missing or unreadable record is rewritten. Without our lock
+        file, another process could lock a new one and host too; without our
+        socket file nobody can connect: in both cases we stop hosting, and the
+        next election (any process, us included) starts from clean files.
+        """
+        problem = ""
+        if not self._lock.still_on_its_file():
+            problem = f"its lock file {self._paths.lock} was removed or replaced"
+        elif not server.still_published():
+            problem = f"its socket file {self._paths.sock} was removed or replaced"
+        else:
+            current = read_record(self._paths.record)
+            if current == record:
+                return
+            if current is not None:
+                problem = f"another record (pid {current.pid}) replaced its own"
+            else:
+                try:
+                    write_record(self._paths.record, record)
+                except OSError as exc:
+                    problem = f"its record was damaged and cannot be rewritten: {exc}"
+                else:
+                    _LOGGER.warning(
+                        "channel %r: the host record was missing or unreadable; rewrote it", self._name
+                    )
+                    return
+        _LOGGER.warning("channel %r: host pid %d steps down: %s", self._name, record.pid, problem)
+        with self._elect_lock:
+            if self._server is not server:
+                return  # close() got there first
+            with self._state_lock:
+                self._server = self._record = None
+                if self._state == "connected":
+                    self._state = "connecting"
+            with contextlib.suppress(OSError):
+                self._resign(server, record)
 
     def _report_stuck_lock(self) -> None:
         now = time.monotonic()
@@ -480,7 +523,7 @@ class Channel:
     def _resign(self, server: HostedServer, record: HostRecord) -> None:
         """Stop hosting so another process takes over at once (called with ``_elect_lock`` held)."""
         server.stop_listening()
-        remove_record(self._paths.record)
+        remove_record(self._paths.record, record)
         self._lock.release()
         server.close_connections()
         _LOGGER.info(

@@ -72,6 +72,20 @@ class HostLock:
             self._fd, self._identity = fd, (st.st_dev, st.st_ino)
         return True
 
+    def still_on_its_file(self) -> bool:
+        """Return False if the lock file we locked was removed or replaced, True if it is in place.
+
+        Removed or replaced, another process could lock the new file and host too.
+        True also when filelock did not tell us its descriptor (we cannot tell).
+        """
+        if self._identity is None:
+            return True
+        try:
+            st = os.stat(self._path)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) == self._identity
+
     def release(self) -> None:
         """Give the lock up, so another process can host."""
         if not self._held:

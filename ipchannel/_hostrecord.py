@@ -144,7 +144,8 @@ def write_record(path: Path, record: HostRecord) -> None:
         raise
 
 
-def remove_record(path: Path) -> None:
-    """Remove the record at ``path`` if present. Only the lock holder calls this."""
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
+def remove_record(path: Path, ours: HostRecord) -> None:
+    """Remove the record at ``path`` if it is still ``ours`` (never another host's). Lock holder only."""
+    if read_record(path) == ours:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()

@@ -207,13 +207,18 @@ class HostedServer:
         self._server.server_close()
         self._unlink_if_ours()
 
-    def _unlink_if_ours(self) -> None:
+    def still_published(self) -> bool:
+        """Return True if our listening socket is still the file at its published path."""
         try:
             st = os.lstat(self._path)
-        except FileNotFoundError:
-            return
-        if (st.st_dev, st.st_ino) == self._server.identity:
-            os.unlink(self._path)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) == self._server.identity
+
+    def _unlink_if_ours(self) -> None:
+        if self.still_published():
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._path)
 
     def close_connections(self) -> None:
         """Shut every live connection down (clients see EOF at once) and join the handler threads."""

@@ -1,0 +1,115 @@
+"""Filesystem faults under a live host: each is repaired or reported clearly, and nothing hangs."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import _peers
+import pytest
+from conftest import wait_until
+
+import ipchannel
+from ipchannel._hostrecord import read_record
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from conftest import Peer, Peers
+
+
+def _hosts(group: list[Peer]) -> list[int]:
+    return [p.pid for p in group if p.call("info")["is_host"]]
+
+
+def _everyone_answered_by_one_host(group: list[Peer]) -> int:
+    hosts = {p.call("request", message="who", timeout=10)["reply"]["pid"] for p in group}
+    assert len(hosts) == 1, hosts
+    return hosts.pop()
+
+
+@pytest.mark.timeout(60)
+def test_runtime_dir_deleted_under_a_live_host(peers: Peers, runtime_dir: Path) -> None:
+    group = peers.start_requests(3)
+    old_host = _everyone_answered_by_one_host(group)
+    shutil.rmtree(runtime_dir)  # lock, record and socket file all gone; the host still listens
+    # the host notices at its next monitor tick and steps down; whoever wins the new lock hosts
+    wait_until(lambda: (record := read_record(runtime_dir / "test.host")) and record.serving(), timeout=10)
+    new_host = _everyone_answered_by_one_host(group)
+    assert _hosts(group) == [new_host]
+    record = read_record(runtime_dir / "test.host")
+    assert record is not None
+    assert record.pid == new_host
+    assert record.generation >= 2 or new_host != old_host
+    with ipchannel.RequestChannel("test", None) as late:  # a newcomer finds it too
+        assert late.request("hi", timeout=10)["pid"] == new_host
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("damage", [b"", b'{"pid": 1, "create', b"\x00garbage\xff"])
+def test_corrupted_or_truncated_record_is_rewritten(peers: Peers, runtime_dir: Path, damage: bytes) -> None:
+    group = peers.start_requests(2)
+    host = _everyone_answered_by_one_host(group)
+    before = read_record(runtime_dir / "test.host")
+    (runtime_dir / "test.host").write_bytes(damage)
+    wait_until(lambda: read_record(runtime_dir / "test.host") == before, timeout=5)
+    with ipchannel.RequestChannel("test", None) as late:
+        assert late.request("hi", timeout=10)["pid"] == host  # same host, same term
+
+
+@pytest.mark.timeout(60)
+def test_socket_file_removed_under_a_live_host(peers: Peers, runtime_dir: Path) -> None:
+    group = peers.start_requests(3)
+    _everyone_answered_by_one_host(group)
+    (runtime_dir / "test.sock").unlink()  # nobody new could connect: the host steps down
+    wait_until((runtime_dir / "test.sock").exists, timeout=10)
+    new_host = _everyone_answered_by_one_host(group)
+    with ipchannel.RequestChannel("test", None) as late:
+        assert late.request("hi", timeout=10)["pid"] == new_host
+
+
+@pytest.fixture
+def small_tmpfs() -> Iterator[Path]:
+    """A 64 KiB tmpfs (root only), to fill up; skipped where it cannot be mounted."""
+    mountpoint = Path(tempfile.mkdtemp(prefix="ipc-full-", dir="/tmp"))
+    try:
+        mounted = (
+            os.geteuid() == 0
+            and subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(mountpoint)],  # noqa: S607
+                capture_output=True,
+                check=False,
+                timeout=30,
+            ).returncode
+            == 0
+        )
+        if not mounted:
+            pytest.skip("cannot mount a small tmpfs here (needs root); the disk-full case is untested")
+        yield mountpoint
+    finally:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            subprocess.run(["umount", str(mountpoint)], capture_output=True, check=False, timeout=30)  # noqa: S607
+        shutil.rmtree(mountpoint, ignore_errors=True)
+
+
+@pytest.mark.timeout(60)
+def test_disk_full_when_writing_the_record_is_a_clear_error(small_tmpfs: Path) -> None:
+    filler = small_tmpfs / "filler"
+    with filler.open("wb") as f, contextlib.suppress(OSError):
+        f.write(b"x" * (1 << 20))  # until ENOSPC
+    channel = ipchannel.Channel("full", _peers.echo_handler, runtime_dir=small_tmpfs)
+    try:
+        with pytest.raises(ipchannel.ChannelError, match=r"cannot host in .*No space left on device"):
+            channel.connect(timeout=2)
+        assert sorted(p.name for p in small_tmpfs.iterdir()) == ["filler", "full.lock"]  # nothing half-made
+        filler.unlink()  # space again: the same channel works
+        sock = channel.connect(timeout=5)
+        sock.sendall(b"after\n")
+        assert _peers.read_line(sock) == f"{os.getpid()} after\n".encode()
+    finally:
+        channel.close()
