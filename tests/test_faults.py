@@ -28,7 +28,7 @@ def _hosts(group: list[Peer]) -> list[int]:
 
 
 def _everyone_answered_by_one_host(group: list[Peer]) -> int:
-    hosts = {p.call("request", message="who", timeout=10)["reply"]["pid"] for p in group}
+    hosts: set[int] = {p.call("request", message="who", timeout=10)["reply"]["pid"] for p in group}
     assert len(hosts) == 1, hosts
     return hosts.pop()
 
