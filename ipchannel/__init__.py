@@ -20,6 +20,8 @@ from ._errors import RemoteError as RemoteError
 from ._errors import RuntimeDirError as RuntimeDirError
 from ._framing import recv_message as recv_message
 from ._framing import send_message as send_message
+from ._periodic import HostJob as HostJob
+from ._periodic import run_on_host as run_on_host
 from ._requests import RequestChannel as RequestChannel
 from ._version import __version__ as __version__
 
@@ -31,6 +33,7 @@ __all__ = [
     "ChannelSocket",
     "ChannelTimeout",
     "HostChanged",
+    "HostJob",
     "ProtocolError",
     "RemoteError",
     "RequestChannel",
@@ -38,6 +41,7 @@ __all__ = [
     "__version__",
     "open_channel",
     "recv_message",
+    "run_on_host",
     "send_message",
 ]
 

@@ -103,6 +103,8 @@ class Channel:
         self._sockets: weakref.WeakSet[ChannelSocket] = weakref.WeakSet()
         self._last_generation = 0
         self._last_host_pid: int | None = None
+        self._elected_callbacks: list[Callable[[int], object]] = []
+        self._demoted_callbacks: list[Callable[[int], object]] = []
         self._reset_runtime_state("initiated")
         _CHANNELS.add(self)
 
@@ -180,6 +182,57 @@ class Channel:
         sock._attach(self, record, deadline.timeout)  # noqa: SLF001
         self._sockets.add(sock)
         return sock
+
+    def join(self, timeout: float | None = 5.0) -> bool:
+        """Take part in the election without opening a connection; return True if this process hosts.
+
+        For processes that should be able to host from start-up (a scheduler, a
+        replica) but have nothing to send yet. Like ``connect()``, it starts the
+        monitor thread, which keeps this process in every later election.
+
+        :raises ChannelTimeout: no live host could be found or become one within ``timeout``.
+        """
+        deadline = Deadline(validate_timeout(timeout))
+        self._start()
+        backoff = Backoff(deadline, self._stopping.wait)
+        while True:
+            record = self._elect(None, verify=True)  # psutil checks the pid: no connection needed
+            if record is not None:
+                self._adopt(record)
+                return self.is_host
+            if not backoff.sleep():
+                if self._stopping.is_set():
+                    raise ChannelClosed(self._name)
+                raise self._timeout_error(deadline)
+
+    def on_elected(self, callback: Callable[[int], object]) -> Callable[[int], object]:
+        """Call ``callback(generation)`` each time this process becomes host (once per term).
+
+        It runs in the thread that won the election (a ``connect()`` or ``join()``
+        caller, a thread whose socket was reconnecting, or ``ipchannel-monitor:NAME``),
+        after the host is published. It must not block: start a thread for long work.
+        An exception it raises is logged. Returns ``callback``, so it works as a decorator.
+        """
+        self._elected_callbacks.append(_check_callback(callback))
+        return callback
+
+    def on_demoted(self, callback: Callable[[int], object]) -> Callable[[int], object]:
+        """Call ``callback(generation)`` when this process stops hosting: ``close()``, exit, stepping down.
+
+        It runs in the thread that closes the channel (or ``ipchannel-monitor:NAME``
+        when the host steps down), *before* the lock is released and the server
+        stops, so work it stops cannot overlap the next host's. It must not block
+        for long nor call into this channel. A process killed outright runs nothing.
+        """
+        self._demoted_callbacks.append(_check_callback(callback))
+        return callback
+
+    def _run_callbacks(self, callbacks: list[Callable[[int], object]], generation: int, kind: str) -> None:
+        for callback in list(callbacks):
+            try:
+                callback(generation)
+            except Exception:
+                _LOGGER.exception("channel %r: %s callback %r raised", self._name, kind, callback)
 
     def close(self) -> None:
         """Close the channel: stop the monitor, hand hosting over, close this process's sockets.
@@ -334,9 +387,11 @@ class Channel:
                 self._last_host_pid = record.pid
                 if record != avoid and (not verify or record.serving()):
                     return record
-            if self._lock.try_acquire():
-                return self._become_host(record)
-            return None
+            if not self._lock.try_acquire():
+                return None
+            elected = self._become_host(record)
+        self._run_callbacks(self._elected_callbacks, elected.generation, "on_elected")
+        return elected
 
     def _become_host(self, previous: HostRecord | None) -> HostRecord:
         """We hold the lock: listen, write the record, publish the socket. Undo everything on failure."""
@@ -522,6 +577,7 @@ class Channel:
 
     def _resign(self, server: HostedServer, record: HostRecord) -> None:
         """Stop hosting so another process takes over at once (called with ``_elect_lock`` held)."""
+        self._run_callbacks(self._demoted_callbacks, record.generation, "on_demoted")
         server.stop_listening()
         remove_record(self._paths.record, record)
         self._lock.release()
@@ -542,6 +598,13 @@ class Channel:
         if closed:
             self._stopping.set()
         atexit.unregister(self.close)
+
+
+def _check_callback(callback: Callable[[int], object]) -> Callable[[int], object]:
+    if not callable(callback):
+        kind = type(callback).__name__
+        raise TypeError(f"callback must be callable with the generation number, not {kind}")
+    return callback
 
 
 def _reset_channels_after_fork() -> None:

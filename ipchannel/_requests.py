@@ -455,6 +455,18 @@ class RequestChannel:
         """True while this process hosts the channel."""
         return self._channel.is_host
 
+    def join(self, timeout: float | None = 5.0) -> bool:
+        """Take part in the election without sending anything; True if this process hosts (see Channel)."""
+        return self._channel.join(timeout)
+
+    def on_elected(self, callback: Callable[[int], object]) -> Callable[[int], object]:
+        """Call ``callback(generation)`` when this process becomes host (see ``Channel.on_elected``)."""
+        return self._channel.on_elected(callback)
+
+    def on_demoted(self, callback: Callable[[int], object]) -> Callable[[int], object]:
+        """Call ``callback(generation)`` when this process stops hosting (see ``Channel.on_demoted``)."""
+        return self._channel.on_demoted(callback)
+
     def request(self, message: Any, timeout: float | None = 5.0) -> Any:
         """Send ``message`` to the host's ``on_request`` and return its reply. Thread-safe.
 

@@ -1,0 +1,130 @@
+"""``run_on_host``: run a function periodically in exactly one process, the current host.
+
+The answer to "my scheduled job runs N times under N gunicorn workers": every
+worker calls ``run_on_host(channel, job, every=60)``; only the host runs it.
+When the host dies, the next host starts it; when a host steps down (close,
+exit, recycling), its job is stopped and waited for *before* the lock is
+released, so two processes never run it at once. A new host waits one full
+interval before its first run, so even across a SIGKILL two runs are never
+closer than ``every`` (the dead host's last run was before its death, and the
+election comes after it).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING
+
+from . import _platform
+from ._channel import Channel
+from ._election import validate_timeout
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from ._requests import RequestChannel
+
+__all__ = ["HostJob", "run_on_host"]
+
+_LOGGER = logging.getLogger("ipchannel")
+
+
+class HostJob:
+    """A function run every ``every`` seconds in whichever process hosts the channel.
+
+    Runs on a daemon thread ``ipchannel-job:NAME`` of the host, one per term. An
+    exception in the function is logged and the schedule goes on.
+    """
+
+    def __init__(
+        self, channel: Channel, func: Callable[[], object], every: float, stop_timeout: float
+    ) -> None:
+        self._channel, self._func, self._every, self._stop_timeout = channel, func, every, stop_timeout
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stop_term = threading.Event()
+        self._stopped = False
+        self.runs = 0  # in this process, over every term
+
+    @property
+    def running(self) -> bool:
+        """True while this process runs the job (it hosts)."""
+        thread = self._thread
+        return thread is not None and thread.is_alive()
+
+    def _elected(self, generation: int) -> None:
+        with self._lock:
+            if self._stopped or self.running:
+                return
+            self._stop_term = stop = threading.Event()
+            self._thread = threading.Thread(
+                target=self._run,
+                args=(stop, generation),
+                name=f"ipchannel-job:{self._channel.name}",
+                daemon=True,
+            )
+            self._thread.start()
+
+    def _demoted(self, _generation: int = 0) -> None:
+        with self._lock:
+            thread, self._thread = self._thread, None
+            self._stop_term.set()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(self._stop_timeout)
+            if thread.is_alive():
+                _LOGGER.warning(
+                    "channel %r: the host job did not return within %.1f s of being stopped; "
+                    "the next host may start it while it still runs",
+                    self._channel.name,
+                    self._stop_timeout,
+                )
+
+    def _run(self, stop: threading.Event, generation: int) -> None:
+        _platform.leave_signals_to_the_application()
+        _LOGGER.info(
+            "channel %r: host job %r started (generation %d)", self._channel.name, self._func, generation
+        )
+        while not stop.wait(self._every):
+            try:
+                self._func()
+            except Exception:
+                _LOGGER.exception("channel %r: host job %r raised", self._channel.name, self._func)
+            self.runs += 1
+
+    def stop(self) -> None:
+        """Stop running the job in this process, now and in later terms."""
+        with self._lock:
+            self._stopped = True
+        self._demoted()
+
+
+def run_on_host(
+    channel: Channel | RequestChannel,
+    func: Callable[[], object],
+    every: float,
+    *,
+    join_timeout: float | None = 5.0,
+    stop_timeout: float = 10.0,
+) -> HostJob:
+    """Run ``func()`` every ``every`` seconds in the process that hosts ``channel``, and only there.
+
+    Call it in every process (each gunicorn worker, say). It joins the election
+    (``channel.join(join_timeout)``) so the job has a host even if nobody
+    connects. ``stop_timeout``: how long a stepping-down host waits for a
+    running ``func`` to return before letting the next host start.
+
+    :raises ChannelTimeout: no host could be found or elected within ``join_timeout``.
+    """
+    if not callable(func):
+        raise TypeError(f"func must be callable without arguments, not {type(func).__name__}")
+    if isinstance(every, bool) or not isinstance(every, (int, float)) or not every > 0:
+        raise ValueError(f"every must be a positive number of seconds, not {every!r}")
+    validate_timeout(stop_timeout)
+    base = channel if isinstance(channel, Channel) else channel.channel
+    job = HostJob(base, func, float(every), stop_timeout)
+    base.on_elected(job._elected)  # noqa: SLF001 - the job's own hooks
+    base.on_demoted(job._demoted)  # noqa: SLF001
+    if base.join(join_timeout):
+        job._elected(base.generation or 0)  # noqa: SLF001 - elected before the hook was there
+    return job

@@ -1,0 +1,101 @@
+"""Host lifecycle hooks, join(), and run_on_host: one process at a time runs the job, across kills."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import threading
+from typing import TYPE_CHECKING
+
+import _peers
+import pytest
+from conftest import wait_until
+
+import ipchannel
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from conftest import Peer, Peers
+
+
+@pytest.mark.usefixtures("runtime_dir")
+def test_hooks_run_once_per_term_in_the_electing_thread(caplog: pytest.LogCaptureFixture) -> None:
+    events: list[tuple[str, int, str]] = []
+    channel = ipchannel.Channel("x", _peers.echo_handler)
+    channel.on_elected(lambda g: events.append(("elected", g, threading.current_thread().name)))
+    channel.on_demoted(lambda g: events.append(("demoted", g, threading.current_thread().name)))
+
+    @channel.on_elected
+    def broken(_generation: int) -> None:
+        raise RuntimeError("a buggy hook")
+
+    assert channel.join() is True
+    assert events == [("elected", 1, "MainThread")]
+    assert "on_elected callback" in caplog.text
+    assert "a buggy hook" in caplog.text
+    channel.connect().close()  # already host: no second election
+    second = ipchannel.Channel("x", _peers.echo_handler)
+    assert second.join() is False  # a live host exists: joins as a client, connects nothing
+    assert second.host_pid == os.getpid()
+    second.close()
+    channel.close()
+    assert events == [("elected", 1, "MainThread"), ("demoted", 1, "MainThread")]
+    with pytest.raises(TypeError, match="callback must be callable"):
+        channel.on_elected(42)  # type: ignore[arg-type]
+
+
+def _entries(path: Path) -> list[tuple[int, float]]:
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        pid, at = line.split()
+        out.append((int(pid), float(at)))
+    return out
+
+
+@pytest.mark.timeout(120)
+def test_run_on_host_runs_in_one_process_at_a_time_across_kills_and_exits(
+    peers: Peers, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="ipchannel")
+    every, log = 0.1, tmp_path / "job.log"
+    group = peers.start_requests(8)
+    for p in group:
+        p.call("run_on_host", path=str(log), every=every)
+    alive: dict[int, Peer] = {p.pid: p for p in group}
+    hosts = []
+    for step in range(5):
+        seen = len(_entries(log))
+        wait_until(lambda seen=seen: len(_entries(log)) >= seen + 3, timeout=15)  # type: ignore[misc]
+        host = _entries(log)[-1][0]
+        assert host in alive
+        hosts.append(host)
+        if step == 2:
+            alive.pop(host).exit()  # a graceful exit: the job stops before the lock is released
+        else:
+            alive.pop(host).kill()
+    seen = len(_entries(log))
+    wait_until(lambda: len(_entries(log)) >= seen + 3, timeout=15)
+    entries = _entries(log)
+    assert len(set(hosts)) == 5  # each kill or exit moved the job to another process
+    assert {pid for pid, _ in entries} <= set(hosts) | set(alive)
+    # never two runs closer than the interval, handovers included: so never two processes at once
+    for (pid_a, at_a), (pid_b, at_b) in itertools.pairwise(entries):
+        assert at_b - at_a >= every - 0.005, (pid_a, pid_b, at_b - at_a)
+
+
+@pytest.mark.usefixtures("runtime_dir")
+def test_run_on_host_rejects_bad_arguments() -> None:
+    with ipchannel.Channel("x", _peers.echo_handler) as channel:
+        with pytest.raises(TypeError, match="func must be callable"):
+            ipchannel.run_on_host(channel, 42, every=1)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="every must be a positive number"):
+            ipchannel.run_on_host(channel, print, every=0)
+        job = ipchannel.run_on_host(channel, lambda: None, every=0.01)
+        assert job.running  # this process hosts
+        wait_until(lambda: job.runs >= 3)
+        job.stop()
+        assert not job.running
