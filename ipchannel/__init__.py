@@ -23,6 +23,7 @@ from ._framing import send_message as send_message
 from ._periodic import HostJob as HostJob
 from ._periodic import run_on_host as run_on_host
 from ._requests import RequestChannel as RequestChannel
+from ._shareddict import SharedDict as SharedDict
 from ._version import __version__ as __version__
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "RemoteError",
     "RequestChannel",
     "RuntimeDirError",
+    "SharedDict",
     "__version__",
     "open_channel",
     "recv_message",

@@ -442,9 +442,10 @@ class Channel:
             self._record = record
             self._state = "connected"
             self._stuck_since, self._stuck_reported = None, False
-        if changed and record.pid != os.getpid():
+        if changed:
             self._last_generation = max(self._last_generation, record.generation)
             self._last_host_pid = record.pid
+        if changed and record.pid != os.getpid():
             _LOGGER.info(
                 "channel %r: connected to host pid %d (generation %d)",
                 self._name,

@@ -162,6 +162,11 @@ class _Host:
         peer.send(frame)
 
     def _publish(self, peer: _Peer, ident: int, payload: bytes) -> None:
+        self.fan_out(payload)
+        peer.send(_frame(ACK, ident))
+
+    def fan_out(self, payload: bytes) -> None:
+        """Send a published message to every subscriber (and keep it for resuming ones)."""
         frame = _frame(MESSAGE, 0, payload)
         with self._lock:
             self._replay.append(frame)
@@ -170,7 +175,6 @@ class _Host:
             if not subscriber.send(frame):
                 with self._lock:
                     self._subscribers.discard(subscriber)
-        peer.send(_frame(ACK, ident))
 
     def _subscribe(self, peer: _Peer, ident: int, *, resume: bool) -> None:
         with self._lock:
@@ -297,6 +301,7 @@ class _Subscriber:
         """Start afresh; callbacks are kept (a forked child subscribes again on next use)."""
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self.generation: int | None = None  # of the host our subscription is attached to
 
     @property
     def active(self) -> bool:
@@ -309,16 +314,17 @@ class _Subscriber:
                 self._start(deadline)
 
     def ensure_running(self, deadline: Deadline) -> None:
+        """Subscribe again if this process has callbacks but no live subscriber thread (fork, lost link)."""
         with self._lock:
-            if self._callbacks and self._thread is None:
-                self._start(deadline)
+            if self._callbacks and (self._thread is None or not self._thread.is_alive()):
+                self._start(deadline, resume=self._thread is not None)
 
-    def _start(self, deadline: Deadline) -> None:
+    def _start(self, deadline: Deadline, *, resume: bool = False) -> None:
         sock = self._channel.connect(timeout=deadline.remaining())
         reader = FrameReader(sock, self._max_size)
         try:
             with reconnect_within(deadline.remaining()):
-                self._subscribe(sock, reader, resume=False)
+                self._subscribe(sock, reader, resume=resume)
         except BaseException:
             sock.close()
             raise
@@ -337,6 +343,7 @@ class _Subscriber:
         while True:
             kind, _ident, payload = _parse(reader.read())
             if kind == ACK:
+                self.generation = sock.host_generation
                 return
             self._deliver(payload)
 
@@ -348,15 +355,31 @@ class _Subscriber:
                     kind, _ident, payload = _parse(reader.read())
                     if kind == MESSAGE:
                         self._deliver(payload)
+                    continue
                 except HostChanged:
+                    pass
+                except ChannelClosed:
+                    return
+                except (EOFError, OSError, ProtocolError) as exc:
+                    self._lost(exc)
+                    return
+                try:
                     self._resubscribe(sock, reader)
-                except (ChannelClosed, EOFError, OSError):
+                except ChannelClosed:
                     return
-                except ProtocolError as exc:
-                    _LOGGER.warning(
-                        "channel %r: subscriber connection out of step: %s", self._channel.name, exc
-                    )
+                except (EOFError, OSError, ProtocolError) as exc:
+                    self._lost(exc)
                     return
+
+    def _lost(self, exc: BaseException) -> None:
+        if not self._channel.closed:
+            _LOGGER.warning(
+                "channel %r: subscription lost (%s: %s); it resumes at this process's next request or "
+                "publish",
+                self._channel.name,
+                type(exc).__name__,
+                exc,
+            )
 
     def _resubscribe(self, sock: ChannelSocket, reader: FrameReader) -> None:
         while True:
@@ -488,7 +511,22 @@ class RequestChannel:
 
         :raises ChannelTimeout: no host took it within ``timeout`` seconds.
         """
+        if self._channel.is_host:  # the host fans out itself: no round trip through its own socket
+            self._check_open()
+            self._host.fan_out(self._codec.dumps(message))
+            if self._channel.is_host:
+                return
+            # stopped hosting meanwhile: the message may not have reached everyone; send it to the new host
         self._call(PUBLISH, message, timeout)
+
+    @property
+    def subscribed_generation(self) -> int | None:
+        """Generation of the host this process's subscription is attached to (None: not subscribed).
+
+        After a failover it moves to the new host's generation once the subscription
+        has re-attached, that is, once everything the old host sent was delivered.
+        """
+        return self._subscriber.generation
 
     def subscribe(self, callback: Callable[[Any], object], timeout: float | None = 5.0) -> None:
         """Call ``callback(message)`` for every message published from now on, by any process.

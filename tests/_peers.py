@@ -392,3 +392,63 @@ def request_fork_main(conn: Connection, name: str, runtime_dir: str) -> None:
         }
     )
     channel.close()
+
+
+class _DictPeer:
+    """A process with a SharedDict; "count" runs incr in a background thread until "stop_count"."""
+
+    def __init__(self, name: str, runtime_dir: str) -> None:
+        self.dict = ipchannel.SharedDict(name, runtime_dir=runtime_dir, timeout=10)
+        self.channel = self.dict.channel
+        self._stop = threading.Event()
+        self._counters: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self._returned = 0
+        self._errors: list[str] = []
+
+    def do(self, cmd: str, args: dict[str, Any]) -> dict[str, Any]:
+        d = self.dict
+        if cmd == "info":
+            return {"pid": os.getpid(), "is_host": self.channel.is_host, "position": d.position}
+        if cmd == "incr":
+            results = [d.incr(args["key"]) for _ in range(args["times"])]
+            return {"results": results, "seen": d[args["key"]]}
+        if cmd == "set_then_get":
+            d[args["key"]] = args["value"]
+            return {"got": d[args["key"]]}
+        if cmd == "copy":
+            return {"items": sorted(d.copy().items()), "position": d.position}
+        if cmd == "wait_position":
+            return {"position": self._wait_position(tuple(args["position"]))}
+        if cmd == "count":  # several threads: several writes in flight when the host dies
+            for _ in range(args.get("threads", 1)):
+                self._counters.append(threading.Thread(target=self._count, args=(args["key"],), daemon=True))
+                self._counters[-1].start()
+            return {}
+        if cmd == "stop_count":
+            self._stop.set()
+            for t in self._counters:
+                t.join(30)
+            return {"returned": self._returned, "errors": self._errors}
+        raise ValueError(cmd)
+
+    def _wait_position(self, position: tuple[int, int]) -> tuple[int, int]:
+        deadline = time.monotonic() + 10
+        while self.dict.position < position and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return self.dict.position
+
+    def _count(self, key: str) -> None:
+        while not self._stop.is_set():
+            try:
+                self.dict.incr(key)
+            except Exception as exc:  # noqa: BLE001 - reported to the test
+                self._errors.append(f"{type(exc).__name__}: {exc}")
+                continue
+            with self._lock:
+                self._returned += 1
+
+
+def dict_peer_main(conn: Connection, name: str, runtime_dir: str) -> None:
+    """Entry point of a peer process owning a SharedDict."""
+    _serve_commands(conn, _DictPeer(name, runtime_dir))

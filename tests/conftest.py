@@ -79,6 +79,16 @@ class Peer:
         assert reply["ok"], f"peer {self.pid} {cmd}: {reply}"
         return reply
 
+    def start_call(self, cmd: str, **args: Any) -> None:
+        """Send a command without waiting (several peers can then work at once); see finish_call."""
+        self._conn.send((cmd, args))
+
+    def finish_call(self, timeout: float = 10.0) -> dict[str, Any]:
+        """The reply to the command sent by start_call; fail the test if it raised there."""
+        reply = self._recv(timeout)
+        assert reply["ok"], f"peer {self.pid}: {reply}"
+        return reply
+
     def try_call(self, cmd: str, timeout: float = 10.0, **args: Any) -> dict[str, Any]:
         """Run a command in the peer and return its reply, error or not."""
         self._conn.send((cmd, args))
@@ -126,6 +136,12 @@ class Peers:
         """Start ``n`` peers owning a RequestChannel (handler: ``_peers.on_request``)."""
         extra = (codec, authkey)
         new = [Peer(name, self._runtime_dir, _peers.request_peer_main, extra) for _ in range(n)]
+        self.started.extend(new)
+        return new
+
+    def start_dicts(self, n: int = 1, name: str = "test") -> list[Peer]:
+        """Start ``n`` peers owning a SharedDict."""
+        new = [Peer(name, self._runtime_dir, _peers.dict_peer_main) for _ in range(n)]
         self.started.extend(new)
         return new
 

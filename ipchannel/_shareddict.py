@@ -1,0 +1,346 @@
+"""SharedDict: a dict every process that opens it shares, with a full local replica in each.
+
+Built on ``RequestChannel``. Writes go to the host, which applies them in one
+order, numbers them (generation, sequence) and publishes each change before it
+answers; every process applies the changes to its own replica, so reads never
+touch the socket. The host's store *is* the state, and every replica holds a
+copy of it::
+
+    writer --request(op)--> host: apply, seq += 1, publish change, reply
+    every replica <--change (gen, seq)-- host, applied strictly in order
+
+- Failover. A new host waits until its own subscription has moved to its
+  generation (everything the old host sent it has been applied), then starts
+  from its replica. The old host published every change before acknowledging
+  it, so every acknowledged write is in that replica.
+- Late joiners and gaps. A replica that opens, sees a gap in the sequence or a
+  new generation fetches a snapshot from the host and goes on from there.
+- At-least-once, made exactly-once. Each write carries (client id, number);
+  the host remembers the last one of each client (in the replicated state), so
+  a write resent after a failover is answered, not applied twice.
+- Read your writes. A write returns once this process's replica has applied it.
+
+Keys and values go through the channel's codec (JSON by default: keys may be
+str, int, float, bool or None; a change is a list, so an int key stays an int).
+
+Threads: the replica is updated on ``ipchannel-subscriber:NAME``; the host
+applies writes in the handler thread of the writer's connection.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator, MutableMapping
+from typing import TYPE_CHECKING, Any
+
+from ._election import Deadline
+from ._errors import ChannelError, ChannelTimeout
+from ._requests import RequestChannel
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from ._codecs import Codec
+
+__all__ = ["SharedDict"]
+
+_LOGGER = logging.getLogger("ipchannel")
+_MISSING = object()
+_TERM_WAIT = 2.0  # how long a new host waits for its replica to catch up before starting anyway
+
+
+class SharedDict(MutableMapping[Any, Any]):
+    """A dict shared by every process that opens it: local reads, writes through the host.
+
+    ::
+
+        counters = SharedDict("counters")
+        counters.incr("hits")          # atomic across processes; returns the new value
+        counters["mode"] = "fast"      # every process sees it (reads are local)
+        counters.get("mode")
+
+    :param name: the channel name (same rule as ``Channel``).
+    :param codec: as for ``RequestChannel``.
+    :param runtime_dir: as for ``Channel``.
+    :param authkey: as for ``Channel``.
+    :param timeout: seconds a write (and opening) may wait for a host.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        codec: str | Codec = "json",
+        runtime_dir: str | os.PathLike[str] | None = None,
+        authkey: bytes | None = None,
+        timeout: float = 5.0,
+    ) -> None:
+        self._timeout = timeout
+        self._client = f"{os.getpid()}-{id(self):x}-{time.monotonic_ns():x}"
+        self._numbers = itertools.count(1)
+        # the replica
+        self._cond = threading.Condition()
+        self._data: dict[Any, Any] = {}
+        self._gen = self._seq = 0
+        self._applied: dict[str, list[Any]] = {}  # client -> [number, result, seq] of its last write
+        self._synced = False
+        self._pending: list[dict[str, Any]] = []
+        self._resync_lock = threading.Lock()
+        # the host's side (used only while this process hosts)
+        self._store_lock = threading.Lock()
+        self._order = threading.Condition()
+        self._term = 0
+        self._store: dict[Any, Any] = {}
+        self._store_applied: dict[str, list[Any]] = {}
+        self._store_seq = self._published = 0
+        self._channel = RequestChannel(
+            name, self._on_request, codec=codec, runtime_dir=runtime_dir, authkey=authkey
+        )
+        try:
+            self._channel.subscribe(self._on_change, timeout=timeout)
+            self._resync()
+        except BaseException:
+            self._channel.close()
+            raise
+
+    # -- reads: the local replica ----------------------------------------------------------
+
+    def __getitem__(self, key: Any) -> Any:
+        with self._cond:
+            return self._data[key]
+
+    def __contains__(self, key: object) -> bool:
+        with self._cond:
+            return key in self._data
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._data)
+
+    def __iter__(self) -> Iterator[Any]:
+        with self._cond:
+            return iter(list(self._data))
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        """Return the value for ``key`` from the local replica, or ``default``."""
+        with self._cond:
+            return self._data.get(key, default)
+
+    def copy(self) -> dict[Any, Any]:
+        """Return a plain dict copy of the local replica."""
+        with self._cond:
+            return dict(self._data)
+
+    @property
+    def position(self) -> tuple[int, int]:
+        """(generation, sequence) of the last change the local replica applied."""
+        with self._cond:
+            return self._gen, self._seq
+
+    # -- writes: through the host ---------------------------------------------------------------
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self._write(["set", key, value])
+
+    def __delitem__(self, key: Any) -> None:
+        if not self._write(["del", key]):
+            raise KeyError(key)
+
+    def update(self, other: Any = (), /, **kwargs: Any) -> None:
+        """Set many keys in one change (one write, one sequence number)."""
+        items = list(other.items() if hasattr(other, "items") else other) + list(kwargs.items())
+        self._write(["update", [list(item) for item in items]])
+
+    def incr(self, key: Any, amount: float = 1) -> Any:
+        """Add ``amount`` to ``key`` (missing counts as 0) atomically across processes; return the result."""
+        return self._write(["incr", key, amount])
+
+    def setdefault(self, key: Any, default: Any = None) -> Any:
+        """Set ``key`` to ``default`` unless present, atomically; return its value."""
+        return self._write(["setdefault", key, default])
+
+    def pop(self, key: Any, default: Any = _MISSING) -> Any:
+        """Remove ``key`` and return its value (or ``default``; KeyError without one)."""
+        found, value = self._write(["pop", key])
+        if found:
+            return value
+        if default is _MISSING:
+            raise KeyError(key)
+        return default
+
+    def clear(self) -> None:
+        """Remove every key, in one change."""
+        self._write(["clear"])
+
+    def _write(self, op: list[Any]) -> Any:
+        message = {"op": op, "c": self._client, "n": next(self._numbers)}
+        answer = self._channel.request(message, timeout=self._timeout)
+        self._wait_for((answer["g"], answer["s"]))
+        return answer["r"]
+
+    def _wait_for(self, position: tuple[int, int]) -> None:
+        """Return once the local replica has applied the change at ``position`` (read your writes)."""
+        deadline = Deadline(self._timeout)
+        with self._cond:
+            while (self._gen, self._seq) < tuple(position):
+                if not self._cond.wait(min(deadline.remaining(), 0.05)) and deadline.remaining() <= 0:
+                    raise ChannelTimeout(
+                        self._channel.name,
+                        str(self._channel.runtime_dir),
+                        deadline.elapsed(),
+                        None,
+                        "the write was acknowledged but this replica did not receive it in time",
+                    )
+
+    # -- the replica: the change stream ---------------------------------------------------------
+
+    def _on_change(self, change: dict[str, Any]) -> None:
+        """Apply one published change (runs on ``ipchannel-subscriber:NAME``)."""
+        with self._cond:
+            if self._synced and self._apply_in_order(change):
+                return
+            self._pending.append(change)  # applied after the snapshot, if it is newer than that
+        if not self._resync_lock.locked():  # else the resync under way picks it up
+            self._resync()  # a gap, a new host, or a failed resync: start again from a snapshot
+
+    def _apply_in_order(self, change: dict[str, Any]) -> bool:
+        """Apply ``change`` if it is the next one; True if applied or already seen (call with _cond)."""
+        gen, seq = change["g"], change["s"]
+        if gen == self._gen and seq <= self._seq:
+            return True  # a replay of what we have
+        if gen != self._gen or seq != self._seq + 1:
+            return False
+        _apply(self._data, change["op"])
+        self._applied[change["c"]] = [change["n"], change["r"], seq]
+        self._seq = seq
+        self._cond.notify_all()
+        return True
+
+    def _resync(self) -> None:
+        """Replace the replica by the host's snapshot, then apply what arrived meanwhile, in order."""
+        with self._resync_lock:
+            for _attempt in range(3):
+                with self._cond:
+                    self._synced = False
+                snapshot = self._channel.request({"op": "snapshot"}, timeout=self._timeout)
+                with self._cond:
+                    self._data = dict(snapshot["items"])
+                    self._applied = snapshot["applied"]
+                    self._gen, self._seq = snapshot["g"], snapshot["s"]
+                    pending, self._pending = self._pending, []
+                    if all(self._apply_in_order(change) for change in pending):
+                        self._synced = True
+                        self._cond.notify_all()
+                        return
+            raise ChannelError(f"shared dict {self._channel.name!r}: could not catch up with the host")
+
+    # -- the host ----------------------------------------------------------------------------------
+
+    def _on_request(self, message: dict[str, Any]) -> Any:
+        """Apply a write or answer a snapshot (runs in the host, in a handler thread)."""
+        with self._store_lock:
+            self._start_term()
+            if message["op"] == "snapshot":
+                return {
+                    "g": self._term,
+                    "s": self._store_seq,
+                    "items": [[key, value] for key, value in self._store.items()],
+                    "applied": self._store_applied,
+                }
+            client, number = message["c"], message["n"]
+            last = self._store_applied.get(client)
+            if last is not None and last[0] == number:  # sent again after a failover: already applied
+                return {"r": last[1], "g": self._term, "s": last[2]}
+            result = _apply(self._store, message["op"])
+            self._store_seq += 1
+            seq = self._store_seq
+            self._store_applied[client] = [number, result, seq]
+            change = {"g": self._term, "s": seq, "op": message["op"], "c": client, "n": number, "r": result}
+        with self._order:  # publish in sequence order, outside the store lock (snapshots never wait)
+            while self._published != seq - 1 and self._term == change["g"]:
+                self._order.wait(0.05)
+        try:
+            self._channel.publish(change, timeout=self._timeout)
+        finally:
+            with self._order:
+                self._published = max(self._published, seq)
+                self._order.notify_all()
+        return {"r": result, "g": change["g"], "s": seq}
+
+    def _start_term(self) -> None:
+        """On the first request of a new term: start from the replica, once it has caught up."""
+        generation = self._channel.channel.generation or 0
+        if self._term == generation:
+            return
+        deadline = time.monotonic() + _TERM_WAIT
+        while self._channel.subscribed_generation != generation and time.monotonic() < deadline:
+            time.sleep(0.001)  # our subscriber is still reading what the old host sent
+        if self._channel.subscribed_generation != generation:
+            _LOGGER.warning(
+                "shared dict %r: starting host term %d before the replica caught up",
+                self._channel.name,
+                generation,
+            )
+        with self._cond:
+            self._store = dict(self._data)
+            self._store_applied = {client: list(last) for client, last in self._applied.items()}
+        with self._order:
+            self._term, self._store_seq, self._published = generation, 0, 0
+            self._order.notify_all()
+        name, keys = self._channel.name, len(self._store)
+        _LOGGER.info("shared dict %r: host term %d starts with %d keys", name, generation, keys)
+
+    # -- lifetime ------------------------------------------------------------------------------------
+
+    @property
+    def channel(self) -> RequestChannel:
+        """The underlying RequestChannel."""
+        return self._channel
+
+    def close(self) -> None:
+        """Stop sharing (hand hosting over if this process hosts). The local copy stays readable."""
+        self._channel.close()
+
+    def __enter__(self) -> SharedDict:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        with self._cond:
+            return f"<SharedDict {self._channel.name!r} {len(self._data)} keys at {self._gen}:{self._seq}>"
+
+
+def _pop(data: dict[Any, Any], key: Any) -> list[Any]:
+    value = data.pop(key, _MISSING)
+    return [False, None] if value is _MISSING else [True, value]
+
+
+def _incr(data: dict[Any, Any], key: Any, amount: float) -> Any:
+    data[key] = data.get(key, 0) + amount
+    return data[key]
+
+
+_OPERATIONS: dict[str, Callable[..., Any]] = {
+    "set": lambda data, key, value: data.__setitem__(key, value),
+    "del": lambda data, key: data.pop(key, _MISSING) is not _MISSING,
+    "pop": _pop,
+    "update": lambda data, items: data.update((key, value) for key, value in items),
+    "incr": _incr,
+    "setdefault": lambda data, key, default: data.setdefault(key, default),
+    "clear": lambda data: data.clear(),
+}
+
+
+def _apply(data: dict[Any, Any], op: list[Any]) -> Any:
+    """Apply one change to ``data`` and return its result (the same in the host and every replica)."""
+    try:
+        operation = _OPERATIONS[op[0]]
+    except KeyError:
+        raise ValueError(f"unknown shared dict operation {op[0]!r}") from None
+    return operation(data, *op[1:])

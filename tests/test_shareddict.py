@@ -1,0 +1,100 @@
+"""SharedDict across real processes: atomic increments, local reads, host kills, late joiners."""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import TYPE_CHECKING
+
+import pytest
+from conftest import wait_until
+
+import ipchannel
+
+if TYPE_CHECKING:
+    from conftest import Peer, Peers
+
+
+def _host(group: list[Peer]) -> Peer:
+    (host,) = [p for p in group if p.call("info")["is_host"]]
+    return host
+
+
+@pytest.mark.usefixtures("runtime_dir")
+def test_local_use_reads_its_own_writes_and_behaves_like_a_dict() -> None:
+    with ipchannel.SharedDict("d") as d:
+        d["a"] = 1
+        assert d["a"] == 1  # visible at once: the write returned after the local replica applied it
+        assert d.incr("n") == 1
+        assert d.incr("n", 4) == 5
+        assert d.setdefault("x", [1, 2]) == [1, 2]
+        assert d.setdefault("x", "ignored") == [1, 2]
+        d.update({"b": 2}, c=3)
+        d[7] = "int key"
+        assert d.copy() == {"a": 1, "n": 5, "x": [1, 2], "b": 2, "c": 3, 7: "int key"}
+        assert d.pop("b") == 2
+        assert d.pop("b", None) is None
+        with pytest.raises(KeyError):
+            d.pop("b")
+        del d["a"]
+        with pytest.raises(KeyError):
+            del d["a"]
+        assert "a" not in d
+        assert len(d) == 4
+        assert sorted(map(str, d)) == ["7", "c", "n", "x"]
+        with pytest.raises(ipchannel.RemoteError, match="TypeError"):
+            d.incr("x")  # a list cannot be incremented: refused by the host, nothing changed
+        assert d["x"] == [1, 2]
+        d.clear()
+        assert d.copy() == {}
+
+
+@pytest.mark.timeout(120)
+def test_four_processes_increment_one_key_to_exactly_four_thousand(peers: Peers) -> None:
+    group = peers.start_dicts(4)
+    for p in group:
+        p.start_call("incr", key="hits", times=1000)
+    replies = [p.finish_call(120) for p in group]
+    results = sorted(r for reply in replies for r in reply["results"])
+    assert results == list(range(1, 4001))  # one total order: every increment got its own value
+    final = max(p.call("info")["position"] for p in group)
+    for p in group:
+        p.call("wait_position", position=final)
+        assert p.call("copy")["items"] == [("hits", 4000)]  # every replica the same
+
+
+@pytest.mark.timeout(120)
+def test_reads_are_local_and_a_late_joiner_gets_the_snapshot(peers: Peers) -> None:
+    first, second = peers.start_dicts(2)
+    assert first.call("set_then_get", key="k", value={"v": 1})["got"] == {"v": 1}
+    assert second.call("set_then_get", key="k2", value=[1, 2])["got"] == [1, 2]
+    second.call("incr", key="n", times=25)
+    (late,) = peers.start_dicts(1)  # opens after all that: snapshot first, then the stream
+    assert late.call("copy")["items"] == [("k", {"v": 1}), ("k2", [1, 2]), ("n", 25)]
+    late.call("incr", key="n", times=1)
+    position = late.call("info")["position"]
+    for p in (first, second):
+        p.call("wait_position", position=position)
+        assert ("n", 26) in p.call("copy")["items"]
+
+
+@pytest.mark.timeout(120)
+def test_sigkill_of_the_host_mid_run_keeps_every_acknowledged_increment(peers: Peers) -> None:
+    (holder,) = peers.start_dicts(1)  # elected first; it never writes, so its death loses no caller
+    writers = peers.start_dicts(3)
+    assert _host([holder, *writers]) is holder
+    for w in writers:
+        w.call("count", key="n", threads=4)
+    wait_until(lambda: writers[0].call("copy")["items"] and writers[0].call("copy")["items"][0][1] > 300)
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.kill()
+    new_host = wait_until(lambda: next((w for w in writers if w.call("info")["is_host"]), None), timeout=10)
+    at_kill = new_host.call("copy")["items"][0][1]
+    wait_until(lambda: new_host.call("copy")["items"][0][1] > at_kill + 300, timeout=30)  # it goes on
+    stopped = [w.call("stop_count", timeout=60) for w in writers]
+    assert [s["errors"] for s in stopped] == [[], [], []]
+    returned = sum(s["returned"] for s in stopped)
+    final = max(w.call("info")["position"] for w in writers)
+    for w in writers:
+        w.call("wait_position", position=final)
+        assert w.call("copy")["items"] == [("n", returned)]  # none lost, none counted twice
