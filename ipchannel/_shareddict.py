@@ -15,9 +15,12 @@ copy of it::
   it, so every acknowledged write is in that replica.
 - Late joiners and gaps. A replica that opens, sees a gap in the sequence or a
   new generation fetches a snapshot from the host and goes on from there.
-- At-least-once, made exactly-once. Each write carries (client id, number);
-  the host remembers the last one of each client (in the replicated state), so
-  a write resent after a failover is answered, not applied twice.
+- At-least-once, made exactly-once. Each write carries (writer, number), the
+  writer being a thread of a process (one write in flight each); the host
+  remembers the last one of each writer, in the replicated state, so a write
+  resent after a failover is answered, not applied twice. (That table keeps an
+  entry per writing thread ever seen: small, unless threads come and go by the
+  million.)
 - Read your writes. A write returns once this process's replica has applied it.
 
 Keys and values go through the channel's codec (JSON by default: keys may be
@@ -177,7 +180,9 @@ class SharedDict(MutableMapping[Any, Any]):
         self._write(["clear"])
 
     def _write(self, op: list[Any]) -> Any:
-        message = {"op": op, "c": self._client, "n": next(self._numbers)}
+        # one write in flight per thread, so (process, thread) is what the host deduplicates by
+        client = f"{self._client}-{threading.get_ident():x}"
+        message = {"op": op, "c": client, "n": next(self._numbers)}
         answer = self._channel.request(message, timeout=self._timeout)
         self._wait_for((answer["g"], answer["s"]))
         return answer["r"]
