@@ -26,7 +26,10 @@ class Series:
         return ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
 
     def scaled(self, value: float) -> float:
-        return value / {"us": 1e3, "ms": 1e6, "s": 1e9, "req/s": 1.0, "MB": 1.0, "count": 1.0}[self.unit]
+        return (
+            value
+            / {"ns": 1.0, "us": 1e3, "ms": 1e6, "s": 1e9, "req/s": 1.0, "MB": 1.0, "count": 1.0}[self.unit]
+        )
 
     def summary(self) -> dict[str, Any]:
         return {

@@ -271,3 +271,47 @@ def capacity_client(conn: Connection, name: str, runtime_dir: str, connections: 
     conn.send({"served": served, "ns": time.monotonic_ns() - start})
     _wait_for_stop(conn)
     channel.close()
+
+
+# -- SharedDict ------------------------------------------------------------------------------------
+
+
+def dict_host(conn: Connection, name: str, runtime_dir: str) -> None:
+    """Open the SharedDict first (so this process hosts) and idle."""
+    shared = ipchannel.SharedDict(name, runtime_dir=runtime_dir)
+    conn.send({"pid": os.getpid(), "is_host": shared.channel.is_host})
+    _wait_for_stop(conn)
+    shared.close()
+
+
+def dict_writer(conn: Connection, name: str, runtime_dir: str, writes: int, spacing: float) -> None:
+    """Write ``writes`` times, ``spacing`` apart; report each write's start time and position."""
+    shared = ipchannel.SharedDict(name, runtime_dir=runtime_dir)
+    shared["stamp"] = -1
+    conn.send({"pid": os.getpid()})
+    conn.recv()  # go
+    done = []
+    for i in range(writes):
+        started = time.monotonic_ns()
+        shared["stamp"] = i
+        done.append((shared.position, started))
+        time.sleep(spacing)
+    conn.send(done)
+    _wait_for_stop(conn)
+    shared.close()
+
+
+def dict_load(conn: Connection, name: str, runtime_dir: str, seconds: float) -> None:
+    """incr one key in a loop for ``seconds``; report how many and how long."""
+    shared = ipchannel.SharedDict(name, runtime_dir=runtime_dir)
+    shared.incr("load")
+    conn.send({"pid": os.getpid()})
+    conn.recv()  # go
+    start, n = time.monotonic(), 0
+    stop = start + seconds
+    while time.monotonic() < stop:
+        shared.incr("load")
+        n += 1
+    conn.send((n, time.monotonic() - start))
+    _wait_for_stop(conn)
+    shared.close()

@@ -420,6 +420,63 @@ def bench_capacity(cfg: Config, rd: str) -> Result:
     )
 
 
+def bench_shared_dict(cfg: Config, rd: str) -> list[Result]:
+    reads = writes_ = 200 if cfg.quick else 2000
+    with workers() as started:
+        started.append(Worker(w.dict_host, "sd", rd))
+        shared = ipchannel.SharedDict("sd", runtime_dir=rd)
+        request = ipchannel.RequestChannel("sdr", w.on_request, runtime_dir=rd)
+        started.append(Worker(w.request_host, "sdr", rd))
+        shared["k"] = "v"
+        plain = {"k": "v"}
+        batch = 1000
+        local, baseline = Series("d[key], local replica", unit="ns"), Series("plain dict d[key]", unit="ns")
+        for _ in range(reads):  # per-read time from batches: one read is below the clock's resolution
+            local.samples.append(_timed(lambda: [shared["k"] for _ in range(batch)]) / batch)
+            baseline.samples.append(_timed(lambda: [plain["k"] for _ in range(batch)]) / batch)
+        write, round_trip = (
+            Series("d[key] = value (host in another process)"),
+            Series("RequestChannel.request()"),
+        )
+        for i in range(writes_):
+            write.samples.append(_timed(lambda i=i: shared.__setitem__("k", i)))  # type: ignore[misc]
+            round_trip.samples.append(_timed(lambda: request.request("x")))
+        progress("shared dict: 4 writers")
+        load = Series("4 writer processes, incr in a loop", unit="req/s")
+        for _ in range(cfg.load_repeats):
+            writers = [Worker(w.dict_load, "sd", rd, cfg.load_seconds) for _ in range(4)]
+            for writer in writers:
+                writer.send("go")
+            counts = [writer.recv(60) for writer in writers]
+            load.samples.append(sum(n for n, _ in counts) / max(t for _, t in counts))
+            for writer in writers:
+                writer.stop()
+        progress("shared dict: replica lag")
+        lag = Series("write started in one process -> applied in another", unit="us")
+        writer = Worker(w.dict_writer, "sd", rd, writes_ // 4, 0.002)
+        started.append(writer)
+        seen: dict[tuple[int, int], int] = {}
+        writer.send("go")
+        deadline = time.monotonic() + 60
+        while not writer.conn.poll(0) and time.monotonic() < deadline:  # busy: note when each change lands
+            position = shared.position
+            if position not in seen:
+                seen[position] = time.monotonic_ns()
+        for position, started_at in writer.recv(60):
+            if tuple(position) in seen:
+                lag.samples.append(seen[tuple(position)] - started_at)
+        request.close()
+        shared.close()
+    return [
+        Result(
+            "shared dict: local read", [local], [baseline], "close to a plain dict lookup (report the ratio)"
+        ),
+        Result("shared dict: write", [write], [round_trip], "report"),
+        Result("shared dict: writes/s", [load], [], "report", higher_is_better=True),
+        Result("shared dict: replica lag", [lag], [], "report p50/p99"),
+    ]
+
+
 SCENARIOS: dict[str, Callable[[Config, str], Result | list[Result]]] = {
     "connect": bench_connect,
     "raw": bench_round_trip_raw,
@@ -428,6 +485,7 @@ SCENARIOS: dict[str, Callable[[Config, str], Result | list[Result]]] = {
     "failover": bench_failover,
     "storm": bench_storm,
     "capacity": bench_capacity,
+    "shareddict": bench_shared_dict,
 }
 
 

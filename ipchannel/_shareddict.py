@@ -21,7 +21,8 @@ copy of it::
   resent after a failover is answered, not applied twice. (That table keeps an
   entry per writing thread ever seen: small, unless threads come and go by the
   million.)
-- Read your writes. A write returns once this process's replica has applied it.
+- Read your writes. A write returns once this process's replica has applied it
+  (itself, from the answer, when it is the next change; else from the stream).
 
 Keys and values go through the channel's codec (JSON by default: keys may be
 str, int, float, bool or None; a change is a list, so an int key stays an int).
@@ -112,26 +113,24 @@ class SharedDict(MutableMapping[Any, Any]):
 
     # -- reads: the local replica ----------------------------------------------------------
 
+    # Lock-free: the replica is a plain dict, replaced whole on a resync and changed in place by one
+    # thread, and a single dict operation is atomic under the GIL.
+
     def __getitem__(self, key: Any) -> Any:
-        with self._cond:
-            return self._data[key]
+        return self._data[key]
 
     def __contains__(self, key: object) -> bool:
-        with self._cond:
-            return key in self._data
+        return key in self._data
 
     def __len__(self) -> int:
-        with self._cond:
-            return len(self._data)
+        return len(self._data)
 
     def __iter__(self) -> Iterator[Any]:
-        with self._cond:
-            return iter(list(self._data))
+        return iter(list(self._data))
 
     def get(self, key: Any, default: Any = None) -> Any:
         """Return the value for ``key`` from the local replica, or ``default``."""
-        with self._cond:
-            return self._data.get(key, default)
+        return self._data.get(key, default)
 
     def copy(self) -> dict[Any, Any]:
         """Return a plain dict copy of the local replica."""
@@ -184,7 +183,11 @@ class SharedDict(MutableMapping[Any, Any]):
         client = f"{self._client}-{threading.get_ident():x}"
         message = {"op": op, "c": client, "n": next(self._numbers)}
         answer = self._channel.request(message, timeout=self._timeout)
-        self._wait_for((answer["g"], answer["s"]))
+        with self._cond:  # usually our replica is just one change behind: apply it here, now
+            change = {"g": answer["g"], "s": answer["s"], "op": op, "c": client, "n": message["n"]}
+            if self._synced and (answer["g"], answer["s"]) == (self._gen, self._seq + 1):
+                self._apply_in_order({**change, "r": answer["r"]})
+        self._wait_for((answer["g"], answer["s"]))  # else the stream brings it, and earlier ones
         return answer["r"]
 
     def _wait_for(self, position: tuple[int, int]) -> None:
