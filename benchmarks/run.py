@@ -261,6 +261,19 @@ def bench_round_trip_request(cfg: Config, rd: str) -> Result:
     return Result("round trip, request", [a], [b], "ratio <= 1.0", notes)
 
 
+def _load_rate(target: Callable[..., None], args: tuple[Any, ...], processes: int = 4) -> float:
+    """Start ``processes`` load workers, release them at once; return their total operations per second."""
+    clients = [Worker(target, *args) for _ in range(processes)]
+    try:
+        for c in clients:
+            c.send("go")
+        results: list[tuple[int, float]] = [c.recv(60) for c in clients]
+    finally:
+        for c in clients:
+            c.stop()
+    return sum(n for n, _ in results) / max(t for _, t in results)
+
+
 def bench_concurrent(cfg: Config, rd: str) -> Result:
     address = os.path.join(rd, "mpl.sock")
     ours, base = (
@@ -276,13 +289,7 @@ def bench_concurrent(cfg: Config, rd: str) -> Result:
                 (base, w.mp_load_client, (address, 4, cfg.load_seconds)),
             ]
             for series, target, args in variants:
-                clients = [Worker(target, *args) for _ in range(4)]
-                for c in clients:
-                    c.send("go")
-                results = [c.recv(60) for c in clients]
-                series.samples.append(sum(n for n, _ in results) / max(t for _, t in results))
-                for c in clients:
-                    c.stop()
+                series.samples.append(_load_rate(target, args))
     return Result(
         "concurrent requests", [ours], [base], ">= 1.0x the baseline's requests/s", higher_is_better=True
     )
@@ -444,13 +451,7 @@ def bench_shared_dict(cfg: Config, rd: str) -> list[Result]:
         progress("shared dict: 4 writers")
         load = Series("4 writer processes, incr in a loop", unit="req/s")
         for _ in range(cfg.load_repeats):
-            writers = [Worker(w.dict_load, "sd", rd, cfg.load_seconds) for _ in range(4)]
-            for writer in writers:
-                writer.send("go")
-            counts = [writer.recv(60) for writer in writers]
-            load.samples.append(sum(n for n, _ in counts) / max(t for _, t in counts))
-            for writer in writers:
-                writer.stop()
+            load.samples.append(_load_rate(w.dict_load, ("sd", rd, cfg.load_seconds)))
         progress("shared dict: replica lag")
         lag = Series("write started in one process -> applied in another", unit="us")
         writer = Worker(w.dict_writer, "sd", rd, writes_ // 4, 0.002)
