@@ -398,6 +398,7 @@ class Channel:
         paths = self._paths
         generation = max(previous.generation if previous else 0, self._last_generation) + 1
         server: HostedServer | None = None
+        record: HostRecord | None = None
         try:
             ensure_runtime_dir(paths.directory)
             for stale in paths.stale_temporaries():
@@ -413,6 +414,7 @@ class Channel:
         except BaseException as exc:
             if server is not None:
                 server.stop_listening()
+            if record is not None:
                 remove_record(paths.record, record)
             self._lock.release()
             if isinstance(exc, OSError) and not isinstance(exc, ChannelError):

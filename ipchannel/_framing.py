@@ -3,8 +3,9 @@
 A frame is a 4-byte big-endian length (``!I``) followed by that many bytes, as
 ``multiprocessing.connection`` does. The length is checked against a limit
 *before* anything is allocated, and memory grows with the bytes that arrive
-(1 MiB at a time), not with what a header announces. Header and payload go out in one ``sendall``,
-so a host change can never deliver a header without its payload.
+(1 MiB at a time), not with what a header announces. Header and payload go
+out in one ``sendall``, so a host change can never deliver a header without
+its payload.
 """
 
 from __future__ import annotations

@@ -113,3 +113,21 @@ def test_disk_full_when_writing_the_record_is_a_clear_error(small_tmpfs: Path) -
         assert _peers.read_line(sock) == f"{os.getpid()} after\n".encode()
     finally:
         channel.close()
+
+
+@pytest.mark.timeout(30)
+def test_a_host_that_cannot_start_undoes_everything_and_says_why(runtime_dir: Path) -> None:
+    # A directory named like a stale temporary socket: the new host cannot clear it, so it cannot start.
+    (runtime_dir / f".test.{os.getpid()}.sock").mkdir()
+    channel = ipchannel.Channel("test", _peers.echo_handler)
+    try:
+        with pytest.raises(ipchannel.ChannelError, match="cannot host in"):
+            channel.connect(timeout=1)
+        assert not channel.is_host
+        assert not (runtime_dir / "test.host").exists()
+        (runtime_dir / f".test.{os.getpid()}.sock").rmdir()
+        sock = channel.connect(timeout=5)  # the channel is still usable
+        sock.sendall(b"x\n")
+        assert _peers.read_line(sock) == f"{os.getpid()} x\n".encode()
+    finally:
+        channel.close()
