@@ -92,7 +92,6 @@ class ChannelSocket(socket.socket):
         self._record: HostRecord | None = None
         self._timeout: float | None = None
         self._epoch = 0
-        self._switched_by = 0  # thread ident of whoever made the last reconnection
         self._stale = False  # set in a forked child: reconnect before first use
         self._peer_closed = False  # the host's handler closed this connection deliberately
         self._channel_closed = False
@@ -111,10 +110,6 @@ class ChannelSocket(socket.socket):
     def reconnects(self) -> int:
         """How many times this socket was moved to a new connection (host change or fork)."""
         return self._epoch
-
-    def _moved_by_this_thread(self, since: int) -> bool:
-        """Say whether exactly one reconnection happened since ``since``, made by the calling thread."""
-        return self._epoch == since + 1 and self._switched_by == threading.get_ident()
 
     # -- the four I/O calls -------------------------------------------------
 
@@ -236,7 +231,6 @@ class ChannelSocket(socket.socket):
         self._record = record
         self._stale = False
         self._unusual = self._channel_closed
-        self._switched_by = threading.get_ident()
         self._epoch += 1
         _LOGGER.info(
             "channel %r: socket reconnected to host pid %d (generation %s -> %d)",
