@@ -67,6 +67,9 @@ class Channel:
     :param runtime_dir: where the lock, host record and socket live; default ``IPCHANNEL_DIR``,
         else ``$XDG_RUNTIME_DIR/ipchannel``, else ``<tempdir>/ipchannel-<uid>``.
     :param auto_reconnect: follow the host across failover (see ``connect()``).
+    :param may_host: False keeps this process out of elections: it only ever connects to a host
+        another process runs, waiting (within its timeouts) while there is none. Settable later
+        as the ``may_host`` attribute.
     :param authkey: if given (bytes, e.g. ``os.urandom(32)`` shared by your processes), every
         connection first proves in both directions that it knows the key (HMAC challenge-response,
         as ``multiprocessing.connection``); a process with another key, or none, gets
@@ -79,7 +82,7 @@ class Channel:
     #: Seconds between two checks of the host by the monitor thread.
     monitor_interval: float = 0.1
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - keyword-only options
         self,
         name: str,
         handler: Callable[[socket.socket], object] | type[socketserver.BaseRequestHandler],
@@ -87,18 +90,22 @@ class Channel:
         runtime_dir: str | os.PathLike[str] | None = None,
         auto_reconnect: bool = True,
         authkey: bytes | None = None,
+        may_host: bool = True,
     ) -> None:
         self._name = validate_name(name)
         self._handler = handler_class(handler)
         self._authkey = validate_authkey(authkey)
         if not isinstance(auto_reconnect, bool):
             raise TypeError(f"auto_reconnect must be a bool, not {type(auto_reconnect).__name__}")
+        if not isinstance(may_host, bool):
+            raise TypeError(f"may_host must be a bool, not {type(may_host).__name__}")
         if not _platform.SUN_PATH_MAX:
             raise ChannelError("ipchannel needs Unix domain sockets and flock, which this platform lacks")
         directory = resolve_runtime_dir(runtime_dir)
         ensure_runtime_dir(directory)
         self._paths = ChannelPaths.for_channel(self._name, directory)
         self.auto_reconnect = auto_reconnect
+        self.may_host = may_host
         self._lock = HostLock(self._paths.lock)
         self._sockets: weakref.WeakSet[ChannelSocket] = weakref.WeakSet()
         self._last_generation = 0
@@ -309,10 +316,10 @@ class Channel:
                 if sock is not None:
                     self._adopt(record)
                     return sock, record
-                if not record.serving():
+                if read_record(self._paths.record) != record or not record.serving():
                     avoid = record
                     self._forget_host(record)
-                    continue  # straight to the lock: the host is gone
+                    continue  # straight to the lock: the host is gone, or handed over and lives on
             if not backoff.sleep(changed=functools.partial(self._published_since, marker, avoid)):
                 if self._stopping.is_set():
                     raise ChannelClosed(self._name)
@@ -387,7 +394,7 @@ class Channel:
                 self._last_host_pid = record.pid
                 if record != avoid and (not verify or record.serving()):
                     return record
-            if not self._lock.try_acquire():
+            if not self.may_host or not self._lock.try_acquire():
                 return None
             elected = self._become_host(record)
         self._run_callbacks(self._elected_callbacks, elected.generation, "on_elected")
@@ -503,9 +510,11 @@ class Channel:
             self._check_own_files(server, record)
             return
         if record is not None:
-            if record.serving():
+            current = read_record(self._paths.record)
+            if current == record and record.serving():
                 return
-            if record.liveness() != "unknown":  # dead, or exiting: its lock is about to go
+            # handed over (its record is gone or replaced), dead, or exiting: its lock is free or about to be
+            if current != record or record.liveness() != "unknown":
                 self._forget_host(record)
         # No live host known (or a zombie one): one election step, as connect() would.
         try:
@@ -514,7 +523,7 @@ class Channel:
             return  # close() began during this tick
         if found is not None:
             self._adopt(found)
-        else:
+        elif self.may_host:  # (a process kept out of elections never tries the lock)
             self._report_stuck_lock()
 
     def _check_own_files(self, server: HostedServer, record: HostRecord) -> None:

@@ -311,7 +311,11 @@ class _Subscriber:
         with self._lock:
             self._callbacks.append(callback)
             if self._thread is None:
-                self._start(deadline)
+                try:
+                    self._start(deadline)
+                except BaseException:
+                    self._callbacks.remove(callback)  # not subscribed: leave no trace
+                    raise
 
     def ensure_running(self, deadline: Deadline) -> None:
         """Subscribe again if this process has callbacks but no live subscriber thread (fork, lost link)."""
@@ -431,6 +435,7 @@ class RequestChannel:
     :param runtime_dir: as for ``Channel``.
     :param max_message_size: largest encoded message accepted, in bytes (default 64 MiB).
     :param authkey: as for ``Channel``: every process must pass the same key.
+    :param may_host: as for ``Channel`` (settable later on ``.channel.may_host``).
     """
 
     def __init__(  # noqa: PLR0913 - keyword-only options, as Channel has
@@ -442,6 +447,7 @@ class RequestChannel:
         runtime_dir: str | os.PathLike[str] | None = None,
         max_message_size: int = DEFAULT_MAX_SIZE,
         authkey: bytes | None = None,
+        may_host: bool = True,
     ) -> None:
         if on_request is not None and not callable(on_request):
             raise TypeError(f"on_request must be a callable taking the message, or None; not {on_request!r}")
@@ -453,7 +459,9 @@ class RequestChannel:
             raise ValueError(f"max_message_size must be a positive number of bytes, not {max_message_size!r}")
         self._codec = resolve_codec(codec)
         self._host = _Host(name, on_request, self._codec, max_message_size)
-        self._channel = Channel(name, self._host.handle, runtime_dir=runtime_dir, authkey=authkey)
+        self._channel = Channel(
+            name, self._host.handle, runtime_dir=runtime_dir, authkey=authkey, may_host=may_host
+        )
         self._requester = _Requester(self._channel, max_message_size)
         self._subscriber = _Subscriber(self._channel, self._codec, max_message_size)
         _REQUEST_CHANNELS.add(self)

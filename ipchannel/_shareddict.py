@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._election import Deadline
 from ._errors import ChannelError, ChannelTimeout
+from ._hostrecord import read_record
 from ._requests import RequestChannel
 
 if TYPE_CHECKING:
@@ -55,6 +56,8 @@ __all__ = ["SharedDict"]
 _LOGGER = logging.getLogger("ipchannel")
 _MISSING = object()
 _TERM_WAIT = 2.0  # how long a new host waits for its replica to catch up before starting anyway
+_ALONE_GRACE = 0.05  # with no host record, how long to wait for a host before becoming the first
+_SURVIVOR_GRACE = 0.5  # with a dead host's record, how long to give survivors to elect one of them
 
 
 class SharedDict(MutableMapping[Any, Any]):
@@ -101,15 +104,35 @@ class SharedDict(MutableMapping[Any, Any]):
         self._store: dict[Any, Any] = {}
         self._store_applied: dict[str, list[Any]] = {}
         self._store_seq = self._published = 0
+        # Out of elections until the replica holds the state: a newcomer elected with an empty
+        # replica while others hold the data would make everyone resync to nothing.
         self._channel = RequestChannel(
-            name, self._on_request, codec=codec, runtime_dir=runtime_dir, authkey=authkey
+            name, self._on_request, codec=codec, runtime_dir=runtime_dir, authkey=authkey, may_host=False
         )
         try:
-            self._channel.subscribe(self._on_change, timeout=timeout)
+            self._join(name)
             self._resync()
         except BaseException:
             self._channel.close()
             raise
+        self._channel.channel.may_host = True
+
+    def _join(self, name: str) -> None:
+        """Subscribe to the live host; if there is none and none comes, we are alone: host ourselves."""
+        # No record: nobody hosts now, and a host that just closed is replaced within milliseconds.
+        # A dead host's record: survivors, if any, elect one of themselves within a tick or two.
+        # A live host's: connecting to it is immediate.
+        record = read_record(self._channel.channel.runtime_dir / f"{name}.host")
+        if record is None:
+            wait = _ALONE_GRACE
+        else:
+            wait = self._timeout if record.liveness() != "dead" else _SURVIVOR_GRACE
+        try:
+            self._channel.subscribe(self._on_change, timeout=wait)
+        except ChannelTimeout:
+            _LOGGER.info("shared dict %r: no host within %.2f s; opening as the first", name, wait)
+            self._channel.channel.may_host = True
+            self._channel.subscribe(self._on_change, timeout=self._timeout)
 
     # -- reads: the local replica ----------------------------------------------------------
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import threading
 from typing import TYPE_CHECKING
 
+import psutil
 import pytest
 from conftest import wait_until
 
@@ -98,3 +101,55 @@ def test_sigkill_of_the_host_mid_run_keeps_every_acknowledged_increment(peers: P
     for w in writers:
         w.call("wait_position", position=final)
         assert w.call("copy")["items"] == [("n", returned)]  # none lost, none counted twice
+
+
+@pytest.mark.timeout(120)
+def test_a_process_opening_while_the_host_dies_cannot_take_over_with_an_empty_replica(peers: Peers) -> None:
+    holder, replica = peers.start_dicts(2)  # holder hosts, replica follows
+    replica.call("incr", key="n", times=50)
+    os.kill(replica.pid, signal.SIGSTOP)  # the only survivor with the data cannot take over yet...
+    os.kill(holder.pid, signal.SIGKILL)  # ...when the host dies (left a zombie: its record looks alive)
+    opened: list[Peer] = []
+    opener = threading.Thread(target=lambda: opened.extend(peers.start_dicts(1)))
+    opener.start()  # a newcomer opens now: the lock is free, and its replica is empty
+    try:
+        wait_until(lambda: _newcomer_connecting({holder.pid, replica.pid}), timeout=30)
+    finally:
+        os.kill(replica.pid, signal.SIGCONT)
+        holder.kill()
+    opener.join(60)
+    (late,) = opened
+    assert late.call("copy")["items"] == [("n", 50)]  # it waited, and synced from the survivor
+    late.call("incr", key="n", times=1)
+    replica.call("wait_position", position=late.call("info")["position"])
+    assert replica.call("copy")["items"] == [("n", 51)]
+
+
+def _newcomer_connecting(known: set[int]) -> bool:
+    """True once a new peer process runs its monitor thread: it is inside its first connect()."""
+    for child in psutil.Process().children():
+        with contextlib.suppress(psutil.Error):
+            if child.pid not in known and child.num_threads() >= 2:
+                return True
+    return False
+
+
+@pytest.mark.usefixtures("runtime_dir")
+def test_may_host_false_keeps_a_process_out_of_elections() -> None:
+    import _peers  # noqa: PLC0415
+
+    out = ipchannel.Channel("m", _peers.echo_handler, may_host=False)
+    try:
+        with pytest.raises(ipchannel.ChannelTimeout):
+            out.connect(timeout=0.3)  # nobody hosts, and it may not
+        assert not out.is_host
+        with ipchannel.Channel("m", _peers.echo_handler) as host:
+            host.connect().close()
+            out.connect(timeout=5).close()  # a client of the host another process (here: object) runs
+            assert out.host_pid == os.getpid()
+            assert not out.is_host
+        out.may_host = True
+        out.connect(timeout=5).close()  # now it may: it elects itself
+        assert out.is_host
+    finally:
+        out.close()
