@@ -115,6 +115,9 @@ class _Peer:
             assert fd is not None
             sleeper = subprocess.Popen(["sleep", "60"], pass_fds=[fd])  # noqa: S607
             return {"sleeper": sleeper.pid}
+        if cmd == "join":
+            self.channel.join(timeout=args.get("timeout", 5.0))
+            return self.info()
         if cmd == "set_auto_reconnect":
             self.channel.auto_reconnect = args["value"]
             return self.info()

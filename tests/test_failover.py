@@ -158,3 +158,14 @@ def test_handler_closing_the_connection_is_a_plain_eof(peers: Peers) -> None:
     assert client.call("send_then_recv_error", text="bye") == {"ok": True, "data": ""}
     assert client.call("info")["host_pid"] == host.pid
     assert host.call("info")["is_host"]
+
+
+@pytest.mark.timeout(60)
+def test_a_host_that_closes_and_lives_on_is_replaced_even_where_nobody_was_connected(peers: Peers) -> None:
+    host, idle = peers.start(2)
+    host.call("connect")
+    assert idle.call("join")["host_pid"] == host.pid  # knows the host, holds no connection
+    host.call("close")  # hands over; its process goes on living
+    # the idle process notices the record is gone (not the pid: it still runs) and takes over
+    wait_until(lambda: idle.call("info")["is_host"], timeout=5)
+    assert idle.call("connect", timeout=2)["host_pid"] == idle.pid
