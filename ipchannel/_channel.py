@@ -590,8 +590,11 @@ class Channel:
     def _resign(self, server: HostedServer, record: HostRecord) -> None:
         """Stop hosting so another process takes over at once (called with ``_elect_lock`` held)."""
         self._run_callbacks(self._demoted_callbacks, record.generation, "on_demoted")
-        server.stop_listening()
+        # The record goes first: a client whose connection breaks from here on (closing the
+        # listener resets the ones still waiting to be accepted) must not take it for a handler
+        # that closed its connection while the host lives on.
         remove_record(self._paths.record, record)
+        server.stop_listening()
         self._lock.release()
         server.close_connections()
         _LOGGER.info(
