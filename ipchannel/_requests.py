@@ -249,6 +249,11 @@ class _Requester:
         try:
             with reconnect_within(deadline.remaining()):
                 answer = self._exchange(conn, ident, frame, deadline)
+        except OSError as exc:
+            if isinstance(exc, ChannelError):  # ChannelTimeout, RuntimeDirError...: already clear
+                raise
+            name = self._channel.name
+            raise ChannelError(f"channel {name!r}: the request connection failed: {exc}") from exc
         finally:
             if answer is None:  # timed out or failed: a late answer could still arrive; never reuse
                 conn.sock.close()
