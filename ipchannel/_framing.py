@@ -61,19 +61,24 @@ def _recv_exactly(sock: socket.socket, size: int, *, at_boundary: bool) -> bytes
     # Grown a bounded step at a time: a header alone never makes us allocate the whole frame.
     buffer = bytearray()
     while (received := len(buffer)) < size:
-        step = min(size - received, FrameReader.STEP)
-        buffer += bytes(step)
-        count = 0
-        try:
-            with memoryview(buffer) as view:
-                count = sock.recv_into(view[received:], step)
-        finally:
-            del buffer[received + count :]
+        count = _recv_onto(sock, buffer, min(size - received, FrameReader.STEP))
         if count == 0:
             if at_boundary and received == 0:
                 raise EOFError("connection closed")
             raise ProtocolError(f"connection closed {received} bytes into a {size}-byte read")
     return bytes(buffer)
+
+
+def _recv_onto(sock: socket.socket, buffer: bytearray, most: int) -> int:
+    """Receive up to ``most`` bytes straight onto the end of ``buffer``; return how many came."""
+    start, count = len(buffer), 0
+    buffer += bytes(most)
+    try:
+        with memoryview(buffer) as view:
+            count = sock.recv_into(view[start:], most)
+    finally:
+        del buffer[start + count :]  # the room that was not filled
+    return count
 
 
 class FrameReader:
@@ -115,14 +120,8 @@ class FrameReader:
         start = len(buffer)
         missing = HEADER.size + frame_size(buffer, self._max_size) - start if start >= HEADER.size else 0
         if missing > self.CHUNK:  # a large frame: receive straight into its place, a bounded step at a time
-            missing = min(missing, self.STEP)  # so a header alone never makes us allocate the whole frame
-            count = 0
-            buffer += bytes(missing)
-            try:
-                with memoryview(buffer) as view:
-                    count = self._sock.recv_into(view[start:])
-            finally:
-                del buffer[start + count :]
+            # a bounded step, so a header alone never makes us allocate the whole frame
+            count = _recv_onto(self._sock, buffer, min(missing, self.STEP))
         else:
             count = self._sock.recv_into(self._chunk)
             buffer += self._chunk[:count]
