@@ -20,7 +20,7 @@ import time
 import weakref
 from typing import TYPE_CHECKING, Literal, overload
 
-from . import _platform
+from . import _fork, _hooks, _platform
 from ._auth import client_handshake, validate_authkey
 from ._client import ChannelSocket
 from ._election import Backoff, Deadline, HostLock, validate_timeout
@@ -43,9 +43,6 @@ _LOGGER = logging.getLogger("ipchannel")
 State = Literal["initiated", "connecting", "connected", "closed"]
 
 _STUCK_WARNING_AFTER = 2.0  # seconds a dead host's lock may stay held before we say so
-
-#: Every channel of this process, so a forked child can reset them all.
-_CHANNELS: weakref.WeakSet[Channel] = weakref.WeakSet()
 
 
 class Channel:
@@ -113,7 +110,7 @@ class Channel:
         self._elected_callbacks: list[Callable[[int], object]] = []
         self._demoted_callbacks: list[Callable[[int], object]] = []
         self._reset_runtime_state("initiated")
-        _CHANNELS.add(self)
+        _fork.register(self)
 
     def _reset_runtime_state(self, state: State) -> None:
         self._state_lock = threading.Lock()
@@ -125,6 +122,7 @@ class Channel:
         self._monitor: Monitor | None = None
         self._stuck_since: float | None = None
         self._stuck_reported = False
+        self._resigning = False  # set when this process starts to give hosting up
 
     # -- public properties -------------------------------------------------------
 
@@ -403,6 +401,7 @@ class Channel:
     def _become_host(self, previous: HostRecord | None) -> HostRecord:
         """We hold the lock: listen, write the record, publish the socket. Undo everything on failure."""
         paths = self._paths
+        self._resigning = False
         generation = max(previous.generation if previous else 0, self._last_generation) + 1
         server: HostedServer | None = None
         record: HostRecord | None = None
@@ -587,8 +586,20 @@ class Channel:
 
     # -- graceful handover and fork ------------------------------------------------
 
+    @property
+    def _handing_over(self) -> bool:
+        """True once this process began to give hosting up (``close()`` or stepping down).
+
+        A handler still running then must answer nothing: its caller sees the connection
+        end after the record is gone, and sends the request again to the next host.
+        """
+        return self._resigning or self._state == "closed"
+
     def _resign(self, server: HostedServer, record: HostRecord) -> None:
         """Stop hosting so another process takes over at once (called with ``_elect_lock`` held)."""
+        self._resigning = True
+        if _hooks.pause is not None:
+            _hooks.pause("channel.resigning", self._name)
         self._run_callbacks(self._demoted_callbacks, record.generation, "on_demoted")
         # The record goes first: a client whose connection breaks from here on (closing the
         # listener resets the ones still waiting to be accepted) must not take it for a handler
@@ -620,14 +631,6 @@ def _check_callback(callback: Callable[[int], object]) -> Callable[[int], object
         kind = type(callback).__name__
         raise TypeError(f"callback must be callable with the generation number, not {kind}")
     return callback
-
-
-def _reset_channels_after_fork() -> None:
-    for channel in list(_CHANNELS):
-        channel._reset_after_fork()  # noqa: SLF001
-
-
-os.register_at_fork(after_in_child=_reset_channels_after_fork)
 
 
 @overload

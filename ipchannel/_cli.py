@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import TYPE_CHECKING, TextIO
 
 from ._errors import ChannelError
 from ._paths import ensure_runtime_dir, resolve_runtime_dir, validate_name
+from ._version import __version__
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -22,11 +24,11 @@ if TYPE_CHECKING:
 __all__ = ["main"]
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m ipchannel",
-        description="ipchannel: peer processes on one machine share one in-process service.",
+        prog=prog, description="ipchannel: peer processes on one machine share one in-process service."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     status = commands.add_parser(
         "status",
@@ -52,9 +54,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _prog() -> str:
+    """Name the command as typed: ``ipchannel`` (the console script) or ``python -m ipchannel``."""
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return "python -m ipchannel" if name in {"", "__main__.py", "-c"} else name
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return 0 on success, 1 on failure, 2 for bad usage."""
-    parser = _parser()
+    parser = _parser(_prog())
     args = parser.parse_args(argv)
     if args.command == "status":
         if args.name is not None:
@@ -62,8 +70,12 @@ def main(argv: list[str] | None = None) -> int:
                 validate_name(args.name)
             except ValueError as exc:
                 parser.error(str(exc))
+        directory = resolve_runtime_dir(args.dir)
+        if args.dir is not None and not directory.is_dir():
+            what = "does not exist" if not directory.exists() else "is not a directory"
+            parser.error(f"--dir {directory} {what}")
         try:
-            return _status(args.name, resolve_runtime_dir(args.dir), as_json=args.json, out=sys.stdout)
+            return _status(args.name, directory, as_json=args.json, out=sys.stdout)
         except ChannelError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
@@ -81,8 +93,8 @@ def main(argv: list[str] | None = None) -> int:
 def _status(name: str | None, directory: Path, *, as_json: bool, out: TextIO) -> int:
     from ._status import channel_status, list_channels  # noqa: PLC0415 - only this command needs it
 
-    if not directory.exists():
-        channels: list[ChannelStatus] = []
+    if not directory.exists():  # the default directory, before any channel was used
+        channels: list[ChannelStatus] = [channel_status(name, directory)] if name else []
     else:
         ensure_runtime_dir(directory)  # refuses (RuntimeDirError) a directory that is not safe to trust
         channels = [channel_status(name, directory)] if name else list_channels(directory)
@@ -91,17 +103,23 @@ def _status(name: str | None, directory: Path, *, as_json: bool, out: TextIO) ->
             json.dumps({"runtime_dir": str(directory), "channels": [c.to_json() for c in channels]}), file=out
         )
     elif not channels:
-        print(f"no channels in {directory}", file=out)
+        what = "no channels in" if directory.exists() else "no channels yet: nothing has used"
+        print(f"{what} {directory}", file=out)
     else:
         print(f"runtime directory: {directory}", file=out)
         for c in channels:
             if c.host_pid is None:
-                print(f"{c.name}: {c.state}{f' ({c.problem})' if c.problem else ''}", file=out)
+                detail = c.problem or ("no channel of this name here" if c.state == "unknown" else "")
+                print(f"{c.name}: {c.state}{f' ({detail})' if detail else ''}", file=out)
                 continue
             flag = f"  STALE: {c.problem}" if c.state == "stale" else ""
+            when = (
+                f"up {_duration(c.uptime)}"
+                if c.uptime is not None
+                else f"gone (elected {_duration(c.elected or 0.0)} ago, died since)"
+            )
             print(
-                f"{c.name}: {c.state}, host pid {c.host_pid}, generation {c.generation}, "
-                f"up {_duration(c.uptime or 0.0)}{flag}\n"
+                f"{c.name}: {c.state}, host pid {c.host_pid}, generation {c.generation}, {when}{flag}\n"
                 f"    socket  {c.socket}\n"
                 f"    command {_one_line(c.host_command or '?')}",
                 file=out,

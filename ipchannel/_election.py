@@ -120,17 +120,17 @@ class HostLock:
         self._lock = filelock.FileLock(str(self._path), thread_local=False)
 
 
-def validate_timeout(timeout: object) -> float | None:
-    """Return ``timeout`` as float seconds (None: wait forever), or raise TypeError/ValueError."""
+def validate_timeout(timeout: object, name: str = "timeout") -> float | None:
+    """Return ``timeout`` as float seconds (None: forever), or raise TypeError/ValueError naming ``name``."""
     if timeout is None:
         return None
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"timeout must be a number of seconds or None, not {type(timeout).__name__}")
+        raise TypeError(
+            f"{name} must be a number of seconds (int or float) or None, not {type(timeout).__name__}"
+        )
     seconds = float(timeout)
     if math.isnan(seconds) or seconds < 0:
-        raise ValueError(
-            f"timeout must be a number of seconds >= 0, or None to wait forever; got {timeout!r}"
-        )
+        raise ValueError(f"{name} must be a number of seconds >= 0, or None to wait forever; got {timeout!r}")
     return None if math.isinf(seconds) else seconds
 
 

@@ -18,6 +18,9 @@ and pickles through ``__reduce__``, so it survives being sent to another process
 from __future__ import annotations
 
 import errno
+import json
+import os
+import traceback
 from typing import Any
 
 __all__ = [
@@ -88,17 +91,21 @@ class HostChanged(ChannelError, ConnectionResetError):
 
 
 class ChannelClosed(ChannelError):
-    """The channel was closed by this process's own code, so it cannot be used any more."""
+    """The channel was closed by this process's own code, so it cannot be used any more.
 
-    def __init__(self, channel: str) -> None:
-        super().__init__(channel)
+    ``kind`` is the class that was closed (``Channel``, ``RequestChannel``, ``SharedDict``).
+    """
+
+    def __init__(self, channel: str, kind: str = "Channel") -> None:
+        super().__init__(channel, kind)
         self.channel = channel
+        self.kind = kind
 
     def __str__(self) -> str:
-        return f"channel {self.channel!r} is closed; create a new Channel to connect again"
+        return f"{self.kind} {self.channel!r} is closed; create a new {self.kind} to use it again"
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return type(self), (self.channel,)
+        return type(self), (self.channel, self.kind)
 
 
 class RuntimeDirError(ChannelError, OSError):
@@ -180,3 +187,19 @@ class RemoteError(ChannelError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return type(self), (self.channel, self.type_name, self.message, self.traceback, self.host_pid)
+
+    @staticmethod
+    def encode(exc: BaseException) -> bytes:
+        """Describe ``exc`` (being handled, in the host) as the JSON an ERROR frame carries."""
+        kind = type(exc)
+        name = (
+            kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+        )
+        info = {"type": name, "message": str(exc), "traceback": traceback.format_exc(), "pid": os.getpid()}
+        return json.dumps(info).encode()
+
+    @classmethod
+    def from_json(cls, channel: str, data: bytes) -> RemoteError:
+        """Rebuild the error in the caller from what ``encode`` wrote in the host."""
+        info = json.loads(data)
+        return cls(channel, info["type"], info["message"], info["traceback"], info.get("pid"))

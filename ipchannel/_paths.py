@@ -35,9 +35,14 @@ def validate_name(name: object) -> str:
     return name
 
 
-def resolve_runtime_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
+def resolve_runtime_dir(explicit: object = None) -> Path:
     """Return the runtime directory to use, without touching the filesystem."""
     if explicit is not None:
+        if not isinstance(explicit, (str, os.PathLike)) or isinstance(os.fspath(explicit), bytes):
+            raise TypeError(
+                "runtime_dir must be a str or os.PathLike path, or None for the default, "
+                f"not {type(explicit).__name__}"
+            )
         return Path(os.fspath(explicit)).absolute()
     if env := os.environ.get("IPCHANNEL_DIR"):
         return Path(env).absolute()
@@ -76,7 +81,7 @@ def _create(path: Path) -> None:
 
 
 def _check(path: Path, st: os.stat_result) -> None:
-    fix = "set IPCHANNEL_DIR to a private directory (mode 0700, owned by you)"
+    fix = "pass runtime_dir= (or set IPCHANNEL_DIR to) a private directory: yours, mode 0700, not a symlink"
     if stat.S_ISLNK(st.st_mode):
         raise RuntimeDirError(str(path), "is a symlink, which could point anywhere", fix)
     if not stat.S_ISDIR(st.st_mode):
@@ -84,10 +89,14 @@ def _check(path: Path, st: os.stat_result) -> None:
     if st.st_uid != os.geteuid():
         raise RuntimeDirError(str(path), f"is owned by uid {st.st_uid}, not by you (uid {os.geteuid()})", fix)
     if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        # Never "chmod it": it may be /tmp, or a directory others rely on being shared.
+        if st.st_mode & stat.S_ISVTX:  # sticky, as /tmp: nobody else can move a subdirectory of ours
+            fix = (
+                f"use a private subdirectory instead, such as {path / f'ipchannel-{os.geteuid()}'} "
+                "(ipchannel creates it with mode 0700), as runtime_dir= or IPCHANNEL_DIR"
+            )
         raise RuntimeDirError(
-            str(path),
-            f"is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})",
-            f"run 'chmod 700 {path}', or {fix}",
+            str(path), f"is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})", fix
         )
     if not os.access(path, os.W_OK | os.X_OK):
         raise RuntimeDirError(str(path), "is not writable by you", fix)

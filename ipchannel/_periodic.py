@@ -13,17 +13,17 @@ election comes after it).
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from typing import TYPE_CHECKING
 
-from . import _platform
+from . import _fork, _platform
 from ._channel import Channel
 from ._election import validate_timeout
+from ._requests import RequestChannel
 
 if TYPE_CHECKING:
     from collections.abc import Callable
-
-    from ._requests import RequestChannel
 
 __all__ = ["HostJob", "run_on_host"]
 
@@ -41,10 +41,15 @@ class HostJob:
         self, channel: Channel, func: Callable[[], object], every: float, stop_timeout: float
     ) -> None:
         self._channel, self._func, self._every, self._stop_timeout = channel, func, every, stop_timeout
+        self._stopped = False
+        self._reset_after_fork()
+        _fork.register(self)
+
+    def _reset_after_fork(self) -> None:
+        """Start with no job thread and no runs (also in a forked child: the parent's thread is not ours)."""
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stop_term = threading.Event()
-        self._stopped = False
         self.runs = 0  # in this process, over every term
 
     @property
@@ -52,6 +57,14 @@ class HostJob:
         """True while this process runs the job (it hosts)."""
         thread = self._thread
         return thread is not None and thread.is_alive()
+
+    def __repr__(self) -> str:
+        state = "stopped" if self._stopped else "running" if self.running else "waiting to host"
+        name = getattr(self._func, "__qualname__", repr(self._func))
+        return (
+            f"<HostJob {name} every {self._every:g} s on channel {self._channel.name!r}: {state}, "
+            f"{self.runs} runs in this process>"
+        )
 
     def _elected(self, generation: int) -> None:
         with self._lock:
@@ -116,11 +129,20 @@ def run_on_host(
 
     :raises ChannelTimeout: no host could be found or elected within ``join_timeout``.
     """
+    if not isinstance(channel, (Channel, RequestChannel)):
+        raise TypeError(
+            f"channel must be a Channel or a RequestChannel (a SharedDict's is .channel), "
+            f"not {type(channel).__name__}"
+        )
     if not callable(func):
         raise TypeError(f"func must be callable without arguments, not {type(func).__name__}")
-    if isinstance(every, bool) or not isinstance(every, (int, float)) or not every > 0:
-        raise ValueError(f"every must be a positive number of seconds, not {every!r}")
-    validate_timeout(stop_timeout)
+    if isinstance(every, bool) or not isinstance(every, (int, float)):
+        raise TypeError(f"every must be a number of seconds (int or float), not {type(every).__name__}")
+    if not every > 0 or math.isinf(every):
+        raise ValueError(f"every must be a positive, finite number of seconds, not {every!r}")
+    validate_timeout(join_timeout, "join_timeout")
+    if validate_timeout(stop_timeout, "stop_timeout") is None:
+        raise ValueError("stop_timeout must be a number of seconds, not None")
     base = channel if isinstance(channel, Channel) else channel.channel
     job = HostJob(base, func, float(every), stop_timeout)
     base.on_elected(job._elected)  # noqa: SLF001 - the job's own hooks

@@ -3,8 +3,10 @@
 Built on ``Channel``. Every message is one frame (``_framing``) whose payload
 starts with ``!BQ``: a kind byte and a 64-bit id, then the codec's bytes::
 
-    client -> host   REQUEST(id, message)  PUBLISH(id, message)  SUBSCRIBE(id, resume flag)
-    host -> client   REPLY(id, reply)  ERROR(id, json)  ACK(id)  MESSAGE(0, message)
+    client -> host   REQUEST(id, message)  PUBLISH(id, msgid + message)  SUBSCRIBE(id, resume flag)
+    host -> client   REPLY(id, reply)  ERROR(id, json)  ACK(id)  MESSAGE(0, msgid + message)
+
+``msgid`` is ``!QQ``: the publishing process's random id and its message number.
 
 Requests: each caller thread borrows a connection of its own (kept for reuse),
 so at most one request is in flight per connection and the host answers it in
@@ -15,6 +17,8 @@ again: at-least-once.
 Failover, subscriptions: the subscriber socket re-subscribes with the resume
 flag; the new host replays what was published to it so far in its term (up to
 ``_REPLAY_LIMIT`` messages), so nothing published in the failover window is lost.
+A publish whose host died before acknowledging is sent again; subscribers drop
+the copies by ``msgid``, so each message is delivered once.
 
 Threads: ``on_request`` runs in the host, in the handler thread of the
 caller's connection (``ipchannel-handler:NAME``); subscriber callbacks in
@@ -24,19 +28,16 @@ caller's connection (``ipchannel-handler:NAME``); subscriber callbacks in
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import math
 import os
 import select
 import struct
 import threading
-import traceback
-import weakref
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from . import _platform
+from . import _fork, _hooks, _platform
 from ._channel import Channel
 from ._client import ChannelSocket, reconnect_within
 from ._codecs import Codec, resolve_codec
@@ -60,6 +61,8 @@ _MAX_FRAME = 0xFFFFFFFF
 REQUEST, PUBLISH, SUBSCRIBE = 1, 2, 3
 REPLY, ERROR, ACK, MESSAGE = 11, 12, 13, 14
 _REPLAY_LIMIT = 1024
+_PUBLISH_ID = struct.Struct("!QQ")  # publisher, number: at the head of every PUBLISH and MESSAGE payload
+_DEDUP_WINDOW = 2 * _REPLAY_LIMIT  # ids a subscriber remembers; a resent copy comes within one failover
 _JOIN_TIMEOUT = 2.0
 
 
@@ -101,9 +104,15 @@ class _Host:
     """What the host process does for a RequestChannel: answer, fan out, replay. One term per instance."""
 
     def __init__(
-        self, name: str, on_request: Callable[[Any], Any] | None, codec: Codec, max_size: int
+        self,
+        name: str,
+        on_request: Callable[[Any], Any] | None,
+        codec: Codec,
+        max_size: int,
+        handing_over: Callable[[], bool],
     ) -> None:
         self._name, self._on_request, self._codec, self._max_size = name, on_request, codec, max_size
+        self._handing_over = handing_over
         self.reset()
 
     def reset(self) -> None:
@@ -126,13 +135,16 @@ class _Host:
                     return
                 if kind == REQUEST:
                     self._answer(peer, ident, payload)
-                elif kind == PUBLISH:
+                elif kind == PUBLISH and len(payload) >= _PUBLISH_ID.size:
                     self._publish(peer, ident, payload)
                 elif kind == SUBSCRIBE:
                     self._subscribe(peer, ident, resume=payload == b"\x01")
                 else:
                     _LOGGER.warning(
-                        "channel %r: closing a connection that sent frame kind %d", self._name, kind
+                        "channel %r: closing a connection that sent frame kind %d of %d bytes",
+                        self._name,
+                        kind,
+                        len(payload),
                     )
                     return
         finally:
@@ -140,30 +152,30 @@ class _Host:
                 self._subscribers.discard(peer)
 
     def _answer(self, peer: _Peer, ident: int, payload: bytes) -> None:
+        # A host giving hosting up answers nothing, not even the error its closing caused: the
+        # caller sees the connection end once the record is gone, and asks the next host.
+        if not self._handing_over():
+            frame = self._reply(ident, payload)
+            if not self._handing_over():
+                peer.send(frame)
+        if _hooks.pause is not None:
+            _hooks.pause("requests.answered", payload)
+
+    def _reply(self, ident: int, payload: bytes) -> bytes:
         try:
             if self._on_request is None:
                 raise LookupError("this RequestChannel was created without on_request")  # noqa: TRY301
             reply = self._on_request(self._codec.loads(payload))
-            frame = _frame(REPLY, ident, self._codec.dumps(reply))
+            return _frame(REPLY, ident, self._codec.dumps(reply))
         except Exception as exc:  # noqa: BLE001 - every failure travels back as RemoteError
-            kind = type(exc)
-            name = (
-                kind.__qualname__
-                if kind.__module__ == "builtins"
-                else f"{kind.__module__}.{kind.__qualname__}"
-            )
-            info = {
-                "type": name,
-                "message": str(exc),
-                "traceback": traceback.format_exc(),
-                "pid": os.getpid(),
-            }
-            frame = _frame(ERROR, ident, json.dumps(info).encode())
-        peer.send(frame)
+            return _frame(ERROR, ident, RemoteError.encode(exc))
 
     def _publish(self, peer: _Peer, ident: int, payload: bytes) -> None:
         self.fan_out(payload)
-        peer.send(_frame(ACK, ident))
+        if _hooks.pause is not None:
+            _hooks.pause("requests.fanned_out", payload)
+        if not self._handing_over():  # else resent to the next host, and subscribers drop the copy
+            peer.send(_frame(ACK, ident))
 
     def fan_out(self, payload: bytes) -> None:
         """Send a published message to every subscriber (and keep it for resuming ones)."""
@@ -295,7 +307,13 @@ class _Requester:
 
 
 class _Subscriber:
-    """The subscriber connection of this process and the thread that runs the callbacks."""
+    """The subscriber connection of this process and the thread that runs the callbacks.
+
+    Every published message carries its publisher's id and number (``_PUBLISH_ID``);
+    the last ``_DEDUP_WINDOW`` ids seen are remembered, so a message resent after
+    a failover (the old host fanned it out, then died before acknowledging) or
+    replayed to a resuming subscriber is delivered once.
+    """
 
     def __init__(self, channel: Channel, codec: Codec, max_size: int) -> None:
         self._channel, self._codec, self._max_size = channel, codec, max_size
@@ -303,10 +321,12 @@ class _Subscriber:
         self.reset()
 
     def reset(self) -> None:
-        """Start afresh; callbacks are kept (a forked child subscribes again on next use)."""
+        """Start afresh; callbacks are kept (a forked child subscribes again, see ``resume_after_fork``)."""
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self.generation: int | None = None  # of the host our subscription is attached to
+        self._seen: set[bytes] = set()
+        self._seen_order: deque[bytes] = deque()
 
     @property
     def active(self) -> bool:
@@ -328,12 +348,30 @@ class _Subscriber:
             if self._callbacks and (self._thread is None or not self._thread.is_alive()):
                 self._start(deadline, resume=self._thread is not None)
 
+    def resume_after_fork(self) -> None:
+        """In a forked child with callbacks: subscribe again in the background, now, not at first use.
+
+        A gunicorn ``--preload`` worker that only listens must get messages too.
+        """
+        if self._callbacks:
+            threading.Thread(
+                target=self._resume, name=f"ipchannel-subscriber:{self._channel.name}", daemon=True
+            ).start()
+
+    def _resume(self) -> None:
+        _platform.leave_signals_to_the_application()
+        try:
+            self.ensure_running(Deadline(None))  # as long as it takes for a host; close() interrupts
+        except ChannelClosed:
+            pass
+        except Exception:
+            _LOGGER.exception("channel %r: cannot subscribe again after fork", self._channel.name)
+
     def _start(self, deadline: Deadline, *, resume: bool = False) -> None:
         sock = self._channel.connect(timeout=deadline.remaining())
         reader = FrameReader(sock, self._max_size)
         try:
-            with reconnect_within(deadline.remaining()):
-                self._subscribe(sock, reader, resume=resume)
+            self._subscribe_within(sock, reader, deadline, resume=resume)
         except BaseException:
             sock.close()
             raise
@@ -345,10 +383,46 @@ class _Subscriber:
         )
         self._thread.start()
 
+    def _subscribe_within(
+        self, sock: ChannelSocket, reader: FrameReader, deadline: Deadline, *, resume: bool
+    ) -> None:
+        """Subscribe before the deadline, through the next host if this one dies before acknowledging."""
+        try:
+            while True:
+                remaining = deadline.remaining()
+                if remaining <= 0:
+                    raise TimeoutError  # noqa: TRY301 - turned into ChannelTimeout below, with the others
+                sock.settimeout(None if math.isinf(remaining) else remaining)
+                try:
+                    with reconnect_within(None if math.isinf(remaining) else remaining):
+                        self._subscribe(sock, reader, resume=resume)
+                    break
+                except HostChanged:
+                    _LOGGER.debug(
+                        "channel %r: the host changed before acknowledging; subscribing again",
+                        self._channel.name,
+                    )
+        except TimeoutError as exc:
+            if isinstance(exc, ChannelError):
+                raise
+            raise ChannelTimeout(
+                self._channel.name,
+                str(self._channel.runtime_dir),
+                deadline.elapsed(),
+                self._channel.host_pid,
+                "the host did not acknowledge the subscription",
+            ) from None
+        sock.settimeout(None)
+
     def _subscribe(self, sock: ChannelSocket, reader: FrameReader, *, resume: bool) -> None:
         """Send SUBSCRIBE and wait for its ACK; messages arriving before it are delivered."""
         reader.clear()  # after a host change: a partial frame from the old host is worthless
         sock.sendall(_frame(SUBSCRIBE, 1, b"\x01" if resume else b"\x00"))
+        _LOGGER.debug(
+            "channel %r: subscription sent to host pid %s; waiting for its acknowledgement",
+            self._channel.name,
+            self._channel.host_pid,
+        )
         while True:
             kind, _ident, payload = _parse(reader.read())
             if kind == ACK:
@@ -400,8 +474,14 @@ class _Subscriber:
             return
 
     def _deliver(self, payload: bytes) -> None:
+        if len(payload) < _PUBLISH_ID.size:
+            _LOGGER.warning("channel %r: dropping a published message without an id", self._channel.name)
+            return
+        ident = payload[: _PUBLISH_ID.size]
+        if self._already_seen(ident):
+            return
         try:
-            message = self._codec.loads(payload)
+            message = self._codec.loads(payload[_PUBLISH_ID.size :])
         except Exception:
             _LOGGER.exception("channel %r: cannot decode a published message", self._channel.name)
             return
@@ -411,14 +491,22 @@ class _Subscriber:
             except Exception:
                 _LOGGER.exception("channel %r: subscriber callback %r raised", self._channel.name, callback)
 
+    def _already_seen(self, ident: bytes) -> bool:
+        """Remember ``ident``; True if it is among the last ``_DEDUP_WINDOW`` (one thread at a time)."""
+        seen = self._seen
+        if ident in seen:
+            return True
+        seen.add(ident)
+        order = self._seen_order
+        order.append(ident)
+        if len(order) > _DEDUP_WINDOW:
+            seen.discard(order.popleft())
+        return False
+
     def join(self) -> None:
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(_JOIN_TIMEOUT)
-
-
-#: Every RequestChannel of this process, so a forked child can reset them.
-_REQUEST_CHANNELS: weakref.WeakSet[RequestChannel] = weakref.WeakSet()
 
 
 class RequestChannel:
@@ -443,6 +531,9 @@ class RequestChannel:
     :param may_host: as for ``Channel`` (settable later on ``.channel.may_host``).
     """
 
+    #: What errors call this object (a SharedDict names itself there).
+    _kind = "RequestChannel"
+
     def __init__(  # noqa: PLR0913 - keyword-only options, as Channel has
         self,
         name: str,
@@ -456,20 +547,26 @@ class RequestChannel:
     ) -> None:
         if on_request is not None and not callable(on_request):
             raise TypeError(f"on_request must be a callable taking the message, or None; not {on_request!r}")
-        if (
-            isinstance(max_message_size, bool)
-            or not isinstance(max_message_size, int)
-            or max_message_size < 1
-        ):
+        if isinstance(max_message_size, bool) or not isinstance(max_message_size, int):
+            raise TypeError(f"max_message_size must be an int (bytes), not {type(max_message_size).__name__}")
+        if max_message_size < 1:
             raise ValueError(f"max_message_size must be a positive number of bytes, not {max_message_size!r}")
         self._codec = resolve_codec(codec)
-        self._host = _Host(name, on_request, self._codec, max_message_size)
+        self._host = _Host(
+            name,
+            on_request,
+            self._codec,
+            max_message_size,
+            lambda: self._channel._handing_over,  # noqa: SLF001 - the host side of this channel
+        )
         self._channel = Channel(
             name, self._host.handle, runtime_dir=runtime_dir, authkey=authkey, may_host=may_host
         )
         self._requester = _Requester(self._channel, max_message_size)
         self._subscriber = _Subscriber(self._channel, self._codec, max_message_size)
-        _REQUEST_CHANNELS.add(self)
+        self._publisher = _new_publisher_id()
+        self._publish_numbers = itertools.count(1)
+        _fork.register(self)
 
     @property
     def name(self) -> str:
@@ -512,25 +609,32 @@ class RequestChannel:
         :raises RemoteError: ``on_request`` raised in the host.
         :raises ChannelTimeout: no reply within ``timeout`` seconds.
         :raises ChannelClosed: the channel was closed.
+        :raises TypeError: the codec cannot encode ``message``.
         """
-        kind, payload = self._call(REQUEST, message, timeout)
+        deadline = Deadline(validate_timeout(timeout))
+        kind, payload = self._call(REQUEST, self._encode(message), deadline)
         if kind == ERROR:
-            info = json.loads(payload)
-            raise RemoteError(self.name, info["type"], info["message"], info["traceback"], info.get("pid"))
+            raise RemoteError.from_json(self.name, payload)
         return self._codec.loads(payload)
 
     def publish(self, message: Any, timeout: float | None = 5.0) -> None:
         """Deliver ``message`` to every subscriber (this process's too); return once the host sent it out.
 
+        Delivered once, also when the host dies while it is sent: a message resent to
+        the new host carries the same id, and subscribers drop the copy.
+
         :raises ChannelTimeout: no host took it within ``timeout`` seconds.
+        :raises TypeError: the codec cannot encode ``message``.
         """
+        deadline = Deadline(validate_timeout(timeout))
+        payload = _PUBLISH_ID.pack(self._publisher, next(self._publish_numbers)) + self._encode(message)
         if self._channel.is_host:  # the host fans out itself: no round trip through its own socket
             self._check_open()
-            self._host.fan_out(self._codec.dumps(message))
+            self._host.fan_out(payload)
             if self._channel.is_host:
                 return
             # stopped hosting meanwhile: the message may not have reached everyone; send it to the new host
-        self._call(PUBLISH, message, timeout)
+        self._call(PUBLISH, payload, deadline)
 
     @property
     def subscribed_generation(self) -> int | None:
@@ -550,8 +654,12 @@ class RequestChannel:
         """
         if not callable(callback):
             raise TypeError(f"callback must be callable, not {type(callback).__name__}")
+        deadline = Deadline(validate_timeout(timeout))
         self._check_open()
-        self._subscriber.add(callback, Deadline(validate_timeout(timeout)))
+        try:
+            self._subscriber.add(callback, deadline)
+        except ChannelClosed:
+            raise ChannelClosed(self.name, self._kind) from None
 
     def close(self) -> None:
         """Close the channel (handing hosting over) and stop this process's threads. Idempotent."""
@@ -572,18 +680,35 @@ class RequestChannel:
 
     def _check_open(self) -> None:
         if self._channel.closed:
-            raise ChannelClosed(self.name)
+            raise ChannelClosed(self.name, self._kind)
 
-    def _call(self, kind: int, message: Any, timeout: float | None) -> tuple[int, bytes]:
-        deadline = Deadline(validate_timeout(timeout))
-        self._check_open()
-        payload = self._codec.dumps(message)
-        if self._subscriber.active:
-            self._subscriber.ensure_running(deadline)  # after fork: subscribe again in this process
+    def _encode(self, message: Any) -> bytes:
+        """Encode with the codec; a message it cannot carry is a TypeError that says what to do."""
         try:
+            return self._codec.dumps(message)
+        except (TypeError, ValueError) as exc:
+            codec = getattr(self._codec, "name", type(self._codec).__name__)
+            hint = (
+                "send only JSON types (dict with str keys, list, str, int, float, bool, None), convert "
+                f"the value first, or create the {self._kind} with codec='pickle'"
+                if codec == "json"
+                else "convert the value to something the codec accepts"
+            )
+            raise TypeError(
+                f"{self._kind} {self.name!r}: the {codec!r} codec cannot encode a {type(message).__name__}"
+                f" message ({exc}); {hint}"
+            ) from exc
+
+    def _call(self, kind: int, payload: bytes, deadline: Deadline) -> tuple[int, bytes]:
+        self._check_open()
+        try:
+            if self._subscriber.active:
+                self._subscriber.ensure_running(deadline)  # after fork: subscribe again in this process
             answer = self._requester.call(kind, payload, deadline)
         except ChannelTimeout as exc:
             raise self._timeout(deadline, exc.last_host_pid) from None
+        except ChannelClosed:
+            raise ChannelClosed(self.name, self._kind) from None
         if answer is None:
             raise self._timeout(deadline, self._channel.host_pid)
         return answer
@@ -594,14 +719,16 @@ class RequestChannel:
         )
 
     def _reset_after_fork(self) -> None:
+        """In a forked child: fresh publisher id and connections; subscriptions resume in the background."""
+        self._publisher = _new_publisher_id()
+        self._publish_numbers = itertools.count(1)
         self._host.reset()
         self._requester.reset()
         self._subscriber.reset()
+        if not self._channel.closed:
+            self._subscriber.resume_after_fork()
 
 
-def _reset_request_channels_after_fork() -> None:
-    for channel in list(_REQUEST_CHANNELS):
-        channel._reset_after_fork()  # noqa: SLF001
-
-
-os.register_at_fork(after_in_child=_reset_request_channels_after_fork)
+def _new_publisher_id() -> int:
+    """Return a random 64-bit id for this process's published messages (fresh in every forked child)."""
+    return int.from_bytes(os.urandom(8), "big")

@@ -41,8 +41,10 @@ import time
 from collections.abc import Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any
 
-from ._election import Deadline
-from ._errors import ChannelError, ChannelTimeout
+from . import _fork, _hooks, _platform
+from ._codecs import is_builtin, resolve_codec
+from ._election import Deadline, validate_timeout
+from ._errors import ChannelClosed, ChannelError, ChannelTimeout
 from ._hostrecord import read_record
 from ._requests import RequestChannel
 
@@ -84,17 +86,46 @@ class SharedDict(MutableMapping[Any, Any]):
         codec: str | Codec = "json",
         runtime_dir: str | os.PathLike[str] | None = None,
         authkey: bytes | None = None,
-        timeout: float = 5.0,
+        timeout: float | None = 5.0,
     ) -> None:
-        self._timeout = timeout
+        self._timeout = validate_timeout(timeout)
+        self._codec = resolve_codec(codec)
+        self._local_apply = is_builtin(self._codec)  # a write applies itself: only if it comes back equal
+        self._new_identity()
+        self._reset_state()
+        # Out of elections until the replica holds the state: a newcomer elected with an empty
+        # replica while others hold the data would make everyone resync to nothing.
+        self._channel = RequestChannel(
+            name,
+            self._on_request,
+            codec=self._codec,
+            runtime_dir=runtime_dir,
+            authkey=authkey,
+            may_host=False,
+        )
+        self._channel._kind = "SharedDict"  # noqa: SLF001 - errors name the class the user holds
+        try:
+            self._join(name)
+            self._resync()
+        except BaseException:
+            self._channel.close()
+            raise
+        self._channel.channel.may_host = True
+        _fork.register(self)
+
+    def _new_identity(self) -> None:
+        """Who this process's writes come from: fresh per process, so a forked child is not its parent."""
         self._client = f"{os.getpid()}-{id(self):x}-{time.monotonic_ns():x}"
         self._numbers = itertools.count(1)
+
+    def _reset_state(self) -> None:
+        """Make the replica and the host's side empty, with new locks (none may be held by a lost thread)."""
         # the replica
         self._cond = threading.Condition()
         self._data: dict[Any, Any] = {}
         self._gen = self._seq = 0
         self._applied: dict[str, list[Any]] = {}  # client -> [number, result, seq] of its last write
-        self._synced = False
+        self._synced = self._closed = False
         self._pending: list[dict[str, Any]] = []
         self._resync_lock = threading.Lock()
         # the host's side (used only while this process hosts)
@@ -104,18 +135,6 @@ class SharedDict(MutableMapping[Any, Any]):
         self._store: dict[Any, Any] = {}
         self._store_applied: dict[str, list[Any]] = {}
         self._store_seq = self._published = 0
-        # Out of elections until the replica holds the state: a newcomer elected with an empty
-        # replica while others hold the data would make everyone resync to nothing.
-        self._channel = RequestChannel(
-            name, self._on_request, codec=codec, runtime_dir=runtime_dir, authkey=authkey, may_host=False
-        )
-        try:
-            self._join(name)
-            self._resync()
-        except BaseException:
-            self._channel.close()
-            raise
-        self._channel.channel.may_host = True
 
     def _join(self, name: str) -> None:
         """Subscribe to the live host; if there is none and none comes, we are alone: host ourselves."""
@@ -123,6 +142,7 @@ class SharedDict(MutableMapping[Any, Any]):
         # A dead host's record: survivors, if any, elect one of themselves within a tick or two.
         # A live host's: connecting to it is immediate.
         record = read_record(self._channel.channel.runtime_dir / f"{name}.host")
+        wait: float | None
         if record is None:
             wait = _ALONE_GRACE
         else:
@@ -137,7 +157,8 @@ class SharedDict(MutableMapping[Any, Any]):
     # -- reads: the local replica ----------------------------------------------------------
 
     # Lock-free: the replica is a plain dict, replaced whole on a resync and changed in place by one
-    # thread, and a single dict operation is atomic under the GIL.
+    # thread, and a single dict operation is atomic under the GIL. Once closed, it is a _ClosedReplica,
+    # which raises ChannelClosed: reads need no check of their own.
 
     def __getitem__(self, key: Any) -> Any:
         return self._data[key]
@@ -158,7 +179,7 @@ class SharedDict(MutableMapping[Any, Any]):
     def copy(self) -> dict[Any, Any]:
         """Return a plain dict copy of the local replica."""
         with self._cond:
-            return dict(self._data)
+            return self._data.copy()
 
     @property
     def position(self) -> tuple[int, int]:
@@ -169,28 +190,30 @@ class SharedDict(MutableMapping[Any, Any]):
     # -- writes: through the host ---------------------------------------------------------------
 
     def __setitem__(self, key: Any, value: Any) -> None:
-        self._write(["set", key, value])
+        self._write(["set", self._key(key), self._value(value)])
 
     def __delitem__(self, key: Any) -> None:
-        if not self._write(["del", key]):
+        if not self._write(["del", self._key(key)]):
             raise KeyError(key)
 
     def update(self, other: Any = (), /, **kwargs: Any) -> None:
         """Set many keys in one change (one write, one sequence number)."""
         items = list(other.items() if hasattr(other, "items") else other) + list(kwargs.items())
-        self._write(["update", [list(item) for item in items]])
+        self._write(["update", [[self._key(key), self._value(value)] for key, value in items]])
 
     def incr(self, key: Any, amount: float = 1) -> Any:
         """Add ``amount`` to ``key`` (missing counts as 0) atomically across processes; return the result."""
-        return self._write(["incr", key, amount])
+        if isinstance(amount, bool) or not isinstance(amount, (int, float)):
+            raise TypeError(f"amount must be an int or a float, not {type(amount).__name__}")
+        return self._write(["incr", self._key(key), amount])
 
     def setdefault(self, key: Any, default: Any = None) -> Any:
         """Set ``key`` to ``default`` unless present, atomically; return its value."""
-        return self._write(["setdefault", key, default])
+        return self._write(["setdefault", self._key(key), self._value(default)])
 
     def pop(self, key: Any, default: Any = _MISSING) -> Any:
         """Remove ``key`` and return its value (or ``default``; KeyError without one)."""
-        found, value = self._write(["pop", key])
+        found, value = self._write(["pop", self._key(key)])
         if found:
             return value
         if default is _MISSING:
@@ -201,17 +224,49 @@ class SharedDict(MutableMapping[Any, Any]):
         """Remove every key, in one change."""
         self._write(["clear"])
 
+    def _key(self, key: Any) -> Any:
+        """Refuse, here and not in the host, a key the codec would not bring back as an equal key."""
+        check = getattr(self._codec, "check_key", None)
+        if check is not None:
+            check(key)
+        return key
+
+    def _value(self, value: Any) -> Any:
+        """Refuse a value the codec would hand the other processes changed."""
+        check = getattr(self._codec, "check_value", None)
+        if check is not None:
+            check(value)
+        return value
+
     def _write(self, op: list[Any]) -> Any:
         # one write in flight per thread, so (process, thread) is what the host deduplicates by
         client = f"{self._client}-{threading.get_ident():x}"
-        message = {"op": op, "c": client, "n": next(self._numbers)}
-        answer = self._channel.request(message, timeout=self._timeout)
+        number = next(self._numbers)
+        answer = self._channel.request({"op": op, "c": client, "n": number}, timeout=self._timeout)
+        if answer.get("dup"):  # applied before a failover, and answered now: make sure we have it
+            self._wait_applied(client, number)
+            return answer["r"]
         with self._cond:  # usually our replica is just one change behind: apply it here, now
-            change = {"g": answer["g"], "s": answer["s"], "op": op, "c": client, "n": message["n"]}
-            if self._synced and (answer["g"], answer["s"]) == (self._gen, self._seq + 1):
+            change = {"g": answer["g"], "s": answer["s"], "op": op, "c": client, "n": number}
+            if (
+                self._local_apply
+                and self._synced
+                and (answer["g"], answer["s"]) == (self._gen, self._seq + 1)
+            ):
                 self._apply_in_order({**change, "r": answer["r"]})
         self._wait_for((answer["g"], answer["s"]))  # else the stream brings it, and earlier ones
         return answer["r"]
+
+    def _wait_applied(self, client: str, number: int) -> None:
+        """Return once the local replica holds write ``number`` of ``client`` (from the stream or a snapshot).
+
+        The host recognised it as applied in an earlier term: every replica that
+        followed that term has it, and a snapshot of the current host has it too.
+        """
+        with self._cond:
+            if self._applied.get(client, (0,))[0] >= number:
+                return
+        self._resync()
 
     def _wait_for(self, position: tuple[int, int]) -> None:
         """Return once the local replica has applied the change at ``position`` (read your writes)."""
@@ -232,6 +287,8 @@ class SharedDict(MutableMapping[Any, Any]):
     def _on_change(self, change: dict[str, Any]) -> None:
         """Apply one published change (runs on ``ipchannel-subscriber:NAME``)."""
         with self._cond:
+            if self._closed:
+                return
             if self._synced and self._apply_in_order(change):
                 return
             self._pending.append(change)  # applied after the snapshot, if it is newer than that
@@ -259,6 +316,8 @@ class SharedDict(MutableMapping[Any, Any]):
                     self._synced = False
                 snapshot = self._channel.request({"op": "snapshot"}, timeout=self._timeout)
                 with self._cond:
+                    if self._closed:
+                        raise ChannelClosed(self._channel.name, "SharedDict")
                     self._data = dict(snapshot["items"])
                     self._applied = snapshot["applied"]
                     self._gen, self._seq = snapshot["g"], snapshot["s"]
@@ -285,7 +344,7 @@ class SharedDict(MutableMapping[Any, Any]):
             client, number = message["c"], message["n"]
             last = self._store_applied.get(client)
             if last is not None and last[0] == number:  # sent again after a failover: already applied
-                return {"r": last[1], "g": self._term, "s": last[2]}
+                return {"r": last[1], "dup": True}  # at a position of an earlier term: see _wait_applied
             result = _apply(self._store, message["op"])
             self._store_seq += 1
             seq = self._store_seq
@@ -300,11 +359,15 @@ class SharedDict(MutableMapping[Any, Any]):
             with self._order:
                 self._published = max(self._published, seq)
                 self._order.notify_all()
+        if _hooks.pause is not None:
+            _hooks.pause("shareddict.published", change)
         return {"r": result, "g": change["g"], "s": seq}
 
     def _start_term(self) -> None:
         """On the first request of a new term: start from the replica, once it has caught up."""
-        generation = self._channel.channel.generation or 0
+        generation = self._channel.channel.generation
+        if generation is None:  # stopped hosting while this request was on its way: answered by nobody
+            raise ChannelClosed(self._channel.name, "SharedDict")
         if self._term == generation:
             return
         deadline = time.monotonic() + _TERM_WAIT
@@ -333,8 +396,11 @@ class SharedDict(MutableMapping[Any, Any]):
         return self._channel
 
     def close(self) -> None:
-        """Stop sharing (hand hosting over if this process hosts). The local copy stays readable."""
-        self._channel.close()
+        """Stop sharing, handing hosting over; from then on reads and writes raise ChannelClosed."""
+        self._channel.close()  # first: while it hands over, the host's side still reads the replica
+        with self._cond:
+            self._closed = True
+            self._data = _ClosedReplica(self._channel.name)
 
     def __enter__(self) -> SharedDict:
         return self
@@ -344,7 +410,50 @@ class SharedDict(MutableMapping[Any, Any]):
 
     def __repr__(self) -> str:
         with self._cond:
-            return f"<SharedDict {self._channel.name!r} {len(self._data)} keys at {self._gen}:{self._seq}>"
+            keys = "closed" if self._closed else f"{len(self._data)} keys"
+            return f"<SharedDict {self._channel.name!r} {keys} at {self._gen}:{self._seq}>"
+
+    def _reset_after_fork(self) -> None:
+        """In a forked child: a writer of its own, fresh locks, and a replica that syncs again.
+
+        Until the background resync is done, reads see the replica as it was at fork time.
+        """
+        data, position, closed = self._data, (self._gen, self._seq), self._closed
+        self._new_identity()
+        self._reset_state()
+        self._data, (self._gen, self._seq) = data, position
+        self._closed = closed
+        if not closed:
+            threading.Thread(
+                target=self._resync_after_fork, name=f"ipchannel-resync:{self._channel.name}", daemon=True
+            ).start()
+
+    def _resync_after_fork(self) -> None:
+        _platform.leave_signals_to_the_application()
+        while not self._closed:
+            try:
+                self._resync()
+            except ChannelClosed:
+                return
+            except ChannelTimeout:
+                continue  # no host yet: keep waiting, one timeout at a time
+            except Exception:
+                _LOGGER.exception("shared dict %r: cannot sync after fork", self._channel.name)
+                return
+            return
+
+
+class _ClosedReplica(dict[Any, Any]):
+    """What a closed SharedDict reads from: every access raises ChannelClosed."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self._name = name
+
+    def _closed(self, *_args: object) -> Any:
+        raise ChannelClosed(self._name, "SharedDict")
+
+    __getitem__ = __contains__ = __len__ = __iter__ = get = copy = _closed
 
 
 def _pop(data: dict[Any, Any], key: Any) -> list[Any]:

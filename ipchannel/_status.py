@@ -21,7 +21,7 @@ from ._paths import ChannelPaths, validate_name
 
 __all__ = ["ChannelStatus", "channel_status", "list_channels"]
 
-State = Literal["live", "stale", "no host"]
+State = Literal["live", "stale", "no host", "unknown"]
 
 
 @dataclass(frozen=True)
@@ -29,14 +29,21 @@ class ChannelStatus:
     """One channel as the files and the process table show it."""
 
     name: str
-    state: State  # live: recorded host alive and socket present; stale: a record nobody serves
+    # live: recorded host alive and socket present; stale: a record nobody serves; no host: the
+    # channel exists (its lock file) but nobody hosts it now; unknown: no file of it at all
+    state: State
     problem: str  # why it is stale, or "" when it is not
     host_pid: int | None
     host_command: str | None
     generation: int | None
-    uptime: float | None  # seconds since the host was elected
+    elected: float | None  # seconds since the recorded host was elected (alive or not)
     socket: str | None
     host_alive: bool | None  # None: no record
+
+    @property
+    def uptime(self) -> float | None:
+        """Seconds the recorded host has been up: None unless it is alive."""
+        return self.elected if self.host_alive else None
 
     def to_json(self) -> dict[str, Any]:
         """Return the fields as a JSON-ready dict."""
@@ -48,6 +55,7 @@ class ChannelStatus:
             "host_command": self.host_command,
             "generation": self.generation,
             "uptime_seconds": None if self.uptime is None else round(self.uptime, 3),
+            "elected_seconds_ago": None if self.elected is None else round(self.elected, 3),
             "socket": self.socket,
             "host_alive": self.host_alive,
         }
@@ -70,8 +78,9 @@ def channel_status(name: str, directory: Path) -> ChannelStatus:
     paths = ChannelPaths.for_channel(name, directory)
     record = read_record(paths.record)
     if record is None:
-        problem = "unreadable host record" if paths.record.exists() else ""
-        return ChannelStatus(name, "stale" if problem else "no host", problem, *(None,) * 6)
+        if paths.record.exists():
+            return ChannelStatus(name, "stale", "unreadable host record", *(None,) * 6)
+        return ChannelStatus(name, "no host" if paths.lock.exists() else "unknown", "", *(None,) * 6)
     alive = record.liveness() != "dead"
     command = _command_line(record.pid) if alive else None
     problems = []
@@ -86,7 +95,7 @@ def channel_status(name: str, directory: Path) -> ChannelStatus:
         host_pid=record.pid,
         host_command=command,
         generation=record.generation,
-        uptime=max(0.0, time.time() - record.started),
+        elected=max(0.0, time.time() - record.started),
         socket=record.sock,
         host_alive=alive,
     )

@@ -9,7 +9,11 @@ client can tell which process served it.
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
+import multiprocessing
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -21,6 +25,7 @@ import ipchannel
 
 if TYPE_CHECKING:
     import socket
+    from collections.abc import Callable
     from multiprocessing.connection import Connection
 
 
@@ -151,6 +156,10 @@ def _serve_commands(conn: Connection, peer: _Commandable) -> None:
             conn.send({"exited": True})
             break
         try:
+            if cmd in _HOOK_COMMANDS:
+                _HOOK_COMMANDS[cmd](**args)
+                conn.send({"ok": True})
+                continue
             conn.send({"ok": True, **peer.do(cmd, args)})
         except Exception as exc:  # noqa: BLE001 - reported to the test, which asserts on it
             conn.send({"ok": False, "error": type(exc).__name__, "message": str(exc)})
@@ -233,6 +242,42 @@ _BARRIER = threading.Barrier(8)
 
 def _runtime_dir() -> str:
     return os.environ["IPCHANNEL_DIR"]
+
+
+def log_to(path: str) -> None:
+    """Append this process's ipchannel log, DEBUG and up, to ``path`` (the test reads it to time a kill)."""
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(threadName)s %(message)s"))
+    logger = logging.getLogger("ipchannel")
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+
+
+_PAUSES: list[tuple[str, str, str, str | None]] = []  # (point, marker, flag, release) installed so far
+
+
+def pause_at(point: str, marker: str, flag: str, release: str | None = None) -> None:
+    """Install a test hook: at ``point``, for a detail that mentions ``marker``, touch ``flag`` and hang.
+
+    It hangs until the file ``release`` exists (at most 60 s; "" does not hang), or, without one,
+    for 60 s: the host is SIGKILLed while it hangs there. The race window, held open on purpose.
+    """
+    from ipchannel import _hooks  # noqa: PLC0415 - the library's test hook
+
+    def pause(where: str, detail: object) -> None:
+        text = detail.decode(errors="replace") if isinstance(detail, bytes) else json.dumps(detail)
+        for at, mark, touch, until in _PAUSES:
+            if where == at and mark in text:
+                open(touch, "w").close()
+                if until != "":
+                    _wait_for(lambda u=until: u is not None and os.path.exists(u), timeout=60)
+
+    _PAUSES.append((point, marker, flag, release))
+    _hooks.pause = pause
+
+
+#: Commands every RequestChannel and SharedDict peer obeys, to widen a race window or watch its log.
+_HOOK_COMMANDS: dict[str, Callable[..., None]] = {"log_to": log_to, "pause_at": pause_at}
 
 
 def on_request(message: Any) -> Any:
@@ -342,16 +387,46 @@ def request_peer_main(
     _serve_commands(conn, _RequestPeer(name, runtime_dir, codec, authkey))
 
 
+def _wait_for(predicate: Any, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+def _request_fork_child(channel: ipchannel.RequestChannel, got: list[Any], ready: int) -> dict[str, Any]:
+    """In the forked child: the subscription comes back by itself; then request and publish."""
+    resumed = _wait_for(lambda: channel.subscribed_generation is not None)  # no call of ours needed
+    os.write(ready, b"s")
+    heard_parent = _wait_for(lambda: "parent after fork" in got)
+    reply = channel.request({"child": os.getpid()}, timeout=5)
+    channel.publish("from child", timeout=5)  # numbered like the parent's next one, from another id
+    _wait_for(lambda: "from child" in got)
+    return {
+        "event": "child",
+        "pid": os.getpid(),
+        "reply": reply,
+        "is_host": channel.is_host,
+        "got": got,
+        "resumed": resumed,
+        "heard_parent": heard_parent,
+    }
+
+
 def request_fork_main(conn: Connection, name: str, runtime_dir: str) -> None:
     """Host a RequestChannel, fork while another thread waits inside a request, report both sides.
 
     At fork time the waiting thread holds the request connection's read lock; the child must not
-    inherit it held, must subscribe afresh, and must not write into the parent's connections.
+    inherit it held, must subscribe afresh (by itself), must publish as a publisher of its own, and
+    must not write into the parent's connections.
     """
     channel = ipchannel.RequestChannel(name, on_request, runtime_dir=runtime_dir)
     channel.request("parent first")
     got: list[Any] = []
     channel.subscribe(got.append)
+    channel.publish("parent before fork")
     hold = os.path.join(runtime_dir, f"hold-{os.getpid()}")
     open(hold, "w").close()
     held: list[Any] = []
@@ -360,29 +435,25 @@ def request_fork_main(conn: Connection, name: str, runtime_dir: str) -> None:
     entered = os.path.join(runtime_dir, f"entered-{os.getpid()}")
     while not os.path.exists(entered):
         time.sleep(0.005)
+    ready_r, ready_w = os.pipe()
     pid = os.fork()
     if pid == 0:
         code = 0
         try:
-            reply = channel.request({"child": os.getpid()}, timeout=5)
-            channel.publish("from child", timeout=5)
-            deadline = time.monotonic() + 5
-            while "from child" not in got and time.monotonic() < deadline:
-                time.sleep(0.005)
-            conn.send(
-                {"event": "child", "pid": os.getpid(), "reply": reply, "is_host": channel.is_host, "got": got}
-            )
+            conn.send(_request_fork_child(channel, got, ready_w))
         except BaseException as exc:  # noqa: BLE001 - reported, then the child dies hard
             conn.send({"event": "error", "error": repr(exc)})
             code = 1
         finally:
             os._exit(code)
+    os.close(ready_w)
+    select.select([ready_r], [], [], 10)  # the child is subscribed: what we publish now reaches it
+    os.close(ready_r)
+    channel.publish("parent after fork")
     _, status = os.waitpid(pid, 0)
     os.unlink(hold)
     waiter.join(20)
-    deadline = time.monotonic() + 5
-    while "from child" not in got and time.monotonic() < deadline:
-        time.sleep(0.005)
+    _wait_for(lambda: "from child" in got)
     after = channel.request("parent after", timeout=5)
     conn.send(
         {
@@ -400,7 +471,9 @@ def request_fork_main(conn: Connection, name: str, runtime_dir: str) -> None:
 class _DictPeer:
     """A process with a SharedDict; "count" runs incr in a background thread until "stop_count"."""
 
-    def __init__(self, name: str, runtime_dir: str) -> None:
+    def __init__(self, name: str, runtime_dir: str, log: str | None = None) -> None:
+        if log is not None:
+            log_to(log)
         self.dict = ipchannel.SharedDict(name, runtime_dir=runtime_dir, timeout=10)
         self.channel = self.dict.channel
         self._stop = threading.Event()
@@ -413,6 +486,9 @@ class _DictPeer:
         d = self.dict
         if cmd == "info":
             return {"pid": os.getpid(), "is_host": self.channel.is_host, "position": d.position}
+        if cmd == "close":
+            d.close()
+            return {}
         if cmd == "incr":
             results = [d.incr(args["key"]) for _ in range(args["times"])]
             return {"results": results, "seen": d[args["key"]]}
@@ -452,6 +528,80 @@ class _DictPeer:
                 self._returned += 1
 
 
-def dict_peer_main(conn: Connection, name: str, runtime_dir: str) -> None:
+def dict_peer_main(conn: Connection, name: str, runtime_dir: str, log: str | None = None) -> None:
     """Entry point of a peer process owning a SharedDict."""
-    _serve_commands(conn, _DictPeer(name, runtime_dir))
+    _serve_commands(conn, _DictPeer(name, runtime_dir, log))
+
+
+def _incr_in_child(d: ipchannel.SharedDict, times: int, out: str) -> None:
+    """Body of a forked child: ``times`` increments of "x", the values returned written to ``out``."""
+    code = 0
+    try:
+        result: dict[str, Any] = {"values": [d.incr("x") for _ in range(times)]}
+    except BaseException as exc:  # noqa: BLE001 - reported, then the child dies hard
+        result, code = {"error": repr(exc)}, 1
+    with open(out, "w") as f:
+        json.dump(result, f)
+    os._exit(code)
+
+
+def dict_fork_main(  # noqa: PLR0917 - a spawn target takes positional arguments
+    conn: Connection, name: str, runtime_dir: str, children: int, times: int, write_first: bool
+) -> None:
+    """Open a SharedDict (it hosts), maybe write, fork children that increment; report every value."""
+    d = ipchannel.SharedDict(name, runtime_dir=runtime_dir, timeout=10)
+    if write_first:
+        d["x"] = 0
+    pids = []
+    for i in range(children):
+        pid = os.fork()
+        if pid == 0:
+            _incr_in_child(d, times, os.path.join(runtime_dir, f"child-{i}.json"))
+        pids.append(pid)
+    statuses = [os.waitpid(pid, 0)[1] for pid in pids]
+    results = []
+    for i in range(children):
+        with open(os.path.join(runtime_dir, f"child-{i}.json")) as f:
+            results.append(json.load(f))
+    conn.send({"statuses": statuses, "results": results, "final": d.get("x"), "is_host": d.channel.is_host})
+    conn.recv()  # the test's go-ahead to close
+    d.close()
+
+
+_POOL_DICT: ipchannel.SharedDict | None = None  # opened by the pool's parent, inherited by its workers
+
+
+def _pool_incr(times: int) -> tuple[int, list[Any]]:
+    assert _POOL_DICT is not None
+    return os.getpid(), [_POOL_DICT.incr("x") for _ in range(times)]
+
+
+def dict_pool_main(conn: Connection, name: str, runtime_dir: str, tasks: int, times: int) -> None:
+    """Open a SharedDict, write, then have a multiprocessing fork Pool of 4 increment it."""
+    global _POOL_DICT  # noqa: PLW0603 - a Pool worker reaches its parent's objects through globals
+    _POOL_DICT = ipchannel.SharedDict(name, runtime_dir=runtime_dir, timeout=10)
+    _POOL_DICT["x"] = 0
+    with multiprocessing.get_context("fork").Pool(4) as pool:
+        done = pool.map(_pool_incr, [times] * tasks, chunksize=1)
+    conn.send({"results": [values for _, values in done], "workers": sorted({pid for pid, _ in done})})
+    conn.recv()
+    _POOL_DICT.close()
+
+
+def job_fork_main(conn: Connection, name: str, runtime_dir: str) -> None:
+    """Host a channel that runs a job, fork while it runs; the child must start with no job of its own."""
+    channel = ipchannel.Channel(name, echo_handler, runtime_dir=runtime_dir)
+    job = ipchannel.run_on_host(channel, lambda: None, every=0.01)
+    _wait_for(lambda: job.runs >= 3)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        report = {"runs": job.runs, "running": job.running, "repr": repr(job), "is_host": channel.is_host}
+        os.write(write, json.dumps(report).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as f:
+        child = json.loads(f.read())
+    _, status = os.waitpid(pid, 0)
+    conn.send({"child": child, "status": status, "parent_runs": job.runs, "parent_running": job.running})
+    channel.close()

@@ -139,9 +139,9 @@ class Peers:
         self.started.extend(new)
         return new
 
-    def start_dicts(self, n: int = 1, name: str = "test") -> list[Peer]:
-        """Start ``n`` peers owning a SharedDict."""
-        new = [Peer(name, self._runtime_dir, _peers.dict_peer_main) for _ in range(n)]
+    def start_dicts(self, n: int = 1, name: str = "test", log: str | None = None) -> list[Peer]:
+        """Start ``n`` peers owning a SharedDict (``log``: a file for their ipchannel log)."""
+        new = [Peer(name, self._runtime_dir, _peers.dict_peer_main, (log,)) for _ in range(n)]
         self.started.extend(new)
         return new
 

@@ -196,8 +196,23 @@ def test_runtime_dir_that_is_a_symlink(runtime_dir: Path) -> None:
 def test_runtime_dir_writable_by_others(runtime_dir: Path) -> None:
     (runtime_dir / "open").mkdir()
     (runtime_dir / "open").chmod(0o777)
-    _assert_refused(runtime_dir / "open", r"writable by group or others \(mode 0777\)")
+    _assert_refused(runtime_dir / "open", r"writable by group or others \(mode 0777\); pass runtime_dir=")
     assert os.listdir(runtime_dir / "open") == []
+
+
+def test_a_shared_sticky_directory_is_refused_without_advice_to_chmod_it(runtime_dir: Path) -> None:
+    shared = runtime_dir / "tmp"  # as /tmp: mode 1777
+    shared.mkdir()
+    shared.chmod(0o1777)
+    with pytest.raises(ipchannel.RuntimeDirError) as info:
+        ipchannel.Channel("x", _peers.echo_handler, runtime_dir=shared)
+    text = str(info.value)
+    assert "chmod" not in text  # never advise opening or closing a directory others share
+    private = shared / f"ipchannel-{os.geteuid()}"
+    assert f"use a private subdirectory instead, such as {private}" in text
+    assert os.listdir(shared) == []
+    ipchannel.Channel("x", _peers.echo_handler, runtime_dir=private).close()  # the advice works
+    assert private.stat().st_mode & 0o777 == 0o700
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a directory away")

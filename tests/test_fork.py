@@ -84,3 +84,50 @@ def test_forked_children_never_host_and_take_over_when_parent_dies(runtime_dir: 
         for pid in children:
             reap(pid)
         proc.close()
+
+
+def _run_forker(target: Any, runtime_dir: Path, *args: Any) -> dict[str, Any]:
+    """Run ``target(conn, "d", runtime_dir, *args)`` in a spawned process; return its report.
+
+    Not a daemon process: a multiprocessing Pool refuses to start inside one.
+    """
+    parent_conn, child_conn = SPAWN.Pipe()
+    proc = SPAWN.Process(target=target, args=(child_conn, "d", str(runtime_dir), *args))
+    proc.start()
+    child_conn.close()
+    try:
+        assert parent_conn.poll(60), "the forking process did not report"
+        report: dict[str, Any] = parent_conn.recv()
+        parent_conn.send("close")
+        proc.join(20)
+        assert proc.exitcode == 0
+        return report
+    finally:
+        if proc.exitcode is None:
+            proc.kill()
+            proc.join(10)
+        parent_conn.close()
+        proc.close()
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("write_first", [True, False], ids=["parent-writes-first", "parent-only-opens"])
+def test_forked_children_incrementing_a_shared_dict_get_every_value_once(
+    runtime_dir: Path, write_first: bool
+) -> None:
+    report = _run_forker(_peers.dict_fork_main, runtime_dir, 4, 25, write_first)
+    assert report["statuses"] == [0, 0, 0, 0], report["results"]
+    values = sorted(v for result in report["results"] for v in result["values"])
+    assert values == list(range(1, 101))  # each child is a writer of its own: no write taken for a resend
+    assert report["final"] == 100
+    assert report["is_host"]
+
+
+@pytest.mark.timeout(90)
+def test_a_multiprocessing_fork_pool_increments_a_shared_dict_exactly_once_per_call(
+    runtime_dir: Path,
+) -> None:
+    report = _run_forker(_peers.dict_pool_main, runtime_dir, 8, 25)
+    values = sorted(v for result in report["results"] for v in result)
+    assert values == list(range(1, 201))
+    assert len(report["workers"]) >= 2  # several forked workers wrote

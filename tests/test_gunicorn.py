@@ -100,14 +100,14 @@ def gunicorn(request: pytest.FixtureRequest, runtime_dir: Path) -> Iterator[Guni
         server.kill_all()
 
 
-def _counts(address: str, requests: int, threads: int) -> list[dict[str, Any]]:
+def _counts(address: str, requests: int, threads: int, url: str = "/count") -> list[dict[str, Any]]:
     replies: list[dict[str, Any]] = []
     errors: list[BaseException] = []
 
     def client(n: int) -> None:
         try:
             for _ in range(n):
-                status, body = _get(address, "/count")
+                status, body = _get(address, url)
                 assert status == 200, body
                 replies.append(body)
         except BaseException as exc:  # noqa: BLE001 - reported by the test thread below
@@ -159,6 +159,16 @@ def _try_get(address: str) -> tuple[int, dict[str, Any]] | None:
     except (OSError, http.client.HTTPException):
         return None  # the killed worker's own connection, or a worker not yet accepting
     return (status, body) if status == 200 else None
+
+
+@pytest.mark.timeout(120)
+def test_a_shared_dict_opened_and_written_at_import_counts_every_request_once(gunicorn: Gunicorn) -> None:
+    replies = _counts(gunicorn.address, requests=200, threads=8, url="/hits")
+    assert sorted(r["count"] for r in replies) == list(range(1, 201))  # no worker's write taken for another's
+    assert len({r["worker"] for r in replies}) >= 2
+    err = gunicorn.stop()
+    assert gunicorn.process.returncode == 0, err
+    assert "Traceback" not in err, err
 
 
 @pytest.mark.timeout(60)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import _peers
 import pytest
-from conftest import wait_until
+from conftest import SPAWN, wait_until
 
 import ipchannel
 
@@ -92,10 +92,46 @@ def test_run_on_host_rejects_bad_arguments() -> None:
     with ipchannel.Channel("x", _peers.echo_handler) as channel:
         with pytest.raises(TypeError, match="func must be callable"):
             ipchannel.run_on_host(channel, 42, every=1)  # type: ignore[arg-type]
-        with pytest.raises(ValueError, match="every must be a positive number"):
+        with pytest.raises(ValueError, match="every must be a positive, finite number"):
             ipchannel.run_on_host(channel, print, every=0)
+        with pytest.raises(TypeError, match=r"every must be a number of seconds \(int or float\), not str"):
+            ipchannel.run_on_host(channel, print, every="5")  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="channel must be a Channel or a RequestChannel"):
+            ipchannel.run_on_host("x", print, every=1)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="join_timeout must be a number"):
+            ipchannel.run_on_host(channel, print, every=1, join_timeout="5")  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="stop_timeout must be a number of seconds >= 0"):
+            ipchannel.run_on_host(channel, print, every=1, stop_timeout=-1)
         job = ipchannel.run_on_host(channel, lambda: None, every=0.01)
         assert job.running  # this process hosts
         wait_until(lambda: job.runs >= 3)
+        assert repr(job).startswith("<HostJob test_run_on_host_rejects_bad_arguments.<locals>.<lambda> every")
+        assert " every 0.01 s on channel 'x': running, " in repr(job)
         job.stop()
         assert not job.running
+        assert ": stopped," in repr(job)
+
+
+@pytest.mark.timeout(60)
+def test_a_forked_child_starts_with_no_job_thread_and_no_runs_of_its_own(runtime_dir: Path) -> None:
+    parent_conn, child_conn = SPAWN.Pipe()
+    proc = SPAWN.Process(target=_peers.job_fork_main, args=(child_conn, "job", str(runtime_dir)), daemon=True)
+    proc.start()
+    child_conn.close()
+    try:
+        assert parent_conn.poll(30)
+        report = parent_conn.recv()
+        assert report["status"] == 0
+        assert report["parent_runs"] >= 3
+        assert report["parent_running"]
+        child = report["child"]
+        # before: the parent's run count, as if its runs had been the child's
+        assert (child["runs"], child["running"], child["is_host"]) == (0, False, False)
+        assert ": waiting to host, 0 runs in this process>" in child["repr"]
+    finally:
+        proc.join(10)
+        if proc.exitcode is None:
+            proc.kill()
+            proc.join()
+        proc.close()
+        parent_conn.close()

@@ -6,6 +6,7 @@ import contextlib
 import functools
 import os
 import pickle
+import signal
 import socket
 import struct
 import threading
@@ -87,15 +88,23 @@ def test_bad_arguments() -> None:
         ipchannel.RequestChannel("x", _peers.on_request, codec="yaml")
     with pytest.raises(TypeError, match="codec must be"):
         ipchannel.RequestChannel("x", _peers.on_request, codec=object())  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="max_message_size"):
+    with pytest.raises(ValueError, match="max_message_size must be a positive number"):
         ipchannel.RequestChannel("x", _peers.on_request, max_message_size=0)
+    with pytest.raises(TypeError, match="max_message_size must be an int"):
+        ipchannel.RequestChannel("x", _peers.on_request, max_message_size="1")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"runtime_dir must be a str or os\.PathLike path"):
+        ipchannel.RequestChannel("x", _peers.on_request, runtime_dir=42)  # type: ignore[arg-type]
     with ipchannel.RequestChannel("x", _peers.on_request) as rc:
         with pytest.raises(TypeError, match="callback must be callable"):
             rc.subscribe(42)  # type: ignore[arg-type]
         with pytest.raises(ValueError, match=">= 0"):
             rc.request("m", timeout=-1)
-        with pytest.raises(TypeError, match="not JSON serializable"):
+        with pytest.raises(TypeError, match="not JSON serializable") as info:
             rc.request(object())
+        assert "RequestChannel 'x': the 'json' codec cannot encode a object message" in str(info.value)
+        assert "codec='pickle'" in str(info.value)
+        with pytest.raises(TypeError, match=r"RequestChannel 'x': the 'json' codec cannot encode a set"):
+            rc.publish({1, 2})
         assert rc.request("still usable")["message"] == "still usable"
     with ipchannel.RequestChannel("y", _peers.on_request, max_message_size=100) as rc:
         with pytest.raises(ValueError, match="over this channel's max_message_size"):
@@ -133,10 +142,13 @@ def test_closed_channel_raises_channel_closed() -> None:
     assert rc.request(1)["pid"] == os.getpid()
     rc.close()
     rc.close()
-    with pytest.raises(ipchannel.ChannelClosed):
+    message = "RequestChannel 'x' is closed; create a new RequestChannel to use it again"
+    with pytest.raises(ipchannel.ChannelClosed, match=message):
         rc.request(1)
-    with pytest.raises(ipchannel.ChannelClosed):
+    with pytest.raises(ipchannel.ChannelClosed, match=message):
         rc.publish(1)
+    with pytest.raises(ipchannel.ChannelClosed, match=message):
+        rc.subscribe(print)
 
 
 def test_request_timeout_names_the_channel_and_the_wait(peers: Peers, runtime_dir: Path) -> None:
@@ -307,12 +319,16 @@ def test_forked_child_uses_the_request_channel_while_a_parent_thread_waits_in_a_
         child, parent = by_kind["child"], by_kind["parent"]
         assert child["reply"] == {"pid": proc.pid, "message": {"child": child["pid"]}}  # served by the parent
         assert child["is_host"] is False
+        assert child["resumed"]  # the child's subscription came back by itself, before any call
+        assert child["heard_parent"]
         assert "from child" in child["got"]  # the child's subscription was started afresh in the child
         assert parent["status"] == 0
         assert parent["held"] == [
             {"pid": proc.pid, "message": {"op": "hold"}}
         ]  # the parent's waiter finished
-        assert "from child" in parent["got"]  # the child subscribed afresh and published through the host
+        # the child published through the host as a publisher of its own: not taken for the parent's
+        # message of the same number (both were the second of their process)
+        assert parent["got"] == ["parent before fork", "parent after fork", "from child"]
         assert parent["reply"] == {"pid": proc.pid, "message": "parent after"}  # parent's connection intact
         assert parent["is_host"] is True
     finally:
@@ -322,3 +338,43 @@ def test_forked_child_uses_the_request_channel_while_a_parent_thread_waits_in_a_
             proc.join()
         proc.close()
         parent_conn.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_publish_resent_after_the_host_died_unacknowledged_is_delivered_once(
+    peers: Peers, tmp_path: Path
+) -> None:
+    host, subscriber, publisher = peers.start_requests(3)
+    host.call("request", message="elect me")
+    subscriber.call("subscribe")
+    flag = tmp_path / "paused"
+    host.call("pause_at", point="requests.fanned_out", marker="slow", flag=str(flag))
+    publisher.start_call("publish", message="slow")
+    wait_until(flag.exists)  # fanned out to every subscriber, not acknowledged
+    wait_until(functools.partial(_received_exactly, subscriber, ["slow"]))
+    host.kill()
+    publisher.finish_call()  # resent to the new host, which fans it out again
+    publisher.call("publish", message="after")
+    wait_until(lambda: "after" in _received(subscriber), timeout=5)
+    assert _received(subscriber) == ["slow", "after"]  # before the fix: ['slow', 'slow', 'after']
+
+
+@pytest.mark.timeout(60)
+def test_a_first_subscription_whose_host_dies_before_acknowledging_goes_to_the_next_host(
+    peers: Peers, tmp_path: Path
+) -> None:
+    host, survivor = peers.start_requests(2)
+    host.call("request", message="elect me")
+    survivor.call("request", message="a client, ready to take over")
+    os.kill(host.pid, signal.SIGSTOP)
+    (newcomer,) = peers.start_requests(1)
+    log = tmp_path / "newcomer.log"
+    newcomer.call("log_to", path=str(log))
+    newcomer.start_call("subscribe")
+    try:
+        wait_until(lambda: log.exists() and "subscription sent" in log.read_text(), timeout=10)
+    finally:
+        host.kill()
+    newcomer.finish_call()  # before the fix: HostChanged out of subscribe()
+    survivor.call("publish", message="next")
+    wait_until(functools.partial(_received_exactly, newcomer, ["next"]))

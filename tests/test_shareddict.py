@@ -15,6 +15,8 @@ from conftest import wait_until
 import ipchannel
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from conftest import Peer, Peers
 
 
@@ -153,3 +155,123 @@ def test_may_host_false_keeps_a_process_out_of_elections() -> None:
         assert out.is_host
     finally:
         out.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_write_applied_before_the_host_died_unacknowledged_returns_at_once_from_the_new_host(
+    peers: Peers, tmp_path: Path
+) -> None:
+    holder, writer, other = peers.start_dicts(3)
+    assert _host([holder, writer, other]) is holder
+    flag = tmp_path / "paused"
+    holder.call("pause_at", point="shareddict.published", marker="slow", flag=str(flag))
+    writer.start_call("incr", key="slow", times=1)
+    wait_until(flag.exists)  # applied, published to every replica, not yet answered
+    holder.kill()
+    # resent to the new host, which recognises it as applied: answered with the value, and the
+    # writer's replica already holds it (before the fix: a wait for a position the new term never
+    # reaches, then ChannelTimeout after the dict's 10 s timeout)
+    reply = writer.finish_call(timeout=8)
+    assert (reply["results"], reply["seen"]) == ([1], 1)
+    assert writer.call("incr", key="slow", times=1)["results"] == [2]  # applied once, counted on
+    position = writer.call("info")["position"]
+    assert other.call("wait_position", position=position)["position"] >= position
+    assert other.call("copy")["items"] == [("slow", 2)]
+
+
+@pytest.mark.timeout(120)
+def test_a_shared_dict_opening_while_the_host_dies_syncs_through_the_next_host(
+    peers: Peers, tmp_path: Path
+) -> None:
+    holder, survivor = peers.start_dicts(2)
+    survivor.call("incr", key="n", times=5)
+    log = tmp_path / "newcomer.log"
+    log.touch()
+    os.kill(holder.pid, signal.SIGSTOP)  # the newcomer's first sync waits on a host that never answers
+    opened: list[Peer] = []
+    opener = threading.Thread(target=lambda: opened.extend(peers.start_dicts(1, log=str(log))))
+    opener.start()
+    try:
+        wait_until(lambda: "subscription sent" in log.read_text(), timeout=30)
+    finally:
+        holder.kill()  # SIGKILL while stopped: the newcomer sees the host change mid-subscribe
+    opener.join(60)
+    (newcomer,) = opened  # before the fix: HostChanged out of SharedDict(), so the peer never started
+    assert newcomer.call("copy")["items"] == [("n", 5)]
+    survivor.call("incr", key="n", times=1)  # published next, by the new host
+    position = survivor.call("info")["position"]
+    assert newcomer.call("wait_position", position=position)["position"] >= position
+    assert newcomer.call("copy")["items"] == [("n", 6)]
+
+
+@pytest.mark.usefixtures("runtime_dir")
+def test_keys_and_values_json_would_change_are_refused_in_the_caller_and_nothing_changes() -> None:
+    with ipchannel.SharedDict("d") as d:
+        d["a"] = 1
+        with pytest.raises(TypeError, match=r"key must be str, int, float, bool or None .* not tuple"):
+            d[(1, 2)] = "x"  # before: RemoteError from the host, "unhashable type: 'list'"
+        with pytest.raises(TypeError, match="key must be"):
+            d.incr([1])
+        with pytest.raises(TypeError, match="a tuple would become a list"):
+            d["t"] = (1, 2)
+        with pytest.raises(TypeError, match="the int key 1 would become a str"):
+            d.update(n={1: "one"})
+        with pytest.raises(TypeError, match="amount must be an int or a float, not str"):
+            d.incr("a", "2")  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="SharedDict 'd': the 'json' codec cannot encode a dict message"):
+            d["o"] = object()
+        assert d.copy() == {"a": 1}  # nothing was sent, nothing changed
+        d["nested"] = {"k": [1, 2.5, None, True]}
+        assert d["nested"] == {"k": [1, 2.5, None, True]}
+    with ipchannel.SharedDict("p", codec="pickle") as p:
+        p[(1, 2)] = (3, 4)  # pickle brings both back as they were
+        assert p[(1, 2)] == (3, 4)
+        with pytest.raises(TypeError, match="key must be hashable, not list"):
+            p[[1]] = 0
+
+
+@pytest.mark.usefixtures("runtime_dir")
+def test_a_closed_shared_dict_raises_on_reads_and_writes_naming_its_class() -> None:
+    with pytest.raises(TypeError, match="timeout must be a number of seconds"):
+        ipchannel.SharedDict("d", timeout="5")  # type: ignore[arg-type]
+    d = ipchannel.SharedDict("d")
+    d["a"] = 1
+    d.close()
+    message = "SharedDict 'd' is closed; create a new SharedDict to use it again"
+    for read in (
+        lambda: d.get("a"),
+        lambda: d["a"],
+        lambda: "a" in d,
+        lambda: len(d),
+        d.copy,
+        lambda: list(d.items()),
+    ):
+        with pytest.raises(ipchannel.ChannelClosed, match=message):
+            read()  # before: d.get("a") returned None, silently
+    with pytest.raises(ipchannel.ChannelClosed, match=message):
+        d["b"] = 2
+    with pytest.raises(ipchannel.ChannelClosed, match=message):
+        list(d)
+    assert repr(d).startswith("<SharedDict 'd' closed")
+    d.close()  # idempotent
+
+
+@pytest.mark.timeout(60)
+def test_a_write_reaching_a_host_that_is_closing_is_answered_by_the_next_host(
+    peers: Peers, tmp_path: Path
+) -> None:
+    holder, writer = peers.start_dicts(2)
+    writer.call("incr", key="n", times=3)
+    flag, release = tmp_path / "resigning", tmp_path / "go"
+    holder.call("pause_at", point="channel.resigning", marker="test", flag=str(flag), release=str(release))
+    handled = tmp_path / "handled"
+    holder.call("pause_at", point="requests.answered", marker="incr", flag=str(handled), release="")
+    holder.start_call("close")
+    wait_until(flag.exists)  # closing: its record and listener are still there
+    writer.start_call("incr", key="n", times=1)  # reaches the closing host...
+    wait_until(handled.exists)  # ...which has answered it, or decided not to
+    release.touch()
+    holder.finish_call()
+    # before the fix: RemoteError (ChannelClosed raised in the closing host) out of incr()
+    assert writer.finish_call()["results"] == [4]
+    assert writer.call("copy")["items"] == [("n", 4)]

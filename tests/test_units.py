@@ -52,8 +52,10 @@ def test_negative_or_nan_timeout_is_a_value_error(value: float) -> None:
 
 @pytest.mark.parametrize("value", ["5", True, [1], object()])
 def test_non_numeric_timeout_is_a_type_error(value: object) -> None:
-    with pytest.raises(TypeError, match="timeout must be a number of seconds or None"):
+    with pytest.raises(TypeError, match=r"timeout must be a number of seconds \(int or float\) or None, not"):
         validate_timeout(value)
+    with pytest.raises(TypeError, match="join_timeout must be"):
+        validate_timeout(value, "join_timeout")
 
 
 def test_backoff_doubles_to_the_cap_and_stops_at_the_deadline() -> None:
@@ -153,6 +155,7 @@ def test_exception_tree() -> None:
         ipchannel.ChannelTimeout("c", "/run/x", 1.5, 42, "lock held by [7]"),
         ipchannel.HostChanged("c", 1, 2),
         ipchannel.ChannelClosed("c"),
+        ipchannel.ChannelClosed("c", "SharedDict"),
         ipchannel.RuntimeDirError("/run/x", "is a symlink", "set IPCHANNEL_DIR"),
     ],
 )

@@ -21,7 +21,7 @@ import time
 from collections import defaultdict, deque
 from typing import TYPE_CHECKING, Any
 
-from ipchannel import ChannelTimeout, RequestChannel
+from ipchannel import ChannelTimeout, RequestChannel, SharedDict
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -58,19 +58,26 @@ def on_request(message: dict[str, Any]) -> Any:
 # in the worker, so this module may be imported by a --preload master.
 channel = RequestChannel("gunicorn-counter", on_request)
 
+# A SharedDict opens (and writes) at import: with --preload the master opens it and hosts it, and
+# every forked worker gets a replica and a writer identity of its own.
+stats = SharedDict("gunicorn-stats")
+stats.setdefault("hits", 0)
+
 
 def app(environ: dict[str, Any], start_response: Callable[..., object]) -> Iterable[bytes]:
-    """``/count``: the next value of the shared counter; ``/limited``: the shared rate limiter."""
+    """``/count``: the shared counter; ``/limited``: the shared rate limiter; ``/hits``: a SharedDict."""
     path = environ.get("PATH_INFO", "/")
     try:
         if path == "/count":
             status, body = "200 OK", {"count": channel.request({"op": "incr"}, timeout=5)}
+        elif path == "/hits":
+            status, body = "200 OK", {"count": stats.incr("hits")}
         elif path == "/limited":
             key = environ.get("REMOTE_ADDR") or "local"
             allowed = channel.request({"op": "allow", "key": key}, timeout=5)
             status, body = ("200 OK", {"allowed": True}) if allowed else ("429 Too Many Requests", {})
         else:
-            status, body = "404 Not Found", {"paths": ["/count", "/limited"]}
+            status, body = "404 Not Found", {"paths": ["/count", "/limited", "/hits"]}
     except ChannelTimeout as exc:
         status, body = "503 Service Unavailable", {"error": str(exc)}
     body |= {"worker": os.getpid(), "host": channel.channel.host_pid}

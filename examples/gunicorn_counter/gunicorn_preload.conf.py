@@ -1,8 +1,9 @@
 """The counter example with --preload: the master imports app.py once, then forks the workers.
 
 Nothing to add for ipchannel: creating a RequestChannel opens nothing, and after a
-fork ipchannel resets what the child inherited. Just do not make a request at
-import time, or the master itself would be elected host.
+fork ipchannel resets what the child inherited. Whatever connects at import time
+(here the SharedDict ``stats``) is hosted by the master, which then serves the
+workers; a RequestChannel that first connects in a worker is hosted by a worker.
 
     gunicorn -c gunicorn_preload.conf.py app:app
 """

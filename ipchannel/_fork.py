@@ -1,0 +1,50 @@
+"""The one at-fork hook: every object that keeps per-process state is reset here, in a forked child.
+
+``os.fork()`` (gunicorn ``--preload``, ``multiprocessing`` with fork) copies
+every identity a process holds: writer ids and counters, connections, locks
+held by threads that do not exist in the child, the parent's lock descriptor.
+Each such object registers itself when it is created; in the child, one hook
+calls their ``_reset_after_fork()`` in creation order, so a Channel is reset
+before the RequestChannel built on it, and that before the SharedDict on top.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import weakref
+from typing import Protocol
+
+__all__ = ["register"]
+
+_LOGGER = logging.getLogger("ipchannel")
+
+
+class _Resettable(Protocol):
+    def _reset_after_fork(self) -> None: ...
+
+
+_order = itertools.count()
+#: Every registered object of this process, by registration order (weak: a closed, dropped one goes).
+_registered: weakref.WeakValueDictionary[int, _Resettable] = weakref.WeakValueDictionary()
+
+
+def register(obj: _Resettable) -> None:
+    """Have ``obj._reset_after_fork()`` called in every child this process forks from now on."""
+    _registered[next(_order)] = obj
+
+
+def _reset_all_after_fork() -> None:
+    # The child has one thread; nothing may wait on a lock a parent thread held at fork time.
+    for key in sorted(_registered.keys()):
+        obj = _registered.get(key)
+        if obj is None:
+            continue
+        try:
+            obj._reset_after_fork()  # noqa: SLF001 - the protocol of this module
+        except Exception:
+            _LOGGER.exception("ipchannel: resetting %r after fork failed", obj)
+
+
+os.register_at_fork(after_in_child=_reset_all_after_fork)

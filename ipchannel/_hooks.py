@@ -1,0 +1,25 @@
+"""Test hooks: named points where a test widens a race window on purpose (a delay, a pause).
+
+``pause`` is None in normal use, so each point costs one attribute test. A test
+process sets it to ``pause(point, detail)``, which may block; the points are:
+
+- ``"channel.resigning"``: a host has begun to give hosting up (``close()``, stepping
+  down) and still has its record and listener (``detail``: the channel name);
+- ``"requests.answered"``: the host sent its answer to a request, or decided to send
+  none (``detail``: the request's payload);
+- ``"requests.fanned_out"``: the host sent a published message to every
+  subscriber and has not acknowledged it yet (``detail``: the payload);
+- ``"shareddict.published"``: the host applied and published a SharedDict write
+  and has not answered the writer yet (``detail``: the change).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = ["pause"]
+
+pause: Callable[[str, object], None] | None = None
