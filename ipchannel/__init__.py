@@ -2,7 +2,26 @@
 
 One process is elected (file lock) to host a Unix-socket server in a daemon
 thread; every process, the host included, connects to it. When the host dies,
-another process takes over and the sockets reconnect by themselves.
+another process takes over and the sockets reconnect by themselves. Every
+process runs the same code::
+
+    from ipchannel import RequestChannel
+
+    def on_request(message):                  # runs in whichever process hosts
+        return {"echo": message}
+
+    channel = RequestChannel("echo", on_request)
+    print(channel.request("hi", timeout=5))   # {'echo': 'hi'}, from the host
+
+Read on:
+
+- ``Channel``: the raw socket to the host, and the election (``join``, ``on_elected``).
+- ``RequestChannel``: request/reply and publish/subscribe that survive the host's death.
+- ``SharedDict``: a dict every process shares, with local reads.
+- ``run_on_host``: a periodic job run by the host only.
+- ``python -m ipchannel status`` (or ``ipchannel status``): what runs where.
+
+README.rst, the package's long description, has the tutorial, the guarantees and the limits.
 """
 
 from __future__ import annotations

@@ -76,7 +76,9 @@ class SharedDict(MutableMapping[Any, Any]):
     :param codec: as for ``RequestChannel``.
     :param runtime_dir: as for ``Channel``.
     :param authkey: as for ``Channel``.
-    :param timeout: seconds a write (and opening) may wait for a host.
+    :param timeout: seconds a write (and opening) may wait for a host; None waits forever.
+    :raises TypeError: (from a write) a key or value the codec would not bring back equal.
+    :raises ChannelClosed: any read or write after ``close()``.
     """
 
     def __init__(
