@@ -39,6 +39,26 @@ def wait_until(predicate: Callable[[], object], timeout: float = 5.0, interval: 
         time.sleep(interval)
 
 
+@contextlib.contextmanager
+def spawned(
+    target: Callable[..., None], *args: Any, daemon: bool = True
+) -> Iterator[tuple[BaseProcess, Connection]]:
+    """Run ``target(conn, *args)`` in a spawned process; yield it and our end of ``conn``; reap it."""
+    parent_conn, child_conn = SPAWN.Pipe()
+    proc = SPAWN.Process(target=target, args=(child_conn, *args), daemon=daemon)
+    proc.start()
+    child_conn.close()
+    try:
+        yield proc, parent_conn
+    finally:
+        proc.join(10)
+        if proc.exitcode is None:
+            proc.kill()
+            proc.join()
+        proc.close()
+        parent_conn.close()
+
+
 @pytest.fixture
 def runtime_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A fresh, short runtime directory (AF_UNIX paths are short), also set as IPCHANNEL_DIR."""

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import _peers
 import pytest
-from conftest import SPAWN, reap, wait_until
+from conftest import SPAWN, reap, spawned, wait_until
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
@@ -91,23 +91,13 @@ def _run_forker(target: Any, runtime_dir: Path, *args: Any) -> dict[str, Any]:
 
     Not a daemon process: a multiprocessing Pool refuses to start inside one.
     """
-    parent_conn, child_conn = SPAWN.Pipe()
-    proc = SPAWN.Process(target=target, args=(child_conn, "d", str(runtime_dir), *args))
-    proc.start()
-    child_conn.close()
-    try:
-        assert parent_conn.poll(60), "the forking process did not report"
-        report: dict[str, Any] = parent_conn.recv()
-        parent_conn.send("close")
+    with spawned(target, "d", str(runtime_dir), *args, daemon=False) as (proc, conn):
+        assert conn.poll(60), "the forking process did not report"
+        report: dict[str, Any] = conn.recv()
+        conn.send("close")
         proc.join(20)
         assert proc.exitcode == 0
-        return report
-    finally:
-        if proc.exitcode is None:
-            proc.kill()
-            proc.join(10)
-        parent_conn.close()
-        proc.close()
+    return report
 
 
 @pytest.mark.timeout(90)

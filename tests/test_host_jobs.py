@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import _peers
 import pytest
-from conftest import SPAWN, wait_until
+from conftest import spawned, wait_until
 
 import ipchannel
 
@@ -114,24 +114,13 @@ def test_run_on_host_rejects_bad_arguments() -> None:
 
 @pytest.mark.timeout(60)
 def test_a_forked_child_starts_with_no_job_thread_and_no_runs_of_its_own(runtime_dir: Path) -> None:
-    parent_conn, child_conn = SPAWN.Pipe()
-    proc = SPAWN.Process(target=_peers.job_fork_main, args=(child_conn, "job", str(runtime_dir)), daemon=True)
-    proc.start()
-    child_conn.close()
-    try:
-        assert parent_conn.poll(30)
-        report = parent_conn.recv()
-        assert report["status"] == 0
-        assert report["parent_runs"] >= 3
-        assert report["parent_running"]
-        child = report["child"]
-        # before: the parent's run count, as if its runs had been the child's
-        assert (child["runs"], child["running"], child["is_host"]) == (0, False, False)
-        assert ": waiting to host, 0 runs in this process>" in child["repr"]
-    finally:
-        proc.join(10)
-        if proc.exitcode is None:
-            proc.kill()
-            proc.join()
-        proc.close()
-        parent_conn.close()
+    with spawned(_peers.job_fork_main, "job", str(runtime_dir)) as (_proc, conn):
+        assert conn.poll(30)
+        report = conn.recv()
+    assert report["status"] == 0
+    assert report["parent_runs"] >= 3
+    assert report["parent_running"]
+    child = report["child"]
+    # before: the parent's run count, as if its runs had been the child's
+    assert (child["runs"], child["running"], child["is_host"]) == (0, False, False)
+    assert ": waiting to host, 0 runs in this process>" in child["repr"]

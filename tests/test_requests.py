@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import _peers
 import pytest
-from conftest import SPAWN, Peer, Peers, reap, wait_until
+from conftest import Peer, Peers, reap, spawned, wait_until
 
 import ipchannel
 
@@ -306,38 +306,24 @@ def test_publish_with_no_possible_host_times_out(peers: Peers) -> None:
 def test_forked_child_uses_the_request_channel_while_a_parent_thread_waits_in_a_request(
     runtime_dir: Path,
 ) -> None:
-    parent_conn, child_conn = SPAWN.Pipe()
-    proc = SPAWN.Process(
-        target=_peers.request_fork_main, args=(child_conn, "forked", str(runtime_dir)), daemon=True
-    )
-    proc.start()
-    child_conn.close()
-    try:
-        events = [parent_conn.recv() for _ in range(2) if parent_conn.poll(30)]
-        by_kind = {e["event"]: e for e in events}
-        assert "error" not in by_kind, by_kind
-        child, parent = by_kind["child"], by_kind["parent"]
-        assert child["reply"] == {"pid": proc.pid, "message": {"child": child["pid"]}}  # served by the parent
-        assert child["is_host"] is False
-        assert child["resumed"]  # the child's subscription came back by itself, before any call
-        assert child["heard_parent"]
-        assert "from child" in child["got"]  # the child's subscription was started afresh in the child
-        assert parent["status"] == 0
-        assert parent["held"] == [
-            {"pid": proc.pid, "message": {"op": "hold"}}
-        ]  # the parent's waiter finished
-        # the child published through the host as a publisher of its own: not taken for the parent's
-        # message of the same number (both were the second of their process)
-        assert parent["got"] == ["parent before fork", "parent after fork", "from child"]
-        assert parent["reply"] == {"pid": proc.pid, "message": "parent after"}  # parent's connection intact
-        assert parent["is_host"] is True
-    finally:
-        proc.join(10)
-        if proc.exitcode is None:
-            proc.kill()
-            proc.join()
-        proc.close()
-        parent_conn.close()
+    with spawned(_peers.request_fork_main, "forked", str(runtime_dir)) as (proc, conn):
+        events = [conn.recv() for _ in range(2) if conn.poll(30)]
+        pid = proc.pid
+    by_kind = {e["event"]: e for e in events}
+    assert "error" not in by_kind, by_kind
+    child, parent = by_kind["child"], by_kind["parent"]
+    assert child["reply"] == {"pid": pid, "message": {"child": child["pid"]}}  # served by the parent
+    assert child["is_host"] is False
+    assert child["resumed"]  # the child's subscription came back by itself, before any call
+    assert child["heard_parent"]
+    assert "from child" in child["got"]  # the child's subscription was started afresh in the child
+    assert parent["status"] == 0
+    assert parent["held"] == [{"pid": pid, "message": {"op": "hold"}}]  # the parent's waiter finished
+    # the child published through the host as a publisher of its own: not taken for the parent's
+    # message of the same number (both were the second of their process)
+    assert parent["got"] == ["parent before fork", "parent after fork", "from child"]
+    assert parent["reply"] == {"pid": pid, "message": "parent after"}  # parent's connection intact
+    assert parent["is_host"] is True
 
 
 @pytest.mark.timeout(60)
