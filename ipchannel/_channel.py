@@ -1,8 +1,11 @@
-"""The public ``Channel``: state, ``connect()``, ``close()``, fork and exit handling.
+"""The public ``Channel``: state, the connect loop, hooks, fork reset and close.
 
-It ties the parts together: names and paths (``_paths``), the election lock
-(``_election``), the host record (``_hostrecord``), the server (``_server``),
-the monitor thread (``_monitor``) and the sockets it hands out (``_client``).
+Who hosts and where is the coordinator's business (``_coordinator``: the local
+one is a flock, a JSON record and pid liveness); how to reach the host is the
+transport's (``_transport``: the local one is a Unix socket). The monitor
+thread's policy lives in ``_monitor``. Channel only sequences them: read the
+record, connect, or try to become host (listen, publish the record, publish
+the address); on the way out, retract the record before the listener closes.
 Shared state lives under ``_state_lock``; ``_elect_lock`` lets one thread of
 this process at a time take part in the election.
 """
@@ -11,38 +14,40 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import functools
 import logging
 import os
-import socket
 import threading
-import time
 import weakref
 from typing import TYPE_CHECKING, Literal, overload
 
 from . import _fork, _hooks, _platform
-from ._auth import client_handshake, validate_authkey
-from ._client import ChannelSocket
-from ._election import Backoff, Deadline, HostLock, validate_timeout
-from ._errors import AuthenticationError, ChannelClosed, ChannelError, ChannelTimeout
-from ._hostrecord import HostRecord, own_create_time, read_record, remove_record, write_record
+from ._auth import validate_authkey
+from ._coordinator import LocalCoordinator
+from ._election import Backoff
+from ._errors import ChannelClosed, ChannelError, ChannelTimeout
 from ._monitor import Monitor
 from ._paths import ChannelPaths, ensure_runtime_dir, resolve_runtime_dir, validate_name
-from ._server import HostedServer, handler_class
+from ._server import handler_class
+from ._timing import Deadline, validate_timeout
+from ._transport import UnixTransport
 
 if TYPE_CHECKING:
+    import socket
     import socketserver
     from collections.abc import Callable
     from pathlib import Path
     from types import TracebackType
+
+    from ._client import ChannelSocket
+    from ._coordinator import Coordinator
+    from ._hostrecord import HostRecord
+    from ._transport import Listener, Transport
 
 __all__ = ["Channel", "open_channel"]
 
 _LOGGER = logging.getLogger("ipchannel")
 
 State = Literal["initiated", "connecting", "connected", "closed"]
-
-_STUCK_WARNING_AFTER = 2.0  # seconds a dead host's lock may stay held before we say so
 
 
 class Channel:
@@ -88,6 +93,8 @@ class Channel:
         auto_reconnect: bool = True,
         authkey: bytes | None = None,
         may_host: bool = True,
+        _coordinator: Coordinator | None = None,
+        _transport: Transport | None = None,
     ) -> None:
         self._name = validate_name(name)
         self._handler = handler_class(handler)
@@ -96,14 +103,11 @@ class Channel:
             raise TypeError(f"auto_reconnect must be a bool, not {type(auto_reconnect).__name__}")
         if not isinstance(may_host, bool):
             raise TypeError(f"may_host must be a bool, not {type(may_host).__name__}")
-        if not _platform.SUN_PATH_MAX:
-            raise ChannelError("ipchannel needs Unix domain sockets and flock, which this platform lacks")
-        directory = resolve_runtime_dir(runtime_dir)
-        ensure_runtime_dir(directory)
-        self._paths = ChannelPaths.for_channel(self._name, directory)
+        if _coordinator is None or _transport is None:
+            _coordinator, _transport = _local_backend(self._name, runtime_dir)
+        self._coordinator, self._transport = _coordinator, _transport
         self.auto_reconnect = auto_reconnect
         self.may_host = may_host
-        self._lock = HostLock(self._paths.lock)
         self._sockets: weakref.WeakSet[ChannelSocket] = weakref.WeakSet()
         self._last_generation = 0
         self._last_host_pid: int | None = None
@@ -118,10 +122,8 @@ class Channel:
         self._stopping = threading.Event()
         self._state: State = state
         self._record: HostRecord | None = None  # the live host we know; ours while hosting
-        self._server: HostedServer | None = None
+        self._server: Listener | None = None
         self._monitor: Monitor | None = None
-        self._stuck_since: float | None = None
-        self._stuck_reported = False
         self._resigning = False  # set when this process starts to give hosting up
 
     # -- public properties -------------------------------------------------------
@@ -133,8 +135,8 @@ class Channel:
 
     @property
     def runtime_dir(self) -> Path:
-        """The directory holding this channel's lock, host record and socket."""
-        return self._paths.directory
+        """The directory holding this channel's local files (lock, host record and socket, locally)."""
+        return self._coordinator.runtime_dir
 
     @property
     def state(self) -> State:
@@ -201,7 +203,7 @@ class Channel:
         self._start()
         backoff = Backoff(deadline, self._stopping.wait)
         while True:
-            record = self._elect(None, verify=True)  # psutil checks the pid: no connection needed
+            record = self._elect(None, verify=True)  # the coordinator checks the host: no connection
             if record is not None:
                 self._adopt(record)
                 return self.is_host
@@ -285,9 +287,7 @@ class Channel:
                 return
             if self._state == "initiated":
                 self._state = "connecting"
-            self._monitor = Monitor(
-                self._name, self._monitor_tick, self.monitor_interval, self._stopping, first=self._warm_up
-            )
+            self._monitor = Monitor(self, self._coordinator, self.monitor_interval, self._stopping)
             self._monitor.start()
         atexit.register(self.close)
 
@@ -298,149 +298,96 @@ class Channel:
         self._start()
         known = self._record
         if known is not None and known != avoid:  # the warm path: a live host is known
-            sock = self._connect_to(known)
+            sock = self._transport.connect(known, self._authkey)
             if sock is not None:
                 return sock, known
         # A lost lock race means another process is starting to host: its publication (watched every
         # 0.5 ms) wakes us, so the timer only matters if it died too; no need to retry the lock soon.
         backoff = Backoff(deadline, self._stopping.wait, first=Backoff.FIRST if avoid is None else 0.005)
         while True:
-            marker = self._published_marker(avoid)
+            changed = self._coordinator.watch(avoid)
             record = self._record
             if record is None or record == avoid:
                 record = self._elect(avoid, verify=False)
             if record is not None and record != avoid:
-                sock = self._connect_to(record)
+                sock = self._transport.connect(record, self._authkey)
                 if sock is not None:
                     self._adopt(record)
                     return sock, record
-                if read_record(self._paths.record) != record or not record.serving():
+                if not self._recorded_and_serving(record):
                     avoid = record
                     self._forget_host(record)
                     continue  # straight to the lock: the host is gone, or handed over and lives on
-            if not backoff.sleep(changed=functools.partial(self._published_since, marker, avoid)):
+            if not backoff.sleep(changed=changed):
                 if self._stopping.is_set():
                     raise ChannelClosed(self._name)
                 raise self._timeout_error(deadline)
 
-    def _published_since(self, marker: tuple[int, int, bool], dead: HostRecord | None) -> bool:
-        return self._published_marker(dead) != marker
-
-    def _published_marker(self, dead: HostRecord | None) -> tuple[int, int, bool]:
-        """Return what changes when the election can move on.
-
-        The inodes of the record and socket files change when a new host publishes
-        itself; a dead host's lock is free once it is a zombie or gone (its sockets
-        close a little before its lock does).
-        """
-        inodes = []
-        for path in (self._paths.record, self._paths.sock):
-            try:
-                inodes.append(os.stat(path).st_ino)
-            except OSError:
-                inodes.append(0)
-        return inodes[0], inodes[1], dead is None or _platform.process_gone(dead.pid)
-
-    def _connect_to(self, record: HostRecord) -> ChannelSocket | None:
-        """Connect to the channel's socket; None if nobody listens there (yet) or it is another host."""
-        if record.auth != (self._authkey is not None):
-            raise AuthenticationError(
-                self._name,
-                "the host requires an authkey and this channel has none"
-                if record.auth
-                else "this channel has an authkey but the host does not ask for one",
-            )
-        sock = ChannelSocket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.connect(str(self._paths.sock))
-            peer_pid, _uid = _platform.peer_credentials(sock)
-        except (FileNotFoundError, ConnectionRefusedError):
-            sock.close()
-            return None
-        except OSError as exc:
-            sock.close()
-            raise ChannelError(
-                f"channel {self._name!r}: cannot connect to {self._paths.sock}: {exc}"
-            ) from exc
-        if peer_pid is not None and peer_pid != record.pid:
-            sock.close()  # a newer host than the record we read; read it again
-            return None
-        if self._authkey is not None:
-            try:
-                client_handshake(sock, self._authkey, self._name)
-            except AuthenticationError:
-                sock.close()
-                raise
-            except OSError:
-                sock.close()
-                return None  # the host went away mid-handshake: look again
-        return sock
+    def _recorded_and_serving(self, record: HostRecord) -> bool:
+        """Tell whether ``record`` is still the current record and its host is serving."""
+        return self._coordinator.read() == record and self._coordinator.serving(record)
 
     def _elect(self, avoid: HostRecord | None, *, verify: bool) -> HostRecord | None:
         """One election step: the recorded host if it may be alive, else try to become host.
 
-        ``verify`` checks the recorded pid with psutil (the monitor); without
-        it, connecting is the check (``connect()``: cheaper).
+        ``verify`` asks the coordinator whether the recorded host serves (the
+        monitor); without it, connecting is the check (``connect()``: cheaper).
         """
         with self._elect_lock:
             if self._stopping.is_set():
                 raise ChannelClosed(self._name)
             if self._server is not None:
                 return self._record
-            record = read_record(self._paths.record)
+            record = self._coordinator.read()
             if record is not None:
                 self._last_host_pid = record.pid
-                if record != avoid and (not verify or record.serving()):
+                if record != avoid and (not verify or self._coordinator.serving(record)):
                     return record
-            if not self.may_host or not self._lock.try_acquire():
+            if not self.may_host or not self._coordinator.try_acquire():
                 return None
             elected = self._become_host(record)
         self._run_callbacks(self._elected_callbacks, elected.generation, "on_elected")
         return elected
 
     def _become_host(self, previous: HostRecord | None) -> HostRecord:
-        """We hold the lock: listen, write the record, publish the socket. Undo everything on failure."""
-        paths = self._paths
+        """We may host: listen, publish the record, then the address. Undo everything on failure."""
         self._resigning = False
-        generation = max(previous.generation if previous else 0, self._last_generation) + 1
-        server: HostedServer | None = None
+        server: Listener | None = None
         record: HostRecord | None = None
         try:
-            ensure_runtime_dir(paths.directory)
-            for stale in paths.stale_temporaries():
-                stale.unlink(missing_ok=True)
-            server = HostedServer(self._name, paths.bind_path(os.getpid()), self._handler, self._authkey)
-            server.start()
-            pid = os.getpid()
-            record = HostRecord(
-                pid, own_create_time(pid), str(paths.sock), generation, time.time(), self._authkey is not None
+            self._coordinator.prepare()
+            server = self._transport.listen(self._handler, self._authkey)
+            record = self._coordinator.new_record(
+                server.address, previous, self._last_generation, auth=self._authkey is not None
             )
-            write_record(paths.record, record)
-            server.publish(paths.sock)
+            self._coordinator.publish(record)
+            server.publish()
         except BaseException as exc:
-            if server is not None:
-                server.stop_listening()
-            if record is not None:
-                remove_record(paths.record, record)
-            self._lock.release()
+            self._undo_hosting(server, record)
             if isinstance(exc, OSError) and not isinstance(exc, ChannelError):
-                raise ChannelError(
-                    f"channel {self._name!r}: cannot host in {paths.directory}: {exc}"
-                ) from exc
+                where = self._coordinator.runtime_dir
+                raise ChannelError(f"channel {self._name!r}: cannot host in {where}: {exc}") from exc
             raise
         with self._state_lock:
             self._server, self._record = server, record
             self._state = "connected"
-        self._last_generation = generation
+        self._last_generation = record.generation
         self._last_host_pid = record.pid
         _LOGGER.info(
             "channel %r: pid %d elected host (generation %d, previous host pid %s)",
             self._name,
             record.pid,
-            generation,
+            record.generation,
             previous.pid if previous else None,
         )
         return record
+
+    def _undo_hosting(self, server: Listener | None, record: HostRecord | None) -> None:
+        if server is not None:
+            server.stop_listening()
+        if record is not None:
+            self._coordinator.retract(record)
+        self._coordinator.release()
 
     def _adopt(self, record: HostRecord) -> None:
         with self._state_lock:
@@ -449,7 +396,6 @@ class Channel:
             changed = record != self._record
             self._record = record
             self._state = "connected"
-            self._stuck_since, self._stuck_reported = None, False
         if changed:
             self._last_generation = max(self._last_generation, record.generation)
             self._last_host_pid = record.pid
@@ -476,85 +422,31 @@ class Channel:
         """Tell a socket that saw EOF whether the host it talked to is still serving."""
         if self._server is not None and self._record == record:
             return True
-        if read_record(self._paths.record) == record and record.serving():
+        if self._recorded_and_serving(record):
             return True
         self._forget_host(record)
         return False
 
     def _timeout_error(self, deadline: Deadline) -> ChannelTimeout:
-        detail = ""
-        record = read_record(self._paths.record)
-        if record is None or record.liveness() == "dead":
-            holders = _platform.lock_holders(str(self._paths.lock))
-            if holders:
-                detail = (
-                    f"the lock {self._paths.lock} is held by pid(s) {holders} but no live host is recorded; "
-                    "a process that inherited the lock across fork() without exec() blocks the election"
-                )
         return ChannelTimeout(
-            self._name, str(self._paths.directory), deadline.elapsed(), self._last_host_pid, detail
+            self._name,
+            str(self._coordinator.runtime_dir),
+            deadline.elapsed(),
+            self._last_host_pid,
+            self._coordinator.stuck_detail(),
         )
 
-    # -- monitor -----------------------------------------------------------------
+    def _recorded_host(self) -> Literal["none", "dead", "maybe alive"]:
+        """Say what the coordinator knows of the recorded host, without connecting (SharedDict's grace)."""
+        record = self._coordinator.read()
+        if record is None:
+            return "none"
+        return "dead" if self._coordinator.liveness(record) == "dead" else "maybe alive"
 
-    def _warm_up(self) -> None:
-        """Compute early, on the monitor thread, what becoming host needs (off the failover path)."""
-        own_create_time(os.getpid())
+    # -- stepping down, graceful handover and fork -----------------------------------
 
-    def _monitor_tick(self) -> None:
-        """Restart a dead server, or notice a dead host and elect (runs on the monitor thread)."""
-        server, record = self._server, self._record
-        if server is not None and record is not None:
-            server.restart_if_dead()
-            self._check_own_files(server, record)
-            return
-        if record is not None:
-            current = read_record(self._paths.record)
-            if current == record and record.serving():
-                return
-            # handed over (its record is gone or replaced), dead, or exiting: its lock is free or about to be
-            if current != record or record.liveness() != "unknown":
-                self._forget_host(record)
-        # No live host known (or a zombie one): one election step, as connect() would.
-        try:
-            found = self._elect(record, verify=True)
-        except ChannelClosed:
-            return  # close() began during this tick
-        if found is not None:
-            self._adopt(found)
-        elif self.may_host:  # (a process kept out of elections never tries the lock)
-            self._report_stuck_lock()
-
-    def _check_own_files(self, server: HostedServer, record: HostRecord) -> None:
-        """As host: repair a damaged record; step down if the lock or socket file was taken away.
-
-        Someone deleted the runtime directory, removed our socket, or wrote over
-        our record. A missing or unreadable record is rewritten. Without our lock
-        file, another process could lock a new one and host too; without our
-        socket file nobody can connect: in both cases we stop hosting, and the
-        next election (any process, us included) starts from clean files.
-        """
-        problem = ""
-        if not self._lock.still_on_its_file():
-            problem = f"its lock file {self._paths.lock} was removed or replaced"
-        elif not server.still_published():
-            problem = f"its socket file {self._paths.sock} was removed or replaced"
-        else:
-            current = read_record(self._paths.record)
-            if current == record:
-                return
-            if current is not None:
-                problem = f"another record (pid {current.pid}) replaced its own"
-            else:
-                try:
-                    write_record(self._paths.record, record)
-                except OSError as exc:
-                    problem = f"its record was damaged and cannot be rewritten: {exc}"
-                else:
-                    _LOGGER.warning(
-                        "channel %r: the host record was missing or unreadable; rewrote it", self._name
-                    )
-                    return
+    def _step_down(self, server: Listener, record: HostRecord, problem: str) -> None:
+        """Stop hosting because we lost what makes us host (the monitor found ``problem``)."""
         _LOGGER.warning("channel %r: host pid %d steps down: %s", self._name, record.pid, problem)
         with self._elect_lock:
             if self._server is not server:
@@ -566,26 +458,6 @@ class Channel:
             with contextlib.suppress(OSError):
                 self._resign(server, record)
 
-    def _report_stuck_lock(self) -> None:
-        now = time.monotonic()
-        if self._stuck_since is None:
-            self._stuck_since = now
-            return
-        if self._stuck_reported or now - self._stuck_since < _STUCK_WARNING_AFTER:
-            return
-        self._stuck_reported = True
-        holders = _platform.lock_holders(str(self._paths.lock))
-        _LOGGER.warning(
-            "channel %r: no live host for %.1f s but the lock %s is held (holders: %s); "
-            "a process that inherited it across fork() without exec() blocks the election",
-            self._name,
-            now - self._stuck_since,
-            self._paths.lock,
-            "unknown" if holders is None else holders,
-        )
-
-    # -- graceful handover and fork ------------------------------------------------
-
     @property
     def _handing_over(self) -> bool:
         """True once this process began to give hosting up (``close()`` or stepping down).
@@ -595,7 +467,7 @@ class Channel:
         """
         return self._resigning or self._state == "closed"
 
-    def _resign(self, server: HostedServer, record: HostRecord) -> None:
+    def _resign(self, server: Listener, record: HostRecord) -> None:
         """Stop hosting so another process takes over at once (called with ``_elect_lock`` held)."""
         self._resigning = True
         if _hooks.pause is not None:
@@ -604,9 +476,9 @@ class Channel:
         # The record goes first: a client whose connection breaks from here on (closing the
         # listener resets the ones still waiting to be accepted) must not take it for a handler
         # that closed its connection while the host lives on.
-        remove_record(self._paths.record, record)
+        self._coordinator.retract(record)
         server.stop_listening()
-        self._lock.release()
+        self._coordinator.release()
         server.close_connections()
         _LOGGER.info(
             "channel %r: pid %d stopped hosting (generation %d)", self._name, record.pid, record.generation
@@ -616,7 +488,7 @@ class Channel:
         """In a forked child (single-threaded, no locks taken): forget everything owned by the parent."""
         if self._server is not None:
             self._server.abandon_after_fork()
-        self._lock.forget_after_fork()
+        self._coordinator.after_fork()
         for sock in list(self._sockets):
             sock._detach_after_fork()  # noqa: SLF001
         closed = self._state == "closed"
@@ -624,6 +496,16 @@ class Channel:
         if closed:
             self._stopping.set()
         atexit.unregister(self.close)
+
+
+def _local_backend(name: str, runtime_dir: object) -> tuple[LocalCoordinator, UnixTransport]:
+    """Return the one-machine coordinator and transport, on the runtime directory's files."""
+    if not _platform.SUN_PATH_MAX:
+        raise ChannelError("ipchannel needs Unix domain sockets and flock, which this platform lacks")
+    directory = resolve_runtime_dir(runtime_dir)
+    ensure_runtime_dir(directory)
+    paths = ChannelPaths.for_channel(name, directory)
+    return LocalCoordinator(name, paths), UnixTransport(name, paths)
 
 
 def _check_callback(callback: Callable[[int], object]) -> Callable[[int], object]:

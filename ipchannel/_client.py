@@ -24,8 +24,8 @@ import socket
 import threading
 from typing import TYPE_CHECKING, NoReturn, Protocol, cast
 
-from ._election import Deadline
 from ._errors import ChannelClosed, HostChanged
+from ._timing import Deadline
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer, WriteableBuffer

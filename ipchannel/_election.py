@@ -20,7 +20,6 @@ fresh file, and both would think they host (filelock issue #31).
 from __future__ import annotations
 
 import logging
-import math
 import os
 import random
 import time
@@ -32,7 +31,9 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
 
-__all__ = ["Backoff", "Deadline", "HostLock", "validate_timeout"]
+    from ._timing import Deadline
+
+__all__ = ["Backoff", "HostLock"]
 
 _LOGGER = logging.getLogger("ipchannel")
 
@@ -55,6 +56,11 @@ class HostLock:
     def held(self) -> bool:
         """True while this process holds the lock."""
         return self._held
+
+    @property
+    def fd(self) -> int | None:
+        """The descriptor holding the lock, while held (None if filelock did not tell)."""
+        return self._fd
 
     def try_acquire(self) -> bool:
         """Take the lock without waiting; return True if we now hold it."""
@@ -118,37 +124,6 @@ class HostLock:
         self._fd = None
         self._identity = None
         self._lock = filelock.FileLock(str(self._path), thread_local=False)
-
-
-def validate_timeout(timeout: object, name: str = "timeout") -> float | None:
-    """Return ``timeout`` as float seconds (None: forever), or raise TypeError/ValueError naming ``name``."""
-    if timeout is None:
-        return None
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(
-            f"{name} must be a number of seconds (int or float) or None, not {type(timeout).__name__}"
-        )
-    seconds = float(timeout)
-    if math.isnan(seconds) or seconds < 0:
-        raise ValueError(f"{name} must be a number of seconds >= 0, or None to wait forever; got {timeout!r}")
-    return None if math.isinf(seconds) else seconds
-
-
-class Deadline:
-    """A point in time measured on the monotonic clock; ``None`` timeout means never."""
-
-    def __init__(self, timeout: float | None) -> None:
-        self.timeout = timeout
-        self._start = time.monotonic()
-        self._end = math.inf if timeout is None else self._start + timeout
-
-    def remaining(self) -> float:
-        """Seconds left, never negative; ``inf`` for no deadline."""
-        return max(0.0, self._end - time.monotonic())
-
-    def elapsed(self) -> float:
-        """Seconds since the deadline was created."""
-        return time.monotonic() - self._start
 
 
 class Backoff:

@@ -19,8 +19,6 @@ from typing import TYPE_CHECKING, Literal
 
 import psutil
 
-from . import _platform
-
 if TYPE_CHECKING:
     from pathlib import Path
 
@@ -85,7 +83,7 @@ class HostRecord:
         """Say whether the recorded process still runs: "alive", "dead", or "unknown".
 
         "unknown" (no permission to look, or a zombie) fails closed: callers
-        treat it as alive and let the lock decide.
+        treat it as alive and let the lock decide. Asked through the coordinator.
         """
         try:
             proc = psutil.Process(self.pid)
@@ -101,15 +99,6 @@ class HostRecord:
         if abs(create_time - self.create_time) > _CREATE_TIME_TOLERANCE:
             return "dead"
         return "unknown" if zombie else "alive"
-
-    def serving(self) -> bool:
-        """Return True only if the recorded process runs and is not exiting.
-
-        Stricter than ``liveness()``: used to decide whether an EOF came from
-        a handler that returned (host still serving) or from a host that died.
-        """
-        # The /proc check is ~10x cheaper than psutil and settles the common case, a host that just died.
-        return not _platform.process_exiting(self.pid) and self.liveness() == "alive"
 
 
 def read_record(path: Path) -> HostRecord | None:

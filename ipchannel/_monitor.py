@@ -1,45 +1,82 @@
-"""The monitor: one background thread per channel that keeps a host alive.
+"""The monitor: one background thread per channel, and the policy of what it does each tick.
 
-Thread ``ipchannel-monitor:NAME`` calls the channel's ``_monitor_tick`` every
-interval until the channel's stop Event is set. The tick notices a dead host
-(pid + create time, psutil) even when no call is blocked on it and runs the
-election; in the host it restarts a server thread that died. A tick that
-raises is logged and the loop goes on.
+Thread ``ipchannel-monitor:NAME`` runs ``tick()`` every interval until the
+channel's stop Event is set; a tick that raises is logged and the loop goes on.
+Each tick, in this order of concern:
+
+- in the host: restart a server thread that died; step down if the host no
+  longer holds what makes it host (the coordinator's lock and record, the
+  transport's published address), so a fresh election never leaves two hosts;
+- elsewhere: if the recorded host is still the one we know and serving, nothing
+  to do; if it handed over (record gone or replaced) or died, forget it; then
+  one election step, as ``connect()`` would (the coordinator decides whether the
+  recorded host serves);
+- nobody hosts and the election cannot proceed for ``STUCK_WARNING_AFTER``
+  seconds: say once, loudly, what holds it (a lock inherited across fork, say).
+
+So the whole failover path reads: this module (what next), ``_coordinator``
+(is the host dead?), ``_channel`` (the election step and the connect loop).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from typing import TYPE_CHECKING
+import time
+from typing import TYPE_CHECKING, Protocol
 
 from . import _platform
+from ._errors import ChannelClosed
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from ._coordinator import Coordinator
+    from ._hostrecord import HostRecord
+    from ._transport import Listener
 
 __all__ = ["Monitor"]
 
 _LOGGER = logging.getLogger("ipchannel")
 _JOIN_TIMEOUT = 5.0
+STUCK_WARNING_AFTER = 2.0  # seconds the election may stay stuck (no live host, lock held) before we say so
+
+
+class _Channel(Protocol):
+    """The election steps of the Channel this monitor watches (``_channel.Channel``)."""
+
+    may_host: bool
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def _server(self) -> Listener | None: ...
+
+    @property
+    def _record(self) -> HostRecord | None: ...
+
+    def _elect(self, avoid: HostRecord | None, *, verify: bool) -> HostRecord | None: ...
+
+    def _adopt(self, record: HostRecord) -> None: ...
+
+    def _forget_host(self, record: HostRecord) -> None: ...
+
+    def _step_down(self, server: Listener, record: HostRecord, problem: str) -> None: ...
 
 
 class Monitor:
-    """Runs ``tick()`` every ``interval`` seconds on a named daemon thread until ``stopping`` is set."""
+    """Watches one channel's host every ``interval`` seconds on a named daemon thread until ``stopping``."""
 
     def __init__(
-        self,
-        name: str,
-        tick: Callable[[], None],
-        interval: float,
-        stopping: threading.Event,
-        first: Callable[[], None] | None = None,
+        self, channel: _Channel, coordinator: Coordinator, interval: float, stopping: threading.Event
     ) -> None:
-        self._first = first
-        self._tick = tick
+        self._channel, self._coordinator = channel, coordinator
         self._interval = interval
         self._stopping = stopping
-        self._thread = threading.Thread(target=self._run, name=f"ipchannel-monitor:{name}", daemon=True)
+        self._stuck_since: float | None = None
+        self._stuck_reported = False
+        self._thread = threading.Thread(
+            target=self._run, name=f"ipchannel-monitor:{channel.name}", daemon=True
+        )
 
     def start(self) -> None:
         """Start the thread."""
@@ -55,13 +92,68 @@ class Monitor:
 
     def _run(self) -> None:
         _platform.leave_signals_to_the_application()
-        if self._first is not None:
-            try:
-                self._first()
-            except Exception:
-                _LOGGER.exception("%s: start-up work failed", self._thread.name)
+        try:
+            self._coordinator.warm_up()  # off the failover path: what becoming host needs
+        except Exception:
+            _LOGGER.exception("%s: start-up work failed", self._thread.name)
         while not self._stopping.wait(self._interval):
             try:
-                self._tick()
+                self.tick()
             except Exception:
                 _LOGGER.exception("%s: monitor tick failed", self._thread.name)
+
+    def tick(self) -> None:
+        """One look at the host, and whatever it calls for (runs on the monitor thread)."""
+        channel = self._channel
+        server, record = channel._server, channel._record  # noqa: SLF001 - the channel we watch
+        if server is not None and record is not None:
+            self._keep_hosting(server, record)
+            return
+        if record is not None:
+            self._stuck_since, self._stuck_reported = None, False
+            if self._still_there(record):
+                return
+        try:
+            found = channel._elect(record, verify=True)  # noqa: SLF001
+        except ChannelClosed:
+            return  # close() began during this tick
+        if found is not None:
+            channel._adopt(found)  # noqa: SLF001
+        elif channel.may_host:  # (a process kept out of elections never tries the lock)
+            self._report_stuck()
+
+    def _still_there(self, record: HostRecord) -> bool:
+        """Tell whether the known host serves; else forget it, unless only the lock can tell (a zombie)."""
+        current = self._coordinator.read()
+        if current == record and self._coordinator.serving(record):
+            return True
+        # handed over (its record is gone or replaced), dead, or exiting: its lock is free or about to be
+        if current != record or self._coordinator.liveness(record) != "unknown":
+            self._channel._forget_host(record)  # noqa: SLF001
+        return False
+
+    def _keep_hosting(self, server: Listener, record: HostRecord) -> None:
+        """As host: a dead server thread restarts; losing the lock, record or address means stepping down."""
+        server.restart_if_dead()
+        problem = self._coordinator.holding_problem()
+        if not problem and not server.still_published():
+            problem = f"its socket file {server.address} was removed or replaced"
+        problem = problem or self._coordinator.record_problem(record)
+        if problem:
+            self._channel._step_down(server, record, problem)  # noqa: SLF001
+
+    def _report_stuck(self) -> None:
+        now = time.monotonic()
+        if self._stuck_since is None:
+            self._stuck_since = now
+            return
+        if self._stuck_reported or now - self._stuck_since < STUCK_WARNING_AFTER:
+            return
+        self._stuck_reported = True
+        _LOGGER.warning(
+            "channel %r: no live host for %.1f s but %s; "
+            "a process that inherited it across fork() without exec() blocks the election",
+            self._channel.name,
+            now - self._stuck_since,
+            self._coordinator.stuck_report(),
+        )

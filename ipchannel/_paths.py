@@ -135,9 +135,10 @@ class ChannelPaths:
         """Return the private name a starting host listens on before publishing its socket."""
         return self.directory / f".{self.sock.stem}.{pid}{self.sock.suffix}"
 
-    def stale_temporaries(self) -> list[Path]:
-        """Temporary socket and record files that hosts which died mid-start left behind."""
-        return [
-            *self.directory.glob(f".{self.sock.stem}.*{self.sock.suffix}"),
-            *self.directory.glob(f".{self.record.name}.*.tmp"),
-        ]
+    def stale_socket_temporaries(self) -> list[Path]:
+        """Temporary socket files that hosts which died mid-start left behind."""
+        return list(self.directory.glob(f".{self.sock.stem}.*{self.sock.suffix}"))
+
+    def stale_record_temporaries(self) -> list[Path]:
+        """Temporary record files that hosts which died mid-write left behind."""
+        return list(self.directory.glob(f".{self.record.name}.*.tmp"))

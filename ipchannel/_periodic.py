@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 
 from . import _fork, _platform
 from ._channel import Channel
-from ._election import validate_timeout
 from ._requests import RequestChannel
+from ._timing import validate_timeout
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -41,9 +41,9 @@ from . import _fork, _hooks, _platform
 from ._channel import Channel
 from ._client import ChannelSocket, reconnect_within
 from ._codecs import Codec, resolve_codec
-from ._election import Deadline, validate_timeout
 from ._errors import ChannelClosed, ChannelError, ChannelTimeout, HostChanged, ProtocolError, RemoteError
 from ._framing import DEFAULT_MAX_SIZE, FrameReader
+from ._timing import Deadline, validate_timeout
 
 if TYPE_CHECKING:
     import socket

@@ -20,6 +20,7 @@ import socket
 import socketserver
 import sys
 import threading
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import _platform
@@ -28,7 +29,6 @@ from ._errors import AuthenticationError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from pathlib import Path
 
 __all__ = ["HostedServer", "handler_class"]
 
@@ -149,27 +149,35 @@ class HostedServer:
     """The listening server of a host, and the thread that runs it.
 
     It binds and listens on a private temporary path; ``publish()`` renames
-    the socket to the channel's path once the host record is written, so a
-    socket at that path always belongs to a host whose record is in place.
+    the socket to ``address``, the channel's path, once the host record is
+    written, so a socket at that path always belongs to a host whose record is
+    in place. (The Unix transport's ``Listener``.)
     """
 
     def __init__(
         self,
         name: str,
         bind_path: Path,
+        address: str,
         handler: type[socketserver.BaseRequestHandler],
         authkey: bytes | None = None,
     ) -> None:
         self._name = name
         self._path = bind_path
+        self._address = address
         self._server = _UnixServer(bind_path, handler, name, authkey)
         self._thread: threading.Thread | None = None
         self._stopped = False
 
-    def publish(self, path: Path) -> None:
-        """Move the listening socket to ``path``, atomically replacing a stale socket file."""
-        os.replace(self._path, path)
-        self._path = path
+    @property
+    def address(self) -> str:
+        """The channel's socket path: what the record names and clients dial."""
+        return self._address
+
+    def publish(self) -> None:
+        """Move the listening socket to ``address``, atomically replacing a stale socket file."""
+        os.replace(self._path, self._address)
+        self._path = Path(self._address)
 
     def start(self) -> None:
         """Start (or restart) ``serve_forever`` on a named daemon thread."""

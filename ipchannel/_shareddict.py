@@ -43,10 +43,9 @@ from typing import TYPE_CHECKING, Any
 
 from . import _fork, _hooks, _platform
 from ._codecs import is_builtin, resolve_codec
-from ._election import Deadline, validate_timeout
 from ._errors import ChannelClosed, ChannelError, ChannelTimeout
-from ._hostrecord import read_record
 from ._requests import RequestChannel
+from ._timing import Deadline, validate_timeout
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -143,12 +142,8 @@ class SharedDict(MutableMapping[Any, Any]):
         # No record: nobody hosts now, and a host that just closed is replaced within milliseconds.
         # A dead host's record: survivors, if any, elect one of themselves within a tick or two.
         # A live host's: connecting to it is immediate.
-        record = read_record(self._channel.channel.runtime_dir / f"{name}.host")
-        wait: float | None
-        if record is None:
-            wait = _ALONE_GRACE
-        else:
-            wait = self._timeout if record.liveness() != "dead" else _SURVIVOR_GRACE
+        recorded = self._channel.channel._recorded_host()  # noqa: SLF001 - the coordinator's view
+        wait = {"none": _ALONE_GRACE, "dead": _SURVIVOR_GRACE}.get(recorded, self._timeout)
         try:
             self._channel.subscribe(self._on_change, timeout=wait)
         except ChannelTimeout:

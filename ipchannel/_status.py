@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import psutil
 
-from ._hostrecord import read_record
+from ._coordinator import LocalCoordinator
 from ._paths import ChannelPaths, validate_name
 
 __all__ = ["ChannelStatus", "channel_status", "list_channels"]
@@ -76,12 +76,13 @@ def list_channels(directory: Path) -> list[ChannelStatus]:
 def channel_status(name: str, directory: Path) -> ChannelStatus:
     """Return the status of channel ``name`` in ``directory``."""
     paths = ChannelPaths.for_channel(name, directory)
-    record = read_record(paths.record)
+    coordinator = LocalCoordinator(name, paths)  # reads only: it takes no lock
+    record = coordinator.read()
     if record is None:
         if paths.record.exists():
             return ChannelStatus(name, "stale", "unreadable host record", *(None,) * 6)
         return ChannelStatus(name, "no host" if paths.lock.exists() else "unknown", "", *(None,) * 6)
-    alive = record.liveness() != "dead"
+    alive = coordinator.liveness(record) != "dead"
     command = _command_line(record.pid) if alive else None
     problems = []
     if not alive:

@@ -22,6 +22,7 @@ import time
 from typing import TYPE_CHECKING, Any, Protocol
 
 import ipchannel
+from ipchannel._coordinator import LocalCoordinator
 
 if TYPE_CHECKING:
     import socket
@@ -116,7 +117,9 @@ class _Peer:
         if cmd == "leak_lock":
             # Start a process that inherits the lock's open file description (pass_fds) and
             # outlives us: after our death it holds the lock without hosting.
-            fd = self.channel._lock._fd  # noqa: SLF001
+            coordinator = self.channel._coordinator  # noqa: SLF001
+            assert isinstance(coordinator, LocalCoordinator)
+            fd = coordinator.lock_fd
             assert fd is not None
             sleeper = subprocess.Popen(["sleep", "60"], pass_fds=[fd])  # noqa: S607
             return {"sleeper": sleeper.pid}

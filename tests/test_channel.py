@@ -22,6 +22,7 @@ from conftest import Peers, reap, wait_until
 
 import ipchannel
 from ipchannel._hostrecord import HostRecord, read_record, write_record
+from ipchannel._server import HostedServer
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -358,7 +359,7 @@ def test_monitor_restarts_a_dead_server_thread(
     caplog.set_level(logging.WARNING, logger="ipchannel")
     channel.connect()
     server = channel._server  # noqa: SLF001
-    assert server is not None
+    assert isinstance(server, HostedServer)  # the Unix transport's listener
     first = server._thread  # noqa: SLF001
     assert first is not None
 

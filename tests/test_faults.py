@@ -15,7 +15,9 @@ import pytest
 from conftest import wait_until
 
 import ipchannel
+from ipchannel._coordinator import LocalCoordinator
 from ipchannel._hostrecord import read_record
+from ipchannel._paths import ChannelPaths
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -39,7 +41,8 @@ def test_runtime_dir_deleted_under_a_live_host(peers: Peers, runtime_dir: Path) 
     old_host = _everyone_answered_by_one_host(group)
     shutil.rmtree(runtime_dir)  # lock, record and socket file all gone; the host still listens
     # the host notices at its next monitor tick and steps down; whoever wins the new lock hosts
-    wait_until(lambda: (record := read_record(runtime_dir / "test.host")) and record.serving(), timeout=10)
+    coordinator = LocalCoordinator("test", ChannelPaths.for_channel("test", runtime_dir))
+    wait_until(lambda: (record := coordinator.read()) and coordinator.serving(record), timeout=10)
     new_host = _everyone_answered_by_one_host(group)
     assert _hosts(group) == [new_host]
     record = read_record(runtime_dir / "test.host")

@@ -15,9 +15,11 @@ import pytest
 from conftest import wait_until
 
 import ipchannel
-from ipchannel._election import Backoff, Deadline, validate_timeout
+from ipchannel._coordinator import LocalCoordinator
+from ipchannel._election import Backoff
 from ipchannel._hostrecord import HostRecord, own_create_time, read_record, write_record
 from ipchannel._paths import NAME_RULE, ChannelPaths, validate_name
+from ipchannel._timing import Deadline, validate_timeout
 
 
 @pytest.mark.parametrize("name", ["a", "counter", "A-b_c.d", "-x", "_", "9" * 64])
@@ -119,10 +121,13 @@ def test_missing_record_reads_as_none(tmp_path: Path) -> None:
     assert read_record(tmp_path / "nothing.host") is None
 
 
+_COORDINATOR = LocalCoordinator("x", ChannelPaths.for_channel("x", Path("/nonexistent")))  # reads no file
+
+
 def test_liveness_uses_pid_and_create_time() -> None:
     me = os.getpid()
     assert _record(me, own_create_time(me)).liveness() == "alive"
-    assert _record(me, own_create_time(me)).serving()
+    assert _COORDINATOR.serving(_record(me, own_create_time(me)))
     assert _record(me, own_create_time(me) - 1000).liveness() == "dead"  # pid reused by someone else
     assert _record(2**22 + 12345, 0.0).liveness() == "dead"  # no such process
 
@@ -135,7 +140,7 @@ def test_zombie_is_unknown_and_not_serving() -> None:
         wait_until(lambda: proc.status() == psutil.STATUS_ZOMBIE)
         record = _record(child.pid, create_time)
         assert record.liveness() == "unknown"
-        assert not record.serving()
+        assert not _COORDINATOR.serving(record)
     finally:
         child.wait()
 

@@ -1,0 +1,127 @@
+"""The transport seam: how to reach the host. ``UnixTransport`` is the one-machine implementation.
+
+A transport listens (in the host) and connects (everywhere): ``listen()``
+starts a server on a private address and returns a ``Listener``; the host
+writes ``listener.address`` into its record, then calls ``listener.publish()``
+to take the address others dial. ``connect(record)`` dials a recorded host,
+checks it is that host (for Unix sockets: the peer's pid by SO_PEERCRED; the
+peer's uid is checked by the server) and runs the authkey handshake if the
+channel has a key. It returns a ``ChannelSocket``, which follows the host
+across failover on any stream socket (``dup2`` onto the same descriptor).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import TYPE_CHECKING, Protocol
+
+from . import _platform
+from ._auth import client_handshake
+from ._client import ChannelSocket
+from ._errors import AuthenticationError, ChannelError
+from ._server import HostedServer
+
+if TYPE_CHECKING:
+    import socketserver
+
+    from ._hostrecord import HostRecord
+    from ._paths import ChannelPaths
+
+__all__ = ["Listener", "Transport", "UnixTransport"]
+
+
+class Listener(Protocol):
+    """A host's server: running on its private address until ``publish()``."""
+
+    @property
+    def address(self) -> str:
+        """What clients dial, written in the host record."""
+
+    def publish(self) -> None:
+        """Take the published address (atomically replacing what a dead host left there)."""
+
+    def still_published(self) -> bool:
+        """Tell whether our listener still answers at the published address (someone may remove it)."""
+
+    def restart_if_dead(self) -> bool:
+        """Restart the server thread if it died; True if it had to."""
+
+    def stop_listening(self) -> None:
+        """Stop accepting; connections waiting to be accepted are reset."""
+
+    def close_connections(self) -> None:
+        """End every live connection (clients see EOF at once) and join the handler threads."""
+
+    def abandon_after_fork(self) -> None:
+        """In a forked child: drop our copies of the parent's sockets, touching nothing shared."""
+
+
+class Transport(Protocol):
+    """How a channel's processes reach its host."""
+
+    def listen(self, handler: type[socketserver.BaseRequestHandler], authkey: bytes | None) -> Listener:
+        """Start a server that runs ``handler`` per connection; it listens on a private address."""
+
+    def connect(self, record: HostRecord, authkey: bytes | None) -> ChannelSocket | None:
+        """Connect to the host ``record`` names; None if nobody (or another host) answers there."""
+
+
+class UnixTransport:
+    """AF_UNIX sockets in the runtime directory, with the peer checked by SO_PEERCRED."""
+
+    def __init__(self, name: str, paths: ChannelPaths) -> None:
+        self._name = name
+        self._paths = paths
+
+    def listen(self, handler: type[socketserver.BaseRequestHandler], authkey: bytes | None) -> HostedServer:
+        for stale in self._paths.stale_socket_temporaries():
+            stale.unlink(missing_ok=True)
+        server = HostedServer(
+            self._name, self._paths.bind_path(os.getpid()), str(self._paths.sock), handler, authkey
+        )
+        server.start()
+        return server
+
+    def connect(self, record: HostRecord, authkey: bytes | None) -> ChannelSocket | None:
+        _check_auth_matches(self._name, record, authkey)
+        sock = ChannelSocket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(record.sock)
+            peer_pid, _uid = _platform.peer_credentials(sock)
+        except (FileNotFoundError, ConnectionRefusedError):
+            sock.close()
+            return None
+        except OSError as exc:
+            sock.close()
+            raise ChannelError(f"channel {self._name!r}: cannot connect to {record.sock}: {exc}") from exc
+        if peer_pid is not None and peer_pid != record.pid:
+            sock.close()  # a newer host than the record we read; read it again
+            return None
+        return _authenticated(sock, self._name, authkey)
+
+
+def _check_auth_matches(name: str, record: HostRecord, authkey: bytes | None) -> None:
+    """Refuse before connecting when the record says the host's use of a key differs from ours."""
+    if record.auth != (authkey is not None):
+        raise AuthenticationError(
+            name,
+            "the host requires an authkey and this channel has none"
+            if record.auth
+            else "this channel has an authkey but the host does not ask for one",
+        )
+
+
+def _authenticated(sock: ChannelSocket, name: str, authkey: bytes | None) -> ChannelSocket | None:
+    """Run the authkey handshake (any transport); None if the host went away during it."""
+    if authkey is None:
+        return sock
+    try:
+        client_handshake(sock, authkey, name)
+    except AuthenticationError:
+        sock.close()
+        raise
+    except OSError:
+        sock.close()
+        return None  # the host went away mid-handshake: look again
+    return sock
