@@ -72,8 +72,8 @@ class HostLock:
             return False
         self._held = True
         # Remembered so a forked child can close exactly this descriptor (see forget_after_fork).
-        fd = getattr(getattr(self._lock, "_context", None), "lock_file_fd", None)
-        if isinstance(fd, int):
+        fd = _held_descriptor(self._lock)
+        if fd is not None:
             st = os.fstat(fd)
             self._fd, self._identity = fd, (st.st_dev, st.st_ino)
         return True
@@ -114,16 +114,31 @@ class HostLock:
                 st = None  # filelock >= 4 closes its descriptors in its own at-fork hook
             if st is not None and (st.st_dev, st.st_ino) == self._identity:
                 os.close(self._fd)
-        context = getattr(self._lock, "_context", None)
-        if context is not None and getattr(context, "lock_file_fd", None) is not None:
-            # filelock 3.x still believes it holds the lock: make its finalizer a no-op.
-            context.lock_file_fd = None
-            if hasattr(context, "lock_counter"):
-                context.lock_counter = 0
+        _held_descriptor(self._lock, forget=True)
         self._held = False
         self._fd = None
         self._identity = None
         self._lock = filelock.FileLock(str(self._path), thread_local=False)
+
+
+def _held_descriptor(lock: filelock.BaseFileLock, *, forget: bool = False) -> int | None:
+    """Return the descriptor ``lock`` holds (None if unknown); with ``forget``, make filelock drop it.
+
+    The one place that reads filelock's private state, because its public API
+    has no way to get the descriptor, and both needs are about safety:
+    - the step-down check compares the locked file with the one at the path;
+    - a forked child must close the inherited descriptor without unlocking (that
+      would free the parent's lock) and make filelock 3.x, which still believes
+      it holds the lock, forget it, else its finalizer unlocks with force.
+    ``tests/test_units.py`` fails loudly if filelock renames or drops these.
+    """
+    context = getattr(lock, "_context", None)
+    fd = getattr(context, "lock_file_fd", None)
+    if forget and context is not None and fd is not None:
+        context.lock_file_fd = None
+        if hasattr(context, "lock_counter"):
+            context.lock_counter = 0
+    return fd if isinstance(fd, int) else None
 
 
 class Backoff:

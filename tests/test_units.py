@@ -199,3 +199,23 @@ def test_exports() -> None:
             assert obj.__module__ == "ipchannel", name
     assert ipchannel.HostChanged.__module__ == "ipchannel"
     assert isinstance(ipchannel.__version__, str)
+
+
+def test_filelock_still_has_the_private_state_fork_safety_relies_on(tmp_path: Path) -> None:
+    # ipchannel reads filelock's descriptor in one function (_election._held_descriptor): the public
+    # API has none. If a filelock release renames or drops it, this fails instead of fork safety and
+    # the step-down check silently turning off.
+    from ipchannel._election import HostLock, _held_descriptor  # noqa: PLC0415
+
+    lock = HostLock(tmp_path / "x.lock")
+    assert lock.try_acquire()
+    try:
+        fd = _held_descriptor(lock._lock)  # noqa: SLF001
+        assert fd is not None, "filelock no longer exposes _context.lock_file_fd"
+        assert lock.fd == fd
+        assert os.fstat(fd).st_ino == (tmp_path / "x.lock").stat().st_ino
+        assert lock.still_on_its_file()
+        (tmp_path / "x.lock").unlink()
+        assert not lock.still_on_its_file()  # the check the host steps down on
+    finally:
+        lock.release()
