@@ -97,7 +97,7 @@ def channel_host(conn: Connection, name: str, runtime_dir: str, handler: str = "
 def request_host(conn: Connection, name: str, runtime_dir: str) -> None:
     channel = ipchannel.RequestChannel(name, on_request, runtime_dir=runtime_dir)
     channel.request("elect me")
-    conn.send({"pid": os.getpid(), "is_host": channel.is_host})
+    conn.send({"pid": os.getpid(), "is_host": channel.channel.is_host})
     _wait_for_stop(conn)
     channel.close()
 
@@ -279,7 +279,7 @@ def capacity_client(conn: Connection, name: str, runtime_dir: str, connections: 
 def dict_host(conn: Connection, name: str, runtime_dir: str) -> None:
     """Open the SharedDict first (so this process hosts) and idle."""
     shared = ipchannel.SharedDict(name, runtime_dir=runtime_dir)
-    conn.send({"pid": os.getpid(), "is_host": shared.channel.is_host})
+    conn.send({"pid": os.getpid(), "is_host": shared.channel.channel.is_host})
     _wait_for_stop(conn)
     shared.close()
 

@@ -97,7 +97,7 @@ def worker(conn: Connection, runtime_dir: str, threads: int) -> None:
     for t in runners:
         t.start()
     time.sleep(0.2)  # every thread has its connection: the baseline for growth
-    conn.send({"pid": os.getpid(), "start": _resources(), "host": channel.is_host})
+    conn.send({"pid": os.getpid(), "start": _resources(), "host": channel.channel.is_host})
     while not conn.poll(0.1):
         with lock:
             report, events[:] = {"counts": dict(counts), "events": list(events)}, []
@@ -105,7 +105,7 @@ def worker(conn: Connection, runtime_dir: str, threads: int) -> None:
     stop.set()
     for t in runners:
         t.join(35)
-    end = {"pid": os.getpid(), "end": _resources(), "host": channel.is_host}
+    end = {"pid": os.getpid(), "end": _resources(), "host": channel.channel.is_host}
     with lock:
         end |= {"counts": dict(counts), "events": list(events)}
     channel.close()

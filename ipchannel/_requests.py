@@ -29,7 +29,6 @@ from ._wire import ERROR, PUBLISH, PUBLISH_ID, REQUEST
 
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from pathlib import Path
     from types import TracebackType
 
 __all__ = ["RequestChannel"]
@@ -95,36 +94,9 @@ class RequestChannel:
         _fork.register(self)
 
     @property
-    def name(self) -> str:
-        """The channel name."""
-        return self._channel.name
-
-    @property
     def channel(self) -> Channel:
-        """The underlying ``Channel`` (state, host, generation)."""
+        """The underlying ``Channel``: name, state, host, generation, ``join()`` and the host hooks."""
         return self._channel
-
-    @property
-    def runtime_dir(self) -> Path:
-        """The runtime directory."""
-        return self._channel.runtime_dir
-
-    @property
-    def is_host(self) -> bool:
-        """True while this process hosts the channel."""
-        return self._channel.is_host
-
-    def join(self, timeout: float | None = 5.0) -> bool:
-        """Take part in the election without sending anything; True if this process hosts (see Channel)."""
-        return self._channel.join(timeout)
-
-    def on_elected(self, callback: Callable[[int], object]) -> Callable[[int], object]:
-        """Call ``callback(generation)`` when this process becomes host (see ``Channel.on_elected``)."""
-        return self._channel.on_elected(callback)
-
-    def on_demoted(self, callback: Callable[[int], object]) -> Callable[[int], object]:
-        """Call ``callback(generation)`` when this process stops hosting (see ``Channel.on_demoted``)."""
-        return self._channel.on_demoted(callback)
 
     def request(self, message: Any, timeout: float | None = 5.0) -> Any:
         """Send ``message`` to the host's ``on_request`` and return its reply. Thread-safe.
@@ -140,7 +112,7 @@ class RequestChannel:
         deadline = Deadline(validate_timeout(timeout))
         kind, payload = self._call(REQUEST, self._encode(message), deadline)
         if kind == ERROR:
-            raise RemoteError.from_json(self.name, payload)
+            raise RemoteError.from_json(self._channel.name, payload)
         return self._codec.loads(payload)
 
     def publish(self, message: Any, timeout: float | None = 5.0) -> None:
@@ -185,7 +157,7 @@ class RequestChannel:
         try:
             self._subscriber.add(callback, deadline)
         except ChannelClosed:
-            raise ChannelClosed(self.name, self._kind) from None
+            raise ChannelClosed(self._channel.name, self._kind) from None
 
     def close(self) -> None:
         """Close the channel (handing hosting over) and stop this process's threads. Idempotent."""
@@ -202,11 +174,11 @@ class RequestChannel:
 
     def __repr__(self) -> str:
         codec = getattr(self._codec, "name", self._codec)
-        return f"<RequestChannel {self.name!r} codec={codec!r} {self._channel!r}>"
+        return f"<RequestChannel {self._channel.name!r} codec={codec!r} {self._channel!r}>"
 
     def _check_open(self) -> None:
         if self._channel.closed:
-            raise ChannelClosed(self.name, self._kind)
+            raise ChannelClosed(self._channel.name, self._kind)
 
     def _encode(self, message: Any) -> bytes:
         """Encode with the codec; a message it cannot carry is a TypeError that says what to do."""
@@ -220,8 +192,9 @@ class RequestChannel:
                 if codec == "json"
                 else "convert the value to something the codec accepts"
             )
+            what = type(message).__name__
             raise TypeError(
-                f"{self._kind} {self.name!r}: the {codec!r} codec cannot encode a {type(message).__name__}"
+                f"{self._kind} {self._channel.name!r}: the {codec!r} codec cannot encode a {what}"
                 f" message ({exc}); {hint}"
             ) from exc
 
@@ -234,14 +207,18 @@ class RequestChannel:
         except ChannelTimeout as exc:
             raise self._timeout(deadline, exc.last_host_pid) from None
         except ChannelClosed:
-            raise ChannelClosed(self.name, self._kind) from None
+            raise ChannelClosed(self._channel.name, self._kind) from None
         if answer is None:
             raise self._timeout(deadline, self._channel.host_pid)
         return answer
 
     def _timeout(self, deadline: Deadline, last_host_pid: int | None) -> ChannelTimeout:
         return ChannelTimeout(
-            self.name, str(self.runtime_dir), deadline.elapsed(), last_host_pid, "no answer to the request"
+            self._channel.name,
+            str(self._channel.runtime_dir),
+            deadline.elapsed(),
+            last_host_pid,
+            "no answer to the request",
         )
 
     def _reset_after_fork(self) -> None:

@@ -272,8 +272,8 @@ class SharedDict(MutableMapping[Any, Any]):
             while (self._gen, self._seq) < tuple(position):
                 if not self._cond.wait(min(deadline.remaining(), 0.05)) and deadline.remaining() <= 0:
                     raise ChannelTimeout(
-                        self._channel.name,
-                        str(self._channel.runtime_dir),
+                        self._channel.channel.name,
+                        str(self._channel.channel.runtime_dir),
                         deadline.elapsed(),
                         None,
                         "the write was acknowledged but this replica did not receive it in time",
@@ -314,7 +314,7 @@ class SharedDict(MutableMapping[Any, Any]):
                 snapshot = self._channel.request({"op": "snapshot"}, timeout=self._timeout)
                 with self._cond:
                     if self._closed:
-                        raise ChannelClosed(self._channel.name, "SharedDict")
+                        raise ChannelClosed(self._channel.channel.name, "SharedDict")
                     self._data = dict(snapshot["items"])
                     self._applied = snapshot["applied"]
                     self._gen, self._seq = snapshot["g"], snapshot["s"]
@@ -323,7 +323,9 @@ class SharedDict(MutableMapping[Any, Any]):
                         self._synced = True
                         self._cond.notify_all()
                         return
-            raise ChannelError(f"shared dict {self._channel.name!r}: could not catch up with the host")
+            raise ChannelError(
+                f"shared dict {self._channel.channel.name!r}: could not catch up with the host"
+            )
 
     # -- the host ----------------------------------------------------------------------------------
 
@@ -364,7 +366,7 @@ class SharedDict(MutableMapping[Any, Any]):
         """On the first request of a new term: start from the replica, once it has caught up."""
         generation = self._channel.channel.generation
         if generation is None:  # stopped hosting while this request was on its way: answered by nobody
-            raise ChannelClosed(self._channel.name, "SharedDict")
+            raise ChannelClosed(self._channel.channel.name, "SharedDict")
         if self._term == generation:
             return
         deadline = time.monotonic() + _TERM_WAIT
@@ -373,7 +375,7 @@ class SharedDict(MutableMapping[Any, Any]):
         if self._channel.subscribed_generation != generation:
             _LOGGER.warning(
                 "shared dict %r: starting host term %d before the replica caught up",
-                self._channel.name,
+                self._channel.channel.name,
                 generation,
             )
         with self._cond:
@@ -382,7 +384,7 @@ class SharedDict(MutableMapping[Any, Any]):
         with self._order:
             self._term, self._store_seq, self._published = generation, 0, 0
             self._order.notify_all()
-        name, keys = self._channel.name, len(self._store)
+        name, keys = self._channel.channel.name, len(self._store)
         _LOGGER.info("shared dict %r: host term %d starts with %d keys", name, generation, keys)
 
     # -- lifetime ------------------------------------------------------------------------------------
@@ -397,7 +399,7 @@ class SharedDict(MutableMapping[Any, Any]):
         self._channel.close()  # first: while it hands over, the host's side still reads the replica
         with self._cond:
             self._closed = True
-            self._data = _ClosedReplica(self._channel.name)
+            self._data = _ClosedReplica(self._channel.channel.name)
 
     def __enter__(self) -> SharedDict:
         return self
@@ -408,7 +410,7 @@ class SharedDict(MutableMapping[Any, Any]):
     def __repr__(self) -> str:
         with self._cond:
             keys = "closed" if self._closed else f"{len(self._data)} keys"
-            return f"<SharedDict {self._channel.name!r} {keys} at {self._gen}:{self._seq}>"
+            return f"<SharedDict {self._channel.channel.name!r} {keys} at {self._gen}:{self._seq}>"
 
     def _reset_after_fork(self) -> None:
         """In a forked child: a writer of its own, fresh locks, and a replica that syncs again.
@@ -422,7 +424,9 @@ class SharedDict(MutableMapping[Any, Any]):
         self._closed = closed
         if not closed:
             threading.Thread(
-                target=self._resync_after_fork, name=f"ipchannel-resync:{self._channel.name}", daemon=True
+                target=self._resync_after_fork,
+                name=f"ipchannel-resync:{self._channel.channel.name}",
+                daemon=True,
             ).start()
 
     def _resync_after_fork(self) -> None:
@@ -435,7 +439,7 @@ class SharedDict(MutableMapping[Any, Any]):
             except ChannelTimeout:
                 continue  # no host yet: keep waiting, one timeout at a time
             except Exception:
-                _LOGGER.exception("shared dict %r: cannot sync after fork", self._channel.name)
+                _LOGGER.exception("shared dict %r: cannot sync after fork", self._channel.channel.name)
                 return
             return
 

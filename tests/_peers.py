@@ -325,7 +325,7 @@ class _RequestPeer:
     def info(self) -> dict[str, Any]:
         return {
             "pid": os.getpid(),
-            "is_host": self.channel.is_host,
+            "is_host": self.channel.channel.is_host,
             "host_pid": self.channel.channel.host_pid,
         }
 
@@ -411,7 +411,7 @@ def _request_fork_child(channel: ipchannel.RequestChannel, got: list[Any], ready
         "event": "child",
         "pid": os.getpid(),
         "reply": reply,
-        "is_host": channel.is_host,
+        "is_host": channel.channel.is_host,
         "got": got,
         "resumed": resumed,
         "heard_parent": heard_parent,
@@ -464,7 +464,7 @@ def request_fork_main(conn: Connection, name: str, runtime_dir: str) -> None:
             "status": status,
             "got": got,
             "reply": after,
-            "is_host": channel.is_host,
+            "is_host": channel.channel.is_host,
             "held": held,
         }
     )
@@ -488,7 +488,7 @@ class _DictPeer:
     def do(self, cmd: str, args: dict[str, Any]) -> dict[str, Any]:
         d = self.dict
         if cmd == "info":
-            return {"pid": os.getpid(), "is_host": self.channel.is_host, "position": d.position}
+            return {"pid": os.getpid(), "is_host": self.channel.channel.is_host, "position": d.position}
         if cmd == "close":
             d.close()
             return {}
@@ -566,7 +566,9 @@ def dict_fork_main(  # noqa: PLR0917 - a spawn target takes positional arguments
     for i in range(children):
         with open(os.path.join(runtime_dir, f"child-{i}.json")) as f:
             results.append(json.load(f))
-    conn.send({"statuses": statuses, "results": results, "final": d.get("x"), "is_host": d.channel.is_host})
+    conn.send(
+        {"statuses": statuses, "results": results, "final": d.get("x"), "is_host": d.channel.channel.is_host}
+    )
     conn.recv()  # the test's go-ahead to close
     d.close()
 

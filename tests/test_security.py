@@ -30,7 +30,7 @@ def keyed_host(runtime_dir: Path) -> Iterator[ipchannel.RequestChannel]:  # noqa
     """This process hosts a RequestChannel that requires KEY (so its log is ours to read)."""
     with ipchannel.RequestChannel("test", _peers.on_request, authkey=KEY) as channel:
         assert channel.request("elect me")["pid"] == os.getpid()
-        assert channel.is_host
+        assert channel.channel.is_host
         yield channel
 
 
