@@ -361,16 +361,16 @@ class Channel:
                 server.address, previous, self._last_generation, auth=self._authkey is not None
             )
             self._coordinator.publish(record)
+            self._set_hosting(server, record)  # before clients can reach it: they must find a host term
             server.publish()
         except BaseException as exc:
+            if self._server is not None:  # published our term, then failed to publish the address
+                self._set_hosting(None, None)
             self._undo_hosting(server, record)
             if isinstance(exc, OSError) and not isinstance(exc, ChannelError):
                 where = self._coordinator.runtime_dir
                 raise ChannelError(f"channel {self._name!r}: cannot host in {where}: {exc}") from exc
             raise
-        with self._state_lock:
-            self._server, self._record = server, record
-            self._state = "connected"
         self._last_generation = record.generation
         self._last_host_pid = record.pid
         _LOGGER.info(
@@ -381,6 +381,12 @@ class Channel:
             previous.pid if previous else None,
         )
         return record
+
+    def _set_hosting(self, server: Listener | None, record: HostRecord | None) -> None:
+        with self._state_lock:
+            self._server, self._record = server, record
+            if self._state != "closed":  # a close() waiting for the election must stay closed
+                self._state = "connected" if server is not None else "connecting"
 
     def _undo_hosting(self, server: Listener | None, record: HostRecord | None) -> None:
         if server is not None:
@@ -445,12 +451,20 @@ class Channel:
 
     # -- stepping down, graceful handover and fork -----------------------------------
 
-    def _step_down(self, server: Listener, record: HostRecord, problem: str) -> None:
-        """Stop hosting because we lost what makes us host (the monitor found ``problem``)."""
-        _LOGGER.warning("channel %r: host pid %d steps down: %s", self._name, record.pid, problem)
+    def _step_down(self, server: Listener, record: HostRecord, problem_of: Callable[[], str]) -> None:
+        """Stop hosting if ``problem_of()``, asked again under the election lock, still finds one.
+
+        The monitor found that we lost what makes us host. Asked again here so a
+        term being set up right now (its address not yet published) is not taken for a lost one.
+        """
         with self._elect_lock:
             if self._server is not server:
                 return  # close() got there first
+            problem = problem_of()
+            if not problem:
+                return
+            _LOGGER.warning("channel %r: host pid %d steps down: %s", self._name, record.pid, problem)
+            self._resigning = True  # before the record goes: a handler running now must not answer
             with self._state_lock:
                 self._server = self._record = None
                 if self._state == "connected":

@@ -6,6 +6,8 @@ held by threads that do not exist in the child, the parent's lock descriptor.
 Each such object registers itself when it is created; in the child, one hook
 calls their ``_reset_after_fork()`` in creation order, so a Channel is reset
 before the RequestChannel built on it, and that before the SharedDict on top.
+Only then, in a second pass, objects that have one run ``_resume_after_fork()``:
+background work (a subscription, a resync) starts once nothing is left half reset.
 """
 
 from __future__ import annotations
@@ -37,14 +39,16 @@ def register(obj: _Resettable) -> None:
 
 def _reset_all_after_fork() -> None:
     # The child has one thread; nothing may wait on a lock a parent thread held at fork time.
-    for key in sorted(_registered.keys()):
-        obj = _registered.get(key)
-        if obj is None:
-            continue
-        try:
-            obj._reset_after_fork()  # noqa: SLF001 - the protocol of this module
-        except Exception:
-            _LOGGER.exception("ipchannel: resetting %r after fork failed", obj)
+    objects = [obj for key in sorted(_registered.keys()) if (obj := _registered.get(key)) is not None]
+    for step in ("_reset_after_fork", "_resume_after_fork"):
+        for obj in objects:
+            method = getattr(obj, step, None)
+            if method is None:
+                continue
+            try:
+                method()
+            except Exception:
+                _LOGGER.exception("ipchannel: %s of %r failed", step, obj)
 
 
 os.register_at_fork(after_in_child=_reset_all_after_fork)

@@ -29,6 +29,8 @@ from . import _platform
 from ._errors import ChannelClosed
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ._coordinator import Coordinator
     from ._hostrecord import HostRecord
     from ._transport import Listener
@@ -60,7 +62,7 @@ class _Channel(Protocol):
 
     def _forget_host(self, record: HostRecord) -> None: ...
 
-    def _step_down(self, server: Listener, record: HostRecord, problem: str) -> None: ...
+    def _step_down(self, server: Listener, record: HostRecord, problem_of: Callable[[], str]) -> None: ...
 
 
 class Monitor:
@@ -135,12 +137,15 @@ class Monitor:
     def _keep_hosting(self, server: Listener, record: HostRecord) -> None:
         """As host: a dead server thread restarts; losing the lock, record or address means stepping down."""
         server.restart_if_dead()
+        if self._hosting_problem(server, record):
+            self._channel._step_down(server, record, lambda: self._hosting_problem(server, record))  # noqa: SLF001
+
+    def _hosting_problem(self, server: Listener, record: HostRecord) -> str:
+        """Say what the host lost ("" for nothing): its lock, its published address, or its record."""
         problem = self._coordinator.holding_problem()
         if not problem and not server.still_published():
             problem = f"its socket file {server.address} was removed or replaced"
-        problem = problem or self._coordinator.record_problem(record)
-        if problem:
-            self._channel._step_down(server, record, problem)  # noqa: SLF001
+        return problem or self._coordinator.record_problem(record)
 
     def _report_stuck(self) -> None:
         now = time.monotonic()

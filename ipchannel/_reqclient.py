@@ -39,6 +39,7 @@ __all__ = ["Requester", "Subscriber"]
 
 _LOGGER = logging.getLogger("ipchannel")
 _JOIN_TIMEOUT = 2.0
+_RESUME_TRY = 1.0  # seconds per attempt of a forked child's background re-subscription
 
 
 class _Connection:
@@ -173,10 +174,24 @@ class Subscriber:
                     raise
 
     def ensure_running(self, deadline: Deadline) -> None:
-        """Subscribe again if this process has callbacks but no live subscriber thread (fork, lost link)."""
-        with self._lock:
+        """Subscribe again if this process has callbacks but no live subscriber thread (fork, lost link).
+
+        Waits for another thread doing the same no longer than ``deadline``.
+        """
+        remaining = deadline.remaining()
+        if not self._lock.acquire(timeout=-1 if math.isinf(remaining) else remaining):
+            raise self._timeout(deadline, "another thread is still subscribing")
+        try:
             if self._callbacks and (self._thread is None or not self._thread.is_alive()):
                 self._start(deadline, resume=self._thread is not None)
+        finally:
+            self._lock.release()
+
+    def _timeout(self, deadline: Deadline, detail: str) -> ChannelTimeout:
+        channel = self._channel
+        return ChannelTimeout(
+            channel.name, str(channel.runtime_dir), deadline.elapsed(), channel.host_pid, detail
+        )
 
     def resume_after_fork(self) -> None:
         """In a forked child with callbacks: subscribe again in the background, now, not at first use.
@@ -190,12 +205,16 @@ class Subscriber:
 
     def _resume(self) -> None:
         _platform.leave_signals_to_the_application()
-        try:
-            self.ensure_running(Deadline(None))  # as long as it takes for a host; close() interrupts
-        except ChannelClosed:
-            pass
-        except Exception:
-            _LOGGER.exception("channel %r: cannot subscribe again after fork", self._channel.name)
+        while True:  # as long as it takes for a host, in short tries: a caller may need the lock meanwhile
+            try:
+                self.ensure_running(Deadline(_RESUME_TRY))
+            except ChannelTimeout:
+                continue
+            except ChannelClosed:
+                return
+            except Exception:
+                _LOGGER.exception("channel %r: cannot subscribe again after fork", self._channel.name)
+            return
 
     def _start(self, deadline: Deadline, *, resume: bool = False) -> None:
         sock = self._channel.connect(timeout=deadline.remaining())
@@ -232,16 +251,13 @@ class Subscriber:
                         "channel %r: the host changed before acknowledging; subscribing again",
                         self._channel.name,
                     )
-        except TimeoutError as exc:
-            if isinstance(exc, ChannelError):
-                raise
-            raise ChannelTimeout(
-                self._channel.name,
-                str(self._channel.runtime_dir),
-                deadline.elapsed(),
-                self._channel.host_pid,
-                "the host did not acknowledge the subscription",
-            ) from None
+        except ChannelError:
+            raise
+        except TimeoutError:
+            raise self._timeout(deadline, "the host did not acknowledge the subscription") from None
+        except EOFError as exc:
+            name = self._channel.name
+            raise ChannelError(f"channel {name!r}: the host closed the subscription connection") from exc
         sock.settimeout(None)
 
     def _subscribe(self, sock: ChannelSocket, reader: FrameReader, *, resume: bool) -> None:

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import os
 import threading
 import time
@@ -59,6 +60,8 @@ _MISSING = object()
 _TERM_WAIT = 2.0  # how long a new host waits for its replica to catch up before starting anyway
 _ALONE_GRACE = 0.05  # with no host record, how long to wait for a host before becoming the first
 _SURVIVOR_GRACE = 0.5  # with a dead host's record, how long to give survivors to elect one of them
+_DUP_GRACE = 0.05  # how long a write answered as applied before a failover waits for the stream
+_RETRY_PAUSE = 0.05  # between two snapshots that still lack such a write
 
 
 class SharedDict(MutableMapping[Any, Any]):
@@ -257,27 +260,48 @@ class SharedDict(MutableMapping[Any, Any]):
     def _wait_applied(self, client: str, number: int) -> None:
         """Return once the local replica holds write ``number`` of ``client`` (from the stream or a snapshot).
 
-        The host recognised it as applied in an earlier term: every replica that
-        followed that term has it, and a snapshot of the current host has it too.
+        The host recognised it as applied in an earlier term. The stream usually
+        still brings it; if not within ``_DUP_GRACE``, a snapshot of the current
+        host has it (the host said so), and we take snapshots until one does.
         """
-        with self._cond:
-            if self._applied.get(client, (0,))[0] >= number:
-                return
-        self._resync()
+        deadline = Deadline(self._timeout)
+
+        def held() -> bool:
+            return bool(self._applied.get(client, (0,))[0] >= number)
+
+        self._wait(held, deadline, _DUP_GRACE)
+        while not held():
+            self._resync()
+            self._wait(held, deadline, _RETRY_PAUSE)
 
     def _wait_for(self, position: tuple[int, int]) -> None:
         """Return once the local replica has applied the change at ``position`` (read your writes)."""
         deadline = Deadline(self._timeout)
+        if not self._wait(lambda: (self._gen, self._seq) >= position, deadline):
+            raise self._late(deadline)
+
+    def _wait(self, condition: Callable[[], bool], deadline: Deadline, most: float | None = None) -> bool:
+        """Wait (at most ``most`` seconds) for ``condition``; raise at the deadline or if closed."""
+        limit = deadline.remaining() if most is None else min(most, deadline.remaining())
         with self._cond:
-            while (self._gen, self._seq) < tuple(position):
-                if not self._cond.wait(min(deadline.remaining(), 0.05)) and deadline.remaining() <= 0:
-                    raise ChannelTimeout(
-                        self._channel.channel.name,
-                        str(self._channel.channel.runtime_dir),
-                        deadline.elapsed(),
-                        None,
-                        "the write was acknowledged but this replica did not receive it in time",
-                    )
+            met = self._cond.wait_for(
+                lambda: self._closed or condition(), None if math.isinf(limit) else limit
+            )
+            if self._closed:
+                raise ChannelClosed(self._channel.channel.name, "SharedDict")
+        if not met and deadline.remaining() <= 0:
+            raise self._late(deadline)
+        return bool(met)
+
+    def _late(self, deadline: Deadline) -> ChannelTimeout:
+        channel = self._channel.channel
+        return ChannelTimeout(
+            channel.name,
+            str(channel.runtime_dir),
+            deadline.elapsed(),
+            None,
+            "the write was acknowledged but this replica did not receive it in time",
+        )
 
     # -- the replica: the change stream ---------------------------------------------------------
 
@@ -400,6 +424,7 @@ class SharedDict(MutableMapping[Any, Any]):
         with self._cond:
             self._closed = True
             self._data = _ClosedReplica(self._channel.channel.name)
+            self._cond.notify_all()  # a write waiting for its change raises ChannelClosed
 
     def __enter__(self) -> SharedDict:
         return self
@@ -422,7 +447,10 @@ class SharedDict(MutableMapping[Any, Any]):
         self._reset_state()
         self._data, (self._gen, self._seq) = data, position
         self._closed = closed
-        if not closed:
+
+    def _resume_after_fork(self) -> None:
+        """In a forked child, once everything is reset: sync the replica again in the background."""
+        if not self._closed:
             threading.Thread(
                 target=self._resync_after_fork,
                 name=f"ipchannel-resync:{self._channel.channel.name}",
@@ -436,8 +464,10 @@ class SharedDict(MutableMapping[Any, Any]):
                 self._resync()
             except ChannelClosed:
                 return
-            except ChannelTimeout:
-                continue  # no host yet: keep waiting, one timeout at a time
+            except ChannelTimeout:  # no host yet: keep waiting, one timeout (and a pause) at a time
+                with self._cond:
+                    self._cond.wait_for(lambda: self._closed, _RETRY_PAUSE)
+                continue
             except Exception:
                 _LOGGER.exception("shared dict %r: cannot sync after fork", self._channel.channel.name)
                 return

@@ -610,3 +610,28 @@ def job_fork_main(conn: Connection, name: str, runtime_dir: str) -> None:
     _, status = os.waitpid(pid, 0)
     conn.send({"child": child, "status": status, "parent_runs": job.runs, "parent_running": job.running})
     channel.close()
+
+
+def fork_request_timeout_main(conn: Connection, name: str, runtime_dir: str) -> None:
+    """Subscribe to another process's host, fork once told the host is frozen; time a request in the child."""
+    channel = ipchannel.RequestChannel(name, on_request, runtime_dir=runtime_dir)
+    channel.subscribe(lambda _message: None)
+    conn.send({"subscribed": os.getpid()})
+    conn.recv()  # the host is SIGSTOPped now: the child's background re-subscription hangs on it
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        start = time.monotonic()
+        try:
+            channel.request("hi", timeout=1)
+            outcome = "answered"
+        except Exception as exc:  # noqa: BLE001 - reported to the test
+            outcome = type(exc).__name__
+        os.write(write, json.dumps({"outcome": outcome, "seconds": time.monotonic() - start}).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as f:
+        report = json.loads(f.read() or "{}")
+    os.kill(pid, signal.SIGKILL)  # its re-subscription may still be trying
+    os.waitpid(pid, 0)
+    conn.send(report)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import _peers
 import pytest
-from conftest import SPAWN, reap, spawned, wait_until
+from conftest import SPAWN, Peers, reap, spawned, wait_until
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
@@ -121,3 +121,23 @@ def test_a_multiprocessing_fork_pool_increments_a_shared_dict_exactly_once_per_c
     values = sorted(v for result in report["results"] for v in result)
     assert values == list(range(1, 201))
     assert len(report["workers"]) >= 2  # several forked workers wrote
+
+
+@pytest.mark.timeout(60)
+def test_a_request_in_a_forked_child_keeps_its_timeout_while_the_subscription_comes_back(
+    peers: Peers, runtime_dir: Path
+) -> None:
+    (host,) = peers.start_requests(1)
+    host.call("request", message="elect me")
+    with spawned(_peers.fork_request_timeout_main, "test", str(runtime_dir)) as (_proc, conn):
+        assert conn.poll(30)
+        assert "subscribed" in conn.recv()
+        os.kill(host.pid, signal.SIGSTOP)  # the host accepts connections but answers nothing
+        try:
+            conn.send("fork")
+            assert conn.poll(20), "the child's request did not return"  # before the fix: it hung
+            report = conn.recv()
+        finally:
+            os.kill(host.pid, signal.SIGCONT)
+    assert report["outcome"] == "ChannelTimeout"
+    assert report["seconds"] < 5
