@@ -153,8 +153,13 @@ def failover_client(conn: Connection, name: str, runtime_dir: str) -> None:
                 pid = int(recv_line(sock))
             except ipchannel.HostChanged:
                 continue
-            conn.send({"host": pid, "at": time.monotonic_ns()})
+            at, moves = time.monotonic_ns(), sock.reconnects
+            # Park on this host *before* reporting it: the benchmark kills it as soon as we report, and a
+            # "wait" sent to a dead host is delivered to the new one, where recv would never end.
             sock.sendall(b"wait\n")
+            if sock.reconnects != moves:
+                continue  # the host died before "wait" reached it: ask the new one
+            conn.send({"host": pid, "at": at})
             with contextlib.suppress(ipchannel.HostChanged):
                 recv_line(sock)  # returns only by HostChanged, once the host has died
 
