@@ -110,7 +110,7 @@ class SharedDict(MutableMapping[Any, Any]):
         self._channel._kind = "SharedDict"  # noqa: SLF001 - errors name the class the user holds
         try:
             self._join(name)
-            self._resync()
+            self._first_sync(name)
         except BaseException:
             self._channel.close()
             raise
@@ -153,6 +153,19 @@ class SharedDict(MutableMapping[Any, Any]):
             _LOGGER.info("shared dict %r: no host within %.2f s; opening as the first", name, wait)
             self._channel.channel.may_host = True
             self._channel.subscribe(self._on_change, timeout=self._timeout)
+
+    def _first_sync(self, name: str) -> None:
+        """Take the first snapshot; if its host went away and nobody took over in time, we are alone."""
+        try:
+            self._resync()
+        except ChannelTimeout:
+            # Survivors holding the data elect one of themselves within milliseconds; a whole
+            # timeout without a host means there are none (say, every other process is exiting).
+            _LOGGER.info(
+                "shared dict %r: the host left while this replica opened; opening as the first", name
+            )
+            self._channel.channel.may_host = True
+            self._resync()
 
     # -- reads: the local replica ----------------------------------------------------------
 

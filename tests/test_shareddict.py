@@ -275,3 +275,27 @@ def test_a_write_reaching_a_host_that_is_closing_is_answered_by_the_next_host(
     # before the fix: RemoteError (ChannelClosed raised in the closing host) out of incr()
     assert writer.finish_call()["results"] == [4]
     assert writer.call("copy")["items"] == [("n", 4)]
+
+
+@pytest.mark.timeout(60)
+def test_a_dict_opening_while_its_only_host_closes_opens_as_the_first(peers: Peers, tmp_path: Path) -> None:
+    (holder,) = peers.start_dicts(1)
+    resigning, release, handled = tmp_path / "resigning", tmp_path / "go", tmp_path / "handled"
+    holder.call(
+        "pause_at", point="channel.resigning", marker="test", flag=str(resigning), release=str(release)
+    )
+    holder.call("pause_at", point="requests.answered", marker="snapshot", flag=str(handled), release="")
+    holder.start_call("close")  # as a gunicorn worker exiting on SIGTERM
+    wait_until(resigning.exists)
+    opened: list[Peer] = []
+    opener = threading.Thread(target=lambda: opened.extend(peers.start_dicts(1)))
+    opener.start()  # its first snapshot reaches the closing host, which answers nothing
+    try:
+        wait_until(handled.exists, timeout=30)
+    finally:
+        release.touch()
+    holder.finish_call()
+    opener.join(60)
+    (newcomer,) = opened  # before the fix: ChannelTimeout out of SharedDict(), so the peer never started
+    assert newcomer.call("info")["is_host"]
+    assert newcomer.call("incr", key="n", times=1)["results"] == [1]
