@@ -95,6 +95,9 @@ class SharedDict(MutableMapping[Any, Any]):
         self._timeout = validate_timeout(timeout)
         self._codec = resolve_codec(codec)
         self._local_apply = is_builtin(self._codec)  # a write applies itself: only if it comes back equal
+        # a custom codec may have neither: then nothing is checked in the caller
+        self._check_key: Callable[[Any], None] | None = getattr(self._codec, "check_key", None)
+        self._check_value: Callable[[Any], None] | None = getattr(self._codec, "check_value", None)
         self._new_identity()
         self._reset_state()
         # Out of elections until the replica holds the state: a newcomer elected with an empty
@@ -239,16 +242,14 @@ class SharedDict(MutableMapping[Any, Any]):
 
     def _key(self, key: Any) -> Any:
         """Refuse, here and not in the host, a key the codec would not bring back as an equal key."""
-        check = getattr(self._codec, "check_key", None)
-        if check is not None:
-            check(key)
+        if self._check_key is not None:
+            self._check_key(key)
         return key
 
     def _value(self, value: Any) -> Any:
         """Refuse a value the codec would hand the other processes changed."""
-        check = getattr(self._codec, "check_value", None)
-        if check is not None:
-            check(value)
+        if self._check_value is not None:
+            self._check_value(value)
         return value
 
     def _write(self, op: list[Any]) -> Any:
@@ -301,10 +302,13 @@ class SharedDict(MutableMapping[Any, Any]):
                 lambda: self._closed or condition(), None if math.isinf(limit) else limit
             )
             if self._closed:
-                raise ChannelClosed(self._channel.channel.name, "SharedDict")
+                raise self._closed_error()
         if not met and deadline.remaining() <= 0:
             raise self._late(deadline)
         return bool(met)
+
+    def _closed_error(self) -> ChannelClosed:
+        return ChannelClosed(self._channel.channel.name, "SharedDict")
 
     def _late(self, deadline: Deadline) -> ChannelTimeout:
         channel = self._channel.channel
@@ -351,7 +355,7 @@ class SharedDict(MutableMapping[Any, Any]):
                 snapshot = self._channel.request({"op": "snapshot"}, timeout=self._timeout)
                 with self._cond:
                     if self._closed:
-                        raise ChannelClosed(self._channel.channel.name, "SharedDict")
+                        raise self._closed_error()
                     self._data = dict(snapshot["items"])
                     self._applied = snapshot["applied"]
                     self._gen, self._seq = snapshot["g"], snapshot["s"]
@@ -403,7 +407,7 @@ class SharedDict(MutableMapping[Any, Any]):
         """On the first request of a new term: start from the replica, once it has caught up."""
         generation = self._channel.channel.generation
         if generation is None:  # stopped hosting while this request was on its way: answered by nobody
-            raise ChannelClosed(self._channel.channel.name, "SharedDict")
+            raise self._closed_error()
         if self._term == generation:
             return
         deadline = time.monotonic() + _TERM_WAIT
