@@ -20,20 +20,21 @@ import threading
 import weakref
 from typing import TYPE_CHECKING, Literal, overload
 
-from . import _fork, _hooks, _platform
+from . import _fork, _hooks
 from ._auth import validate_authkey
-from ._coordinator import LocalCoordinator
+from ._backend import open_backend
 from ._election import Backoff
-from ._errors import ChannelClosed, ChannelError, ChannelTimeout
+from ._errors import ChannelClosed, ChannelError, ChannelTimeout, CoordinatorUnavailable
 from ._monitor import Monitor
-from ._paths import ChannelPaths, ensure_runtime_dir, resolve_runtime_dir, validate_name
+from ._paths import validate_name
+from ._remote import LostClaim
 from ._server import handler_class
 from ._timing import Deadline, validate_timeout
-from ._transport import UnixTransport
 
 if TYPE_CHECKING:
     import socket
     import socketserver
+    import ssl
     from collections.abc import Callable
     from pathlib import Path
     from types import TracebackType
@@ -75,10 +76,24 @@ class Channel:
     :param authkey: if given (bytes, e.g. ``os.urandom(32)`` shared by your processes), every
         connection first proves in both directions that it knows the key (HMAC challenge-response,
         as ``multiprocessing.connection``); a process with another key, or none, gets
-        ``AuthenticationError`` and the host never runs the handler for it.
-    :raises ValueError: the name breaks the rule above.
+        ``AuthenticationError`` and the host never runs the handler for it. Required with a coordinator.
+    :param coordinator: across machines, the engine that elects the host: ``"etcd://HOST:2379"``
+        (several: ``"etcd://h1,h2,h3/PREFIX"``) or ``"redis://[:PASSWORD@]HOST:6379/DB"``
+        (``rediss://`` for TLS). None reads ``IPCHANNEL_COORDINATOR``; unset, the channel is local.
+    :param listen: with a coordinator, ``"HOST:PORT"`` this process listens on if it hosts
+        (port 0: any free one); None reads ``IPCHANNEL_LISTEN``, else ``"0.0.0.0:0"``.
+    :param advertise: the ``"HOST:PORT"`` others dial (port 0: the one bound); None reads
+        ``IPCHANNEL_ADVERTISE``, else the listen address, or for ``0.0.0.0`` the address this
+        machine reaches the coordinator from.
+    :param ttl: seconds a host's claim outlives its last renewal (default 5, at least 1): the
+        failover time after a crash. The host renews every ttl/3 and stops serving a margin before.
+    :param ssl_context: TLS for the TCP transport: an ``ssl.SSLContext`` for both sides, or a
+        pair ``(host_side, client_side)``; None is plain TCP (the authkey still applies).
+    :raises ValueError: the name breaks the rule above; a coordinator without ``authkey``.
     :raises TypeError: the handler is neither accepted form.
     :raises RuntimeDirError: the runtime directory cannot be created or used safely.
+    :raises CoordinatorURLError: the coordinator URL cannot be parsed or names an unknown engine.
+    :raises MissingExtraError: the engine's client is not installed (``pip install 'ipchannel[etcd]'``).
     """
 
     #: Seconds between two checks of the host by the monitor thread.
@@ -93,6 +108,11 @@ class Channel:
         auto_reconnect: bool = True,
         authkey: bytes | None = None,
         may_host: bool = True,
+        coordinator: str | None = None,
+        listen: str | None = None,
+        advertise: str | None = None,
+        ttl: float | None = None,
+        ssl_context: ssl.SSLContext | tuple[ssl.SSLContext, ssl.SSLContext] | None = None,
         _coordinator: Coordinator | None = None,
         _transport: Transport | None = None,
     ) -> None:
@@ -104,7 +124,16 @@ class Channel:
         if not isinstance(may_host, bool):
             raise TypeError(f"may_host must be a bool, not {type(may_host).__name__}")
         if _coordinator is None or _transport is None:
-            _coordinator, _transport = _local_backend(self._name, runtime_dir)
+            _coordinator, _transport = open_backend(
+                self._name,
+                runtime_dir=runtime_dir,
+                coordinator=coordinator,
+                listen=listen,
+                advertise=advertise,
+                ttl=ttl,
+                ssl_context=ssl_context,
+                authkey=self._authkey,
+            )
         self._coordinator, self._transport = _coordinator, _transport
         self.auto_reconnect = auto_reconnect
         self.may_host = may_host
@@ -324,8 +353,8 @@ class Channel:
                 raise self._timeout_error(deadline)
 
     def _recorded_and_serving(self, record: HostRecord) -> bool:
-        """Tell whether ``record`` is still the current record and its host is serving."""
-        return self._coordinator.read() == record and self._coordinator.serving(record)
+        """Tell whether ``record`` is still the current record and its host is serving (asked at the source)."""
+        return self._coordinator.confirm(record)
 
     def _elect(self, avoid: HostRecord | None, *, verify: bool) -> HostRecord | None:
         """One election step: the recorded host if it may be alive, else try to become host.
@@ -345,7 +374,11 @@ class Channel:
                     return record
             if not self.may_host or not self._coordinator.try_acquire():
                 return None
-            elected = self._become_host(record)
+            try:
+                elected = self._become_host(record)
+            except LostClaim as exc:
+                _LOGGER.debug("channel %r: lost the claim: %s", self._name, exc)
+                return None
         self._run_callbacks(self._elected_callbacks, elected.generation, "on_elected")
         return elected
 
@@ -356,19 +389,19 @@ class Channel:
         record: HostRecord | None = None
         try:
             self._coordinator.prepare()
-            server = self._transport.listen(self._handler, self._authkey)
+            server = self._transport.listen(self._handler, self._authkey, lambda: self._may_serve)
             record = self._coordinator.new_record(
                 server.address, previous, self._last_generation, auth=self._authkey is not None
             )
-            self._coordinator.publish(record)
+            record = self._coordinator.publish(record)
             self._set_hosting(server, record)  # before clients can reach it: they must find a host term
-            server.publish()
+            server.publish(record)
         except BaseException as exc:
             if self._server is not None:  # published our term, then failed to publish the address
                 self._set_hosting(None, None)
             self._undo_hosting(server, record)
             if isinstance(exc, OSError) and not isinstance(exc, ChannelError):
-                where = self._coordinator.runtime_dir
+                where = self._coordinator.location
                 raise ChannelError(f"channel {self._name!r}: cannot host in {where}: {exc}") from exc
             raise
         self._last_generation = record.generation
@@ -423,6 +456,8 @@ class Channel:
         _LOGGER.info(
             "channel %r: host pid %d (generation %d) lost", self._name, record.pid, record.generation
         )
+        for sock in list(self._sockets):  # a host that lost its claim may still hold them open
+            sock._kick(record)  # noqa: SLF001
 
     def _still_serving(self, record: HostRecord) -> bool:
         """Tell a socket that saw EOF whether the host it talked to is still serving."""
@@ -434,9 +469,11 @@ class Channel:
         return False
 
     def _timeout_error(self, deadline: Deadline) -> ChannelTimeout:
+        if problem := self._coordinator.unreachable():
+            return CoordinatorUnavailable(self._name, self._coordinator.location, deadline.elapsed(), problem)
         return ChannelTimeout(
             self._name,
-            str(self._coordinator.runtime_dir),
+            self._coordinator.location,
             deadline.elapsed(),
             self._last_host_pid,
             self._coordinator.stuck_detail(),
@@ -471,6 +508,15 @@ class Channel:
                     self._state = "connecting"
             with contextlib.suppress(OSError):
                 self._resign(server, record)
+
+    @property
+    def _may_serve(self) -> bool:
+        """True while this process may answer as host: not handing over, and its claim provably valid.
+
+        Asked before every answer (``RequestHost``) and every TCP connection (the hello), so a
+        host whose claim lapsed (frozen, partitioned) answers nothing, even before it steps down.
+        """
+        return not self._handing_over and self._coordinator.claim_valid()
 
     @property
     def _handing_over(self) -> bool:
@@ -510,16 +556,6 @@ class Channel:
         if closed:
             self._stopping.set()
         atexit.unregister(self.close)
-
-
-def _local_backend(name: str, runtime_dir: object) -> tuple[LocalCoordinator, UnixTransport]:
-    """Return the one-machine coordinator and transport, on the runtime directory's files."""
-    if not _platform.SUN_PATH_MAX:
-        raise ChannelError("ipchannel needs Unix domain sockets and flock, which this platform lacks")
-    directory = resolve_runtime_dir(runtime_dir)
-    ensure_runtime_dir(directory)
-    paths = ChannelPaths.for_channel(name, directory)
-    return LocalCoordinator(name, paths), UnixTransport(name, paths)
 
 
 def _check_callback(callback: Callable[[int], object]) -> Callable[[int], object]:

@@ -113,6 +113,19 @@ class ChannelSocket(socket.socket):
 
     # -- the four I/O calls -------------------------------------------------
 
+    # What they do on the wire; a TLS socket (``_tls``) replaces these four.
+    _raw_recv = socket.socket.recv
+    _raw_recv_into = socket.socket.recv_into
+    _raw_send = socket.socket.send
+    _raw_sendall = socket.socket.sendall
+
+    def pending(self) -> int:
+        """Bytes already received and decrypted, waiting in the socket (TLS); 0 for a plain socket.
+
+        Check it before ``select()``/``poll()``: such bytes do not make the descriptor readable.
+        """
+        return 0
+
     # These four are on every message's path, so the common case is kept to attribute reads.
 
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
@@ -121,7 +134,7 @@ class ChannelSocket(socket.socket):
             self._before_io(reading=True)
         epoch, record = self._epoch, self._record
         try:
-            data = super().recv(bufsize, flags)
+            data = self._raw_recv(bufsize, flags)
         except _LOST as exc:
             self._raise_if_host_changed(epoch, record, exc)
             raise
@@ -135,7 +148,7 @@ class ChannelSocket(socket.socket):
             self._before_io(reading=True)
         epoch, record = self._epoch, self._record
         try:
-            count = super().recv_into(buffer, nbytes, flags)
+            count = self._raw_recv_into(buffer, nbytes, flags)
         except _LOST as exc:
             self._raise_if_host_changed(epoch, record, exc)
             raise
@@ -150,7 +163,7 @@ class ChannelSocket(socket.socket):
                 self._before_io(reading=False)
             epoch = self._epoch
             try:
-                return super().send(data, flags)
+                return self._raw_send(data, flags)
             except _LOST:
                 if not self._recover(epoch):
                     raise
@@ -162,7 +175,7 @@ class ChannelSocket(socket.socket):
                 self._before_io(reading=False)
             epoch = self._epoch
             try:
-                super().sendall(data, flags)
+                self._raw_sendall(data, flags)
             except _LOST:
                 if not self._recover(epoch):
                     raise
@@ -225,6 +238,7 @@ class ChannelSocket(socket.socket):
         fresh, record = owner._open_connection(Deadline(timeout), avoid=avoid)  # noqa: SLF001
         try:
             os.dup2(fresh.fileno(), self.fileno())
+            self._take_over(fresh)
         finally:
             fresh.close()
         self.settimeout(self.gettimeout())  # the new description starts blocking; reapply our mode
@@ -240,7 +254,27 @@ class ChannelSocket(socket.socket):
             record.generation,
         )
 
+    def _take_over(self, fresh: ChannelSocket) -> None:
+        """Take the per-connection state of ``fresh``, whose descriptor was just dup2-ed onto ours (TLS)."""
+
+    def _forget_connection(self) -> None:
+        """Drop the per-connection state (a forked child's copy; TLS)."""
+
     # -- called by the channel -------------------------------------------------
+
+    def _kick(self, record: HostRecord) -> None:
+        """End our connection to ``record``'s host, which lost its claim: a blocked read wakes and recovers.
+
+        Skipped if another thread is moving the socket right now (it is leaving that host anyway).
+        """
+        if not self._recover_lock.acquire(blocking=False):
+            return
+        try:
+            if self._record == record and self.fileno() >= 0:
+                with contextlib.suppress(OSError):
+                    self.shutdown(socket.SHUT_RDWR)
+        finally:
+            self._recover_lock.release()
 
     def _close_for_channel(self) -> None:
         """Wake any blocked call (it raises ChannelClosed) and close: the channel was closed."""
@@ -260,6 +294,7 @@ class ChannelSocket(socket.socket):
         finally:
             placeholder.close()
         self._recover_lock = threading.Lock()
+        self._forget_connection()
         self._stale = self._unusual = True
 
     def __reduce__(self) -> NoReturn:

@@ -45,7 +45,11 @@ class Coordinator(Protocol):
 
     @property
     def runtime_dir(self) -> Path:
-        """Return where this process keeps the channel's local files (named in errors)."""
+        """Return where this process keeps the channel's local files."""
+
+    @property
+    def location(self) -> str:
+        """Return where the election happens, for messages: the runtime directory, or the engine's URL."""
 
     def read(self) -> HostRecord | None:
         """Return the current host record, or None."""
@@ -64,14 +68,20 @@ class Coordinator(Protocol):
     def prepare(self) -> None:
         """Before publishing a record: make sure it can be written (directory, stale temporaries)."""
 
-    def publish(self, record: HostRecord) -> None:
-        """Make ``record`` the current host record."""
+    def publish(self, record: HostRecord) -> HostRecord:
+        """Make ``record`` the current host record; return it as published (an engine numbers it).
+
+        May raise ``LostClaim`` (an engine: another process claimed the channel first).
+        """
 
     def retract(self, record: HostRecord) -> None:
         """Remove the current record if it is still ``record`` (never another host's)."""
 
     def serving(self, record: HostRecord) -> bool:
         """Tell whether the recorded host runs and is not exiting (an EOF then was its handler's)."""
+
+    def confirm(self, record: HostRecord) -> bool:
+        """Like ``serving()``, asked of the source itself (after an EOF: an engine, not a cached copy)."""
 
     def liveness(self, record: HostRecord) -> Liveness:
         """Say whether the recorded host runs: "alive", "dead" or "unknown" (counted as alive)."""
@@ -88,6 +98,12 @@ class Coordinator(Protocol):
     def record_problem(self, record: HostRecord) -> str:
         """As host: return "" if ``record`` is still current (a damaged one is rewritten), else why not."""
 
+    def claim_valid(self) -> bool:
+        """As host: True while our right to host is provably ours (asked before answering a request)."""
+
+    def unreachable(self) -> str:
+        """Say why the coordinator does not answer ("" if it does, or cannot fail to: a local one)."""
+
     def stuck_detail(self) -> str:
         """Say why no host can be elected though nobody serves ("" if nothing is known to block it)."""
 
@@ -99,6 +115,9 @@ class Coordinator(Protocol):
 
     def after_fork(self) -> None:
         """In a forked child: forget the parent's hold, without touching the parent's."""
+
+    def close(self) -> None:
+        """Stop what the coordinator runs in the background (the channel closes)."""
 
 
 class LocalCoordinator:
@@ -112,6 +131,10 @@ class LocalCoordinator:
     @property
     def runtime_dir(self) -> Path:
         return self._paths.directory
+
+    @property
+    def location(self) -> str:
+        return str(self._paths.directory)
 
     @property
     def lock_fd(self) -> int | None:
@@ -139,8 +162,9 @@ class LocalCoordinator:
         for stale in self._paths.stale_record_temporaries():
             stale.unlink(missing_ok=True)
 
-    def publish(self, record: HostRecord) -> None:
+    def publish(self, record: HostRecord) -> HostRecord:
         write_record(self._paths.record, record)
+        return record
 
     def retract(self, record: HostRecord) -> None:
         remove_record(self._paths.record, record)
@@ -148,6 +172,12 @@ class LocalCoordinator:
     def serving(self, record: HostRecord) -> bool:
         # The /proc check is ~10x cheaper than psutil and settles the common case, a host that just died.
         return not _platform.process_exiting(record.pid) and record.liveness() == "alive"
+
+    def confirm(self, record: HostRecord) -> bool:
+        """Like ``serving()``, asked of the source itself (after an EOF: an engine, not a cached copy)."""
+
+    def confirm(self, record: HostRecord) -> bool:
+        return self.read() == record and self.serving(record)
 
     def liveness(self, record: HostRecord) -> Liveness:
         return record.liveness()
@@ -190,6 +220,12 @@ class LocalCoordinator:
         _LOGGER.warning("channel %r: the host record was missing or unreadable; rewrote it", self._name)
         return ""
 
+    def claim_valid(self) -> bool:
+        return True  # the flock is ours until we release it (its file's removal is the monitor's to see)
+
+    def unreachable(self) -> str:
+        return ""
+
     def stuck_detail(self) -> str:
         record = self.read()
         if record is not None and record.liveness() != "dead":
@@ -205,10 +241,16 @@ class LocalCoordinator:
     def stuck_report(self) -> str:
         """Name the lock and its holders, for the monitor's warning about a stuck election."""
         holders = _platform.lock_holders(str(self._paths.lock))
-        return f"the lock {self._paths.lock} is held (holders: {'unknown' if holders is None else holders})"
+        return (
+            f"the lock {self._paths.lock} is held (holders: {'unknown' if holders is None else holders}); "
+            "a process that inherited it across fork() without exec() blocks the election"
+        )
 
     def warm_up(self) -> None:
         own_create_time(os.getpid())
 
     def after_fork(self) -> None:
         self._lock.forget_after_fork()
+
+    def close(self) -> None:
+        """Nothing runs in the background."""

@@ -9,7 +9,11 @@ One root, with builtin mix-ins so ``except TimeoutError`` and friends work::
     ├── RuntimeDirError  (also OSError)                the runtime directory cannot be used safely
     ├── AuthenticationError (also PermissionError)    the other side does not share the authkey
     ├── ProtocolError                                  bytes on the wire are not a valid frame
-    └── RemoteError                                    the host's request handler raised
+    ├── RemoteError                                    the host's request handler raised
+    └── CoordinatorError                               the engine of ``coordinator=`` cannot be used
+        ├── CoordinatorURLError (also ValueError)      a bad or unknown coordinator URL
+        ├── MissingExtraError (also ImportError)       its client library is not installed
+        └── CoordinatorUnavailable (also ChannelTimeout) the engine did not answer in time
 
 Each exception keeps its context as attributes, builds its text in ``__str__``
 and pickles through ``__reduce__``, so it survives being sent to another process.
@@ -28,7 +32,11 @@ __all__ = [
     "ChannelClosed",
     "ChannelError",
     "ChannelTimeout",
+    "CoordinatorError",
+    "CoordinatorURLError",
+    "CoordinatorUnavailable",
     "HostChanged",
+    "MissingExtraError",
     "ProtocolError",
     "RemoteError",
     "RuntimeDirError",
@@ -203,3 +211,63 @@ class RemoteError(ChannelError):
         """Rebuild the error in the caller from what ``encode`` wrote in the host."""
         info = json.loads(data)
         return cls(channel, info["type"], info["message"], info["traceback"], info.get("pid"))
+
+
+class CoordinatorError(ChannelError):
+    """The engine named by ``coordinator=`` (etcd, Redis) cannot be used; the message says why."""
+
+
+class CoordinatorURLError(CoordinatorError, ValueError):
+    """The coordinator URL cannot be used: ``url`` is the URL (password hidden), ``problem`` what is wrong."""
+
+    def __init__(self, url: str, problem: str) -> None:
+        super().__init__(url, problem)
+        self.url = url
+        self.problem = problem
+
+    def __str__(self) -> str:
+        return (
+            f"coordinator URL {self.url!r}: {self.problem}; expected etcd://HOST[:PORT][,HOST[:PORT]...][/PREFIX] "
+            "or redis://[[USER]:PASSWORD@]HOST[:PORT][/DB] (rediss:// for TLS)"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.url, self.problem)
+
+
+class MissingExtraError(CoordinatorError, ImportError):
+    """The client library of an engine is not installed: ``extra`` is what to ``pip install``."""
+
+    def __init__(self, url: str, module: str, extra: str) -> None:
+        super().__init__(url, module, extra)
+        self.url = url
+        self.module = module
+        self.extra = extra
+
+    def __str__(self) -> str:
+        return (
+            f"coordinator {self.url!r} needs the {self.module!r} package, which is not installed; "
+            f"install it with: pip install 'ipchannel[{self.extra}]'"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.url, self.module, self.extra)
+
+
+class CoordinatorUnavailable(CoordinatorError, ChannelTimeout):
+    """The engine could not be reached before the timeout, so no host could be found or elected."""
+
+    def __init__(self, channel: str, url: str, waited: float, problem: str) -> None:
+        ChannelTimeout.__init__(self, channel, url, waited, None, problem)
+        self.url = url
+        self.problem = problem
+
+    def __str__(self) -> str:
+        return (
+            f"channel {self.channel!r}: the coordinator {self.url} did not answer within {self.waited:.3f} s "
+            f"({self.problem}); check that it runs, that this machine reaches it (address, port, "
+            "firewall) and the password or TLS settings in the URL"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.channel, self.url, self.waited, self.problem)

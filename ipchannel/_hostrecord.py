@@ -55,23 +55,29 @@ class HostRecord:
     started: float
     #: whether the host requires the authkey handshake (so a client without a key can say so)
     auth: bool = False
+    #: the host's machine (``socket.gethostname()``), in records kept by a coordinator engine
+    node: str = ""
 
     def to_json(self) -> bytes:
         """Return the record as JSON bytes."""
         return json.dumps(asdict(self), sort_keys=True).encode()
 
     @classmethod
-    def from_json(cls, data: bytes) -> HostRecord:
-        """Parse a record; raise ``ValueError`` if it is not one."""
+    def from_json(cls, data: bytes, generation: int | None = None) -> HostRecord:
+        """Parse a record; raise ``ValueError`` if it is not one.
+
+        ``generation``: the engine's number for it (an etcd key's create revision), overriding the JSON's.
+        """
         try:
             raw = json.loads(data)
             record = cls(
                 pid=int(raw["pid"]),
                 create_time=float(raw["create_time"]),
                 sock=str(raw["sock"]),
-                generation=int(raw["generation"]),
+                generation=int(raw["generation"]) if generation is None else generation,
                 started=float(raw["started"]),
                 auth=bool(raw.get("auth", False)),
+                node=str(raw.get("node", "")),
             )
         except (KeyError, TypeError, ValueError, UnicodeDecodeError) as exc:
             raise ValueError(f"not a host record: {exc}") from exc

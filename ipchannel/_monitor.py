@@ -156,8 +156,7 @@ class Monitor:
             return
         self._stuck_reported = True
         _LOGGER.warning(
-            "channel %r: no live host for %.1f s but %s; "
-            "a process that inherited it across fork() without exec() blocks the election",
+            "channel %r: no live host for %.1f s but %s",
             self._channel.name,
             now - self._stuck_since,
             self._coordinator.stuck_report(),

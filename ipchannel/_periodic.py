@@ -99,6 +99,8 @@ class HostJob:
             "channel %r: host job %r started (generation %d)", self._channel.name, self._func, generation
         )
         while not stop.wait(self._every):
+            if not self._channel._may_serve:  # noqa: SLF001 - its claim lapsed: the monitor steps it down
+                continue
             try:
                 self._func()
             except Exception:

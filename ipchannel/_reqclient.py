@@ -123,7 +123,9 @@ class Requester:
             remaining = deadline.remaining()
             if remaining <= 0:
                 return None
-            if not conn.poller.poll(None if math.isinf(remaining) else math.ceil(remaining * 1000)):
+            if not sock.pending() and not conn.poller.poll(
+                None if math.isinf(remaining) else math.ceil(remaining * 1000)
+            ):
                 continue
             try:
                 reader.fill()

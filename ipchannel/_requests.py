@@ -28,6 +28,7 @@ from ._timing import Deadline, validate_timeout
 from ._wire import ERROR, PUBLISH, PUBLISH_ID, REQUEST
 
 if TYPE_CHECKING:
+    import ssl
     from collections.abc import Callable
     from types import TracebackType
 
@@ -54,6 +55,7 @@ class RequestChannel:
     :param max_message_size: largest encoded message accepted, in bytes (default 64 MiB).
     :param authkey: as for ``Channel``: every process must pass the same key.
     :param may_host: as for ``Channel`` (settable later on ``.channel.may_host``).
+    :param coordinator, listen, advertise, ttl, ssl_context: as for ``Channel``: across machines.
     """
 
     #: What errors call this object (a SharedDict names itself there).
@@ -69,6 +71,11 @@ class RequestChannel:
         max_message_size: int = DEFAULT_MAX_SIZE,
         authkey: bytes | None = None,
         may_host: bool = True,
+        coordinator: str | None = None,
+        listen: str | None = None,
+        advertise: str | None = None,
+        ttl: float | None = None,
+        ssl_context: ssl.SSLContext | tuple[ssl.SSLContext, ssl.SSLContext] | None = None,
     ) -> None:
         if on_request is not None and not callable(on_request):
             raise TypeError(f"on_request must be a callable taking the message, or None; not {on_request!r}")
@@ -82,10 +89,19 @@ class RequestChannel:
             on_request,
             self._codec,
             max_message_size,
-            lambda: self._channel._handing_over,  # noqa: SLF001 - the host side of this channel
+            lambda: not self._channel._may_serve,  # noqa: SLF001 - the host side of this channel
         )
         self._channel = Channel(
-            name, self._host.handle, runtime_dir=runtime_dir, authkey=authkey, may_host=may_host
+            name,
+            self._host.handle,
+            runtime_dir=runtime_dir,
+            authkey=authkey,
+            may_host=may_host,
+            coordinator=coordinator,
+            listen=listen,
+            advertise=advertise,
+            ttl=ttl,
+            ssl_context=ssl_context,
         )
         self._requester = Requester(self._channel, max_message_size)
         self._subscriber = Subscriber(self._channel, self._codec, max_message_size)

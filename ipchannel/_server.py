@@ -30,7 +30,9 @@ from ._errors import AuthenticationError
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["HostedServer", "handler_class"]
+    from ._hostrecord import HostRecord
+
+__all__ = ["HostedServer", "Tracking", "handler_class"]
 
 _LOGGER = logging.getLogger("ipchannel")
 _JOIN_TIMEOUT = 2.0
@@ -60,7 +62,88 @@ def handler_class(handler: object) -> type[socketserver.BaseRequestHandler]:
     return _CallableHandler
 
 
-class _UnixServer(socketserver.ThreadingUnixStreamServer):
+class Tracking:
+    """What both servers share: a named handler thread per connection, tracked so hosting can end them.
+
+    ``prepare(request)`` runs in that thread before the handler: the authkey handshake
+    (and, over TCP, TLS and the host's hello). It returns the socket the handler gets, or None to refuse.
+    """
+
+    channel_name: str
+    _authkey: bytes | None
+
+    def _init_tracking(self) -> None:
+        self._tracked_lock = threading.Lock()
+        self._live_requests: set[socket.socket] = set()
+        self._handler_threads: set[threading.Thread] = set()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        thread = threading.Thread(
+            target=self.process_request_thread,
+            args=(request, client_address),
+            name=f"ipchannel-handler:{self.channel_name}",
+            daemon=True,
+        )
+        with self._tracked_lock:
+            self._live_requests.add(request)
+            self._handler_threads.add(thread)
+        thread.start()
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        _platform.leave_signals_to_the_application()
+        try:
+            prepared = self.prepare(request)
+            if prepared is None:
+                self.shutdown_request(request)
+                return
+            if prepared is not request:
+                with self._tracked_lock:
+                    self._live_requests.discard(request)
+                    self._live_requests.add(prepared)
+            super().process_request_thread(prepared, client_address)  # type: ignore[misc]
+        finally:
+            with self._tracked_lock:
+                self._handler_threads.discard(threading.current_thread())
+
+    def prepare(self, request: socket.socket) -> socket.socket | None:
+        """Authenticate the connection (if the channel has a key); the socket to serve, or None."""
+        if self._authkey is not None and not self.authenticate(request):
+            return None
+        return request
+
+    def authenticate(self, request: socket.socket) -> bool:
+        """Run the authkey handshake in this handler thread, so a slow client delays nobody else."""
+        assert self._authkey is not None
+        try:
+            host_handshake(request, self._authkey, self.channel_name)
+        except AuthenticationError as exc:
+            _LOGGER.warning("refused a connection: %s", exc)
+            return False
+        except OSError as exc:
+            _LOGGER.debug("channel %r: a client left during the handshake: %s", self.channel_name, exc)
+            return False
+        return True
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._tracked_lock:
+            self._live_requests.discard(request)
+        super().shutdown_request(request)  # type: ignore[misc]
+
+    def handle_error(self, request: Any, client_address: Any) -> None:  # noqa: ARG002 - socketserver hook
+        # A client process that dies mid-conversation is normal; anything else is the handler's bug.
+        level = logging.DEBUG if isinstance(sys.exc_info()[1], ConnectionError) else logging.ERROR
+        _LOGGER.log(level, "channel %r: handler raised", self.channel_name, exc_info=True)
+
+    def tracked(self) -> tuple[list[socket.socket], list[threading.Thread]]:
+        with self._tracked_lock:
+            return list(self._live_requests), list(self._handler_threads)
+
+    def live_requests_after_fork(self) -> list[socket.socket]:
+        """The tracked sockets, read without the lock (a parent thread may have held it at fork time)."""
+        return list(self._live_requests)
+
+
+class _UnixServer(Tracking, socketserver.ThreadingUnixStreamServer):
     daemon_threads = True
     block_on_close = False  # stop() shuts connections and joins handler threads itself
     request_queue_size = 128  # a whole election storm connects at once; socketserver's default is 5
@@ -70,9 +153,7 @@ class _UnixServer(socketserver.ThreadingUnixStreamServer):
     ) -> None:
         self.channel_name = name
         self._authkey = authkey
-        self._tracked_lock = threading.Lock()
-        self._live_requests: set[socket.socket] = set()
-        self._handler_threads: set[threading.Thread] = set()
+        self._init_tracking()
         self._bind_path = path
         super().__init__(str(path), handler)
         st = os.lstat(path)
@@ -94,55 +175,6 @@ class _UnixServer(socketserver.ThreadingUnixStreamServer):
             return False
         return True
 
-    def process_request(self, request: Any, client_address: Any) -> None:
-        thread = threading.Thread(
-            target=self.process_request_thread,
-            args=(request, client_address),
-            name=f"ipchannel-handler:{self.channel_name}",
-            daemon=True,
-        )
-        with self._tracked_lock:
-            self._live_requests.add(request)
-            self._handler_threads.add(thread)
-        thread.start()
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        _platform.leave_signals_to_the_application()
-        try:
-            if self._authkey is not None and not self._authenticate(request):
-                self.shutdown_request(request)
-                return
-            super().process_request_thread(request, client_address)
-        finally:
-            with self._tracked_lock:
-                self._handler_threads.discard(threading.current_thread())
-
-    def _authenticate(self, request: socket.socket) -> bool:
-        """Run the authkey handshake in this handler thread, so a slow client delays nobody else."""
-        assert self._authkey is not None
-        try:
-            host_handshake(request, self._authkey, self.channel_name)
-        except AuthenticationError as exc:
-            _LOGGER.warning("refused a connection: %s", exc)
-            return False
-        except OSError as exc:
-            _LOGGER.debug("channel %r: a client left during the handshake: %s", self.channel_name, exc)
-            return False
-        return True
-
-    def shutdown_request(self, request: Any) -> None:
-        with self._tracked_lock:
-            self._live_requests.discard(request)
-        super().shutdown_request(request)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:  # noqa: ARG002 - socketserver hook
-        # A client process that dies mid-conversation is normal; anything else is the handler's bug.
-        level = logging.DEBUG if isinstance(sys.exc_info()[1], ConnectionError) else logging.ERROR
-        _LOGGER.log(level, "channel %r: handler raised", self.channel_name, exc_info=True)
-
-    def tracked(self) -> tuple[list[socket.socket], list[threading.Thread]]:
-        with self._tracked_lock:
-            return list(self._live_requests), list(self._handler_threads)
 
 
 class HostedServer:
@@ -154,18 +186,20 @@ class HostedServer:
     in place. (The Unix transport's ``Listener``.)
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913
         self,
         name: str,
-        bind_path: Path,
+        bind_path: Path | None,
         address: str,
         handler: type[socketserver.BaseRequestHandler],
         authkey: bytes | None = None,
+        *,
+        server: Tracking | None = None,
     ) -> None:
         self._name = name
-        self._path = bind_path
+        self._path = bind_path or Path(address)
         self._address = address
-        self._server = _UnixServer(bind_path, handler, name, authkey)
+        self._server: Any = server if server is not None else _UnixServer(self._path, handler, name, authkey)
         self._thread: threading.Thread | None = None
         self._stopped = False
 
@@ -174,7 +208,7 @@ class HostedServer:
         """The channel's socket path: what the record names and clients dial."""
         return self._address
 
-    def publish(self) -> None:
+    def publish(self, record: HostRecord) -> None:  # noqa: ARG002 - the path says who we are
         """Move the listening socket to ``address``, atomically replacing a stale socket file."""
         os.replace(self._path, self._address)
         self._path = Path(self._address)
@@ -252,7 +286,6 @@ class HostedServer:
         """
         self._stopped = True
         # No tracked(): its lock may have been held by a parent thread at fork time.
-        live = list(self._server._live_requests)  # noqa: SLF001
-        for sock in [self._server.socket, *live]:
+        for sock in [self._server.socket, *self._server.live_requests_after_fork()]:
             with contextlib.suppress(OSError):
                 sock.close()

@@ -49,6 +49,7 @@ from ._requests import RequestChannel
 from ._timing import Deadline, validate_timeout
 
 if TYPE_CHECKING:
+    import ssl
     from collections.abc import Callable
 
     from ._codecs import Codec
@@ -79,6 +80,7 @@ class SharedDict(MutableMapping[Any, Any]):
     :param runtime_dir: as for ``Channel``.
     :param authkey: as for ``Channel``.
     :param timeout: seconds a write (and opening) may wait for a host; None waits forever.
+    :param coordinator, listen, advertise, ttl, ssl_context: as for ``Channel``: across machines.
     :raises TypeError: (from a write) a key or value the codec would not bring back equal.
     :raises ChannelClosed: any read or write after ``close()``.
     """
@@ -91,6 +93,11 @@ class SharedDict(MutableMapping[Any, Any]):
         runtime_dir: str | os.PathLike[str] | None = None,
         authkey: bytes | None = None,
         timeout: float | None = 5.0,
+        coordinator: str | None = None,
+        listen: str | None = None,
+        advertise: str | None = None,
+        ttl: float | None = None,
+        ssl_context: ssl.SSLContext | tuple[ssl.SSLContext, ssl.SSLContext] | None = None,
     ) -> None:
         self._timeout = validate_timeout(timeout)
         self._codec = resolve_codec(codec)
@@ -109,6 +116,11 @@ class SharedDict(MutableMapping[Any, Any]):
             runtime_dir=runtime_dir,
             authkey=authkey,
             may_host=False,
+            coordinator=coordinator,
+            listen=listen,
+            advertise=advertise,
+            ttl=ttl,
+            ssl_context=ssl_context,
         )
         self._channel._kind = "SharedDict"  # noqa: SLF001 - errors name the class the user holds
         try:

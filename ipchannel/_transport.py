@@ -24,11 +24,12 @@ from ._server import HostedServer
 
 if TYPE_CHECKING:
     import socketserver
+    from collections.abc import Callable
 
     from ._hostrecord import HostRecord
     from ._paths import ChannelPaths
 
-__all__ = ["Listener", "Transport", "UnixTransport"]
+__all__ = ["Listener", "Transport", "UnixTransport", "authenticated", "check_auth_matches"]
 
 
 class Listener(Protocol):
@@ -38,8 +39,8 @@ class Listener(Protocol):
     def address(self) -> str:
         """What clients dial, written in the host record."""
 
-    def publish(self) -> None:
-        """Take the published address (atomically replacing what a dead host left there)."""
+    def publish(self, record: HostRecord) -> None:
+        """Open to clients as ``record``'s host (Unix: take the published path, replacing a dead host's)."""
 
     def still_published(self) -> bool:
         """Tell whether our listener still answers at the published address (someone may remove it)."""
@@ -60,8 +61,13 @@ class Listener(Protocol):
 class Transport(Protocol):
     """How a channel's processes reach its host."""
 
-    def listen(self, handler: type[socketserver.BaseRequestHandler], authkey: bytes | None) -> Listener:
-        """Start a server that runs ``handler`` per connection; it listens on a private address."""
+    def listen(
+        self, handler: type[socketserver.BaseRequestHandler], authkey: bytes | None, gate: Callable[[], bool]
+    ) -> Listener:
+        """Start a server that runs ``handler`` per connection, on a private address until ``publish()``.
+
+        ``gate()`` says whether this process may serve right now (asked per connection where it matters).
+        """
 
     def connect(self, record: HostRecord, authkey: bytes | None) -> ChannelSocket | None:
         """Connect to the host ``record`` names; None if nobody (or another host) answers there."""
@@ -74,7 +80,12 @@ class UnixTransport:
         self._name = name
         self._paths = paths
 
-    def listen(self, handler: type[socketserver.BaseRequestHandler], authkey: bytes | None) -> HostedServer:
+    def listen(
+        self,
+        handler: type[socketserver.BaseRequestHandler],
+        authkey: bytes | None,
+        gate: Callable[[], bool],  # noqa: ARG002 - the lock and the socket path already decide
+    ) -> HostedServer:
         for stale in self._paths.stale_socket_temporaries():
             stale.unlink(missing_ok=True)
         server = HostedServer(
@@ -84,7 +95,7 @@ class UnixTransport:
         return server
 
     def connect(self, record: HostRecord, authkey: bytes | None) -> ChannelSocket | None:
-        _check_auth_matches(self._name, record, authkey)
+        check_auth_matches(self._name, record, authkey)
         sock = ChannelSocket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.connect(record.sock)
@@ -98,10 +109,10 @@ class UnixTransport:
         if peer_pid is not None and peer_pid != record.pid:
             sock.close()  # a newer host than the record we read; read it again
             return None
-        return _authenticated(sock, self._name, authkey)
+        return authenticated(sock, self._name, authkey)
 
 
-def _check_auth_matches(name: str, record: HostRecord, authkey: bytes | None) -> None:
+def check_auth_matches(name: str, record: HostRecord, authkey: bytes | None) -> None:
     """Refuse before connecting when the record says the host's use of a key differs from ours."""
     if record.auth != (authkey is not None):
         raise AuthenticationError(
@@ -112,7 +123,7 @@ def _check_auth_matches(name: str, record: HostRecord, authkey: bytes | None) ->
         )
 
 
-def _authenticated(sock: ChannelSocket, name: str, authkey: bytes | None) -> ChannelSocket | None:
+def authenticated(sock: ChannelSocket, name: str, authkey: bytes | None) -> ChannelSocket | None:
     """Run the authkey handshake (any transport); None if the host went away during it."""
     if authkey is None:
         return sock

@@ -9,11 +9,15 @@ Every platform module defines the same names:
 - ``process_gone(pid)``: True once the process is a zombie or gone: all its descriptors are closed.
 - ``lock_holders(path)``: pids that have the file open, or ``None`` if unknown.
 - ``leave_signals_to_the_application()``: block asynchronous signals in the calling (library) thread.
+
+And, for every platform: ``claim_clock()``, seconds on a clock that keeps counting while the
+machine sleeps (``CLOCK_BOOTTIME`` where there is one), so a host's claim lapses across a suspend.
 """
 
 from __future__ import annotations
 
 import sys
+import time
 
 if sys.platform.startswith("linux"):
     from ._linux import (
@@ -45,9 +49,17 @@ else:
 
 __all__ = [
     "SUN_PATH_MAX",
+    "claim_clock",
     "leave_signals_to_the_application",
     "lock_holders",
     "peer_credentials",
     "process_exiting",
     "process_gone",
 ]
+
+_BOOTTIME = getattr(time, "CLOCK_BOOTTIME", None)
+
+
+def claim_clock() -> float:
+    """Return seconds on a clock that counts suspended time too (else the monotonic clock)."""
+    return time.clock_gettime(_BOOTTIME) if _BOOTTIME is not None else time.monotonic()

@@ -1,0 +1,124 @@
+"""Which coordinator and transport a channel runs on: chosen here, once, from its options.
+
+``coordinator=None`` (and no ``IPCHANNEL_COORDINATOR``): the one-machine pair,
+``LocalCoordinator`` + ``UnixTransport``. A coordinator URL: ``RemoteCoordinator``
+on the engine it names + ``TcpTransport``. Engine clients are made once per
+process and URL (``engine_for``), and again in a forked child: a client's
+connections are the parent's.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import threading
+from typing import TYPE_CHECKING
+
+from . import _fork, _platform
+from ._coordinator import LocalCoordinator
+from ._coordurl import DEFAULT_LISTEN, from_environment, parse_address, parse_url, validate_ttl
+from ._errors import ChannelError, MissingExtraError
+from ._paths import ChannelPaths, ensure_runtime_dir, resolve_runtime_dir
+from ._remote import RemoteCoordinator
+from ._tcp import TcpTransport
+from ._tls import validate_ssl_context
+from ._transport import UnixTransport
+
+if TYPE_CHECKING:
+    from ._coordinator import Coordinator
+    from ._coordurl import CoordinatorURL
+    from ._remote import Engine
+    from ._transport import Transport
+
+__all__ = ["engine_for", "open_backend"]
+
+#: engine -> (module to import, extra to install)
+_CLIENTS = {"etcd": ("etcd3gw", "etcd"), "redis": ("redis", "redis")}
+
+
+class _Engines:
+    """The engine clients of this process, one per URL; a forked child starts with none."""
+
+    def __init__(self) -> None:
+        self._reset_after_fork()
+
+    def _reset_after_fork(self) -> None:
+        self._lock = threading.Lock()
+        self._clients: dict[CoordinatorURL, Engine] = {}
+
+    def get(self, url: CoordinatorURL) -> Engine:
+        with self._lock:
+            engine = self._clients.get(url)
+            if engine is None:
+                engine = self._clients[url] = _new_engine(url)
+            return engine
+
+
+_ENGINES = _Engines()
+_fork.register(_ENGINES)
+
+
+def engine_for(url: CoordinatorURL) -> Engine:
+    """Return this process's client for ``url`` (MissingExtraError if its library is not installed)."""
+    return _ENGINES.get(url)
+
+
+def _new_engine(url: CoordinatorURL) -> Engine:
+    module, extra = _CLIENTS[url.engine]
+    if importlib.util.find_spec(module) is None:
+        raise MissingExtraError(url.text, module, extra)
+    if url.engine == "etcd":
+        from ._etcd import EtcdEngine  # noqa: PLC0415 - needs the optional extra
+
+        return EtcdEngine(url)
+    from ._redis import RedisEngine  # noqa: PLC0415 - needs the optional extra
+
+    return RedisEngine(url)
+
+
+def open_backend(  # noqa: PLR0913 - the channel's options, checked here
+    name: str,
+    *,
+    runtime_dir: object,
+    coordinator: str | None,
+    listen: str | None,
+    advertise: str | None,
+    ttl: float | None,
+    ssl_context: object,
+    authkey: bytes | None,
+) -> tuple[Coordinator, Transport]:
+    """Return the coordinator and transport for a channel's options, or raise naming the bad option."""
+    url_text = from_environment(coordinator, "IPCHANNEL_COORDINATOR")
+    if url_text is None:
+        for option, value in (("listen", listen), ("advertise", advertise), ("ttl", ttl), ("ssl_context", ssl_context)):
+            if value is not None:
+                raise ValueError(
+                    f"{option} applies only with a coordinator (coordinator= or IPCHANNEL_COORDINATOR); "
+                    "on one machine the channel uses a Unix socket"
+                )
+        return _local_backend(name, runtime_dir)
+    url = parse_url(url_text)
+    if authkey is None:
+        raise ValueError(
+            f"authkey is required with a coordinator ({url.text}): hosts listen on TCP, where nothing "
+            "else tells your processes from anyone who can reach the port; pass the same secret bytes "
+            "(e.g. os.urandom(32), distributed like a password) to every process"
+        )
+    seconds = validate_ttl(ttl)
+    tls = validate_ssl_context(ssl_context)
+    bind = parse_address(from_environment(listen, "IPCHANNEL_LISTEN") or DEFAULT_LISTEN, "listen")
+    advertise_text = from_environment(advertise, "IPCHANNEL_ADVERTISE")
+    advertised = None if advertise_text is None else parse_address(advertise_text, "advertise")
+    coordinator_ = RemoteCoordinator(name, url, seconds, resolve_runtime_dir(runtime_dir), engine_for)
+    transport = TcpTransport(name, bind, advertised, tls, lambda: coordinator_.engine.local_address())
+    return coordinator_, transport
+
+
+def _local_backend(name: str, runtime_dir: object) -> tuple[LocalCoordinator, UnixTransport]:
+    """Return the one-machine coordinator and transport, on the runtime directory's files."""
+    if not _platform.SUN_PATH_MAX:
+        raise ChannelError("ipchannel needs Unix domain sockets and flock, which this platform lacks")
+    directory = resolve_runtime_dir(runtime_dir)
+    ensure_runtime_dir(directory)
+    paths = ChannelPaths.for_channel(name, directory)
+    return LocalCoordinator(name, paths), UnixTransport(name, paths)
+

@@ -1,0 +1,314 @@
+"""Real etcd and Redis servers for tests: start, SIGKILL, restart on the same port and data.
+
+Each server is one process started in its own session, listening on 127.0.0.1
+only, on free ports picked by binding to port 0. Its output goes to a log file
+in the test's directory; a server that does not become healthy in time is
+killed, and the RuntimeError raised carries the log's tail.
+
+Test modules import what they need::
+
+    from _servers import etcd_server, redis_server, start_etcd
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from pathlib import Path
+
+_INSTALL_HINTS = {
+    "etcd": "sudo apt-get install etcd-server",
+    "redis-server": "sudo apt-get install redis-server",
+}
+_POLL_INTERVAL = 0.02
+_LOG_TAIL_BYTES = 4000
+_START_ATTEMPTS = 3  # fresh ports again if another process took a picked port first
+# No proxy, whatever the environment says: the servers are on loopback.
+_HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def require_binary(name: str) -> str:
+    """The path of the executable ``name``; skip the test if it is missing (fail it under CI=true)."""
+    path = shutil.which(name) or (f"/usr/bin/{name}" if os.access(f"/usr/bin/{name}", os.X_OK) else None)
+    if path is not None:
+        return path
+    hint = _INSTALL_HINTS.get(name, f"install {name}")
+    message = f"{name} is not installed (`{hint}`)"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{message}; CI must run these tests")
+    pytest.skip(message)
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct TCP ports free on 127.0.0.1 right now (all sockets are held until all are picked)."""
+    with contextlib.ExitStack() as stack:
+        ports = []
+        for _ in range(n):
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.bind(("127.0.0.1", 0))
+            ports.append(sock.getsockname()[1])
+        return ports
+
+
+def _tail(path: Path, size: int = _LOG_TAIL_BYTES) -> str:
+    try:
+        with path.open("rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - size))
+            return f.read().decode(errors="replace")
+    except OSError as exc:
+        return f"<cannot read {path}: {exc}>"
+
+
+class EngineServer:
+    """One server process: ``url`` to reach it, ``kill``/``restart`` to fault it, ``stop`` to end it.
+
+    Subclasses give the command line (``_command``) and the health probe
+    (``_healthy``); ports and the data directory are fixed at construction, so
+    a restarted server has the same address and the same data.
+    """
+
+    name = "server"
+    url: str
+
+    def __init__(self, binary: str, tmp_dir: Path, ports: list[int], timeout: float) -> None:
+        self.binary = binary
+        self.tmp_dir = tmp_dir
+        self.ports = ports
+        self.timeout = timeout
+        self.data_dir = tmp_dir / f"{self.name}-data"
+        self.log_path = tmp_dir / f"{self.name}.log"
+        self.startup_seconds = 0.0  # how long the last start or restart took to become healthy
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        """The pid of the current process (the last one started, even if since killed)."""
+        assert self._proc is not None
+        return self._proc.pid
+
+    @property
+    def alive(self) -> bool:
+        """Whether the current process is running (not killed, not exited)."""
+        return self._proc is not None and self._proc.poll() is None
+
+    def _command(self) -> list[str]:
+        raise NotImplementedError
+
+    def _env(self) -> dict[str, str]:
+        return dict(os.environ)
+
+    def _healthy(self) -> bool:
+        raise NotImplementedError
+
+    def _start(self) -> None:
+        """Start the process and wait until it is healthy; on any failure kill it and raise RuntimeError."""
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # etcd warns about wider modes
+        started = time.monotonic()
+        with self.log_path.open("ab") as log:
+            log.write(f"--- {self.name} starting: {shlex.join(self._command())}\n".encode())
+            log.flush()
+            self._proc = subprocess.Popen(
+                self._command(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self._env(),
+                start_new_session=True,
+            )
+        try:
+            self._wait_healthy(self._proc, started + self.timeout)
+        except BaseException:  # unhealthy, or KeyboardInterrupt: leave no process behind
+            self.kill()
+            raise
+        self.startup_seconds = time.monotonic() - started
+
+    def _wait_healthy(self, proc: subprocess.Popen[bytes], deadline: float) -> None:
+        """Poll the health probe until it succeeds; RuntimeError with the log's tail if it never does."""
+        while not self._healthy():
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"{self.name} exited with status {proc.returncode} before becoming healthy;"
+                    f" {self.log_path} ends with:\n{_tail(self.log_path)}"
+                )
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"{self.name} (pid {proc.pid}) not healthy within {self.timeout} s;"
+                    f" {self.log_path} ends with:\n{_tail(self.log_path)}"
+                )
+            time.sleep(_POLL_INTERVAL)
+
+    def kill(self) -> None:
+        """SIGKILL the process and reap it; does nothing if it is already gone."""
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    def restart(self) -> None:
+        """Start again on the same port(s) and data directory (killing first if running); wait for health."""
+        self.kill()
+        self._start()
+
+    def stop(self) -> None:
+        """Kill and reap the process; idempotent, for teardown."""
+        self.kill()
+
+    def __repr__(self) -> str:
+        state = "running" if self.alive else "stopped"
+        pid = self._proc.pid if self._proc is not None else None
+        return f"<{type(self).__name__} {self.url} pid={pid} {state}>"
+
+
+class EtcdServer(EngineServer):
+    """A one-member etcd cluster; ``ports`` are (client, peer).
+
+    The election timeout is short (500 ms) so that etcd grants a 1 s lease as 1 s
+    (its minimum lease TTL is 1.5 election timeouts, rounded up to a second).
+    """
+
+    name = "etcd"
+
+    def __init__(self, binary: str, tmp_dir: Path, ports: list[int], timeout: float) -> None:
+        super().__init__(binary, tmp_dir, ports, timeout)
+        self.client_port, self.peer_port = ports
+        self.client_url = f"http://127.0.0.1:{self.client_port}"
+        self.url = f"etcd://127.0.0.1:{self.client_port}"
+
+    def _command(self) -> list[str]:
+        peer = f"http://127.0.0.1:{self.peer_port}"
+        return [
+            self.binary,
+            "--name", "t",
+            "--data-dir", str(self.data_dir),
+            "--listen-client-urls", self.client_url,
+            "--advertise-client-urls", self.client_url,
+            "--listen-peer-urls", peer,
+            "--initial-advertise-peer-urls", peer,
+            "--initial-cluster", f"t={peer}",
+            "--heartbeat-interval", "100",
+            "--election-timeout", "500",
+            "--logger", "zap",  # the default (capnslog) prints a deprecation warning
+            "--log-level", "error",
+        ]  # fmt: skip
+
+    def _env(self) -> dict[str, str]:
+        # ETCD_* variables would be read as flags too (and conflict with ours).
+        return {k: v for k, v in os.environ.items() if not k.startswith("ETCD_")}
+
+    def _healthy(self) -> bool:
+        try:
+            with _HTTP.open(f"{self.client_url}/health", timeout=0.5) as resp:
+                body = json.loads(resp.read())
+        except (OSError, http.client.HTTPException, ValueError):  # refused, reset, timeout, 503, not JSON
+            return False
+        return isinstance(body, dict) and body.get("health") == "true"
+
+
+class RedisServer(EngineServer):
+    """A Redis server with an fsync-always AOF in ``data_dir`` (data survives SIGKILL and restart)."""
+
+    name = "redis"
+
+    def __init__(
+        self, binary: str, tmp_dir: Path, ports: list[int], timeout: float, *, notifications: bool
+    ) -> None:
+        super().__init__(binary, tmp_dir, ports, timeout)
+        self.port = ports[0]
+        self.notifications = notifications
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def _command(self) -> list[str]:
+        return [
+            self.binary,
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--dir", str(self.data_dir),
+            "--appendonly", "yes",
+            "--appendfsync", "always",
+            "--save", "",
+            "--daemonize", "no",
+            "--notify-keyspace-events", "KA" if self.notifications else "",
+        ]  # fmt: skip
+
+    def _healthy(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                reply = b""
+                while b"\r\n" not in reply:
+                    chunk = sock.recv(256)
+                    if not chunk:
+                        break
+                    reply += chunk
+        except OSError:
+            return False
+        return reply.startswith(b"+PONG")  # -LOADING while the AOF is replayed
+
+
+def _start_fresh(make: Callable[[list[int]], EngineServer], n_ports: int) -> EngineServer:
+    """Start ``make(ports)`` on fresh ports, retrying with others if one was taken in the meantime."""
+    for attempt in range(_START_ATTEMPTS):
+        server = make(free_ports(n_ports))
+        try:
+            server._start()  # noqa: SLF001
+        except RuntimeError:
+            if attempt + 1 < _START_ATTEMPTS and "address already in use" in _tail(server.log_path).lower():
+                continue
+            raise
+        return server
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def start_etcd(tmp_dir: Path, timeout: float = 20.0) -> EngineServer:
+    """Start a one-member etcd on free loopback ports, data in ``tmp_dir``; return it once healthy."""
+    binary = require_binary("etcd")
+    return _start_fresh(lambda ports: EtcdServer(binary, tmp_dir, ports, timeout), 2)
+
+
+def start_redis(tmp_dir: Path, *, notifications: bool = True, timeout: float = 10.0) -> EngineServer:
+    """Start Redis on a free loopback port, AOF in ``tmp_dir``; return it once healthy.
+
+    With ``notifications`` keyspace events ``KA`` are published; without, none.
+    """
+    binary = require_binary("redis-server")
+    return _start_fresh(
+        lambda ports: RedisServer(binary, tmp_dir, ports, timeout, notifications=notifications), 1
+    )
+
+
+@pytest.fixture
+def etcd_server(tmp_path: Path) -> Iterator[EngineServer]:
+    """A running etcd for one test (skipped if etcd is not installed); killed at teardown."""
+    server = start_etcd(tmp_path)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[EngineServer]:
+    """A running Redis with keyspace notifications, for one test (skipped if not installed); killed after."""
+    server = start_redis(tmp_path)
+    try:
+        yield server
+    finally:
+        server.stop()
