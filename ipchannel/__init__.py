@@ -1,4 +1,4 @@
-"""ipchannel: peer processes on one machine share one in-process service.
+"""ipchannel: peer processes share one in-process service, on one machine or across several.
 
 One process is elected (file lock) to host a Unix-socket server in a daemon
 thread; every process, the host included, connects to it. When the host dies,
@@ -33,7 +33,11 @@ from ._errors import AuthenticationError as AuthenticationError
 from ._errors import ChannelClosed as ChannelClosed
 from ._errors import ChannelError as ChannelError
 from ._errors import ChannelTimeout as ChannelTimeout
+from ._errors import CoordinatorError as CoordinatorError
+from ._errors import CoordinatorUnavailable as CoordinatorUnavailable
+from ._errors import CoordinatorURLError as CoordinatorURLError
 from ._errors import HostChanged as HostChanged
+from ._errors import MissingExtraError as MissingExtraError
 from ._errors import ProtocolError as ProtocolError
 from ._errors import RemoteError as RemoteError
 from ._errors import RuntimeDirError as RuntimeDirError
@@ -52,8 +56,12 @@ __all__ = [
     "ChannelError",
     "ChannelSocket",
     "ChannelTimeout",
+    "CoordinatorError",
+    "CoordinatorURLError",
+    "CoordinatorUnavailable",
     "HostChanged",
     "HostJob",
+    "MissingExtraError",
     "ProtocolError",
     "RemoteError",
     "RequestChannel",

@@ -29,42 +29,56 @@ if TYPE_CHECKING:
     from ._remote import Engine
     from ._transport import Transport
 
-__all__ = ["engine_for", "open_backend"]
+__all__ = ["ENGINES", "open_backend"]
 
 #: engine -> (module to import, extra to install)
 _CLIENTS = {"etcd": ("etcd3gw", "etcd"), "redis": ("redis", "redis")}
 
 
 class _Engines:
-    """The engine clients of this process, one per URL; a forked child starts with none."""
+    """The engine clients of this process, one per URL, closed with the last channel using it.
+
+    A forked child starts with none: a client's connections are the parent's.
+    """
 
     def __init__(self) -> None:
         self._reset_after_fork()
 
     def _reset_after_fork(self) -> None:
         self._lock = threading.Lock()
-        self._clients: dict[CoordinatorURL, Engine] = {}
+        self._clients: dict[CoordinatorURL, tuple[Engine, int]] = {}
 
-    def get(self, url: CoordinatorURL) -> Engine:
+    def acquire(self, url: CoordinatorURL) -> Engine:
+        """Return this process's client for ``url`` (MissingExtraError if its library is not installed)."""
         with self._lock:
-            engine = self._clients.get(url)
-            if engine is None:
-                engine = self._clients[url] = _new_engine(url)
+            engine, users = self._clients.get(url) or (_new_engine(url), 0)
+            self._clients[url] = (engine, users + 1)
             return engine
 
+    def release(self, url: CoordinatorURL, engine: Engine) -> None:
+        """One channel no longer uses ``engine``: close it if it was the last one."""
+        with self._lock:
+            current = self._clients.get(url)
+            if current is None or current[0] is not engine:
+                return  # made before a fork: the parent's, not ours to close
+            if current[1] > 1:
+                self._clients[url] = (engine, current[1] - 1)
+                return
+            del self._clients[url]
+        engine.close()
 
-_ENGINES = _Engines()
-_fork.register(_ENGINES)
 
-
-def engine_for(url: CoordinatorURL) -> Engine:
-    """Return this process's client for ``url`` (MissingExtraError if its library is not installed)."""
-    return _ENGINES.get(url)
+ENGINES = _Engines()
+_fork.register(ENGINES)
 
 
 def _new_engine(url: CoordinatorURL) -> Engine:
     module, extra = _CLIENTS[url.engine]
-    if importlib.util.find_spec(module) is None:
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except ValueError:  # a module set to None in sys.modules: as good as missing
+        found = False
+    if not found:
         raise MissingExtraError(url.text, module, extra)
     if url.engine == "etcd":
         from ._etcd import EtcdEngine  # noqa: PLC0415 - needs the optional extra
@@ -108,7 +122,7 @@ def open_backend(  # noqa: PLR0913 - the channel's options, checked here
     bind = parse_address(from_environment(listen, "IPCHANNEL_LISTEN") or DEFAULT_LISTEN, "listen")
     advertise_text = from_environment(advertise, "IPCHANNEL_ADVERTISE")
     advertised = None if advertise_text is None else parse_address(advertise_text, "advertise")
-    coordinator_ = RemoteCoordinator(name, url, seconds, resolve_runtime_dir(runtime_dir), engine_for)
+    coordinator_ = RemoteCoordinator(name, url, seconds, resolve_runtime_dir(runtime_dir), ENGINES)
     transport = TcpTransport(name, bind, advertised, tls, lambda: coordinator_.engine.local_address())
     return coordinator_, transport
 

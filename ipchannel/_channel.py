@@ -289,6 +289,7 @@ class Channel:
             self._server = self._record = None
             if server is not None and record is not None:
                 self._resign(server, record)
+        self._coordinator.close()
         for sock in list(self._sockets):
             sock._close_for_channel()  # noqa: SLF001
         atexit.unregister(self.close)
@@ -463,12 +464,16 @@ class Channel:
         """Tell a socket that saw EOF whether the host it talked to is still serving."""
         if self._server is not None and self._record == record:
             return True
-        if self._recorded_and_serving(record):
+        if self._recorded_and_serving(record) and self._transport.reachable(record):
             return True
         self._forget_host(record)
         return False
 
-    def _timeout_error(self, deadline: Deadline) -> ChannelTimeout:
+    def _timeout_error(self, deadline: Deadline, detail: str = "") -> ChannelTimeout:
+        """The error for a wait on this channel that ran out (also the request layer's and SharedDict's).
+
+        An engine that does not answer is named as the reason: ``CoordinatorUnavailable``.
+        """
         if problem := self._coordinator.unreachable():
             return CoordinatorUnavailable(self._name, self._coordinator.location, deadline.elapsed(), problem)
         return ChannelTimeout(
@@ -476,7 +481,7 @@ class Channel:
             self._coordinator.location,
             deadline.elapsed(),
             self._last_host_pid,
-            self._coordinator.stuck_detail(),
+            detail or self._coordinator.stuck_detail(),
         )
 
     def _recorded_host(self) -> Literal["none", "dead", "maybe alive"]:

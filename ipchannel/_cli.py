@@ -44,6 +44,12 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     status.add_argument(
         "--dir", metavar="PATH", help="runtime directory (default: IPCHANNEL_DIR, then the usual place)"
     )
+    status.add_argument(
+        "--coordinator",
+        metavar="URL",
+        help="list the channels an etcd:// or redis:// coordinator elects instead (host address, node, "
+        "pid, generation, ttl left)",
+    )
     demo = commands.add_parser(
         "demo",
         help="watch worker processes share a channel while its host is killed",
@@ -70,6 +76,12 @@ def main(argv: list[str] | None = None) -> int:
                 validate_name(args.name)
             except ValueError as exc:
                 parser.error(str(exc))
+        if args.coordinator is not None:
+            try:
+                return _coordinator_status(args.coordinator, args.name, as_json=args.json, out=sys.stdout)
+            except ChannelError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 1
         directory = resolve_runtime_dir(args.dir)
         if args.dir is not None and not directory.is_dir():
             what = "does not exist" if not directory.exists() else "is not a directory"
@@ -126,6 +138,31 @@ def _status(name: str | None, directory: Path, *, as_json: bool, out: TextIO) ->
             )
     if name is not None:
         return 0 if channels and channels[0].state == "live" else 1
+    return 0
+
+
+def _coordinator_status(url: str, name: str | None, *, as_json: bool, out: TextIO) -> int:
+    from ._status import coordinator_status  # noqa: PLC0415 - only this command needs it
+
+    channels = coordinator_status(url, name)
+    if as_json:
+        print(json.dumps({"coordinator": url, "channels": channels}), file=out)
+    elif not channels:
+        print(f"no channel has a host at {url}" if name is None else f"{name}: no host at {url}", file=out)
+    else:
+        print(f"coordinator: {url}", file=out)
+        for c in channels:
+            if c["state"] != "live":
+                print(f"{c['name']}: {c['state']} ({c['problem']})", file=out)
+                continue
+            left = "?" if c["ttl_left"] is None else f"{c['ttl_left']:.1f}s"
+            print(
+                f"{c['name']}: live, host pid {c['pid']} on {c['node'] or '?'} at {c['address']}, "
+                f"generation {c['generation']}, up {_duration(c['elected_seconds_ago'])}, ttl left {left}",
+                file=out,
+            )
+    if name is not None:
+        return 0 if channels and channels[0]["state"] == "live" else 1
     return 0
 
 

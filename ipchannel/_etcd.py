@@ -145,13 +145,18 @@ class EtcdEngine:
             left: float | None = None
             if kv.get("lease"):
                 ttl = self._call("/kv/lease/timetolive", {"ID": int(kv["lease"])})
-                left = float(ttl.get("TTL", -1))
+                left = float(ttl.get("TTL", 0))  # whole seconds; protobuf's JSON omits a 0
+                left = None if left < 0 else left
             snapshot = Snapshot(base64.b64decode(kv.get("value", "")), int(kv["create_revision"]))
             found.append((name, snapshot, left))
         return found
 
     def local_address(self) -> str | None:
         return facing_address(self._url.endpoints[self._index])
+
+    def close(self) -> None:
+        for client in self._clients:
+            client.session.close()
 
     def base_url(self) -> str:
         client = self._clients[self._index]

@@ -160,6 +160,9 @@ class RedisEngine:
     def local_address(self) -> str | None:
         return facing_address(self._url.endpoints[0])
 
+    def close(self) -> None:
+        self._client.close()
+
 
 class _RedisWatch:
     """Waits on the key's keyspace notifications (a pubsub connection of its own), else sleeps 50 ms."""

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Engine",
     "EngineUnavailable",
+    "Engines",
     "KeyWatch",
     "LostClaim",
     "RemoteCoordinator",
@@ -110,6 +111,19 @@ class Engine(Protocol):
     def local_address(self) -> str | None:
         """Return the address this machine reaches the engine from (a default to advertise), or None."""
 
+    def close(self) -> None:
+        """Close the client's connections (the last channel of the process using it closed)."""
+
+
+class Engines(Protocol):
+    """Where coordinators get their engine client: one per process and URL (``_backend.ENGINES``)."""
+
+    def acquire(self, url: CoordinatorURL) -> Engine:
+        """Return the client for ``url``, counting one more user."""
+
+    def release(self, url: CoordinatorURL, engine: Engine) -> None:
+        """Count one user less; the last one closes the client."""
+
 
 class RemoteCoordinator:
     """The election through an engine: a claimed key, a cached copy, a renewal thread and the fence."""
@@ -120,16 +134,16 @@ class RemoteCoordinator:
         url: CoordinatorURL,
         ttl: float,
         runtime_dir: Path,
-        engine_for: Callable[[CoordinatorURL], Engine],
+        engines: Engines,
     ) -> None:
         self._name, self._url, self._ttl, self._runtime_dir = name, url, ttl, runtime_dir
-        self._engine_for = engine_for
+        self._engines = engines
         self.margin = min(max(0.25 * ttl, 0.2), 2.0)  # how long before the engine's expiry a host stops
         self._reset()
 
     def _reset(self) -> None:
         """Start afresh: no cache, no claim, no thread (also in a forked child: none of those are ours)."""
-        self._engine = self._engine_for(self._url)
+        self._engine = self._engines.acquire(self._url)
         self._lock = threading.Lock()
         self._current: HostRecord | None = None
         self._loaded = False
@@ -144,6 +158,7 @@ class RemoteCoordinator:
         self._lost = ""
         self._renewer: threading.Thread | None = None
         self._renew_stop = threading.Event()
+        self._closed = False
 
     # -- what the channel asks ---------------------------------------------------
 
@@ -305,6 +320,9 @@ class RemoteCoordinator:
             watcher.join(_JOIN_TIMEOUT)
             if watcher.is_alive():
                 _LOGGER.warning("%s did not stop within %.1f s", watcher.name, _JOIN_TIMEOUT)
+        if not self._closed:
+            self._closed = True
+            self._engines.release(self._url, self._engine)
 
     # -- the cache ---------------------------------------------------------------
 

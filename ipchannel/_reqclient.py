@@ -190,10 +190,7 @@ class Subscriber:
             self._lock.release()
 
     def _timeout(self, deadline: Deadline, detail: str) -> ChannelTimeout:
-        channel = self._channel
-        return ChannelTimeout(
-            channel.name, str(channel.runtime_dir), deadline.elapsed(), channel.host_pid, detail
-        )
+        return self._channel._timeout_error(deadline, detail)  # noqa: SLF001 - one place words timeouts
 
     def resume_after_fork(self) -> None:
         """In a forked child with callbacks: subscribe again in the background, now, not at first use.

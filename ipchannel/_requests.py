@@ -222,21 +222,15 @@ class RequestChannel:
                 self._subscriber.ensure_running(deadline)  # after fork: subscribe again in this process
             answer = self._requester.call(kind, payload, deadline)
         except ChannelTimeout as exc:
-            raise self._timeout(deadline, exc.last_host_pid) from None
+            raise self._timeout(deadline) from None
         except ChannelClosed:
             raise ChannelClosed(self._channel.name, self._kind) from None
         if answer is None:
-            raise self._timeout(deadline, self._channel.host_pid)
+            raise self._timeout(deadline)
         return answer
 
-    def _timeout(self, deadline: Deadline, last_host_pid: int | None) -> ChannelTimeout:
-        return ChannelTimeout(
-            self._channel.name,
-            str(self._channel.runtime_dir),
-            deadline.elapsed(),
-            last_host_pid,
-            "no answer to the request",
-        )
+    def _timeout(self, deadline: Deadline) -> ChannelTimeout:
+        return self._channel._timeout_error(deadline, "no answer to the request")  # noqa: SLF001
 
     def _reset_after_fork(self) -> None:
         """In a forked child: fresh publisher id and connections; subscriptions resume in the background."""

@@ -323,13 +323,8 @@ class SharedDict(MutableMapping[Any, Any]):
         return ChannelClosed(self._channel.channel.name, "SharedDict")
 
     def _late(self, deadline: Deadline) -> ChannelTimeout:
-        channel = self._channel.channel
-        return ChannelTimeout(
-            channel.name,
-            str(channel.runtime_dir),
-            deadline.elapsed(),
-            None,
-            "the write was acknowledged but this replica did not receive it in time",
+        return self._channel.channel._timeout_error(  # noqa: SLF001 - one place words timeouts
+            deadline, "the write was acknowledged but this replica did not receive it in time"
         )
 
     # -- the replica: the change stream ---------------------------------------------------------

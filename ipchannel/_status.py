@@ -107,3 +107,46 @@ def _command_line(pid: int) -> str | None:
         return shlex.join(psutil.Process(pid).cmdline()) or None
     except psutil.Error:
         return None
+
+
+def coordinator_status(url_text: str, name: str | None = None) -> list[dict[str, Any]]:
+    """Return the channels a coordinator engine has a host for (only ``name``, if given), read-only.
+
+    :raises CoordinatorError: the URL is bad, its client library missing, or the engine does not answer.
+    """
+    from ._backend import ENGINES  # noqa: PLC0415 - imports the engine's client only when asked
+    from ._coordurl import parse_url  # noqa: PLC0415
+    from ._errors import CoordinatorError  # noqa: PLC0415
+    from ._hostrecord import HostRecord  # noqa: PLC0415
+    from ._remote import EngineUnavailable  # noqa: PLC0415
+
+    url = parse_url(url_text)
+    engine = ENGINES.acquire(url)
+    try:
+        found = engine.channels()
+    except EngineUnavailable as exc:
+        raise CoordinatorError(f"the coordinator {url.text} does not answer: {exc}") from exc
+    finally:
+        ENGINES.release(url, engine)
+    channels = []
+    for channel, snapshot, left in sorted(found):
+        if name is not None and channel != name or snapshot.value is None:
+            continue
+        try:
+            record = HostRecord.from_json(snapshot.value, snapshot.generation)
+        except ValueError as exc:
+            channels.append({"name": channel, "state": "stale", "problem": str(exc)})
+            continue
+        channels.append(
+            {
+                "name": channel,
+                "state": "live",
+                "pid": record.pid,
+                "node": record.node,
+                "address": record.sock,
+                "generation": record.generation,
+                "ttl_left": left,
+                "elected_seconds_ago": round(time.time() - record.started, 3),
+            }
+        )
+    return channels

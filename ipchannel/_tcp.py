@@ -205,6 +205,18 @@ class TcpTransport:
         sock.settimeout(None)
         return sock
 
+    def reachable(self, record: HostRecord) -> bool:
+        """Tell a crashed host from a handler that closed its connection: a live host greets a new one.
+
+        Its first bytes are the authkey challenge; a dying process may still accept for a moment,
+        but it sends nothing.
+        """
+        try:
+            with socket.create_connection(split_address(record.sock), timeout=CONNECT_TIMEOUT) as probe:
+                return bool(probe.recv(1))
+        except (OSError, ValueError):
+            return False
+
 
 def _read_hello(sock: ChannelSocket) -> int | None:
     sock.settimeout(HANDSHAKE_TIMEOUT)

@@ -72,6 +72,9 @@ class Transport(Protocol):
     def connect(self, record: HostRecord, authkey: bytes | None) -> ChannelSocket | None:
         """Connect to the host ``record`` names; None if nobody (or another host) answers there."""
 
+    def reachable(self, record: HostRecord) -> bool:
+        """After an EOF from a host the coordinator still lists: does it still accept connections?"""
+
 
 class UnixTransport:
     """AF_UNIX sockets in the runtime directory, with the peer checked by SO_PEERCRED."""
@@ -110,6 +113,9 @@ class UnixTransport:
             sock.close()  # a newer host than the record we read; read it again
             return None
         return authenticated(sock, self._name, authkey)
+
+    def reachable(self, record: HostRecord) -> bool:  # noqa: ARG002 - the pid check already told
+        return True
 
 
 def check_auth_matches(name: str, record: HostRecord, authkey: bytes | None) -> None:

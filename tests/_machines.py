@@ -1,0 +1,166 @@
+"""Child-process side of the cross-machine tests: a peer that plays one machine.
+
+Each peer owns a RequestChannel or a SharedDict on a coordinator (etcd or Redis), with
+its own runtime directory and its own loopback address, and obeys the test's commands
+(``_peers._serve_commands``). Its request handler answers ``{"pid": <host pid>, "m": message}``,
+so the test can tell which machine served a request.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import ssl
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+import ipchannel
+from _peers import _serve_commands, log_to
+
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
+
+
+def on_request(message: Any) -> Any:
+    """Say which process answered."""
+    return {"pid": os.getpid(), "m": message}
+
+
+class _MachinePeer:
+    def __init__(self, kind: str, name: str, options: dict[str, Any]) -> None:
+        self.kind = kind
+        self.dict: ipchannel.SharedDict | None = None
+        if kind == "dict":
+            self.dict = ipchannel.SharedDict(name, timeout=options.pop("timeout", 10.0), **options)
+            self.requests = self.dict.channel
+        else:
+            self.requests = ipchannel.RequestChannel(name, on_request, **options)
+        self.channel = self.dict if self.dict is not None else self.requests
+        self._load: threading.Thread | None = None
+        self._load_stop = threading.Event()
+        self._load_report: dict[str, Any] = {}
+
+    def info(self) -> dict[str, Any]:
+        channel = self.requests.channel
+        return {
+            "pid": os.getpid(),
+            "is_host": channel.is_host,
+            "host_pid": channel.host_pid,
+            "generation": channel.generation,
+            "may_serve": channel._may_serve,  # noqa: SLF001 - what the fence says right now
+        }
+
+    def do(self, cmd: str, args: dict[str, Any]) -> dict[str, Any]:  # noqa: C901, PLR0911 - a command table
+        if cmd == "info":
+            return self.info()
+        if cmd == "join":
+            self.requests.channel.join(args.get("wait", 10.0))
+            return self.info()
+        if cmd == "request":
+            started = time.monotonic()
+            reply = self.requests.request(args.get("message", "hi"), timeout=args.get("wait", 5.0))
+            return {**self.info(), "reply": reply, "took": time.monotonic() - started}
+        if cmd == "load_start":
+            self._load_stop.clear()
+            self._load = threading.Thread(target=self._run_load, args=(args.get("wait", 20.0),), daemon=True)
+            self._load.start()
+            return self.info()
+        if cmd == "load_stop":
+            self._load_stop.set()
+            if self._load is not None:
+                self._load.join(30)
+            return {**self.info(), **self._load_report}
+        if cmd == "incr":
+            assert self.dict is not None
+            return {"values": [self.dict.incr(args["key"]) for _ in range(args["times"])]}
+        if cmd == "set":
+            assert self.dict is not None
+            self.dict[args["key"]] = args["value"]
+            return self.info()
+        if cmd == "get":
+            assert self.dict is not None
+            return {"value": self.dict.get(args["key"])}
+        if cmd == "run_on_host":
+            self._run_on_host(args["path"], args["every"], args["freeze_flag"])
+            return self.info()
+        if cmd == "log_to":
+            log_to(args["path"])
+            return self.info()
+        if cmd == "fork_request":
+            return self._fork_request()
+        if cmd == "close":
+            self.channel.close()
+            return {"pid": os.getpid()}
+        raise ValueError(f"unknown command {cmd!r}")
+
+    def _fork_request(self) -> dict[str, Any]:
+        """Fork; the child requests through the inherited channel and reports who answered."""
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(read)
+            try:
+                text = repr(self.requests.request("from child", timeout=10)["pid"])
+            except BaseException as exc:  # noqa: BLE001 - reported, then the child dies hard
+                text = repr(exc)
+            os.write(write, text.encode())
+            os._exit(0)
+        os.close(write)
+        with os.fdopen(read) as pipe:
+            answer = pipe.read()
+        os.waitpid(pid, 0)
+        return {**self.info(), "child": pid, "child_answer": answer}
+
+    def _run_load(self, timeout: float) -> None:
+        ok, errors, hosts = 0, [], []
+        n = 0
+        while not self._load_stop.is_set():
+            n += 1
+            try:
+                reply = self.requests.request(n, timeout=timeout)
+            except Exception as exc:  # noqa: BLE001 - reported to the test
+                errors.append(f"{type(exc).__name__}: {exc}")
+                continue
+            if reply["m"] != n:
+                errors.append(f"wrong reply {reply} to {n}")
+            ok += 1
+            if not hosts or hosts[-1] != reply["pid"]:
+                hosts.append(reply["pid"])
+        self._load_report = {"ok": ok, "errors": errors, "hosts": hosts}
+
+    def _run_on_host(self, path: str, every: float, freeze_flag: str) -> None:
+        """Each run appends "pid start end"; a host that finds ``freeze_flag`` SIGSTOPs itself between runs."""
+
+        def job() -> None:
+            start = time.monotonic()
+            time.sleep(0.01)
+            end = time.monotonic()
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            try:
+                os.write(fd, f"{os.getpid()} {start} {end}\n".encode())
+            finally:
+                os.close(fd)
+            try:
+                os.unlink(freeze_flag)
+            except FileNotFoundError:
+                return
+            os.kill(os.getpid(), signal.SIGSTOP)  # this run is over; frozen before the next one
+
+        ipchannel.run_on_host(self.requests, job, every=every)
+
+
+def tls_contexts(cert: str, key: str) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """The host-side and client-side contexts for a self-signed test certificate."""
+    host = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    host.load_cert_chain(cert, key)
+    client = ssl.create_default_context(cafile=cert)
+    return host, client
+
+
+def machine_main(conn: Connection, name: str, runtime_dir: str, kind: str, options: dict[str, Any]) -> None:
+    """Entry point of a peer process playing one machine (``options["tls"]``: a (cert, key) pair)."""
+    options = dict(options, runtime_dir=runtime_dir)
+    if tls := options.pop("tls", None):
+        options["ssl_context"] = tls_contexts(*tls)
+    _serve_commands(conn, _MachinePeer(kind, name, options))

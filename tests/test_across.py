@@ -1,0 +1,410 @@
+"""One channel across machines: real etcd and redis-server, peers that each play a machine.
+
+Every peer is a real process with its own runtime directory (no local lock can
+help) and its own loopback address (127.0.0.2, .3, ...); the engines are started
+on free ports with their data in the test's directory and killed by pid.
+Each test runs against both engines, with ttl 1 s.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+import _machines
+import pytest
+from _servers import EngineServer, free_ports, start_etcd, start_redis
+from conftest import Peer, wait_until
+
+import ipchannel
+from ipchannel import CoordinatorUnavailable, CoordinatorURLError, MissingExtraError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+KEY = b"k" * 32
+TTL = 1.0
+
+
+@pytest.fixture(params=["etcd", "redis"])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[EngineServer]:
+    server = start_etcd(tmp_path) if request.param == "etcd" else start_redis(tmp_path)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+class Machines:
+    """Starts peers that each play a machine, and guarantees they are killed and reaped."""
+
+    def __init__(self, server: EngineServer, root: Path) -> None:
+        self.server, self.root = server, root
+        self.started: list[Peer] = []
+
+    def start(self, n: int, kind: str = "requests", name: str = "jobs", **options: Any) -> list[Peer]:
+        new = []
+        for _ in range(n):
+            index = len(self.started) + 2
+            settings = {"coordinator": self.server.url, "authkey": KEY, "ttl": TTL, **options}
+            settings.setdefault("listen", f"127.0.0.{index}:0")
+            peer = Peer(name, self.root / f"machine{index}", _machines.machine_main, (kind, settings))
+            self.started.append(peer)
+            new.append(peer)
+        for peer in new:
+            peer.call("join", timeout=20)
+        return new
+
+    def host(self, peers: list[Peer]) -> Peer:
+        hosts = [p for p in peers if p.alive and p.call("info")["is_host"]]
+        assert len(hosts) == 1, [p.call("info") for p in peers if p.alive]
+        return hosts[0]
+
+    def close_all(self) -> None:
+        for peer in self.started:
+            if not peer._conn.closed:  # noqa: SLF001
+                with_cont(peer.pid)
+                peer.kill()
+
+
+def with_cont(pid: int) -> None:
+    """SIGCONT a peer a test may have left stopped (SIGKILL works either way; this keeps logs whole)."""
+    try:
+        os.kill(pid, signal.SIGCONT)
+    except ProcessLookupError:
+        pass
+
+
+@pytest.fixture
+def machines(engine: EngineServer, tmp_path: Path) -> Iterator[Machines]:
+    pool = Machines(engine, tmp_path)
+    try:
+        yield pool
+    finally:
+        pool.close_all()
+
+
+def served_by(peer: Peer, timeout: float = 5.0) -> int:
+    """Send a request from ``peer``; return the pid of the process that answered it."""
+    reply = peer.call("request", timeout=timeout + 5, message="who", wait=timeout)
+    return int(reply["reply"]["pid"])
+
+
+# -- election and failover ---------------------------------------------------------
+
+
+def test_one_host_among_three_machines(machines: Machines) -> None:
+    peers = machines.start(3)
+    answered = {served_by(p) for p in peers}
+    host = machines.host(peers)
+    assert answered == {host.pid}
+    infos = [p.call("info") for p in peers]
+    assert {i["generation"] for i in infos} == {infos[0]["generation"]}
+    assert {i["host_pid"] for i in infos} == {host.pid}
+
+
+def test_sigkill_of_the_host_new_host_answers_within_ttl_plus_1_5_s(machines: Machines) -> None:
+    peers = machines.start(3)
+    host = machines.host(peers)
+    survivors = [p for p in peers if p is not host]
+    for p in survivors:
+        assert served_by(p) == host.pid
+    killed = time.monotonic()
+    host.kill()
+    new_host = served_by(survivors[0], timeout=10)
+    took = time.monotonic() - killed
+    assert new_host in {p.pid for p in survivors}
+    assert took < TTL + 1.5, f"failover took {took:.2f} s"
+    assert served_by(survivors[1]) == new_host
+    assert machines.host(survivors).pid == new_host
+
+
+def test_graceful_close_hands_over_in_under_half_a_second(machines: Machines) -> None:
+    peers = machines.start(3)
+    host = machines.host(peers)
+    survivors = [p for p in peers if p is not host]
+    for p in survivors:
+        assert served_by(p) == host.pid
+    closed = time.monotonic()
+    host.call("close")
+    new_host = served_by(survivors[0])
+    took = time.monotonic() - closed
+    assert new_host in {p.pid for p in survivors}
+    assert took < 0.5, f"handover took {took:.3f} s"
+
+
+def test_a_host_frozen_past_its_ttl_is_fenced_off_and_never_answers_again(machines: Machines) -> None:
+    peers = machines.start(3)
+    old = machines.host(peers)
+    others = [p for p in peers if p is not old]
+    for p in others:
+        assert served_by(p) == old.pid
+    os.kill(old.pid, signal.SIGSTOP)
+    # This request reaches the frozen host's socket; it must be answered by the next host instead.
+    others[0].start_call("request", message="during the freeze", wait=10)
+    reply = others[0].finish_call(timeout=20)
+    new_host = reply["reply"]["pid"]
+    assert new_host != old.pid
+    os.kill(old.pid, signal.SIGCONT)
+    woke = old.call("info")
+    assert not woke["may_serve"], woke  # fenced the moment it runs again, before any step-down
+    wait_until(lambda: not old.call("info")["is_host"], timeout=5)
+    for _ in range(5):
+        for p in peers:
+            assert served_by(p) == new_host
+    assert machines.host(peers).pid == new_host
+
+
+def test_engine_killed_and_restarted_under_load(machines: Machines) -> None:
+    peers = machines.start(3)
+    host = machines.host(peers)
+    a, b = (p for p in peers if p is not host)
+    assert served_by(a) == host.pid
+    b.call("load_start", wait=30)
+    wait_until(lambda: a.call("info")["host_pid"] == host.pid)
+    machines.server.kill()
+    assert served_by(a, timeout=0.3) == host.pid  # the host serves on while its claim lasts
+    wait_until(lambda: not host.call("info")["is_host"], timeout=TTL + 2)  # then steps down by itself
+    failed = a.try_call("request", timeout=5, message="no engine", wait=0.5)
+    assert not failed["ok"]
+    assert failed["error"] == "CoordinatorUnavailable", failed
+    assert machines.server.url in failed["message"]
+    machines.server.restart()
+    new_host = served_by(a, timeout=20)
+    report = b.call("load_stop", timeout=40)
+    assert report["errors"] == [], report["errors"][:3]
+    assert report["ok"] > 0
+    assert machines.host(peers).pid == new_host
+
+
+# -- SharedDict and run_on_host -----------------------------------------------------
+
+
+def test_shared_dict_across_machines_counts_exactly_once_through_a_host_kill(machines: Machines) -> None:
+    peers = machines.start(3, kind="dict", name="counts")
+    for p in peers:
+        p.start_call("incr", key="n", times=20)
+    values = sorted(v for p in peers for v in p.finish_call(timeout=30)["values"])
+    assert values == list(range(1, 61))
+    host = machines.host(peers)
+    writers = [p for p in peers if p is not host]
+    for p in writers:
+        p.start_call("incr", key="n", times=40)
+    host.kill()
+    values = sorted(v for p in writers for v in p.finish_call(timeout=30)["values"])
+    assert values == list(range(61, 141))
+    assert writers[0].call("get", key="n")["value"] == 140
+
+
+def _runs(path: Path) -> list[tuple[int, float, float]]:
+    if not path.exists():
+        return []
+    rows = [line.split() for line in path.read_text().splitlines()]
+    return sorted((int(pid), float(start), float(end)) for pid, start, end in rows)
+
+
+def test_run_on_host_across_machines_never_overlaps_even_with_a_paused_host(
+    machines: Machines, tmp_path: Path
+) -> None:
+    log, flag = tmp_path / "runs.log", tmp_path / "freeze"
+    peers = machines.start(3)
+    for p in peers:
+        p.call("run_on_host", path=str(log), every=0.02, freeze_flag=str(flag))
+    wait_until(lambda: len(_runs(log)) >= 5)
+    old = machines.host(peers)
+    flag.touch()  # the host freezes itself right after its next run
+    wait_until(lambda: not flag.exists())
+    wait_until(lambda: any(pid != old.pid for pid, _, _ in _runs(log)), timeout=TTL + 3)
+    os.kill(old.pid, signal.SIGCONT)
+    wait_until(lambda: not old.call("info")["is_host"], timeout=5)
+    count = len(_runs(log))
+    wait_until(lambda: len(_runs(log)) >= count + 10)
+    runs = _runs(log)
+    for (_, _, end), (pid, start, _) in zip(runs, runs[1:]):
+        assert start >= end, f"run of {pid} at {start} overlaps one ending at {end}"
+    first_new = next(start for pid, start, _ in runs if pid != old.pid)
+    assert all(start < first_new for pid, start, _ in runs if pid == old.pid)
+
+
+# -- authentication and errors ------------------------------------------------------
+
+
+def test_a_coordinator_without_authkey_is_refused_naming_authkey(engine: EngineServer) -> None:
+    with pytest.raises(ValueError, match="authkey is required"):
+        ipchannel.RequestChannel("jobs", None, coordinator=engine.url)
+
+
+def test_a_wrong_authkey_is_refused_clearly(machines: Machines) -> None:
+    (host,) = machines.start(1)
+    assert served_by(host) == host.pid
+    (intruder,) = machines.start(1, authkey=b"x" * 32)
+    reply = intruder.try_call("request", timeout=15, message="let me in", wait=3)
+    assert not reply["ok"]
+    assert reply["error"] == "AuthenticationError", reply
+    assert served_by(host) == host.pid
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("etcd//h:2379", "no scheme"),
+        ("zookeeper://h:2181", "unknown scheme 'zookeeper'"),
+        ("redis://", "names no host"),
+        ("redis://h:port", "is not a number"),
+        ("redis://h:6379/zero", "database"),
+        ("redis://a:1,b:2", "one server"),
+        ("etcd://user:pw@h", "credentials"),
+    ],
+)
+def test_a_bad_coordinator_url_names_the_url_and_the_problem(url: str, problem: str) -> None:
+    with pytest.raises(CoordinatorURLError, match=problem) as caught:
+        ipchannel.Channel("jobs", lambda conn: None, coordinator=url, authkey=KEY)
+    assert isinstance(caught.value, ValueError)
+    assert "pw" not in str(caught.value)
+
+
+def test_wrong_option_types_and_values_are_refused() -> None:
+    with pytest.raises(TypeError, match="coordinator must be a URL"):
+        ipchannel.Channel("jobs", lambda conn: None, coordinator=5, authkey=KEY)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="listen applies only with a coordinator"):
+        ipchannel.Channel("jobs", lambda conn: None, listen="0.0.0.0:0")
+    with pytest.raises(ValueError, match="ttl must be"):
+        ipchannel.Channel("jobs", lambda conn: None, coordinator="redis://h", authkey=KEY, ttl=0.5)
+    with pytest.raises(ValueError, match="listen must be 'HOST:PORT'"):
+        ipchannel.Channel("jobs", lambda conn: None, coordinator="redis://h", authkey=KEY, listen="nowhere")
+    with pytest.raises(TypeError, match="ssl_context must be"):
+        ipchannel.Channel("jobs", lambda conn: None, coordinator="redis://h", authkey=KEY, ssl_context="tls")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("scheme", ["etcd", "redis"])
+def test_an_engine_that_cannot_be_reached_times_out_naming_the_url(scheme: str) -> None:
+    (port,) = free_ports(1)
+    url = f"{scheme}://127.0.0.1:{port}"
+    channel = ipchannel.Channel("jobs", lambda conn: None, coordinator=url, authkey=KEY)
+    try:
+        with pytest.raises(CoordinatorUnavailable) as caught:
+            channel.connect(timeout=1)
+    finally:
+        channel.close()
+    assert isinstance(caught.value, TimeoutError)
+    assert url in str(caught.value)
+    assert "check that it runs" in str(caught.value)
+
+
+@pytest.mark.parametrize(("scheme", "module", "extra"), [("etcd", "etcd3gw", "etcd"), ("redis", "redis", "redis")])
+def test_a_missing_client_library_names_the_extra(
+    monkeypatch: pytest.MonkeyPatch, scheme: str, module: str, extra: str
+) -> None:
+    monkeypatch.setitem(sys.modules, module, None)  # type: ignore[arg-type]
+    with pytest.raises(MissingExtraError, match=rf"pip install 'ipchannel\[{extra}\]'"):
+        ipchannel.Channel("jobs", lambda conn: None, coordinator=f"{scheme}://127.0.0.1:1/", authkey=KEY)
+
+
+def test_the_environment_switches_a_channel_to_the_coordinator(
+    machines: Machines, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (host,) = machines.start(1)
+    assert served_by(host) == host.pid
+    monkeypatch.setenv("IPCHANNEL_COORDINATOR", machines.server.url)
+    monkeypatch.setenv("IPCHANNEL_LISTEN", "127.0.0.9:0")
+    channel = ipchannel.RequestChannel("jobs", None, authkey=KEY, may_host=False)
+    try:
+        assert channel.request("from the environment", timeout=5)["pid"] == host.pid
+        assert channel.channel.generation == host.call("info")["generation"]
+    finally:
+        channel.close()
+
+
+# -- fork, TLS and status -------------------------------------------------------------
+
+
+def test_a_forked_child_uses_its_own_engine_client_and_leaves_the_parents_claim(machines: Machines) -> None:
+    (parent,) = machines.start(1)
+    before = parent.call("info")
+    assert before["is_host"]
+    forked = parent.call("fork_request", timeout=30)
+    assert forked["child_answer"] == repr(parent.pid)
+    time.sleep(0)  # the child exited; the parent must keep renewing past a whole ttl
+    wait_until(lambda: parent.call("info")["may_serve"], timeout=1)
+    deadline = time.monotonic() + TTL * 2
+    while time.monotonic() < deadline:
+        info = parent.call("info")
+        assert info["is_host"] and info["generation"] == before["generation"], info
+    assert served_by(parent) == parent.pid
+
+
+@pytest.fixture
+def certificate(tmp_path: Path) -> tuple[str, str]:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    addresses = ",".join(f"IP:127.0.0.{i}" for i in range(2, 10))
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=ipchannel-test",
+         "-addext", f"subjectAltName={addresses}", "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+    return str(cert), str(key)
+
+
+def test_tls_requests_and_shared_dict_follow_a_host_kill(machines: Machines, certificate: tuple[str, str]) -> None:
+    peers = machines.start(3, tls=certificate)
+    host = machines.host(peers)
+    survivors = [p for p in peers if p is not host]
+    for p in survivors:
+        assert served_by(p) == host.pid
+    host.kill()
+    new_host = served_by(survivors[0], timeout=10)
+    assert new_host in {p.pid for p in survivors}
+    assert served_by(survivors[1]) == new_host
+    dicts = machines.start(2, kind="dict", name="tls-counts", tls=certificate)
+    for p in dicts:
+        p.start_call("incr", key="n", times=10)
+    assert sorted(v for p in dicts for v in p.finish_call(timeout=30)["values"]) == list(range(1, 21))
+
+
+def test_tls_with_an_untrusted_certificate_is_refused_clearly(
+    machines: Machines, certificate: tuple[str, str], tmp_path: Path
+) -> None:
+    (host,) = machines.start(1, tls=certificate)
+    assert served_by(host) == host.pid
+    other = tmp_path / "other"
+    other.mkdir()
+    stranger = subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=other",
+         "-keyout", str(other / "key.pem"), "-out", str(other / "cert.pem")],
+        check=True, capture_output=True, timeout=30,
+    )
+    assert stranger.returncode == 0
+    (client,) = machines.start(1, tls=(str(other / "cert.pem"), str(other / "key.pem")))
+    reply = client.try_call("request", timeout=15, message="hi", wait=3)
+    assert not reply["ok"]
+    assert "TLS with the host" in reply["message"] and "certificate" in reply["message"], reply
+
+
+def test_status_lists_the_channels_of_a_coordinator(machines: Machines) -> None:
+    peers = machines.start(2)
+    host = machines.host(peers)
+    info = host.call("info")
+    out = subprocess.run(
+        [sys.executable, "-m", "ipchannel", "status", "--coordinator", machines.server.url, "--json"],
+        check=True, capture_output=True, text=True, timeout=30,
+    )
+    (channel,) = json.loads(out.stdout)["channels"]
+    assert channel["name"] == "jobs"
+    assert channel["pid"] == host.pid
+    assert channel["generation"] == info["generation"]
+    assert channel["address"].startswith(f"127.0.0.{2 + peers.index(host)}:")
+    assert channel["node"]
+    assert 0 <= channel["ttl_left"] <= 2  # etcd counts whole seconds
+    text = subprocess.run(
+        [sys.executable, "-m", "ipchannel", "status", "--coordinator", machines.server.url, "jobs"],
+        check=True, capture_output=True, text=True, timeout=30,
+    ).stdout
+    assert str(host.pid) in text and "jobs" in text
