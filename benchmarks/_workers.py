@@ -320,3 +320,226 @@ def dict_load(conn: Connection, name: str, runtime_dir: str, seconds: float) -> 
     conn.send((n, time.monotonic() - start))
     _wait_for_stop(conn)
     shared.close()
+
+
+# -- across machines (benchmarks/across.py): a coordinator elects, hosts serve on TCP --------------
+
+#: the authkey of every channel across machines, and of the multiprocessing.connection baseline
+ACROSS_AUTHKEY = b"ipchannel benchmarks across, 32B"
+ASK_TIMEOUT = 0.25  # seconds: the timeout of each "who hosts?" request of an across peer
+ASK_PACE = 0.002  # seconds between two of a peer's requests: the resolution of the times it reports
+
+
+def host_pid(message: Any) -> int:
+    """RequestChannel handler: answer with this process's pid, so the caller knows who hosts."""
+    del message
+    return os.getpid()
+
+
+def across_channel(
+    name: str,
+    handler: Any,
+    coordinator: str,
+    address: str,
+    runtime_dir: str,
+    ttl: float | None = None,
+) -> ipchannel.RequestChannel:
+    """A RequestChannel as one machine opens it: elected through ``coordinator``, listening on ``address``."""
+    return ipchannel.RequestChannel(
+        name,
+        handler,
+        coordinator=coordinator,
+        authkey=ACROSS_AUTHKEY,
+        listen=f"{address}:0",
+        ttl=ttl,
+        runtime_dir=runtime_dir,
+    )
+
+
+def across_host(conn: Connection, name: str, coordinator: str, address: str, runtime_dir: str) -> None:
+    """Host an echo RequestChannel across machines (the first to open it, so this process is elected)."""
+    channel = across_channel(name, on_request, coordinator, address, runtime_dir)
+    channel.request("elect me")
+    conn.send({"pid": os.getpid(), "is_host": channel.channel.is_host})
+    _wait_for_stop(conn)
+    channel.close()
+
+
+def across_peer(
+    conn: Connection, name: str, coordinator: str, address: str, runtime_dir: str, ttl: float
+) -> None:
+    """One machine: ask who hosts every ASK_PACE s; report each new host's pid and when it first answered.
+
+    A request that fails other than by its timeout is counted, and the counts go with the next
+    report. "close" closes the channel (a graceful handover) and reports when close() was called
+    and when it returned; the process then waits for "stop".
+    """
+    channel = across_channel(name, host_pid, coordinator, address, runtime_dir, ttl)
+    first = channel.request("who", timeout=30)
+    lock = threading.Lock()  # the asking thread and this one both send
+
+    def report(message: dict[str, Any]) -> None:
+        with lock:
+            conn.send(message)
+
+    report({"pid": os.getpid(), "host": first, "is_host": channel.channel.is_host})
+
+    def ask() -> None:
+        last = first
+        errors: dict[str, int] = {}
+        while True:
+            try:
+                pid = channel.request("who", timeout=ASK_TIMEOUT)
+            except ipchannel.ChannelClosed:
+                return
+            except ipchannel.ChannelTimeout:
+                continue
+            except Exception as exc:  # noqa: BLE001 - counted and reported: request() should resend instead
+                what = f"{type(exc).__name__}: {exc}"
+                errors[what] = errors.get(what, 0) + 1
+                continue
+            at = time.monotonic_ns()
+            if pid != last:
+                last = pid
+                report({"host": pid, "at": at, "is_host": channel.channel.is_host, "errors": errors})
+                errors = {}
+            time.sleep(ASK_PACE)
+
+    threading.Thread(target=ask, daemon=True).start()
+    with contextlib.suppress(EOFError):
+        while conn.recv() == "close":
+            at = time.monotonic_ns()
+            channel.close()
+            report({"at": at, "returned": time.monotonic_ns()})
+    channel.close()
+
+
+def mp_tcp_host(conn: Connection, address: str, authkey: bytes) -> None:
+    """multiprocessing.connection over TCP with an authkey: answer each object with itself."""
+    listener = Listener((address, 0), authkey=authkey)
+
+    def serve(client: Connection) -> None:
+        with contextlib.suppress(EOFError, OSError):
+            while True:
+                client.send(client.recv())
+
+    def accept_forever() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                threading.Thread(target=serve, args=(listener.accept(),), daemon=True).start()
+
+    threading.Thread(target=accept_forever, daemon=True).start()
+    conn.send({"pid": os.getpid(), "port": listener.address[1]})
+    _wait_for_stop(conn)
+    listener.close()
+
+
+class _EtcdAlone:
+    """etcd alone, the calls an ipchannel host and waiter make: a lease, create-if-absent, keep-alive, watch."""
+
+    def __init__(self, host: str, port: int) -> None:
+        from etcd3gw.client import Etcd3Client  # noqa: PLC0415 - an optional extra
+
+        self._client = Etcd3Client(host=host, port=port, api_path="/v3/")
+        self._lease: Any = None
+        self._watch: Any = None
+
+    def claim(self, key: str, ttl_ms: int) -> bool:
+        self._lease = self._client.lease(-(-ttl_ms // 1000))  # whole seconds, rounded up, as ipchannel asks
+        return self._client.create(key, "x", lease=self._lease)
+
+    def renew(self) -> None:
+        self._lease.refresh()
+
+    def release(self) -> None:
+        self._lease.revoke()
+
+    def arm(self, key: str) -> None:
+        """Watch ``key`` from the revision after its current one: no change can be missed."""
+        [(_, meta)] = self._client.get(key, metadata=True)
+        self._watch = self._client.watch(key, start_revision=int(meta["mod_revision"]) + 1)
+
+    def wait_gone(self) -> None:
+        events, cancel = self._watch
+        for event in events:
+            if event.get("type") == "DELETE":
+                break
+        cancel()
+
+
+class _RedisAlone:
+    """Redis alone, the calls an ipchannel host and waiter make: SET NX PX, PEXPIRE, DEL, keyspace events."""
+
+    def __init__(self, host: str, port: int, db: int) -> None:
+        import redis  # noqa: PLC0415 - an optional extra
+
+        self._client = redis.Redis(host=host, port=port, db=db)
+        self._db, self._key, self._ttl_ms = db, "", 0
+        self._pubsub: Any = None
+
+    def claim(self, key: str, ttl_ms: int) -> bool:
+        self._key, self._ttl_ms = key, ttl_ms
+        return bool(self._client.set(key, "x", nx=True, px=ttl_ms))
+
+    def renew(self) -> None:
+        self._client.pexpire(self._key, self._ttl_ms)
+
+    def release(self) -> None:
+        self._client.delete(self._key)
+
+    def arm(self, key: str) -> None:
+        """Subscribe to ``key``'s keyspace events; return once subscribed (and the key still exists)."""
+        self._pubsub = self._client.pubsub()
+        self._pubsub.subscribe(f"__keyspace@{self._db}__:{key}")
+        deadline = time.monotonic() + 10
+        while (message := self._pubsub.get_message(timeout=1)) is None or message["type"] != "subscribe":
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no subscription to {key}'s keyspace events within 10 s")
+        if not self._client.exists(key):
+            raise RuntimeError(f"{key} was gone before it was watched")
+
+    def wait_gone(self) -> None:
+        deadline = time.monotonic() + 60
+        while (message := self._pubsub.get_message(timeout=1)) is None or message["data"] not in {
+            b"del",
+            b"expired",
+        }:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the key was neither deleted nor expired within 60 s")
+        self._pubsub.close()
+
+
+def _engine_alone(endpoint: tuple[str, str, int, int]) -> _EtcdAlone | _RedisAlone:
+    """``(engine, host, port, db)`` -> a client of that engine alone."""
+    engine, host, port, db = endpoint
+    return _EtcdAlone(host, port) if engine == "etcd" else _RedisAlone(host, port, db)
+
+
+def engine_holder(conn: Connection, endpoint: tuple[str, str, int, int], key: str, ttl_ms: int) -> None:
+    """The engine used as a host uses it: claim ``key`` for the ttl, renew it every ttl/3 until "release"."""
+    engine = _engine_alone(endpoint)
+    if not engine.claim(key, ttl_ms):
+        raise RuntimeError(f"{key} is taken")
+    conn.send({"pid": os.getpid()})
+    with contextlib.suppress(EOFError):
+        while not conn.poll(ttl_ms / 3000):
+            engine.renew()
+        if conn.recv() == "release":
+            at = time.monotonic_ns()
+            engine.release()
+            conn.send({"at": at, "returned": time.monotonic_ns()})
+            _wait_for_stop(conn)
+
+
+def engine_waiter(conn: Connection, endpoint: tuple[str, str, int, int], ttl_ms: int) -> None:
+    """The engine used as a waiting peer uses it: watch each key it is sent; once it is gone, claim it."""
+    engine = _engine_alone(endpoint)
+    conn.send({"pid": os.getpid()})
+    with contextlib.suppress(EOFError):
+        while (message := conn.recv()) != "stop":
+            engine.arm(message["watch"])
+            conn.send({"watching": message["watch"]})
+            engine.wait_gone()
+            seen = time.monotonic_ns()
+            claimed = engine.claim(message["watch"], ttl_ms)
+            conn.send({"seen": seen, "claimed": time.monotonic_ns(), "ok": claimed})

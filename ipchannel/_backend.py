@@ -103,7 +103,12 @@ def open_backend(  # noqa: PLR0913 - the channel's options, checked here
     """Return the coordinator and transport for a channel's options, or raise naming the bad option."""
     url_text = from_environment(coordinator, "IPCHANNEL_COORDINATOR")
     if url_text is None:
-        for option, value in (("listen", listen), ("advertise", advertise), ("ttl", ttl), ("ssl_context", ssl_context)):
+        for option, value in (
+            ("listen", listen),
+            ("advertise", advertise),
+            ("ttl", ttl),
+            ("ssl_context", ssl_context),
+        ):
             if value is not None:
                 raise ValueError(
                     f"{option} applies only with a coordinator (coordinator= or IPCHANNEL_COORDINATOR); "
@@ -123,7 +128,7 @@ def open_backend(  # noqa: PLR0913 - the channel's options, checked here
     advertise_text = from_environment(advertise, "IPCHANNEL_ADVERTISE")
     advertised = None if advertise_text is None else parse_address(advertise_text, "advertise")
     coordinator_ = RemoteCoordinator(name, url, seconds, resolve_runtime_dir(runtime_dir), ENGINES)
-    transport = TcpTransport(name, bind, advertised, tls, lambda: coordinator_.engine.local_address())
+    transport = TcpTransport(name, bind, advertised, tls, lambda: coordinator_.engine.local_address())  # noqa: PLW0108 - a fork makes a new engine
     return coordinator_, transport
 
 
@@ -135,4 +140,3 @@ def _local_backend(name: str, runtime_dir: object) -> tuple[LocalCoordinator, Un
     ensure_runtime_dir(directory)
     paths = ChannelPaths.for_channel(name, directory)
     return LocalCoordinator(name, paths), UnixTransport(name, paths)
-

@@ -354,7 +354,7 @@ class Channel:
                 raise self._timeout_error(deadline)
 
     def _recorded_and_serving(self, record: HostRecord) -> bool:
-        """Tell whether ``record`` is still the current record and its host is serving (asked at the source)."""
+        """Tell whether ``record`` is still current and its host serving (asked at the source)."""
         return self._coordinator.confirm(record)
 
     def _elect(self, avoid: HostRecord | None, *, verify: bool) -> HostRecord | None:
@@ -470,7 +470,7 @@ class Channel:
         return False
 
     def _timeout_error(self, deadline: Deadline, detail: str = "") -> ChannelTimeout:
-        """The error for a wait on this channel that ran out (also the request layer's and SharedDict's).
+        """Return the error for a wait on this channel that ran out (the request layer's too).
 
         An engine that does not answer is named as the reason: ``CoordinatorUnavailable``.
         """

@@ -66,7 +66,7 @@ def _prog() -> str:
     return "python -m ipchannel" if name in {"", "__main__.py", "-c"} else name
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:  # noqa: PLR0911 - one return per outcome
     """Run the command line; return 0 on success, 1 on failure, 2 for bad usage."""
     parser = _parser(_prog())
     args = parser.parse_args(argv)

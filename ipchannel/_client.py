@@ -76,7 +76,7 @@ class _Owner(Protocol):
 
     def _open_connection(
         self, deadline: Deadline, avoid: HostRecord | None = None
-    ) -> tuple[socket.socket, HostRecord]: ...
+    ) -> tuple[ChannelSocket, HostRecord]: ...
 
 
 class ChannelSocket(socket.socket):

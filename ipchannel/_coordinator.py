@@ -174,9 +174,6 @@ class LocalCoordinator:
         return not _platform.process_exiting(record.pid) and record.liveness() == "alive"
 
     def confirm(self, record: HostRecord) -> bool:
-        """Like ``serving()``, asked of the source itself (after an EOF: an engine, not a cached copy)."""
-
-    def confirm(self, record: HostRecord) -> bool:
         return self.read() == record and self.serving(record)
 
     def liveness(self, record: HostRecord) -> Liveness:

@@ -59,7 +59,9 @@ class CoordinatorURL:
 def parse_url(url: object) -> CoordinatorURL:
     """Parse a coordinator URL, or raise TypeError (not a str) / CoordinatorURLError (naming the problem)."""
     if not isinstance(url, str):
-        raise TypeError(f"coordinator must be a URL string (etcd://... or redis://...) or None, not {type(url).__name__}")
+        raise TypeError(
+            f"coordinator must be a URL string (etcd://... or redis://...) or None, not {type(url).__name__}"
+        )
     scheme, sep, rest = url.partition("://")
     scheme = scheme.lower()
     if not sep:
@@ -81,25 +83,30 @@ def parse_url(url: object) -> CoordinatorURL:
     if not netloc:
         raise CoordinatorURLError(text, "it names no host")
     endpoints = tuple(_endpoint(text, part, _DEFAULT_PORTS[scheme]) for part in netloc.split(","))
-    prefix, db = _DEFAULT_PREFIX, 0
-    if scheme.startswith("etcd"):
-        if path.strip("/"):
-            prefix = "/" + path.strip("/")
-    else:
-        if len(endpoints) > 1:
-            raise CoordinatorURLError(text, "a redis URL names one server")
-        if path.strip("/"):
-            try:
-                db = int(path.strip("/"))
-            except ValueError:
-                raise CoordinatorURLError(text, f"the database {path!r} is not a number") from None
-            if db < 0:
-                raise CoordinatorURLError(text, "the database number must be >= 0")
+    prefix, db = _path_options(text, scheme, path, len(endpoints))
     return CoordinatorURL(scheme, endpoints, prefix, db, username, password, text)
 
 
+def _path_options(text: str, scheme: str, path: str, endpoints: int) -> tuple[str, int]:
+    """Return the key prefix (etcd) and database number (Redis) the URL's path names."""
+    path = path.strip("/")
+    if scheme.startswith("etcd"):
+        return ("/" + path if path else _DEFAULT_PREFIX), 0
+    if endpoints > 1:
+        raise CoordinatorURLError(text, "a redis URL names one server")
+    if not path:
+        return _DEFAULT_PREFIX, 0
+    try:
+        db = int(path)
+    except ValueError:
+        raise CoordinatorURLError(text, f"the database {path!r} is not a number") from None
+    if db < 0:
+        raise CoordinatorURLError(text, "the database number must be >= 0")
+    return _DEFAULT_PREFIX, db
+
+
 def parse_address(value: object, name: str) -> tuple[str, int]:
-    """Parse ``HOST:PORT`` (``[V6]:PORT``; port 0 = any free port), or raise TypeError/ValueError naming ``name``."""
+    """Parse ``HOST:PORT`` (``[V6]:PORT``; port 0: any free one); TypeError/ValueError name ``name``."""
     if not isinstance(value, str):
         raise TypeError(f"{name} must be a 'HOST:PORT' string or None, not {type(value).__name__}")
     host, sep, port_text = value.rpartition(":")
@@ -122,7 +129,9 @@ def validate_ttl(ttl: object) -> float:
     if isinstance(ttl, bool) or not isinstance(ttl, (int, float)):
         raise TypeError(f"ttl must be a number of seconds (int or float) or None, not {type(ttl).__name__}")
     if math.isnan(ttl) or math.isinf(ttl) or ttl < 1:
-        raise ValueError(f"ttl must be a finite number of seconds >= 1 (etcd leases have whole seconds), not {ttl!r}")
+        raise ValueError(
+            f"ttl must be a finite number of seconds >= 1 (etcd leases have whole seconds), not {ttl!r}"
+        )
     return float(ttl)
 
 

@@ -227,7 +227,8 @@ class CoordinatorURLError(CoordinatorError, ValueError):
 
     def __str__(self) -> str:
         return (
-            f"coordinator URL {self.url!r}: {self.problem}; expected etcd://HOST[:PORT][,HOST[:PORT]...][/PREFIX] "
+            f"coordinator URL {self.url!r}: {self.problem}; expected "
+            "etcd://HOST[:PORT][,HOST[:PORT]...][/PREFIX] "
             "or redis://[[USER]:PASSWORD@]HOST[:PORT][/DB] (rediss:// for TLS)"
         )
 

@@ -19,19 +19,16 @@ import json
 import math
 import socket
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ._remote import EngineUnavailable, Snapshot, facing_address
 
 if TYPE_CHECKING:
     from ._coordurl import CoordinatorURL
 
-try:
-    import requests
-    from etcd3gw.client import Etcd3Client
-    from etcd3gw.exceptions import Etcd3Exception
-except ImportError:  # pragma: no cover - checked by engine_for() before this module is used
-    Etcd3Client = None
+import requests  # the etcd extra (etcd3gw needs requests); _backend checks it before importing this
+from etcd3gw.client import Etcd3Client
+from etcd3gw.exceptions import Etcd3Exception
 
 __all__ = ["EtcdEngine"]
 
@@ -63,13 +60,13 @@ class EtcdEngine:
     def _key(self, name: str) -> str:
         return f"{self._url.prefix}/{name}/host"
 
-    def _call(self, path: str, payload: dict[str, Any]) -> Any:
+    def _call(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
         """POST to the gateway, trying each endpoint once; EngineUnavailable if none answers."""
         problems = []
         for _ in self._clients:
             client = self._clients[self._index]
             try:
-                return client.post(client.get_url(path), json=payload)
+                return cast("dict[str, Any]", client.post(client.get_url(path), json=payload))
             except Etcd3Exception as exc:
                 problems.append(f"{client.host}:{client.port}: {type(exc).__name__} {exc.detail_text or exc}")
                 self._index = (self._index + 1) % len(self._clients)
@@ -172,13 +169,16 @@ class _EtcdWatch:
         self._response: requests.Response | None = None
         self._cancelled = threading.Event()
 
-    def wait(self, after: Snapshot, timeout: float) -> None:
+    def wait(self, after: Snapshot, timeout: float) -> None:  # noqa: C901 - each way a watch ends
         if self._cancelled.is_set():
             return
         request = {"create_request": {"key": _b64(self._key), "start_revision": after.revision + 1}}
         try:
             response = self._session.post(
-                self._engine.base_url(), json=request, stream=True, timeout=(REQUEST_TIMEOUT, timeout)
+                self._engine.base_url(),
+                json=cast("Any", request),
+                stream=True,
+                timeout=(REQUEST_TIMEOUT, timeout),
             )
         except requests.RequestException as exc:
             raise EngineUnavailable(f"watch: {exc}") from exc
@@ -186,7 +186,7 @@ class _EtcdWatch:
         try:
             if self._cancelled.is_set():
                 return
-            if response.status_code != 200:  # noqa: PLR2004
+            if response.status_code != 200:
                 raise EngineUnavailable(f"watch: HTTP {response.status_code} {response.reason}")
             for line in response.iter_lines():
                 if not line.strip():
@@ -214,4 +214,3 @@ class _EtcdWatch:
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
         self._session.close()
-

@@ -18,19 +18,20 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TypeVar, cast
+
+import redis  # the redis extra; _backend checks it is installed before importing this module
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from ._remote import EngineUnavailable, Snapshot, facing_address
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ._coordurl import CoordinatorURL
 
-try:
-    import redis
-    from redis.backoff import NoBackoff
-    from redis.retry import Retry
-except ImportError:  # pragma: no cover - checked by engine_for() before this module is used
-    redis = None  # type: ignore[assignment]
+_T = TypeVar("_T")
 
 __all__ = ["RedisEngine"]
 
@@ -84,7 +85,7 @@ class RedisEngine:
 
     def __init__(self, url: CoordinatorURL) -> None:
         self._url = url
-        (host, port), = url.endpoints
+        ((host, port),) = url.endpoints
         self._client = redis.Redis(
             host=host,
             port=port,
@@ -105,14 +106,14 @@ class RedisEngine:
     def url(self) -> str:
         return self._url.text
 
-    def _run(self, call: Any, *args: Any, **kwargs: Any) -> Any:
+    def _run(self, call: Callable[..., _T], *args: object, **kwargs: object) -> _T:
         try:
             return call(*args, **kwargs)
         except (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ReadOnlyError) as exc:
             raise EngineUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
     def read(self, name: str) -> Snapshot:
-        return _parse(self._run(self._client.get, _key(name)))
+        return _parse(cast("bytes | None", self._run(self._client.get, _key(name))))
 
     def claim(self, name: str, value: bytes, ttl: float, floor: int) -> int | None:
         key = _key(name)
@@ -122,7 +123,9 @@ class RedisEngine:
         return int(generation) or None
 
     def renew(self, name: str, generation: int, ttl: float) -> bool:
-        return bool(self._run(self._renew, keys=[_key(name)], args=[f"{generation} ", max(1, round(ttl * 1000))]))
+        return bool(
+            self._run(self._renew, keys=[_key(name)], args=[f"{generation} ", max(1, round(ttl * 1000))])
+        )
 
     def release(self, name: str, generation: int) -> None:
         self._run(self._release, keys=[_key(name)], args=[f"{generation} "])
@@ -134,16 +137,18 @@ class RedisEngine:
         """Tell whether the server sends keyspace notifications for deletions, expiries and sets."""
         if self._notifications is None:
             try:
-                flags = str(self._run(self._client.config_get, "notify-keyspace-events").get(
-                    "notify-keyspace-events", ""
-                ))
+                flags = str(
+                    self._run(self._client.config_get, "notify-keyspace-events").get(
+                        "notify-keyspace-events", ""
+                    )
+                )
             except redis.ResponseError:  # CONFIG is disabled (managed Redis): poll
                 flags = ""
             self._notifications = "K" in flags and ("A" in flags or {"g", "x", "$"} <= set(flags))
         return self._notifications
 
-    def pubsub(self) -> Any:
-        return self._client.pubsub(ignore_subscribe_messages=True)
+    def pubsub(self) -> redis.client.PubSub:
+        return cast("redis.client.PubSub", self._client.pubsub(ignore_subscribe_messages=True))  # type: ignore[no-untyped-call]
 
     def channels(self) -> list[tuple[str, Snapshot, float | None]]:
         found = []
@@ -154,7 +159,7 @@ class RedisEngine:
             name = text[len("ipchannel:{") : -1]
             value, left = self._run(lambda k=key: (self._client.get(k), self._client.pttl(k)))
             if value is not None:
-                found.append((name, _parse(value), left / 1000 if left >= 0 else None))
+                found.append((name, _parse(cast("bytes", value)), left / 1000 if left >= 0 else None))
         return found
 
     def local_address(self) -> str | None:

@@ -57,11 +57,11 @@ _JOIN_TIMEOUT = 5.0
 _RETRY_FIRST, _RETRY_CAP = 0.05, 1.0  # seconds between attempts to reach an engine that does not answer
 
 
-class EngineUnavailable(Exception):  # noqa: N818 - internal: an engine call failed to get an answer
+class EngineUnavailable(Exception):
     """The engine did not answer (refused, timed out, or an error that says nothing about the key)."""
 
 
-class LostClaim(Exception):  # noqa: N818 - internal: caught by Channel, which stays out of hosting
+class LostClaim(Exception):
     """Becoming host failed: another process claimed the channel first, or the engine did not answer."""
 
 
@@ -94,7 +94,7 @@ class Engine(Protocol):
         """Return the channel's key now."""
 
     def claim(self, name: str, value: bytes, ttl: float, floor: int) -> int | None:
-        """Create the key with ``value`` if it does not exist, for ``ttl``; its generation (> ``floor``) or None."""
+        """Create the key with ``value`` for ``ttl`` unless it exists: its generation (> floor) or None."""
 
     def renew(self, name: str, generation: int, ttl: float) -> bool:
         """Extend our claim by ``ttl``; False if it is gone (expired, or another's)."""
@@ -203,9 +203,7 @@ class RemoteCoordinator:
     ) -> HostRecord:
         self._floor = max(previous.generation if previous else 0, last_seen)
         pid = os.getpid()
-        return HostRecord(
-            pid, own_create_time(pid), address, 0, time.time(), auth, node=socket.gethostname()
-        )
+        return HostRecord(pid, own_create_time(pid), address, 0, time.time(), auth, node=socket.gethostname())
 
     def prepare(self) -> None:
         """Nothing to prepare: the engine holds the record."""
@@ -227,7 +225,10 @@ class RemoteCoordinator:
             self._set_current(ours)
             self._renew_stop = threading.Event()
             self._renewer = threading.Thread(
-                target=self._renew, args=(ours, self._renew_stop), name=f"ipchannel-renew:{self._name}", daemon=True
+                target=self._renew,
+                args=(ours, self._renew_stop),
+                name=f"ipchannel-renew:{self._name}",
+                daemon=True,
             )
             self._renewer.start()
         return ours
@@ -272,7 +273,7 @@ class RemoteCoordinator:
         return lambda: self._version != version
 
     def claim_valid(self) -> bool:
-        """True while our claim is provably ours: renewed less than ``ttl - margin`` ago."""
+        """Tell whether our claim is provably ours: renewed less than ``ttl - margin`` ago."""
         return self._claim is not None and not self._lost and claim_clock() < self._valid_until
 
     def holding_problem(self) -> str:
@@ -359,7 +360,9 @@ class RemoteCoordinator:
         if self._stop.is_set():
             return  # closing: the watch was cut on purpose
         if not self._problem:
-            _LOGGER.warning("channel %r: the coordinator %s does not answer: %s", self._name, self._url.text, exc)
+            _LOGGER.warning(
+                "channel %r: the coordinator %s does not answer: %s", self._name, self._url.text, exc
+            )
         self._problem = str(exc) or type(exc).__name__
 
     def _ensure_watching(self) -> None:
@@ -368,7 +371,9 @@ class RemoteCoordinator:
         with self._lock:
             if self._watcher is not None:
                 return
-            self._watcher = threading.Thread(target=self._watch, name=f"ipchannel-watch:{self._name}", daemon=True)
+            self._watcher = threading.Thread(
+                target=self._watch, name=f"ipchannel-watch:{self._name}", daemon=True
+            )
             self._watcher.start()
 
     def _watch(self) -> None:
@@ -391,9 +396,9 @@ class RemoteCoordinator:
             except EngineUnavailable as exc:
                 self._unanswered(exc)
                 with self._lock:
-                    key_watch, self._key_watch = self._key_watch, None
-                if key_watch is not None:
-                    key_watch.cancel()
+                    broken, self._key_watch = self._key_watch, None
+                if broken is not None:
+                    broken.cancel()
                 self._stop.wait(delay)
                 delay = min(delay * 2, _RETRY_CAP)
             except Exception:

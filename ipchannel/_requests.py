@@ -221,7 +221,7 @@ class RequestChannel:
             if self._subscriber.active:
                 self._subscriber.ensure_running(deadline)  # after fork: subscribe again in this process
             answer = self._requester.call(kind, payload, deadline)
-        except ChannelTimeout as exc:
+        except ChannelTimeout:
             raise self._timeout(deadline) from None
         except ChannelClosed:
             raise ChannelClosed(self._channel.name, self._kind) from None

@@ -139,7 +139,7 @@ class Tracking:
             return list(self._live_requests), list(self._handler_threads)
 
     def live_requests_after_fork(self) -> list[socket.socket]:
-        """The tracked sockets, read without the lock (a parent thread may have held it at fork time)."""
+        """Return the tracked sockets, read without the lock (a parent thread may have held it at fork)."""
         return list(self._live_requests)
 
 
@@ -174,7 +174,6 @@ class _UnixServer(Tracking, socketserver.ThreadingUnixStreamServer):
             _LOGGER.warning("channel %r: refused a connection from uid %s", self.channel_name, uid)
             return False
         return True
-
 
 
 class HostedServer:
@@ -255,7 +254,7 @@ class HostedServer:
             st = os.lstat(self._path)
         except OSError:
             return False
-        return (st.st_dev, st.st_ino) == self._server.identity
+        return bool((st.st_dev, st.st_ino) == self._server.identity)
 
     def _unlink_if_ours(self) -> None:
         if self.still_published():

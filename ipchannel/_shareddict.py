@@ -85,7 +85,7 @@ class SharedDict(MutableMapping[Any, Any]):
     :raises ChannelClosed: any read or write after ``close()``.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - keyword-only options, as Channel has
         self,
         name: str,
         *,

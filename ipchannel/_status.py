@@ -128,9 +128,9 @@ def coordinator_status(url_text: str, name: str | None = None) -> list[dict[str,
         raise CoordinatorError(f"the coordinator {url.text} does not answer: {exc}") from exc
     finally:
         ENGINES.release(url, engine)
-    channels = []
+    channels: list[dict[str, Any]] = []
     for channel, snapshot, left in sorted(found):
-        if name is not None and channel != name or snapshot.value is None:
+        if (name is not None and channel != name) or snapshot.value is None:
             continue
         try:
             record = HostRecord.from_json(snapshot.value, snapshot.generation)

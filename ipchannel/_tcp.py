@@ -36,7 +36,7 @@ __all__ = ["TcpTransport", "format_address", "split_address"]
 _LOGGER = logging.getLogger("ipchannel")
 CONNECT_TIMEOUT = 1.0  # seconds to wait for a TCP connection to a recorded host
 _HELLO = struct.Struct("!Q")
-_WILDCARDS = {"", "0.0.0.0", "::"}
+_WILDCARDS = {"", "0.0.0.0", "::"}  # noqa: S104 - addresses to replace, not to bind
 
 
 def format_address(host: str, port: int) -> str:
@@ -45,7 +45,7 @@ def format_address(host: str, port: int) -> str:
 
 
 def split_address(address: str) -> tuple[str, int]:
-    """The inverse of ``format_address``; ValueError if ``address`` is not one."""
+    """Split what ``format_address`` made; ValueError if ``address`` is not one."""
     host, _, port = address.rpartition(":")
     return host.strip("[]"), int(port)
 
@@ -56,7 +56,7 @@ class _TcpServer(Tracking, socketserver.ThreadingTCPServer):
     allow_reuse_address = True
     request_queue_size = 128
 
-    def __init__(
+    def __init__(  # noqa: PLR0913, PLR0917 - socketserver's two, then ours
         self,
         address: tuple[str, int],
         handler: type[socketserver.BaseRequestHandler],
@@ -103,7 +103,7 @@ class _TcpServer(Tracking, socketserver.ThreadingTCPServer):
 class TcpListener(HostedServer):
     """A host's TCP server; ``publish(record)`` opens it to clients (it then sends them its generation)."""
 
-    def __init__(  # noqa: PLR0913
+    def __init__(  # noqa: PLR0913, PLR0917 - built in one place, by TcpTransport.listen
         self,
         name: str,
         bind: tuple[str, int],
@@ -121,7 +121,7 @@ class TcpListener(HostedServer):
             raise ChannelError(
                 f"channel {name!r}: cannot listen on {format_address(*bind)}: {exc}; {hint}"
             ) from exc
-        host, port = server.server_address[:2]
+        host, port = str(server.server_address[0]), int(server.server_address[1])
         if advertise is not None:
             host = advertise[0]
             port = advertise[1] or port
@@ -130,7 +130,7 @@ class TcpListener(HostedServer):
         super().__init__(name, None, format_address(host, port), handler, authkey, server=server)
 
     def publish(self, record: HostRecord) -> None:
-        self._server.generation = record.generation  # type: ignore[attr-defined]
+        self._server.generation = record.generation
 
     def still_published(self) -> bool:
         return True
@@ -171,7 +171,7 @@ class TcpTransport:
         listener.start()
         return listener
 
-    def connect(self, record: HostRecord, authkey: bytes | None) -> ChannelSocket | None:
+    def connect(self, record: HostRecord, authkey: bytes | None) -> ChannelSocket | None:  # noqa: PLR0911
         check_auth_matches(self._name, record, authkey)
         if record.generation < self.highest_generation:
             return None  # an older host than one we have talked to: its claim is gone
@@ -227,4 +227,3 @@ def _read_hello(sock: ChannelSocket) -> int | None:
             return None
         data += chunk
     return int(_HELLO.unpack(data)[0])
-

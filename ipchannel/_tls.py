@@ -17,7 +17,7 @@ from __future__ import annotations
 import socket
 import ssl
 import threading
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, NoReturn, cast
 
 from ._auth import HANDSHAKE_TIMEOUT
 from ._client import ChannelSocket
@@ -46,7 +46,7 @@ def validate_ssl_context(value: object) -> TlsConfig | None:
         return TlsConfig(value, value)
     if (
         isinstance(value, tuple)
-        and len(value) == 2  # noqa: PLR2004
+        and len(value) == 2
         and all(isinstance(item, ssl.SSLContext) for item in value)
     ):
         return TlsConfig(value[0], value[1])
@@ -70,7 +70,9 @@ class TlsChannelSocket(ChannelSocket):
     def start_tls(self, context: ssl.SSLContext, server_hostname: str, channel: str) -> None:
         """Run the TLS handshake as the client; raise ChannelError naming the host if it fails."""
         self._incoming, self._outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-        self._tls = context.wrap_bio(self._incoming, self._outgoing, server_side=False, server_hostname=server_hostname)
+        self._tls = context.wrap_bio(
+            self._incoming, self._outgoing, server_side=False, server_hostname=server_hostname
+        )
         previous = self.gettimeout()
         self.settimeout(HANDSHAKE_TIMEOUT)
         try:
@@ -83,7 +85,9 @@ class TlsChannelSocket(ChannelSocket):
                 except ssl.SSLWantReadError:
                     self._flush()
                     if not self._fill():
-                        raise ConnectionResetError("the host closed the connection during the TLS handshake") from None
+                        raise ConnectionResetError(
+                            "the host closed the connection during the TLS handshake"
+                        ) from None
         except ssl.SSLError as exc:
             raise ChannelError(
                 f"channel {channel!r}: TLS with the host at {server_hostname} failed: {exc}; "
@@ -106,7 +110,7 @@ class TlsChannelSocket(ChannelSocket):
         while True:
             try:
                 with self._tls_lock:
-                    return tls.read(size, buffer)
+                    return cast("int", tls.read(size, buffer))  # with a buffer: a count
             except ssl.SSLWantReadError:
                 self._flush()
                 if not self._fill():
@@ -152,8 +156,8 @@ class TlsChannelSocket(ChannelSocket):
     def _take_over(self, fresh: ChannelSocket) -> None:
         assert isinstance(fresh, TlsChannelSocket)
         with self._tls_lock:
-            self._tls, self._incoming, self._outgoing = fresh._tls, fresh._incoming, fresh._outgoing
-            fresh._tls = None
+            self._tls, self._incoming, self._outgoing = fresh._tls, fresh._incoming, fresh._outgoing  # noqa: SLF001
+            fresh._tls = None  # noqa: SLF001 - another socket of this class
 
     def _forget_connection(self) -> None:
         self._tls = None
@@ -162,7 +166,7 @@ class TlsChannelSocket(ChannelSocket):
 
     # -- what cannot work through TLS ----------------------------------------------
 
-    def _not_over_tls(self, *args: Any, **kwargs: Any) -> NoReturn:  # noqa: ARG002
+    def _not_over_tls(self, *args: object, **kwargs: object) -> NoReturn:  # noqa: ARG002
         raise ChannelError("this call bypasses TLS on a channel socket; use recv/send/sendall or makefile()")
 
-    sendfile = recvmsg = recvmsg_into = sendmsg = recvfrom = recvfrom_into = sendto = dup = _not_over_tls  # type: ignore[assignment]
+    sendfile = recvmsg = recvmsg_into = sendmsg = recvfrom = recvfrom_into = sendto = dup = _not_over_tls

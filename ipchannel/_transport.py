@@ -73,7 +73,7 @@ class Transport(Protocol):
         """Connect to the host ``record`` names; None if nobody (or another host) answers there."""
 
     def reachable(self, record: HostRecord) -> bool:
-        """After an EOF from a host the coordinator still lists: does it still accept connections?"""
+        """After an EOF from a host the coordinator still lists, tell whether it still accepts connections."""
 
 
 class UnixTransport:

@@ -8,8 +8,11 @@ Each test runs against both engines, with ttl 1 s.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,11 +28,17 @@ import ipchannel
 from ipchannel import CoordinatorUnavailable, CoordinatorURLError, MissingExtraError
 
 if TYPE_CHECKING:
+    import socket
     from collections.abc import Iterator
     from pathlib import Path
 
 KEY = b"k" * 32
 TTL = 1.0
+OPENSSL = shutil.which("openssl") or "/usr/bin/openssl"
+
+
+def _no_handler(conn: socket.socket) -> None:
+    """A handler for channels these tests never connect through."""
 
 
 @pytest.fixture(params=["etcd", "redis"])
@@ -75,10 +84,8 @@ class Machines:
 
 def with_cont(pid: int) -> None:
     """SIGCONT a peer a test may have left stopped (SIGKILL works either way; this keeps logs whole)."""
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGCONT)
-    except ProcessLookupError:
-        pass
 
 
 @pytest.fixture
@@ -226,7 +233,7 @@ def test_run_on_host_across_machines_never_overlaps_even_with_a_paused_host(
     count = len(_runs(log))
     wait_until(lambda: len(_runs(log)) >= count + 10)
     runs = _runs(log)
-    for (_, _, end), (pid, start, _) in zip(runs, runs[1:]):
+    for (_, _, end), (pid, start, _) in itertools.pairwise(runs):
         assert start >= end, f"run of {pid} at {start} overlaps one ending at {end}"
     first_new = next(start for pid, start, _ in runs if pid != old.pid)
     assert all(start < first_new for pid, start, _ in runs if pid == old.pid)
@@ -264,29 +271,29 @@ def test_a_wrong_authkey_is_refused_clearly(machines: Machines) -> None:
 )
 def test_a_bad_coordinator_url_names_the_url_and_the_problem(url: str, problem: str) -> None:
     with pytest.raises(CoordinatorURLError, match=problem) as caught:
-        ipchannel.Channel("jobs", lambda conn: None, coordinator=url, authkey=KEY)
+        ipchannel.Channel("jobs", _no_handler, coordinator=url, authkey=KEY)
     assert isinstance(caught.value, ValueError)
     assert "pw" not in str(caught.value)
 
 
 def test_wrong_option_types_and_values_are_refused() -> None:
     with pytest.raises(TypeError, match="coordinator must be a URL"):
-        ipchannel.Channel("jobs", lambda conn: None, coordinator=5, authkey=KEY)  # type: ignore[arg-type]
+        ipchannel.Channel("jobs", _no_handler, coordinator=5, authkey=KEY)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="listen applies only with a coordinator"):
-        ipchannel.Channel("jobs", lambda conn: None, listen="0.0.0.0:0")
+        ipchannel.Channel("jobs", _no_handler, listen="0.0.0.0:0")
     with pytest.raises(ValueError, match="ttl must be"):
-        ipchannel.Channel("jobs", lambda conn: None, coordinator="redis://h", authkey=KEY, ttl=0.5)
+        ipchannel.Channel("jobs", _no_handler, coordinator="redis://h", authkey=KEY, ttl=0.5)
     with pytest.raises(ValueError, match="listen must be 'HOST:PORT'"):
-        ipchannel.Channel("jobs", lambda conn: None, coordinator="redis://h", authkey=KEY, listen="nowhere")
+        ipchannel.Channel("jobs", _no_handler, coordinator="redis://h", authkey=KEY, listen="nowhere")
     with pytest.raises(TypeError, match="ssl_context must be"):
-        ipchannel.Channel("jobs", lambda conn: None, coordinator="redis://h", authkey=KEY, ssl_context="tls")  # type: ignore[arg-type]
+        ipchannel.Channel("jobs", _no_handler, coordinator="redis://h", authkey=KEY, ssl_context="tls")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("scheme", ["etcd", "redis"])
 def test_an_engine_that_cannot_be_reached_times_out_naming_the_url(scheme: str) -> None:
     (port,) = free_ports(1)
     url = f"{scheme}://127.0.0.1:{port}"
-    channel = ipchannel.Channel("jobs", lambda conn: None, coordinator=url, authkey=KEY)
+    channel = ipchannel.Channel("jobs", _no_handler, coordinator=url, authkey=KEY)
     try:
         with pytest.raises(CoordinatorUnavailable) as caught:
             channel.connect(timeout=1)
@@ -297,13 +304,15 @@ def test_an_engine_that_cannot_be_reached_times_out_naming_the_url(scheme: str) 
     assert "check that it runs" in str(caught.value)
 
 
-@pytest.mark.parametrize(("scheme", "module", "extra"), [("etcd", "etcd3gw", "etcd"), ("redis", "redis", "redis")])
+@pytest.mark.parametrize(
+    ("scheme", "module", "extra"), [("etcd", "etcd3gw", "etcd"), ("redis", "redis", "redis")]
+)
 def test_a_missing_client_library_names_the_extra(
     monkeypatch: pytest.MonkeyPatch, scheme: str, module: str, extra: str
 ) -> None:
-    monkeypatch.setitem(sys.modules, module, None)  # type: ignore[arg-type]
+    monkeypatch.setitem(sys.modules, module, None)
     with pytest.raises(MissingExtraError, match=rf"pip install 'ipchannel\[{extra}\]'"):
-        ipchannel.Channel("jobs", lambda conn: None, coordinator=f"{scheme}://127.0.0.1:1/", authkey=KEY)
+        ipchannel.Channel("jobs", _no_handler, coordinator=f"{scheme}://127.0.0.1:1/", authkey=KEY)
 
 
 def test_the_environment_switches_a_channel_to_the_coordinator(
@@ -335,7 +344,8 @@ def test_a_forked_child_uses_its_own_engine_client_and_leaves_the_parents_claim(
     deadline = time.monotonic() + TTL * 2
     while time.monotonic() < deadline:
         info = parent.call("info")
-        assert info["is_host"] and info["generation"] == before["generation"], info
+        assert info["is_host"], info
+        assert info["generation"] == before["generation"], info
     assert served_by(parent) == parent.pid
 
 
@@ -344,8 +354,24 @@ def certificate(tmp_path: Path) -> tuple[str, str]:
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     addresses = ",".join(f"IP:127.0.0.{i}" for i in range(2, 10))
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=ipchannel-test",
-         "-addext", f"subjectAltName={addresses}", "-keyout", str(key), "-out", str(cert)],
+        [
+            OPENSSL,
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=ipchannel-test",
+            "-addext",
+            f"subjectAltName={addresses}",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
         check=True,
         capture_output=True,
         timeout=30,
@@ -353,7 +379,9 @@ def certificate(tmp_path: Path) -> tuple[str, str]:
     return str(cert), str(key)
 
 
-def test_tls_requests_and_shared_dict_follow_a_host_kill(machines: Machines, certificate: tuple[str, str]) -> None:
+def test_tls_requests_and_shared_dict_follow_a_host_kill(
+    machines: Machines, certificate: tuple[str, str]
+) -> None:
     peers = machines.start(3, tls=certificate)
     host = machines.host(peers)
     survivors = [p for p in peers if p is not host]
@@ -377,15 +405,32 @@ def test_tls_with_an_untrusted_certificate_is_refused_clearly(
     other = tmp_path / "other"
     other.mkdir()
     stranger = subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=other",
-         "-keyout", str(other / "key.pem"), "-out", str(other / "cert.pem")],
-        check=True, capture_output=True, timeout=30,
+        [
+            OPENSSL,
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=other",
+            "-keyout",
+            str(other / "key.pem"),
+            "-out",
+            str(other / "cert.pem"),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=30,
     )
     assert stranger.returncode == 0
     (client,) = machines.start(1, tls=(str(other / "cert.pem"), str(other / "key.pem")))
     reply = client.try_call("request", timeout=15, message="hi", wait=3)
     assert not reply["ok"]
-    assert "TLS with the host" in reply["message"] and "certificate" in reply["message"], reply
+    assert "TLS with the host" in reply["message"], reply
+    assert "certificate" in reply["message"], reply
 
 
 def test_status_lists_the_channels_of_a_coordinator(machines: Machines) -> None:
@@ -394,7 +439,10 @@ def test_status_lists_the_channels_of_a_coordinator(machines: Machines) -> None:
     info = host.call("info")
     out = subprocess.run(
         [sys.executable, "-m", "ipchannel", "status", "--coordinator", machines.server.url, "--json"],
-        check=True, capture_output=True, text=True, timeout=30,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     (channel,) = json.loads(out.stdout)["channels"]
     assert channel["name"] == "jobs"
@@ -405,6 +453,10 @@ def test_status_lists_the_channels_of_a_coordinator(machines: Machines) -> None:
     assert 0 <= channel["ttl_left"] <= 2  # etcd counts whole seconds
     text = subprocess.run(
         [sys.executable, "-m", "ipchannel", "status", "--coordinator", machines.server.url, "jobs"],
-        check=True, capture_output=True, text=True, timeout=30,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=30,
     ).stdout
-    assert str(host.pid) in text and "jobs" in text
+    assert str(host.pid) in text
+    assert "jobs" in text

@@ -367,7 +367,7 @@ def test_monitor_restarts_a_dead_server_thread(
         del server._server.service_actions  # noqa: SLF001 - fail once, then behave
         raise RuntimeError("injected fault")
 
-    server._server.service_actions = boom  # type: ignore[method-assign]  # noqa: SLF001
+    server._server.service_actions = boom  # noqa: SLF001
     channel.connect()  # a request makes serve_forever go round its loop
     first.join(5)
     assert not first.is_alive()
