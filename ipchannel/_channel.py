@@ -521,7 +521,14 @@ class Channel:
         Asked before every answer (``RequestHost``) and every TCP connection (the hello), so a
         host whose claim lapsed (frozen, partitioned) answers nothing, even before it steps down.
         """
-        return not self._handing_over and self._coordinator.claim_valid()
+        if self._handing_over:
+            return False
+        if self._coordinator.claim_valid():
+            return True
+        monitor = self._monitor
+        if monitor is not None and self._server is not None:
+            monitor.poke()  # step down now, not at the next tick
+        return False
 
     @property
     def _handing_over(self) -> bool:

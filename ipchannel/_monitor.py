@@ -76,6 +76,7 @@ class Monitor:
         self._stopping = stopping
         self._stuck_since: float | None = None
         self._stuck_reported = False
+        self._wake = threading.Event()
         self._thread = threading.Thread(
             target=self._run, name=f"ipchannel-monitor:{channel.name}", daemon=True
         )
@@ -84,8 +85,13 @@ class Monitor:
         """Start the thread."""
         self._thread.start()
 
+    def poke(self) -> None:
+        """Tick now rather than at the next interval (the host found its claim lapsed)."""
+        self._wake.set()
+
     def join(self) -> None:
         """Wait for the thread to end; the caller has set the stop Event."""
+        self._wake.set()
         if self._thread is threading.current_thread() or not self._thread.is_alive():
             return
         self._thread.join(_JOIN_TIMEOUT)
@@ -98,7 +104,11 @@ class Monitor:
             self._coordinator.warm_up()  # off the failover path: what becoming host needs
         except Exception:
             _LOGGER.exception("%s: start-up work failed", self._thread.name)
-        while not self._stopping.wait(self._interval):
+        while True:
+            self._wake.wait(self._interval)
+            self._wake.clear()
+            if self._stopping.is_set():
+                return
             try:
                 self.tick()
             except Exception:

@@ -50,12 +50,15 @@ class _MachinePeer:
             "host_pid": channel.host_pid,
             "generation": channel.generation,
             "may_serve": channel._may_serve,  # noqa: SLF001 - what the fence says right now
+            "address": None if channel._record is None else channel._record.sock,  # noqa: SLF001
         }
 
     def do(self, cmd: str, args: dict[str, Any]) -> dict[str, Any]:  # noqa: PLR0912 - commands
         if cmd == "info":
             return self.info()
         if cmd == "join":
+            if "monitor_interval" in args:  # a slow monitor: the fence alone must keep a woken host quiet
+                self.requests.channel.monitor_interval = args["monitor_interval"]
             self.requests.channel.join(args.get("wait", 10.0))
             return self.info()
         if cmd == "request":

@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -26,9 +27,12 @@ from conftest import Peer, wait_until
 
 import ipchannel
 from ipchannel import CoordinatorUnavailable, CoordinatorURLError, MissingExtraError
+from ipchannel._auth import client_handshake
+from ipchannel._framing import FrameReader
+from ipchannel._tcp import split_address
+from ipchannel._wire import REQUEST, build_frame
 
 if TYPE_CHECKING:
-    import socket
     from collections.abc import Iterator
     from pathlib import Path
 
@@ -57,7 +61,14 @@ class Machines:
         self.server, self.root = server, root
         self.started: list[Peer] = []
 
-    def start(self, n: int, kind: str = "requests", name: str = "jobs", **options: Any) -> list[Peer]:
+    def start(
+        self,
+        n: int,
+        kind: str = "requests",
+        name: str = "jobs",
+        monitor_interval: float | None = None,
+        **options: Any,
+    ) -> list[Peer]:
         new = []
         for _ in range(n):
             index = len(self.started) + 2
@@ -66,8 +77,9 @@ class Machines:
             peer = Peer(name, self.root / f"machine{index}", _machines.machine_main, (kind, settings))
             self.started.append(peer)
             new.append(peer)
+        join = {} if monitor_interval is None else {"monitor_interval": monitor_interval}
         for peer in new:
-            peer.call("join", timeout=20)
+            peer.call("join", timeout=20, **join)
         return new
 
     def host(self, peers: list[Peer]) -> Peer:
@@ -146,26 +158,61 @@ def test_graceful_close_hands_over_in_under_half_a_second(machines: Machines) ->
     assert took < 0.5, f"handover took {took:.3f} s"
 
 
+def _raw_client(address: str) -> tuple[socket.socket, FrameReader]:
+    """A connection that speaks the request protocol itself, so it stays on the host it dialed."""
+    sock = socket.create_connection(split_address(address), timeout=5)
+    client_handshake(sock, KEY, "jobs")
+    assert len(sock.recv(8)) == 8  # the host's hello: its generation
+    return sock, FrameReader(sock)
+
+
 def test_a_host_frozen_past_its_ttl_is_fenced_off_and_never_answers_again(machines: Machines) -> None:
-    peers = machines.start(3)
-    old = machines.host(peers)
-    others = [p for p in peers if p is not old]
+    # The old host's monitor would tick only every 30 s: only the fence can stop the woken host
+    # from answering (and, once it finds its claim lapsed, it steps down without waiting for a tick).
+    (old,) = machines.start(1, monitor_interval=30.0)
+    others = machines.start(2)
+    peers = [old, *others]
+    assert machines.host(peers) is old
     for p in others:
         assert served_by(p) == old.pid
-    os.kill(old.pid, signal.SIGSTOP)
+    address = old.call("info")["address"]
+    raw, reader = _raw_client(address)
+    try:
+        os.kill(old.pid, signal.SIGSTOP)
+        raw.sendall(build_frame(REQUEST, 1, json.dumps("to the frozen host").encode()))
+    except BaseException:
+        raw.close()
+        raise
     # This request reaches the frozen host's socket; it must be answered by the next host instead.
     others[0].start_call("request", message="during the freeze", wait=10)
     reply = others[0].finish_call(timeout=20)
     new_host = reply["reply"]["pid"]
     assert new_host != old.pid
     os.kill(old.pid, signal.SIGCONT)
-    woke = old.call("info")
-    assert not woke["may_serve"], woke  # fenced the moment it runs again, before any step-down
+    try:
+        woke = old.call("info")
+        raw.settimeout(0.5)
+        with contextlib.suppress(TimeoutError, EOFError):
+            reader.fill()  # what the woken host sends on the connection it held: nothing, or EOF
+    finally:
+        raw.close()
+    assert not woke["may_serve"], woke  # fenced the moment it runs again
+    assert reader.next_frame() is None
+    assert not _raw_client_accepted(address)  # nor does it greet a new connection
     wait_until(lambda: not old.call("info")["is_host"], timeout=5)
     for _ in range(5):
         for p in peers:
             assert served_by(p) == new_host
-    assert machines.host(peers).pid == new_host
+    assert [p.pid for p in peers if p.call("info")["may_serve"]] == [new_host]
+
+
+def _raw_client_accepted(address: str) -> bool:
+    try:
+        raw, _ = _raw_client(address)
+    except (OSError, AssertionError):
+        return False
+    raw.close()
+    return True
 
 
 def test_engine_killed_and_restarted_under_load(machines: Machines) -> None:
