@@ -23,7 +23,10 @@ from ._requests import RequestChannel
 from ._timing import validate_timeout
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    import os
+    import socket
+    import ssl
+    from collections.abc import Callable, Mapping
 
 __all__ = ["HostJob", "run_on_host"]
 
@@ -42,6 +45,7 @@ class HostJob:
     ) -> None:
         self._channel, self._func, self._every, self._stop_timeout = channel, func, every, stop_timeout
         self._stopped = False
+        self._owned: Channel | None = None  # a channel run_on_host made for the job, closed by stop()
         self._reset_after_fork()
         _fork.register(self)
 
@@ -108,22 +112,33 @@ class HostJob:
             self.runs += 1
 
     def stop(self) -> None:
-        """Stop running the job in this process, now and in later terms."""
+        """Stop running the job in this process, now and in later terms (and close its own channel)."""
         with self._lock:
             self._stopped = True
         self._demoted()
+        if self._owned is not None:
+            self._owned.close()
 
 
-def run_on_host(
-    channel: Channel | RequestChannel,
+def run_on_host(  # noqa: PLR0913 - keyword-only options, as Channel has
+    channel: Channel | RequestChannel | str,
     func: Callable[[], object],
     every: float,
     *,
     join_timeout: float | None = 5.0,
     stop_timeout: float = 10.0,
+    runtime_dir: str | os.PathLike[str] | None = None,
+    authkey: bytes | None = None,
+    coordinator: str | None = None,
+    listen: str | None = None,
+    advertise: str | None = None,
+    ttl: float | None = None,
+    ssl_context: ssl.SSLContext | tuple[ssl.SSLContext, ssl.SSLContext] | None = None,
 ) -> HostJob:
     """Run ``func()`` every ``every`` seconds in the process that hosts ``channel``, and only there.
 
+    ``channel`` may be a name: the job then gets a ``Channel`` of its own, made with the
+    options given here (``coordinator=``... across machines) and closed by ``job.stop()``.
     Call it in every process (each gunicorn worker, say). It joins the election
     (``channel.join(join_timeout)``) so the job has a host even if nobody
     connects. ``stop_timeout``: how long a stepping-down host waits for a
@@ -131,11 +146,16 @@ def run_on_host(
 
     :raises ChannelTimeout: no host could be found or elected within ``join_timeout``.
     """
-    if not isinstance(channel, (Channel, RequestChannel)):
-        raise TypeError(
-            f"channel must be a Channel or a RequestChannel (a SharedDict's is .channel), "
-            f"not {type(channel).__name__}"
-        )
+    options = {
+        "runtime_dir": runtime_dir,
+        "authkey": authkey,
+        "coordinator": coordinator,
+        "listen": listen,
+        "advertise": advertise,
+        "ttl": ttl,
+        "ssl_context": ssl_context,
+    }
+    _check_channel(channel, options)
     if not callable(func):
         raise TypeError(f"func must be callable without arguments, not {type(func).__name__}")
     if isinstance(every, bool) or not isinstance(every, (int, float)):
@@ -145,10 +165,33 @@ def run_on_host(
     validate_timeout(join_timeout, "join_timeout")
     if validate_timeout(stop_timeout, "stop_timeout") is None:
         raise ValueError("stop_timeout must be a number of seconds, not None")
-    base = channel if isinstance(channel, Channel) else channel.channel
+    owned = Channel(channel, _no_connections, **options) if isinstance(channel, str) else None  # type: ignore[arg-type]
+    base = owned or (channel if isinstance(channel, Channel) else channel.channel)  # type: ignore[union-attr]
     job = HostJob(base, func, float(every), stop_timeout)
+    job._owned = owned  # noqa: SLF001 - made here for it
     base.on_elected(job._elected)  # noqa: SLF001 - the job's own hooks
     base.on_demoted(job._demoted)  # noqa: SLF001
-    if base.join(join_timeout):
-        job._elected(base.generation or 0)  # noqa: SLF001 - elected before the hook was there
+    try:
+        if base.join(join_timeout):
+            job._elected(base.generation or 0)  # noqa: SLF001 - elected before the hook was there
+    except BaseException:
+        if owned is not None:
+            owned.close()
+        raise
     return job
+
+
+def _check_channel(channel: object, options: Mapping[str, object]) -> None:
+    """Refuse what ``run_on_host`` cannot run on: not a channel, or options beside a channel already made."""
+    if not isinstance(channel, (Channel, RequestChannel, str)):
+        raise TypeError(
+            f"channel must be a Channel, a RequestChannel (a SharedDict's is .channel) or a channel "
+            f"name, not {type(channel).__name__}"
+        )
+    given = [option for option, value in options.items() if value is not None]
+    if given and not isinstance(channel, str):
+        raise TypeError(f"{', '.join(given)}: pass these to the channel you made, or give run_on_host a name")
+
+
+def _no_connections(conn: socket.socket) -> None:
+    """Close a stray connection: nobody connects to a job's own channel."""

@@ -507,3 +507,34 @@ def test_status_lists_the_channels_of_a_coordinator(machines: Machines) -> None:
     ).stdout
     assert str(host.pid) in text
     assert "jobs" in text
+
+
+@pytest.fixture
+def polled_machines(tmp_path: Path) -> Iterator[Machines]:
+    """Machines on a redis-server without keyspace notifications: waiters read the key every 50 ms."""
+    server = start_redis(tmp_path, notifications=False)
+    pool = Machines(server, tmp_path)
+    try:
+        yield pool
+    finally:
+        pool.close_all()
+        server.stop()
+
+
+def test_without_keyspace_notifications_redis_waiters_poll_and_still_take_over(
+    polled_machines: Machines,
+) -> None:
+    peers = polled_machines.start(3)
+    host = polled_machines.host(peers)
+    survivors = [p for p in peers if p is not host]
+    closed = time.monotonic()
+    host.call("close")
+    handed_over = served_by(survivors[0])
+    assert time.monotonic() - closed < 0.5
+    assert handed_over in {p.pid for p in survivors}
+    new_host = next(p for p in survivors if p.pid == handed_over)
+    killed = time.monotonic()
+    new_host.kill()
+    last = next(p for p in survivors if p is not new_host)
+    assert served_by(last, timeout=10) == last.pid
+    assert time.monotonic() - killed < TTL + 1.5

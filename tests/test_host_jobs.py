@@ -96,8 +96,10 @@ def test_run_on_host_rejects_bad_arguments() -> None:
             ipchannel.run_on_host(channel, print, every=0)
         with pytest.raises(TypeError, match=r"every must be a number of seconds \(int or float\), not str"):
             ipchannel.run_on_host(channel, print, every="5")  # type: ignore[arg-type]
-        with pytest.raises(TypeError, match="channel must be a Channel or a RequestChannel"):
-            ipchannel.run_on_host("x", print, every=1)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="channel must be a Channel, a RequestChannel"):
+            ipchannel.run_on_host(42, print, every=1)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="ttl: pass these to the channel you made"):
+            ipchannel.run_on_host(channel, print, every=1, ttl=5)
         with pytest.raises(TypeError, match="join_timeout must be a number"):
             ipchannel.run_on_host(channel, print, every=1, join_timeout="5")  # type: ignore[arg-type]
         with pytest.raises(ValueError, match="stop_timeout must be a number of seconds >= 0"):
@@ -124,3 +126,12 @@ def test_a_forked_child_starts_with_no_job_thread_and_no_runs_of_its_own(runtime
     # before: the parent's run count, as if its runs had been the child's
     assert (child["runs"], child["running"], child["is_host"]) == (0, False, False)
     assert ": waiting to host, 0 runs in this process>" in child["repr"]
+
+
+@pytest.mark.usefixtures("runtime_dir")
+def test_run_on_host_by_name_makes_the_jobs_own_channel_and_stop_closes_it() -> None:
+    job = ipchannel.run_on_host("named-job", lambda: None, every=0.01)
+    assert job.running
+    wait_until(lambda: job.runs >= 3)
+    job.stop()  # closes the channel it made: no thread or file of it is left (the leak check)
+    assert not job.running
