@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import _machines
 import pytest
 from _servers import EngineServer, free_ports, start_etcd, start_redis
-from conftest import Peer, wait_until
+from conftest import Peer, Peers, wait_until
 
 import ipchannel
 from ipchannel import CoordinatorUnavailable, CoordinatorURLError, MissingExtraError
@@ -54,14 +54,14 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[EngineSer
         server.stop()
 
 
-class Machines:
-    """Starts peers that each play a machine, and guarantees they are killed and reaped."""
+class Machines(Peers):
+    """Boots peers that each play a machine (``boot``), and guarantees they are killed and reaped."""
 
     def __init__(self, server: EngineServer, root: Path) -> None:
+        super().__init__(root)
         self.server, self.root = server, root
-        self.started: list[Peer] = []
 
-    def start(
+    def boot(
         self,
         n: int,
         kind: str = "requests",
@@ -82,16 +82,11 @@ class Machines:
             peer.call("join", timeout=20, **join)
         return new
 
-    def host(self, peers: list[Peer]) -> Peer:
-        hosts = [p for p in peers if p.alive and p.call("info")["is_host"]]
-        assert len(hosts) == 1, [p.call("info") for p in peers if p.alive]
-        return hosts[0]
-
     def close_all(self) -> None:
         for peer in self.started:
             if not peer._conn.closed:  # noqa: SLF001
-                with_cont(peer.pid)
-                peer.kill()
+                with_cont(peer.pid)  # a test may have left it stopped
+        super().close_all()
 
 
 def with_cont(pid: int) -> None:
@@ -119,7 +114,7 @@ def served_by(peer: Peer, timeout: float = 5.0) -> int:
 
 
 def test_one_host_among_three_machines(machines: Machines) -> None:
-    peers = machines.start(3)
+    peers = machines.boot(3)
     answered = {served_by(p) for p in peers}
     host = machines.host(peers)
     assert answered == {host.pid}
@@ -129,7 +124,7 @@ def test_one_host_among_three_machines(machines: Machines) -> None:
 
 
 def test_sigkill_of_the_host_new_host_answers_within_ttl_plus_1_5_s(machines: Machines) -> None:
-    peers = machines.start(3)
+    peers = machines.boot(3)
     host = machines.host(peers)
     survivors = [p for p in peers if p is not host]
     for p in survivors:
@@ -145,7 +140,7 @@ def test_sigkill_of_the_host_new_host_answers_within_ttl_plus_1_5_s(machines: Ma
 
 
 def test_graceful_close_hands_over_in_under_half_a_second(machines: Machines) -> None:
-    peers = machines.start(3)
+    peers = machines.boot(3)
     host = machines.host(peers)
     survivors = [p for p in peers if p is not host]
     for p in survivors:
@@ -169,8 +164,8 @@ def _raw_client(address: str) -> tuple[socket.socket, FrameReader]:
 def test_a_host_frozen_past_its_ttl_is_fenced_off_and_never_answers_again(machines: Machines) -> None:
     # The old host's monitor would tick only every 30 s: only the fence can stop the woken host
     # from answering (and, once it finds its claim lapsed, it steps down without waiting for a tick).
-    (old,) = machines.start(1, monitor_interval=30.0)
-    others = machines.start(2)
+    (old,) = machines.boot(1, monitor_interval=30.0)
+    others = machines.boot(2)
     peers = [old, *others]
     assert machines.host(peers) is old
     for p in others:
@@ -216,7 +211,7 @@ def _raw_client_accepted(address: str) -> bool:
 
 
 def test_engine_killed_and_restarted_under_load(machines: Machines) -> None:
-    peers = machines.start(3)
+    peers = machines.boot(3)
     host = machines.host(peers)
     a, b = (p for p in peers if p is not host)
     assert served_by(a) == host.pid
@@ -241,7 +236,7 @@ def test_engine_killed_and_restarted_under_load(machines: Machines) -> None:
 
 
 def test_shared_dict_across_machines_counts_exactly_once_through_a_host_kill(machines: Machines) -> None:
-    peers = machines.start(3, kind="dict", name="counts")
+    peers = machines.boot(3, kind="dict", name="counts")
     for p in peers:
         p.start_call("incr", key="n", times=20)
     values = sorted(v for p in peers for v in p.finish_call(timeout=30)["values"])
@@ -267,7 +262,7 @@ def test_run_on_host_across_machines_never_overlaps_even_with_a_paused_host(
     machines: Machines, tmp_path: Path
 ) -> None:
     log, flag = tmp_path / "runs.log", tmp_path / "freeze"
-    peers = machines.start(3)
+    peers = machines.boot(3)
     for p in peers:
         p.call("run_on_host", path=str(log), every=0.02, freeze_flag=str(flag))
     wait_until(lambda: len(_runs(log)) >= 5)
@@ -295,9 +290,9 @@ def test_a_coordinator_without_authkey_is_refused_naming_authkey(engine: EngineS
 
 
 def test_a_wrong_authkey_is_refused_clearly(machines: Machines) -> None:
-    (host,) = machines.start(1)
+    (host,) = machines.boot(1)
     assert served_by(host) == host.pid
-    (intruder,) = machines.start(1, authkey=b"x" * 32)
+    (intruder,) = machines.boot(1, authkey=b"x" * 32)
     reply = intruder.try_call("request", timeout=15, message="let me in", wait=3)
     assert not reply["ok"]
     assert reply["error"] == "AuthenticationError", reply
@@ -365,7 +360,7 @@ def test_a_missing_client_library_names_the_extra(
 def test_the_environment_switches_a_channel_to_the_coordinator(
     machines: Machines, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    (host,) = machines.start(1)
+    (host,) = machines.boot(1)
     assert served_by(host) == host.pid
     monkeypatch.setenv("IPCHANNEL_COORDINATOR", machines.server.url)
     monkeypatch.setenv("IPCHANNEL_LISTEN", "127.0.0.9:0")
@@ -381,7 +376,7 @@ def test_the_environment_switches_a_channel_to_the_coordinator(
 
 
 def test_a_forked_child_uses_its_own_engine_client_and_leaves_the_parents_claim(machines: Machines) -> None:
-    (parent,) = machines.start(1)
+    (parent,) = machines.boot(1)
     before = parent.call("info")
     assert before["is_host"]
     forked = parent.call("fork_request", timeout=30)
@@ -396,10 +391,11 @@ def test_a_forked_child_uses_its_own_engine_client_and_leaves_the_parents_claim(
     assert served_by(parent) == parent.pid
 
 
-@pytest.fixture
-def certificate(tmp_path: Path) -> tuple[str, str]:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    addresses = ",".join(f"IP:127.0.0.{i}" for i in range(2, 10))
+def _self_signed(directory: Path, name: str, addresses: str = "") -> tuple[str, str]:
+    """Make a self-signed certificate (with these subjectAltName addresses) and its key in ``directory``."""
+    directory.mkdir(exist_ok=True)
+    cert, key = directory / f"{name}-cert.pem", directory / f"{name}-key.pem"
+    extension = ["-addext", f"subjectAltName={addresses}"] if addresses else []
     subprocess.run(
         [
             OPENSSL,
@@ -411,9 +407,8 @@ def certificate(tmp_path: Path) -> tuple[str, str]:
             "-days",
             "1",
             "-subj",
-            "/CN=ipchannel-test",
-            "-addext",
-            f"subjectAltName={addresses}",
+            f"/CN={name}",
+            *extension,
             "-keyout",
             str(key),
             "-out",
@@ -426,10 +421,15 @@ def certificate(tmp_path: Path) -> tuple[str, str]:
     return str(cert), str(key)
 
 
+@pytest.fixture
+def certificate(tmp_path: Path) -> tuple[str, str]:
+    return _self_signed(tmp_path, "ipchannel-test", ",".join(f"IP:127.0.0.{i}" for i in range(2, 10)))
+
+
 def test_tls_requests_and_shared_dict_follow_a_host_kill(
     machines: Machines, certificate: tuple[str, str]
 ) -> None:
-    peers = machines.start(3, tls=certificate)
+    peers = machines.boot(3, tls=certificate)
     host = machines.host(peers)
     survivors = [p for p in peers if p is not host]
     for p in survivors:
@@ -438,7 +438,7 @@ def test_tls_requests_and_shared_dict_follow_a_host_kill(
     new_host = served_by(survivors[0], timeout=10)
     assert new_host in {p.pid for p in survivors}
     assert served_by(survivors[1]) == new_host
-    dicts = machines.start(2, kind="dict", name="tls-counts", tls=certificate)
+    dicts = machines.boot(2, kind="dict", name="tls-counts", tls=certificate)
     for p in dicts:
         p.start_call("incr", key="n", times=10)
     assert sorted(v for p in dicts for v in p.finish_call(timeout=30)["values"]) == list(range(1, 21))
@@ -447,33 +447,9 @@ def test_tls_requests_and_shared_dict_follow_a_host_kill(
 def test_tls_with_an_untrusted_certificate_is_refused_clearly(
     machines: Machines, certificate: tuple[str, str], tmp_path: Path
 ) -> None:
-    (host,) = machines.start(1, tls=certificate)
+    (host,) = machines.boot(1, tls=certificate)
     assert served_by(host) == host.pid
-    other = tmp_path / "other"
-    other.mkdir()
-    stranger = subprocess.run(
-        [
-            OPENSSL,
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=other",
-            "-keyout",
-            str(other / "key.pem"),
-            "-out",
-            str(other / "cert.pem"),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=30,
-    )
-    assert stranger.returncode == 0
-    (client,) = machines.start(1, tls=(str(other / "cert.pem"), str(other / "key.pem")))
+    (client,) = machines.boot(1, tls=_self_signed(tmp_path / "other", "other"))
     reply = client.try_call("request", timeout=15, message="hi", wait=3)
     assert not reply["ok"]
     assert "TLS with the host" in reply["message"], reply
@@ -481,7 +457,7 @@ def test_tls_with_an_untrusted_certificate_is_refused_clearly(
 
 
 def test_status_lists_the_channels_of_a_coordinator(machines: Machines) -> None:
-    peers = machines.start(2)
+    peers = machines.boot(2)
     host = machines.host(peers)
     info = host.call("info")
     out = subprocess.run(
@@ -524,7 +500,7 @@ def polled_machines(tmp_path: Path) -> Iterator[Machines]:
 def test_without_keyspace_notifications_redis_waiters_poll_and_still_take_over(
     polled_machines: Machines,
 ) -> None:
-    peers = polled_machines.start(3)
+    peers = polled_machines.boot(3)
     host = polled_machines.host(peers)
     survivors = [p for p in peers if p is not host]
     closed = time.monotonic()
