@@ -512,7 +512,7 @@ class Channel:
                 if self._state == "connected":
                     self._state = "connecting"
             with contextlib.suppress(OSError):
-                self._resign(server, record)
+                self._resign(server, record, fenced=not self._coordinator.claim_valid())
 
     @property
     def _may_serve(self) -> bool:
@@ -539,12 +539,19 @@ class Channel:
         """
         return self._resigning or self._state == "closed"
 
-    def _resign(self, server: Listener, record: HostRecord) -> None:
-        """Stop hosting so another process takes over at once (called with ``_elect_lock`` held)."""
+    def _resign(self, server: Listener, record: HostRecord, *, fenced: bool = False) -> None:
+        """Stop hosting so another process takes over at once (called with ``_elect_lock`` held).
+
+        ``fenced``: our claim already lapsed, so another host may be serving: every connection
+        ends first, before anything that may wait on the engine.
+        """
         self._resigning = True
         if _hooks.pause is not None:
             _hooks.pause("channel.resigning", self._name)
         self._run_callbacks(self._demoted_callbacks, record.generation, "on_demoted")
+        if fenced:
+            server.stop_listening()
+            server.close_connections()
         # The record goes first: a client whose connection breaks from here on (closing the
         # listener resets the ones still waiting to be accepted) must not take it for a handler
         # that closed its connection while the host lives on.

@@ -32,7 +32,7 @@ from etcd3gw.exceptions import Etcd3Exception
 
 __all__ = ["EtcdEngine"]
 
-REQUEST_TIMEOUT = 2.0  # seconds one call may wait for etcd
+REQUEST_TIMEOUT = 1.0  # seconds one call may wait for one etcd endpoint
 
 
 def _b64(data: str | bytes) -> str:
@@ -109,7 +109,9 @@ class EtcdEngine:
         if lease_id is None:
             return False
         result = self._call("/lease/keepalive", {"ID": lease_id})
-        return int(result.get("result", {}).get("TTL", -1)) > 0
+        if "result" not in result:  # a streamed error (no leader, say): it says nothing of our lease
+            raise EngineUnavailable(f"keepalive: {result.get('error', result)}")
+        return int(result["result"].get("TTL", 0)) > 0
 
     def release(self, name: str, generation: int) -> None:
         with self._lock:

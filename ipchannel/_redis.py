@@ -35,7 +35,7 @@ _T = TypeVar("_T")
 
 __all__ = ["RedisEngine"]
 
-REQUEST_TIMEOUT = 2.0  # seconds one call may wait for Redis
+REQUEST_TIMEOUT = 1.0  # seconds one call may wait for Redis
 POLL_INTERVAL = 0.05  # seconds between reads when the server sends no keyspace notifications
 _WAKING_EVENTS = {b"set", b"del", b"expired", b"evicted", b"rename_from", b"rename_to"}
 
@@ -109,7 +109,8 @@ class RedisEngine:
     def _run(self, call: Callable[..., _T], *args: object, **kwargs: object) -> _T:
         try:
             return call(*args, **kwargs)
-        except (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ReadOnlyError) as exc:
+        except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
+            # ResponseError: OOM, NOPERM, MISCONF, READONLY...: the server refuses us, say why and wait
             raise EngineUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
     def read(self, name: str) -> Snapshot:
@@ -137,13 +138,12 @@ class RedisEngine:
         """Tell whether the server sends keyspace notifications for deletions, expiries and sets."""
         if self._notifications is None:
             try:
-                flags = str(
-                    self._run(self._client.config_get, "notify-keyspace-events").get(
-                        "notify-keyspace-events", ""
-                    )
-                )
+                reply = self._client.config_get("notify-keyspace-events")
             except redis.ResponseError:  # CONFIG is disabled (managed Redis): poll
-                flags = ""
+                reply = {}
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                raise EngineUnavailable(f"{type(exc).__name__}: {exc}") from exc
+            flags = str(reply.get("notify-keyspace-events", ""))
             self._notifications = "K" in flags and ("A" in flags or {"g", "x", "$"} <= set(flags))
         return self._notifications
 

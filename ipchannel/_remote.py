@@ -183,6 +183,8 @@ class RemoteCoordinator:
 
     def try_acquire(self) -> bool:
         self._ensure_watching()
+        if self._problem:
+            return False  # the watch thread keeps trying; the caller waits within its timeout, unblocked
         try:
             snapshot = self._engine.read(self._name)
         except EngineUnavailable as exc:
@@ -242,17 +244,23 @@ class RemoteCoordinator:
                 self._renew_stop.set()
             if self._current == record:
                 self._set_current(None)  # we stopped serving, whatever the engine says for now
-        if ours:
+        if not ours:
+            return
+        problem = self._problem  # an engine that did not answer last time is not waited for again
+        if not problem:
             try:
                 self._engine.release(self._name, record.generation)
             except EngineUnavailable as exc:
-                _LOGGER.warning(
-                    "channel %r: could not release the claim at %s (%s); it expires in %g s",
-                    self._name,
-                    self._url.text,
-                    exc,
-                    self._ttl,
-                )
+                problem = str(exc)
+        if problem:
+            _LOGGER.warning(
+                "channel %r: could not release the claim at %s (%s); it expires within %g s of its last "
+                "renewal",
+                self._name,
+                self._url.text,
+                problem,
+                self._ttl,
+            )
 
     def serving(self, record: HostRecord) -> bool:
         return self.read() == record
@@ -307,6 +315,12 @@ class RemoteCoordinator:
         self._ensure_watching()
 
     def after_fork(self) -> None:
+        if self._closed:
+            self._stop = threading.Event()
+            self._stop.set()  # a closed channel's coordinator stays closed, with no client of its own
+            self._watcher = self._renewer = None
+            self._claim = None
+            return
         self._reset()  # the parent's claim, threads and connections stay the parent's
 
     def close(self) -> None:

@@ -127,6 +127,8 @@ class RequestHost:
             return build_frame(ERROR, ident, RemoteError.encode(exc))
 
     def _publish(self, peer: _Peer, ident: int, payload: bytes) -> None:
+        if self._handing_over():
+            return  # not ours to fan out any more: the publisher resends it to the next host
         self.fan_out(payload)
         if _hooks.pause is not None:
             _hooks.pause("requests.fanned_out", payload)

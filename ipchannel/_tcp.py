@@ -10,8 +10,10 @@ or an old one woken from a freeze, is refused.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
+import select
 import socket
 import socketserver
 import struct
@@ -86,9 +88,9 @@ class _TcpServer(Tracking, socketserver.ThreadingTCPServer):
                 return None
             request.settimeout(None)
         prepared = super().prepare(request)
-        if prepared is None:
-            return request if self._tls is not None else None  # the wrapped socket is the one to shut
-        if not self.generation or not self._gate():
+        if prepared is None or not self.generation or not self._gate():
+            if request is not prepared:
+                _shut(request)  # the TLS socket: the caller shuts only the raw one it was given
             return None
         try:
             prepared.sendall(_HELLO.pack(self.generation))
@@ -153,6 +155,7 @@ class TcpTransport:
         self._name, self._listen, self._advertise, self._tls = name, listen, advertise, tls
         self._default_host = default_host
         self.highest_generation = 0  # the highest generation a host has shown us: never go back below it
+        self._refused: set[int] = set()
 
     def listen(
         self, handler: type[socketserver.BaseRequestHandler], authkey: bytes | None, gate: Callable[[], bool]
@@ -171,39 +174,56 @@ class TcpTransport:
         listener.start()
         return listener
 
-    def connect(self, record: HostRecord, authkey: bytes | None) -> ChannelSocket | None:  # noqa: PLR0911
+    def connect(self, record: HostRecord, authkey: bytes | None) -> ChannelSocket | None:
         check_auth_matches(self._name, record, authkey)
         if record.generation < self.highest_generation:
+            self._refuse_older(record)
             return None  # an older host than one we have talked to: its claim is gone
         try:
             host, port = split_address(record.sock)
             raw = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT)
-        except ValueError:
-            return None
-        except OSError:
+        except (OSError, ValueError):
             return None  # refused, unreachable or slow: asked again once the record says more
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         kind: type[ChannelSocket] = ChannelSocket if self._tls is None else TlsChannelSocket
         sock = kind(raw.family, raw.type, raw.proto, raw.detach())
         try:
-            if isinstance(sock, TlsChannelSocket):
-                assert self._tls is not None
-                sock.start_tls(self._tls.client, host, self._name)
-            if authenticated(sock, self._name, authkey) is None:
-                return None
-            generation = _read_hello(sock)
+            generation = self._greet(sock, host, authkey)
         except ChannelError:  # TLS or the authkey refused us: clear, and not a host change
             sock.close()
             raise
         except (OSError, ValueError):
-            sock.close()
-            return None
+            generation = None
         if generation != record.generation:
             sock.close()
-            return None  # not the host the record names (it lost its claim, or a new one took its port)
+            return None  # nobody answered, or not the host the record names (a newer one took its port)
         self.highest_generation = max(self.highest_generation, generation)
         sock.settimeout(None)
         return sock
+
+    def _greet(self, sock: ChannelSocket, host: str, authkey: bytes | None) -> int | None:
+        """TLS, the authkey handshake and the host's hello: its generation, or None if it said nothing."""
+        if isinstance(sock, TlsChannelSocket):
+            assert self._tls is not None
+            sock.start_tls(self._tls.client, host, self._name, timeout=CONNECT_TIMEOUT)
+        elif not select.select([sock], [], [], CONNECT_TIMEOUT)[0]:
+            return None  # it accepts but says nothing: frozen (its kernel accepts for it)
+        if authenticated(sock, self._name, authkey) is None:
+            return None
+        return _read_hello(sock)
+
+    def _refuse_older(self, record: HostRecord) -> None:
+        if record.generation in self._refused:
+            return
+        self._refused.add(record.generation)
+        _LOGGER.warning(
+            "channel %r: refusing the host at %s: its generation %d is below %d, seen before; "
+            "if the coordinator's data was reset (a new cluster, a restore), restart this process",
+            self._name,
+            record.sock,
+            record.generation,
+            self.highest_generation,
+        )
 
     def reachable(self, record: HostRecord) -> bool:
         """Tell a crashed host from a handler that closed its connection: a live host greets a new one.
@@ -212,10 +232,20 @@ class TcpTransport:
         but it sends nothing.
         """
         try:
-            with socket.create_connection(split_address(record.sock), timeout=CONNECT_TIMEOUT) as probe:
-                return bool(probe.recv(1))
+            host, port = split_address(record.sock)
+            with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT) as raw:
+                if self._tls is None:
+                    return bool(raw.recv(1))
+                with self._tls.client.wrap_socket(raw, server_hostname=host) as probe:  # speaks after ours
+                    return bool(probe.recv(1))
         except (OSError, ValueError):
             return False
+
+
+def _shut(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+    sock.close()
 
 
 def _read_hello(sock: ChannelSocket) -> int | None:

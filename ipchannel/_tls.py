@@ -67,14 +67,16 @@ class TlsChannelSocket(ChannelSocket):
         self._tls_lock = threading.Lock()  # the SSLObject and its BIOs; never held across socket I/O
         self._send_lock = threading.Lock()  # keeps TLS records in order on the wire
 
-    def start_tls(self, context: ssl.SSLContext, server_hostname: str, channel: str) -> None:
+    def start_tls(
+        self, context: ssl.SSLContext, server_hostname: str, channel: str, timeout: float = HANDSHAKE_TIMEOUT
+    ) -> None:
         """Run the TLS handshake as the client; raise ChannelError naming the host if it fails."""
         self._incoming, self._outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         self._tls = context.wrap_bio(
             self._incoming, self._outgoing, server_side=False, server_hostname=server_hostname
         )
         previous = self.gettimeout()
-        self.settimeout(HANDSHAKE_TIMEOUT)
+        self.settimeout(timeout)
         try:
             while True:
                 try:
@@ -102,14 +104,15 @@ class TlsChannelSocket(ChannelSocket):
 
     # -- the raw primitives the ChannelSocket I/O calls use -----------------------
 
-    def _raw_recv_into(self, buffer: WriteableBuffer, nbytes: int = 0, flags: int = 0) -> int:  # noqa: ARG002
-        tls = self._tls
-        if tls is None:
-            return 0
+    def _raw_recv_into(self, buffer: WriteableBuffer, nbytes: int = 0, flags: int = 0) -> int:
+        _no_flags(flags)
         size = nbytes or memoryview(buffer).nbytes
         while True:
             try:
                 with self._tls_lock:
+                    tls = self._tls
+                    if tls is None:
+                        return 0
                     return cast("int", tls.read(size, buffer))  # with a buffer: a count
             except ssl.SSLWantReadError:
                 self._flush()
@@ -128,12 +131,13 @@ class TlsChannelSocket(ChannelSocket):
         self._raw_sendall(view)
         return view.nbytes
 
-    def _raw_sendall(self, data: ReadableBuffer, flags: int = 0) -> None:  # noqa: ARG002
-        tls = self._tls
-        if tls is None:
-            raise BrokenPipeError("no TLS connection")
+    def _raw_sendall(self, data: ReadableBuffer, flags: int = 0) -> None:
+        _no_flags(flags)
         with self._send_lock:
             with self._tls_lock:
+                tls = self._tls
+                if tls is None:
+                    raise BrokenPipeError("no TLS connection")
                 tls.write(data)
                 out = self._outgoing.read()
             socket.socket.sendall(self, out)
@@ -170,3 +174,8 @@ class TlsChannelSocket(ChannelSocket):
         raise ChannelError("this call bypasses TLS on a channel socket; use recv/send/sendall or makefile()")
 
     sendfile = recvmsg = recvmsg_into = sendmsg = recvfrom = recvfrom_into = sendto = dup = _not_over_tls
+
+
+def _no_flags(flags: int) -> None:
+    if flags:
+        raise ChannelError("flags (MSG_PEEK and the like) cannot pass through TLS on a channel socket")

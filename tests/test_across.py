@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -514,3 +515,38 @@ def test_without_keyspace_notifications_redis_waiters_poll_and_still_take_over(
     last = next(p for p in survivors if p is not new_host)
     assert served_by(last, timeout=10) == last.pid
     assert time.monotonic() - killed < TTL + 1.5
+
+
+def test_a_client_that_fails_the_authkey_over_tls_never_reaches_the_handler(
+    machines: Machines, certificate: tuple[str, str]
+) -> None:
+    (host,) = machines.boot(1, tls=certificate)
+    assert served_by(host) == host.pid
+    context = ssl.create_default_context(cafile=certificate[0])
+    address = host.call("info")["address"]
+    name, port = split_address(address)
+    with (
+        socket.create_connection((name, port), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname=name) as sock,
+    ):
+        assert len(sock.recv(48)) == 48  # the challenge
+        sock.sendall(bytes(64))  # a wrong answer
+        assert sock.recv(16) == b"#IPCHANNEL-FAIL#"
+        with contextlib.suppress(OSError):
+            sock.sendall(build_frame(REQUEST, 1, json.dumps("let me in").encode()))
+        sock.settimeout(2)
+        with contextlib.suppress(OSError):
+            assert sock.recv(4096) == b""  # closed: no reply from the handler
+
+
+def test_connecting_while_the_host_is_frozen_waits_for_the_next_host(machines: Machines) -> None:
+    # ttl 3 s: a frozen host accepts connections (its kernel does) but never greets them; a newcomer
+    # must not take that for a refused authkey (5 s) but wait for the next host.
+    peers = machines.boot(2, ttl=3.0)
+    old = machines.host(peers)
+    (newcomer,) = machines.boot(1, ttl=3.0)
+    os.kill(old.pid, signal.SIGSTOP)
+    frozen = time.monotonic()
+    new_host = served_by(newcomer, timeout=10)
+    assert new_host != old.pid
+    assert time.monotonic() - frozen < 3.0 + 1.5
