@@ -337,14 +337,13 @@ def host_pid(message: Any) -> int:
 
 
 def across_channel(
-    name: str,
-    handler: Any,
-    coordinator: str,
-    address: str,
-    runtime_dir: str,
-    ttl: float | None = None,
+    name: str, handler: Any, coordinator: str, machine: tuple[str, str], ttl: float | None = None
 ) -> ipchannel.RequestChannel:
-    """A RequestChannel as one machine opens it: elected through ``coordinator``, listening on ``address``."""
+    """A RequestChannel as one machine opens it, elected through ``coordinator``.
+
+    ``machine`` is (the address it listens on, its runtime directory).
+    """
+    address, runtime_dir = machine
     return ipchannel.RequestChannel(
         name,
         handler,
@@ -356,25 +355,23 @@ def across_channel(
     )
 
 
-def across_host(conn: Connection, name: str, coordinator: str, address: str, runtime_dir: str) -> None:
+def across_host(conn: Connection, name: str, coordinator: str, machine: tuple[str, str]) -> None:
     """Host an echo RequestChannel across machines (the first to open it, so this process is elected)."""
-    channel = across_channel(name, on_request, coordinator, address, runtime_dir)
+    channel = across_channel(name, on_request, coordinator, machine)
     channel.request("elect me")
     conn.send({"pid": os.getpid(), "is_host": channel.channel.is_host})
     _wait_for_stop(conn)
     channel.close()
 
 
-def across_peer(
-    conn: Connection, name: str, coordinator: str, address: str, runtime_dir: str, ttl: float
-) -> None:
+def across_peer(conn: Connection, name: str, coordinator: str, machine: tuple[str, str], ttl: float) -> None:
     """One machine: ask who hosts every ASK_PACE s; report each new host's pid and when it first answered.
 
     A request that fails other than by its timeout is counted, and the counts go with the next
     report. "close" closes the channel (a graceful handover) and reports when close() was called
     and when it returned; the process then waits for "stop".
     """
-    channel = across_channel(name, host_pid, coordinator, address, runtime_dir, ttl)
+    channel = across_channel(name, host_pid, coordinator, machine, ttl)
     first = channel.request("who", timeout=30)
     lock = threading.Lock()  # the asking thread and this one both send
 
@@ -435,7 +432,7 @@ def mp_tcp_host(conn: Connection, address: str, authkey: bytes) -> None:
 
 
 class _EtcdAlone:
-    """etcd alone, the calls an ipchannel host and waiter make: a lease, create-if-absent, keep-alive, watch."""
+    """etcd alone, the calls ipchannel makes: a lease, a create-if-absent, keep-alives, a watch."""
 
     def __init__(self, host: str, port: int) -> None:
         from etcd3gw.client import Etcd3Client  # noqa: PLC0415 - an optional extra
@@ -468,13 +465,13 @@ class _EtcdAlone:
 
 
 class _RedisAlone:
-    """Redis alone, the calls an ipchannel host and waiter make: SET NX PX, PEXPIRE, DEL, keyspace events."""
+    """Redis alone, the calls ipchannel makes: SET NX PX, PEXPIRE, DEL, keyspace events."""
 
     def __init__(self, host: str, port: int, db: int) -> None:
         import redis  # noqa: PLC0415 - an optional extra
 
         self._client = redis.Redis(host=host, port=port, db=db)
-        self._db, self._key, self._ttl_ms = db, "", 0
+        self._db, self._key, self._ttl_ms, self._watched = db, "", 0, ""
         self._pubsub: Any = None
 
     def claim(self, key: str, ttl_ms: int) -> bool:
@@ -489,8 +486,9 @@ class _RedisAlone:
 
     def arm(self, key: str) -> None:
         """Subscribe to ``key``'s keyspace events; return once subscribed (and the key still exists)."""
-        self._pubsub = self._client.pubsub()
+        self._pubsub = self._client.pubsub()  # type: ignore[no-untyped-call]
         self._pubsub.subscribe(f"__keyspace@{self._db}__:{key}")
+        self._watched = key
         deadline = time.monotonic() + 10
         while (message := self._pubsub.get_message(timeout=1)) is None or message["type"] != "subscribe":
             if time.monotonic() > deadline:
@@ -499,11 +497,18 @@ class _RedisAlone:
             raise RuntimeError(f"{key} was gone before it was watched")
 
     def wait_gone(self) -> None:
+        """Return once the key is deleted or has expired.
+
+        It is read every 10 ms too: a read expires a key whose TTL has passed at once, where
+        Redis's own 10 Hz cycle takes up to 100 ms more (ipchannel's waiters read the key too).
+        """
         deadline = time.monotonic() + 60
-        while (message := self._pubsub.get_message(timeout=1)) is None or message["data"] not in {
-            b"del",
-            b"expired",
-        }:
+        while True:
+            message = self._pubsub.get_message(timeout=0.01)
+            if message is not None and message["data"] in {b"del", b"expired"}:
+                break
+            if message is None and not self._client.exists(self._watched):
+                break
             if time.monotonic() > deadline:
                 raise RuntimeError("the key was neither deleted nor expired within 60 s")
         self._pubsub.close()

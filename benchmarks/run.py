@@ -504,10 +504,13 @@ def machine() -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from benchmarks import across  # noqa: PLC0415 - across machines; it imports this module
+
+    scenarios = {**SCENARIOS, **across.SCENARIOS}
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run, under a minute on 2 cores")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
-    parser.add_argument("--only", nargs="+", choices=sorted(SCENARIOS), help="run only these scenarios")
+    parser.add_argument("--only", nargs="+", choices=sorted(scenarios), help="run only these scenarios")
     parser.add_argument("--medium", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     cfg = QUICK if args.quick else MEDIUM if args.medium else FULL
@@ -515,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
     results: list[Result] = []
     started = time.monotonic()
     try:
-        for name, scenario in SCENARIOS.items():
+        for name, scenario in scenarios.items():
             if args.only and name not in args.only:
                 continue
             progress(f"{name} ...")
