@@ -508,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
 
     scenarios = {**SCENARIOS, **across.SCENARIOS}
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a smoke run, under a minute on 2 cores")
+    parser.add_argument("--quick", action="store_true", help="a smoke run, about a minute on 2 cores")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     parser.add_argument("--only", nargs="+", choices=sorted(scenarios), help="run only these scenarios")
     parser.add_argument("--medium", action="store_true", help=argparse.SUPPRESS)
