@@ -19,6 +19,7 @@ import ssl
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import _machines
@@ -35,7 +36,6 @@ from ipchannel._wire import REQUEST, build_frame
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-    from pathlib import Path
 
 KEY = b"k" * 32
 TTL = 1.0
@@ -88,6 +88,20 @@ class Machines(Peers):
             if not peer._conn.closed:  # noqa: SLF001
                 with_cont(peer.pid)  # a test may have left it stopped
         super().close_all()
+
+
+def freeze(pid: int) -> None:
+    """SIGSTOP ``pid`` and return once every thread of it is stopped (the signal lands asynchronously)."""
+    os.kill(pid, signal.SIGSTOP)
+
+    def all_stopped() -> bool:
+        states = []
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                states.append((task / "stat").read_text().rpartition(")")[2].split()[0])
+        return all(state in {"T", "t"} for state in states)
+
+    wait_until(all_stopped, timeout=5)
 
 
 def with_cont(pid: int) -> None:
@@ -174,7 +188,7 @@ def test_a_host_frozen_past_its_ttl_is_fenced_off_and_never_answers_again(machin
     address = old.call("info")["address"]
     raw, reader = _raw_client(address)
     try:
-        os.kill(old.pid, signal.SIGSTOP)
+        freeze(old.pid)
         raw.sendall(build_frame(REQUEST, 1, json.dumps("to the frozen host").encode()))
     except BaseException:
         raw.close()
@@ -545,7 +559,7 @@ def test_connecting_while_the_host_is_frozen_waits_for_the_next_host(machines: M
     peers = machines.boot(2, ttl=3.0)
     old = machines.host(peers)
     (newcomer,) = machines.boot(1, ttl=3.0)
-    os.kill(old.pid, signal.SIGSTOP)
+    freeze(old.pid)
     frozen = time.monotonic()
     new_host = served_by(newcomer, timeout=10)
     assert new_host != old.pid
