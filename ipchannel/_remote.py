@@ -185,6 +185,10 @@ class RemoteCoordinator:
         self._ensure_watching()
         if self._problem:
             return False  # the watch thread keeps trying; the caller waits within its timeout, unblocked
+        if self._loaded:
+            # The watch keeps the cache current, and claiming is atomic: a stale "no host" only
+            # costs a claim that fails, while a round trip here would delay every handover.
+            return self._current is None
         try:
             snapshot = self._engine.read(self._name)
         except EngineUnavailable as exc:
