@@ -97,13 +97,17 @@ class Tracking:
                 self.shutdown_request(request)
                 return
             if prepared is not request:
-                with self._tracked_lock:
-                    self._live_requests.discard(request)
-                    self._live_requests.add(prepared)
+                self.track_as(request, prepared)
             super().process_request_thread(prepared, client_address)  # type: ignore[misc]
         finally:
             with self._tracked_lock:
                 self._handler_threads.discard(threading.current_thread())
+
+    def track_as(self, old: socket.socket, new: socket.socket) -> None:
+        """Track ``new`` in place of ``old`` (a TLS socket wrapping it), so closing hosting reaches it."""
+        with self._tracked_lock:
+            self._live_requests.discard(old)
+            self._live_requests.add(new)
 
     def prepare(self, request: socket.socket) -> socket.socket | None:
         """Authenticate the connection (if the channel has a key); the socket to serve, or None."""

@@ -10,7 +10,6 @@ or an old one woken from a freeze, is refused.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
 import select
@@ -79,24 +78,43 @@ class _TcpServer(Tracking, socketserver.ThreadingTCPServer):
 
     def prepare(self, request: socket.socket) -> socket.socket | None:
         request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self._tls is not None:
-            request.settimeout(HANDSHAKE_TIMEOUT)
-            try:
-                request = self._tls.wrap_socket(request, server_side=True)
-            except (OSError, ValueError) as exc:
-                self._log_refused(f"TLS handshake failed: {exc}")
-                return None
-            request.settimeout(None)
-        prepared = super().prepare(request)
-        if prepared is None or not self.generation or not self._gate():
-            if request is not prepared:
-                _shut(request)  # the TLS socket: the caller shuts only the raw one it was given
+        sock = request if self._tls is None else self._start_tls(request)
+        if sock is None:
             return None
+        if self._welcome(sock):
+            return sock
+        if sock is not request:
+            self.shutdown_request(sock)  # the TLS socket (tracked): the caller shuts only the raw one
+        return None
+
+    def _start_tls(self, raw: socket.socket) -> socket.socket | None:
+        """Wrap ``raw`` and run the TLS handshake (host side); None if it failed (then it is shut)."""
+        assert self._tls is not None
+        raw.settimeout(HANDSHAKE_TIMEOUT)
         try:
-            prepared.sendall(_HELLO.pack(self.generation))
-        except OSError:
+            sock = self._tls.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
+        except (OSError, ValueError) as exc:
+            self._log_refused(f"TLS failed: {exc}")
             return None
-        return prepared
+        self.track_as(raw, sock)  # from here on, ending hosting shuts the TLS socket
+        try:
+            sock.do_handshake()
+        except (OSError, ValueError) as exc:
+            self._log_refused(f"TLS handshake failed: {exc}")
+            self.shutdown_request(sock)
+            return None
+        sock.settimeout(None)
+        return sock
+
+    def _welcome(self, sock: socket.socket) -> bool:
+        """Run the authkey handshake, then send our hello, only while we may serve; False to refuse."""
+        if super().prepare(sock) is None or not self.generation or not self._gate():
+            return False
+        try:
+            sock.sendall(_HELLO.pack(self.generation))
+        except OSError:
+            return False
+        return True
 
     def _log_refused(self, why: str) -> None:
         _LOGGER.warning("channel %r: refused a connection: %s", self.channel_name, why)
@@ -240,12 +258,6 @@ class TcpTransport:
                     return bool(probe.recv(1))
         except (OSError, ValueError):
             return False
-
-
-def _shut(sock: socket.socket) -> None:
-    with contextlib.suppress(OSError):
-        sock.shutdown(socket.SHUT_RDWR)
-    sock.close()
 
 
 def _read_hello(sock: ChannelSocket) -> int | None:
