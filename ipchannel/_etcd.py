@@ -157,7 +157,8 @@ class EtcdEngine:
         for client in self._clients:
             client.session.close()
 
-    def base_url(self) -> str:
+    def watch_url(self) -> str:
+        """Return the gateway URL of the watch stream, on the endpoint that answered last."""
         client = self._clients[self._index]
         return client.get_url("/watch")
 
@@ -177,7 +178,7 @@ class _EtcdWatch:
         request = {"create_request": {"key": _b64(self._key), "start_revision": after.revision + 1}}
         try:
             response = self._session.post(
-                self._engine.base_url(),
+                self._engine.watch_url(),
                 json=cast("Any", request),
                 stream=True,
                 timeout=(REQUEST_TIMEOUT, timeout),
