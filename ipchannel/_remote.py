@@ -154,7 +154,7 @@ class RemoteCoordinator:
         self._key_watch: KeyWatch | None = None
         self._claim: HostRecord | None = None
         self._floor = 0
-        self._valid_until = -math.inf
+        self._renewed = -math.inf  # when the last renewal the engine confirmed was sent
         self._lost = ""
         self._renewer: threading.Thread | None = None
         self._renew_stop = threading.Event()
@@ -227,7 +227,7 @@ class RemoteCoordinator:
         ours = dataclasses.replace(record, generation=generation)
         with self._lock:
             self._claim, self._lost = ours, ""
-            self._valid_until = sent + self._ttl - self.margin
+            self._renewed = sent
             self._set_current(ours)
             self._renew_stop = threading.Event()
             self._renewer = threading.Thread(
@@ -244,7 +244,7 @@ class RemoteCoordinator:
             ours = self._claim == record
             if ours:
                 self._claim = None
-                self._valid_until = -math.inf
+                self._renewed = -math.inf
                 self._renew_stop.set()
             if self._current == record:
                 self._set_current(None)  # we stopped serving, whatever the engine says for now
@@ -286,14 +286,18 @@ class RemoteCoordinator:
 
     def claim_valid(self) -> bool:
         """Tell whether our claim is provably ours: renewed less than ``ttl - margin`` ago."""
-        return self._claim is not None and not self._lost and claim_clock() < self._valid_until
+        return (
+            self._claim is not None
+            and not self._lost
+            and claim_clock() - self._renewed < self._ttl - self.margin
+        )
 
     def holding_problem(self) -> str:
         if self._lost:
             return self._lost
         if self._claim is None:
             return f"it holds no claim at {self._url.text}"
-        late = claim_clock() - (self._valid_until - self._ttl + self.margin)
+        late = claim_clock() - self._renewed
         if late >= self._ttl - self.margin:
             why = self._problem or "no answer"
             return (
@@ -448,7 +452,7 @@ class RemoteCoordinator:
             with self._lock:
                 self._problem = ""
                 if self._claim == claim:
-                    self._valid_until = sent + self._ttl - self.margin
+                    self._renewed = sent
             wait = interval
 
 
