@@ -7,7 +7,7 @@ killed, and the RuntimeError raised carries the log's tail.
 
 Test modules import what they need::
 
-    from _servers import etcd_server, redis_server, start_etcd
+    from _servers import start_etcd, start_redis
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable
     from pathlib import Path
 
 _INSTALL_HINTS = {
@@ -292,23 +292,3 @@ def start_redis(tmp_dir: Path, *, notifications: bool = True, timeout: float = 1
     return _start_fresh(
         lambda ports: RedisServer(binary, tmp_dir, ports, timeout, notifications=notifications), 1
     )
-
-
-@pytest.fixture
-def etcd_server(tmp_path: Path) -> Iterator[EngineServer]:
-    """A running etcd for one test (skipped if etcd is not installed); killed at teardown."""
-    server = start_etcd(tmp_path)
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[EngineServer]:
-    """A running Redis with keyspace notifications, for one test (skipped if not installed); killed after."""
-    server = start_redis(tmp_path)
-    try:
-        yield server
-    finally:
-        server.stop()

@@ -84,6 +84,15 @@ class Machines(Peers):
             peer.call("join", timeout=20, **join)
         return new
 
+    def boot_served(self, n: int, **options: Any) -> tuple[Peer, list[Peer]]:
+        """Boot ``n`` machines; return the host and the others, each checked to be served by it."""
+        peers = self.boot(n, **options)
+        host = self.host(peers)
+        survivors = [p for p in peers if p is not host]
+        for p in survivors:
+            assert served_by(p) == host.pid
+        return host, survivors
+
     def close_all(self) -> None:
         for peer in self.started:
             if not peer._conn.closed:  # noqa: SLF001
@@ -140,11 +149,7 @@ def test_one_host_among_three_machines(machines: Machines) -> None:
 
 
 def test_sigkill_of_the_host_new_host_answers_within_ttl_plus_1_5_s(machines: Machines) -> None:
-    peers = machines.boot(3)
-    host = machines.host(peers)
-    survivors = [p for p in peers if p is not host]
-    for p in survivors:
-        assert served_by(p) == host.pid
+    host, survivors = machines.boot_served(3)
     killed = time.monotonic()
     host.kill()
     new_host = served_by(survivors[0], timeout=10)
@@ -156,11 +161,7 @@ def test_sigkill_of_the_host_new_host_answers_within_ttl_plus_1_5_s(machines: Ma
 
 
 def test_graceful_close_hands_over_in_under_half_a_second(machines: Machines) -> None:
-    peers = machines.boot(3)
-    host = machines.host(peers)
-    survivors = [p for p in peers if p is not host]
-    for p in survivors:
-        assert served_by(p) == host.pid
+    host, survivors = machines.boot_served(3)
     closed = time.monotonic()
     host.call("close")
     new_host = served_by(survivors[0])
@@ -450,11 +451,7 @@ def certificate(tmp_path: Path) -> tuple[str, str]:
 def test_tls_requests_and_shared_dict_follow_a_host_kill(
     machines: Machines, certificate: tuple[str, str]
 ) -> None:
-    peers = machines.boot(3, tls=certificate)
-    host = machines.host(peers)
-    survivors = [p for p in peers if p is not host]
-    for p in survivors:
-        assert served_by(p) == host.pid
+    host, survivors = machines.boot_served(3, tls=certificate)
     host.kill()
     new_host = served_by(survivors[0], timeout=10)
     assert new_host in {p.pid for p in survivors}
