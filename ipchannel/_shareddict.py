@@ -338,7 +338,10 @@ class SharedDict(MutableMapping[Any, Any]):
                 return
             self._pending.append(change)  # applied after the snapshot, if it is newer than that
         if not self._resync_lock.locked():  # else the resync under way picks it up
-            self._resync()  # a gap, a new host, or a failed resync: start again from a snapshot
+            try:
+                self._resync()  # a gap, a new host, or a failed resync: start again from a snapshot
+            except ChannelClosed:
+                return  # closed meanwhile: this replica has nothing left to catch up with
 
     def _apply_in_order(self, change: dict[str, Any]) -> bool:
         """Apply ``change`` if it is the next one; True if applied or already seen (call with _cond)."""
@@ -359,6 +362,8 @@ class SharedDict(MutableMapping[Any, Any]):
             for _attempt in range(3):
                 with self._cond:
                     self._synced = False
+                if _hooks.pause is not None:
+                    _hooks.pause("shareddict.resyncing", self._channel.channel.name)
                 snapshot = self._channel.request({"op": "snapshot"}, timeout=self._timeout)
                 with self._cond:
                     if self._closed:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import threading
@@ -13,6 +14,7 @@ import pytest
 from conftest import wait_until
 
 import ipchannel
+from ipchannel import _hooks
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -299,3 +301,27 @@ def test_a_dict_opening_while_its_only_host_closes_opens_as_the_first(peers: Pee
     (newcomer,) = opened  # before the fix: ChannelTimeout out of SharedDict(), so the peer never started
     assert newcomer.call("info")["is_host"]
     assert newcomer.call("incr", key="n", times=1)["results"] == [1]
+
+
+@pytest.mark.timeout(60)
+def test_a_replica_closed_while_it_resyncs_stops_quietly(
+    peers: Peers, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    holder, writer = peers.start_dicts(2)
+    d = ipchannel.SharedDict("test")
+    resyncing = threading.Event()
+
+    def pause(point: str, detail: object) -> None:  # noqa: ARG001 - the hook's signature
+        if point == "shareddict.resyncing" and threading.current_thread().name.startswith(
+            "ipchannel-subscriber"
+        ):
+            resyncing.set()
+            wait_until(lambda: d.channel.channel.closed, timeout=30)  # as a gunicorn worker exiting
+
+    monkeypatch.setattr(_hooks, "pause", pause)
+    holder.call("close")  # hosting moves: the next write is of a new term, so replicas resync
+    writer.call("incr", key="n", times=1)
+    wait_until(resyncing.is_set)
+    d.close()
+    # before the fix: ChannelClosed out of the resync, logged with a traceback by the subscriber
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
