@@ -439,6 +439,9 @@ class Channel:
         if changed:
             self._last_generation = max(self._last_generation, record.generation)
             self._last_host_pid = record.pid
+            monitor = self._monitor
+            if monitor is not None:
+                monitor.poke()  # to watch the new host's exit notice
         if changed and record.pid != os.getpid():
             _LOGGER.info(
                 "channel %r: connected to host pid %d (generation %d)",
@@ -567,6 +570,8 @@ class Channel:
         """In a forked child (single-threaded, no locks taken): forget everything owned by the parent."""
         if self._server is not None:
             self._server.abandon_after_fork()
+        if self._monitor is not None:
+            self._monitor.abandon_after_fork()
         self._coordinator.after_fork()
         for sock in list(self._sockets):
             sock._detach_after_fork()  # noqa: SLF001

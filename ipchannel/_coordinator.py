@@ -10,7 +10,8 @@ record ``NAME.host`` (``_hostrecord``) and liveness by pid + create time (psutil
   before the listener closes; ``release()`` last.
 - The generation (the fencing number) only grows: ``next_generation()``.
 - Whether a recorded host is serving, alive, or gone: ``serving()``,
-  ``liveness()``, ``released()``. Nothing else in the package asks psutil.
+  ``liveness()``, ``released()``; ``exit_notice()`` to be told when it exits.
+  Nothing else in the package asks psutil.
 - Waiting: ``watch(dead)`` returns a predicate that turns true once the
   election can move on (a new record, or the dead host's lock freed).
 - A host checks it still holds what makes it host: ``holding_problem()``.
@@ -88,6 +89,12 @@ class Coordinator(Protocol):
 
     def released(self, record: HostRecord) -> bool:
         """Tell whether a dead host's hold on the channel is gone (its lock free, or about to be)."""
+
+    def exit_notice(self, record: HostRecord) -> int | None:
+        """Return a descriptor that polls readable once the recorded host exits, or None (none here).
+
+        The caller closes it. Only for a host that is alive now: else None.
+        """
 
     def watch(self, dead: HostRecord | None) -> Callable[[], bool]:
         """Return a predicate that turns True once the election can move on from now."""
@@ -182,6 +189,13 @@ class LocalCoordinator:
     def released(self, record: HostRecord) -> bool:
         # Its sockets close a little before its lock does: the lock is free once it is a zombie or gone.
         return _platform.process_gone(record.pid)
+
+    def exit_notice(self, record: HostRecord) -> int | None:
+        fd = _platform.exit_notice(record.pid)
+        if fd is not None and record.liveness() == "dead":  # that pid is another process now
+            os.close(fd)
+            return None
+        return fd
 
     def watch(self, dead: HostRecord | None) -> Callable[[], bool]:
         before = self._marker(dead)

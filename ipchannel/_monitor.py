@@ -1,8 +1,11 @@
 """The monitor: one background thread per channel, and the policy of what it does each tick.
 
-Thread ``ipchannel-monitor:NAME`` runs ``tick()`` every interval until the
-channel's stop Event is set; a tick that raises is logged and the loop goes on.
-Each tick, in this order of concern:
+Thread ``ipchannel-monitor:NAME`` runs ``tick()`` until the channel's stop Event
+is set; a tick that raises is logged and the loop goes on. It ticks every
+interval, except in a process that only connects while the coordinator gives an
+exit notice of the host (a pidfd): then it sleeps in ``poll()`` on that notice
+and ticks the moment the host exits, else every ``IDLE_INTERVAL`` (an idle
+client wakes less than once a second). Each tick, in this order of concern:
 
 - in the host: restart a server thread that died; step down if the host no
   longer holds what makes it host (the coordinator's lock and record, the
@@ -20,7 +23,10 @@ So the whole failover path reads: this module (what next), ``_coordinator``
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import select
 import threading
 import time
 from typing import TYPE_CHECKING, Protocol
@@ -40,6 +46,7 @@ __all__ = ["Monitor"]
 _LOGGER = logging.getLogger("ipchannel")
 _JOIN_TIMEOUT = 5.0
 STUCK_WARNING_AFTER = 2.0  # seconds the election may stay stuck (no live host, lock held) before we say so
+IDLE_INTERVAL = 2.0  # seconds between ticks while the host's exit notice is armed
 
 
 class _Channel(Protocol):
@@ -76,7 +83,13 @@ class Monitor:
         self._stopping = stopping
         self._stuck_since: float | None = None
         self._stuck_reported = False
-        self._wake = threading.Event()
+        self._wake_r, self._wake_w = os.pipe()  # poke(): a byte here ends the wait at once
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._poll = select.poll()
+        self._poll.register(self._wake_r, select.POLLIN)
+        self._notice: tuple[HostRecord, int] | None = None  # the host watched, its exit notice
+        self._notice_fired = False
         self._thread = threading.Thread(
             target=self._run, name=f"ipchannel-monitor:{channel.name}", daemon=True
         )
@@ -87,16 +100,31 @@ class Monitor:
 
     def poke(self) -> None:
         """Tick now rather than at the next interval (the host found its claim lapsed)."""
-        self._wake.set()
+        with contextlib.suppress(BlockingIOError, OSError):  # full: a tick is coming anyway
+            os.write(self._wake_w, b"!")
 
     def join(self) -> None:
-        """Wait for the thread to end; the caller has set the stop Event."""
-        self._wake.set()
-        if self._thread is threading.current_thread() or not self._thread.is_alive():
+        """Wait for the thread to end, then close its descriptors; the caller has set the stop Event."""
+        self.poke()
+        if self._thread is threading.current_thread():
             return
-        self._thread.join(_JOIN_TIMEOUT)
+        if self._thread.is_alive():
+            self._thread.join(_JOIN_TIMEOUT)
         if self._thread.is_alive():
             _LOGGER.warning("%s did not stop within %.1f s", self._thread.name, _JOIN_TIMEOUT)
+            return  # it may still poll them: leave its descriptors open
+        self._close_descriptors()
+
+    def abandon_after_fork(self) -> None:
+        """In a forked child: close the copies of the parent monitor's descriptors (its thread is gone)."""
+        self._close_descriptors()
+
+    def _close_descriptors(self) -> None:
+        self._disarm()
+        for fd in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._wake_r = self._wake_w = -1
 
     def _run(self) -> None:
         _platform.leave_signals_to_the_application()
@@ -105,14 +133,51 @@ class Monitor:
         except Exception:
             _LOGGER.exception("%s: start-up work failed", self._thread.name)
         while True:
-            self._wake.wait(self._interval)
-            self._wake.clear()
+            self._wait()
             if self._stopping.is_set():
                 return
             try:
                 self.tick()
             except Exception:
                 _LOGGER.exception("%s: monitor tick failed", self._thread.name)
+
+    def _wait(self) -> None:
+        """Sleep until poked, the watched host exits, or the interval (longer with an exit notice) ends."""
+        armed = self._arm()
+        timeout = max(self._interval, IDLE_INTERVAL) if armed else self._interval
+        for fd, _events in self._poll.poll(timeout * 1000):
+            if fd == self._wake_r:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self._wake_r, 512)
+            elif self._notice is not None and fd == self._notice[1]:
+                self._notice_fired = True  # readable for good: poll it no more
+                self._poll.unregister(fd)
+
+    def _arm(self) -> bool:
+        """Watch the exit notice of the host we connect to; True if one is armed and not yet fired."""
+        channel = self._channel
+        record = channel._record  # noqa: SLF001
+        if channel._server is not None or record is None:  # noqa: SLF001
+            self._disarm()
+            return False
+        if self._notice is None or self._notice[0] != record:
+            self._disarm()
+            fd = self._coordinator.exit_notice(record)
+            if fd is None:
+                return False
+            self._notice, self._notice_fired = (record, fd), False
+            self._poll.register(fd, select.POLLIN)
+        return not self._notice_fired
+
+    def _disarm(self) -> None:
+        if self._notice is not None:
+            _record, fd = self._notice
+            self._notice = None
+            if not self._notice_fired:
+                with contextlib.suppress(KeyError, ValueError):
+                    self._poll.unregister(fd)
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def tick(self) -> None:
         """One look at the host, and whatever it calls for (runs on the monitor thread)."""

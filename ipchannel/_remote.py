@@ -279,6 +279,9 @@ class RemoteCoordinator:
     def released(self, record: HostRecord) -> bool:
         return self.read() != record
 
+    def exit_notice(self, record: HostRecord) -> int | None:  # noqa: ARG002 - a host elsewhere: its lease tells
+        return None
+
     def watch(self, dead: HostRecord | None) -> Callable[[], bool]:  # noqa: ARG002 - the cache says it all
         self._ensure_watching()
         version = self._version

@@ -5,6 +5,9 @@ Lifecycle contract (socketserver's pitfalls, handled here):
 - handler threads are daemon threads named ``ipchannel-handler:NAME`` and are
   tracked, with their sockets, so ``close_connections()`` can shut every live
   connection down (clients see EOF at once) and join the threads;
+- a few handler threads wait ready (``READY_THREADS``, started with the server):
+  a new connection goes to an idle one, else to a new thread, so the pool grows on
+  demand; at most ``IDLE_THREADS`` wait idle, blocked without a timeout (no wake-ups);
 - ``serve_forever`` runs on ``ipchannel-server:NAME``; ``stop_listening()``
   wakes it by shutting the listening socket, so it returns at once rather
   than after a poll interval, and unlinks the socket file only if it is ours;
@@ -16,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import queue
 import socket
 import socketserver
 import sys
@@ -36,6 +40,8 @@ __all__ = ["HostedServer", "Tracking", "handler_class"]
 
 _LOGGER = logging.getLogger("ipchannel")
 _JOIN_TIMEOUT = 2.0
+READY_THREADS = 4  # handler threads started with the server, before any client connects
+IDLE_THREADS = 8  # idle handler threads kept; more exit when their connection ends
 
 
 def handler_class(handler: object) -> type[socketserver.BaseRequestHandler]:
@@ -76,32 +82,73 @@ class Tracking:
         self._tracked_lock = threading.Lock()
         self._live_requests: set[socket.socket] = set()
         self._handler_threads: set[threading.Thread] = set()
+        self._jobs: queue.SimpleQueue[tuple[Any, Any] | None] = queue.SimpleQueue()
+        self._idle = 0  # handler threads waiting for a job, minus jobs queued for them
+        self._retired = False
+
+    def start_ready_threads(self) -> None:
+        """Start ``READY_THREADS`` idle handler threads, so the first connections start none."""
+        with self._tracked_lock:
+            missing = READY_THREADS - self._idle
+        for _ in range(missing):
+            self._start_handler_thread(None)
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        thread = threading.Thread(
-            target=self.process_request_thread,
-            args=(request, client_address),
-            name=f"ipchannel-handler:{self.channel_name}",
-            daemon=True,
-        )
         with self._tracked_lock:
             self._live_requests.add(request)
+            ready = self._idle > 0 and not self._retired
+            if ready:
+                self._idle -= 1
+        if ready:
+            self._jobs.put((request, client_address))
+        else:
+            self._start_handler_thread((request, client_address))
+
+    def _start_handler_thread(self, job: tuple[Any, Any] | None) -> None:
+        thread = threading.Thread(
+            target=self._handler_loop, args=(job,), name=f"ipchannel-handler:{self.channel_name}", daemon=True
+        )
+        with self._tracked_lock:
             self._handler_threads.add(thread)
+            if job is None:
+                self._idle += 1
         thread.start()
 
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
+    def _handler_loop(self, job: tuple[Any, Any] | None) -> None:
+        """Serve one connection after another: ``job``, then what ``process_request`` queues."""
         _platform.leave_signals_to_the_application()
         try:
-            prepared = self.prepare(request)
-            if prepared is None:
-                self.shutdown_request(request)
-                return
-            if prepared is not request:
-                self.track_as(request, prepared)
-            super().process_request_thread(prepared, client_address)  # type: ignore[misc]
+            while True:
+                if job is None:
+                    job = self._jobs.get()
+                    if job is None:
+                        return  # retire_threads()
+                self.process_request_thread(*job)
+                job = None
+                with self._tracked_lock:
+                    if self._retired or self._idle >= IDLE_THREADS:
+                        return
+                    self._idle += 1
         finally:
             with self._tracked_lock:
                 self._handler_threads.discard(threading.current_thread())
+
+    def retire_threads(self) -> None:
+        """Let every idle handler thread exit (the server stops); busy ones exit after their connection."""
+        with self._tracked_lock:
+            self._retired = True
+            idle, self._idle = self._idle, 0
+        for _ in range(idle):
+            self._jobs.put(None)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        prepared = self.prepare(request)
+        if prepared is None:
+            self.shutdown_request(request)
+            return
+        if prepared is not request:
+            self.track_as(request, prepared)
+        super().process_request_thread(prepared, client_address)  # type: ignore[misc]
 
     def track_as(self, old: socket.socket, new: socket.socket) -> None:
         """Track ``new`` in place of ``old`` (a TLS socket wrapping it), so closing hosting reaches it."""
@@ -217,7 +264,8 @@ class HostedServer:
         self._path = Path(self._address)
 
     def start(self) -> None:
-        """Start (or restart) ``serve_forever`` on a named daemon thread."""
+        """Start (or restart) ``serve_forever`` on a named daemon thread, and the ready handler threads."""
+        self._server.start_ready_threads()
         self._thread = threading.Thread(
             target=self._serve, name=f"ipchannel-server:{self._name}", daemon=True
         )
@@ -243,6 +291,7 @@ class HostedServer:
         if self._stopped:
             return
         self._stopped = True
+        self._server.retire_threads()
         with contextlib.suppress(OSError):
             self._server.socket.shutdown(socket.SHUT_RDWR)  # wakes serve_forever's select at once
         if self._thread is not None:
@@ -267,6 +316,7 @@ class HostedServer:
 
     def close_connections(self) -> None:
         """Shut every live connection down (clients see EOF at once) and join the handler threads."""
+        self._server.retire_threads()
         live, threads = self._server.tracked()
         for request in live:
             with contextlib.suppress(OSError):

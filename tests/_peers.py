@@ -126,6 +126,9 @@ class _Peer:
         if cmd == "join":
             self.channel.join(timeout=args.get("timeout", 5.0))
             return self.info()
+        if cmd == "set_monitor_interval":  # before the first connect or join: the monitor reads it then
+            self.channel.monitor_interval = args["value"]
+            return self.info()
         if cmd == "set_auto_reconnect":
             self.channel.auto_reconnect = args["value"]
             return self.info()

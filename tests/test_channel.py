@@ -22,7 +22,7 @@ from conftest import Peers, reap, wait_until
 
 import ipchannel
 from ipchannel._hostrecord import HostRecord, read_record, write_record
-from ipchannel._server import HostedServer
+from ipchannel._server import IDLE_THREADS, READY_THREADS, HostedServer
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -56,8 +56,8 @@ def test_lifecycle_state_threads_and_files(channel: ipchannel.Channel, runtime_d
     assert channel.connected
     assert channel.is_host
     assert channel.host_pid == os.getpid()
-    # the host's own connection is served by a handler thread, started once accepted
-    threads = ["ipchannel-handler:test", "ipchannel-monitor:test", "ipchannel-server:test"]
+    # the host's own connection is served by one of the handler threads started with the server
+    threads = ["ipchannel-handler:test"] * READY_THREADS + ["ipchannel-monitor:test", "ipchannel-server:test"]
     wait_until(lambda: _ipc_threads() == threads)
     assert sorted(os.listdir(runtime_dir)) == ["test.host", "test.lock", "test.sock"]
     assert stat.S_IMODE(os.stat(runtime_dir / "test.sock").st_mode) == 0o600
@@ -77,6 +77,34 @@ def test_lifecycle_state_threads_and_files(channel: ipchannel.Channel, runtime_d
         sock.recv(10)
     with pytest.raises(ipchannel.ChannelClosed):
         sock.sendall(b"x\n")
+
+
+@pytest.mark.usefixtures("runtime_dir")
+def test_handler_threads_wait_ready_and_grow_on_demand() -> None:
+    served_by: list[int] = []
+
+    def handler(conn: socket.socket) -> None:
+        served_by.append(threading.get_ident())
+        conn.sendall(b"x")
+        conn.recv(1)  # until the client closes
+
+    def handler_threads() -> int:
+        return sum(t.name == "ipchannel-handler:pool" for t in threading.enumerate())
+
+    with ipchannel.Channel("pool", handler) as channel:
+        first = [channel.connect() for _ in range(IDLE_THREADS + 4)]
+        assert [sock.recv(1) for sock in first] == [b"x"] * len(first)
+        assert len(set(served_by)) == len(first)  # the ready threads, then one new thread per connection
+        assert handler_threads() == len(first)
+        for sock in first:
+            sock.close()
+        wait_until(lambda: handler_threads() == IDLE_THREADS)  # the others exit, the rest wait ready
+        again = channel.connect()
+        assert again.recv(1) == b"x"
+        assert served_by[-1] in served_by[: len(first)]  # an idle thread took it: none was started
+        assert handler_threads() == IDLE_THREADS
+        again.close()
+    wait_until(lambda: handler_threads() == 0)  # close() ends the idle ones too
 
 
 @pytest.mark.usefixtures("runtime_dir")

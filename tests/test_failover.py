@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from typing import TYPE_CHECKING
@@ -103,6 +104,28 @@ def test_idle_clients_elect_without_any_blocked_call(peers: Peers) -> None:
     # nobody calls recv/send: the monitor threads notice and elect a new host on their own
     wait_until(lambda: sum(p.call("info")["is_host"] for p in rest) == 1, timeout=5)
     wait_until(lambda: all(p.call("info")["state"] == "connected" for p in rest), timeout=5)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="needs pidfds (Linux 5.3+, Python 3.9+)")
+def test_an_idle_client_with_a_slow_monitor_notices_the_host_exit_at_once(peers: Peers) -> None:
+    host, idle = peers.start(2)
+    host.call("connect")
+    idle.call("set_monitor_interval", value=60.0)  # its monitor ticks once a minute at most
+    assert idle.call("join")["host_pid"] == host.pid  # knows the host, holds no connection to it
+    wait_until(lambda: _holds_a_pidfd(idle.pid))  # its monitor watches the host's exit notice
+    host.kill()
+    # no tick, no EOF: only the host's exit notice (a pidfd) can tell it this soon
+    wait_until(lambda: idle.call("info")["is_host"], timeout=3)
+
+
+def _holds_a_pidfd(pid: int) -> bool:
+    fds = f"/proc/{pid}/fd"
+    links = []
+    for fd in os.listdir(fds):
+        with contextlib.suppress(OSError):
+            links.append(os.readlink(f"{fds}/{fd}"))
+    return "anon_inode:[pidfd]" in links
 
 
 def test_graceful_close_hands_over(peers: Peers, runtime_dir: Path) -> None:

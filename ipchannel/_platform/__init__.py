@@ -7,6 +7,7 @@ Every platform module defines the same names:
   a connected AF_UNIX socket; either may be ``None`` where the system cannot tell.
 - ``process_exiting(pid)``: True while the process is tearing itself down (or is gone).
 - ``process_gone(pid)``: True once the process is a zombie or gone: all its descriptors are closed.
+- ``exit_notice(pid)``: a descriptor that polls readable once the process has exited, or None.
 - ``lock_holders(path)``: pids that have the file open, or ``None`` if unknown.
 - ``leave_signals_to_the_application()``: block asynchronous signals in the calling (library) thread.
 
@@ -22,6 +23,7 @@ import time
 if sys.platform.startswith("linux"):
     from ._linux import (
         SUN_PATH_MAX,
+        exit_notice,
         leave_signals_to_the_application,
         lock_holders,
         peer_credentials,
@@ -31,6 +33,7 @@ if sys.platform.startswith("linux"):
 elif sys.platform == "darwin" or "bsd" in sys.platform:
     from ._bsd import (
         SUN_PATH_MAX,
+        exit_notice,
         leave_signals_to_the_application,
         lock_holders,
         peer_credentials,
@@ -40,6 +43,7 @@ elif sys.platform == "darwin" or "bsd" in sys.platform:
 else:
     from ._unsupported import (
         SUN_PATH_MAX,
+        exit_notice,
         leave_signals_to_the_application,
         lock_holders,
         peer_credentials,
@@ -50,6 +54,7 @@ else:
 __all__ = [
     "SUN_PATH_MAX",
     "claim_clock",
+    "exit_notice",
     "leave_signals_to_the_application",
     "lock_holders",
     "peer_credentials",

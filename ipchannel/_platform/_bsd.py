@@ -14,6 +14,7 @@ from ._posix import leave_signals_to_the_application
 
 __all__ = [
     "SUN_PATH_MAX",
+    "exit_notice",
     "leave_signals_to_the_application",
     "lock_holders",
     "peer_credentials",
@@ -52,4 +53,9 @@ def process_gone(pid: int) -> bool:
 
 def lock_holders(path: str) -> list[int] | None:  # noqa: ARG001 - same signature on every platform
     """Return None: finding who holds a file needs root here."""
+    return None
+
+
+def exit_notice(pid: int) -> int | None:  # noqa: ARG001 - kqueue's EVFILT_PROC is not pollable
+    """Return None: no pollable exit notice here; the monitor polls instead."""
     return None

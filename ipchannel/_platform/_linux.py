@@ -1,4 +1,4 @@
-"""Linux: SO_PEERCRED, /proc/PID/stat flags and /proc/PID/fd."""
+"""Linux: SO_PEERCRED, /proc/PID/stat flags, /proc/PID/fd, and pidfds for exit notices."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from ._posix import leave_signals_to_the_application
 
 __all__ = [
     "SUN_PATH_MAX",
+    "exit_notice",
     "leave_signals_to_the_application",
     "lock_holders",
     "peer_credentials",
@@ -83,3 +84,18 @@ def lock_holders(path: str) -> list[int] | None:
                 holders.append(int(entry.name))
                 break
     return holders
+
+
+def exit_notice(pid: int) -> int | None:
+    """Return a descriptor that polls readable once ``pid`` has exited (a pidfd), or None if unavailable.
+
+    Readable from the moment the process is a zombie, after the kernel closed its
+    descriptors (so its flock is free by then). The caller closes it.
+    """
+    pidfd_open = getattr(os, "pidfd_open", None)
+    if pidfd_open is None:
+        return None
+    try:
+        return int(pidfd_open(pid))
+    except OSError:
+        return None  # gone already, another pid namespace, or a kernel older than 5.3

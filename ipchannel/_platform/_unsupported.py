@@ -10,6 +10,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SUN_PATH_MAX",
+    "exit_notice",
     "leave_signals_to_the_application",
     "lock_holders",
     "peer_credentials",
@@ -44,3 +45,8 @@ def process_gone(pid: int) -> bool:
 def lock_holders(path: str) -> list[int] | None:
     """Raise NotImplementedError."""
     raise NotImplementedError(_MESSAGE)
+
+
+def exit_notice(pid: int) -> int | None:  # noqa: ARG001 - same signature on every platform
+    """Return None."""
+    return None
