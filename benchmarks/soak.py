@@ -8,7 +8,8 @@ starts a replacement, so ``processes`` stay alive. Reported and checked:
 
 - every request got its own reply (none lost, none answered with another's);
 - never two processes serving the channel at once (sampled from ``/proc``:
-  listening sockets of the channel held by live, non-exiting processes);
+  listening sockets of the channel held by live, non-exiting processes, except
+  the standby's: it listens before it hosts, and its side socket tells it apart);
 - after everyone exits, no socket, record or temporary file is left;
 - no thread or descriptor growth in the processes that survive;
 - failover: from each kill to each client thread's first reply from the new host.
@@ -61,6 +62,13 @@ def _resources() -> dict[str, int]:
     return {"threads": threading.active_count(), "fds": len(os.listdir("/proc/self/fd"))}
 
 
+def _role(channel: ipchannel.RequestChannel) -> str:
+    """"host", "standby" (its server and side socket ready, ``ipchannel._standby``) or "client"."""
+    if channel.channel.is_host:
+        return "host"
+    return "standby" if channel.channel._standby is not None else "client"  # noqa: SLF001
+
+
 def worker(conn: Connection, runtime_dir: str, threads: int) -> None:
     """Request in a loop from ``threads`` threads; report progress every 100 ms until told to stop."""
     channel = ipchannel.RequestChannel(NAME, on_request, runtime_dir=runtime_dir)
@@ -97,7 +105,7 @@ def worker(conn: Connection, runtime_dir: str, threads: int) -> None:
     for t in runners:
         t.start()
     time.sleep(0.2)  # every thread has its connection: the baseline for growth
-    conn.send({"pid": os.getpid(), "start": _resources(), "host": channel.channel.is_host})
+    conn.send({"pid": os.getpid(), "start": _resources(), "role": _role(channel)})
     while not conn.poll(0.1):
         with lock:
             report, events[:] = {"counts": dict(counts), "events": list(events)}, []
@@ -105,7 +113,7 @@ def worker(conn: Connection, runtime_dir: str, threads: int) -> None:
     stop.set()
     for t in runners:
         t.join(35)
-    end = {"pid": os.getpid(), "end": _resources(), "host": channel.channel.is_host}
+    end = {"pid": os.getpid(), "end": _resources(), "role": _role(channel)}
     with lock:
         end |= {"counts": dict(counts), "events": list(events)}
     channel.close()
@@ -200,25 +208,29 @@ class _Worker:
 
 
 def _serving_now(workers: list[_Worker], runtime_dir: str) -> int:
-    """How many live, non-exiting workers hold a listening socket of the channel (from /proc)."""
-    listening = set()
+    """How many live, non-exiting workers hold a listening socket of the channel (from /proc).
+
+    A standby listens too, on its future host socket, before it hosts; it also holds its side
+    socket (``.NAME_PID.sock``) until it has published its record and socket: not counted then.
+    """
+    listening, side = set(), set()
     with open("/proc/net/unix") as table:
         next(table)
         for line in table:
             parts = line.split()
-            if (
-                len(parts) >= 8
-                and int(parts[3], 16) & 0x10000
-                and parts[7].startswith(f"{runtime_dir}/.{NAME}.")
-            ):
+            if len(parts) < 8 or not int(parts[3], 16) & 0x10000:
+                continue
+            if parts[7].startswith(f"{runtime_dir}/.{NAME}."):
                 listening.add(f"socket:[{parts[6]}]")
+            elif parts[7].startswith(f"{runtime_dir}/.{NAME}_"):
+                side.add(f"socket:[{parts[6]}]")
     serving = 0
     for w in workers:
         if w.killed or _platform.process_exiting(w.pid):
             continue
         with contextlib.suppress(OSError):
             fds = {os.readlink(f"/proc/{w.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{w.pid}/fd")}
-            serving += bool(fds & listening)
+            serving += bool(fds & listening) and not fds & side
     return serving
 
 
@@ -302,7 +314,8 @@ class _Soak:
         for w in survivors:
             self._stop_one(w)
         self.report.answered = sum(c["answered"] for c in self.totals.values())
-        self.report.leftover_files = sorted(p for p in os.listdir(self.directory) if p != f"{NAME}.lock")
+        locks = {f"{NAME}.lock", f"{NAME}.standby.lock"}  # lock files stay, by design (filelock issue #31)
+        self.report.leftover_files = sorted(p for p in os.listdir(self.directory) if p not in locks)
 
     def _stop_one(self, w: _Worker) -> None:
         while w.conn.poll(60):
@@ -317,7 +330,8 @@ class _Soak:
         assert w.hello is not None
         start, finish = w.hello["start"], message["end"]
         grew = finish["threads"] > start["threads"] or finish["fds"] > start["fds"]
-        if grew and not w.hello["host"] and not message["host"]:  # a host has a handler thread per client
+        # a host has a handler thread per client, a standby its server ready: compare like with like
+        if grew and w.hello["role"] == message["role"] != "host":
             self.report.growth.append(f"pid {w.pid}: {start} -> {finish}")
 
     def kill_all(self) -> None:

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from ._client import ChannelSocket
     from ._coordinator import Coordinator
     from ._hostrecord import HostRecord
+    from ._standby import StandbyListener
     from ._transport import Listener, Transport
 
 __all__ = ["Channel", "open_channel"]
@@ -154,6 +155,8 @@ class Channel:
         self._server: Listener | None = None
         self._monitor: Monitor | None = None
         self._resigning = False  # set when this process starts to give hosting up
+        self._standby: StandbyListener | None = None  # ready to host next (``_standby``)
+        self._standby_record: HostRecord | None = None
 
     # -- public properties -------------------------------------------------------
 
@@ -285,6 +288,7 @@ class Channel:
         if monitor is not None:
             monitor.join()
         with self._elect_lock:
+            self._stop_standing_by()
             server, record = self._server, self._record
             self._server = self._record = None
             if server is not None and record is not None:
@@ -331,6 +335,14 @@ class Channel:
             sock = self._transport.connect(known, self._authkey)
             if sock is not None:
                 return sock, known
+        if avoid is not None and (found := self._via_standby(avoid, deadline)) is not None:
+            return found
+        return self._elect_and_connect(deadline, avoid)
+
+    def _elect_and_connect(
+        self, deadline: Deadline, avoid: HostRecord | None
+    ) -> tuple[ChannelSocket, HostRecord]:
+        """Run the election loop of ``_open_connection``: until connected to a live host, or the deadline."""
         # A lost lock race means another process is starting to host: its publication (watched every
         # 0.5 ms) wakes us, so the timer only matters if it died too; no need to retry the lock soon.
         backoff = Backoff(deadline, self._stopping.wait, first=Backoff.FIRST if avoid is None else 0.005)
@@ -353,6 +365,27 @@ class Channel:
                     raise ChannelClosed(self._name)
                 raise self._timeout_error(deadline)
 
+    def _via_standby(self, dead: HostRecord, deadline: Deadline) -> tuple[ChannelSocket, HostRecord] | None:
+        """After the host ``dead`` is gone: wait at the standby's side socket until it hosts (or give up)."""
+        standby = self._coordinator.standby()
+        if standby is None or standby.pid == dead.pid:
+            return None
+
+        def another_host() -> bool:
+            current = self._coordinator.read()
+            return current is not None and current != dead and current.pid != standby.pid
+
+        found = self._transport.connect_standby(standby, self._authkey, deadline, another_host)
+        if found is None:
+            return None
+        sock, generation = found
+        record = self._coordinator.read()  # published before the hello was sent
+        if record is None or record.pid != standby.pid or record.generation != generation:
+            sock.close()
+            return None
+        self._adopt(record)
+        return sock, record
+
     def _recorded_and_serving(self, record: HostRecord) -> bool:
         """Tell whether ``record`` is still current and its host serving (asked at the source)."""
         return self._coordinator.confirm(record)
@@ -373,7 +406,11 @@ class Channel:
                 self._last_host_pid = record.pid
                 if record != avoid and (not verify or self._coordinator.serving(record)):
                     return record
-            if not self.may_host or not self._coordinator.try_acquire():
+            if (
+                not self.may_host
+                or not self._coordinator.may_campaign(record)
+                or not self._coordinator.try_acquire()
+            ):
                 return None
             try:
                 elected = self._become_host(record)
@@ -388,18 +425,29 @@ class Channel:
         self._resigning = False
         server: Listener | None = None
         record: HostRecord | None = None
+        standby, self._standby = self._standby, None
         try:
             self._coordinator.prepare()
-            server = self._transport.listen(self._handler, self._authkey, lambda: self._may_serve)
+            if standby is not None:
+                server = standby.listener  # listening, its handler threads ready
+            else:
+                server = self._transport.listen(self._handler, self._authkey, lambda: self._may_serve)
             record = self._coordinator.new_record(
                 server.address, previous, self._last_generation, auth=self._authkey is not None
             )
             record = self._coordinator.publish(record)
             self._set_hosting(server, record)  # before clients can reach it: they must find a host term
             server.publish(record)
+            if standby is not None:
+                waited = standby.promote(record)  # the clients waiting on its side socket: hosted from now on
+                self._coordinator.stop_standing_by(self._standby_record)
+                _LOGGER.debug("channel %r: %d client(s) waited for this standby to host", self._name, waited)
         except BaseException as exc:
             if self._server is not None:  # published our term, then failed to publish the address
                 self._set_hosting(None, None)
+            if standby is not None:
+                self._standby = standby
+                self._stop_standing_by()
             self._undo_hosting(server, record)
             if isinstance(exc, OSError) and not isinstance(exc, ChannelError):
                 where = self._coordinator.location
@@ -415,6 +463,45 @@ class Channel:
             previous.pid if previous else None,
         )
         return record
+
+    def _keep_standby(self) -> None:
+        """Stand by to host next if no process does (the monitor, each tick in a process that is not host).
+
+        Off every failover path: the server, its handler threads and the side socket start here.
+        """
+        with self._elect_lock:
+            if self._stopping.is_set() or self._server is not None:
+                return
+            if self._standby is not None:
+                if not self.may_host:
+                    self._stop_standing_by()
+                return
+            if not self.may_host or not self._coordinator.stand_by():
+                return
+            try:
+                self._coordinator.prepare()
+                standby = self._transport.stand_by(self._handler, self._authkey, lambda: self._may_serve)
+                if standby is None:
+                    self._coordinator.stop_standing_by(None)
+                    return
+                record = self._coordinator.new_record(
+                    standby.address, None, self._last_generation, auth=self._authkey is not None
+                )
+                self._standby, self._standby_record = standby, record
+                self._coordinator.publish_standby(record)
+            except (OSError, ChannelError) as exc:
+                _LOGGER.warning("channel %r: cannot stand by to host next: %s", self._name, exc)
+                self._stop_standing_by()
+                return
+        _LOGGER.debug("channel %r: pid %d stands by to host next", self._name, os.getpid())
+
+    def _stop_standing_by(self) -> None:
+        """Stop standing by (call with ``_elect_lock``): waiting clients are reset and look elsewhere."""
+        standby, self._standby = self._standby, None
+        if standby is not None:
+            standby.close()
+        self._coordinator.stop_standing_by(self._standby_record)
+        self._standby_record = None
 
     def _set_hosting(self, server: Listener | None, record: HostRecord | None) -> None:
         with self._state_lock:
@@ -572,6 +659,8 @@ class Channel:
             self._server.abandon_after_fork()
         if self._monitor is not None:
             self._monitor.abandon_after_fork()
+        if self._standby is not None:
+            self._standby.abandon_after_fork()
         self._coordinator.after_fork()
         for sock in list(self._sockets):
             sock._detach_after_fork()  # noqa: SLF001

@@ -15,6 +15,8 @@ record ``NAME.host`` (``_hostrecord``) and liveness by pid + create time (psutil
 - Waiting: ``watch(dead)`` returns a predicate that turns true once the
   election can move on (a new record, or the dead host's lock freed).
 - A host checks it still holds what makes it host: ``holding_problem()``.
+- The standby (``_standby``): ``stand_by()``, ``publish_standby()``, ``standby()``,
+  ``stop_standing_by()``; others leave a dead host's place to it: ``may_campaign()``.
 - After fork: ``after_fork()``. Timeouts and stuck elections: ``stuck_detail()``.
 """
 
@@ -36,9 +38,10 @@ if TYPE_CHECKING:
 
     from ._paths import ChannelPaths
 
-__all__ = ["Coordinator", "LocalCoordinator"]
+__all__ = ["STANDBY_GRACE", "Coordinator", "LocalCoordinator"]
 
 _LOGGER = logging.getLogger("ipchannel")
+STANDBY_GRACE = 0.25  # seconds others leave a dead host's place to a live standby
 
 
 class Coordinator(Protocol):
@@ -99,6 +102,24 @@ class Coordinator(Protocol):
     def watch(self, dead: HostRecord | None) -> Callable[[], bool]:
         """Return a predicate that turns True once the election can move on from now."""
 
+    def stand_by(self) -> bool:
+        """Try, without waiting, to become the standby (the process that hosts next); True if we are."""
+
+    def publish_standby(self, record: HostRecord) -> None:
+        """As the standby: say where clients of a dead host wait for us (``record.sock``)."""
+
+    def standby(self) -> HostRecord | None:
+        """Return the record of a live standby other than this process, or None."""
+
+    def stop_standing_by(self, record: HostRecord | None) -> None:
+        """Give the standby's place up (its record, if still ``record``, then its lock). Idempotent."""
+
+    def may_campaign(self, dead: HostRecord | None) -> bool:
+        """Tell whether to try for hosting after the host ``dead`` is gone, or leave it to the standby.
+
+        A live standby gets ``STANDBY_GRACE`` seconds to take over first (it may be frozen).
+        """
+
     def holding_problem(self) -> str:
         """As host: return "" if we still hold the right to host, else how we lost it."""
 
@@ -134,6 +155,8 @@ class LocalCoordinator:
         self._name = name
         self._paths = paths
         self._lock = HostLock(paths.lock)
+        self._standby_lock = HostLock(paths.standby_lock)
+        self._deferring: tuple[HostRecord, float] | None = None  # a dead host left to the standby, since
 
     @property
     def runtime_dir(self) -> Path:
@@ -211,6 +234,34 @@ class LocalCoordinator:
                 inodes.append(0)
         return inodes[0], inodes[1], dead is None or self.released(dead)
 
+    def stand_by(self) -> bool:
+        return self._standby_lock.try_acquire()
+
+    def publish_standby(self, record: HostRecord) -> None:
+        write_record(self._paths.standby_record, record)
+
+    def standby(self) -> HostRecord | None:
+        record = read_record(self._paths.standby_record)
+        if record is None or record.pid == os.getpid() or not self.serving(record):
+            return None
+        return record
+
+    def stop_standing_by(self, record: HostRecord | None) -> None:
+        if not self._standby_lock.held:
+            return
+        if record is not None:
+            remove_record(self._paths.standby_record, record)
+        self._standby_lock.release()
+
+    def may_campaign(self, dead: HostRecord | None) -> bool:
+        if dead is None or self._standby_lock.held or self.standby() is None:
+            self._deferring = None
+            return True
+        now = time.monotonic()
+        if self._deferring is None or self._deferring[0] != dead:
+            self._deferring = (dead, now)
+        return now - self._deferring[1] >= STANDBY_GRACE
+
     def holding_problem(self) -> str:
         """Without our lock file, another process could lock a new one and host too: we must step down."""
         if not self._lock.still_on_its_file():
@@ -262,6 +313,8 @@ class LocalCoordinator:
 
     def after_fork(self) -> None:
         self._lock.forget_after_fork()
+        self._standby_lock.forget_after_fork()
+        self._deferring = None
 
     def close(self) -> None:
         """Nothing runs in the background."""

@@ -13,7 +13,7 @@ client wakes less than once a second). Each tick, in this order of concern:
 - elsewhere: if the recorded host is still the one we know and serving, nothing
   to do; if it handed over (record gone or replaced) or died, forget it; then
   one election step, as ``connect()`` would (the coordinator decides whether the
-  recorded host serves);
+  recorded host serves); with a live host, stand by to host next if nobody does;
 - nobody hosts and the election cannot proceed for ``STUCK_WARNING_AFTER``
   seconds: say once, loudly, what holds it (a lock inherited across fork, say).
 
@@ -58,6 +58,9 @@ class _Channel(Protocol):
     def name(self) -> str: ...
 
     @property
+    def is_host(self) -> bool: ...
+
+    @property
     def _server(self) -> Listener | None: ...
 
     @property
@@ -68,6 +71,8 @@ class _Channel(Protocol):
     def _adopt(self, record: HostRecord) -> None: ...
 
     def _forget_host(self, record: HostRecord) -> None: ...
+
+    def _keep_standby(self) -> None: ...
 
     def _step_down(self, server: Listener, record: HostRecord, problem_of: Callable[[], str]) -> None: ...
 
@@ -189,6 +194,7 @@ class Monitor:
         if record is not None:
             self._stuck_since, self._stuck_reported = None, False
             if self._still_there(record):
+                channel._keep_standby()  # noqa: SLF001
                 return
         try:
             found = channel._elect(record, verify=True)  # noqa: SLF001
@@ -196,6 +202,8 @@ class Monitor:
             return  # close() began during this tick
         if found is not None:
             channel._adopt(found)  # noqa: SLF001
+            if not channel.is_host:
+                channel._keep_standby()  # noqa: SLF001
         elif channel.may_host:  # (a process kept out of elections never tries the lock)
             self._report_stuck()
 

@@ -102,13 +102,18 @@ def _check(path: Path, st: os.stat_result) -> None:
         raise RuntimeDirError(str(path), "is not writable by you", fix)
 
 
-# The host binds ".<sock stem>.<pid>.sock" first and renames it into place: room for ".", pid, ".".
+# The host binds ".<sock stem>.<pid>.sock" first and renames it into place; a standby also listens
+# on ".<sock stem>_<pid>.sock": room for ".", pid, ".".
 _BIND_OVERHEAD = 1 + 7 + 1
 
 
 @dataclass(frozen=True)
 class ChannelPaths:
-    """The files of one channel: lock (anyone), host record and socket (the host only)."""
+    """The files of one channel: lock (anyone), host record and socket (the host only).
+
+    And the standby's: ``NAME.standby.lock`` (whoever holds it stands by to host next),
+    its record ``NAME.standby`` and its side socket (``standby_path``).
+    """
 
     directory: Path
     lock: Path
@@ -131,13 +136,34 @@ class ChannelPaths:
             )
         return cls(directory, directory / f"{name}.lock", directory / f"{name}.host", sock)
 
+    @property
+    def standby_lock(self) -> Path:
+        """The lock whose holder is the standby: the process that hosts next."""
+        return self.lock.with_name(f"{self.lock.stem}.standby.lock")
+
+    @property
+    def standby_record(self) -> Path:
+        """The standby's record: its pid and side socket."""
+        return self.record.with_name(f"{self.lock.stem}.standby")
+
     def bind_path(self, pid: int) -> Path:
         """Return the private name a starting host listens on before publishing its socket."""
         return self.directory / f".{self.sock.stem}.{pid}{self.sock.suffix}"
 
+    def standby_path(self, pid: int) -> Path:
+        """Return the side socket a standby listens on: clients of a dead host wait there."""
+        return self.directory / f".{self.sock.stem}_{pid}{self.sock.suffix}"
+
     def stale_socket_temporaries(self) -> list[Path]:
-        """Temporary socket files that hosts which died mid-start left behind."""
-        return list(self.directory.glob(f".{self.sock.stem}.*{self.sock.suffix}"))
+        """Private socket files that processes which died left behind (never a live one's)."""
+        stale = []
+        for path in self.directory.glob(f".{self.sock.stem}[._]*{self.sock.suffix}"):
+            owner = path.name[len(self.sock.stem) + 2 : -len(self.sock.suffix)]
+            if not owner.isdigit():
+                continue  # another channel's (a name with a dot in it)
+            if int(owner) == os.getpid() or _platform.process_gone(int(owner)):
+                stale.append(path)
+        return stale
 
     def stale_record_temporaries(self) -> list[Path]:
         """Temporary record files that hosts which died mid-write left behind."""

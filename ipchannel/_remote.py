@@ -282,6 +282,21 @@ class RemoteCoordinator:
     def exit_notice(self, record: HostRecord) -> int | None:  # noqa: ARG002 - a host elsewhere: its lease tells
         return None
 
+    def stand_by(self) -> bool:
+        return False  # the engine elects the next host; there is no standby across machines
+
+    def publish_standby(self, record: HostRecord) -> None:
+        """Nothing: never the standby."""
+
+    def standby(self) -> HostRecord | None:
+        return None
+
+    def stop_standing_by(self, record: HostRecord | None) -> None:
+        """Nothing: never the standby."""
+
+    def may_campaign(self, dead: HostRecord | None) -> bool:  # noqa: ARG002 - no standby to wait for
+        return True
+
     def watch(self, dead: HostRecord | None) -> Callable[[], bool]:  # noqa: ARG002 - the cache says it all
         self._ensure_watching()
         version = self._version

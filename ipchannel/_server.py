@@ -278,6 +278,13 @@ class HostedServer:
         except Exception:
             _LOGGER.exception("channel %r: server thread died", self._name)
 
+    def serve_connection(self, conn: socket.socket) -> None:
+        """Serve a connection accepted elsewhere (a standby's side socket) as if accepted here."""
+        if self._server.verify_request(conn, ""):
+            self._server.process_request(conn, "")
+        else:
+            conn.close()
+
     def restart_if_dead(self) -> bool:
         """Restart the server thread if it died; return True if it had to."""
         if self._stopped or self._thread is None or self._thread.is_alive():

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from ._hostrecord import HostRecord
+    from ._standby import StandbyListener
+    from ._timing import Deadline
     from ._tls import TlsConfig
 
 __all__ = ["TcpTransport", "format_address", "split_address"]
@@ -258,6 +260,25 @@ class TcpTransport:
                     return bool(probe.recv(1))
         except (OSError, ValueError):
             return False
+
+    def stand_by(
+        self,
+        handler: type[socketserver.BaseRequestHandler],  # noqa: ARG002 - same signature as the Unix one
+        authkey: bytes | None,  # noqa: ARG002
+        gate: Callable[[], bool],  # noqa: ARG002
+    ) -> StandbyListener | None:
+        """Return None: across machines the next host is whoever the engine elects."""
+        return None
+
+    def connect_standby(
+        self,
+        standby: HostRecord,  # noqa: ARG002 - same signature as the Unix one
+        authkey: bytes | None,  # noqa: ARG002
+        deadline: Deadline,  # noqa: ARG002
+        give_up: Callable[[], bool],  # noqa: ARG002
+    ) -> tuple[ChannelSocket, int] | None:
+        """Return None: there is no standby across machines."""
+        return None
 
 
 def _read_hello(sock: ChannelSocket) -> int | None:

@@ -21,6 +21,7 @@ from ._auth import client_handshake
 from ._client import ChannelSocket
 from ._errors import AuthenticationError, ChannelError
 from ._server import HostedServer
+from ._standby import StandbyListener, await_hello
 
 if TYPE_CHECKING:
     import socketserver
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 
     from ._hostrecord import HostRecord
     from ._paths import ChannelPaths
+    from ._timing import Deadline
 
 __all__ = ["Listener", "Transport", "UnixTransport", "authenticated", "check_auth_matches"]
 
@@ -75,6 +77,16 @@ class Transport(Protocol):
     def reachable(self, record: HostRecord) -> bool:
         """After an EOF from a host the coordinator still lists, tell whether it still accepts connections."""
 
+    def stand_by(
+        self, handler: type[socketserver.BaseRequestHandler], authkey: bytes | None, gate: Callable[[], bool]
+    ) -> StandbyListener | None:
+        """Get ready to host next: the server, listening privately, and a side socket; None if unsupported."""
+
+    def connect_standby(
+        self, standby: HostRecord, authkey: bytes | None, deadline: Deadline, give_up: Callable[[], bool]
+    ) -> tuple[ChannelSocket, int] | None:
+        """Wait at the standby's side socket until it hosts: the socket and its generation, or None."""
+
 
 class UnixTransport:
     """AF_UNIX sockets in the runtime directory, with the peer checked by SO_PEERCRED."""
@@ -89,8 +101,16 @@ class UnixTransport:
         authkey: bytes | None,
         gate: Callable[[], bool],  # noqa: ARG002 - the lock and the socket path already decide
     ) -> HostedServer:
+        self._remove_stale_sockets()
+        return self._start_server(handler, authkey)
+
+    def _remove_stale_sockets(self) -> None:
         for stale in self._paths.stale_socket_temporaries():
             stale.unlink(missing_ok=True)
+
+    def _start_server(
+        self, handler: type[socketserver.BaseRequestHandler], authkey: bytes | None
+    ) -> HostedServer:
         server = HostedServer(
             self._name, self._paths.bind_path(os.getpid()), str(self._paths.sock), handler, authkey
         )
@@ -116,6 +136,35 @@ class UnixTransport:
 
     def reachable(self, record: HostRecord) -> bool:  # noqa: ARG002 - the pid check already told
         return True
+
+    def stand_by(
+        self,
+        handler: type[socketserver.BaseRequestHandler],
+        authkey: bytes | None,
+        gate: Callable[[], bool],  # noqa: ARG002 - as listen()
+    ) -> StandbyListener:
+        self._remove_stale_sockets()  # ours from an earlier term too: before the side socket exists
+        return StandbyListener(
+            self._paths.standby_path(os.getpid()), lambda: self._start_server(handler, authkey)
+        )
+
+    def connect_standby(
+        self, standby: HostRecord, authkey: bytes | None, deadline: Deadline, give_up: Callable[[], bool]
+    ) -> tuple[ChannelSocket, int] | None:
+        check_auth_matches(self._name, standby, authkey)
+        sock = ChannelSocket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(standby.sock)
+            peer_pid, _uid = _platform.peer_credentials(sock)
+        except OSError:
+            sock.close()
+            return None  # gone, or it just stopped standing by: the usual way then
+        generation = None if peer_pid != standby.pid else await_hello(sock, deadline, give_up)
+        if generation is None:
+            sock.close()
+            return None
+        ready = authenticated(sock, self._name, authkey)
+        return None if ready is None else (ready, generation)
 
 
 def check_auth_matches(name: str, record: HostRecord, authkey: bytes | None) -> None:

@@ -94,7 +94,22 @@ class _Peer:
             "generation": ch.generation,
             "sock_id": id(self.sock) if self.sock is not None else None,
             "fileno": self.sock.fileno() if self.sock is not None else None,
+            "standby": ch._standby is not None,  # noqa: SLF001 - stands by to host next
         }
+
+    def fork_child(self) -> int:
+        """Fork a child that uses the channel (0: it was answered and is not the standby), reap it."""
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                sock = self.channel.connect(timeout=5)
+                reply, _ = request(sock, "child", time.monotonic() + 5)
+                code = 0 if self.channel._standby is None and reply.endswith(" child") else 2  # noqa: SLF001
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        return os.waitstatus_to_exitcode(status)
 
     def do(self, cmd: str, args: dict[str, Any]) -> dict[str, Any]:
         if cmd == "connect":
@@ -126,8 +141,13 @@ class _Peer:
         if cmd == "join":
             self.channel.join(timeout=args.get("timeout", 5.0))
             return self.info()
+        if cmd == "fork_child":
+            return {**self.info(), "child_exit": self.fork_child()}
         if cmd == "set_monitor_interval":  # before the first connect or join: the monitor reads it then
             self.channel.monitor_interval = args["value"]
+            return self.info()
+        if cmd == "set_may_host":
+            self.channel.may_host = args["value"]
             return self.info()
         if cmd == "set_auto_reconnect":
             self.channel.auto_reconnect = args["value"]

@@ -49,7 +49,12 @@ def test_sixteen_processes_connect_at_once_one_host(peers: Peers, runtime_dir: P
     assert len(hosts) == 1
     assert {i["host_pid"] for i in infos} == set(hosts)
     assert {p.call("request", text="hi")["reply"] for p in group} == {f"{hosts[0]} hi"}
-    assert sorted(os.listdir(runtime_dir)) == ["test.host", "test.lock", "test.sock"]
+    # the host's files; one of the others stands by to host next, with its own
+    wait_until(lambda: sum(p.call("info")["standby"] for p in group) == 1)
+    (standby,) = [p.pid for p in group if p.call("info")["standby"]]
+    host_files = ["test.host", "test.lock", "test.sock"]
+    standby_files = ["test.standby", "test.standby.lock", f".test.{standby}.sock", f".test_{standby}.sock"]
+    assert sorted(os.listdir(runtime_dir)) == sorted([*host_files, *standby_files])
 
 
 def test_sigkill_host_each_client_same_socket_gets_reply_from_new_host(peers: Peers) -> None:
@@ -119,6 +124,82 @@ def test_an_idle_client_with_a_slow_monitor_notices_the_host_exit_at_once(peers:
     wait_until(lambda: idle.call("info")["is_host"], timeout=3)
 
 
+def _standby(group: list[Peer]) -> Peer:
+    """Return the peer standing by to host next, once exactly one does."""
+    wait_until(lambda: sum(p.call("info")["standby"] for p in group if p.alive) == 1)
+    (standby,) = [p for p in group if p.alive and p.call("info")["standby"]]
+    return standby
+
+
+@pytest.mark.timeout(60)
+def test_clients_of_a_dead_host_wait_at_the_standby_until_it_holds_the_lock(
+    peers: Peers, tmp_path: Path
+) -> None:
+    group = peers.start(4)
+    _connect_all(group)
+    host = peers.host(group)
+    standby = _standby(group)
+    standby.call("log_to", path=str(tmp_path / "standby.log"))
+    clients = [p for p in group if p not in (host, standby)]
+    for c in clients:
+        c.call("set_may_host", value=False)  # else, once the standby's grace is over, they try the lock too
+    sleeper = host.call("leak_lock")["sleeper"]  # holds the host lock after the host dies
+    try:
+        host.kill()
+        for c in clients:
+            c.start_call("request", text="after")
+        # the lock is not free: the standby serves nobody, its waiting clients get no answer
+        assert not clients[0]._conn.poll(0.5)  # noqa: SLF001
+        assert not standby.call("info")["is_host"]
+    finally:
+        os.kill(sleeper, signal.SIGKILL)
+        os.waitpid(sleeper, 0)
+    for c in clients:
+        reply = c.finish_call()
+        assert reply["reply"] == f"{standby.pid} after", reply
+    assert standby.call("info")["is_host"]
+    log = (tmp_path / "standby.log").read_text()
+    assert f"{len(clients)} client(s) waited for this standby to host" in log, log
+    for c in clients:
+        c.call("set_may_host", value=True)
+    assert _standby(clients) in clients  # the next standby steps up
+
+
+@pytest.mark.timeout(60)
+def test_a_frozen_standby_does_not_hold_the_failover_up(peers: Peers) -> None:
+    group = peers.start(4)
+    _connect_all(group)
+    host = peers.host(group)
+    standby = _standby(group)
+    clients = [p for p in group if p not in (host, standby)]
+    os.kill(standby.pid, signal.SIGSTOP)
+    try:
+        host.kill()
+        replies = {c.call("request", text="after", timeout=5.0)["reply"].split()[0] for c in clients}
+        (new_host,) = replies  # one host, not the frozen standby: the others took over after a grace
+        assert int(new_host) in {c.pid for c in clients}
+    finally:
+        os.kill(standby.pid, signal.SIGCONT)
+    assert not standby.call("info")["is_host"]
+    assert standby.call("request", text="thawed")["reply"] == f"{new_host} thawed"
+    assert sum(p.call("info")["is_host"] for p in group if p.alive) == 1
+
+
+@pytest.mark.timeout(60)
+def test_a_child_forked_from_the_standby_leaves_it_standing_by(peers: Peers, tmp_path: Path) -> None:
+    group = peers.start(3)
+    _connect_all(group)
+    host = peers.host(group)
+    standby = _standby(group)
+    # the child: the parent's standby is not its own; it connects, is answered, exits
+    assert standby.call("fork_child")["child_exit"] == 0
+    assert standby.call("info")["standby"]  # its exit released nothing of the parent's
+    standby.call("log_to", path=str(tmp_path / "standby.log"))
+    host.kill()
+    wait_until(lambda: standby.call("info")["is_host"])
+    assert all(p.call("request", text="x")["reply"] == f"{standby.pid} x" for p in group if p.alive)
+
+
 def _holds_a_pidfd(pid: int) -> bool:
     fds = f"/proc/{pid}/fd"
     links = []
@@ -139,7 +220,7 @@ def test_graceful_close_hands_over(peers: Peers, runtime_dir: Path) -> None:
     assert int(replies.pop()) in {p.pid for p in rest}
     for p in rest:
         p.exit()
-    assert os.listdir(runtime_dir) == ["test.lock"]  # no record, no socket left
+    assert set(os.listdir(runtime_dir)) - {"test.standby.lock"} == {"test.lock"}  # no record, no socket left
 
 
 def test_interpreter_exit_hands_over(peers: Peers, runtime_dir: Path) -> None:
@@ -152,7 +233,7 @@ def test_interpreter_exit_hands_over(peers: Peers, runtime_dir: Path) -> None:
     assert host.process.exitcode == 0
     assert other.call("request", text="x", timeout=2.0)["reply"] == f"{other.pid} x"
     other.exit()
-    assert os.listdir(runtime_dir) == ["test.lock"]
+    assert set(os.listdir(runtime_dir)) - {"test.standby.lock"} == {"test.lock"}
 
 
 def test_auto_reconnect_off_behaves_like_a_plain_socket(peers: Peers) -> None:

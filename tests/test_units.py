@@ -80,9 +80,21 @@ def test_socket_name_is_hashed_when_the_path_is_too_long(tmp_path: Path) -> None
     directory = tmp_path.root / Path("tmp", "d" * 75)  # 80 bytes: "<dir>/<64 chars>.sock" would be 150
     paths = ChannelPaths.for_channel("n" * 64, directory)
     assert len(os.fsencode(paths.bind_path(4194304))) <= 107
+    assert len(os.fsencode(paths.standby_path(4194304))) <= 107
     assert paths.sock.parent == directory
     assert paths.lock.name == "n" * 64 + ".lock"
     assert ChannelPaths.for_channel("m" * 64, directory).sock != paths.sock
+
+
+def test_stale_socket_temporaries_are_only_those_of_dead_processes(tmp_path: Path) -> None:
+    paths = ChannelPaths.for_channel("c", tmp_path)
+    dead = 2**22 + 7  # above the default pid_max: no such process
+    mine, live = paths.bind_path(os.getpid()), paths.standby_path(os.getppid())
+    gone = paths.standby_path(dead)
+    other = ChannelPaths.for_channel("c.b", tmp_path).bind_path(dead)  # channel "c.b", not "c"
+    for path in (mine, live, gone, other, paths.bind_path(dead)):
+        path.touch()
+    assert sorted(paths.stale_socket_temporaries()) == sorted([mine, gone, paths.bind_path(dead)])
 
 
 def test_runtime_dir_too_long_for_any_socket_name(tmp_path: Path) -> None:

@@ -1,0 +1,146 @@
+"""The standby: the process that hosts next, ready before the host dies (one machine).
+
+Whoever holds ``NAME.standby.lock`` stands by. It has its host server listening
+on its private path (handler threads ready), and a side socket whose path is in
+the standby record. When the host dies, a client connects to the side socket at
+once and waits in its backlog for an 8-byte hello carrying the generation; the
+standby accepts nothing there until it holds the host lock and has published its
+record and socket (``promote``). So nobody is served by it before it hosts, and
+the clients of a dead host need neither a new record nor a lock attempt to find
+the next one. A client gives the wait up when the standby dies (its socket is
+reset) or another process is recorded as host (a frozen standby).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import select
+import socket
+import struct
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+
+    from ._hostrecord import HostRecord
+    from ._server import HostedServer
+    from ._timing import Deadline
+
+__all__ = ["HELLO", "StandbyListener", "await_hello"]
+
+_LOGGER = logging.getLogger("ipchannel")
+HELLO = struct.Struct("!Q")  # the generation of the term the standby starts
+WAIT_SLICE = 0.02  # seconds between checks that the standby is still the one to wait for
+_BACKLOG = 128  # every client of the dead host may wait here at once
+
+
+class StandbyListener:
+    """The standby's host server (listening privately) and its side socket, until it hosts or stops."""
+
+    def __init__(self, side_path: Path, start_server: Callable[[], HostedServer]) -> None:
+        """Listen on ``side_path``, then start the server.
+
+        In that order: a process listening for the channel without a side socket is the
+        host (what ``benchmarks/soak.py`` counts).
+        """
+        self._side_path = side_path
+        self._side = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self._side.bind(str(side_path))
+            os.chmod(side_path, 0o600)
+            self._side.listen(_BACKLOG)
+            st = os.lstat(side_path)
+            self._identity = (st.st_dev, st.st_ino)
+            self._server = start_server()
+        except BaseException:
+            self._side.close()
+            with contextlib.suppress(OSError):
+                side_path.unlink()
+            raise
+
+    @property
+    def listener(self) -> HostedServer:
+        """The server this process hosts with once promoted."""
+        return self._server
+
+    @property
+    def address(self) -> str:
+        """The side socket's path, for the standby record."""
+        return str(self._side_path)
+
+    def promote(self, record: HostRecord) -> int:
+        """As host now (record and socket published): greet every waiting client, hand it to the server.
+
+        Returns how many waited. The side socket then closes: a client arriving later
+        finds the new host's record instead.
+        """
+        hello = HELLO.pack(record.generation)
+        greeted = 0
+        self._side.settimeout(0.0)  # accept what waits, then stop
+        while True:
+            try:
+                conn, _address = self._side.accept()
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                _LOGGER.debug("standby: accepting a waiting client failed: %s", exc)
+                break
+            conn.settimeout(None)
+            try:
+                conn.sendall(hello)
+            except OSError:
+                conn.close()  # it gave up meanwhile
+                continue
+            self._server.serve_connection(conn)
+            greeted += 1
+        self._close_side()
+        return greeted
+
+    def close(self) -> None:
+        """Stop standing by: the server stops, then clients waiting on the side socket are reset."""
+        self._server.stop_listening()
+        self._server.close_connections()
+        self._close_side()
+
+    def abandon_after_fork(self) -> None:
+        """In a forked child: drop our copies of the parent's sockets, touching nothing shared."""
+        with contextlib.suppress(OSError):
+            self._side.close()
+        self._server.abandon_after_fork()
+
+    def _close_side(self) -> None:
+        if self._side.fileno() == -1:
+            return
+        with contextlib.suppress(OSError):
+            st = os.lstat(self._side_path)
+            if (st.st_dev, st.st_ino) == self._identity:  # never another process's file
+                self._side_path.unlink()
+        self._side.close()
+
+
+def await_hello(sock: socket.socket, deadline: Deadline, give_up: Callable[[], bool]) -> int | None:
+    """Wait on a standby's side socket for its hello; return the generation, or None to look elsewhere.
+
+    None: the deadline passed, the standby went away (EOF, reset), or ``give_up()``
+    turned true (checked every ``WAIT_SLICE``: another process hosts).
+    """
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    while True:
+        remaining = deadline.remaining()
+        if remaining <= 0:
+            return None
+        if poller.poll(min(WAIT_SLICE, remaining) * 1000):
+            break
+        if give_up():
+            return None
+    try:
+        data = socket.socket.recv(sock, HELLO.size, socket.MSG_WAITALL)
+    except OSError:
+        return None
+    if len(data) != HELLO.size:
+        return None
+    return int(HELLO.unpack(data)[0])
