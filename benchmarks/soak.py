@@ -58,15 +58,32 @@ def on_request(message: Any) -> Any:
     return {"id": message["id"], "host": os.getpid()}
 
 
-def _resources() -> dict[str, int]:
-    return {"threads": threading.active_count(), "fds": len(os.listdir("/proc/self/fd"))}
+def _resources() -> dict[str, Any]:
+    names = sorted(t.name.split(":")[0] for t in threading.enumerate())
+    fds = sorted(_describe_fd(fd) for fd in os.listdir("/proc/self/fd"))
+    return {"threads": len(names), "fds": len(fds), "thread_names": names, "fd_kinds": fds}
 
 
-def _role(channel: ipchannel.RequestChannel) -> str:
-    """"host", "standby" (its server and side socket ready, ``ipchannel._standby``) or "client"."""
-    if channel.channel.is_host:
-        return "host"
-    return "standby" if channel.channel._standby is not None else "client"  # noqa: SLF001
+def _describe_fd(fd: str) -> str:
+    try:
+        target = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return "?"
+    return target.split("[")[0] if target.startswith(("socket:", "pipe:", "anon_inode:")) else target
+
+
+def _snapshot(channel: ipchannel.RequestChannel) -> tuple[str, dict[str, Any]]:
+    """Return the role ("host", "standby" or "client") and the resources, in one consistent state.
+
+    Under the channel's election lock: becoming standby (its lock, server and side socket,
+    ``ipchannel._standby``) or host happens under it, so no snapshot lands halfway.
+    """
+    with channel.channel._elect_lock:  # noqa: SLF001
+        if channel.channel.is_host:
+            role = "host"
+        else:
+            role = "standby" if channel.channel._standby is not None else "client"  # noqa: SLF001
+        return role, _resources()
 
 
 def worker(conn: Connection, runtime_dir: str, threads: int) -> None:
@@ -105,7 +122,8 @@ def worker(conn: Connection, runtime_dir: str, threads: int) -> None:
     for t in runners:
         t.start()
     time.sleep(0.2)  # every thread has its connection: the baseline for growth
-    conn.send({"pid": os.getpid(), "start": _resources(), "role": _role(channel)})
+    role, resources = _snapshot(channel)
+    conn.send({"pid": os.getpid(), "start": resources, "role": role})
     while not conn.poll(0.1):
         with lock:
             report, events[:] = {"counts": dict(counts), "events": list(events)}, []
@@ -113,7 +131,8 @@ def worker(conn: Connection, runtime_dir: str, threads: int) -> None:
     stop.set()
     for t in runners:
         t.join(35)
-    end = {"pid": os.getpid(), "end": _resources(), "role": _role(channel)}
+    role, resources = _snapshot(channel)
+    end = {"pid": os.getpid(), "end": resources, "role": role}
     with lock:
         end |= {"counts": dict(counts), "events": list(events)}
     channel.close()
@@ -332,7 +351,7 @@ class _Soak:
         grew = finish["threads"] > start["threads"] or finish["fds"] > start["fds"]
         # a host has a handler thread per client, a standby its server ready: compare like with like
         if grew and w.hello["role"] == message["role"] != "host":
-            self.report.growth.append(f"pid {w.pid}: {start} -> {finish}")
+            self.report.growth.append(f"pid {w.pid} ({message['role']}): {start} -> {finish}")
 
     def kill_all(self) -> None:
         for w in self.workers:

@@ -427,7 +427,7 @@ class Channel:
         record: HostRecord | None = None
         standby, self._standby = self._standby, None
         try:
-            self._coordinator.prepare()
+            self._coordinator.prepare()  # the runtime directory may have been removed since
             if standby is not None:
                 server = standby.listener  # listening, its handler threads ready
             else:
@@ -464,6 +464,11 @@ class Channel:
         )
         return record
 
+    @property
+    def _standing_by(self) -> bool:
+        """True while this process stands by to host next."""
+        return self._standby is not None
+
     def _keep_standby(self) -> None:
         """Stand by to host next if no process does (the monitor, each tick in a process that is not host).
 
@@ -473,7 +478,7 @@ class Channel:
             if self._stopping.is_set() or self._server is not None:
                 return
             if self._standby is not None:
-                if not self.may_host:
+                if not self.may_host or not self._coordinator.stand_by():
                     self._stop_standing_by()
                 return
             if not self.may_host or not self._coordinator.stand_by():
@@ -528,7 +533,7 @@ class Channel:
             self._last_host_pid = record.pid
             monitor = self._monitor
             if monitor is not None:
-                monitor.poke()  # to watch the new host's exit notice
+                monitor.rewatch()
         if changed and record.pid != os.getpid():
             _LOGGER.info(
                 "channel %r: connected to host pid %d (generation %d)",

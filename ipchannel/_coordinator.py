@@ -103,7 +103,10 @@ class Coordinator(Protocol):
         """Return a predicate that turns True once the election can move on from now."""
 
     def stand_by(self) -> bool:
-        """Try, without waiting, to become the standby (the process that hosts next); True if we are."""
+        """Try, without waiting, to become (or stay) the standby, the process that hosts next; True if we are.
+
+        False for a standby whose lock file was removed: it must stop standing by.
+        """
 
     def publish_standby(self, record: HostRecord) -> None:
         """As the standby: say where clients of a dead host wait for us (``record.sock``)."""
@@ -235,14 +238,18 @@ class LocalCoordinator:
         return inodes[0], inodes[1], dead is None or self.released(dead)
 
     def stand_by(self) -> bool:
+        if self._standby_lock.held and not self._standby_lock.still_on_its_file():
+            self._standby_lock.release()  # its file was removed: another process may stand by on a new one
+            return False
         return self._standby_lock.try_acquire()
 
     def publish_standby(self, record: HostRecord) -> None:
         write_record(self._paths.standby_record, record)
 
     def standby(self) -> HostRecord | None:
+        # No psutil: a reused pid cannot listen on the side socket, whose peer pid the client checks.
         record = read_record(self._paths.standby_record)
-        if record is None or record.pid == os.getpid() or not self.serving(record):
+        if record is None or record.pid == os.getpid() or _platform.process_exiting(record.pid):
             return None
         return record
 

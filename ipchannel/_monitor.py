@@ -47,6 +47,7 @@ _LOGGER = logging.getLogger("ipchannel")
 _JOIN_TIMEOUT = 5.0
 STUCK_WARNING_AFTER = 2.0  # seconds the election may stay stuck (no live host, lock held) before we say so
 IDLE_INTERVAL = 2.0  # seconds between ticks while the host's exit notice is armed
+SETTLE = 0.02  # seconds a process that does not stand by leaves a dead host to the standby before it ticks
 
 
 class _Channel(Protocol):
@@ -59,6 +60,9 @@ class _Channel(Protocol):
 
     @property
     def is_host(self) -> bool: ...
+
+    @property
+    def _standing_by(self) -> bool: ...
 
     @property
     def _server(self) -> Listener | None: ...
@@ -105,8 +109,15 @@ class Monitor:
 
     def poke(self) -> None:
         """Tick now rather than at the next interval (the host found its claim lapsed)."""
-        with contextlib.suppress(BlockingIOError, OSError):  # full: a tick is coming anyway
-            os.write(self._wake_w, b"!")
+        self._send(b"!")
+
+    def rewatch(self) -> None:
+        """Watch the exit notice of the host just adopted; tick ``SETTLE`` seconds later, not now."""
+        self._send(b"w")
+
+    def _send(self, byte: bytes) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):  # full: a wake-up is coming anyway
+            os.write(self._wake_w, byte)
 
     def join(self) -> None:
         """Wait for the thread to end, then close its descriptors; the caller has set the stop Event."""
@@ -147,16 +158,34 @@ class Monitor:
                 _LOGGER.exception("%s: monitor tick failed", self._thread.name)
 
     def _wait(self) -> None:
-        """Sleep until poked, the watched host exits, or the interval (longer with an exit notice) ends."""
-        armed = self._arm()
-        timeout = max(self._interval, IDLE_INTERVAL) if armed else self._interval
-        for fd, _events in self._poll.poll(timeout * 1000):
-            if fd == self._wake_r:
-                with contextlib.suppress(BlockingIOError):
-                    os.read(self._wake_r, 512)
-            elif self._notice is not None and fd == self._notice[1]:
-                self._notice_fired = True  # readable for good: poll it no more
-                self._poll.unregister(fd)
+        """Sleep until poked, the watched host exits, or the interval (longer with an exit notice) ends.
+
+        When the host exits, the standby ticks at once; other processes ``SETTLE`` seconds later,
+        off the failover path (their sockets reconnect on their own, through the standby).
+        """
+        settle_until: float | None = None
+        while True:
+            armed = self._arm()
+            timeout = max(self._interval, IDLE_INTERVAL) if armed else self._interval
+            if settle_until is not None:
+                timeout = max(0.0, settle_until - time.monotonic())
+            events = self._poll.poll(timeout * 1000)
+            if not events:
+                return
+            for fd, _events in events:
+                if fd == self._wake_r:
+                    with contextlib.suppress(BlockingIOError):
+                        got = os.read(self._wake_r, 512)
+                        if b"!" in got:
+                            return
+                        if settle_until is None:  # a new host: tick soon (stand by?), not on its way in
+                            settle_until = time.monotonic() + SETTLE
+                elif self._notice is not None and fd == self._notice[1]:
+                    self._notice_fired = True  # readable for good: poll it no more
+                    self._poll.unregister(fd)
+                    if self._channel._standing_by:  # noqa: SLF001
+                        return
+                    settle_until = time.monotonic() + SETTLE
 
     def _arm(self) -> bool:
         """Watch the exit notice of the host we connect to; True if one is armed and not yet fired."""

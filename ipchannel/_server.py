@@ -86,10 +86,10 @@ class Tracking:
         self._idle = 0  # handler threads waiting for a job, minus jobs queued for them
         self._retired = False
 
-    def start_ready_threads(self) -> None:
-        """Start ``READY_THREADS`` idle handler threads, so the first connections start none."""
+    def start_ready_threads(self, count: int = READY_THREADS) -> None:
+        """Have ``count`` idle handler threads (at most ``IDLE_THREADS``), so the first clients start none."""
         with self._tracked_lock:
-            missing = READY_THREADS - self._idle
+            missing = min(count, IDLE_THREADS) - self._idle
         for _ in range(missing):
             self._start_handler_thread(None)
 
@@ -277,6 +277,10 @@ class HostedServer:
             self._server.serve_forever(poll_interval=0.5)
         except Exception:
             _LOGGER.exception("channel %r: server thread died", self._name)
+
+    def keep_ready(self, count: int) -> None:
+        """Have ``count`` handler threads waiting (a standby: for every client of the host it replaces)."""
+        self._server.start_ready_threads(count)
 
     def serve_connection(self, conn: socket.socket) -> None:
         """Serve a connection accepted elsewhere (a standby's side socket) as if accepted here."""

@@ -21,6 +21,8 @@ import socket
 import struct
 from typing import TYPE_CHECKING
 
+from ._server import IDLE_THREADS
+
 if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
@@ -55,6 +57,7 @@ class StandbyListener:
             st = os.lstat(side_path)
             self._identity = (st.st_dev, st.st_ino)
             self._server = start_server()
+            self._server.keep_ready(IDLE_THREADS)
         except BaseException:
             self._side.close()
             with contextlib.suppress(OSError):

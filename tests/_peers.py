@@ -350,6 +350,7 @@ class _RequestPeer:
             "pid": os.getpid(),
             "is_host": self.channel.channel.is_host,
             "host_pid": self.channel.channel.host_pid,
+            "standby": self.channel.channel._standby is not None,  # noqa: SLF001 - stands by to host next
         }
 
     def do(self, cmd: str, args: dict[str, Any]) -> dict[str, Any]:

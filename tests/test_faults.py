@@ -43,6 +43,8 @@ def test_runtime_dir_deleted_under_a_live_host(peers: Peers, runtime_dir: Path) 
     # the host notices at its next monitor tick and steps down; whoever wins the new lock hosts
     coordinator = LocalCoordinator("test", ChannelPaths.for_channel("test", runtime_dir))
     wait_until(lambda: (record := coordinator.read()) and coordinator.serving(record), timeout=10)
+    # until its next tick (0.1 s) the old host may still answer its own connections: the documented window
+    wait_until(lambda: len(_hosts(group)) == 1, timeout=5)
     new_host = _everyone_answered_by_one_host(group)
     assert _hosts(group) == [new_host]
     record = read_record(runtime_dir / "test.host")
@@ -51,6 +53,8 @@ def test_runtime_dir_deleted_under_a_live_host(peers: Peers, runtime_dir: Path) 
     assert record.generation >= 2 or new_host != old_host
     with ipchannel.RequestChannel("test", None) as late:  # a newcomer finds it too
         assert late.request("hi", timeout=10)["pid"] == new_host
+    # one standby: one whose lock file went with the directory stops standing by
+    wait_until(lambda: sum(p.call("info")["standby"] for p in group) == 1, timeout=10)
 
 
 @pytest.mark.timeout(60)
