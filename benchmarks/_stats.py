@@ -7,6 +7,20 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
+#: unit -> how many of the samples' unit (nanoseconds for times) make one
+_SCALE = {
+    "ns": 1.0,
+    "us": 1e3,
+    "ms": 1e6,
+    "s": 1e9,
+    "req/s": 1.0,
+    "ops/s": 1.0,
+    "wake-ups/s": 1.0,
+    "MB": 1.0,
+    "count": 1.0,
+}
+HOLDS = 0.25  # a ratio "holds" over runs when every run is within this fraction of the runs' median
+
 
 @dataclass
 class Series:
@@ -26,10 +40,7 @@ class Series:
         return ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
 
     def scaled(self, value: float) -> float:
-        return (
-            value
-            / {"ns": 1.0, "us": 1e3, "ms": 1e6, "s": 1e9, "req/s": 1.0, "MB": 1.0, "count": 1.0}[self.unit]
-        )
+        return value / _SCALE[self.unit]
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -43,7 +54,12 @@ class Series:
 
 @dataclass
 class Result:
-    """One scenario: our series, its baselines, the target, and free-form notes."""
+    """One scenario: our series, its baselines, the target, and free-form notes.
+
+    Each of our series is compared with the first baseline (its ratio); a later baseline's row
+    shows the first series' ratio to it. ``show_ratio=False`` where a ratio means nothing (a
+    baseline of zero wake-ups).
+    """
 
     scenario: str
     ours: list[Series]
@@ -51,60 +67,137 @@ class Result:
     target: str
     notes: list[str] = field(default_factory=list)
     higher_is_better: bool = False
+    show_ratio: bool = True
 
-    def ratio(self, ours: Series) -> float | None:
-        if not self.baselines or not self.baselines[0].samples or not ours.samples:
+    def ratio(self, ours: Series, baseline: Series | None = None) -> float | None:
+        """``ours``' median over ``baseline``'s (the first baseline by default); None without samples."""
+        if baseline is None:
+            baseline = self.baselines[0] if self.baselines else None
+        if not self.show_ratio or baseline is None or not baseline.samples or not ours.samples:
             return None
-        return ours.median() / self.baselines[0].median()
+        return ours.median() / baseline.median() if baseline.median() else None
+
+    def ratios(self) -> list[tuple[Series, Series, float]]:
+        """Every (ours, baseline, ratio) this result shows: each series to the first baseline, the first
+        series to every later one."""
+        pairs = [(s, self.baselines[0]) for s in self.ours] if self.baselines else []
+        if self.ours:
+            pairs.extend((self.ours[0], b) for b in self.baselines[1:])
+        return [(s, b, r) for s, b in pairs if (r := self.ratio(s, b)) is not None]
 
     def to_json(self) -> dict[str, Any]:
         return {
             "scenario": self.scenario,
             "target": self.target,
             "ours": [{**s.summary(), "ratio_to_baseline": self.ratio(s)} for s in self.ours],
-            "baselines": [s.summary() for s in self.baselines],
+            "baselines": [
+                {**b.summary(), "ratio_of_first_series": self.ratio(self.ours[0], b) if self.ours else None}
+                for b in self.baselines
+            ],
             "notes": self.notes,
         }
 
     def table(self) -> str:
         rows = [("", "median", "p99", "N", "ratio")]
-        for s in self.ours:
-            ratio = self.ratio(s)
-            rows.append(
-                (
-                    s.name,
-                    _fmt(s.scaled(s.median()), s.unit),
-                    _fmt(s.scaled(s.p99()), s.unit),
-                    str(len(s.samples)),
-                    "-" if ratio is None else f"{ratio:.2f}x",
-                )
-            )
-        rows.extend(
-            (
-                f"baseline: {s.name}",
-                _fmt(s.scaled(s.median()), s.unit),
-                _fmt(s.scaled(s.p99()), s.unit),
-                str(len(s.samples)),
-                "1.00x",
-            )
-            for s in self.baselines
-        )
+        rows.extend(self._row(s, s.name, self.ratio(s)) for s in self.ours)
+        for i, b in enumerate(self.baselines):
+            later = self.ratio(self.ours[0], b) if i and self.ours else None
+            rows.append(self._row(b, f"baseline: {b.name}", 1.0 if i == 0 and self.show_ratio else later))
         widths = [max(len(r[i]) for r in rows) for i in range(5)]
         lines = [f"== {self.scenario}   (target: {self.target})"]
-        lines.extend(
-            "  "
-            + "  ".join(
-                c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
-            )
-            for row in rows
-        )
+        lines.extend(_line(row, widths) for row in rows)
+        if len(self.baselines) > 1 and self.ours and self.show_ratio:
+            lines.append("  (a later baseline's ratio: the first row's median over that baseline's)")
         lines.extend(f"  note: {n}" for n in self.notes)
         return "\n".join(lines)
+
+    @staticmethod
+    def _row(s: Series, label: str, ratio: float | None) -> tuple[str, str, str, str, str]:
+        return (
+            label,
+            _fmt(s.scaled(s.median()), s.unit),
+            _fmt(s.scaled(s.p99()), s.unit),
+            str(len(s.samples)),
+            _fmt_ratio(ratio),
+        )
+
+
+def _line(row: tuple[str, ...], widths: list[int], left: int = 1) -> str:
+    """One table row: the first ``left`` columns (names) flush left, the numbers flush right."""
+    return "  " + "  ".join(
+        c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
+    )
 
 
 def _fmt(value: float, unit: str) -> str:
     if math.isnan(value):
         return "-"
-    if unit in {"req/s", "count"}:
+    if unit in {"req/s", "ops/s", "count"}:
         return f"{value:,.0f} {unit}"
+    if unit == "wake-ups/s":
+        return f"{value:,.1f} {unit}"
     return f"{value:,.1f} {unit}" if value < 1000 else f"{value:,.0f} {unit}"
+
+
+def _fmt_ratio(ratio: float | None) -> str:
+    """``1.23x``; two significant digits below 0.1 (a local read beside a network round trip)."""
+    if ratio is None:
+        return "-"
+    return f"{ratio:.2f}x" if ratio >= 0.1 else f"{ratio:.2g}x"
+
+
+def _short(text: str, most: int) -> str:
+    return text if len(text) <= most else text[: most - 3] + "..."
+
+
+def ratios_over_runs(runs: list[list[Result]]) -> list[dict[str, Any]]:
+    """Each ratio shown in any run: its value in every run (None where absent), spread, and whether it holds.
+
+    It holds when every run's ratio is within ±25 % of the median over the runs.
+    """
+    keys: dict[tuple[str, str, str], list[float | None]] = {}
+    for k, results in enumerate(runs):
+        for result in results:
+            for s, b, r in result.ratios():
+                keys.setdefault((result.scenario, s.name, b.name), [None] * len(runs))[k] = r
+    rows = []
+    for (scenario, ours, baseline), values in keys.items():
+        present = [v for v in values if v is not None]
+        median = statistics.median(present)
+        holds = len(present) == len(runs) and all(abs(v / median - 1) <= HOLDS for v in present)
+        rows.append(
+            {
+                "scenario": scenario,
+                "ours": ours,
+                "baseline": baseline,
+                "ratios": values,
+                "min": min(present),
+                "max": max(present),
+                "median": median,
+                "holds": holds,
+            }
+        )
+    return rows
+
+
+def ratios_table(rows: list[dict[str, Any]], runs: int) -> str:
+    """The summary printed after the tables of ``--runs N``."""
+    head = ("result", "vs baseline", *(f"run {k + 1}" for k in range(runs)), "min-max", "median", "holds")
+    table = [head]
+    table.extend(
+        (
+            _short(f"{row['scenario']}: {row['ours']}", 70),
+            _short(row["baseline"], 40),
+            *(_fmt_ratio(v) for v in row["ratios"]),
+            f"{_fmt_ratio(row['min'])[:-1]}-{_fmt_ratio(row['max'])}",
+            _fmt_ratio(row["median"]),
+            "yes" if row["holds"] else "no",
+        )
+        for row in rows
+    )
+    widths = [max(len(r[i]) for r in table) for i in range(len(head))]
+    held = sum(r["holds"] for r in rows)
+    title = f"== ratios over {runs} runs   (holds: every run within ±{HOLDS:.0%} of the median ratio;"
+    lines = [f"{title} {held} of {len(rows)} hold)"]
+    lines.extend(_line(r, widths, left=2) for r in table)
+    return "\n".join(lines)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 import resource
 import socketserver
@@ -22,6 +23,7 @@ import ipchannel
 
 if TYPE_CHECKING:
     import socket
+    from collections.abc import Callable
 
 PAYLOAD = b"x" * 63 + b"\n"  # 64 bytes
 
@@ -71,6 +73,24 @@ def _wait_for_stop(conn: Connection) -> None:
             return
 
 
+def echo_round_trip(sock: socket.socket) -> bytes:
+    """Send PAYLOAD and read it back."""
+    sock.sendall(PAYLOAD)
+    return recv_exactly(sock, len(PAYLOAD))
+
+
+def mp_round_trip(client: Connection, message: Any) -> Any:
+    """multiprocessing.connection: send an object (pickled), receive the reply (unpickled)."""
+    client.send(message)
+    return client.recv()
+
+
+def mp_bytes_round_trip(client: Connection) -> bytes:
+    """multiprocessing.connection: send PAYLOAD as bytes, receive the reply's bytes."""
+    client.send_bytes(PAYLOAD)
+    return client.recv_bytes()
+
+
 def recv_exactly(sock: socket.socket, n: int) -> bytes:
     data = b""
     while len(data) < n:
@@ -117,24 +137,55 @@ def socketserver_host(conn: Connection, path: str) -> None:
     server.server_close()
 
 
-def _mp_serve(client: Connection) -> None:
+def _mp_serve(client: Connection, codec: str) -> None:
     with contextlib.suppress(EOFError, OSError):
         while True:
-            client.send_bytes(client.recv_bytes())
+            if codec == "pickle":  # the same work as a RequestChannel host: decode, answer, encode
+                client.send(client.recv())
+            else:
+                client.send_bytes(client.recv_bytes())
 
 
-def mp_host(conn: Connection, address: str) -> None:
+def mp_host(conn: Connection, address: str, codec: str = "bytes") -> None:
+    """multiprocessing.connection echo: each object unpickled and pickled back ("pickle"), or raw bytes."""
     listener = Listener(address, family="AF_UNIX")
 
     def accept_forever() -> None:
         with contextlib.suppress(OSError):
             while True:
-                threading.Thread(target=_mp_serve, args=(listener.accept(),), daemon=True).start()
+                client = listener.accept()
+                threading.Thread(target=_mp_serve, args=(client, codec), daemon=True).start()
 
     threading.Thread(target=accept_forever, daemon=True).start()
     conn.send({"pid": os.getpid()})
     _wait_for_stop(conn)
     listener.close()
+
+
+def parked(conn: Connection) -> None:
+    """A Python process doing nothing (blocked on its Pipe): the idle baseline."""
+    conn.send({"pid": os.getpid()})
+    _wait_for_stop(conn)
+
+
+def idle_channel_client(conn: Connection, name: str, runtime_dir: str) -> None:
+    """A connected Channel client that then does nothing."""
+    channel = ipchannel.Channel(name, echo, runtime_dir=runtime_dir)
+    sock = channel.connect(timeout=10)
+    sock.sendall(PAYLOAD)
+    recv_exactly(sock, len(PAYLOAD))
+    conn.send({"pid": os.getpid(), "is_host": channel.is_host})
+    _wait_for_stop(conn)
+    channel.close()
+
+
+def idle_request_client(conn: Connection, name: str, runtime_dir: str) -> None:
+    """A RequestChannel client that has made one request and then does nothing."""
+    channel = ipchannel.RequestChannel(name, on_request, runtime_dir=runtime_dir)
+    channel.request("hello")
+    conn.send({"pid": os.getpid(), "is_host": channel.channel.is_host})
+    _wait_for_stop(conn)
+    channel.close()
 
 
 # -- failover ---------------------------------------------------------------------------------------
@@ -213,54 +264,53 @@ def storm_client(conn: Connection, name: str, runtime_dir: str) -> None:
     channel.close()
 
 
-def _load(threads: int, seconds: float, one_thread: Any) -> tuple[int, float]:
-    counts = [0] * threads
+def _load(ops: list[Callable[[], object]], seconds: float) -> tuple[int, float]:
+    """Call each op in a loop in a thread of its own for ``seconds``; return (calls, elapsed seconds)."""
+    counts = [0] * len(ops)
     start = time.monotonic()
     stop = start + seconds
 
     def run(i: int) -> None:
-        counts[i] = one_thread(stop)
+        op, n = ops[i], 0
+        while time.monotonic() < stop:
+            op()
+            n += 1
+        counts[i] = n
 
-    workers = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(ops))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
     return sum(counts), time.monotonic() - start
 
 
-def request_load_client(conn: Connection, name: str, runtime_dir: str, threads: int, seconds: float) -> None:
+def _load_rounds(conn: Connection, ops: list[Callable[[], object]]) -> None:
+    """Report ready; then run one round of ``_load`` per ("go", seconds) received, until anything else.
+
+    The process, its connections and its warm caches live across rounds, so that rounds of
+    different variants can alternate without starting a process inside any measurement.
+    """
+    conn.send({"pid": os.getpid()})
+    with contextlib.suppress(EOFError):
+        while isinstance(message := conn.recv(), tuple) and message[0] == "go":
+            conn.send(_load(ops, message[1]))
+
+
+def request_load_client(conn: Connection, name: str, runtime_dir: str, threads: int) -> None:
     channel = ipchannel.RequestChannel(name, on_request, runtime_dir=runtime_dir)
     channel.request("warm up")
     message = "x" * 60
-
-    def one_thread(stop: float) -> int:
-        n = 0
-        while time.monotonic() < stop:
-            channel.request(message)
-            n += 1
-        return n
-
-    conn.send({"pid": os.getpid()})
-    conn.recv()
-    conn.send(_load(threads, seconds, one_thread))
+    _load_rounds(conn, [lambda: channel.request(message)] * threads)
     channel.close()
 
 
-def mp_load_client(conn: Connection, address: str, threads: int, seconds: float) -> None:
-    def one_thread(stop: float) -> int:
-        client = Client(address, family="AF_UNIX")
-        n = 0
-        while time.monotonic() < stop:
-            client.send_bytes(PAYLOAD)
-            client.recv_bytes()
-            n += 1
-        client.close()
-        return n
-
-    conn.send({"pid": os.getpid()})
-    conn.recv()
-    conn.send(_load(threads, seconds, one_thread))
+def mp_load_client(conn: Connection, address: str, threads: int) -> None:
+    """A connection per thread, each sending raw 64-byte messages."""
+    clients = [Client(address, family="AF_UNIX") for _ in range(threads)]
+    _load_rounds(conn, [functools.partial(mp_bytes_round_trip, c) for c in clients])
+    for c in clients:
+        c.close()
 
 
 def capacity_client(conn: Connection, name: str, runtime_dir: str, connections: int) -> None:
@@ -306,20 +356,34 @@ def dict_writer(conn: Connection, name: str, runtime_dir: str, writes: int, spac
     shared.close()
 
 
-def dict_load(conn: Connection, name: str, runtime_dir: str, seconds: float) -> None:
-    """incr one key in a loop for ``seconds``; report how many and how long."""
+def dict_load(conn: Connection, name: str, runtime_dir: str, threads: int) -> None:
+    """One SharedDict (a replica) shared by ``threads`` threads, each incr-ing one key in a loop."""
     shared = ipchannel.SharedDict(name, runtime_dir=runtime_dir)
     shared.incr("load")
-    conn.send({"pid": os.getpid()})
-    conn.recv()  # go
-    start, n = time.monotonic(), 0
-    stop = start + seconds
-    while time.monotonic() < stop:
-        shared.incr("load")
-        n += 1
-    conn.send((n, time.monotonic() - start))
-    _wait_for_stop(conn)
+    _load_rounds(conn, [lambda: shared.incr("load")] * threads)
     shared.close()
+
+
+def redis_load(conn: Connection, path: str, threads: int) -> None:
+    """redis-py INCR of one key from ``threads`` threads, a client (so a connection) per thread."""
+    import redis  # noqa: PLC0415 - an optional extra
+
+    clients = [redis.Redis(unix_socket_path=path) for _ in range(threads)]
+    for client in clients:
+        client.incr("load")  # connect now, not in the first round
+    _load_rounds(conn, [functools.partial(c.incr, "load") for c in clients])
+    for client in clients:
+        client.close()
+
+
+def diskcache_load(conn: Connection, directory: str, threads: int) -> None:
+    """diskcache Cache.incr of one key from ``threads`` threads sharing one Cache (it is thread-safe)."""
+    import diskcache  # noqa: PLC0415 - an optional extra
+
+    cache = diskcache.Cache(directory)
+    cache.incr("load")
+    _load_rounds(conn, [functools.partial(cache.incr, "load")] * threads)
+    cache.close()
 
 
 # -- across machines (benchmarks/across.py): a coordinator elects, hosts serve on TCP --------------

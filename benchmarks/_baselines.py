@@ -1,0 +1,119 @@
+"""What a user would pick instead of SharedDict: a redis-server of our own, and diskcache.
+
+redis-server is the distribution's binary, started here on a Unix socket in a temporary
+directory with persistence off, and killed by pid and reaped on the way out. diskcache (a
+SQLite-backed dict in a directory, shared by processes) comes with the ``bench`` extra. Either
+one missing is a skip with a printed note, never a failure: CI's smoke run may have neither.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from importlib.metadata import version
+from importlib.util import find_spec
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+BENCH_EXTRA = "pip install 'ipchannel[bench]'"
+REDIS_START = 10.0  # seconds redis-server has to answer PING
+
+
+def _redis_binary() -> str | None:
+    return shutil.which("redis-server") or (
+        "/usr/bin/redis-server" if Path("/usr/bin/redis-server").is_file() else None
+    )
+
+
+def redis_missing() -> str | None:
+    """Why the Redis baseline cannot run here (a skip note), or None."""
+    if _redis_binary() is None:
+        return "redis baseline skipped: redis-server is not installed (sudo apt-get install redis-server)"
+    if find_spec("redis") is None:
+        return f"redis baseline skipped: redis-py is not installed ({BENCH_EXTRA})"
+    return None
+
+
+def diskcache_missing() -> str | None:
+    """Why the diskcache baseline cannot run here (a skip note), or None."""
+    if find_spec("diskcache") is None:
+        return f"diskcache baseline skipped: diskcache is not installed ({BENCH_EXTRA})"
+    return None
+
+
+def diskcache_version() -> str:
+    return f"diskcache {version('diskcache')} (SQLite, default settings: WAL, synchronous=NORMAL)"
+
+
+@dataclass(frozen=True)
+class RedisServer:
+    """A running redis-server of ours: its pid, Unix socket, and version line for the notes."""
+
+    pid: int
+    path: str
+    version: str
+
+
+@contextlib.contextmanager
+def redis_server(tmp: str) -> Iterator[RedisServer]:
+    """Start redis-server on a Unix socket in ``tmp``; yield once it answers PING; kill and reap it after."""
+    binary = _redis_binary()
+    assert binary is not None
+    path = os.path.join(tmp, "redis.sock")
+    args = ["--port", "0", "--unixsocket", path, "--unixsocketperm", "700"]
+    args += ["--save", "", "--appendonly", "no", "--dir", tmp]
+    log = Path(tmp, "redis-server.log")
+    previous = signal.signal(signal.SIGTERM, _exit)  # `kill`, `timeout`: leave through the finally below
+    with log.open("wb") as out:
+        # its own session: a Ctrl-C in the terminal reaches only us, and the finally stops the server
+        proc = subprocess.Popen([binary, *args], stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_for_ping(proc, path, log)
+        yield RedisServer(proc.pid, path, _version_line(binary))
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _wait_for_ping(proc: subprocess.Popen[bytes], path: str, log: Path) -> None:
+    """Poll PING until it answers; raise if the server exits or REDIS_START passes first."""
+    import redis  # noqa: PLC0415 - an optional extra
+
+    client = redis.Redis(unix_socket_path=path, socket_timeout=1)
+    deadline = time.monotonic() + REDIS_START
+    try:
+        while True:
+            with contextlib.suppress(redis.ConnectionError):
+                if client.ping():
+                    return
+            if proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {proc.returncode}: {log.read_text()[-2000:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not answer PING within {REDIS_START:g} s")
+            time.sleep(0.005)
+    finally:
+        client.close()
+
+
+def _version_line(binary: str) -> str:
+    out = subprocess.run(
+        [binary, "--version"], capture_output=True, text=True, timeout=10, check=False
+    ).stdout
+    server = next((p[2:] for p in out.split() if p.startswith("v=")), "?")
+    return f"redis-server {server} on a Unix socket, persistence off; redis-py {version('redis')}"
+
+
+def _exit(signum: int, frame: object) -> None:
+    """SIGTERM: leave by SystemExit, so that every ``finally`` runs (the server is killed and reaped)."""
+    del frame
+    raise SystemExit(128 + signum)
