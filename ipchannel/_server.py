@@ -42,6 +42,9 @@ _LOGGER = logging.getLogger("ipchannel")
 _JOIN_TIMEOUT = 2.0
 READY_THREADS = 4  # handler threads started with the server, before any client connects
 IDLE_THREADS = 8  # idle handler threads kept; more exit when their connection ends
+# serve_forever's select timeout: it only bounds how late shutdown() is seen where shutting the
+# listening socket does not wake the select (stop_listening() does that first): a rare wake-up.
+_SERVE_POLL = 5.0
 
 
 def handler_class(handler: object) -> type[socketserver.BaseRequestHandler]:
@@ -274,7 +277,7 @@ class HostedServer:
     def _serve(self) -> None:
         _platform.leave_signals_to_the_application()
         try:
-            self._server.serve_forever(poll_interval=0.5)
+            self._server.serve_forever(poll_interval=_SERVE_POLL)
         except Exception:
             _LOGGER.exception("channel %r: server thread died", self._name)
 
