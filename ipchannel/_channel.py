@@ -376,15 +376,9 @@ class Channel:
             return current is not None and current != dead and current.pid != standby.pid
 
         found = self._transport.connect_standby(standby, self._authkey, deadline, another_host)
-        if found is None:
-            return None
-        sock, generation = found
-        record = self._coordinator.read()  # published before the hello was sent
-        if record is None or record.pid != standby.pid or record.generation != generation:
-            sock.close()
-            return None
-        self._adopt(record)
-        return sock, record
+        if found is not None:
+            self._adopt(found[1])  # the record it published before it said hello
+        return found
 
     def _recorded_and_serving(self, record: HostRecord) -> bool:
         """Tell whether ``record`` is still current and its host serving (asked at the source)."""

@@ -96,7 +96,7 @@ class Coordinator(Protocol):
     def exit_notice(self, record: HostRecord) -> int | None:
         """Return a descriptor that polls readable once the recorded host exits, or None (none here).
 
-        The caller closes it. Only for a host that is alive now: else None.
+        The caller closes it. Readable at once if the host is gone already.
         """
 
     def watch(self, dead: HostRecord | None) -> Callable[[], bool]:
@@ -112,7 +112,7 @@ class Coordinator(Protocol):
         """As the standby: say where clients of a dead host wait for us (``record.sock``)."""
 
     def standby(self) -> HostRecord | None:
-        """Return the record of a live standby other than this process, or None."""
+        """Return the record of the standby if it is another process (it may have died since), or None."""
 
     def stop_standing_by(self, record: HostRecord | None) -> None:
         """Give the standby's place up (its record, if still ``record``, then its lock). Idempotent."""
@@ -207,7 +207,7 @@ class LocalCoordinator:
         return not _platform.process_exiting(record.pid) and record.liveness() == "alive"
 
     def confirm(self, record: HostRecord) -> bool:
-        return self.read() == record and self.serving(record)
+        return self.serving(record) and self.read() == record  # a dead host needs no file read
 
     def liveness(self, record: HostRecord) -> Liveness:
         return record.liveness()
@@ -217,11 +217,10 @@ class LocalCoordinator:
         return _platform.process_gone(record.pid)
 
     def exit_notice(self, record: HostRecord) -> int | None:
-        fd = _platform.exit_notice(record.pid)
-        if fd is not None and record.liveness() == "dead":  # that pid is another process now
-            os.close(fd)
-            return None
-        return fd
+        # No psutil here (it is on the failover path): the record was just verified (its host
+        # answered, or the election read it), and should its pid be reused meanwhile, the next
+        # tick's serving() still finds the host gone.
+        return _platform.exit_notice(record.pid)
 
     def watch(self, dead: HostRecord | None) -> Callable[[], bool]:
         before = self._marker(dead)
@@ -247,11 +246,10 @@ class LocalCoordinator:
         write_record(self._paths.standby_record, record)
 
     def standby(self) -> HostRecord | None:
-        # No psutil: a reused pid cannot listen on the side socket, whose peer pid the client checks.
+        # No liveness check (it is on the failover path): a dead standby's side socket refuses
+        # the connection, and a client checks the listener's pid.
         record = read_record(self._paths.standby_record)
-        if record is None or record.pid == os.getpid() or _platform.process_exiting(record.pid):
-            return None
-        return record
+        return None if record is None or record.pid == os.getpid() else record
 
     def stop_standing_by(self, record: HostRecord | None) -> None:
         if not self._standby_lock.held:

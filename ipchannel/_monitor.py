@@ -238,6 +238,9 @@ class Monitor:
 
     def _still_there(self, record: HostRecord) -> bool:
         """Tell whether the known host serves; else forget it, unless only the lock can tell (a zombie)."""
+        if self._coordinator.released(record):  # gone, its lock free: the standby's first question
+            self._channel._forget_host(record)  # noqa: SLF001
+            return False
         current = self._coordinator.read()
         if current == record and self._coordinator.serving(record):
             return True

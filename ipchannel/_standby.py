@@ -3,12 +3,13 @@
 Whoever holds ``NAME.standby.lock`` stands by. It has its host server listening
 on its private path (handler threads ready), and a side socket whose path is in
 the standby record. When the host dies, a client connects to the side socket at
-once and waits in its backlog for an 8-byte hello carrying the generation; the
-standby accepts nothing there until it holds the host lock and has published its
-record and socket (``promote``). So nobody is served by it before it hosts, and
-the clients of a dead host need neither a new record nor a lock attempt to find
-the next one. A client gives the wait up when the standby dies (its socket is
-reset) or another process is recorded as host (a frozen standby).
+once and waits in its backlog for a hello carrying the new host record (a 4-byte
+length, then the record's JSON); the standby accepts nothing there until it holds
+the host lock and has published that record and its socket (``promote``). So
+nobody is served by it before it hosts, and the clients of a dead host need
+neither a file read nor a lock attempt to find the next one. A client gives the
+wait up when the standby dies (its socket is reset) or another process is
+recorded as host (a frozen standby).
 """
 
 from __future__ import annotations
@@ -21,20 +22,21 @@ import socket
 import struct
 from typing import TYPE_CHECKING
 
+from ._hostrecord import HostRecord
 from ._server import IDLE_THREADS
 
 if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
 
-    from ._hostrecord import HostRecord
     from ._server import HostedServer
     from ._timing import Deadline
 
 __all__ = ["HELLO", "StandbyListener", "await_hello"]
 
 _LOGGER = logging.getLogger("ipchannel")
-HELLO = struct.Struct("!Q")  # the generation of the term the standby starts
+HELLO = struct.Struct("!I")  # the length of the host record that follows
+_MAX_HELLO = 65536
 WAIT_SLICE = 0.02  # seconds between checks that the standby is still the one to wait for
 _BACKLOG = 128  # every client of the dead host may wait here at once
 
@@ -80,7 +82,8 @@ class StandbyListener:
         Returns how many waited. The side socket then closes: a client arriving later
         finds the new host's record instead.
         """
-        hello = HELLO.pack(record.generation)
+        body = record.to_json()
+        hello = HELLO.pack(len(body)) + body
         greeted = 0
         self._side.settimeout(0.0)  # accept what waits, then stop
         while True:
@@ -124,8 +127,8 @@ class StandbyListener:
         self._side.close()
 
 
-def await_hello(sock: socket.socket, deadline: Deadline, give_up: Callable[[], bool]) -> int | None:
-    """Wait on a standby's side socket for its hello; return the generation, or None to look elsewhere.
+def await_hello(sock: socket.socket, deadline: Deadline, give_up: Callable[[], bool]) -> HostRecord | None:
+    """Wait on a standby's side socket for its hello; return its host record, or None to look elsewhere.
 
     None: the deadline passed, the standby went away (EOF, reset), or ``give_up()``
     turned true (checked every ``WAIT_SLICE``: another process hosts).
@@ -141,9 +144,10 @@ def await_hello(sock: socket.socket, deadline: Deadline, give_up: Callable[[], b
         if give_up():
             return None
     try:
-        data = socket.socket.recv(sock, HELLO.size, socket.MSG_WAITALL)
-    except OSError:
+        head = socket.socket.recv(sock, HELLO.size, socket.MSG_WAITALL)
+        if len(head) != HELLO.size or not 0 < (size := HELLO.unpack(head)[0]) <= _MAX_HELLO:
+            return None
+        body = socket.socket.recv(sock, size, socket.MSG_WAITALL)
+        return HostRecord.from_json(body) if len(body) == size else None
+    except (OSError, ValueError):
         return None
-    if len(data) != HELLO.size:
-        return None
-    return int(HELLO.unpack(data)[0])

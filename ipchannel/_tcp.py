@@ -276,7 +276,7 @@ class TcpTransport:
         authkey: bytes | None,  # noqa: ARG002
         deadline: Deadline,  # noqa: ARG002
         give_up: Callable[[], bool],  # noqa: ARG002
-    ) -> tuple[ChannelSocket, int] | None:
+    ) -> tuple[ChannelSocket, HostRecord] | None:
         """Return None: there is no standby across machines."""
         return None
 

@@ -84,8 +84,8 @@ class Transport(Protocol):
 
     def connect_standby(
         self, standby: HostRecord, authkey: bytes | None, deadline: Deadline, give_up: Callable[[], bool]
-    ) -> tuple[ChannelSocket, int] | None:
-        """Wait at the standby's side socket until it hosts: the socket and its generation, or None."""
+    ) -> tuple[ChannelSocket, HostRecord] | None:
+        """Wait at the standby's side socket until it hosts: the socket and its host record, or None."""
 
 
 class UnixTransport:
@@ -150,7 +150,7 @@ class UnixTransport:
 
     def connect_standby(
         self, standby: HostRecord, authkey: bytes | None, deadline: Deadline, give_up: Callable[[], bool]
-    ) -> tuple[ChannelSocket, int] | None:
+    ) -> tuple[ChannelSocket, HostRecord] | None:
         check_auth_matches(self._name, standby, authkey)
         sock = ChannelSocket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -159,12 +159,12 @@ class UnixTransport:
         except OSError:
             sock.close()
             return None  # gone, or it just stopped standing by: the usual way then
-        generation = None if peer_pid != standby.pid else await_hello(sock, deadline, give_up)
-        if generation is None:
+        record = None if peer_pid != standby.pid else await_hello(sock, deadline, give_up)
+        if record is None or record.pid != standby.pid:
             sock.close()
             return None
         ready = authenticated(sock, self._name, authkey)
-        return None if ready is None else (ready, generation)
+        return None if ready is None else (ready, record)
 
 
 def check_auth_matches(name: str, record: HostRecord, authkey: bytes | None) -> None:
