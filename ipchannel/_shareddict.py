@@ -6,8 +6,12 @@ answers; every process applies the changes to its own replica, so reads never
 touch the socket. The host's store *is* the state, and every replica holds a
 copy of it::
 
-    writer --request(op)--> host: apply, seq += 1, publish change, reply
-    every replica <--change (gen, seq)-- host, applied strictly in order
+    writer --request(ops)--> host: apply the batch, seq += 1 each, publish it, answer each
+    every replica <--batch (gen, first seq, changes)-- host, applied strictly in order
+
+- Group commit. Writes that reach the host while a batch is being applied wait
+  and form the next batch: one fan-out per batch, not per write. Threads of one
+  process share requests too (at most ``_SENDERS`` out at once).
 
 - Failover. A new host waits until its own subscription has moved to its
   generation (everything the old host sent it has been applied), then starts
@@ -28,7 +32,8 @@ Keys and values go through the channel's codec (JSON by default: keys may be
 str, int, float, bool or None; a change is a list, so an int key stays an int).
 
 Threads: the replica is updated on ``ipchannel-subscriber:NAME``; the host
-applies writes in the handler thread of the writer's connection.
+applies a batch in the handler thread that found nobody applying, or, while
+writes keep coming, on ``ipchannel-commit:NAME``.
 """
 
 from __future__ import annotations
