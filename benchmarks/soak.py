@@ -333,7 +333,7 @@ class _Soak:
         for w in survivors:
             self._stop_one(w)
         self.report.answered = sum(c["answered"] for c in self.totals.values())
-        locks = {f"{NAME}.lock", f"{NAME}.standby.lock"}  # lock files stay, by design (filelock issue #31)
+        locks = {f"{NAME}.lock", f".{NAME}.standby.lock"}  # lock files stay, by design (filelock issue #31)
         self.report.leftover_files = sorted(p for p in os.listdir(self.directory) if p not in locks)
 
     def _stop_one(self, w: _Worker) -> None:

@@ -368,8 +368,8 @@ class Channel:
     def _via_standby(self, dead: HostRecord, deadline: Deadline) -> tuple[ChannelSocket, HostRecord] | None:
         """After the host ``dead`` is gone: wait at the standby's side socket until it hosts (or give up)."""
         standby = self._coordinator.standby()
-        if standby is None or standby.pid == dead.pid:
-            return None
+        if standby is None or standby.pid == dead.pid or self._coordinator.serving(dead):
+            return None  # no standby, or a handover: the host lives on, nothing tells the standby
 
         def another_host() -> bool:
             current = self._coordinator.read()
@@ -439,10 +439,12 @@ class Channel:
         except BaseException as exc:
             if self._server is not None:  # published our term, then failed to publish the address
                 self._set_hosting(None, None)
-            if standby is not None:
-                self._standby = standby
-                self._stop_standing_by()
-            self._undo_hosting(server, record)
+            try:
+                if standby is not None:
+                    self._standby = standby
+                    self._stop_standing_by()
+            finally:
+                self._undo_hosting(server, record)
             if isinstance(exc, OSError) and not isinstance(exc, ChannelError):
                 where = self._coordinator.location
                 raise ChannelError(f"channel {self._name!r}: cannot host in {where}: {exc}") from exc
@@ -497,10 +499,12 @@ class Channel:
     def _stop_standing_by(self) -> None:
         """Stop standing by (call with ``_elect_lock``): waiting clients are reset and look elsewhere."""
         standby, self._standby = self._standby, None
-        if standby is not None:
-            standby.close()
-        self._coordinator.stop_standing_by(self._standby_record)
-        self._standby_record = None
+        record, self._standby_record = self._standby_record, None
+        try:
+            if standby is not None:
+                standby.close()
+        finally:
+            self._coordinator.stop_standing_by(record)
 
     def _set_hosting(self, server: Listener | None, record: HostRecord | None) -> None:
         with self._state_lock:

@@ -254,12 +254,15 @@ class LocalCoordinator:
     def stop_standing_by(self, record: HostRecord | None) -> None:
         if not self._standby_lock.held:
             return
-        if record is not None:
-            remove_record(self._paths.standby_record, record)
-        self._standby_lock.release()
+        try:
+            if record is not None:
+                remove_record(self._paths.standby_record, record)
+        finally:
+            self._standby_lock.release()
 
     def may_campaign(self, dead: HostRecord | None) -> bool:
-        if dead is None or self._standby_lock.held or self.standby() is None:
+        standby = None if dead is None or self._standby_lock.held else self.standby()
+        if dead is None or standby is None or self.released(standby):
             self._deferring = None
             return True
         now = time.monotonic()

@@ -92,6 +92,7 @@ class Monitor:
         self._stopping = stopping
         self._stuck_since: float | None = None
         self._stuck_reported = False
+        self._fd_lock = threading.Lock()  # others write to the pipe: never after it is closed
         self._wake_r, self._wake_w = os.pipe()  # poke(): a byte here ends the wait at once
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -116,8 +117,9 @@ class Monitor:
         self._send(b"w")
 
     def _send(self, byte: bytes) -> None:
-        with contextlib.suppress(BlockingIOError, OSError):  # full: a wake-up is coming anyway
-            os.write(self._wake_w, byte)
+        with self._fd_lock, contextlib.suppress(BlockingIOError, OSError):  # full: a wake-up is coming
+            if self._wake_w != -1:
+                os.write(self._wake_w, byte)
 
     def join(self) -> None:
         """Wait for the thread to end, then close its descriptors; the caller has set the stop Event."""
@@ -133,14 +135,16 @@ class Monitor:
 
     def abandon_after_fork(self) -> None:
         """In a forked child: close the copies of the parent monitor's descriptors (its thread is gone)."""
+        self._fd_lock = threading.Lock()  # a parent thread may have held it at fork time
         self._close_descriptors()
 
     def _close_descriptors(self) -> None:
         self._disarm()
-        for fd in (self._wake_r, self._wake_w):
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        self._wake_r = self._wake_w = -1
+        with self._fd_lock:
+            for fd in (self._wake_r, self._wake_w):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self._wake_r = self._wake_w = -1
 
     def _run(self) -> None:
         _platform.leave_signals_to_the_application()
@@ -149,7 +153,12 @@ class Monitor:
         except Exception:
             _LOGGER.exception("%s: start-up work failed", self._thread.name)
         while True:
-            self._wait()
+            try:
+                self._wait()
+            except Exception:
+                _LOGGER.exception("%s: waiting for the next tick failed", self._thread.name)
+                self._disarm()
+                self._stopping.wait(self._interval)
             if self._stopping.is_set():
                 return
             try:

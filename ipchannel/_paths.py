@@ -111,8 +111,9 @@ _BIND_OVERHEAD = 1 + 7 + 1
 class ChannelPaths:
     """The files of one channel: lock (anyone), host record and socket (the host only).
 
-    And the standby's: ``NAME.standby.lock`` (whoever holds it stands by to host next),
-    its record ``NAME.standby`` and its side socket (``standby_path``).
+    And the standby's: ``.NAME.standby.lock`` (whoever holds it stands by to host next;
+    hidden, so no channel name can give the same file), its record ``NAME.standby`` and its
+    side socket (``standby_path``).
     """
 
     directory: Path
@@ -139,7 +140,7 @@ class ChannelPaths:
     @property
     def standby_lock(self) -> Path:
         """The lock whose holder is the standby: the process that hosts next."""
-        return self.lock.with_name(f"{self.lock.stem}.standby.lock")
+        return self.lock.with_name(f".{self.lock.stem}.standby.lock")
 
     @property
     def standby_record(self) -> Path:
@@ -166,5 +167,8 @@ class ChannelPaths:
         return stale
 
     def stale_record_temporaries(self) -> list[Path]:
-        """Temporary record files that hosts which died mid-write left behind."""
-        return list(self.directory.glob(f".{self.record.name}.*.tmp"))
+        """Temporary record files that hosts (or standbys) which died mid-write left behind."""
+        return [
+            *self.directory.glob(f".{self.record.name}.*.tmp"),
+            *self.directory.glob(f".{self.standby_record.name}.*.tmp"),
+        ]

@@ -42,9 +42,9 @@ _LOGGER = logging.getLogger("ipchannel")
 _JOIN_TIMEOUT = 2.0
 READY_THREADS = 4  # handler threads started with the server, before any client connects
 IDLE_THREADS = 8  # idle handler threads kept; more exit when their connection ends
-# serve_forever's select timeout: it only bounds how late shutdown() is seen where shutting the
-# listening socket does not wake the select (stop_listening() does that first): a rare wake-up.
-_SERVE_POLL = 5.0
+# serve_forever's select timeout: how late it sees shutdown(). Where shutting the listening socket
+# wakes the select (stop_listening() does that first), only a rare wake-up; elsewhere, the delay.
+_SERVE_POLL = 5.0 if _platform.SHUTDOWN_WAKES_LISTENER else 0.5
 
 
 def handler_class(handler: object) -> type[socketserver.BaseRequestHandler]:
@@ -285,12 +285,13 @@ class HostedServer:
         """Have ``count`` handler threads waiting (a standby: for every client of the host it replaces)."""
         self._server.start_ready_threads(count)
 
+    def admit(self, conn: socket.socket) -> bool:
+        """Tell whether a connection accepted elsewhere (a standby's side socket) may be served here."""
+        return bool(self._server.verify_request(conn, ""))
+
     def serve_connection(self, conn: socket.socket) -> None:
-        """Serve a connection accepted elsewhere (a standby's side socket) as if accepted here."""
-        if self._server.verify_request(conn, ""):
-            self._server.process_request(conn, "")
-        else:
-            conn.close()
+        """Serve a connection accepted elsewhere and ``admit``-ted, as if accepted here."""
+        self._server.process_request(conn, "")
 
     def restart_if_dead(self) -> bool:
         """Restart the server thread if it died; return True if it had to."""

@@ -1,6 +1,6 @@
 """The standby: the process that hosts next, ready before the host dies (one machine).
 
-Whoever holds ``NAME.standby.lock`` stands by. It has its host server listening
+Whoever holds ``.NAME.standby.lock`` stands by. It has its host server listening
 on its private path (handler threads ready), and a side socket whose path is in
 the standby record. When the host dies, a client connects to the side socket at
 once and waits in its backlog for a hello carrying the new host record (a 4-byte
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from ._server import HostedServer
     from ._timing import Deadline
 
-__all__ = ["HELLO", "StandbyListener", "await_hello"]
+__all__ = ["HELLO", "WAIT_SLICE", "StandbyListener", "await_hello"]
 
 _LOGGER = logging.getLogger("ipchannel")
 HELLO = struct.Struct("!I")  # the length of the host record that follows
@@ -95,12 +95,16 @@ class StandbyListener:
                 _LOGGER.debug("standby: accepting a waiting client failed: %s", exc)
                 break
             conn.settimeout(None)
+            if not self._server.admit(conn):
+                conn.close()  # another uid: refused, as the server refuses it
+                continue
             try:
                 conn.sendall(hello)
-            except OSError:
-                conn.close()  # it gave up meanwhile
+                self._server.serve_connection(conn)
+            except Exception as exc:  # noqa: BLE001 - one client's failure must not stop the others'
+                _LOGGER.debug("standby: a waiting client could not be served: %s", exc)
+                conn.close()  # it gave up meanwhile (or no thread could start for it)
                 continue
-            self._server.serve_connection(conn)
             greeted += 1
         self._close_side()
         return greeted

@@ -21,7 +21,7 @@ from ._auth import client_handshake
 from ._client import ChannelSocket
 from ._errors import AuthenticationError, ChannelError
 from ._server import HostedServer
-from ._standby import StandbyListener, await_hello
+from ._standby import WAIT_SLICE, StandbyListener, await_hello
 
 if TYPE_CHECKING:
     import socketserver
@@ -154,11 +154,13 @@ class UnixTransport:
         check_auth_matches(self._name, standby, authkey)
         sock = ChannelSocket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
+            sock.settimeout(max(0.001, min(deadline.remaining(), WAIT_SLICE)))  # a full backlog blocks
             sock.connect(standby.sock)
+            sock.settimeout(None)
             peer_pid, _uid = _platform.peer_credentials(sock)
         except OSError:
             sock.close()
-            return None  # gone, or it just stopped standing by: the usual way then
+            return None  # gone, stopped standing by, or not accepting: the usual way then
         record = None if peer_pid != standby.pid else await_hello(sock, deadline, give_up)
         if record is None or record.pid != standby.pid:
             sock.close()

@@ -89,7 +89,7 @@ def test_four_concurrent_runs_process_every_item_exactly_once(
     assert sum(counts) == ITEMS
     assert sum(1 for c in counts if c) >= 2, counts  # the work was shared, not done by one run
     # nothing left but the lock files (the standby's too, if one stood by)
-    assert {p.name for p in runtime_dir.iterdir()} - {"django-items.standby.lock"} == {"django-items.lock"}
+    assert {p.name for p in runtime_dir.iterdir()} - {".django-items.standby.lock"} == {"django-items.lock"}
 
 
 @pytest.mark.timeout(120)

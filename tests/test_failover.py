@@ -5,10 +5,13 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import time
 from typing import TYPE_CHECKING
 
 import pytest
 from conftest import Peer, Peers, wait_until
+
+from ipchannel._monitor import SETTLE
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -53,7 +56,7 @@ def test_sixteen_processes_connect_at_once_one_host(peers: Peers, runtime_dir: P
     wait_until(lambda: sum(p.call("info")["standby"] for p in group) == 1)
     (standby,) = [p.pid for p in group if p.call("info")["standby"]]
     host_files = ["test.host", "test.lock", "test.sock"]
-    standby_files = ["test.standby", "test.standby.lock", f".test.{standby}.sock", f".test_{standby}.sock"]
+    standby_files = ["test.standby", ".test.standby.lock", f".test.{standby}.sock", f".test_{standby}.sock"]
     assert sorted(os.listdir(runtime_dir)) == sorted([*host_files, *standby_files])
 
 
@@ -200,6 +203,24 @@ def test_a_child_forked_from_the_standby_leaves_it_standing_by(peers: Peers, tmp
     assert all(p.call("request", text="x")["reply"] == f"{standby.pid} x" for p in group if p.alive)
 
 
+@pytest.mark.timeout(60)
+def test_a_host_that_hands_over_and_lives_on_is_replaced_though_the_standby_sleeps(peers: Peers) -> None:
+    host, standby, client = peers.start(3)
+    host.call("connect")
+    standby.call("set_monitor_interval", value=60.0)  # it ticks once a minute: nothing wakes it sooner
+    standby.call("join")
+    wait_until(lambda: standby.call("info")["standby"], timeout=5)
+    client.call("set_monitor_interval", value=60.0)  # nor does its own monitor rescue it
+    client.call("connect")
+    assert client.call("request", text="before")["reply"] == f"{host.pid} before"
+    time.sleep(5 * SETTLE)  # past the client's own tick after connecting (a timer, not an event)
+    host.call("close")  # hands over; its process lives on, so no exit notice fires
+    # before the fix: the client waited at the sleeping standby's side socket until its timeout
+    reply = client.call("request", text="after", timeout=5.0)
+    assert reply.get("reply", "").split()[-1:] == ["after"], reply
+    assert int(reply["reply"].split()[0]) in {standby.pid, client.pid}
+
+
 def _holds_a_pidfd(pid: int) -> bool:
     fds = f"/proc/{pid}/fd"
     links = []
@@ -220,7 +241,7 @@ def test_graceful_close_hands_over(peers: Peers, runtime_dir: Path) -> None:
     assert int(replies.pop()) in {p.pid for p in rest}
     for p in rest:
         p.exit()
-    assert set(os.listdir(runtime_dir)) - {"test.standby.lock"} == {"test.lock"}  # no record, no socket left
+    assert set(os.listdir(runtime_dir)) - {".test.standby.lock"} == {"test.lock"}  # no record, no socket left
 
 
 def test_interpreter_exit_hands_over(peers: Peers, runtime_dir: Path) -> None:
@@ -233,7 +254,7 @@ def test_interpreter_exit_hands_over(peers: Peers, runtime_dir: Path) -> None:
     assert host.process.exitcode == 0
     assert other.call("request", text="x", timeout=2.0)["reply"] == f"{other.pid} x"
     other.exit()
-    assert set(os.listdir(runtime_dir)) - {"test.standby.lock"} == {"test.lock"}
+    assert set(os.listdir(runtime_dir)) - {".test.standby.lock"} == {"test.lock"}
 
 
 def test_auto_reconnect_off_behaves_like_a_plain_socket(peers: Peers) -> None:

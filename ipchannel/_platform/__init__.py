@@ -3,6 +3,7 @@
 Every platform module defines the same names:
 
 - ``SUN_PATH_MAX``: longest AF_UNIX path, in bytes, without the trailing NUL.
+- ``SHUTDOWN_WAKES_LISTENER``: whether ``shutdown()`` of a listening socket wakes a ``select()`` on it.
 - ``peer_credentials(sock)``: ``(pid, uid)`` of the process at the other end of
   a connected AF_UNIX socket; either may be ``None`` where the system cannot tell.
 - ``process_exiting(pid)``: True while the process is tearing itself down (or is gone).
@@ -22,6 +23,7 @@ import time
 
 if sys.platform.startswith("linux"):
     from ._linux import (
+        SHUTDOWN_WAKES_LISTENER,
         SUN_PATH_MAX,
         exit_notice,
         leave_signals_to_the_application,
@@ -32,6 +34,7 @@ if sys.platform.startswith("linux"):
     )
 elif sys.platform == "darwin" or "bsd" in sys.platform:
     from ._bsd import (
+        SHUTDOWN_WAKES_LISTENER,
         SUN_PATH_MAX,
         exit_notice,
         leave_signals_to_the_application,
@@ -42,6 +45,7 @@ elif sys.platform == "darwin" or "bsd" in sys.platform:
     )
 else:
     from ._unsupported import (
+        SHUTDOWN_WAKES_LISTENER,
         SUN_PATH_MAX,
         exit_notice,
         leave_signals_to_the_application,
@@ -52,6 +56,7 @@ else:
     )
 
 __all__ = [
+    "SHUTDOWN_WAKES_LISTENER",
     "SUN_PATH_MAX",
     "claim_clock",
     "exit_notice",

@@ -9,6 +9,7 @@ if TYPE_CHECKING:
     import socket
 
 __all__ = [
+    "SHUTDOWN_WAKES_LISTENER",
     "SUN_PATH_MAX",
     "exit_notice",
     "leave_signals_to_the_application",
@@ -19,6 +20,7 @@ __all__ = [
 ]
 
 SUN_PATH_MAX = 0
+SHUTDOWN_WAKES_LISTENER = False  # nothing is known here
 _MESSAGE = f"ipchannel needs Unix domain sockets and flock; {sys.platform} is not supported"
 
 
