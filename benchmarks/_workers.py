@@ -180,12 +180,8 @@ def idle_channel_client(conn: Connection, name: str, runtime_dir: str) -> None:
 
 
 def idle_request_client(conn: Connection, name: str, runtime_dir: str) -> None:
-    """A RequestChannel client that has made one request and then does nothing."""
-    channel = ipchannel.RequestChannel(name, on_request, runtime_dir=runtime_dir)
-    channel.request("hello")
-    conn.send({"pid": os.getpid(), "is_host": channel.channel.is_host})
-    _wait_for_stop(conn)
-    channel.close()
+    """A RequestChannel client that has made one request and then does nothing (as a host would)."""
+    request_host(conn, name, runtime_dir)
 
 
 # -- failover ---------------------------------------------------------------------------------------
