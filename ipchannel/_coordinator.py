@@ -2,7 +2,7 @@
 
 ``Coordinator`` is what ``Channel`` asks; ``LocalCoordinator`` implements it for
 one machine: the flock on ``NAME.lock`` (filelock, in ``_election``), the JSON
-record ``NAME.host`` (``_hostrecord``) and liveness by pid + create time (psutil).
+record ``NAME.host`` (``_hostrecord``) and liveness by pid + start time (``_platform``).
 
 - Becoming host: ``try_acquire()``; then ``publish(record)`` once the listener
   is up (the record is written before the socket is published, so anything

@@ -12,12 +12,13 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Literal
 
-import psutil
+from . import _platform
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -28,15 +29,22 @@ _LOGGER = logging.getLogger("ipchannel")
 
 Liveness = Literal["alive", "dead", "unknown"]
 
-# psutil derives create times from the boot time, which follows the wall clock
-# (NTP steps move it by whole seconds); a reused pid starts much later than that.
+# Start times are compared, not wall-clock create times: psutil adds the boot time, which
+# follows the wall clock, and a clock step (NTP, a VM resumed) made every host look dead. On
+# Linux they are clock ticks since boot; the tolerance only absorbs rounding.
 _CREATE_TIME_TOLERANCE = 1.0
 
 
 @lru_cache(maxsize=4)
 def own_create_time(pid: int) -> float:
-    """Return the create time of this process (cached per pid, so a forked child looks itself up)."""
-    return psutil.Process(pid).create_time()
+    """Return the start time of this process (``_platform.start_time``).
+
+    Cached per pid, so a forked child looks itself up.
+    """
+    started = _platform.start_time(pid)
+    if started is None:
+        raise ProcessLookupError(pid)
+    return started
 
 
 @dataclass(frozen=True)
@@ -45,7 +53,7 @@ class HostRecord:
 
     #: pid of the hosting process
     pid: int
-    #: its create time (psutil), to tell it from a later process with the same pid
+    #: its start time (``_platform.start_time``), to tell it from a later process with the same pid
     create_time: float
     #: path of the socket it listens on
     sock: str
@@ -91,20 +99,14 @@ class HostRecord:
         "unknown" (no permission to look, or a zombie) fails closed: callers
         treat it as alive and let the lock decide. Asked through the coordinator.
         """
-        try:
-            proc = psutil.Process(self.pid)
-            with proc.oneshot():  # one read of /proc/PID/stat for both
-                create_time = proc.create_time()
-                zombie = proc.status() == psutil.STATUS_ZOMBIE
-        except psutil.ZombieProcess:
-            return "unknown"
-        except psutil.NoSuchProcess:
+        started = _platform.start_time(self.pid)
+        if started is None:
             return "dead"
-        except psutil.AccessDenied:
-            return "unknown"
-        if abs(create_time - self.create_time) > _CREATE_TIME_TOLERANCE:
-            return "dead"
-        return "unknown" if zombie else "alive"
+        if math.isnan(started):
+            return "unknown"  # not allowed to look
+        if abs(started - self.create_time) > _CREATE_TIME_TOLERANCE:
+            return "dead"  # that pid is another process now
+        return "unknown" if _platform.process_gone(self.pid) else "alive"  # a zombie: the lock decides
 
 
 def read_record(path: Path) -> HostRecord | None:

@@ -15,6 +15,7 @@ import pytest
 from conftest import wait_until
 
 import ipchannel
+from ipchannel import _platform
 from ipchannel._coordinator import LocalCoordinator
 from ipchannel._election import Backoff
 from ipchannel._hostrecord import HostRecord, own_create_time, read_record, write_record
@@ -144,11 +145,22 @@ def test_liveness_uses_pid_and_create_time() -> None:
     assert _record(2**22 + 12345, 0.0).liveness() == "dead"  # no such process
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="boot-relative start times are Linux's")
+def test_liveness_compares_start_times_that_no_wall_clock_step_moves() -> None:
+    # psutil's create_time() adds the boot time, which follows the wall clock: a step of more
+    # than a second between a host's record and a client's check made every host look dead.
+    me = os.getpid()
+    started = own_create_time(me)
+    assert 0 < started <= time.clock_gettime(time.CLOCK_BOOTTIME)  # seconds since boot, not the epoch
+    assert started == _platform.start_time(me)
+
+
 def test_zombie_is_unknown_and_not_serving() -> None:
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     try:
         proc = psutil.Process(child.pid)
-        create_time = proc.create_time()
+        create_time = _platform.start_time(child.pid)
+        assert create_time is not None
         wait_until(lambda: proc.status() == psutil.STATUS_ZOMBIE)
         record = _record(child.pid, create_time)
         assert record.liveness() == "unknown"

@@ -9,6 +9,8 @@ Every platform module defines the same names:
 - ``process_exiting(pid)``: True while the process is tearing itself down (or is gone).
 - ``process_gone(pid)``: True once the process is a zombie or gone: all its descriptors are closed.
 - ``exit_notice(pid)``: a descriptor that polls readable once the process has exited, or None.
+- ``start_time(pid)``: when the process started, on a clock no wall-clock step moves (Linux:
+  seconds since boot), or None once it is gone; equal for the same process in every process.
 - ``lock_holders(path)``: pids that have the file open, or ``None`` if unknown.
 - ``leave_signals_to_the_application()``: block asynchronous signals in the calling (library) thread.
 
@@ -31,6 +33,7 @@ if sys.platform.startswith("linux"):
         peer_credentials,
         process_exiting,
         process_gone,
+        start_time,
     )
 elif sys.platform == "darwin" or "bsd" in sys.platform:
     from ._bsd import (
@@ -42,6 +45,7 @@ elif sys.platform == "darwin" or "bsd" in sys.platform:
         peer_credentials,
         process_exiting,
         process_gone,
+        start_time,
     )
 else:
     from ._unsupported import (
@@ -53,6 +57,7 @@ else:
         peer_credentials,
         process_exiting,
         process_gone,
+        start_time,
     )
 
 __all__ = [
@@ -65,6 +70,7 @@ __all__ = [
     "peer_credentials",
     "process_exiting",
     "process_gone",
+    "start_time",
 ]
 
 _BOOTTIME = getattr(time, "CLOCK_BOOTTIME", None)

@@ -21,6 +21,7 @@ __all__ = [
     "peer_credentials",
     "process_exiting",
     "process_gone",
+    "start_time",
 ]
 
 SUN_PATH_MAX = 103  # sizeof(sockaddr_un.sun_path) is 104
@@ -61,3 +62,13 @@ def lock_holders(path: str) -> list[int] | None:  # noqa: ARG001 - same signatur
 def exit_notice(pid: int) -> int | None:  # noqa: ARG001 - kqueue's EVFILT_PROC is not pollable
     """Return None: no pollable exit notice here; the monitor polls instead."""
     return None
+
+
+def start_time(pid: int) -> float | None:
+    """Return when ``pid`` started (psutil's create time: wall clock, the best known here), or None."""
+    try:
+        return float(psutil.Process(pid).create_time())
+    except psutil.NoSuchProcess:
+        return None
+    except psutil.AccessDenied:
+        return float("nan")  # cannot tell: never equal, and the caller says "unknown"

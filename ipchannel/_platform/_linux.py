@@ -18,6 +18,7 @@ __all__ = [
     "peer_credentials",
     "process_exiting",
     "process_gone",
+    "start_time",
 ]
 
 SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) is 108, one byte for the NUL
@@ -47,6 +48,15 @@ def process_gone(pid: int) -> bool:
     """Return True once ``pid`` is a zombie or gone, so every descriptor it held (its lock too) is closed."""
     fields = _stat_fields(pid)
     return fields is None or fields[0] in {b"Z", b"X", b"x"}
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def start_time(pid: int) -> float | None:
+    """Return when ``pid`` started, in seconds since boot (None if gone): unmoved by wall-clock steps."""
+    fields = _stat_fields(pid)
+    return None if fields is None else int(fields[19]) / _CLOCK_TICKS  # field 22, starttime
 
 
 def process_exiting(pid: int) -> bool:

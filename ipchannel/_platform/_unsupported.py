@@ -17,6 +17,7 @@ __all__ = [
     "peer_credentials",
     "process_exiting",
     "process_gone",
+    "start_time",
 ]
 
 SUN_PATH_MAX = 0
@@ -52,3 +53,8 @@ def lock_holders(path: str) -> list[int] | None:
 def exit_notice(pid: int) -> int | None:  # noqa: ARG001 - same signature on every platform
     """Return None."""
     return None
+
+
+def start_time(pid: int) -> float | None:
+    """Raise NotImplementedError."""
+    raise NotImplementedError(_MESSAGE)
