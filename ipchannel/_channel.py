@@ -434,7 +434,8 @@ class Channel:
             server.publish(record)
             if standby is not None:
                 waited = standby.promote(record)  # the clients waiting on its side socket: hosted from now on
-                self._coordinator.stop_standing_by(self._standby_record)
+                standby_record, self._standby_record = self._standby_record, None
+                self._coordinator.stop_standing_by(standby_record)
                 _LOGGER.debug("channel %r: %d client(s) waited for this standby to host", self._name, waited)
         except BaseException as exc:
             if self._server is not None:  # published our term, then failed to publish the address

@@ -252,13 +252,11 @@ class LocalCoordinator:
         return None if record is None or record.pid == os.getpid() else record
 
     def stop_standing_by(self, record: HostRecord | None) -> None:
-        if not self._standby_lock.held:
-            return
         try:
-            if record is not None:
+            if record is not None:  # only if it still names us: a newer standby's stays
                 remove_record(self._paths.standby_record, record)
         finally:
-            self._standby_lock.release()
+            self._standby_lock.release()  # idempotent
 
     def may_campaign(self, dead: HostRecord | None) -> bool:
         standby = None if dead is None or self._standby_lock.held else self.standby()
