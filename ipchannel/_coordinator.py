@@ -201,6 +201,9 @@ class LocalCoordinator:
 
     def retract(self, record: HostRecord) -> None:
         remove_record(self._paths.record, record)
+        standby = read_record(self._paths.standby_record)
+        if standby is not None and _platform.process_gone(standby.pid):
+            remove_record(self._paths.standby_record, standby)  # a killed standby's: nobody else would
 
     def serving(self, record: HostRecord) -> bool:
         # The /proc check is ~10x cheaper than psutil and settles the common case, a host that just died.

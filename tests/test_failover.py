@@ -221,6 +221,20 @@ def test_a_host_that_hands_over_and_lives_on_is_replaced_though_the_standby_slee
     assert int(reply["reply"].split()[0]) in {standby.pid, client.pid}
 
 
+@pytest.mark.timeout(60)
+def test_a_killed_standby_leaves_no_record_once_the_host_hands_over(peers: Peers, runtime_dir: Path) -> None:
+    group = peers.start(3)
+    _connect_all(group)
+    host = peers.host(group)
+    standby = _standby(group)
+    standby.kill()  # its record stays: nobody stands by in its place before the next tick
+    host.exit()
+    (last,) = [p for p in group if p.alive]
+    assert last.call("request", text="x")["reply"] == f"{last.pid} x"
+    last.exit()
+    assert "test.standby" not in os.listdir(runtime_dir)  # before the fix: the killed standby's record
+
+
 def _holds_a_pidfd(pid: int) -> bool:
     fds = f"/proc/{pid}/fd"
     links = []
