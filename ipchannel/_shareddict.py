@@ -459,6 +459,12 @@ class SharedDict(MutableMapping[Any, Any]):
                 self._resync()  # a gap, a new host, or a failed resync: start again from a snapshot
             except ChannelClosed:
                 return  # closed meanwhile: this replica has nothing left to catch up with
+            except ChannelTimeout as exc:  # no host for now (say, every other process is exiting)
+                _LOGGER.warning(
+                    "shared dict %r: cannot catch up with the host for now (%s); the next change tries again",
+                    self._channel.channel.name,
+                    exc,
+                )
 
     def _apply_in_order(self, batch: dict[str, Any]) -> bool:
         """Apply a published batch if it comes next; True if applied or already held (call with _cond).
