@@ -134,14 +134,18 @@ def _standby(group: list[Peer]) -> Peer:
     return standby
 
 
+def _started_with_a_standby(peers: Peers, n: int) -> tuple[list[Peer], Peer, Peer]:
+    """Start ``n`` connected peers; return them, the host, and the one standing by."""
+    group = peers.start(n)
+    _connect_all(group)
+    return group, peers.host(group), _standby(group)
+
+
 @pytest.mark.timeout(60)
 def test_clients_of_a_dead_host_wait_at_the_standby_until_it_holds_the_lock(
     peers: Peers, tmp_path: Path
 ) -> None:
-    group = peers.start(4)
-    _connect_all(group)
-    host = peers.host(group)
-    standby = _standby(group)
+    group, host, standby = _started_with_a_standby(peers, 4)
     standby.call("log_to", path=str(tmp_path / "standby.log"))
     clients = [p for p in group if p not in (host, standby)]
     for c in clients:
@@ -170,10 +174,7 @@ def test_clients_of_a_dead_host_wait_at_the_standby_until_it_holds_the_lock(
 
 @pytest.mark.timeout(60)
 def test_a_frozen_standby_does_not_hold_the_failover_up(peers: Peers) -> None:
-    group = peers.start(4)
-    _connect_all(group)
-    host = peers.host(group)
-    standby = _standby(group)
+    group, host, standby = _started_with_a_standby(peers, 4)
     clients = [p for p in group if p not in (host, standby)]
     os.kill(standby.pid, signal.SIGSTOP)
     try:
@@ -189,15 +190,11 @@ def test_a_frozen_standby_does_not_hold_the_failover_up(peers: Peers) -> None:
 
 
 @pytest.mark.timeout(60)
-def test_a_child_forked_from_the_standby_leaves_it_standing_by(peers: Peers, tmp_path: Path) -> None:
-    group = peers.start(3)
-    _connect_all(group)
-    host = peers.host(group)
-    standby = _standby(group)
+def test_a_child_forked_from_the_standby_leaves_it_standing_by(peers: Peers) -> None:
+    group, host, standby = _started_with_a_standby(peers, 3)
     # the child: the parent's standby is not its own; it connects, is answered, exits
     assert standby.call("fork_child")["child_exit"] == 0
     assert standby.call("info")["standby"]  # its exit released nothing of the parent's
-    standby.call("log_to", path=str(tmp_path / "standby.log"))
     host.kill()
     wait_until(lambda: standby.call("info")["is_host"])
     assert all(p.call("request", text="x")["reply"] == f"{standby.pid} x" for p in group if p.alive)
@@ -223,10 +220,7 @@ def test_a_host_that_hands_over_and_lives_on_is_replaced_though_the_standby_slee
 
 @pytest.mark.timeout(60)
 def test_a_killed_standby_leaves_no_record_once_the_host_hands_over(peers: Peers, runtime_dir: Path) -> None:
-    group = peers.start(3)
-    _connect_all(group)
-    host = peers.host(group)
-    standby = _standby(group)
+    group, host, standby = _started_with_a_standby(peers, 3)
     standby.kill()  # its record stays: nobody stands by in its place before the next tick
     host.exit()
     (last,) = [p for p in group if p.alive]
