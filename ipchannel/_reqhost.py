@@ -2,7 +2,10 @@
 
 Runs in the host process only: ``RequestHost.handle`` is the channel's handler,
 one call per connection, in that connection's handler thread
-(``ipchannel-handler:NAME``), which also runs ``on_request``.
+(``ipchannel-handler:NAME``), which also runs ``on_request``. An ``on_request``
+that returns a ``Deferred`` answers later, from any thread (a SharedDict's
+batches are answered by the thread that applied them): its handler thread goes
+back to reading at once.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ if TYPE_CHECKING:
 
     from ._codecs import Codec
 
-__all__ = ["RequestHost"]
+__all__ = ["Deferred", "RequestHost"]
 
 _LOGGER = logging.getLogger("ipchannel")
 
@@ -54,6 +57,45 @@ class _Peer:
         except OSError:
             return False  # the client went away; its process will resend to whoever hosts
         return True
+
+
+class Deferred:
+    """An answer ``on_request`` gives later: return one, then call ``resolve`` or ``fail`` from any thread.
+
+    The first of the two calls counts. The host sends the answer from whichever
+    thread comes last: the one that settles it, or the handler thread once it
+    got it back from ``on_request``.
+    """
+
+    __slots__ = ("_lock", "_outcome", "_target")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._outcome: tuple[int, Any] | None = None  # (REPLY, reply) or (ERROR, encoded error)
+        self._target: Callable[[int, Any], None] | None = None
+
+    def resolve(self, reply: object) -> None:
+        """Answer with ``reply`` (encoded with the channel's codec)."""
+        self._settle((REPLY, reply))
+
+    def fail(self, exc: BaseException) -> None:
+        """Answer with ``exc``, which reaches the caller as RemoteError; call it where ``exc`` is handled."""
+        self._settle((ERROR, RemoteError.encode(exc)))
+
+    def _settle(self, outcome: tuple[int, Any]) -> None:
+        with self._lock:
+            if self._outcome is not None:
+                return
+            self._outcome, target = outcome, self._target
+        if target is not None:
+            target(*outcome)
+
+    def _bind(self, target: Callable[[int, Any], None]) -> None:
+        """Say where the answer goes (the handler thread, once ``on_request`` returned)."""
+        with self._lock:
+            self._target, outcome = target, self._outcome
+        if outcome is not None:
+            target(*outcome)
 
 
 class RequestHost:
@@ -112,19 +154,38 @@ class RequestHost:
         # caller sees the connection end once the record is gone, and asks the next host.
         if not self._handing_over():
             frame = self._reply(ident, payload)
+            if isinstance(frame, Deferred):
+                frame._bind(lambda kind, body: self._send_later(peer, ident, payload, kind, body))  # noqa: SLF001
+                return
             if not self._handing_over():
                 peer.send(frame)
         if _hooks.pause is not None:
             _hooks.pause("requests.answered", payload)
 
-    def _reply(self, ident: int, payload: bytes) -> bytes:
+    def _reply(self, ident: int, payload: bytes) -> bytes | Deferred:
         try:
             if self._on_request is None:
                 raise LookupError("this RequestChannel was created without on_request")  # noqa: TRY301
             reply = self._on_request(self._codec.loads(payload))
+            if isinstance(reply, Deferred):
+                return reply
             return build_frame(REPLY, ident, self._codec.dumps(reply))
         except Exception as exc:  # noqa: BLE001 - every failure travels back as RemoteError
             return build_frame(ERROR, ident, RemoteError.encode(exc))
+
+    def _send_later(self, peer: _Peer, ident: int, payload: bytes, kind: int, body: object) -> None:
+        """Send a deferred answer (in the thread that settled it, or the handler thread)."""
+        if kind == REPLY:
+            try:
+                frame = build_frame(REPLY, ident, self._codec.dumps(body))
+            except Exception as exc:  # noqa: BLE001 - as in _reply
+                frame = build_frame(ERROR, ident, RemoteError.encode(exc))
+        else:
+            frame = build_frame(ERROR, ident, body)  # type: ignore[arg-type] # encoded by fail()
+        if not self._handing_over():
+            peer.send(frame)
+        if _hooks.pause is not None:
+            _hooks.pause("requests.answered", payload)
 
     def _publish(self, peer: _Peer, ident: int, payload: bytes) -> None:
         if self._handing_over():

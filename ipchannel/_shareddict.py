@@ -6,8 +6,12 @@ answers; every process applies the changes to its own replica, so reads never
 touch the socket. The host's store *is* the state, and every replica holds a
 copy of it::
 
-    writer --request(op)--> host: apply, seq += 1, publish change, reply
-    every replica <--change (gen, seq)-- host, applied strictly in order
+    writer --request(ops)--> host: apply the batch, seq += 1 each, publish it, answer each
+    every replica <--batch (gen, first seq, changes)-- host, applied strictly in order
+
+- Group commit. Writes that reach the host while a batch is being applied wait
+  and form the next batch: one fan-out per batch, not per write. Threads of one
+  process share requests too (at most ``_SENDERS`` out at once).
 
 - Failover. A new host waits until its own subscription has moved to its
   generation (everything the old host sent it has been applied), then starts
@@ -28,15 +32,18 @@ Keys and values go through the channel's codec (JSON by default: keys may be
 str, int, float, bool or None; a change is a list, so an int key stays an int).
 
 Threads: the replica is updated on ``ipchannel-subscriber:NAME``; the host
-applies writes in the handler thread of the writer's connection.
+applies a batch in the handler thread that found nobody applying, or, while
+writes keep coming, on ``ipchannel-commit:NAME``.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import math
 import os
+import sys
 import threading
 import time
 from collections.abc import Iterator, MutableMapping
@@ -44,7 +51,8 @@ from typing import TYPE_CHECKING, Any
 
 from . import _fork, _hooks, _platform
 from ._codecs import is_builtin, resolve_codec
-from ._errors import ChannelClosed, ChannelError, ChannelTimeout
+from ._errors import ChannelClosed, ChannelError, ChannelTimeout, RemoteError
+from ._reqhost import Deferred
 from ._requests import RequestChannel
 from ._timing import Deadline, validate_timeout
 
@@ -63,6 +71,11 @@ _ALONE_GRACE = 0.05  # with no host record, how long to wait for a host before b
 _SURVIVOR_GRACE = 0.5  # with a dead host's record, how long to give survivors to elect one of them
 _DUP_GRACE = 0.05  # how long a write answered as applied before a failover waits for the stream
 _RETRY_PAUSE = 0.05  # between two snapshots that still lack such a write
+_JOIN_TIMEOUT = 2.0
+#: Requests of writes one process has out at once; more writes wait, and share the next request.
+_SENDERS = 2
+#: The format of requests and published batches; peers must agree (all run the same version).
+_PROTOCOL = 2
 
 
 class SharedDict(MutableMapping[Any, Any]):
@@ -147,13 +160,22 @@ class SharedDict(MutableMapping[Any, Any]):
         self._synced = self._closed = False
         self._pending: list[dict[str, Any]] = []
         self._resync_lock = threading.Lock()
+        # this process's writes on their way (one request at a time, for every thread)
+        self._outbox_lock = threading.Lock()
+        self._outbox: list[_Write] = []
+        self._senders = 0  # requests of this process's writes out now
         # the host's side (used only while this process hosts)
         self._store_lock = threading.Lock()
-        self._order = threading.Condition()
         self._term = 0
         self._store: dict[Any, Any] = {}
         self._store_applied: dict[str, list[Any]] = {}
-        self._store_seq = self._published = 0
+        self._store_seq = 0
+        self._queue_lock = threading.Lock()
+        self._queue_cond = threading.Condition(self._queue_lock)
+        self._queue: list[_Queued] = []  # requests waiting for the next batch
+        self._leading = False  # a thread is applying a batch, and will see to what is queued
+        self._commit_due = False  # the committer thread has the queue
+        self._committer: threading.Thread | None = None
 
     def _join(self, name: str) -> None:
         """Subscribe to the live host; if there is none and none comes, we are alone: host ourselves."""
@@ -265,23 +287,109 @@ class SharedDict(MutableMapping[Any, Any]):
         return value
 
     def _write(self, op: list[Any]) -> Any:
+        """Send one write through the host and return its result once the local replica holds it.
+
+        Threads of this process share round trips: a write made while ``_SENDERS``
+        requests are out waits in ``_outbox``, and every write waiting there goes
+        with the next request.
+        """
         # one write in flight per thread, so (process, thread) is what the host deduplicates by
-        client = f"{self._client}-{threading.get_ident():x}"
-        number = next(self._numbers)
-        answer = self._channel.request({"op": op, "c": client, "n": number}, timeout=self._timeout)
-        if answer.get("dup"):  # applied before a failover, and answered now: make sure we have it
-            self._wait_applied(client, number)
-            return answer["r"]
-        with self._cond:  # usually our replica is just one change behind: apply it here, now
-            change = {"g": answer["g"], "s": answer["s"], "op": op, "c": client, "n": number}
-            if (
-                self._local_apply
-                and self._synced
-                and (answer["g"], answer["s"]) == (self._gen, self._seq + 1)
-            ):
-                self._apply_in_order({**change, "r": answer["r"]})
-        self._wait_for((answer["g"], answer["s"]))  # else the stream brings it, and earlier ones
-        return answer["r"]
+        mine = _Write(op, f"{self._client}-{threading.get_ident():x}", next(self._numbers))
+        with self._outbox_lock:
+            if self._senders < _SENDERS:
+                self._senders += 1
+                mine.to_send = [mine]
+            else:
+                self._outbox.append(mine)
+        if mine.to_send is None:
+            self._wait_for_sender(mine)
+        if mine.to_send is not None:
+            self._send(mine, mine.to_send)
+        if mine.error is not None:
+            raise mine.error
+        return self._settle(mine)
+
+    def _wait_for_sender(self, mine: _Write) -> None:
+        """Wait until ``mine`` was answered, or given writes to send; give up only if still in the outbox."""
+        deadline = Deadline(self._timeout)
+        if mine.wake.acquire(timeout=-1 if self._timeout is None else self._timeout):
+            return
+        with self._outbox_lock:
+            if mine in self._outbox:  # never sent: it cannot be applied
+                self._outbox.remove(mine)
+                raise self._channel.channel._timeout_error(  # noqa: SLF001 - one place words timeouts
+                    deadline, "the writes of other threads of this process were still on their way"
+                )
+        mine.wake.acquire()  # on its way: the sender's request has a timeout of its own
+
+    def _send(self, mine: _Write, batch: list[_Write]) -> None:
+        """Send ``batch`` in one request and settle it; wake its writes; hand what waits to one of them."""
+        try:
+            self._request_writes(batch)
+        finally:
+            for write in batch:
+                if write.outcome is None and write.error is None:  # the answer was not one we can read
+                    write.error = ChannelError(
+                        f"shared dict {self._channel.channel.name!r}: the host's answer left this write out"
+                    )
+            with self._outbox_lock:
+                waiting, self._outbox = self._outbox, []
+                if waiting:
+                    waiting[0].to_send = waiting  # it sends them all, in our place
+                else:
+                    self._senders -= 1
+            for write in batch:
+                if write is not mine:
+                    write.wake.release()
+            if waiting:
+                waiting[0].wake.release()
+
+    def _request_writes(self, batch: list[_Write]) -> None:
+        """One request for ``batch``; each write gets its outcome (or the error), applied locally if next."""
+        try:
+            answer = self._channel.request(
+                {"v": _PROTOCOL, "w": [[w.op, w.client, w.number] for w in batch]}, timeout=self._timeout
+            )
+        except (TypeError, ValueError):
+            if len(batch) == 1:
+                batch[0].error = sys.exc_info()[1]
+                return
+            for write in batch:  # one of them cannot be encoded, or together they are too large: alone
+                self._request_writes([write])
+            return
+        except BaseException as exc:  # noqa: BLE001 - raised in each writer's own thread
+            for write in batch:
+                write.error = exc
+            return
+        generation = answer["g"]
+        with self._cond:  # usually our replica is just behind these: apply them here, now
+            for write, outcome in zip(batch, answer["r"], strict=True):
+                write.generation, write.outcome = generation, outcome
+                if (
+                    outcome[0] == "ok"
+                    and self._local_apply
+                    and self._synced
+                    and (generation, outcome[2]) == (self._gen, self._seq + 1)
+                ):
+                    _apply(self._data, write.op)
+                    self._applied[write.client] = [write.number, outcome[1], outcome[2]]
+                    self._seq = outcome[2]
+            self._cond.notify_all()
+
+    def _settle(self, write: _Write) -> Any:
+        """Return the result of a write the host answered, once the local replica holds it."""
+        outcome = write.outcome
+        assert outcome is not None
+        kind = outcome[0]
+        if kind == "err":
+            info = outcome[1]
+            name = self._channel.channel.name
+            raise RemoteError(name, info["type"], info["message"], info["traceback"], info.get("pid"))
+        if kind == "dup":  # applied before a failover, and answered now: make sure we have it
+            self._wait_applied(write.client, write.number)
+            return outcome[1]
+        self._wait_for((write.generation, outcome[2]))  # else the stream brings it, and earlier ones
+        return outcome[1]
 
     def _wait_applied(self, client: str, number: int) -> None:
         """Return once the local replica holds write ``number`` of ``client`` (from the stream or a snapshot).
@@ -329,14 +437,23 @@ class SharedDict(MutableMapping[Any, Any]):
 
     # -- the replica: the change stream ---------------------------------------------------------
 
-    def _on_change(self, change: dict[str, Any]) -> None:
-        """Apply one published change (runs on ``ipchannel-subscriber:NAME``)."""
+    def _on_change(self, batch: dict[str, Any]) -> None:
+        """Apply one published batch of changes (runs on ``ipchannel-subscriber:NAME``)."""
+        if not isinstance(batch, dict) or batch.get("v") != _PROTOCOL:
+            _LOGGER.error(
+                "shared dict %r: dropping a change this process cannot read (protocol %r, ours %d):"
+                " every process must run the same ipchannel version",
+                self._channel.channel.name,
+                batch.get("v") if isinstance(batch, dict) else None,
+                _PROTOCOL,
+            )
+            return
         with self._cond:
             if self._closed:
                 return
-            if self._synced and self._apply_in_order(change):
+            if self._synced and self._apply_in_order(batch):
                 return
-            self._pending.append(change)  # applied after the snapshot, if it is newer than that
+            self._pending.append(batch)  # applied after the snapshot, if it is newer than that
         if not self._resync_lock.locked():  # else the resync under way picks it up
             try:
                 self._resync()  # a gap, a new host, or a failed resync: start again from a snapshot
@@ -349,16 +466,21 @@ class SharedDict(MutableMapping[Any, Any]):
                     exc,
                 )
 
-    def _apply_in_order(self, change: dict[str, Any]) -> bool:
-        """Apply ``change`` if it is the next one; True if applied or already seen (call with _cond)."""
-        gen, seq = change["g"], change["s"]
-        if gen == self._gen and seq <= self._seq:
-            return True  # a replay of what we have
-        if gen != self._gen or seq != self._seq + 1:
-            return False
-        _apply(self._data, change["op"])
-        self._applied[change["c"]] = [change["n"], change["r"], seq]
-        self._seq = seq
+    def _apply_in_order(self, batch: dict[str, Any]) -> bool:
+        """Apply a published batch if it comes next; True if applied or already held (call with _cond).
+
+        A batch that starts inside what the replica holds (a snapshot taken while it
+        was being published) is applied from the first change the replica lacks.
+        """
+        gen, first, changes = batch["g"], batch["s"], batch["ch"]
+        if gen != self._gen or first > self._seq + 1:
+            return False  # a new host, or a gap: resync
+        data, applied = self._data, self._applied
+        for seq, (op, client, number, result) in enumerate(changes, first):
+            if seq > self._seq:
+                _apply(data, op)
+                applied[client] = [number, result, seq]
+        self._seq = max(self._seq, first + len(changes) - 1)
         self._cond.notify_all()
         return True
 
@@ -370,7 +492,8 @@ class SharedDict(MutableMapping[Any, Any]):
                     self._synced = False
                 if _hooks.pause is not None:
                     _hooks.pause("shareddict.resyncing", self._channel.channel.name)
-                snapshot = self._channel.request({"op": "snapshot"}, timeout=self._timeout)
+                snapshot = self._channel.request({"v": _PROTOCOL, "op": "snapshot"}, timeout=self._timeout)
+                _check_protocol(snapshot, self._channel.channel.name)
                 with self._cond:
                     if self._closed:
                         raise self._closed_error()
@@ -389,37 +512,121 @@ class SharedDict(MutableMapping[Any, Any]):
     # -- the host ----------------------------------------------------------------------------------
 
     def _on_request(self, message: dict[str, Any]) -> Any:
-        """Apply a write or answer a snapshot (runs in the host, in a handler thread)."""
-        with self._store_lock:
-            self._start_term()
-            if message["op"] == "snapshot":
+        """Apply writes or answer a snapshot (runs in the host, in a handler thread)."""
+        if message.get("v") != _PROTOCOL:
+            raise ValueError(
+                f"this host speaks shared dict protocol {_PROTOCOL}, the request {message.get('v')!r}:"
+                " every process must run the same ipchannel version"
+            )
+        if message.get("op") == "snapshot":
+            with self._store_lock:
+                self._start_term()
                 return {
+                    "v": _PROTOCOL,
                     "g": self._term,
                     "s": self._store_seq,
                     "items": [[key, value] for key, value in self._store.items()],
                     "applied": self._store_applied,
                 }
-            client, number = message["c"], message["n"]
-            last = self._store_applied.get(client)
-            if last is not None and last[0] == number:  # sent again after a failover: already applied
-                return {"r": last[1], "dup": True}  # at a position of an earlier term: see _wait_applied
-            result = _apply(self._store, message["op"])
-            self._store_seq += 1
-            seq = self._store_seq
-            self._store_applied[client] = [number, result, seq]
-            change = {"g": self._term, "s": seq, "op": message["op"], "c": client, "n": number, "r": result}
-        with self._order:  # publish in sequence order, outside the store lock (snapshots never wait)
-            while self._published != seq - 1 and self._term == change["g"]:
-                self._order.wait(0.05)
+        return self._group_commit(message["w"])
+
+    def _group_commit(self, writes: list[list[Any]]) -> Deferred:
+        """Queue a request's writes for the next batch; lead that batch if nobody does. Answered later.
+
+        The handler thread that finds nobody applying leads one batch (a lone writer
+        waits for no other thread); writes arriving meanwhile only queue, and their
+        handler threads go back to reading. What is queued after that batch is the
+        committer thread's (``ipchannel-commit:NAME``), which goes on while writes keep coming.
+        """
+        mine = _Queued(writes)
+        with self._queue_lock:
+            self._queue.append(mine)
+            lead, self._leading = not self._leading, True
+        if lead:
+            self._commit_queued()
+            with self._queue_lock:
+                if self._queue:
+                    self._hand_over_queue()
+                else:
+                    self._leading = False
+        return mine.answer
+
+    def _hand_over_queue(self) -> None:
+        """Wake the committer thread, starting it first if needed (call with _queue_lock)."""
+        self._commit_due = True
+        if self._committer is None:
+            self._committer = threading.Thread(
+                target=self._run_committer, name=f"ipchannel-commit:{self._channel.channel.name}", daemon=True
+            )
+            self._committer.start()
+        self._queue_cond.notify()
+
+    def _run_committer(self) -> None:
+        _platform.leave_signals_to_the_application()
+        while True:
+            with self._queue_lock:
+                while not self._commit_due:
+                    if self._closed:
+                        return
+                    self._queue_cond.wait()
+            try:
+                self._commit_queued()
+            except Exception:
+                _LOGGER.exception("shared dict %r: the committer thread failed", self._channel.channel.name)
+            finally:
+                with self._queue_lock:
+                    if not self._queue:
+                        self._commit_due = self._leading = False
+
+    def _commit_queued(self) -> None:
+        """Apply every queued request as one batch, publish its changes as one message, and answer each."""
+        with self._queue_lock:
+            batch, self._queue = self._queue, []
         try:
-            self._channel.publish(change, timeout=self._timeout)
-        finally:
-            with self._order:
-                self._published = max(self._published, seq)
-                self._order.notify_all()
-        if _hooks.pause is not None:
-            _hooks.pause("shareddict.published", change)
-        return {"r": result, "g": change["g"], "s": seq}
+            answers = self._commit(batch)
+        except Exception as exc:  # noqa: BLE001 - every writer of the batch gets it (the host is leaving)
+            for item in batch:
+                item.answer.fail(exc)
+            return
+        for item, answer in zip(batch, answers, strict=True):
+            item.answer.resolve(answer)
+
+    def _commit(self, batch: list[_Queued]) -> list[dict[str, Any]]:
+        """Apply a batch of requests to the store, publish its changes as one message; return the answers."""
+        changes: list[list[Any]] = []
+        with self._store_lock:
+            self._start_term()
+            generation, first = self._term, self._store_seq + 1
+            answers = [
+                {"g": generation, "r": [self._apply_write(write, changes) for write in item.writes]}
+                for item in batch
+            ]
+        if changes:
+            # outside the store lock: snapshots never wait for a fan-out (a replica skips what it holds)
+            published = {"v": _PROTOCOL, "g": generation, "s": first, "ch": changes}
+            self._channel.publish(published, timeout=self._timeout)
+            if _hooks.pause is not None:
+                _hooks.pause("shareddict.published", published)
+        return answers
+
+    def _apply_write(self, write: list[Any], changes: list[list[Any]]) -> list[Any]:
+        """Apply one write to the store (call with _store_lock); return its outcome for the writer.
+
+        ``["ok", result, seq]``, ``["dup", result]`` (applied before, maybe in an earlier
+        term) or ``["err", info]`` (``_apply`` refused it; nothing changed).
+        """
+        op, client, number = write
+        last = self._store_applied.get(client)
+        if last is not None and number <= last[0]:  # sent again after a failover: already applied
+            return ["dup", last[1] if number == last[0] else None]  # older: its writer gave up on it
+        try:
+            result = _apply(self._store, op)
+        except Exception as exc:  # noqa: BLE001 - the writer gets it as RemoteError
+            return ["err", json.loads(RemoteError.encode(exc))]
+        self._store_seq += 1
+        self._store_applied[client] = [number, result, self._store_seq]
+        changes.append([op, client, number, result])
+        return ["ok", result, self._store_seq]
 
     def _start_term(self) -> None:
         """On the first request of a new term: start from the replica, once it has caught up."""
@@ -440,9 +647,7 @@ class SharedDict(MutableMapping[Any, Any]):
         with self._cond:
             self._store = dict(self._data)
             self._store_applied = {client: list(last) for client, last in self._applied.items()}
-        with self._order:
-            self._term, self._store_seq, self._published = generation, 0, 0
-            self._order.notify_all()
+        self._term, self._store_seq = generation, 0
         name, keys = self._channel.channel.name, len(self._store)
         _LOGGER.info("shared dict %r: host term %d starts with %d keys", name, generation, keys)
 
@@ -460,6 +665,11 @@ class SharedDict(MutableMapping[Any, Any]):
             self._closed = True
             self._data = _ClosedReplica(self._channel.channel.name)
             self._cond.notify_all()  # a write waiting for its change raises ChannelClosed
+        with self._queue_lock:
+            committer = self._committer
+            self._queue_cond.notify_all()
+        if committer is not None and committer is not threading.current_thread():
+            committer.join(_JOIN_TIMEOUT)
 
     def __enter__(self) -> SharedDict:
         return self
@@ -509,6 +719,31 @@ class SharedDict(MutableMapping[Any, Any]):
             return
 
 
+class _Write:
+    """One write of this process, from its call to its answer; ``wake`` is released to answer or to send."""
+
+    __slots__ = ("client", "error", "generation", "number", "op", "outcome", "to_send", "wake")
+
+    def __init__(self, op: list[Any], client: str, number: int) -> None:
+        self.op, self.client, self.number = op, client, number
+        self.to_send: list[_Write] | None = None  # the writes this one's thread is to send
+        self.generation = 0
+        self.outcome: list[Any] | None = None  # ["ok", result, seq], ["dup", result] or ["err", info]
+        self.error: BaseException | None = None
+        self.wake = threading.Lock()
+        self.wake.acquire()
+
+
+class _Queued:
+    """The writes of one request, waiting in the host for a batch, and the answer it promised."""
+
+    __slots__ = ("answer", "writes")
+
+    def __init__(self, writes: list[list[Any]]) -> None:
+        self.writes = writes
+        self.answer = Deferred()
+
+
 class _ClosedReplica(dict[Any, Any]):
     """What a closed SharedDict reads from: every access raises ChannelClosed."""
 
@@ -520,6 +755,16 @@ class _ClosedReplica(dict[Any, Any]):
         raise ChannelClosed(self._name, "SharedDict")
 
     __getitem__ = __contains__ = __len__ = __iter__ = get = copy = _closed
+
+
+def _check_protocol(answer: Any, name: str) -> None:
+    """Raise ChannelError unless the host's answer is in our protocol (it runs another version)."""
+    if not isinstance(answer, dict) or answer.get("v") != _PROTOCOL:
+        version = answer.get("v") if isinstance(answer, dict) else None
+        raise ChannelError(
+            f"shared dict {name!r}: the host speaks shared dict protocol {version!r}, this process"
+            f" {_PROTOCOL}: every process must run the same ipchannel version"
+        )
 
 
 def _pop(data: dict[Any, Any], key: Any) -> list[Any]:

@@ -364,3 +364,34 @@ def test_a_first_subscription_whose_host_dies_before_acknowledging_goes_to_the_n
     newcomer.finish_call()  # before the fix: HostChanged out of subscribe()
     survivor.call("publish", message="next")
     wait_until(functools.partial(_received_exactly, newcomer, ["next"]))
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.usefixtures("runtime_dir")
+def test_an_on_request_that_returns_a_deferred_is_answered_when_it_is_settled() -> None:
+    from ipchannel._reqhost import Deferred  # noqa: PLC0415 - the host side's own API
+
+    settlers: list[threading.Thread] = []
+
+    def on_request(message: Any) -> Any:
+        answer = Deferred()
+        if message == "now":
+            answer.resolve("settled before on_request returned")
+        elif message == "fail":
+            try:
+                int("nope")  # fails, as a handler's code would
+            except ValueError as exc:
+                answer.fail(exc)
+        else:  # settled by another thread, while the handler thread goes back to reading
+            settlers.append(threading.Thread(target=answer.resolve, args=({"later": message},)))
+            settlers[-1].start()
+        return answer
+
+    with ipchannel.RequestChannel("deferred", on_request) as rc:
+        assert rc.request("now") == "settled before on_request returned"
+        assert rc.request("x") == {"later": "x"}
+        with pytest.raises(ipchannel.RemoteError, match="ValueError: invalid literal"):
+            rc.request("fail")
+        assert rc.request("y") == {"later": "y"}  # the same connection, still in step
+    for settler in settlers:
+        settler.join(5)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import signal
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import psutil
 import pytest
@@ -325,3 +326,93 @@ def test_a_replica_closed_while_it_resyncs_stops_quietly(
     d.close()
     # before the fix: ChannelClosed out of the resync, logged with a traceback by the subscriber
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+@pytest.mark.timeout(120)
+def test_writes_of_many_threads_and_processes_are_batched_into_one_total_order(
+    peers: Peers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ipchannel import _shareddict  # noqa: PLC0415 - to watch the host's batches
+
+    batches: list[list[int]] = []  # per batch: the number of writes in each request
+    commit = _shareddict.SharedDict._commit  # noqa: SLF001
+
+    def watched(self: _shareddict.SharedDict, batch: list[Any]) -> Any:
+        batches.append([len(item.writes) for item in batch])
+        return commit(self, batch)
+
+    monkeypatch.setattr(_shareddict.SharedDict, "_commit", watched)
+    with ipchannel.SharedDict("test", timeout=30) as d:  # opened first: this process hosts
+        assert d.channel.channel.is_host
+        others = peers.start_dicts(2)
+        for p in others:
+            p.call("count", key="n", threads=3)
+        results: list[list[int]] = [[] for _ in range(6)]
+
+        def run(i: int) -> None:
+            results[i].extend(d.incr("n") for _ in range(300))
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(100)
+        stopped = [p.call("stop_count", timeout=60) for p in others]
+        assert [s["errors"] for s in stopped] == [[], []]
+        mine = [r for thread_results in results for r in thread_results]
+        assert len(mine) == len(set(mine)) == 1800  # every increment its own value
+        assert all(a < b for thread_results in results for a, b in itertools.pairwise(thread_results))
+        total = 1800 + sum(s["returned"] for s in stopped)
+        position = d.position
+        for p in others:
+            p.call("wait_position", position=position)
+            assert p.call("copy")["items"] == [("n", total)]  # none lost, none counted twice
+        assert d["n"] == total
+    assert max(sum(batch) for batch in batches) > 1  # before: one write applied and published at a time
+    assert max(max(batch) for batch in batches) > 1  # six threads of one process shared requests
+
+
+@pytest.mark.timeout(120)
+def test_a_batch_published_just_before_the_host_dies_is_applied_once(peers: Peers, tmp_path: Path) -> None:
+    holder, writer, other = peers.start_dicts(3)
+    assert _host([holder, writer, other]) is holder
+    writer.call("incr", key="n", times=10)
+    flag = tmp_path / "paused"
+    holder.call("pause_at", point="shareddict.published", marker='"n"', flag=str(flag))
+    writer.call("count", key="n", threads=4)  # four threads: batches of several writes, then a queue
+    wait_until(flag.exists)  # a batch is published to every replica, and answered to nobody
+    holder.kill()
+    new_host = wait_until(lambda: next((p for p in (writer, other) if p.call("info")["is_host"]), None))
+    at_kill = new_host.call("copy")["items"][0][1]
+    wait_until(lambda: new_host.call("copy")["items"][0][1] > at_kill + 100, timeout=30)  # it goes on
+    stopped = writer.call("stop_count", timeout=60)
+    assert stopped["errors"] == []
+    position = writer.call("info")["position"]
+    other.call("wait_position", position=position)
+    for p in (writer, other):  # the batch's writes were resent, recognised as applied, counted once
+        assert p.call("copy")["items"] == [("n", 10 + stopped["returned"])]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.usefixtures("runtime_dir")
+def test_a_replica_applies_a_batch_from_the_first_change_it_lacks_and_drops_one_it_cannot_read(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with ipchannel.SharedDict("d") as d:
+        d["a"] = 1
+        generation, seq = d.position
+        overlapping = {
+            "v": 2,
+            "g": generation,
+            "s": seq,  # starts with the change the replica holds
+            "ch": [[["set", "a", 1], "w", 1, None], [["set", "b", 2], "w", 2, None]],
+        }
+        d.channel.publish(overlapping)
+        wait_until(lambda: d.position == (generation, seq + 1))
+        assert d.copy() == {"a": 1, "b": 2}  # "a" applied once, "b" after it
+        with caplog.at_level(logging.ERROR, logger="ipchannel"):
+            d.channel.publish({"v": 99, "g": generation, "s": seq + 2, "ch": [[["clear"], "w", 3, None]]})
+            wait_until(lambda: "cannot read (protocol 99, ours 2)" in caplog.text)
+        assert d.copy() == {"a": 1, "b": 2}
+        with pytest.raises(ipchannel.RemoteError, match="speaks shared dict protocol 2, the request 1"):
+            d.channel.request({"v": 1, "op": "snapshot"})
