@@ -14,6 +14,7 @@ everything N times and prints how much each ratio moved.
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import functools
 import importlib.util
@@ -610,10 +611,17 @@ def _dict_latency(
     progress("shared dict: one writer, reads and writes")
     n = 200 if cfg.quick else 2000
     plain = {"k": "v"}
+    floor = _PythonMapping(plain)  # what any mapping written in Python pays: one __getitem__ call
+    user = collections.UserDict(plain)
     shared["k"] = "v"
     values = itertools.count()
     read, write, incr = (
-        [Series("d[key], local replica", unit="ns"), Series("plain dict d[key]", unit="ns")],
+        [
+            Series("d[key], local replica", unit="ns"),
+            Series("plain dict d[key]", unit="ns"),
+            Series("a Python __getitem__ returning self._data[key]", unit="ns"),
+            Series("collections.UserDict d[key]", unit="ns"),
+        ],
         [Series("d[key] = value (host in another process)")],
         [Series("d.incr(key) (host in another process)")],
     )
@@ -621,6 +629,8 @@ def _dict_latency(
     ops: list[tuple[Series, Callable[[], object], int]] = [
         (read[0], lambda: [shared["k"] for _ in range(1000)], 1000),
         (read[1], lambda: [plain["k"] for _ in range(1000)], 1000),
+        (read[2], lambda: [floor["k"] for _ in range(1000)], 1000),
+        (read[3], lambda: [user["k"] for _ in range(1000)], 1000),
         (write[0], lambda: shared.__setitem__("k", next(values)), 1),
         (incr[0], lambda: shared.incr("n"), 1),
     ]
@@ -657,6 +667,18 @@ def _dict_latency(
         Result("shared dict: write", write[:1], write[1:], "report", list(one)),
         Result("shared dict: incr, one writer", incr[:1], incr[1:], "report", list(one)),
     ]
+
+
+class _PythonMapping:
+    """The least a mapping written in Python does for ``m[key]``: the floor of SharedDict's read."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self._data = data
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
 
 
 def _pairs(
