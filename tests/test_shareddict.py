@@ -329,6 +329,37 @@ def test_a_replica_closed_while_it_resyncs_stops_quietly(
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
+@pytest.mark.timeout(60)
+def test_a_replica_that_finds_no_host_to_resync_from_warns_and_catches_up_at_the_next_change(
+    peers: Peers, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    holder, writer = peers.start_dicts(2)
+    with ipchannel.SharedDict("test", timeout=0.5) as d:
+        d.channel.channel.may_host = False  # as a replica that has just booted: it cannot take over
+        resyncing, nobody_hosts = threading.Event(), threading.Event()
+
+        def pause(point: str, detail: object) -> None:  # noqa: ARG001 - the hook's signature
+            if point == "shareddict.resyncing" and threading.current_thread().name.startswith(
+                "ipchannel-subscriber"
+            ):
+                resyncing.set()
+                nobody_hosts.wait(30)
+
+        monkeypatch.setattr(_hooks, "pause", pause)
+        holder.call("close")  # hosting moves: the next write is of a new term, so replicas resync
+        writer.call("incr", key="n", times=1)
+        wait_until(resyncing.is_set)
+        monkeypatch.setattr(_hooks, "pause", None)
+        writer.kill()  # every other process gone (a gunicorn shutdown): the snapshot finds no host
+        nobody_hosts.set()
+        wait_until(lambda: any("cannot catch up" in r.getMessage() for r in caplog.records))
+        # before the fix: ChannelTimeout out of the resync, logged with a traceback by the subscriber
+        assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+        (newcomer,) = peers.start_dicts(1)  # the next host: its first change brings this replica along
+        newcomer.call("incr", key="m", times=3)
+        wait_until(lambda: d.get("m") == 3, timeout=20)
+
+
 @pytest.mark.timeout(120)
 def test_writes_of_many_threads_and_processes_are_batched_into_one_total_order(
     peers: Peers, monkeypatch: pytest.MonkeyPatch
