@@ -273,6 +273,7 @@ class SharedDict(MutableMapping[Any, Any]):
             self._wait_applied(client, number)
             return answer["r"]
         with self._cond:  # usually our replica is just one change behind: apply it here, now
+            op = answer.get("op", op)  # as the host applied it, if the host rewrote it (see _PREPARE)
             change = {"g": answer["g"], "s": answer["s"], "op": op, "c": client, "n": number}
             if (
                 self._local_apply
@@ -403,11 +404,14 @@ class SharedDict(MutableMapping[Any, Any]):
             last = self._store_applied.get(client)
             if last is not None and last[0] == number:  # sent again after a failover: already applied
                 return {"r": last[1], "dup": True}  # at a position of an earlier term: see _wait_applied
-            result = _apply(self._store, message["op"])
+            op, prepare = message["op"], _PREPARE.get(message["op"][0])
+            if prepare is not None:  # stamped here, once: every replica applies the op as rewritten
+                op = prepare(op)
+            result = _apply(self._store, op)
             self._store_seq += 1
             seq = self._store_seq
             self._store_applied[client] = [number, result, seq]
-            change = {"g": self._term, "s": seq, "op": message["op"], "c": client, "n": number, "r": result}
+            change = {"g": self._term, "s": seq, "op": op, "c": client, "n": number, "r": result}
         with self._order:  # publish in sequence order, outside the store lock (snapshots never wait)
             while self._published != seq - 1 and self._term == change["g"]:
                 self._order.wait(0.05)
@@ -419,7 +423,10 @@ class SharedDict(MutableMapping[Any, Any]):
                 self._order.notify_all()
         if _hooks.pause is not None:
             _hooks.pause("shareddict.published", change)
-        return {"r": result, "g": change["g"], "s": seq}
+        answer = {"r": result, "g": change["g"], "s": seq}
+        if prepare is not None:
+            answer["op"] = op  # the writer applies the rewritten op, never the one it sent
+        return answer
 
     def _start_term(self) -> None:
         """On the first request of a new term: start from the replica, once it has caught up."""
@@ -541,6 +548,27 @@ _OPERATIONS: dict[str, Callable[..., Any]] = {
     "setdefault": lambda data, key, default: data.setdefault(key, default),
     "clear": lambda data: data.clear(),
 }
+
+
+#: Host-side steps by operation name: rewrite an op before the host applies and publishes it (say, a
+#: relative timeout into an absolute expiry on the host's clock). Only the host runs them, so the op
+#: every replica applies, in order, is the rewritten one, and deterministic.
+_PREPARE: dict[str, Callable[[list[Any]], list[Any]]] = {}
+
+
+def _register_operation(
+    name: str, operation: Callable[..., Any], prepare: Callable[[list[Any]], list[Any]] | None = None
+) -> None:
+    """Add an operation beside the built-in ones (the private extension point of ``ipchannel.contrib``).
+
+    ``operation(data, *args)`` must be deterministic and must not raise once the host accepted the
+    op: every replica runs it on its own copy. Every process of the dict must register it.
+    """
+    if _OPERATIONS.get(name, operation) is not operation:
+        raise ValueError(f"shared dict operation {name!r} is already registered")
+    _OPERATIONS[name] = operation
+    if prepare is not None:
+        _PREPARE[name] = prepare
 
 
 def _apply(data: dict[Any, Any], op: list[Any]) -> Any:
