@@ -54,14 +54,16 @@ def _put(data: Data, at: float, key: Any, entry: Entry, cull: tuple[int, int]) -
         return  # a timeout <= 0: expired at once, so never stored
     limit, frequency = cull
     if len(data) >= limit:
-        _cull(data, at, frequency)
+        _cull(data, at, limit, frequency)
     data[key] = entry
 
 
-def _cull(data: Data, at: float, frequency: int) -> None:
-    """Make room as LocMemCache does (CULL_FREQUENCY 0: clear; else drop 1/frequency), expired first."""
+def _cull(data: Data, at: float, limit: int, frequency: int) -> None:
+    """Make room: expired entries first; if still full, as LocMemCache (0: clear; else drop 1/frequency)."""
     for key in [key for key, entry in data.items() if not is_live(entry, at)]:
         del data[key]
+    if len(data) < limit:
+        return
     if frequency == 0:
         data.clear()
         return
