@@ -50,7 +50,7 @@ def _poll(predicate: Any, timeout: float) -> Any:
 class _CachePeer:
     def __init__(self, name: str, runtime_dir: str, options: dict[str, Any]) -> None:
         self.cache = _open_cache(name, runtime_dir, options)
-        self.channel = self.cache._shared  # noqa: SLF001 - what "exit" closes
+        self.channel = self.cache.shared  # what "exit" closes
         self._stop = threading.Event()
         self._writer: threading.Thread | None = None
         self._written = 0
@@ -148,8 +148,8 @@ def fork_main(conn: Connection, runtime_dir: str, children: int, times: int) -> 
             "results": results,
             "final": cache.get("x"),
             "child_keys": [k for k in child_keys if cache.has_key(k)],
-            "is_host": cache._shared.channel.channel.is_host,  # noqa: SLF001
+            "is_host": cache.shared.channel.channel.is_host,
         }
     )
     conn.recv()  # the test's go-ahead to close
-    cache._shared.close()  # noqa: SLF001
+    cache.shared.close()

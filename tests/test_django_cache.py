@@ -249,8 +249,8 @@ def test_versions_prefixes_and_key_functions(make_cache: Callable[..., SharedDic
     custom.set("k", "c")
     assert dotted.get("k") == "c"
     assert custom.make_key("k") == "CUSTOM-:1:k"
-    assert "CUSTOM-:1:k" in custom._shared  # noqa: SLF001 - the key the replica holds
-    assert ":1:k" in v1._shared  # noqa: SLF001
+    assert "CUSTOM-:1:k" in custom.shared  # the key the replica holds
+    assert ":1:k" in v1.shared
 
 
 def _key_warnings(backend: Any, operation: str, *args: Any) -> list[str]:
@@ -296,7 +296,7 @@ def test_culling_keeps_max_entries_as_locmem_does(
     kept = [i for i in range(1, 50) if ours.has_key(f"cull{i}")]
     assert kept == [i for i in range(1, 50) if locmem.has_key(f"cull{i}")]  # no reads between: same
     assert len(kept) == left
-    assert len(ours._shared) == left  # noqa: SLF001 - memory: nothing else is held
+    assert len(ours.shared) == left  # memory: nothing else is held
 
 
 def test_a_cull_drops_expired_entries_first_then_the_least_recently_written(
@@ -309,12 +309,12 @@ def test_a_cull_drops_expired_entries_first_then_the_least_recently_written(
     cache.set("c", 4)
     clock.advance(5)
     cache.set("d", 5)  # full: "short" has expired, so it alone goes
-    assert list(cache._shared) == [":1:a", ":1:b", ":1:c", ":1:d"]  # noqa: SLF001
+    assert list(cache.shared) == [":1:a", ":1:b", ":1:c", ":1:d"]
     cache.set("a", 6)  # a write makes a key the newest
     cache.incr("b")  # so does incr (as LocMemCache's)
     assert cache.touch("c", 100)  # a touch does not
     cache.set("e", 7)  # full, nothing expired: half goes, oldest written first
-    assert list(cache._shared) == [":1:a", ":1:b", ":1:e"]  # noqa: SLF001
+    assert list(cache.shared) == [":1:a", ":1:b", ":1:e"]
 
 
 def test_bad_options_raise_naming_the_option(make_cache: Callable[..., SharedDictCache]) -> None:
@@ -354,7 +354,7 @@ def test_configured_in_settings_every_alias_of_a_location_shares_one_dict_and_cl
             assert default.default_timeout == 30
             default.set("k", "v")
             assert caches["cull"].get("k") == "v"
-            assert caches["cull"]._shared is default._shared  # noqa: SLF001 - one replica per process
+            assert caches["cull"].shared is default.shared  # one replica per process
             caches.close_all()  # what Django does after every request
             assert caches["default"].get("k") == "v"
     finally:

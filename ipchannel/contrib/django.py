@@ -70,6 +70,11 @@ class SharedDictCache(BaseCache):  # type: ignore[misc] # Django ships no type i
         super().__init__(params)
         self._shared = _registry.open(location, options)
 
+    @property
+    def shared(self) -> SharedDict:
+        """The SharedDict under this cache (one per LOCATION in a process); ``.channel`` says who hosts."""
+        return self._shared
+
     # -- reads: the local replica, lock-free ----------------------------------------------------
 
     def get(self, key: Any, default: Any = None, version: int | None = None) -> Any:
