@@ -317,6 +317,16 @@ def test_a_cull_drops_expired_entries_first_then_the_least_recently_written(
     assert list(cache.shared) == [":1:a", ":1:b", ":1:e"]
 
 
+def test_a_cache_smaller_than_its_cull_frequency_stays_within_max_entries(
+    make_cache: Callable[..., SharedDictCache],
+) -> None:
+    cache = make_cache(OPTIONS={"MAX_ENTRIES": 2, "CULL_FREQUENCY": 3})  # LocMemCache's cull drops 2 // 3 = 0
+    for i in range(10):
+        cache.set(f"k{i}", i)
+        assert len(cache.shared) <= 2
+    assert cache.get("k9") == 9
+
+
 def test_bad_options_raise_naming_the_option(make_cache: Callable[..., SharedDictCache]) -> None:
     cases: list[tuple[dict[str, Any], type[Exception], str]] = [
         ({"MAX_ENTRIES": "many"}, TypeError, "MAX_ENTRIES"),
