@@ -153,3 +153,45 @@ def fork_main(conn: Connection, runtime_dir: str, children: int, times: int) -> 
     )
     conn.recv()  # the test's go-ahead to close
     cache.shared.close()
+
+
+def fork_with_registry_locked_main(conn: Connection, runtime_dir: str) -> None:
+    """Fork while another thread holds the cache registry's lock; the child must still open a cache."""
+    from ipchannel.contrib import django as backend  # noqa: PLC0415
+
+    cache = _open_cache("locked", runtime_dir, {})
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with backend._registry._lock:  # noqa: SLF001 - what a thread opening a cache holds
+            held.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    held.wait(10)
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            other = backend.SharedDictCache("locked-other", {"OPTIONS": {"runtime_dir": runtime_dir}})
+            other.set("k", "v")
+            code = 0 if other.get("k") == "v" and cache.get("k") is None else 1
+        finally:
+            os._exit(code)
+    release.set()
+    holder.join(10)
+    deadline = time.monotonic() + 10
+    status: int | str = "hung"
+    while time.monotonic() < deadline:
+        done, code = os.waitpid(pid, os.WNOHANG)
+        if done:
+            status = code
+            break
+        time.sleep(0.01)
+    else:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+    conn.send({"status": status})
+    conn.recv()
+    cache.shared.close()

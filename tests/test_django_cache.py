@@ -458,3 +458,17 @@ def test_forked_children_after_the_cache_was_used_share_it_with_the_parent(runti
     assert report["final"] == 100
     assert report["child_keys"] == [f"child-{i}" for i in range(4)]  # the children's sets reached it
     assert report["is_host"]
+
+
+@pytest.mark.timeout(90)
+def test_a_child_forked_while_a_thread_opens_a_cache_can_open_one(runtime_dir: Path) -> None:
+    with spawned(_djcache_peers.fork_with_registry_locked_main, str(runtime_dir), daemon=False) as (
+        proc,
+        conn,
+    ):
+        assert conn.poll(60), "the forking process did not report"
+        report: dict[str, Any] = conn.recv()
+        conn.send("close")
+        proc.join(20)
+        assert proc.exitcode == 0
+    assert report["status"] == 0  # not a deadlock on the lock a parent thread held at fork time
