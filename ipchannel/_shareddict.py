@@ -371,7 +371,7 @@ class SharedDict(MutableMapping[Any, Any]):
                     and self._synced
                     and (generation, outcome[2]) == (self._gen, self._seq + 1)
                 ):
-                    _apply(self._data, write.op)
+                    _apply(self._data, outcome[3] if outcome[3:] else write.op)  # as the host applied it
                     self._applied[write.client] = [write.number, outcome[1], outcome[2]]
                     self._seq = outcome[2]
             self._cond.notify_all()
@@ -612,20 +612,26 @@ class SharedDict(MutableMapping[Any, Any]):
     def _apply_write(self, write: list[Any], changes: list[list[Any]]) -> list[Any]:
         """Apply one write to the store (call with _store_lock); return its outcome for the writer.
 
-        ``["ok", result, seq]``, ``["dup", result]`` (applied before, maybe in an earlier
-        term) or ``["err", info]`` (``_apply`` refused it; nothing changed).
+        ``["ok", result, seq]`` (``["ok", result, seq, op]`` if ``_PREPARE`` rewrote the op),
+        ``["dup", result]`` (applied before, maybe in an earlier term) or ``["err", info]``
+        (``_apply`` refused it; nothing changed).
         """
         op, client, number = write
         last = self._store_applied.get(client)
         if last is not None and number <= last[0]:  # sent again after a failover: already applied
             return ["dup", last[1] if number == last[0] else None]  # older: its writer gave up on it
         try:
+            prepare = _PREPARE.get(op[0])
+            if prepare is not None:  # stamped here, once: every replica applies the op as rewritten
+                op = prepare(op)
             result = _apply(self._store, op)
         except Exception as exc:  # noqa: BLE001 - the writer gets it as RemoteError
             return ["err", json.loads(RemoteError.encode(exc))]
         self._store_seq += 1
         self._store_applied[client] = [number, result, self._store_seq]
         changes.append([op, client, number, result])
+        if prepare is not None:
+            return ["ok", result, self._store_seq, op]  # the writer applies this op, not the one it sent
         return ["ok", result, self._store_seq]
 
     def _start_term(self) -> None:
@@ -728,7 +734,7 @@ class _Write:
         self.op, self.client, self.number = op, client, number
         self.to_send: list[_Write] | None = None  # the writes this one's thread is to send
         self.generation = 0
-        self.outcome: list[Any] | None = None  # ["ok", result, seq], ["dup", result] or ["err", info]
+        self.outcome: list[Any] | None = None  # see SharedDict._apply_write
         self.error: BaseException | None = None
         self.wake = threading.Lock()
         self.wake.acquire()
@@ -786,6 +792,27 @@ _OPERATIONS: dict[str, Callable[..., Any]] = {
     "setdefault": lambda data, key, default: data.setdefault(key, default),
     "clear": lambda data: data.clear(),
 }
+
+
+#: Host-side steps by operation name: rewrite an op before the host applies and publishes it (say, a
+#: relative timeout into an absolute expiry on the host's clock). Only the host runs them, so the op
+#: every replica applies, in order, is the rewritten one, and deterministic.
+_PREPARE: dict[str, Callable[[list[Any]], list[Any]]] = {}
+
+
+def _register_operation(
+    name: str, operation: Callable[..., Any], prepare: Callable[[list[Any]], list[Any]] | None = None
+) -> None:
+    """Add an operation beside the built-in ones (the private extension point of ``ipchannel.contrib``).
+
+    ``operation(data, *args)`` must be deterministic and must not raise once the host accepted the
+    op: every replica runs it on its own copy. Every process of the dict must register it.
+    """
+    if _OPERATIONS.get(name, operation) is not operation:
+        raise ValueError(f"shared dict operation {name!r} is already registered")
+    _OPERATIONS[name] = operation
+    if prepare is not None:
+        _PREPARE[name] = prepare
 
 
 def _apply(data: dict[Any, Any], op: list[Any]) -> Any:

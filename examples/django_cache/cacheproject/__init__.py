@@ -1,0 +1,1 @@
+"""The django_cache example project: settings, views and the WSGI application."""

@@ -1,0 +1,3 @@
+"""Integrations with other frameworks, each behind an extra: ``ipchannel.contrib.django`` (``[django]``)."""
+
+from __future__ import annotations
