@@ -26,6 +26,7 @@ from ._errors import ChannelError, HostChanged
 
 if TYPE_CHECKING:
     import socket
+    from collections.abc import Callable
     from multiprocessing.connection import Connection
     from multiprocessing.process import BaseProcess
 
@@ -34,6 +35,9 @@ __all__ = ["run_demo"]
 _TICKETS = itertools.count(1)
 _TICKETS_LOCK = threading.Lock()
 _STOP = "stop-demo"
+_START_TIMEOUT = 30.0  # for the workers to start and elect a host
+_TAKEOVER_TIMEOUT = 10.0  # for a new host to answer after a kill
+_SHOW = 1.5  # seconds of tickets shown after each step, for the reader
 
 
 def _ticket_handler(conn: socket.socket) -> None:
@@ -115,10 +119,12 @@ class _Demo:
         else:
             self.say(when, who, f"ticket {args[0]} from host pid {args[1]}")
 
-    def pump(self, until: float) -> None:
-        while (remaining := until - time.monotonic()) > 0:
+    def pump(self, until: float, done: Callable[[], bool] = lambda: False) -> bool:
+        """Show events until ``done()`` or the time ``until``; return ``done()``."""
+        while not done() and (remaining := until - time.monotonic()) > 0:
             if self.events.poll(remaining):
                 self.handle(self.events.recv())
+        return done()
 
     def run(self, runtime_dir: str) -> int:
         procs: list[BaseProcess] = [
@@ -142,19 +148,21 @@ class _Demo:
             self.events.close()
 
     def _script(self) -> int:
-        self.pump(time.monotonic() + 1.5)
+        # Python processes start slowly on a busy machine: wait for a host, then show a few tickets.
+        if not self.pump(time.monotonic() + _START_TIMEOUT, lambda: self.host is not None):
+            print(f"demo: no host was elected within {_START_TIMEOUT:.0f} s", file=self.out)
+            return 1
+        self.pump(time.monotonic() + _SHOW)
         for _ in range(self.kills):
             victim = self.host
-            if victim is None:
-                print("demo: no host was elected", file=self.out)
-                return 1
+            assert victim is not None  # a host answered the last round
             self.killed_at, self.host, self.answered = time.monotonic(), None, False
             os.kill(victim, signal.SIGKILL)
             self.say(self.killed_at, "demo", f"SIGKILL host pid {victim} ({self.names.get(victim, '?')})")
-            self.pump(time.monotonic() + 1.5)
-            if not self.answered:
-                print("demo: no new host answered within 1.5 s", file=self.out)
+            if not self.pump(time.monotonic() + _TAKEOVER_TIMEOUT, lambda: self.answered):
+                print(f"demo: no new host answered within {_TAKEOVER_TIMEOUT:.0f} s", file=self.out)
                 return 1
+            self.pump(time.monotonic() + _SHOW)
         print(
             f"\n{self.kills} hosts killed with SIGKILL; each time another worker was elected,",
             "and every worker kept getting tickets on the same socket.",
