@@ -205,6 +205,8 @@ class AsyncRequestChannel:
             if not self._subscribed:  # one subscription per process, for every stream
                 self._sync.subscribe(self._dispatch, timeout=time_left(self._sync.channel, deadline))
                 self._subscribed = True
+            else:  # in a forked child it may still be resuming: from now on means from now on
+                self._sync._subscriber.ensure_running(deadline)  # noqa: SLF001
         finally:
             self._subscribe_lock.release()
 
