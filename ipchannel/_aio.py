@@ -38,10 +38,11 @@ if TYPE_CHECKING:
     from ._channel import Channel
     from ._codecs import Codec
 
-__all__ = ["AsyncRequestChannel", "MessageStream", "check_plain_function", "time_left"]
+__all__ = ["AsyncRequestChannel", "MessageStream", "busy_error", "check_plain_function", "time_left"]
 
 _LOGGER = logging.getLogger("ipchannel")
 _DEFAULT_WORKERS = 8
+_BUSY = "every ipchannel-aio worker thread was busy"
 
 
 def check_plain_function(name: str, func: object) -> None:
@@ -53,13 +54,18 @@ def check_plain_function(name: str, func: object) -> None:
         )
 
 
+def busy_error(channel: Channel, deadline: Deadline) -> BaseException:
+    """Return the ChannelTimeout of a call that waited for a worker until its deadline."""
+    return channel._timeout_error(deadline, _BUSY)  # noqa: SLF001
+
+
 def time_left(channel: Channel, deadline: Deadline) -> float | None:
     """Return the timeout left for a blocking call that waited for a worker; ChannelTimeout if none is."""
     if deadline.timeout is None:
         return None
     remaining = deadline.remaining()
     if remaining <= 0:
-        raise channel._timeout_error(deadline, "every ipchannel-aio worker thread was busy")  # noqa: SLF001
+        raise busy_error(channel, deadline)
     return remaining
 
 
@@ -152,7 +158,12 @@ class AsyncRequestChannel:
         :raises ChannelClosed: the channel was closed.
         """
         deadline = Deadline(validate_timeout(timeout))
-        return await self._runner.call(self._request, message, deadline)
+        return await self._runner.call(
+            self._request, message, deadline, deadline=deadline, late=self._late(deadline)
+        )
+
+    def _late(self, deadline: Deadline) -> Callable[[], BaseException]:
+        return lambda: busy_error(self._sync.channel, deadline)
 
     def _request(self, message: Any, deadline: Deadline) -> Any:
         return self._sync.request(message, timeout=time_left(self._sync.channel, deadline))
@@ -163,7 +174,9 @@ class AsyncRequestChannel:
         :raises ChannelTimeout: no host took it within ``timeout`` seconds.
         """
         deadline = Deadline(validate_timeout(timeout))
-        await self._runner.call(self._publish, message, deadline)
+        await self._runner.call(
+            self._publish, message, deadline, deadline=deadline, late=self._late(deadline)
+        )
 
     def _publish(self, message: Any, deadline: Deadline) -> None:
         self._sync.publish(message, timeout=time_left(self._sync.channel, deadline))

@@ -16,7 +16,7 @@ from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from . import _fork
-from ._aio import time_left
+from ._aio import busy_error, time_left
 from ._aiorun import Runner, validate_workers
 from ._auth import validate_authkey
 from ._codecs import resolve_codec
@@ -28,6 +28,7 @@ from ._timing import Deadline, validate_timeout
 if TYPE_CHECKING:
     import os
     import ssl
+    from collections.abc import Callable
 
     from ._codecs import Codec
     from ._requests import RequestChannel
@@ -215,7 +216,18 @@ class AsyncSharedDict(Mapping[Any, Any]):
         await self._write(SharedDict.clear)
 
     async def _write(self, method: Any, *args: Any) -> Any:
-        return await self._runner.call(self._write_blocking, method, args, Deadline(self._timeout))
+        deadline = Deadline(self._timeout)
+        return await self._runner.call(
+            self._write_blocking, method, args, deadline, deadline=deadline, late=self._late(deadline)
+        )
+
+    def _late(self, deadline: Deadline) -> Callable[[], BaseException]:
+        def error() -> BaseException:
+            if self._dict is None:
+                return ChannelError(f"AsyncSharedDict {self._name!r}: every ipchannel-aio worker was busy")
+            return busy_error(self._dict.channel.channel, deadline)
+
+        return error
 
     def _write_blocking(self, method: Any, args: tuple[Any, ...], deadline: Deadline) -> Any:
         shared = self._open()

@@ -27,6 +27,8 @@ from ._errors import ChannelClosed
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from ._timing import Deadline
+
 __all__ = ["Runner", "validate_workers"]
 
 _LOGGER = logging.getLogger("ipchannel")
@@ -45,7 +47,7 @@ def validate_workers(workers: object) -> int:
 class _Job:
     """One blocking call and the loop future that awaits its outcome."""
 
-    __slots__ = ("args", "func", "future", "loop")
+    __slots__ = ("_claim", "args", "func", "future", "loop", "state")
 
     def __init__(
         self,
@@ -55,10 +57,23 @@ class _Job:
         args: tuple[Any, ...],
     ) -> None:
         self.loop, self.future, self.func, self.args = loop, future, func, args
+        self.state = "queued"  # -> "started" (a worker took it) or "abandoned" (its awaiter gave up)
+        self._claim = threading.Lock()  # held for a moment by the worker or the loop, never across a call
+
+    def _move(self, frm: str, to: str) -> bool:
+        with self._claim:
+            if self.state != frm:
+                return False
+            self.state = to
+            return True
+
+    def abandon(self) -> bool:
+        """On the loop: make sure no worker ever starts this call; False if one already did."""
+        return self._move("queued", "abandoned")
 
     def run(self) -> None:
-        """Run in a worker: skip a job cancelled before it started; hand the outcome to the loop."""
-        if self.future.cancelled():  # a plain read of its state: the loop may cancel it any time
+        """Run in a worker, unless cancelled or abandoned first; hand the outcome to the loop."""
+        if self.future.cancelled() or not self._move("queued", "started"):
             return
         try:
             result = self.func(*self.args)
@@ -107,20 +122,39 @@ class Runner:
         """The worker threads (none before the first call)."""
         return list(self._threads)
 
-    async def call(self, func: Callable[..., Any], *args: Any) -> Any:
+    async def call(
+        self,
+        func: Callable[..., Any],
+        *args: Any,
+        deadline: Deadline | None = None,
+        late: Callable[[], BaseException] | None = None,
+    ) -> Any:
         """Run ``func(*args)`` in a worker and return (or raise) its outcome; cancellable.
 
         Cancelled before a worker took it: never run. Cancelled later: the call
-        runs to its end in the worker and its outcome is dropped.
+        runs to its end in the worker and its outcome is dropped. Still waiting for
+        a worker at ``deadline``: never run, and ``late()`` is raised (a call that
+        started is bounded by its own timeout).
         """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
+        job = _Job(loop, future, func, args)
         with self._lock:
             if self._closed:
                 raise ChannelClosed(self._name, self._kind)
             if not self._threads:
                 self._start_workers()
-            self._jobs.put(_Job(loop, future, func, args))
+            self._jobs.put(job)
+        if deadline is None or deadline.timeout is None or late is None:
+            return await future
+        try:
+            await asyncio.wait((future,), timeout=deadline.remaining())
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        if not future.done() and job.abandon():
+            future.cancel()
+            raise late()
         return await future
 
     def _start_workers(self) -> None:

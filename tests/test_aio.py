@@ -298,8 +298,10 @@ def test_cancelled_requests_leak_no_thread_and_leave_the_channel_working(
             for task in (sent, queued):
                 with pytest.raises(asyncio.CancelledError):
                     await asyncio.wait_for(task, 1)  # at once, though the worker is still busy
-            with pytest.raises(ipchannel.ChannelTimeout):  # the worker is still in the cancelled call
-                await channel.request("meanwhile", timeout=0.2)
+            start = time.monotonic()
+            with pytest.raises(ipchannel.ChannelTimeout, match="worker thread was busy"):
+                await channel.request("meanwhile", timeout=0.2)  # the worker is still in the cancelled call
+            assert time.monotonic() - start < 1.0  # the timeout counts from the await, waiting included
             hold.unlink()
             assert (await channel.request("after", timeout=10))["message"] == "after"
             assert entered(runtime_dir, host.pid) == 1  # the queued one was never sent
