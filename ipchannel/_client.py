@@ -61,6 +61,9 @@ class reconnect_within:  # noqa: N801 - used like a function: ``with reconnect_w
         _override.seconds = self._previous
 
 
+_GATE_WAIT = 0.25  # longest a socket waits for another to find the next host before looking itself
+
+
 class _Owner(Protocol):
     """What a ChannelSocket needs from its Channel."""
 
@@ -73,6 +76,11 @@ class _Owner(Protocol):
     def closed(self) -> bool: ...
 
     def _still_serving(self, record: HostRecord) -> bool: ...
+
+    def _moved_on_from(self, record: HostRecord) -> bool: ...
+
+    @property
+    def _recovery_gate(self) -> threading.Lock: ...
 
     def _open_connection(
         self, deadline: Deadline, avoid: HostRecord | None = None
@@ -225,12 +233,25 @@ class ChannelSocket(socket.socket):
             if forked:  # the parent's host is as good as ever; only our copy of its connection is gone
                 self._reconnect(owner, old, avoid=None)
                 return True
-            if old is not None and owner._still_serving(old):  # noqa: SLF001
-                self._peer_closed = True
-                return False
-            # avoid=old: a dying host's listener can outlive its connections for a moment; never go back to it
-            self._reconnect(owner, old, avoid=old)
-            return True
+            # A host's death ends every connection to it at once. One socket of the channel at a time
+            # finds the next host; the others then connect to it straight away, instead of all asking
+            # the coordinator together: a herd of threads doing that holds the GIL for milliseconds.
+            gate = owner._recovery_gate  # noqa: SLF001
+            gated = gate.acquire(timeout=_GATE_WAIT)
+            try:
+                return self._recover_from(owner, old)
+            finally:
+                if gated:
+                    gate.release()
+
+    def _recover_from(self, owner: _Owner, old: HostRecord | None) -> bool:
+        moved_on = old is not None and owner._moved_on_from(old)  # noqa: SLF001 - another socket found the next
+        if not moved_on and old is not None and owner._still_serving(old):  # noqa: SLF001
+            self._peer_closed = True
+            return False
+        # avoid=old: a dying host's listener can outlive its connections for a moment; never go back to it
+        self._reconnect(owner, old, avoid=old)
+        return True
 
     def _reconnect(self, owner: _Owner, old: HostRecord | None, avoid: HostRecord | None) -> None:
         override = getattr(_override, "seconds", _NO_OVERRIDE)

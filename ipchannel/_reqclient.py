@@ -71,6 +71,7 @@ class Requester:
     def reset(self) -> None:
         """Start afresh (also in a forked child, where the parent's lock may be held)."""
         self._lock = threading.Lock()
+        self._opening = threading.Lock()  # one new connection at a time, see _open
         self._idle: list[_Connection] = []
         self._ids = itertools.count(1)
 
@@ -87,7 +88,7 @@ class Requester:
         with self._lock:
             conn = self._idle.pop() if self._idle else None
         if conn is None:
-            conn = _Connection(self._channel.connect(timeout=deadline.remaining()), self._max_size)
+            conn = self._open(deadline)
         answer = None
         try:
             with reconnect_within(deadline.remaining()):
@@ -104,6 +105,24 @@ class Requester:
                 with self._lock:
                     self._idle.append(conn)
         return answer
+
+    def _open(self, deadline: Deadline) -> _Connection:
+        """Open a request connection, one thread at a time, or take one another call freed meanwhile.
+
+        A burst of callers opening connections together is a herd of threads each running
+        Python for a while: it holds the GIL for milliseconds and makes an event loop in
+        this process late (``ipchannel.aio``). One at a time, the others sleep meanwhile.
+        """
+        remaining = deadline.remaining()
+        if not self._opening.acquire(timeout=-1 if math.isinf(remaining) else remaining):
+            raise self._channel._timeout_error(deadline, "no request connection could be opened")  # noqa: SLF001
+        try:
+            with self._lock:
+                if self._idle:
+                    return self._idle.pop()
+            return _Connection(self._channel.connect(timeout=deadline.remaining()), self._max_size)
+        finally:
+            self._opening.release()
 
     def _exchange(
         self, conn: _Connection, ident: int, frame: bytes, deadline: Deadline

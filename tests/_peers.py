@@ -8,6 +8,7 @@ client can tell which process served it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -659,3 +660,50 @@ def fork_request_timeout_main(conn: Connection, name: str, runtime_dir: str) -> 
     os.kill(pid, signal.SIGKILL)  # its re-subscription may still be trying
     os.waitpid(pid, 0)
     conn.send(report)
+
+
+# -- ipchannel.aio peers --------------------------------------------------------------------------
+
+
+async def _aio_use(channel: Any, shared: Any, label: str) -> dict[str, Any]:
+    """Request, publish to our own stream, increment the shared dict: what each process reports."""
+    reply = await asyncio.wait_for(channel.request({"from": label}, timeout=5), 10)
+    async with channel.messages() as stream:
+        await asyncio.wait_for(channel.publish(label, timeout=5), 10)
+        heard = await asyncio.wait_for(stream.__anext__(), 10)
+    value = await asyncio.wait_for(shared.incr("x"), 10)
+    workers = sorted(t.native_id or 0 for t in channel._runner.threads)  # noqa: SLF001 - fresh per process
+    return {"reply": reply, "heard": heard, "value": value, "read": shared["x"], "workers": workers}
+
+
+def aio_fork_main(conn: Connection, name: str, runtime_dir: str) -> None:
+    """Use an AsyncRequestChannel and an AsyncSharedDict (hosting both), fork, use them in the child too.
+
+    The child must start workers of its own (the parent's are not there), must not await on
+    the parent's loop, and must see the dict as the parent left it, then share it.
+    """
+    from ipchannel.aio import AsyncRequestChannel, AsyncSharedDict  # noqa: PLC0415
+
+    channel = AsyncRequestChannel(name, on_request, runtime_dir=runtime_dir, workers=3)
+    shared = AsyncSharedDict(f"{name}-dict", runtime_dir=runtime_dir)
+    asyncio.run(shared.open())
+    before = asyncio.run(_aio_use(channel, shared, "parent"))
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            report = {"child": asyncio.run(_aio_use(channel, shared, "child")), "pid": os.getpid()}
+        except BaseException as exc:  # noqa: BLE001 - reported, then the child dies hard
+            report, code = {"error": repr(exc)}, 1
+        os.write(write, json.dumps(report).encode())
+        os._exit(code)
+    os.close(write)
+    with os.fdopen(read) as f:
+        child = json.loads(f.read() or "{}")
+    _, status = os.waitpid(pid, 0)
+    after = asyncio.run(_aio_use(channel, shared, "parent again"))
+    conn.send({"before": before, "child": child, "status": status, "after": after, "pid": os.getpid()})
+    conn.recv()  # the test's go-ahead to close
+    channel.close()
+    shared.close()

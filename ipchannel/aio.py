@@ -1,0 +1,29 @@
+"""ipchannel for asyncio: awaited requests, publish/subscribe and shared-dict writes.
+
+::
+
+    from ipchannel.aio import AsyncRequestChannel, AsyncSharedDict
+
+    channel = AsyncRequestChannel("counter", on_request)   # on_request: a plain function
+    reply = await channel.request({"op": "incr"})
+    async for message in channel.messages(): ...
+
+    hits = AsyncSharedDict("hits")
+    await hits.incr("requests")
+    hits.get("requests")                                   # a local read, no await
+
+The event loop never blocks on the channel: the blocking, failover-tested client
+runs in a few daemon threads per object (``ipchannel-aio:NAME``). See README.rst,
+"asyncio and uvicorn".
+"""
+
+from __future__ import annotations
+
+from ._aio import AsyncRequestChannel, MessageStream
+from ._aiodict import AsyncSharedDict
+
+__all__ = ["AsyncRequestChannel", "AsyncSharedDict", "MessageStream"]
+
+for _name in __all__:
+    globals()[_name].__module__ = __name__
+del _name

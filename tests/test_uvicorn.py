@@ -1,0 +1,208 @@
+"""The uvicorn example under real uvicorn: 4 workers share counters through ipchannel.aio; the host dies."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import psutil
+import pytest
+from conftest import reap, wait_until
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "uvicorn_counter"
+RECOVERY = 2.0  # seconds from the host's SIGKILL to requests succeeding again
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self._path)
+        self.sock = sock
+
+
+def _get(address: str, url: str, timeout: float = 10.0) -> tuple[int, dict[str, Any]]:
+    conn = _UnixHTTPConnection(address, timeout)
+    try:
+        conn.request("GET", url)
+        response = conn.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        conn.close()
+
+
+def _try_get(address: str, url: str, timeout: float = 1.0) -> dict[str, Any] | None:
+    try:
+        status, body = _get(address, url, timeout)
+    except (OSError, http.client.HTTPException, ValueError):
+        return None  # the killed worker's own connection, or a worker not yet accepting
+    return body if status == 200 else None
+
+
+class Uvicorn:
+    """A real ``uvicorn --workers 4`` serving the example on a Unix socket; its log goes to a file."""
+
+    def __init__(self, runtime_dir: Path) -> None:
+        self.address = str(runtime_dir.parent / f"{runtime_dir.name}-http.sock")
+        self.log = runtime_dir.parent / f"{runtime_dir.name}-uvicorn.log"
+        env = {**os.environ, "IPCHANNEL_DIR": str(runtime_dir)}
+        command = [sys.executable, "-m", "uvicorn", "app:app", "--workers", "4", "--uds", self.address]
+        with self.log.open("w") as log:
+            self.process = subprocess.Popen(
+                command, cwd=EXAMPLE, env=env, stdout=log, stderr=subprocess.STDOUT, text=True
+            )
+        self.master = psutil.Process(self.process.pid)
+        self.seen: set[int] = set()  # every worker pid we saw, to check they are all gone at the end
+        self.probes = 0  # readiness GETs of /hits: each may have counted
+        wait_until(lambda: len(self.workers()) == 4, timeout=30)
+        wait_until(self._probe, timeout=30)
+
+    def _probe(self) -> bool:
+        self.probes += 1
+        return _try_get(self.address, "/hits") is not None
+
+    def workers(self) -> list[int]:
+        pids = []
+        for child in self.master.children():
+            try:
+                if "spawn_main" in " ".join(child.cmdline()) and child.status() != psutil.STATUS_ZOMBIE:
+                    pids.append(child.pid)
+            except psutil.NoSuchProcess:
+                continue
+        self.seen.update(pids)
+        return pids
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def stop(self) -> int:
+        """SIGTERM the master (it stops its workers, which close their channels); return its exit code."""
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(30)
+
+    def kill_all(self) -> None:
+        """SIGKILL the master first (it would replace killed workers), then every worker; reap them all."""
+        if self.process.poll() is None:
+            self.workers()  # the current ones too
+            self.process.kill()
+        for pid in [self.process.pid, *self.seen]:
+            reap(pid, timeout=0)
+        self.process.wait(5)
+        Path(self.address).unlink(missing_ok=True)
+        self.log.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def uvicorn(runtime_dir: Path) -> Iterator[Uvicorn]:
+    server = Uvicorn(runtime_dir)
+    try:
+        yield server
+    finally:
+        server.kill_all()
+
+
+class _Load:
+    """Client threads sending GETs until stopped; every outcome is recorded with its start time."""
+
+    def __init__(self, address: str, url: str, threads: int) -> None:
+        self._address, self._url = address, url
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        #: (started at, finished at, body or None) of every request
+        self.outcomes: list[tuple[float, float, dict[str, Any] | None]] = []
+        self._threads = [threading.Thread(target=self._run) for _ in range(threads)]
+        for thread in self._threads:
+            thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            body = _try_get(self._address, self._url, timeout=5.0)
+            with self._lock:
+                self.outcomes.append((started, time.monotonic(), body))
+
+    def answered(self, after: float = 0.0) -> list[dict[str, Any]]:
+        with self._lock:
+            return [body for started, _, body in self.outcomes if body is not None and started > after]
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(30)
+
+    def __enter__(self) -> _Load:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+@pytest.mark.timeout(120)
+def test_four_uvicorn_workers_share_one_counter(uvicorn: Uvicorn) -> None:
+    with _Load(uvicorn.address, "/count", threads=8) as load:
+        wait_until(lambda: len(load.answered()) >= 200, timeout=60)
+    counts = sorted(body["count"] for body in load.answered())
+    assert counts == list(range(1, len(counts) + 1))  # one state, no value twice, none skipped
+    assert len({body["worker"] for body in load.answered()}) >= 2  # several workers answered from it
+    (host,) = {body["host"] for body in load.answered()}
+    assert host in uvicorn.workers()
+    assert uvicorn.stop() == 0, uvicorn.output()
+    assert "Traceback" not in uvicorn.output(), uvicorn.output()
+
+
+@pytest.mark.timeout(120)
+def test_the_hosting_worker_killed_under_load_requests_succeed_again_within_2_s(
+    uvicorn: Uvicorn, runtime_dir: Path
+) -> None:
+    with _Load(uvicorn.address, "/hits", threads=8) as load:
+        wait_until(lambda: len(load.answered()) >= 100, timeout=60)
+        host = load.answered()[-1]["host"]
+        assert host in uvicorn.workers()
+
+        os.kill(host, signal.SIGKILL)
+        killed = time.monotonic()
+        first = wait_until(lambda: _first_answer_after(load, killed), timeout=RECOVERY, interval=0.005)
+        recovery = first - killed
+        wait_until(lambda: len(load.answered(after=killed)) >= 100, timeout=30)
+    print(f"\nuvicorn: requests succeed again {recovery * 1000:.0f} ms after the host's SIGKILL")
+    assert recovery <= RECOVERY
+    assert host not in {body["host"] for body in load.answered(after=killed)[-20:]}  # a new host
+
+    # The SharedDict counter survived its host: every answered increment is there, once.
+    values = [body["count"] for body in load.answered()]
+    assert len(values) == len(set(values))  # exactly-once: no value handed out twice
+    final = _try_get(uvicorn.address, "/hits")
+    assert final is not None
+    sent = len(load.outcomes) + uvicorn.probes + 1
+    assert len(values) < final["count"] <= sent  # answered ones, the odd lost answer, none twice
+
+    # uvicorn replaces the killed worker; the new one joins as a client; a clean stop leaves no file.
+    wait_until(lambda: len(uvicorn.workers()) == 4 and host not in uvicorn.workers(), timeout=30)
+    assert _try_get(uvicorn.address, "/count") is not None
+    assert uvicorn.stop() == 0, uvicorn.output()
+    wait_until(lambda: not any(psutil.pid_exists(pid) for pid in uvicorn.seen - {host}), timeout=10)
+    leftovers = sorted(p.name for p in runtime_dir.iterdir() if not p.name.endswith(".lock"))
+    assert leftovers == [], leftovers  # no socket, record or temporary file
+
+
+def _first_answer_after(load: _Load, killed: float) -> float | None:
+    """When the first answer to a request sent after the kill came back (None: none yet)."""
+    with load._lock:  # noqa: SLF001
+        done = [end for started, end, body in load.outcomes if body is not None and started > killed]
+    return min(done) if done else None
