@@ -6,7 +6,6 @@ import http.client
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -16,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 import pytest
+from _http import get_json
 from conftest import reap, wait_until
 
 if TYPE_CHECKING:
@@ -24,28 +24,10 @@ if TYPE_CHECKING:
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "django_cache"
 
 
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(self._path)
-        self.sock = sock
-
-
 def _get(address: str, url: str, timeout: float = 10.0) -> dict[str, Any]:
     """GET ``url``; return the JSON body of a 200 (anything else fails the calling test)."""
-    conn = _UnixHTTPConnection(address, timeout)
-    try:
-        conn.request("GET", url)
-        response = conn.getresponse()
-        body: dict[str, Any] = json.loads(response.read())
-    finally:
-        conn.close()
-    assert response.status == 200, body
+    status, body = get_json(address, url, timeout)
+    assert status == 200, body
     return body
 
 

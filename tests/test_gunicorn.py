@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import http.client
-import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -16,34 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 import pytest
+from _http import get_json as _get
 from conftest import reap, wait_until
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "gunicorn_counter"
-
-
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(self._path)
-        self.sock = sock
-
-
-def _get(address: str, url: str, timeout: float = 10.0) -> tuple[int, dict[str, Any]]:
-    conn = _UnixHTTPConnection(address, timeout)
-    try:
-        conn.request("GET", url)
-        response = conn.getresponse()
-        return response.status, json.loads(response.read())
-    finally:
-        conn.close()
 
 
 class Gunicorn:
