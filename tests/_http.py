@@ -1,11 +1,21 @@
-"""HTTP over a Unix socket: what the tests that run a real server (gunicorn, uvicorn) ask it."""
+"""HTTP over a Unix socket, and a real gunicorn serving an example there: for the server tests."""
 
 from __future__ import annotations
 
 import http.client
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
+
+import psutil
+from conftest import reap, wait_until
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):
@@ -31,3 +41,60 @@ def get_json(address: str, url: str, timeout: float = 10.0) -> tuple[int, dict[s
         return response.status, json.loads(response.read())
     finally:
         conn.close()
+
+
+class Gunicorn:
+    """A real gunicorn master serving ``app`` of ``examples/EXAMPLE`` on a Unix socket, with 4 workers.
+
+    The example reads its bind address from the environment variable ``bind``; ``env`` adds more.
+    """
+
+    def __init__(
+        self,
+        example: str,
+        app: str,
+        config: str,
+        runtime_dir: Path,
+        *,
+        bind: str,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.address = str(runtime_dir.parent / f"{runtime_dir.name}-http.sock")
+        environ = {
+            **os.environ,
+            "IPCHANNEL_DIR": str(runtime_dir),
+            bind: f"unix:{self.address}",
+            **(env or {}),
+        }
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", config, app],
+            cwd=EXAMPLES / example,
+            env=environ,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.master = psutil.Process(self.process.pid)
+        self.seen: set[int] = set()  # every worker pid we saw, to check they are all gone at the end
+        wait_until(lambda: len(self.workers()) == 4 and Path(self.address).exists(), timeout=30)
+
+    def workers(self) -> list[int]:
+        pids = [p.pid for p in self.master.children()]
+        self.seen.update(pids)
+        return pids
+
+    def stop(self) -> str:
+        """SIGTERM the master, wait for it to exit; return its stderr."""
+        self.process.send_signal(signal.SIGTERM)
+        _, err = self.process.communicate(timeout=30)
+        return err
+
+    def kill_all(self) -> None:
+        if self.process.poll() is None:
+            self.workers()  # the current ones too
+        for pid in [*self.seen, self.process.pid]:
+            reap(pid, timeout=1)
+        self.process.wait(5)
+        if self.process.stderr is not None:
+            self.process.stderr.close()
+        Path(self.address).unlink(missing_ok=True)

@@ -6,22 +6,18 @@ import http.client
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psutil
 import pytest
-from _http import get_json
-from conftest import reap, wait_until
+from _http import Gunicorn, get_json
+from conftest import wait_until
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "django_cache"
+    from pathlib import Path
 
 
 def _get(address: str, url: str, timeout: float = 10.0) -> dict[str, Any]:
@@ -39,49 +35,9 @@ def _try_get(address: str, url: str) -> dict[str, Any] | None:
         return None
 
 
-class Gunicorn:
-    """A real gunicorn master serving the example on a Unix socket, with 4 workers."""
-
-    def __init__(self, config: str, runtime_dir: Path) -> None:
-        self.address = str(runtime_dir.parent / f"{runtime_dir.name}-http.sock")
-        env = {**os.environ, "IPCHANNEL_DIR": str(runtime_dir), "CACHE_BIND": f"unix:{self.address}"}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", config, "cacheproject.wsgi"],
-            cwd=EXAMPLE,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.master = psutil.Process(self.process.pid)
-        self.seen: set[int] = set()
-        wait_until(lambda: len(self.workers()) == 4 and Path(self.address).exists(), timeout=30)
-
-    def workers(self) -> list[int]:
-        pids = [p.pid for p in self.master.children()]
-        self.seen.update(pids)
-        return pids
-
-    def stop(self) -> str:
-        """SIGTERM the master, wait for it to exit; return its stderr."""
-        self.process.send_signal(signal.SIGTERM)
-        _, err = self.process.communicate(timeout=30)
-        return err
-
-    def kill_all(self) -> None:
-        if self.process.poll() is None:
-            self.workers()
-        for pid in [*self.seen, self.process.pid]:
-            reap(pid, timeout=1)
-        self.process.wait(5)
-        if self.process.stderr is not None:
-            self.process.stderr.close()
-        Path(self.address).unlink(missing_ok=True)
-
-
 @pytest.fixture(params=["gunicorn.conf.py", "gunicorn_preload.conf.py"])
 def gunicorn(request: pytest.FixtureRequest, runtime_dir: Path) -> Iterator[Gunicorn]:
-    server = Gunicorn(request.param, runtime_dir)
+    server = Gunicorn("django_cache", "cacheproject.wsgi", request.param, runtime_dir, bind="CACHE_BIND")
     try:
         yield server
     finally:

@@ -5,72 +5,30 @@ from __future__ import annotations
 import http.client
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psutil
 import pytest
+from _http import Gunicorn
 from _http import get_json as _get
-from conftest import reap, wait_until
+from conftest import wait_until
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from pathlib import Path
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "gunicorn_counter"
 
-
-class Gunicorn:
-    """A real gunicorn master serving the example on a Unix socket."""
-
-    def __init__(self, config: str, runtime_dir: Path, max_requests: int = 0) -> None:
-        self.address = str(runtime_dir.parent / f"{runtime_dir.name}-http.sock")
-        env = {
-            **os.environ,
-            "IPCHANNEL_DIR": str(runtime_dir),
-            "COUNTER_BIND": f"unix:{self.address}",
-            "COUNTER_MAX_REQUESTS": str(max_requests),
-        }
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", config, "app:app"],
-            cwd=EXAMPLE,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.master = psutil.Process(self.process.pid)
-        self.seen: set[int] = set()  # every worker pid we saw, to check they are all gone at the end
-        wait_until(lambda: len(self.workers()) == 4, timeout=30)
-
-    def workers(self) -> list[int]:
-        pids = [p.pid for p in self.master.children()]
-        self.seen.update(pids)
-        return pids
-
-    def stop(self) -> str:
-        """SIGTERM the master, wait for it to exit; return its stderr."""
-        self.process.send_signal(signal.SIGTERM)
-        _, err = self.process.communicate(timeout=30)
-        return err
-
-    def kill_all(self) -> None:
-        if self.process.poll() is None:
-            self.workers()  # the current ones too
-        for pid in [*self.seen, self.process.pid]:
-            reap(pid, timeout=1)
-        self.process.wait(5)
-        if self.process.stderr is not None:
-            self.process.stderr.close()
-        Path(self.address).unlink(missing_ok=True)
+def _gunicorn(config: str, runtime_dir: Path, max_requests: int = 0) -> Gunicorn:
+    """The counter example under gunicorn; ``max_requests``: each worker's, 0 for no limit."""
+    env = {"COUNTER_MAX_REQUESTS": str(max_requests)}
+    return Gunicorn("gunicorn_counter", "app:app", config, runtime_dir, bind="COUNTER_BIND", env=env)
 
 
 @pytest.fixture(params=["gunicorn.conf.py", "gunicorn_preload.conf.py"])
 def gunicorn(request: pytest.FixtureRequest, runtime_dir: Path) -> Iterator[Gunicorn]:
-    server = Gunicorn(request.param, runtime_dir)
+    server = _gunicorn(request.param, runtime_dir)
     try:
         yield server
     finally:
@@ -158,7 +116,7 @@ def test_the_rate_limit_is_shared_by_every_worker(gunicorn: Gunicorn) -> None:
 
 @pytest.mark.timeout(120)
 def test_max_requests_recycling_hands_hosting_over_without_failing_a_request(runtime_dir: Path) -> None:
-    server = Gunicorn("gunicorn.conf.py", runtime_dir, max_requests=30)
+    server = _gunicorn("gunicorn.conf.py", runtime_dir, max_requests=30)
     try:
         replies = _counts(server.address, requests=240, threads=4)  # every worker recycled twice
         hosts = {r["host"] for r in replies}
