@@ -24,7 +24,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from . import _fork
-from ._aiorun import Runner, validate_workers
+from ._aiorun import DEFAULT_WORKERS, Runner, validate_workers
 from ._framing import DEFAULT_MAX_SIZE
 from ._requests import RequestChannel
 from ._timing import Deadline, validate_timeout
@@ -41,7 +41,6 @@ if TYPE_CHECKING:
 __all__ = ["AsyncRequestChannel", "MessageStream", "busy_error", "check_plain_function", "time_left"]
 
 _LOGGER = logging.getLogger("ipchannel")
-_DEFAULT_WORKERS = 8
 _BUSY = "every ipchannel-aio worker thread was busy"
 
 
@@ -95,7 +94,7 @@ class AsyncRequestChannel:
         name: str,
         on_request: Callable[[Any], Any] | None,
         *,
-        workers: int = _DEFAULT_WORKERS,
+        workers: int = DEFAULT_WORKERS,
         codec: str | Codec = "json",
         runtime_dir: str | os.PathLike[str] | None = None,
         max_message_size: int = DEFAULT_MAX_SIZE,

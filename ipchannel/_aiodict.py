@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _fork
 from ._aio import busy_error, time_left
-from ._aiorun import Runner, validate_workers
+from ._aiorun import DEFAULT_WORKERS, Runner, validate_workers
 from ._auth import validate_authkey
 from ._codecs import resolve_codec
 from ._errors import ChannelClosed, ChannelError
@@ -63,7 +63,7 @@ class AsyncSharedDict(Mapping[Any, Any]):
         self,
         name: str,
         *,
-        workers: int = 8,
+        workers: int = DEFAULT_WORKERS,
         codec: str | Codec = "json",
         runtime_dir: str | os.PathLike[str] | None = None,
         authkey: bytes | None = None,

@@ -29,9 +29,10 @@ if TYPE_CHECKING:
 
     from ._timing import Deadline
 
-__all__ = ["Runner", "validate_workers"]
+__all__ = ["DEFAULT_WORKERS", "Runner", "validate_workers"]
 
 _LOGGER = logging.getLogger("ipchannel")
+DEFAULT_WORKERS = 8  # threads of an async object, unless it is given ``workers``
 _JOIN_TIMEOUT = 5.0  # a worker still in a call after close() is logged, not waited for
 
 
