@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
@@ -40,13 +39,6 @@ def _open_cache(location: str, runtime_dir: str, options: dict[str, Any]) -> Sha
     return cache
 
 
-def _poll(predicate: Any, timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()) and time.monotonic() < deadline:
-        time.sleep(0.005)
-    return value
-
-
 class _CachePeer:
     def __init__(self, name: str, runtime_dir: str, options: dict[str, Any]) -> None:
         self.cache = _open_cache(name, runtime_dir, options)
@@ -64,7 +56,7 @@ class _CachePeer:
             cache.set(args["key"], args["value"], args["seconds"])
             return {}
         if cmd == "wait_get":
-            _poll(lambda: cache.get(args["key"]) == args["value"], args.get("within", 10))
+            _peers.wait_for(lambda: cache.get(args["key"]) == args["value"], args.get("within", 10))
             return {"got": cache.get(args["key"])}
         if cmd == "incr":
             return {"results": [cache.incr(args["key"]) for _ in range(args["times"])]}
@@ -73,7 +65,7 @@ class _CachePeer:
                 cache.set(f"{args['prefix']}{i}", i, args["seconds"][i % len(args["seconds"])])
             return {}
         if cmd == "keys":
-            _poll(lambda: shared.position >= tuple(args["position"]), 10)
+            _peers.wait_for(lambda: shared.position >= tuple(args["position"]), 10)
             return {"keys": list(shared.copy())}
         if cmd == "start_writing":
             self._writer = threading.Thread(target=self._write, args=(args["prefix"],), daemon=True)
@@ -88,7 +80,7 @@ class _CachePeer:
             return {"count": self._written, "errors": self._errors}
         if cmd == "check":
             keys = [f"{args['prefix']}{i}" for i in range(args["count"])]
-            _poll(lambda: all(cache.has_key(k) for k in keys), 10)
+            _peers.wait_for(lambda: all(cache.has_key(k) for k in keys), 10)
             return {"missing": [k for k in keys if cache.get(k) != int(k.rsplit("-", 1)[1])]}
         raise ValueError(cmd)
 
@@ -108,20 +100,11 @@ def cache_peer_main(conn: Connection, name: str, runtime_dir: str, options: dict
     _peers._serve_commands(conn, _CachePeer(name, runtime_dir, options))  # noqa: SLF001
 
 
-def _child(cache: SharedDictCache, i: int, times: int, out: str) -> None:
-    """Body of a forked child: read the parent's value, increment, set a key of its own; report; exit."""
-    code = 0
-    try:
-        result: dict[str, Any] = {
-            "seen": cache.get("seen"),
-            "values": [cache.incr("x") for _ in range(times)],
-        }
-        cache.set(f"child-{i}", i, None)
-    except BaseException as exc:  # noqa: BLE001 - reported, then the child dies hard
-        result, code = {"error": repr(exc)}, 1
-    with open(out, "w") as f:
-        json.dump(result, f)
-    os._exit(code)
+def _child(cache: SharedDictCache, i: int, times: int) -> dict[str, Any]:
+    """Body of a forked child: read the parent's value, increment, set a key of its own; report."""
+    result = {"seen": cache.get("seen"), "values": [cache.incr("x") for _ in range(times)]}
+    cache.set(f"child-{i}", i, None)
+    return result
 
 
 def fork_main(conn: Connection, runtime_dir: str, children: int, times: int) -> None:
@@ -129,19 +112,9 @@ def fork_main(conn: Connection, runtime_dir: str, children: int, times: int) -> 
     cache = _open_cache("forked", runtime_dir, {})
     cache.set("seen", "from the parent", None)
     cache.set("x", 0, None)
-    pids = []
-    for i in range(children):
-        pid = os.fork()
-        if pid == 0:
-            _child(cache, i, times, os.path.join(runtime_dir, f"child-{i}.json"))
-        pids.append(pid)
-    statuses = [os.waitpid(pid, 0)[1] for pid in pids]
-    results = []
-    for i in range(children):
-        with open(os.path.join(runtime_dir, f"child-{i}.json")) as f:
-            results.append(json.load(f))
+    statuses, results = _peers.fork_children(children, runtime_dir, lambda i: _child(cache, i, times))
     child_keys = [f"child-{i}" for i in range(children)]
-    _poll(lambda: all(cache.has_key(k) for k in child_keys), 10)
+    _peers.wait_for(lambda: all(cache.has_key(k) for k in child_keys), 10)
     conn.send(
         {
             "statuses": statuses,

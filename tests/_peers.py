@@ -297,7 +297,7 @@ def pause_at(point: str, marker: str, flag: str, release: str | None = None) -> 
             if where == at and mark in text:
                 open(touch, "w").close()
                 if until != "":
-                    _wait_for(lambda u=until: u is not None and os.path.exists(u), timeout=60)
+                    wait_for(lambda u=until: u is not None and os.path.exists(u), timeout=60)
 
     _PAUSES.append((point, marker, flag, release))
     _hooks.pause = pause
@@ -415,7 +415,8 @@ def request_peer_main(
     _serve_commands(conn, _RequestPeer(name, runtime_dir, codec, authkey))
 
 
-def _wait_for(predicate: Any, timeout: float = 5.0) -> bool:
+def wait_for(predicate: Any, timeout: float = 5.0) -> bool:
+    """Poll ``predicate`` until true (True) or ``timeout`` seconds pass (False)."""
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
@@ -426,12 +427,12 @@ def _wait_for(predicate: Any, timeout: float = 5.0) -> bool:
 
 def _request_fork_child(channel: ipchannel.RequestChannel, got: list[Any], ready: int) -> dict[str, Any]:
     """In the forked child: the subscription comes back by itself; then request and publish."""
-    resumed = _wait_for(lambda: channel.subscribed_generation is not None)  # no call of ours needed
+    resumed = wait_for(lambda: channel.subscribed_generation is not None)  # no call of ours needed
     os.write(ready, b"s")
-    heard_parent = _wait_for(lambda: "parent after fork" in got)
+    heard_parent = wait_for(lambda: "parent after fork" in got)
     reply = channel.request({"child": os.getpid()}, timeout=5)
     channel.publish("from child", timeout=5)  # numbered like the parent's next one, from another id
-    _wait_for(lambda: "from child" in got)
+    wait_for(lambda: "from child" in got)
     return {
         "event": "child",
         "pid": os.getpid(),
@@ -481,7 +482,7 @@ def request_fork_main(conn: Connection, name: str, runtime_dir: str) -> None:
     _, status = os.waitpid(pid, 0)
     os.unlink(hold)
     waiter.join(20)
-    _wait_for(lambda: "from child" in got)
+    wait_for(lambda: "from child" in got)
     after = channel.request("parent after", timeout=5)
     conn.send(
         {
@@ -561,16 +562,34 @@ def dict_peer_main(conn: Connection, name: str, runtime_dir: str, log: str | Non
     _serve_commands(conn, _DictPeer(name, runtime_dir, log))
 
 
-def _incr_in_child(d: ipchannel.SharedDict, times: int, out: str) -> None:
-    """Body of a forked child: ``times`` increments of "x", the values returned written to ``out``."""
-    code = 0
-    try:
-        result: dict[str, Any] = {"values": [d.incr("x") for _ in range(times)]}
-    except BaseException as exc:  # noqa: BLE001 - reported, then the child dies hard
-        result, code = {"error": repr(exc)}, 1
-    with open(out, "w") as f:
-        json.dump(result, f)
-    os._exit(code)
+def fork_children(
+    children: int, runtime_dir: str, body: Callable[[int], dict[str, Any]]
+) -> tuple[list[int], list[dict[str, Any]]]:
+    """Fork ``children`` children, child ``i`` running ``body(i)``; wait; return statuses and reports.
+
+    Each child writes what ``body`` returned (or ``{"error": ...}``, exiting 1) to a file
+    of ``runtime_dir`` and exits hard, as a forked worker that must not run the parent's code.
+    """
+    pids = []
+    for i in range(children):
+        out = os.path.join(runtime_dir, f"child-{i}.json")
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                result = body(i)
+            except BaseException as exc:  # noqa: BLE001 - reported, then the child dies hard
+                result, code = {"error": repr(exc)}, 1
+            with open(out, "w") as f:
+                json.dump(result, f)
+            os._exit(code)
+        pids.append(pid)
+    statuses = [os.waitpid(pid, 0)[1] for pid in pids]
+    results = []
+    for i in range(children):
+        with open(os.path.join(runtime_dir, f"child-{i}.json")) as f:
+            results.append(json.load(f))
+    return statuses, results
 
 
 def dict_fork_main(  # noqa: PLR0917 - a spawn target takes positional arguments
@@ -580,17 +599,9 @@ def dict_fork_main(  # noqa: PLR0917 - a spawn target takes positional arguments
     d = ipchannel.SharedDict(name, runtime_dir=runtime_dir, timeout=10)
     if write_first:
         d["x"] = 0
-    pids = []
-    for i in range(children):
-        pid = os.fork()
-        if pid == 0:
-            _incr_in_child(d, times, os.path.join(runtime_dir, f"child-{i}.json"))
-        pids.append(pid)
-    statuses = [os.waitpid(pid, 0)[1] for pid in pids]
-    results = []
-    for i in range(children):
-        with open(os.path.join(runtime_dir, f"child-{i}.json")) as f:
-            results.append(json.load(f))
+    statuses, results = fork_children(
+        children, runtime_dir, lambda _i: {"values": [d.incr("x") for _ in range(times)]}
+    )
     conn.send(
         {"statuses": statuses, "results": results, "final": d.get("x"), "is_host": d.channel.channel.is_host}
     )
@@ -622,7 +633,7 @@ def job_fork_main(conn: Connection, name: str, runtime_dir: str) -> None:
     """Host a channel that runs a job, fork while it runs; the child must start with no job of its own."""
     channel = ipchannel.Channel(name, echo_handler, runtime_dir=runtime_dir)
     job = ipchannel.run_on_host(channel, lambda: None, every=0.01)
-    _wait_for(lambda: job.runs >= 3)
+    wait_for(lambda: job.runs >= 3)
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:
