@@ -149,7 +149,7 @@ class Channel:
     def _reset_runtime_state(self, state: State) -> None:
         self._state_lock = threading.Lock()
         self._elect_lock = threading.Lock()
-        self._recovery_lock = threading.Lock()  # see ChannelSocket._recover
+        self._recovery_lock = threading.Lock()  # the one socket looking for the next host holds it
         self._stopping = threading.Event()
         self._state: State = state
         self._record: HostRecord | None = None  # the live host we know; ours while hosting
@@ -568,11 +568,6 @@ class Channel:
         """Tell a socket that saw EOF whether this channel already follows a newer host than ``record``."""
         known = self._record
         return known is not None and known.generation > record.generation
-
-    @property
-    def _recovery_gate(self) -> threading.Lock:
-        """Held by the one socket at a time that looks for the next host after its connection ended."""
-        return self._recovery_lock
 
     def _timeout_error(self, deadline: Deadline, detail: str = "") -> ChannelTimeout:
         """Return the error for a wait on this channel that ran out (the request layer's too).

@@ -79,8 +79,8 @@ class _Owner(Protocol):
 
     def _moved_on_from(self, record: HostRecord) -> bool: ...
 
-    @property
-    def _recovery_gate(self) -> threading.Lock: ...
+    #: held by the one socket at a time that looks for the next host after its connection ended
+    _recovery_lock: threading.Lock
 
     def _open_connection(
         self, deadline: Deadline, avoid: HostRecord | None = None
@@ -236,7 +236,7 @@ class ChannelSocket(socket.socket):
             # A host's death ends every connection to it at once. One socket of the channel at a time
             # finds the next host; the others then connect to it straight away, instead of all asking
             # the coordinator together: a herd of threads doing that holds the GIL for milliseconds.
-            gate = owner._recovery_gate  # noqa: SLF001
+            gate = owner._recovery_lock  # noqa: SLF001
             gated = gate.acquire(timeout=_GATE_WAIT)
             try:
                 return self._recover_from(owner, old)
