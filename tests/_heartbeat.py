@@ -1,41 +1,106 @@
-"""An event-loop heartbeat: how late is a task that sleeps 1 ms at a time, and why.
+"""An event-loop heartbeat: how late is a task that sleeps 1 ms at a time, and whose fault is it.
 
-Each tick records, beside its lateness, what kept the loop thread from running:
+On the test machine (a 2-core VM) an event loop that does nothing at all, in a process with
+no other thread, wakes up to 6-11 ms late now and then: the VM did not run it (``Witness``
+measures such a loop in another process beside each test). Raw lateness therefore cannot tell
+whether ipchannel delayed the loop, so each tick also records what this process did meanwhile,
+through the loop's selector (``TimedSelector``) and the CPU clocks:
 
-- run-queue wait: time the kernel kept the loop thread runnable but not running
-  (``/proc/thread-self/schedstat``), i.e. the machine's other load;
-- garbage collection (``gc.callbacks``; any thread, holding the GIL throughout).
+- ``outside``: time the loop spent outside ``select()``: callbacks and tasks running, the loop
+  thread waiting for the GIL, blocked in a call or a lock. A blocking call on the loop counts
+  in full here.
+- ``overshoot``: time ``select()`` returned after its timeout: the VM not waking the loop, or
+  the loop thread waiting for the GIL once the wait was over.
+- ``others``: CPU time of every other thread of this process (process CPU less the loop
+  thread's). Only a running thread holds the GIL (one preempted holding it is the machine's
+  load), so this bounds the GIL wait inside an overshoot.
 
-``check()`` fails if a tick was late by more than ``GUARD`` once the kernel's part is
-taken out; with ``IPCHANNEL_STRICT_HEARTBEAT=1`` (a machine with cores to spare) raw
-lateness is held to it, and with ``IPCHANNEL_HEARTBEAT_BOUND=0.005`` to the issue's
-target. The target (``TARGET``, 5 ms) is not met every time on a 2-core machine: about
-1 run in 10 has a tick 5-6.5 ms late (threads of this process waiting for the GIL while
-its holder is preempted), so the test guards 10 ms, which any blocking call on the loop
-during a failover (5-50 ms) exceeds, and prints each run's numbers beside the target.
-The failure message lists every late tick with its causes.
+``own = min(late, outside + min(overshoot, others))`` bounds the lateness this process caused
+from above; the rest is the machine's. ``check()`` holds ``own`` to ``BOUND``, the issue's
+5 ms; ``IPCHANNEL_STRICT_HEARTBEAT=1`` holds raw lateness to it, for a machine that keeps its
+timers. The late ticks are listed with their run-queue wait (``/proc/thread-self/schedstat``)
+and garbage-collection time. ``test_the_heartbeat_blames_this_process_for_what_it_did`` checks
+that a blocking call on the loop, and a thread holding the GIL, count in full.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import os
+import selectors
+import subprocess
+import sys
 import time
+import weakref
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable
 
 TICK = 0.001
-TARGET = 0.005  # the issue's bound: reported, not yet met in every run
-GUARD = float(os.environ.get("IPCHANNEL_HEARTBEAT_BOUND", "0.010"))  # asserted
+BOUND = 0.005  # the issue's: no tick later than this by this process's doing
 SWITCH_INTERVAL = 0.001  # sys.setswitchinterval() in the measured process, as the README advises
 STRICT = os.environ.get("IPCHANNEL_STRICT_HEARTBEAT") == "1"
 
 
-class Heartbeat:
-    """Sleep ``TICK`` at a time on the running loop; record each wake-up's lateness and its causes."""
+class TimedSelector(selectors.DefaultSelector):
+    """The default selector, adding up the time spent in ``select()`` (waiting, then retaking the GIL)."""
 
     def __init__(self) -> None:
-        #: (monotonic time, lateness, run-queue wait, gc time), in seconds
-        self.ticks: list[tuple[float, float, float, float]] = []
+        super().__init__()
+        self.waited = 0.0  #: seconds in select() in all
+        self.overshot = 0.0  #: seconds select() returned after its timeout, in all
+        self.selecting = False  #: the loop thread is in select() (set and cleared holding the GIL)
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        start = time.monotonic()
+        self.selecting = True
+        try:
+            return super().select(timeout)
+        finally:
+            self.selecting = False
+            took = time.monotonic() - start
+            self.waited += took
+            if timeout is not None and took > timeout:
+                self.overshot += took - timeout
+
+
+_SELECTORS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, TimedSelector] = weakref.WeakKeyDictionary()
+
+
+def run(coro: Awaitable[None], timeout: float) -> None:
+    """As ``asyncio.run(coro)`` within ``timeout`` seconds, on a fresh loop whose selector is timed."""
+    selector = TimedSelector()
+    loop = asyncio.SelectorEventLoop(selector)
+    _SELECTORS[loop] = selector
+
+    async def bounded() -> None:
+        await asyncio.wait_for(coro, timeout)
+
+    try:
+        loop.run_until_complete(bounded())
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.run_until_complete(loop.shutdown_default_executor())
+    finally:
+        loop.close()
+
+
+def selector_of(loop: asyncio.AbstractEventLoop) -> TimedSelector:
+    """The timed selector of ``loop``, made by ``run``."""
+    selector = _SELECTORS.get(loop)
+    if selector is None:
+        raise RuntimeError("a Heartbeat runs on a loop made by _heartbeat.run(), whose selector is timed")
+    return selector
+
+
+class Heartbeat:
+    """Sleep ``TICK`` at a time on the running loop (made by ``run``); record each wake-up and its causes."""
+
+    def __init__(self) -> None:
+        #: (monotonic time, lateness, own part, run-queue wait, gc time), in seconds
+        self.ticks: list[tuple[float, float, float, float, float]] = []
         self._gc: list[tuple[float, float]] = []
         self._gc_start = 0.0
         self._stop = asyncio.Event()
@@ -48,25 +113,34 @@ class Heartbeat:
         else:
             self._gc.append((self._gc_start, time.monotonic()))
 
-    async def _run(self) -> None:
-        # One pread per tick: every syscall on the loop thread lets go of the GIL, so reading more
-        # (say every thread's counters) would itself give other threads chances to delay the loop.
+    async def _run(self, selector: TimedSelector) -> None:
+        # One pread and one clock read per tick: a syscall on the loop thread lets go of the GIL, so
+        # reading more (say every thread's counters) would itself give other threads chances to delay it.
         fd = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
         gc.callbacks.append(self._on_gc)
         try:
-            last, waited = time.monotonic(), _run_queue_wait(fd)
+            last, inside, overshot = time.monotonic(), selector.waited, selector.overshot
+            cpu = time.process_time()
+            ran, waited = _schedstat(fd)
             while not self._stop.is_set():
                 await asyncio.sleep(TICK)
-                now, now_waited = time.monotonic(), _run_queue_wait(fd)
+                now, now_inside, now_overshot = time.monotonic(), selector.waited, selector.overshot
+                now_cpu, (now_ran, now_waited) = time.process_time(), _schedstat(fd)
+                late = now - last - TICK
+                outside = (now - last) - (now_inside - inside)
+                others = max(0.0, (now_cpu - cpu) - (now_ran - ran))
+                own = min(late, outside + min(now_overshot - overshot, others))
                 in_gc = sum(min(end, now) - max(start, last) for start, end in self._gc if end > last)
-                self.ticks.append((now, now - last - TICK, now_waited - waited, in_gc))
-                last, waited = now, now_waited
+                self.ticks.append((now, late, own, now_waited - waited, in_gc))
+                last, inside, overshot, cpu = now, now_inside, now_overshot, now_cpu
+                ran, waited = now_ran, now_waited
         finally:
             gc.callbacks.remove(self._on_gc)
             os.close(fd)
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._run(selector_of(loop)))
 
     async def stop(self) -> None:
         self._stop.set()
@@ -78,31 +152,86 @@ class Heartbeat:
         return max(late for at, late, *_ in self.ticks if start <= at <= end)
 
     def worst_own(self) -> float:
-        """The largest lateness the kernel does not explain: what this process made the loop wait."""
-        return max(late - waited for _, late, waited, _ in self.ticks)
+        """The largest lateness this process can have caused (``own``, see the module's docstring)."""
+        return max(own for _, _, own, *_ in self.ticks)
 
     def check(self) -> None:
-        """Fail if a tick was late by more than ``GUARD`` (less the kernel's part, unless STRICT)."""
+        """Fail if a tick was late by more than ``BOUND`` by this process's doing (raw lateness if STRICT)."""
         worst = self.worst() if STRICT else self.worst_own()
-        assert worst <= GUARD, self.summary()
+        assert worst <= BOUND, self.summary()
 
     def summary(self) -> str:
         lates = sorted(late for _, late, *_ in self.ticks)
         p99 = lates[int(len(lates) * 0.99)]
-        late = [tick for tick in self.ticks if tick[1] > TARGET]  # the late ones are listed
+        late = [tick for tick in self.ticks if tick[1] > BOUND]  # the late ones are listed
         detail = ", ".join(
             f"{late * 1000:.1f} ms at {(at - self.event) * 1000:+.0f} ms"
-            f" (run queue {waited * 1000:.1f}, gc {in_gc * 1000:.1f})"
-            for at, late, waited, in_gc in late[:10]
+            f" (own {own * 1000:.1f}, run queue {waited * 1000:.1f}, gc {in_gc * 1000:.1f})"
+            for at, late, own, waited, in_gc in late[:10]
         )
         return (
             f"{len(lates)} ticks, max {lates[-1] * 1000:.2f} ms late (p99 {p99 * 1000:.2f});"
-            f" less the kernel's run-queue waits {self.worst_own() * 1000:.2f} ms"
-            f" (target {TARGET * 1000:.0f} ms: {'met' if self.worst_own() <= TARGET else 'MISSED'})"
+            f" this process's part at most {self.worst_own() * 1000:.2f} ms"
+            f" (bound {BOUND * 1000:.0f} ms: {'met' if self.worst_own() <= BOUND else 'MISSED'})"
             + (f"; late ticks: {detail}" if late else "")
         )
 
 
-def _run_queue_wait(fd: int) -> float:
-    """Seconds the loop thread has spent runnable, waiting for a CPU (schedstat's second field)."""
-    return int(os.pread(fd, 100, 0).split()[1]) / 1e9
+def _schedstat(fd: int) -> tuple[float, float]:
+    """Seconds the loop thread has spent on a CPU, and runnable but waiting for one (schedstat)."""
+    ran, waited, _ = os.pread(fd, 100, 0).split()
+    return int(ran) / 1e9, int(waited) / 1e9
+
+
+def witness_main() -> None:
+    """The witness: an empty loop's heartbeat until stdin closes; print its lateness as JSON."""
+
+    async def main() -> None:
+        beat = Heartbeat()
+        beat.start()
+        loop = asyncio.get_running_loop()
+        closed = asyncio.Event()
+
+        def on_stdin() -> None:
+            if not os.read(sys.stdin.fileno(), 100):  # the test closed it: stop
+                closed.set()
+
+        loop.add_reader(sys.stdin.fileno(), on_stdin)
+        print("ready", flush=True)
+        await closed.wait()
+        await beat.stop()
+        lates = [late for _, late, *_ in beat.ticks]
+        over = sum(late > BOUND for late in lates)
+        print(json.dumps({"ticks": len(lates), "max": max(lates), "over": over}))
+
+    run(main(), timeout=600)
+
+
+class Witness:
+    """An empty event loop's heartbeat in a process of its own, beside a test: what the machine does alone."""
+
+    def __init__(self) -> None:
+        self._proc = subprocess.Popen(
+            [sys.executable, __file__], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        assert self._proc.stdout is not None
+        assert self._proc.stdout.readline() == "ready\n"
+        self.result: dict[str, Any] = {}
+
+    def finish(self) -> str:
+        """Stop the witness; return what it saw, as a sentence."""
+        out, _ = self._proc.communicate(timeout=10)
+        self.result = json.loads(out)
+        return (
+            f"an empty loop in another process meanwhile: {self.result['ticks']} ticks,"
+            f" max {self.result['max'] * 1000:.2f} ms late, {self.result['over']} over {BOUND * 1000:.0f} ms"
+        )
+
+    def kill(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.kill()
+        self._proc.wait()
+
+
+if __name__ == "__main__":
+    witness_main()
