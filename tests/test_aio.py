@@ -1,9 +1,10 @@
 """ipchannel.aio with real processes: awaited requests, streams, shared-dict writes, a heartbeat.
 
-The heartbeat (``_heartbeat``) is a task that sleeps 1 ms at a time on the test's
-event loop and records how late each wake-up is; the bound (5 ms) holds while
-requests are in flight, while the host is SIGKILLed, and while another process or
-this one takes over.
+Each failover test runs twice. Timed: the heartbeat (``_heartbeat``), a task that sleeps
+1 ms at a time on the test's event loop, records how late each wake-up is and how much of
+that this process can have caused, printed beside the issue's 5 ms (asserted: 50 ms, a gross
+stall; the VM alone makes an empty loop 6-18 ms late at times). Watched: every call on the
+loop thread that can block it (``_blocking``) fails the test, whatever it costs in time.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import asyncio
 import contextlib
 import gc
 import os
+import select
 import signal
+import socket
 import sys
 import threading
 import time
@@ -21,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import _heartbeat
 import _peers
 import pytest
+from _blocking import BlockingCalls
 from _heartbeat import SWITCH_INTERVAL, Heartbeat, Witness
 from conftest import SPAWN, Peers
 
@@ -189,12 +193,36 @@ def test_shared_dict_writes_are_awaited_reads_are_local(peers: Peers) -> None:
 
 # -- the heartbeat during failover ------------------------------------------------------------
 
+CHECKS = ["lateness", "blocking calls"]  # each failover test runs twice: timed, then watched for waits
+
+
+def watch(check: str) -> contextlib.AbstractContextManager[BlockingCalls | None]:
+    """On the running loop's thread: record the calls that can block it, if ``check`` asks for that."""
+    if check == "blocking calls":
+        return BlockingCalls(_heartbeat.selector_of(asyncio.get_running_loop()))
+    return contextlib.nullcontext()
+
+
+def verdict(check: str, what: str, beat: Heartbeat, calls: BlockingCalls | None, machine: str) -> None:
+    """Fail on any call that could block the loop, or (timed) on a stall this process caused."""
+    if check == "blocking calls":
+        assert calls is not None
+        assert calls.found == [], f"{what}: the loop thread made calls that can block:\n" + "\n".join(
+            calls.found[:20]
+        )
+        print(f"\n{what}: no call that can block the loop, in {len(beat.ticks)} ticks")
+        return
+    print(f"\nheartbeat, {what}: {beat.summary()}")
+    print(f"  {machine}")
+    beat.check()
+
 
 @pytest.mark.timeout(90)
+@pytest.mark.parametrize("check", CHECKS)
 @pytest.mark.parametrize("taker", ["a peer", "this process"])
 @pytest.mark.usefixtures("frozen_gc", "quick_gil_handoff")
 def test_the_loop_stays_on_time_while_the_host_is_killed(
-    peers: Peers, runtime_dir: Path, taker: str, witness: Witness
+    peers: Peers, runtime_dir: Path, taker: str, check: str, witness: Witness
 ) -> None:
     started = peers.start_requests(2 if taker == "a peer" else 1)
     for peer in started:
@@ -209,40 +237,45 @@ def test_the_loop_stays_on_time_while_the_host_is_killed(
         ) as channel:
             for _ in range(20):  # warm up: workers started, connections open
                 await channel.request("warm")
-            beat = Heartbeat()
-            beat.start()
-            held = [asyncio.create_task(channel.request({"op": "hold"}, timeout=20)) for _ in range(4)]
-            stop = asyncio.Event()
-            answered: list[tuple[float, int]] = []
+            with watch(check) as calls:
+                beat = Heartbeat()
+                beat.start()
+                await requests_through_the_kill(channel, beat)
+            outcome["calls"] = calls
 
-            async def load() -> None:
-                while not stop.is_set():
-                    reply = await channel.request("load", timeout=20)
-                    answered.append((time.monotonic(), reply["pid"]))
-                    await asyncio.sleep(PACE)
+    async def requests_through_the_kill(channel: AsyncRequestChannel, beat: Heartbeat) -> None:
+        held = [asyncio.create_task(channel.request({"op": "hold"}, timeout=20)) for _ in range(4)]
+        stop = asyncio.Event()
+        answered: list[tuple[float, int]] = []
 
-            loaders = [asyncio.create_task(load()) for _ in range(4)]
-            await until(lambda: entered(runtime_dir, host.pid) == 4, 10, "4 requests held by the host")
-            await until(lambda: len(answered) >= 50, 10, "load before the kill")
-            os.kill(host.pid, signal.SIGKILL)  # reaped after the measurement: join() would block the loop
-            killed = beat.event = time.monotonic()
-            replies = await asyncio.gather(*held)  # resent to the new host, answered there
-            recovered = time.monotonic()
-            await until(
-                lambda: time.monotonic() > killed + 1 and sum(1 for t, _ in answered if t > killed) >= 200,
-                20,
-                "a second of load after the kill",
-            )
-            stop.set()
-            await asyncio.gather(*loaders)
-            await beat.stop()
-            outcome.update(
-                held=replies,
-                after={pid for t, pid in answered if t > recovered},
-                beat=beat,
-                around=beat.worst(killed - 0.05, killed + 1.0),
-                is_host=channel.channel.is_host,
-            )
+        async def load() -> None:
+            while not stop.is_set():
+                reply = await channel.request("load", timeout=20)
+                answered.append((time.monotonic(), reply["pid"]))
+                await asyncio.sleep(PACE)
+
+        loaders = [asyncio.create_task(load()) for _ in range(4)]
+        await until(lambda: entered(runtime_dir, host.pid) == 4, 10, "4 requests held by the host")
+        await until(lambda: len(answered) >= 50, 10, "load before the kill")
+        os.kill(host.pid, signal.SIGKILL)  # reaped after the measurement: join() would block the loop
+        killed = beat.event = time.monotonic()
+        replies = await asyncio.gather(*held)  # resent to the new host, answered there
+        recovered = time.monotonic()
+        await until(
+            lambda: time.monotonic() > killed + 1 and sum(1 for t, _ in answered if t > killed) >= 200,
+            20,
+            "a second of load after the kill",
+        )
+        stop.set()
+        await asyncio.gather(*loaders)
+        await beat.stop()
+        outcome.update(
+            held=replies,
+            after={pid for t, pid in answered if t > recovered},
+            beat=beat,
+            around=beat.worst(killed - 0.05, killed + 1.0),
+            is_host=channel.channel.is_host,
+        )
 
     run(main(), timeout=60)
     machine = witness.finish()
@@ -251,18 +284,22 @@ def test_the_loop_stays_on_time_while_the_host_is_killed(
     assert len(new_hosts) == 1, new_hosts
     assert host.pid not in new_hosts
     assert outcome["is_host"] == (taker == "this process")
-    beat = outcome["beat"]
-    around = outcome["around"] * 1000
-    print(f"\nheartbeat, {taker} takes over: {beat.summary()}; raw within 1 s of the kill {around:.2f} ms")
-    print(f"  {machine}")
-    beat.check()
+    around = f"{outcome['around'] * 1000:.2f} ms"
+    verdict(
+        check,
+        f"{taker} takes over (raw within 1 s of the kill {around})",
+        outcome["beat"],
+        outcome["calls"],
+        machine,
+    )
 
 
 @pytest.mark.timeout(90)
+@pytest.mark.parametrize("check", CHECKS)
 @pytest.mark.parametrize("taker", ["a peer", "this process"])
 @pytest.mark.usefixtures("frozen_gc", "quick_gil_handoff")
 def test_shared_dict_counts_every_returned_write_once_across_the_host_kill(
-    peers: Peers, taker: str, witness: Witness
+    peers: Peers, taker: str, check: str, witness: Witness
 ) -> None:
     dict_peers = peers.start_dicts(2 if taker == "a peer" else 1)  # alone, this process must take over
     dict_peers[0].call("set_then_get", key="n", value=0)
@@ -272,33 +309,38 @@ def test_shared_dict_counts_every_returned_write_once_across_the_host_kill(
     async def main() -> None:
         async with AsyncSharedDict("test", timeout=10) as shared:
             shared.channel.channel.may_host = taker == "this process"  # the public switch, as for a Channel
-            beat = Heartbeat()
-            beat.start()
-            stop = asyncio.Event()
-            returned: list[float] = []
-
-            async def count() -> None:
-                while not stop.is_set():
-                    await shared.incr("n")
-                    returned.append(time.monotonic())
-                    await asyncio.sleep(PACE)
-
-            counters = [asyncio.create_task(count()) for _ in range(4)]
-            await until(lambda: len(returned) >= 100, 10, "increments before the kill")
-            os.kill(host.pid, signal.SIGKILL)
-            killed = beat.event = time.monotonic()
-            await until(
-                lambda: time.monotonic() > killed + 1 and sum(1 for t in returned if t > killed) >= 100,
-                20,
-                "a second of increments after the kill",
-            )
-            stop.set()
-            await asyncio.gather(*counters)
-            await beat.stop()
-            hosts = shared.channel.channel.is_host
-            outcome.update(returned=len(returned), read=shared["n"], beat=beat, hosts=hosts)
+            with watch(check) as calls:
+                beat = Heartbeat()
+                beat.start()
+                await increments_through_the_kill(shared, beat)
+            outcome["calls"] = calls
             if taker == "this process":  # a newcomer's write while this process hosts (blocks: not timed)
                 outcome["next"] = peers.start_dicts(1)[0].call("incr", key="n", times=1)["results"]
+
+    async def increments_through_the_kill(shared: AsyncSharedDict, beat: Heartbeat) -> None:
+        stop = asyncio.Event()
+        returned: list[float] = []
+
+        async def count() -> None:
+            while not stop.is_set():
+                await shared.incr("n")
+                returned.append(time.monotonic())
+                await asyncio.sleep(PACE)
+
+        counters = [asyncio.create_task(count()) for _ in range(4)]
+        await until(lambda: len(returned) >= 100, 10, "increments before the kill")
+        os.kill(host.pid, signal.SIGKILL)
+        killed = beat.event = time.monotonic()
+        await until(
+            lambda: time.monotonic() > killed + 1 and sum(1 for t in returned if t > killed) >= 100,
+            20,
+            "a second of increments after the kill",
+        )
+        stop.set()
+        await asyncio.gather(*counters)
+        await beat.stop()
+        hosts = shared.channel.channel.is_host
+        outcome.update(returned=len(returned), read=shared["n"], beat=beat, hosts=hosts)
 
     run(main(), timeout=60)
     machine = witness.finish()
@@ -309,10 +351,7 @@ def test_shared_dict_counts_every_returned_write_once_across_the_host_kill(
         survivor = next(p for p in dict_peers if p is not host)
         outcome["next"] = survivor.call("incr", key="n", times=1)["results"]
     assert outcome["next"] == [outcome["returned"] + 1]  # the counter lives on in the new host
-    beat = outcome["beat"]
-    print(f"\nheartbeat, shared dict failover, {taker} takes over: {beat.summary()}")
-    print(f"  {machine}")
-    beat.check()
+    verdict(check, f"shared dict failover, {taker} takes over", outcome["beat"], outcome["calls"], machine)
 
 
 @pytest.mark.timeout(30)
@@ -351,9 +390,43 @@ def test_the_heartbeat_blames_this_process_for_what_it_did(stall: str) -> None:
 
     run(main())
     beat = outcome["beat"]
-    assert beat.worst_own() > 0.015, beat.summary()
-    with pytest.raises(AssertionError, match="MISSED"):
-        beat.check()  # over the guard (10 ms), too: the stalls last 20 and about 40 ms
+    assert beat.worst_own() > 0.015, beat.summary()  # the stalls last 20 ms and about 40 ms
+    assert "(bound 5 ms: MISSED)" in beat.summary()
+
+
+@pytest.mark.timeout(30)
+def test_the_blocking_call_watch_sees_waits_and_passes_what_cannot_wait() -> None:
+    """The other half of the evidence: each kind of wait is seen on the loop thread, and nothing else."""
+    found: list[list[str]] = []
+
+    async def main() -> None:
+        left, right = socket.socketpair()
+        held = threading.Lock()
+        held.acquire()
+        try:
+            with BlockingCalls(_heartbeat.selector_of(asyncio.get_running_loop())) as calls:
+                await asyncio.sleep(0.002)  # the loop's own wait
+                left.settimeout(0.0)
+                with contextlib.suppress(BlockingIOError):
+                    left.recv(1)  # cannot wait
+                threading.Lock().acquire()  # free: cannot wait
+                found.append(list(calls.found))
+                time.sleep(0.001)  # noqa: ASYNC251 - the waits under test
+                right.sendall(b"x")  # a blocking socket, though it does not wait this time
+                held.acquire(timeout=0.001)
+                threading.Event().wait(0.001)
+                select.poll().poll(1)
+            found.append(list(calls.found))
+        finally:
+            held.release()
+            left.close()
+            right.close()
+
+    run(main())
+    assert found[0] == []
+    kinds = [entry.split(" in ", 1)[0] for entry in found[1]]
+    assert kinds == ["sleep", "socket.sendall", "lock.acquire", "lock.acquire", "poll.poll"], found[1]
+    assert "test_aio.py" in found[1][0]  # where it was called from
 
 
 # -- cancellation and timeouts ------------------------------------------------------------------
