@@ -294,6 +294,7 @@ class Channel:
             self._server = self._record = None
             if server is not None and record is not None:
                 self._resign(server, record)
+            self._transport.tidy()
         self._coordinator.close()
         for sock in list(self._sockets):
             sock._close_for_channel()  # noqa: SLF001

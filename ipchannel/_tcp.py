@@ -280,6 +280,9 @@ class TcpTransport:
         """Return None: there is no standby across machines."""
         return None
 
+    def tidy(self) -> None:
+        """Nothing to do: a TCP listener leaves no file behind."""
+
 
 def _read_hello(sock: ChannelSocket) -> int | None:
     sock.settimeout(HANDSHAKE_TIMEOUT)

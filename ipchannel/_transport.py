@@ -87,6 +87,9 @@ class Transport(Protocol):
     ) -> tuple[ChannelSocket, HostRecord] | None:
         """Wait at the standby's side socket until it hosts: the socket and its host record, or None."""
 
+    def tidy(self) -> None:
+        """Remove what processes that died left at this transport's addresses (at close)."""
+
 
 class UnixTransport:
     """AF_UNIX sockets in the runtime directory, with the peer checked by SO_PEERCRED."""
@@ -101,10 +104,15 @@ class UnixTransport:
         authkey: bytes | None,
         gate: Callable[[], bool],  # noqa: ARG002 - the lock and the socket path already decide
     ) -> HostedServer:
-        self._remove_stale_sockets()
+        self.tidy()
         return self._start_server(handler, authkey)
 
-    def _remove_stale_sockets(self) -> None:
+    def tidy(self) -> None:
+        """Remove the private socket files of processes that died.
+
+        Done before listening or standing by, and at close: a process killed while another
+        was starting to stand by may not yet have counted as gone then.
+        """
         for stale in self._paths.stale_socket_temporaries():
             stale.unlink(missing_ok=True)
 
@@ -143,7 +151,7 @@ class UnixTransport:
         authkey: bytes | None,
         gate: Callable[[], bool],  # noqa: ARG002 - as listen()
     ) -> StandbyListener:
-        self._remove_stale_sockets()  # ours from an earlier term too: before the side socket exists
+        self.tidy()  # ours from an earlier term too: before the side socket exists
         return StandbyListener(
             self._paths.standby_path(os.getpid()), lambda: self._start_server(handler, authkey)
         )

@@ -6,13 +6,17 @@ milliseconds; this hook instead records every call on the loop thread that can w
 ``time.sleep``, an ``acquire`` of a lock that is held at that moment (``Event.wait``,
 ``Condition.wait`` and blocking queue gets end in one), a ``get`` from an empty
 ``SimpleQueue``. It is a ``sys.setprofile`` hook, so it watches only the thread that installs
-it (the loop's) and slows that thread down: measure lateness without it.
+it (the loop's) and slows it down (from Python 3.12, every thread somewhat): measure lateness
+without it. The tests watch from after their warm-up until before closing: the first call
+starts the workers (``Thread.start`` waits for each to run) and ``aclose`` joins its closing
+thread once that has finished, both outside the window.
 
-Not seen: ``with lock:`` (the interpreter enters it without a profiled call), and blocking
-work inside other C functions (file I/O, DNS). ipchannel's loop side takes a lock only with
-``with``, for a few bytecodes, and no thread holds those locks across a wait. The hook sees no
-arguments, so ``acquire(blocking=False)`` of a held lock counts too, except in
-``threading.Condition._is_owned``, whose probe returns at once.
+Not seen: ``with lock:`` (the interpreter enters it without a profiled call), and blocking work
+inside other C functions (file I/O, DNS, ``os.read``, ``Thread.join`` on 3.13). An ``RLock``
+(``SharedDict``'s, taken by ``copy()`` and ``position``) is not watched. ipchannel's loop side
+takes a lock only with ``with``, for a few bytecodes, and no thread holds those locks across a
+wait. The hook sees no arguments, so ``acquire(blocking=False)`` of a held lock counts too,
+except in ``threading.Condition._is_owned``, whose probe returns at once.
 """
 
 from __future__ import annotations
@@ -41,7 +45,8 @@ _SOCKET_IO = {
     "socket._accept",
 }
 _LOCKS = {"lock.acquire"}  # ipchannel uses no RLock
-_PROBES = {"_is_owned"}  # threading.Condition's acquire(False) of a held lock: returns at once
+# acquire(False) of a held lock, which returns at once: Condition's, and Thread.is_alive()'s (3.10-3.12)
+_PROBES = {"_is_owned", "_wait_for_tstate_lock"}
 
 
 class BlockingCalls:
@@ -49,6 +54,7 @@ class BlockingCalls:
 
     def __init__(self, selector: TimedSelector) -> None:
         self._selector = selector
+        self._previous: Any = None
         self.found: list[str] = []
 
     def _can_block(self, name: str, arg: Any) -> bool:
@@ -76,10 +82,11 @@ class BlockingCalls:
             self.found.append(f"{name} in " + " < ".join(where))
 
     def __enter__(self) -> BlockingCalls:
+        self._previous = sys.getprofile()
         sys.setprofile(self._profile)
         return self
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        sys.setprofile(None)
+        sys.setprofile(self._previous)

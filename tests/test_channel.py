@@ -280,6 +280,28 @@ def test_stale_record_and_socket_from_a_killed_host_do_not_block(runtime_dir: Pa
         assert _peers.read_line(sock) == f"{os.getpid()} x\n".encode()
 
 
+@pytest.mark.timeout(30)
+def test_close_removes_the_private_sockets_of_processes_that_died_meanwhile(runtime_dir: Path) -> None:
+    """A standby SIGKILLed while the next one was starting may not count as gone yet when that one
+    tidies up (its lock is free a moment before it is a zombie): a closing channel tidies again."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    alive = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        with ipchannel.Channel("test", _peers.echo_handler) as ch:
+            ch.connect(timeout=2)
+            assert ch.is_host  # it has listened (and tidied) already: these come later
+            left = [runtime_dir / f".test.{pid}.sock" for pid in (dead.pid, alive.pid)]
+            left += [runtime_dir / f".test_{pid}.sock" for pid in (dead.pid, alive.pid)]
+            for path in left:
+                path.touch()
+        remaining = sorted(p.name for p in runtime_dir.glob(".test*.sock"))
+        assert remaining == sorted([f".test.{alive.pid}.sock", f".test_{alive.pid}.sock"])  # the live one's
+    finally:
+        alive.kill()
+        alive.wait()
+
+
 def test_record_of_a_reused_pid_does_not_block(runtime_dir: Path) -> None:
     # A live, unrelated process has the recorded pid, with another create time.
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
