@@ -14,8 +14,8 @@ thread once that has finished, both outside the window.
 Not seen: ``with lock:`` (the interpreter enters it without a profiled call), and blocking work
 inside other C functions (file I/O, DNS, ``os.read``, ``Thread.join`` on 3.13). An ``RLock``
 (``SharedDict``'s, taken by ``copy()`` and ``position``) is not watched. ipchannel's loop side
-takes a lock only with ``with``, for a few bytecodes, and no thread holds those locks across a
-wait. The hook sees no arguments, so ``acquire(blocking=False)`` of a held lock counts too,
+takes a lock only with ``with``, for a few bytecodes, and no other thread holds those locks across
+a wait. The hook sees no arguments, so ``acquire(blocking=False)`` of a held lock counts too,
 except in ``threading.Condition._is_owned``, whose probe returns at once.
 """
 
