@@ -4,9 +4,10 @@
 ``SharedDict``) in these threads, so failover, exactly-once and fork safety stay in
 one place. The event loop's part is kept to what cannot stall it: queue a job,
 await a future, and later run the ``call_soon_threadsafe`` callback that settles
-it. The loop never takes a library lock, never waits for a thread, and starts
-threads only at the first call (all ``workers`` of them at once), so nothing is
-started on the loop during a failover.
+it. The loop takes only locks no other thread holds across a wait, and waits for a
+thread only to start the workers: at the first call, all ``workers`` of them at once
+(``Thread.start`` waits for each to run), so nothing is started on the loop during a
+failover.
 
 Why not ``loop.run_in_executor(None, ...)``: the default executor is shared with the
 application (a failover's blocked requests would starve its ``to_thread`` calls),
