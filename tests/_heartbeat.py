@@ -135,8 +135,8 @@ class Heartbeat:
             self._gc.append((self._gc_start, time.monotonic()))
 
     async def _run(self, selector: TimedSelector) -> None:
-        # One pread and one clock read per tick: a syscall on the loop thread lets go of the GIL, so
-        # reading more (say every thread's counters) would itself give other threads chances to delay it.
+        # One pread per tick (the clock reads keep the GIL): a syscall on the loop thread lets go of the
+        # GIL, so reading more (say every thread's counters) would give other threads chances to delay it.
         fd = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
         gc.callbacks.append(self._on_gc)
         try:
@@ -236,7 +236,6 @@ class Witness:
         self._proc = subprocess.Popen(
             [sys.executable, __file__], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
         )
-        self.result: dict[str, Any] = {}
         try:
             assert self._proc.stdout is not None
             ready = self._proc.stdout.readline()  # a crashed witness ends its output: no hang
@@ -249,10 +248,10 @@ class Witness:
         """Stop the witness; return what it saw, as a sentence."""
         out, _ = self._proc.communicate(timeout=10)
         assert self._proc.returncode == 0, f"the witness failed (exit code {self._proc.returncode}): {out!r}"
-        self.result = json.loads(out)
+        seen = json.loads(out)
         return (
-            f"an empty loop in another process meanwhile: {self.result['ticks']} ticks,"
-            f" max {self.result['max'] * 1000:.2f} ms late, {self.result['over']} over {BOUND * 1000:.0f} ms"
+            f"an empty loop in another process meanwhile: {seen['ticks']} ticks,"
+            f" max {seen['max'] * 1000:.2f} ms late, {seen['over']} over {BOUND * 1000:.0f} ms"
         )
 
     def kill(self) -> None:
