@@ -1,7 +1,7 @@
 """Calls that can block the event loop's thread, caught as they are made: timing-free evidence.
 
-The heartbeat (``_heartbeat``) measures lateness, which the test VM blurs by several
-milliseconds; this hook instead records every call on the loop thread that can wait: a
+The heartbeat (``_heartbeat``) blames this process for the lateness its CPU time can explain;
+a wait spends no CPU, so this hook records every call on the loop thread that can wait: a
 ``poll``/``select`` outside the loop's own selector, an I/O call on a blocking socket, a
 ``time.sleep``, an ``acquire`` of a lock that is held at that moment (``Event.wait``,
 ``Condition.wait`` and blocking queue gets end in one), a ``get`` from an empty

@@ -2,9 +2,10 @@
 
 Each failover test runs twice. Timed: the heartbeat (``_heartbeat``), a task that sleeps
 1 ms at a time on the test's event loop, records how late each wake-up is and how much of
-that this process can have caused, printed beside the issue's 5 ms (asserted: 50 ms, a gross
-stall; the VM alone makes an empty loop 6-18 ms late at times). Watched: every call on the
-loop thread that can block it (``_blocking``) fails the test, whatever it costs in time.
+that this process can have caused (its CPU time meanwhile), printed beside the issue's 5 ms
+with the raw lateness and an empty loop's in another process (the VM alone makes an empty loop
+6-18 ms late at times); asserted: 20 ms, a gross stall. Watched: every call on the loop
+thread that can block it (``_blocking``) fails the test, whatever it costs in time.
 """
 
 from __future__ import annotations
@@ -355,18 +356,19 @@ def test_shared_dict_counts_every_returned_write_once_across_the_host_kill(
 
 
 @pytest.mark.timeout(30)
-@pytest.mark.parametrize("stall", ["a blocking call on the loop", "a thread holding the GIL"])
+@pytest.mark.parametrize("stall", ["work on the loop", "a thread holding the GIL"])
 def test_the_heartbeat_blames_this_process_for_what_it_did(stall: str) -> None:
-    """The measurement the bound rests on: what this process does to its loop counts in full.
+    """The measurement the bound rests on: CPU this process spends delaying its loop counts in full.
 
     The thread takes the GIL while the loop waits in its selector, so the loop's wait for the
-    GIL falls inside its select(): only the other threads' CPU time can account for it.
+    GIL falls inside its sleep: only the other thread's CPU time accounts for it. (A blocking
+    call spends no CPU: the blocking-call watch catches it, see the next test.)
     """
     outcome: dict[str, Heartbeat] = {}
 
     start = time.perf_counter()
     sum(range(1_000_000))
-    count = int(1_000_000 * 0.04 / (time.perf_counter() - start))  # about 40 ms, on any machine
+    count = int(1_000_000 * 0.03 / (time.perf_counter() - start))  # about 30 ms, on any machine
 
     def hold_the_gil(selector: _heartbeat.TimedSelector) -> None:
         while not selector.selecting:
@@ -377,8 +379,8 @@ def test_the_heartbeat_blames_this_process_for_what_it_did(stall: str) -> None:
         beat = Heartbeat()
         beat.start()
         await asyncio.sleep(0.05)
-        if stall == "a blocking call on the loop":
-            time.sleep(0.02)  # noqa: ASYNC251 - the stall under test
+        if stall == "work on the loop":
+            sum(range(count))
         else:
             selector = _heartbeat.selector_of(asyncio.get_running_loop())
             thread = threading.Thread(target=hold_the_gil, args=(selector,))
@@ -390,7 +392,7 @@ def test_the_heartbeat_blames_this_process_for_what_it_did(stall: str) -> None:
 
     run(main())
     beat = outcome["beat"]
-    assert beat.worst_own() > 0.015, beat.summary()  # the stalls last 20 ms and about 40 ms
+    assert beat.worst_own() > 0.015, beat.summary()  # each stall lasts about 30 ms
     assert "(bound 5 ms: MISSED)" in beat.summary()
 
 
