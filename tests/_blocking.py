@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from types import FrameType, TracebackType
 
-    from _heartbeat import TimedSelector
+    from _heartbeat import WatchedSelector
 
 _POLLS = {"poll.poll", "epoll.poll", "devpoll.poll", "kqueue.control", "select"}
 _SOCKET_IO = {
@@ -52,7 +52,7 @@ _PROBES = {"_is_owned", "_wait_for_tstate_lock"}
 class BlockingCalls:
     """``with BlockingCalls(selector) as calls:`` records, in ``calls.found``, each call that can block."""
 
-    def __init__(self, selector: TimedSelector) -> None:
+    def __init__(self, selector: WatchedSelector) -> None:
         self._selector = selector
         self._previous: Any = None
         self.found: list[str] = []

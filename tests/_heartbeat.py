@@ -53,7 +53,7 @@ SWITCH_INTERVAL = 0.001  # sys.setswitchinterval() in the measured process, as t
 STRICT = os.environ.get("IPCHANNEL_STRICT_HEARTBEAT") == "1"
 
 
-class TimedSelector(selectors.DefaultSelector):
+class WatchedSelector(selectors.DefaultSelector):
     """The default selector, telling whether the loop thread is waiting in it (``selecting``).
 
     ``_blocking`` passes the loop's own wait, and a test holds the GIL while the loop waits.
@@ -71,12 +71,13 @@ class TimedSelector(selectors.DefaultSelector):
             self.selecting = False
 
 
-_SELECTORS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, TimedSelector] = weakref.WeakKeyDictionary()
+_SELECTORS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, WatchedSelector]
+_SELECTORS = weakref.WeakKeyDictionary()
 
 
 def run(coro: Awaitable[None], timeout: float) -> None:
-    """As ``asyncio.run(coro)`` within ``timeout`` seconds, on a fresh loop whose selector is timed."""
-    selector = TimedSelector()
+    """As ``asyncio.run(coro)`` within ``timeout`` seconds, on a fresh loop whose selector is watched."""
+    selector = WatchedSelector()
     loop = asyncio.SelectorEventLoop(selector)
     _SELECTORS[loop] = selector
 
@@ -101,16 +102,16 @@ async def _settled(tasks: set[asyncio.Task[Any]]) -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def selector_of(loop: asyncio.AbstractEventLoop) -> TimedSelector:
-    """The timed selector of ``loop``, made by ``run``."""
+def selector_of(loop: asyncio.AbstractEventLoop) -> WatchedSelector:
+    """The watched selector of ``loop``, made by ``run``."""
     selector = _SELECTORS.get(loop)
     if selector is None:
-        raise RuntimeError("a Heartbeat runs on a loop made by _heartbeat.run(), whose selector is timed")
+        raise RuntimeError("the loop was not made by _heartbeat.run(), whose selector is watched")
     return selector
 
 
 class Heartbeat:
-    """Sleep ``TICK`` at a time on the running loop (made by ``run``); record each wake-up and its causes."""
+    """Sleep ``TICK`` at a time on the running loop; record each wake-up and its causes."""
 
     def __init__(self) -> None:
         #: (monotonic time, lateness, own part, CPU time of the loop thread and of the process, gc time)
@@ -143,9 +144,7 @@ class Heartbeat:
             gc.callbacks.remove(self._on_gc)
 
     def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        selector_of(loop)  # the blocking-call watch and the tests need to know when it waits
-        self._task = loop.create_task(self._run())
+        self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
         self._stop.set()

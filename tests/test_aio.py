@@ -82,7 +82,7 @@ async def until(predicate: Callable[[], object], timeout: float, what: str) -> N
 
 
 def run(coro: Awaitable[None], timeout: float = 30.0) -> None:
-    """Run a test coroutine on a fresh event loop (its selector timed, for a heartbeat), with a deadline."""
+    """Run a test coroutine on a fresh event loop (its selector watchable: _blocking), with a deadline."""
     _heartbeat.run(coro, timeout)
 
 
@@ -370,7 +370,7 @@ def test_the_heartbeat_blames_this_process_for_what_it_did(stall: str) -> None:
     sum(range(1_000_000))
     count = int(1_000_000 * 0.03 / (time.perf_counter() - start))  # about 30 ms, on any machine
 
-    def hold_the_gil(selector: _heartbeat.TimedSelector) -> None:
+    def hold_the_gil(selector: _heartbeat.WatchedSelector) -> None:
         while not selector.selecting:
             time.sleep(0.0001)
         sum(range(count))  # one C call: no switch interval interrupts it
