@@ -546,7 +546,7 @@ class _RedisAlone:
 
     def arm(self, key: str) -> None:
         """Subscribe to ``key``'s keyspace events; return once subscribed (and the key still exists)."""
-        self._pubsub = self._client.pubsub()  # type: ignore[no-untyped-call]
+        self._pubsub = self._client.pubsub()  # type: ignore[no-untyped-call,unused-ignore] # typed from redis-py 8.2
         self._pubsub.subscribe(f"__keyspace@{self._db}__:{key}")
         self._watched = key
         deadline = time.monotonic() + 10

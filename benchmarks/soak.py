@@ -76,7 +76,7 @@ def _snapshot(channel: ipchannel.RequestChannel) -> tuple[str, dict[str, Any]]:
     """Return the role ("host", "standby" or "client") and the resources, in one consistent state.
 
     Under the channel's election lock: becoming standby (its lock, server and side socket,
-    ``ipchannel._standby``) or host happens under it, so no snapshot lands halfway.
+    ``ipchannel._local.standby``) or host happens under it, so no snapshot lands halfway.
     """
     with channel.channel._elect_lock:  # noqa: SLF001
         if channel.channel.is_host:

@@ -26,9 +26,9 @@ README.rst, the package's long description, has the tutorial, the guarantees and
 
 from __future__ import annotations
 
-from ._channel import Channel as Channel
-from ._channel import open_channel as open_channel
-from ._client import ChannelSocket as ChannelSocket
+from ._core.channel import Channel as Channel
+from ._core.channel import open_channel as open_channel
+from ._core.socket import ChannelSocket as ChannelSocket
 from ._errors import AuthenticationError as AuthenticationError
 from ._errors import ChannelClosed as ChannelClosed
 from ._errors import ChannelError as ChannelError
@@ -43,10 +43,10 @@ from ._errors import RemoteError as RemoteError
 from ._errors import RuntimeDirError as RuntimeDirError
 from ._framing import recv_message as recv_message
 from ._framing import send_message as send_message
-from ._periodic import HostJob as HostJob
-from ._periodic import run_on_host as run_on_host
-from ._requests import RequestChannel as RequestChannel
-from ._shareddict import SharedDict as SharedDict
+from ._jobs import HostJob as HostJob
+from ._jobs import run_on_host as run_on_host
+from ._requests.channel import RequestChannel as RequestChannel
+from ._shareddict.dict import SharedDict as SharedDict
 from ._version import __version__ as __version__
 
 __all__ = [

@@ -19,8 +19,8 @@ runs in a few daemon threads per object (``ipchannel-aio:NAME``). See README.rst
 
 from __future__ import annotations
 
-from ._aio import AsyncRequestChannel, MessageStream
-from ._aiodict import AsyncSharedDict
+from ._aio.channel import AsyncRequestChannel, MessageStream
+from ._aio.dict import AsyncSharedDict
 
 __all__ = ["AsyncRequestChannel", "AsyncSharedDict", "MessageStream"]
 

@@ -23,7 +23,7 @@ import time
 from typing import TYPE_CHECKING, Any, Protocol
 
 import ipchannel
-from ipchannel._coordinator import LocalCoordinator
+from ipchannel._local.coordinator import LocalCoordinator
 
 if TYPE_CHECKING:
     import socket

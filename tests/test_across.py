@@ -32,8 +32,8 @@ import ipchannel
 from ipchannel import CoordinatorUnavailable, CoordinatorURLError, MissingExtraError
 from ipchannel._auth import client_handshake
 from ipchannel._framing import FrameReader
-from ipchannel._tcp import split_address
-from ipchannel._wire import REQUEST, build_frame
+from ipchannel._remote.tcp import split_address
+from ipchannel._requests.wire import REQUEST, build_frame
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

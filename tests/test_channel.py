@@ -21,8 +21,8 @@ import pytest
 from conftest import Peers, reap, wait_until
 
 import ipchannel
-from ipchannel._hostrecord import HostRecord, read_record, write_record
-from ipchannel._server import IDLE_THREADS, READY_THREADS, HostedServer
+from ipchannel._core.server import IDLE_THREADS, READY_THREADS, HostedServer
+from ipchannel._seams.record import HostRecord, read_record, write_record
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

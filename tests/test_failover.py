@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import pytest
 from conftest import Peer, Peers, wait_until
 
-from ipchannel._monitor import SETTLE
+from ipchannel._core.monitor import SETTLE
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -15,9 +15,9 @@ import pytest
 from conftest import wait_until
 
 import ipchannel
-from ipchannel._coordinator import LocalCoordinator
-from ipchannel._hostrecord import read_record
-from ipchannel._paths import ChannelPaths
+from ipchannel._local.coordinator import LocalCoordinator
+from ipchannel._local.paths import ChannelPaths
+from ipchannel._seams.record import read_record
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

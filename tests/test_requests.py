@@ -369,7 +369,7 @@ def test_a_first_subscription_whose_host_dies_before_acknowledging_goes_to_the_n
 @pytest.mark.timeout(60)
 @pytest.mark.usefixtures("runtime_dir")
 def test_an_on_request_that_returns_a_deferred_is_answered_when_it_is_settled() -> None:
-    from ipchannel._reqhost import Deferred  # noqa: PLC0415 - the host side's own API
+    from ipchannel._requests.host import Deferred  # noqa: PLC0415 - the host side's own API
 
     settlers: list[threading.Thread] = []
 

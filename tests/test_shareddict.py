@@ -364,7 +364,7 @@ def test_a_replica_that_finds_no_host_to_resync_from_warns_and_catches_up_at_the
 def test_writes_of_many_threads_and_processes_are_batched_into_one_total_order(
     peers: Peers, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ipchannel import _shareddict  # noqa: PLC0415 - to watch the host's batches
+    from ipchannel._shareddict import dict as _shareddict  # noqa: PLC0415 - to watch the host's batches
 
     batches: list[list[int]] = []  # per batch: the number of writes in each request
     commit = _shareddict.SharedDict._commit  # noqa: SLF001

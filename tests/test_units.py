@@ -16,10 +16,10 @@ from conftest import wait_until
 
 import ipchannel
 from ipchannel import _platform
-from ipchannel._coordinator import LocalCoordinator
-from ipchannel._election import Backoff
-from ipchannel._hostrecord import HostRecord, own_create_time, read_record, write_record
-from ipchannel._paths import NAME_RULE, ChannelPaths, validate_name
+from ipchannel._local.coordinator import LocalCoordinator
+from ipchannel._local.lock import Backoff
+from ipchannel._local.paths import NAME_RULE, ChannelPaths, validate_name
+from ipchannel._seams.record import HostRecord, own_create_time, read_record, write_record
 from ipchannel._timing import Deadline, validate_timeout
 
 
@@ -229,7 +229,7 @@ def test_filelock_still_has_the_private_state_fork_safety_relies_on(tmp_path: Pa
     # ipchannel reads filelock's descriptor in one function (_election._held_descriptor): the public
     # API has none. If a filelock release renames or drops it, this fails instead of fork safety and
     # the step-down check silently turning off.
-    from ipchannel._election import HostLock, _held_descriptor  # noqa: PLC0415
+    from ipchannel._local.lock import HostLock, _held_descriptor  # noqa: PLC0415
 
     lock = HostLock(tmp_path / "x.lock")
     assert lock.try_acquire()

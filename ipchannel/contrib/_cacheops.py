@@ -19,7 +19,7 @@ import pickle
 import time
 from typing import TYPE_CHECKING, Any
 
-from ipchannel._shareddict import _register_operation
+from ipchannel._shareddict.dict import _register_operation
 
 if TYPE_CHECKING:
     from collections.abc import Callable

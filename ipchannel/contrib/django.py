@@ -28,7 +28,7 @@ except ImportError as exc:  # pragma: no cover - tested in a process without Dja
     ) from exc
 
 from ipchannel import _fork
-from ipchannel._shareddict import SharedDict
+from ipchannel._shareddict.dict import SharedDict
 from ipchannel.contrib import _cacheops
 
 if TYPE_CHECKING:

@@ -1,0 +1,376 @@
+"""AsyncRequestChannel: RequestChannel for asyncio code, never blocking the event loop.
+
+Each ``await request()`` / ``await publish()`` runs the blocking, failover-tested
+``RequestChannel`` call in a worker of this channel (``_aiorun``): one call per
+worker at a time, so ``workers`` bounds the requests in flight from this process;
+more wait their turn (within their timeout, counted from the ``await``).
+Published messages reach ``async for message in channel.messages()`` through one
+subscription per process: its callback (``ipchannel-subscriber:NAME``) hands each
+message to every open stream's loop with ``call_soon_threadsafe``.
+
+Threads: ``on_request`` runs in the host, in a handler thread
+(``ipchannel-handler:NAME``), as for RequestChannel; blocking calls in
+``ipchannel-aio:NAME``; closing in ``ipchannel-aio-close:NAME``; the code after
+each ``await`` and the body of ``async for`` on your event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import threading
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from .. import _fork
+from .._framing import DEFAULT_MAX_SIZE
+from .._requests.channel import RequestChannel
+from .._timing import Deadline, validate_timeout
+from .runner import DEFAULT_WORKERS, Runner, validate_workers
+
+if TYPE_CHECKING:
+    import os
+    import ssl
+    from collections.abc import Callable
+    from types import TracebackType
+
+    from .._codecs import Codec
+    from .._core.channel import Channel
+
+__all__ = ["AsyncRequestChannel", "MessageStream", "busy_error", "check_plain_function", "time_left"]
+
+_LOGGER = logging.getLogger("ipchannel")
+_BUSY = "every ipchannel-aio worker thread was busy"
+
+
+def check_plain_function(name: str, func: object) -> None:
+    """Refuse a coroutine function where ipchannel calls ``func`` in one of its threads."""
+    if inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(getattr(func, "__call__", None)):  # noqa: B004
+        raise TypeError(
+            f"{name} runs in a thread of ipchannel, not on your event loop: pass a plain function, "
+            f"not a coroutine function ({func!r})"
+        )
+
+
+def busy_error(channel: Channel, deadline: Deadline) -> BaseException:
+    """Return the ChannelTimeout of a call that waited for a worker until its deadline."""
+    return channel._timeout_error(deadline, _BUSY)  # noqa: SLF001
+
+
+def time_left(channel: Channel, deadline: Deadline) -> float | None:
+    """Return the timeout left for a blocking call that waited for a worker; ChannelTimeout if none is."""
+    if deadline.timeout is None:
+        return None
+    remaining = deadline.remaining()
+    if remaining <= 0:
+        raise busy_error(channel, deadline)
+    return remaining
+
+
+class AsyncRequestChannel:
+    """Request/reply and publish/subscribe for asyncio code; the loop never blocks on the channel.
+
+    ::
+
+        channel = AsyncRequestChannel("echo", on_request)   # on_request: a plain function, run in the host
+        async with channel:
+            print(await channel.request("hi"))              # from whichever process hosts
+            async with channel.messages() as stream:
+                await channel.publish("hello")
+                async for message in stream: ...
+
+    :param workers: threads running this channel's blocking calls (1-256, default 8): at most
+        that many requests of this process are in flight at once; more wait for a free one.
+    :param name, on_request, codec, runtime_dir, max_message_size, authkey, may_host,
+        coordinator, listen, advertise, ttl, ssl_context: as for ``RequestChannel``.
+        ``on_request`` runs in a handler thread of the host, so it must not be a coroutine function.
+    """
+
+    _kind = "AsyncRequestChannel"
+
+    def __init__(  # noqa: PLR0913 - keyword-only options, as RequestChannel has
+        self,
+        name: str,
+        on_request: Callable[[Any], Any] | None,
+        *,
+        workers: int = DEFAULT_WORKERS,
+        codec: str | Codec = "json",
+        runtime_dir: str | os.PathLike[str] | None = None,
+        max_message_size: int = DEFAULT_MAX_SIZE,
+        authkey: bytes | None = None,
+        may_host: bool = True,
+        coordinator: str | None = None,
+        listen: str | None = None,
+        advertise: str | None = None,
+        ttl: float | None = None,
+        ssl_context: ssl.SSLContext | tuple[ssl.SSLContext, ssl.SSLContext] | None = None,
+    ) -> None:
+        check_plain_function("on_request", on_request)
+        workers = validate_workers(workers)
+        self._sync = RequestChannel(
+            name,
+            on_request,
+            codec=codec,
+            runtime_dir=runtime_dir,
+            max_message_size=max_message_size,
+            authkey=authkey,
+            may_host=may_host,
+            coordinator=coordinator,
+            listen=listen,
+            advertise=advertise,
+            ttl=ttl,
+            ssl_context=ssl_context,
+        )
+        self._sync._kind = self._kind  # noqa: SLF001 - errors name the class the user holds
+        self._runner = Runner(self._sync.channel.name, self._kind, workers)
+        self._subscribed = False  # kept after fork: RequestChannel resubscribes our callback there
+        self._reset_streams()
+        _fork.register(self)
+
+    def _reset_streams(self) -> None:
+        self._streams_lock = threading.Lock()
+        self._streams: list[MessageStream] = []
+        self._subscribe_lock = threading.Lock()
+
+    @property
+    def channel(self) -> Channel:
+        """The underlying ``Channel`` (its properties are plain reads; ``join()`` and ``close()`` block)."""
+        return self._sync.channel
+
+    @property
+    def sync(self) -> RequestChannel:
+        """The blocking ``RequestChannel`` this wraps, for threads of your own (never on the loop)."""
+        return self._sync
+
+    async def request(self, message: Any, timeout: float | None = 5.0) -> Any:
+        """Send ``message`` to the host's ``on_request`` and return its reply.
+
+        As ``RequestChannel.request``: resent to a new host within the timeout if the
+        host dies (at-least-once). The timeout counts from this call, waiting for a
+        free worker included. Cancelled: a request not yet sent is never sent; one
+        already sent runs to its end in its worker and its reply is dropped, so the
+        host may act on it (as on any request whose caller gave up).
+
+        :raises RemoteError: ``on_request`` raised in the host.
+        :raises ChannelTimeout: no reply within ``timeout`` seconds.
+        :raises ChannelClosed: the channel was closed.
+        """
+        deadline = Deadline(validate_timeout(timeout))
+        return await self._runner.call(
+            self._request, message, deadline, deadline=deadline, late=self._late(deadline)
+        )
+
+    def _late(self, deadline: Deadline) -> Callable[[], BaseException]:
+        return lambda: busy_error(self._sync.channel, deadline)
+
+    def _request(self, message: Any, deadline: Deadline) -> Any:
+        return self._sync.request(message, timeout=time_left(self._sync.channel, deadline))
+
+    async def publish(self, message: Any, timeout: float | None = 5.0) -> None:
+        """Deliver ``message`` to every subscriber (once); return once the host sent it out.
+
+        :raises ChannelTimeout: no host took it within ``timeout`` seconds.
+        """
+        deadline = Deadline(validate_timeout(timeout))
+        await self._runner.call(
+            self._publish, message, deadline, deadline=deadline, late=self._late(deadline)
+        )
+
+    def _publish(self, message: Any, deadline: Deadline) -> None:
+        self._sync.publish(message, timeout=time_left(self._sync.channel, deadline))
+
+    def messages(self, timeout: float | None = 5.0, max_pending: int = 1024) -> MessageStream:
+        """Return a stream of the messages published once it has started, by any process.
+
+        ``async for message in channel.messages()`` starts it at the first step;
+        ``async with channel.messages() as stream`` before the body runs (publish
+        after that, and the stream gets it). Messages survive failover, once each,
+        as for ``subscribe``.
+
+        :param timeout: how long starting may wait for the host to acknowledge.
+        :param max_pending: messages kept for a slow reader; past that the oldest are
+            dropped (logged, counted in ``stream.dropped``).
+        """
+        validate_timeout(timeout)
+        if isinstance(max_pending, bool) or not isinstance(max_pending, int):
+            raise TypeError(f"max_pending must be an int (messages), not {type(max_pending).__name__}")
+        if max_pending < 1:
+            raise ValueError(f"max_pending must be at least 1 message, not {max_pending!r}")
+        return MessageStream(self, timeout, max_pending)
+
+    async def _start_stream(self, stream: MessageStream, timeout: float | None) -> None:
+        with self._streams_lock:
+            self._streams.append(stream)
+        try:
+            await self._runner.call(self._subscribe, Deadline(timeout))
+        except BaseException:
+            self._drop_stream(stream)
+            raise
+
+    def _subscribe(self, deadline: Deadline) -> None:
+        """Subscribe this process once (in a worker); a forked child's subscription resumes by itself."""
+        remaining = time_left(self._sync.channel, deadline)
+        if not self._subscribe_lock.acquire(timeout=-1 if remaining is None else remaining):
+            raise self._sync.channel._timeout_error(deadline, "another task is still subscribing")  # noqa: SLF001
+        try:
+            if not self._subscribed:  # one subscription per process, for every stream
+                self._sync.subscribe(self._dispatch, timeout=time_left(self._sync.channel, deadline))
+                self._subscribed = True
+            else:  # in a forked child it may still be resuming: from now on means from now on
+                self._sync._subscriber.ensure_running(deadline)  # noqa: SLF001
+        finally:
+            self._subscribe_lock.release()
+
+    def _dispatch(self, message: Any) -> None:
+        """Hand ``message`` to every stream (runs on ``ipchannel-subscriber:NAME``)."""
+        with self._streams_lock:
+            streams = list(self._streams)
+        for stream in streams:
+            stream._post(message)  # noqa: SLF001 - the stream's thread-side entry
+
+    def _drop_stream(self, stream: MessageStream) -> None:
+        with self._streams_lock:
+            if stream in self._streams:
+                self._streams.remove(stream)
+
+    def _end_streams(self) -> None:
+        with self._streams_lock:
+            streams, self._streams = self._streams, []
+        for stream in streams:
+            stream._post_end()  # noqa: SLF001
+
+    async def aclose(self) -> None:
+        """Close the channel (handing hosting over), end every stream, stop and join the workers.
+
+        The blocking part runs in ``ipchannel-aio-close:NAME``; a request still in a
+        worker ends with ``ChannelClosed``. Idempotent.
+        """
+        self._end_streams()
+        await self._runner.aclose(self._sync.close)
+
+    def close(self) -> None:
+        """As ``aclose()``, blocking: for code outside the event loop (from a coroutine, use ``aclose``)."""
+        self._end_streams()
+        try:
+            self._sync.close()
+        finally:
+            self._runner.shutdown()
+
+    async def __aenter__(self) -> AsyncRequestChannel:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        return f"<AsyncRequestChannel {self._sync.channel.name!r} {self._sync.channel!r}>"
+
+    def _reset_after_fork(self) -> None:
+        """In a forked child: no workers, no streams (they belong to the parent's loop), fresh locks.
+
+        The subscription itself (if any) is RequestChannel's, which resumes in the child.
+        """
+        self._runner.reset_after_fork()
+        self._reset_streams()
+
+
+class MessageStream:
+    """Messages published on a channel, as an async iterator; see ``AsyncRequestChannel.messages``.
+
+    Ends (``StopAsyncIteration``) after ``aclose()`` or the channel's close, or once its
+    event loop is closed.
+    """
+
+    def __init__(self, channel: AsyncRequestChannel, timeout: float | None, max_pending: int) -> None:
+        self._channel, self._timeout, self._max_pending = channel, timeout, max_pending
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pending: deque[Any] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._ended = False
+        self.dropped = 0  #: messages dropped because ``max_pending`` were waiting to be read
+
+    async def start(self) -> None:
+        """Subscribe (once per process) and receive from now on; idempotent."""
+        if self._loop is not None or self._ended:
+            return
+        self._loop = asyncio.get_running_loop()
+        try:
+            await self._channel._start_stream(self, self._timeout)  # noqa: SLF001
+        except BaseException:
+            self._loop = None
+            raise
+
+    def __aiter__(self) -> MessageStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        await self.start()
+        while not self._pending:
+            if self._ended:
+                raise StopAsyncIteration
+            assert self._loop is not None
+            self._waiter = self._loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._pending.popleft()
+
+    async def aclose(self) -> None:
+        """Stop receiving; what was not read yet is dropped."""
+        self._channel._drop_stream(self)  # noqa: SLF001
+        self._pending.clear()
+        self._end()
+
+    async def __aenter__(self) -> MessageStream:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # -- called on the subscriber thread ---------------------------------------------
+
+    def _post(self, message: Any) -> None:
+        self._call_soon(self._push, message)
+
+    def _post_end(self) -> None:
+        self._call_soon(self._end)
+
+    def _call_soon(self, callback: Callable[..., None], *args: Any) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        try:
+            loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:  # its loop is closed: nobody reads this stream any more
+            self._channel._drop_stream(self)  # noqa: SLF001
+
+    # -- on the stream's loop -------------------------------------------------------------
+
+    def _push(self, message: Any) -> None:
+        if self._ended:
+            return
+        self._pending.append(message)
+        if len(self._pending) > self._max_pending:
+            self._pending.popleft()
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                _LOGGER.warning(
+                    "channel %r: a message stream fell %d messages behind; %d dropped so far",
+                    self._channel.channel.name,
+                    self._max_pending,
+                    self.dropped,
+                )
+        self._wake()
+
+    def _end(self) -> None:
+        self._ended = True
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)

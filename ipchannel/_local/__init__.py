@@ -1,0 +1,1 @@
+"""_local: see docs/architecture.md."""

@@ -1,0 +1,174 @@
+"""Channel names, the runtime directory, and the files of a channel inside it.
+
+The runtime directory is ``IPCHANNEL_DIR`` if set, else ``$XDG_RUNTIME_DIR/ipchannel``,
+else ``<tempdir>/ipchannel-<uid>``. It is created with mode 0700 and refused
+(``RuntimeDirError``, nothing written) if it is a symlink, not a directory, not
+owned by us, or writable by group or others: every lock, record and socket of
+every channel lives in it, so whoever can write there can impersonate a host.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import stat
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import _platform
+from .._errors import RuntimeDirError
+
+__all__ = ["NAME_RULE", "ChannelPaths", "ensure_runtime_dir", "resolve_runtime_dir", "validate_name"]
+
+NAME_RULE = "1-64 characters of letters, digits, '.', '_' and '-', not starting with '.'"
+_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
+
+
+def validate_name(name: object) -> str:
+    """Return ``name`` if it is a valid channel name, else raise ``TypeError``/``ValueError``."""
+    if not isinstance(name, str):
+        raise TypeError(f"channel name must be a str ({NAME_RULE}), not {type(name).__name__}")
+    if not _NAME.fullmatch(name):
+        raise ValueError(f"invalid channel name {name!r}: must be {NAME_RULE}")
+    return name
+
+
+def resolve_runtime_dir(explicit: object = None) -> Path:
+    """Return the runtime directory to use, without touching the filesystem."""
+    if explicit is not None:
+        if not isinstance(explicit, (str, os.PathLike)) or isinstance(os.fspath(explicit), bytes):
+            raise TypeError(
+                "runtime_dir must be a str or os.PathLike path, or None for the default, "
+                f"not {type(explicit).__name__}"
+            )
+        return Path(os.fspath(explicit)).absolute()
+    if env := os.environ.get("IPCHANNEL_DIR"):
+        return Path(env).absolute()
+    if xdg := os.environ.get("XDG_RUNTIME_DIR"):
+        return Path(xdg, "ipchannel").absolute()
+    return Path(tempfile.gettempdir(), f"ipchannel-{os.geteuid()}").absolute()
+
+
+def ensure_runtime_dir(path: Path) -> None:
+    """Create ``path`` (mode 0700) if missing, then check it is safe to use; else raise RuntimeDirError."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        _create(path)
+        st = path.lstat()
+    except OSError as exc:
+        raise RuntimeDirError(str(path), f"cannot be examined: {exc.strerror}") from exc
+    _check(path, st)
+
+
+def _create(path: Path) -> None:
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        return  # another process created it first; _check() examines it
+    except FileNotFoundError as exc:
+        raise RuntimeDirError(
+            str(path),
+            f"cannot be created: its parent {path.parent} does not exist",
+            "create the parent, or set IPCHANNEL_DIR to a directory that can be created",
+        ) from exc
+    except OSError as exc:
+        raise RuntimeDirError(
+            str(path), f"cannot be created: {exc.strerror}", "set IPCHANNEL_DIR to a writable location"
+        ) from exc
+
+
+def _check(path: Path, st: os.stat_result) -> None:
+    fix = "pass runtime_dir= (or set IPCHANNEL_DIR to) a private directory: yours, mode 0700, not a symlink"
+    if stat.S_ISLNK(st.st_mode):
+        raise RuntimeDirError(str(path), "is a symlink, which could point anywhere", fix)
+    if not stat.S_ISDIR(st.st_mode):
+        raise RuntimeDirError(str(path), "is not a directory", fix)
+    if st.st_uid != os.geteuid():
+        raise RuntimeDirError(str(path), f"is owned by uid {st.st_uid}, not by you (uid {os.geteuid()})", fix)
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        # Never "chmod it": it may be /tmp, or a directory others rely on being shared.
+        if st.st_mode & stat.S_ISVTX:  # sticky, as /tmp: nobody else can move a subdirectory of ours
+            fix = (
+                f"use a private subdirectory instead, such as {path / f'ipchannel-{os.geteuid()}'} "
+                "(ipchannel creates it with mode 0700), as runtime_dir= or IPCHANNEL_DIR"
+            )
+        raise RuntimeDirError(
+            str(path), f"is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})", fix
+        )
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise RuntimeDirError(str(path), "is not writable by you", fix)
+
+
+# The host binds ".<sock stem>.<pid>.sock" first and renames it into place; a standby also listens
+# on ".<sock stem>_<pid>.sock": room for ".", pid, ".".
+_BIND_OVERHEAD = 1 + 7 + 1
+
+
+@dataclass(frozen=True)
+class ChannelPaths:
+    """The files of one channel: lock (anyone), host record and socket (the host only).
+
+    And the standby's: ``.NAME.standby.lock`` (whoever holds it stands by to host next;
+    hidden, so no channel name can give the same file), its record ``NAME.standby`` and its
+    side socket (``standby_path``).
+    """
+
+    directory: Path
+    lock: Path
+    record: Path
+    sock: Path
+
+    @classmethod
+    def for_channel(cls, name: str, directory: Path) -> ChannelPaths:
+        """Return the paths of channel ``name``; the socket name is hashed if the path is too long."""
+        sock = directory / f"{name}.sock"
+        if len(os.fsencode(sock)) + _BIND_OVERHEAD > _platform.SUN_PATH_MAX:
+            sock = directory / f"h{hashlib.sha256(name.encode()).hexdigest()[:10]}.sock"
+        needed = len(os.fsencode(sock)) + _BIND_OVERHEAD
+        if needed > _platform.SUN_PATH_MAX:
+            raise RuntimeDirError(
+                str(directory),
+                f"is too long for a Unix socket path ({needed} bytes with the socket name, "
+                f"the limit is {_platform.SUN_PATH_MAX})",
+                "set IPCHANNEL_DIR to a shorter path",
+            )
+        return cls(directory, directory / f"{name}.lock", directory / f"{name}.host", sock)
+
+    @property
+    def standby_lock(self) -> Path:
+        """The lock whose holder is the standby: the process that hosts next."""
+        return self.lock.with_name(f".{self.lock.stem}.standby.lock")
+
+    @property
+    def standby_record(self) -> Path:
+        """The standby's record: its pid and side socket."""
+        return self.record.with_name(f"{self.lock.stem}.standby")
+
+    def bind_path(self, pid: int) -> Path:
+        """Return the private name a starting host listens on before publishing its socket."""
+        return self.directory / f".{self.sock.stem}.{pid}{self.sock.suffix}"
+
+    def standby_path(self, pid: int) -> Path:
+        """Return the side socket a standby listens on: clients of a dead host wait there."""
+        return self.directory / f".{self.sock.stem}_{pid}{self.sock.suffix}"
+
+    def stale_socket_temporaries(self) -> list[Path]:
+        """Private socket files that processes which died left behind (never a live one's)."""
+        stale = []
+        for path in self.directory.glob(f".{self.sock.stem}[._]*{self.sock.suffix}"):
+            owner = path.name[len(self.sock.stem) + 2 : -len(self.sock.suffix)]
+            if not owner.isdigit():
+                continue  # another channel's (a name with a dot in it)
+            if int(owner) == os.getpid() or _platform.process_gone(int(owner)):
+                stale.append(path)
+        return stale
+
+    def stale_record_temporaries(self) -> list[Path]:
+        """Temporary record files that hosts (or standbys) which died mid-write left behind."""
+        return [
+            *self.directory.glob(f".{self.record.name}.*.tmp"),
+            *self.directory.glob(f".{self.standby_record.name}.*.tmp"),
+        ]

@@ -1,0 +1,1 @@
+"""_remote: see docs/architecture.md."""

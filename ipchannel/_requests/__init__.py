@@ -1,0 +1,1 @@
+"""_requests: see docs/architecture.md."""

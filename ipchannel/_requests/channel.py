@@ -1,0 +1,251 @@
+"""RequestChannel: request/reply and publish/subscribe that survive the death of the host.
+
+Built on ``Channel``, in three parts: the wire protocol (``_wire``), the host's
+side (``_reqhost``: answer, fan out, replay) and this process's side
+(``_reqclient``: request connections, the subscription). Requests are
+at-least-once (resent to a new host within their timeout); published messages
+are delivered once (resent, and deduplicated by every subscriber).
+
+Threads: ``on_request`` runs in the host, in the handler thread of the
+caller's connection (``ipchannel-handler:NAME``); subscriber callbacks in
+``ipchannel-subscriber:NAME``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from typing import TYPE_CHECKING, Any
+
+from .. import _fork
+from .._codecs import Codec, resolve_codec
+from .._core.channel import Channel
+from .._errors import ChannelClosed, ChannelTimeout, RemoteError
+from .._framing import DEFAULT_MAX_SIZE
+from .._timing import Deadline, validate_timeout
+from .client import Requester, Subscriber
+from .host import RequestHost
+from .wire import ERROR, PUBLISH, PUBLISH_ID, REQUEST
+
+if TYPE_CHECKING:
+    import ssl
+    from collections.abc import Callable
+    from types import TracebackType
+
+__all__ = ["RequestChannel"]
+
+
+class RequestChannel:
+    """Request/reply and publish/subscribe among peer processes, surviving the death of the host.
+
+    ::
+
+        def on_request(message):            # runs in the host process, in a handler thread
+            return {"echo": message}
+
+        with RequestChannel("echo", on_request) as channel:
+            print(channel.request("hi"))     # {'echo': 'hi'}, from whichever process hosts
+
+    :param name: the channel name (same rule as ``Channel``).
+    :param on_request: called with each request's message in the host; its return value is the
+        reply. An exception reaches the caller as ``RemoteError``. None: requests fail that way.
+    :param codec: ``"json"`` (default), ``"pickle"`` (trusts every process that can connect), or an
+        object with ``dumps(obj) -> bytes`` and ``loads(bytes) -> obj``.
+    :param runtime_dir: as for ``Channel``.
+    :param max_message_size: largest encoded message accepted, in bytes (default 64 MiB).
+    :param authkey: as for ``Channel``: every process must pass the same key.
+    :param may_host: as for ``Channel`` (settable later on ``.channel.may_host``).
+    :param coordinator, listen, advertise, ttl, ssl_context: as for ``Channel``: across machines.
+    """
+
+    #: What errors call this object (a SharedDict names itself there).
+    _kind = "RequestChannel"
+
+    def __init__(  # noqa: PLR0913 - keyword-only options, as Channel has
+        self,
+        name: str,
+        on_request: Callable[[Any], Any] | None,
+        *,
+        codec: str | Codec = "json",
+        runtime_dir: str | os.PathLike[str] | None = None,
+        max_message_size: int = DEFAULT_MAX_SIZE,
+        authkey: bytes | None = None,
+        may_host: bool = True,
+        coordinator: str | None = None,
+        listen: str | None = None,
+        advertise: str | None = None,
+        ttl: float | None = None,
+        ssl_context: ssl.SSLContext | tuple[ssl.SSLContext, ssl.SSLContext] | None = None,
+    ) -> None:
+        if on_request is not None and not callable(on_request):
+            raise TypeError(f"on_request must be a callable taking the message, or None; not {on_request!r}")
+        if isinstance(max_message_size, bool) or not isinstance(max_message_size, int):
+            raise TypeError(f"max_message_size must be an int (bytes), not {type(max_message_size).__name__}")
+        if max_message_size < 1:
+            raise ValueError(f"max_message_size must be a positive number of bytes, not {max_message_size!r}")
+        self._codec = resolve_codec(codec)
+        self._host = RequestHost(
+            name,
+            on_request,
+            self._codec,
+            max_message_size,
+            lambda: not self._channel._may_serve,  # noqa: SLF001 - the host side of this channel
+        )
+        self._channel = Channel(
+            name,
+            self._host.handle,
+            runtime_dir=runtime_dir,
+            authkey=authkey,
+            may_host=may_host,
+            coordinator=coordinator,
+            listen=listen,
+            advertise=advertise,
+            ttl=ttl,
+            ssl_context=ssl_context,
+        )
+        self._requester = Requester(self._channel, max_message_size)
+        self._subscriber = Subscriber(self._channel, self._codec, max_message_size)
+        self._publisher = _new_publisher_id()
+        self._publish_numbers = itertools.count(1)
+        _fork.register(self)
+
+    @property
+    def channel(self) -> Channel:
+        """The underlying ``Channel``: name, state, host, generation, ``join()`` and the host hooks."""
+        return self._channel
+
+    def request(self, message: Any, timeout: float | None = 5.0) -> Any:
+        """Send ``message`` to the host's ``on_request`` and return its reply. Thread-safe.
+
+        If the host dies first, the request is sent again to the new host within
+        the same timeout: at-least-once, never ``HostChanged``.
+
+        :raises RemoteError: ``on_request`` raised in the host.
+        :raises ChannelTimeout: no reply within ``timeout`` seconds.
+        :raises ChannelClosed: the channel was closed.
+        :raises TypeError: the codec cannot encode ``message``.
+        """
+        deadline = Deadline(validate_timeout(timeout))
+        kind, payload = self._call(REQUEST, self._encode(message), deadline)
+        if kind == ERROR:
+            raise RemoteError.from_json(self._channel.name, payload)
+        return self._codec.loads(payload)
+
+    def publish(self, message: Any, timeout: float | None = 5.0) -> None:
+        """Deliver ``message`` to every subscriber (this process's too); return once the host sent it out.
+
+        Delivered once, also when the host dies while it is sent: a message resent to
+        the new host carries the same id, and subscribers drop the copy (each
+        remembers the ids of the last 2048 messages it delivered).
+
+        :raises ChannelTimeout: no host took it within ``timeout`` seconds.
+        :raises TypeError: the codec cannot encode ``message``.
+        """
+        deadline = Deadline(validate_timeout(timeout))
+        payload = PUBLISH_ID.pack(self._publisher, next(self._publish_numbers)) + self._encode(message)
+        if self._channel.is_host:  # the host fans out itself: no round trip through its own socket
+            self._check_open()
+            self._host.fan_out(payload)
+            if self._channel.is_host:
+                return
+            # stopped hosting meanwhile: the message may not have reached everyone; send it to the new host
+        self._call(PUBLISH, payload, deadline)
+
+    @property
+    def subscribed_generation(self) -> int | None:
+        """Generation of the host this process's subscription is attached to (None: not subscribed).
+
+        After a failover it moves to the new host's generation once the subscription
+        has re-attached, that is, once everything the old host sent was delivered.
+        """
+        return self._subscriber.generation
+
+    def subscribe(self, callback: Callable[[Any], object], timeout: float | None = 5.0) -> None:
+        """Call ``callback(message)`` for every message published from now on, by any process.
+
+        The callback runs in a background thread of this process (``ipchannel-subscriber:NAME``)
+        and must not block: messages wait behind it. An exception it raises is logged.
+        Subscriptions survive failover.
+        """
+        if not callable(callback):
+            raise TypeError(f"callback must be callable, not {type(callback).__name__}")
+        deadline = Deadline(validate_timeout(timeout))
+        self._check_open()
+        try:
+            self._subscriber.add(callback, deadline)
+        except ChannelClosed:
+            raise ChannelClosed(self._channel.name, self._kind) from None
+
+    def close(self) -> None:
+        """Close the channel (handing hosting over) and stop this process's threads. Idempotent."""
+        self._channel.close()
+        self._subscriber.join()
+
+    def __enter__(self) -> RequestChannel:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        codec = getattr(self._codec, "name", self._codec)
+        return f"<RequestChannel {self._channel.name!r} codec={codec!r} {self._channel!r}>"
+
+    def _check_open(self) -> None:
+        if self._channel.closed:
+            raise ChannelClosed(self._channel.name, self._kind)
+
+    def _encode(self, message: Any) -> bytes:
+        """Encode with the codec; a message it cannot carry is a TypeError that says what to do."""
+        try:
+            return self._codec.dumps(message)
+        except (TypeError, ValueError) as exc:
+            codec = getattr(self._codec, "name", type(self._codec).__name__)
+            hint = (
+                "send only JSON types (dict with str keys, list, str, int, float, bool, None), convert "
+                f"the value first, or create the {self._kind} with codec='pickle'"
+                if codec == "json"
+                else "convert the value to something the codec accepts"
+            )
+            what = type(message).__name__
+            raise TypeError(
+                f"{self._kind} {self._channel.name!r}: the {codec!r} codec cannot encode a {what}"
+                f" message ({exc}); {hint}"
+            ) from exc
+
+    def _call(self, kind: int, payload: bytes, deadline: Deadline) -> tuple[int, bytes]:
+        self._check_open()
+        try:
+            if self._subscriber.active:
+                self._subscriber.ensure_running(deadline)  # after fork: subscribe again in this process
+            answer = self._requester.call(kind, payload, deadline)
+        except ChannelTimeout:
+            raise self._timeout(deadline) from None
+        except ChannelClosed:
+            raise ChannelClosed(self._channel.name, self._kind) from None
+        if answer is None:
+            raise self._timeout(deadline)
+        return answer
+
+    def _timeout(self, deadline: Deadline) -> ChannelTimeout:
+        return self._channel._timeout_error(deadline, "no answer to the request")  # noqa: SLF001
+
+    def _reset_after_fork(self) -> None:
+        """In a forked child: fresh publisher id and connections; subscriptions resume in the background."""
+        self._publisher = _new_publisher_id()
+        self._publish_numbers = itertools.count(1)
+        self._host.reset()
+        self._requester.reset()
+        self._subscriber.reset()
+
+    def _resume_after_fork(self) -> None:
+        """In a forked child, once everything is reset: subscriptions come back in the background."""
+        if not self._channel.closed:
+            self._subscriber.resume_after_fork()
+
+
+def _new_publisher_id() -> int:
+    """Return a random 64-bit id for this process's published messages (fresh in every forked child)."""
+    return int.from_bytes(os.urandom(8), "big")

@@ -1,0 +1,57 @@
+"""The request layer's wire protocol: one frame (``_framing``) per message, with an envelope.
+
+Every payload starts with ``!BQ``: a kind byte and a 64-bit id, then the codec's bytes::
+
+    client -> host   REQUEST(id, message)  PUBLISH(id, msgid + message)  SUBSCRIBE(id, resume flag)
+    host -> client   REPLY(id, reply)  ERROR(id, json)  ACK(id)  MESSAGE(0, msgid + message)
+
+``msgid`` is ``!QQ`` (``PUBLISH_ID``): the publishing process's random id and its
+message number, so subscribers can drop a copy of a message resent after a failover.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from .._errors import ProtocolError
+
+__all__ = [
+    "ACK",
+    "DEDUP_WINDOW",
+    "ENVELOPE",
+    "ERROR",
+    "MESSAGE",
+    "PUBLISH",
+    "PUBLISH_ID",
+    "REPLAY_LIMIT",
+    "REPLY",
+    "REQUEST",
+    "SUBSCRIBE",
+    "build_frame",
+    "parse_frame",
+]
+
+ENVELOPE = struct.Struct("!BQ")
+_FRAME_HEAD = struct.Struct("!IBQ")  # _framing's HEADER, then the envelope: a whole frame's head
+_MAX_FRAME = 0xFFFFFFFF
+REQUEST, PUBLISH, SUBSCRIBE = 1, 2, 3
+REPLY, ERROR, ACK, MESSAGE = 11, 12, 13, 14
+REPLAY_LIMIT = 1024
+PUBLISH_ID = struct.Struct("!QQ")  # publisher, number: at the head of every PUBLISH and MESSAGE payload
+DEDUP_WINDOW = 2 * REPLAY_LIMIT  # ids a subscriber remembers; a resent copy comes within one failover
+_JOIN_TIMEOUT = 2.0
+
+
+def build_frame(kind: int, ident: int, payload: bytes = b"") -> bytes:
+    """Return a whole frame, length header included, ready for one ``sendall``."""
+    size = ENVELOPE.size + len(payload)
+    if size > _MAX_FRAME:
+        raise ValueError(f"a message of {len(payload)} bytes does not fit in one frame (4 GiB)")
+    return _FRAME_HEAD.pack(size, kind, ident) + payload
+
+
+def parse_frame(frame: bytes) -> tuple[int, int, bytes]:
+    if len(frame) < ENVELOPE.size:
+        raise ProtocolError(f"frame of {len(frame)} bytes is shorter than the {ENVELOPE.size}-byte envelope")
+    kind, ident = ENVELOPE.unpack_from(frame)
+    return kind, ident, frame[ENVELOPE.size :]

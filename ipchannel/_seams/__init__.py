@@ -1,0 +1,1 @@
+"""_seams: see docs/architecture.md."""

@@ -1,0 +1,1 @@
+"""_shareddict: see docs/architecture.md."""
