@@ -78,11 +78,11 @@ def _snapshot(channel: ipchannel.RequestChannel) -> tuple[str, dict[str, Any]]:
     Under the channel's election lock: becoming standby (its lock, server and side socket,
     ``ipchannel._local.standby``) or host happens under it, so no snapshot lands halfway.
     """
-    with channel.channel._elect_lock:  # noqa: SLF001
+    with channel.channel._connector.elect_lock:  # noqa: SLF001
         if channel.channel.is_host:
             role = "host"
         else:
-            role = "standby" if channel.channel._standby is not None else "client"  # noqa: SLF001
+            role = "standby" if channel.channel._hosting.standing_by else "client"  # noqa: SLF001
         return role, _resources()
 
 

@@ -16,16 +16,40 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from ._errors import AuthenticationError
 
 if TYPE_CHECKING:
     import socket
 
-__all__ = ["HANDSHAKE_TIMEOUT", "client_handshake", "host_handshake", "validate_authkey"]
+_Sock = TypeVar("_Sock", bound="socket.socket")
 
+
+class Stream(Protocol):
+    """What a handshake runs on: a socket, or a socket seen through its TLS session."""
+
+    def recv(self, size: int, /) -> bytes: ...
+
+    def sendall(self, data: bytes, /) -> None: ...
+
+    def settimeout(self, value: float | None, /) -> None: ...
+
+
+__all__ = [
+    "HANDSHAKE_TIMEOUT",
+    "Stream",
+    "authenticated",
+    "check_auth_matches",
+    "client_handshake",
+    "host_admits",
+    "host_handshake",
+    "validate_authkey",
+]
+
+_LOGGER = logging.getLogger("ipchannel")
 HANDSHAKE_TIMEOUT = 5.0  # seconds either side waits for the other's next message
 _CHALLENGE = b"#IPCHANNEL-AUTH#"
 _WELCOME = b"#IPCHANNEL-OK###"
@@ -51,7 +75,7 @@ def _mac(key: bytes, label: bytes, nonce: bytes) -> bytes:
     return hmac.new(key, label + nonce, hashlib.sha256).digest()
 
 
-def _recv_exactly(sock: socket.socket, size: int, channel: str, waiting_for: str) -> bytes:
+def _recv_exactly(sock: Stream, size: int, channel: str, waiting_for: str) -> bytes:
     data = b""
     while len(data) < size:
         try:
@@ -79,7 +103,23 @@ def host_handshake(sock: socket.socket, key: bytes, channel: str) -> None:
         sock.settimeout(None)
 
 
-def client_handshake(sock: socket.socket, key: bytes, channel: str) -> None:
+def host_admits(sock: socket.socket, key: bytes, channel: str) -> bool:
+    """Run the host's side in the connection's handler thread (a slow client delays nobody else).
+
+    False (logged) if the client does not know the key or left meanwhile.
+    """
+    try:
+        host_handshake(sock, key, channel)
+    except AuthenticationError as exc:
+        _LOGGER.warning("refused a connection: %s", exc)
+        return False
+    except OSError as exc:
+        _LOGGER.debug("channel %r: a client left during the handshake: %s", channel, exc)
+        return False
+    return True
+
+
+def client_handshake(sock: Stream, key: bytes, channel: str) -> None:
     """Answer the host's challenge and check the host's proof; raise AuthenticationError on failure."""
     sock.settimeout(HANDSHAKE_TIMEOUT)
     try:
@@ -96,3 +136,29 @@ def client_handshake(sock: socket.socket, key: bytes, channel: str) -> None:
             raise AuthenticationError(channel, "the host could not prove it knows the authkey")
     finally:
         sock.settimeout(None)
+
+
+def check_auth_matches(channel: str, host_requires_key: bool, authkey: bytes | None) -> None:
+    """Refuse before connecting when the host record's use of a key differs from ours."""
+    if host_requires_key != (authkey is not None):
+        raise AuthenticationError(
+            channel,
+            "the host requires an authkey and this channel has none"
+            if host_requires_key
+            else "this channel has an authkey but the host does not ask for one",
+        )
+
+
+def authenticated(sock: _Sock, channel: str, authkey: bytes | None) -> _Sock | None:
+    """Run the client side of the handshake on a new connection; None (closed) if the host went away."""
+    if authkey is None:
+        return sock
+    try:
+        client_handshake(sock, authkey, channel)
+    except AuthenticationError:
+        sock.close()
+        raise
+    except OSError:
+        sock.close()
+        return None  # the host went away mid-handshake: look again
+    return sock

@@ -1,142 +1,89 @@
-"""Which coordinator and transport a channel runs on: chosen here, once, from its options.
+"""Which backend a channel runs on, chosen here once from its options: the only module that names one.
 
-``coordinator=None`` (and no ``IPCHANNEL_COORDINATOR``): the one-machine pair,
-``LocalCoordinator`` + ``UnixTransport``. A coordinator URL: ``RemoteCoordinator``
-on the engine it names + ``TcpTransport``. Engine clients are made once per
-process and URL (``engine_for``), and again in a forked child: a client's
-connections are the parent's.
+No coordinator (``coordinator=None`` and no ``IPCHANNEL_COORDINATOR``): the backend of
+one machine (``_local``): ``LocalCoordinator`` + ``UnixTransport``, with the standby and,
+where the platform has pidfds, exit notices. A coordinator URL: the backend across
+machines (``_remote``): ``RemoteCoordinator`` on the engine it names + ``TcpTransport``,
+with neither capability. The command line's ``status`` asks here too.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from . import _fork, _platform
-from ._errors import ChannelError, MissingExtraError
-from ._local.coordinator import LocalCoordinator
-from ._local.paths import ChannelPaths, ensure_runtime_dir, resolve_runtime_dir
+from . import _platform
+from ._errors import ChannelError
+from ._local.coordinator import LocalCoordinator, PidExitNotices
+from ._local.paths import ChannelPaths, ensure_runtime_dir
+from ._local.standby import LocalStandby
 from ._local.unix import UnixTransport
 from ._remote.coordinator import RemoteCoordinator
+from ._remote.engine import ENGINES
 from ._remote.tcp import TcpTransport
-from ._remote.tls import validate_ssl_context
-from ._url import DEFAULT_LISTEN, from_environment, parse_address, parse_url, validate_ttl
+from ._seams.base import Backend
 
 if TYPE_CHECKING:
-    from ._local.coordinator import Coordinator
-    from ._local.unix import Transport
-    from ._remote.coordinator import Engine
-    from ._url import CoordinatorURL
+    from pathlib import Path
 
-__all__ = ["ENGINES", "open_backend"]
+    from ._local.status import ChannelStatus
+    from ._options import Options
 
-#: engine -> (module to import, extra to install)
-_CLIENTS = {"etcd": ("etcd3gw", "etcd"), "redis": ("redis", "redis")}
+__all__ = ["local_status", "open_backend", "remote_status"]
 
 
-class _Engines:
-    """The engine clients of this process, one per URL, closed with the last channel using it.
-
-    A forked child starts with none: a client's connections are the parent's.
-    """
-
-    def __init__(self) -> None:
-        self._reset_after_fork()
-
-    def _reset_after_fork(self) -> None:
-        self._lock = threading.Lock()
-        self._clients: dict[CoordinatorURL, tuple[Engine, int]] = {}
-
-    def acquire(self, url: CoordinatorURL) -> Engine:
-        """Return this process's client for ``url`` (MissingExtraError if its library is not installed)."""
-        with self._lock:
-            engine, users = self._clients.get(url) or (_new_engine(url), 0)
-            self._clients[url] = (engine, users + 1)
-            return engine
-
-    def release(self, url: CoordinatorURL, engine: Engine) -> None:
-        """One channel no longer uses ``engine``: close it if it was the last one."""
-        with self._lock:
-            current = self._clients.get(url)
-            if current is None or current[0] is not engine:
-                return  # made before a fork: the parent's, not ours to close
-            if current[1] > 1:
-                self._clients[url] = (engine, current[1] - 1)
-                return
-            del self._clients[url]
-        engine.close()
+def open_backend(name: str, options: Options) -> Backend:
+    """Return the backend for a channel's options (the local one creates the runtime directory)."""
+    if options.coordinator is None:
+        return _local_backend(name, options)
+    return _remote_backend(name, options)
 
 
-ENGINES = _Engines()
-_fork.register(ENGINES)
-
-
-def _new_engine(url: CoordinatorURL) -> Engine:
-    module, extra = _CLIENTS[url.engine]
-    try:
-        found = importlib.util.find_spec(module) is not None
-    except ValueError:  # a module set to None in sys.modules: as good as missing
-        found = False
-    if not found:
-        raise MissingExtraError(url.text, module, extra)
-    if url.engine == "etcd":
-        from ._remote.etcd import EtcdEngine  # noqa: PLC0415 - needs the optional extra
-
-        return EtcdEngine(url)
-    from ._remote.redis import RedisEngine  # noqa: PLC0415 - needs the optional extra
-
-    return RedisEngine(url)
-
-
-def open_backend(  # noqa: PLR0913 - the channel's options, checked here
-    name: str,
-    *,
-    runtime_dir: object,
-    coordinator: str | None,
-    listen: str | None,
-    advertise: str | None,
-    ttl: float | None,
-    ssl_context: object,
-    authkey: bytes | None,
-) -> tuple[Coordinator, Transport]:
-    """Return the coordinator and transport for a channel's options, or raise naming the bad option."""
-    url_text = from_environment(coordinator, "IPCHANNEL_COORDINATOR")
-    if url_text is None:
-        for option, value in (
-            ("listen", listen),
-            ("advertise", advertise),
-            ("ttl", ttl),
-            ("ssl_context", ssl_context),
-        ):
-            if value is not None:
-                raise ValueError(
-                    f"{option} applies only with a coordinator (coordinator= or IPCHANNEL_COORDINATOR); "
-                    "on one machine the channel uses a Unix socket"
-                )
-        return _local_backend(name, runtime_dir)
-    url = parse_url(url_text)
-    if authkey is None:
-        raise ValueError(
-            f"authkey is required with a coordinator ({url.text}): hosts listen on TCP, where nothing "
-            "else tells your processes from anyone who can reach the port; pass the same secret bytes "
-            "(e.g. os.urandom(32), distributed like a password) to every process"
-        )
-    seconds = validate_ttl(ttl)
-    tls = validate_ssl_context(ssl_context)
-    bind = parse_address(from_environment(listen, "IPCHANNEL_LISTEN") or DEFAULT_LISTEN, "listen")
-    advertise_text = from_environment(advertise, "IPCHANNEL_ADVERTISE")
-    advertised = None if advertise_text is None else parse_address(advertise_text, "advertise")
-    coordinator_ = RemoteCoordinator(name, url, seconds, resolve_runtime_dir(runtime_dir), ENGINES)
-    transport = TcpTransport(name, bind, advertised, tls, lambda: coordinator_.engine.local_address())  # noqa: PLW0108 - a fork makes a new engine
-    return coordinator_, transport
-
-
-def _local_backend(name: str, runtime_dir: object) -> tuple[LocalCoordinator, UnixTransport]:
-    """Return the one-machine coordinator and transport, on the runtime directory's files."""
+def _local_backend(name: str, options: Options) -> Backend:
     if not _platform.SUN_PATH_MAX:
         raise ChannelError("ipchannel needs Unix domain sockets and flock, which this platform lacks")
-    directory = resolve_runtime_dir(runtime_dir)
-    ensure_runtime_dir(directory)
-    paths = ChannelPaths.for_channel(name, directory)
-    return LocalCoordinator(name, paths), UnixTransport(name, paths)
+    ensure_runtime_dir(options.runtime_dir)
+    paths = ChannelPaths.for_channel(name, options.runtime_dir)
+    coordinator = LocalCoordinator(name, paths)
+    return Backend(
+        coordinator,
+        UnixTransport(name, paths, options.authkey),
+        standby=LocalStandby(name, paths, options.authkey, coordinator),
+        exit_notices=PidExitNotices() if _platform.EXIT_NOTICES else None,
+    )
+
+
+def _remote_backend(name: str, options: Options) -> Backend:
+    assert options.coordinator is not None
+    assert options.authkey is not None  # required with a coordinator (checked by Options.build)
+
+    def default_host() -> str | None:
+        return coordinator.engine.local_address()  # the engine of now: a forked child makes its own
+
+    transport = TcpTransport(
+        name, options.listen, options.advertise, options.authkey, options.tls, default_host
+    )
+    coordinator = RemoteCoordinator(
+        name, options.coordinator, options.ttl, options.runtime_dir, ENGINES, transport.reachable
+    )
+    return Backend(coordinator, transport)
+
+
+def local_status(directory: Path, name: str | None = None) -> list[ChannelStatus]:
+    """Return the status of channel ``name`` (or of every channel) in a runtime directory, read-only.
+
+    :raises RuntimeDirError: the directory exists but is not safe to trust.
+    """
+    from ._local.status import channel_status, list_channels  # noqa: PLC0415 - psutil: the CLI's only
+
+    if directory.exists():
+        ensure_runtime_dir(directory)  # refuses a directory that is not safe to trust (creates nothing)
+    elif name is None:
+        return []  # the default directory, before any channel was used
+    return [channel_status(name, directory)] if name is not None else list_channels(directory)
+
+
+def remote_status(url: str, name: str | None = None) -> list[dict[str, Any]]:
+    """Return the channels a coordinator engine has a host for (only ``name``, if given), read-only."""
+    from ._remote.status import coordinator_status  # noqa: PLC0415 - the CLI's only
+
+    return coordinator_status(url, name)

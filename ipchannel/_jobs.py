@@ -18,7 +18,7 @@ import threading
 from typing import TYPE_CHECKING
 
 from . import _fork, _platform
-from ._core.channel import Channel
+from ._core.channel import Channel, port_of
 from ._requests.channel import RequestChannel
 from ._timing import validate_timeout
 
@@ -44,6 +44,7 @@ class HostJob:
         self, channel: Channel, func: Callable[[], object], every: float, stop_timeout: float
     ) -> None:
         self._channel, self._func, self._every, self._stop_timeout = channel, func, every, stop_timeout
+        self._may_serve = port_of(channel).may_serve
         self._stopped = False
         self._owned: Channel | None = None  # a channel run_on_host made for the job, closed by stop()
         self._reset_after_fork()
@@ -103,7 +104,7 @@ class HostJob:
             "channel %r: host job %r started (generation %d)", self._channel.name, self._func, generation
         )
         while not stop.wait(self._every):
-            if not self._channel._may_serve:  # noqa: SLF001 - its claim lapsed: the monitor steps it down
+            if not self._may_serve():  # its claim lapsed: the monitor steps it down
                 continue
             try:
                 self._func()

@@ -1,11 +1,19 @@
-"""Time limits: validating a timeout argument, and a deadline on the monotonic clock."""
+"""Time limits: validating a timeout argument, a deadline on the monotonic clock, and the retry backoff."""
 
 from __future__ import annotations
 
+import logging
 import math
+import random
 import time
+from typing import TYPE_CHECKING
 
-__all__ = ["Deadline", "validate_timeout"]
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = ["Backoff", "Deadline", "validate_timeout"]
+
+_LOGGER = logging.getLogger("ipchannel")
 
 
 def validate_timeout(timeout: object, name: str = "timeout") -> float | None:
@@ -37,3 +45,40 @@ class Deadline:
     def elapsed(self) -> float:
         """Seconds since the deadline was created."""
         return time.monotonic() - self._start
+
+
+class Backoff:
+    """Waits between election attempts: 1 ms doubling to 50 ms, with jitter, within a deadline.
+
+    ``wait(seconds)`` is the channel's stop Event ``wait``, so ``close()``
+    interrupts a waiting ``connect()``; it returns True when interrupted.
+    ``sleep(changed)`` also ends early, checking every ``POLL`` seconds, once
+    ``changed()`` says the election can move on (a new host published itself, or
+    the dead one's lock is free): waiters act within half a millisecond of it
+    instead of at their next backoff step.
+    """
+
+    FIRST = 0.001
+    CAP = 0.05
+    POLL = 0.0005
+
+    def __init__(self, deadline: Deadline, wait: Callable[[float], bool], first: float = FIRST) -> None:
+        self._deadline = deadline
+        self._wait = wait
+        self._delay = first
+
+    def sleep(self, changed: Callable[[], bool] | None = None) -> bool:
+        """Wait for the next attempt. Return False if the deadline has passed or the wait was interrupted."""
+        remaining = self._deadline.remaining()
+        if remaining <= 0:
+            return False
+        delay = min(self._delay * random.uniform(0.5, 1.5), remaining)  # noqa: S311 - jitter, not crypto
+        self._delay = min(self._delay * 2, self.CAP)
+        end = time.monotonic() + delay
+        while (left := end - time.monotonic()) > 0:
+            if self._wait(left if changed is None else min(left, self.POLL)):
+                return False
+            if changed is not None and changed():
+                break
+        _LOGGER.debug("election: retrying after %.1f ms", (delay - max(0.0, left)) * 1000)
+        return True

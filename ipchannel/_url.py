@@ -1,8 +1,6 @@
-"""The cross-machine options: the coordinator URL, ``listen``, ``advertise`` and ``ttl``, checked once.
+"""The coordinator URL: which engine elects the host across machines, and how to reach it.
 
-``coordinator=None`` reads ``IPCHANNEL_COORDINATOR`` (and ``listen``/``advertise``
-read ``IPCHANNEL_LISTEN``/``IPCHANNEL_ADVERTISE``), so a deployment switches to a
-coordinator without a code change. URLs::
+URLs::
 
     etcd://HOST[:PORT][,HOST[:PORT]...][/PREFIX]     (etcds:// over HTTPS)
     redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]        (rediss:// over TLS)
@@ -10,25 +8,13 @@ coordinator without a code change. URLs::
 
 from __future__ import annotations
 
-import math
-import os
 from dataclasses import dataclass
 from urllib.parse import unquote
 
 from ._errors import CoordinatorURLError
 
-__all__ = [
-    "DEFAULT_LISTEN",
-    "DEFAULT_TTL",
-    "CoordinatorURL",
-    "from_environment",
-    "parse_address",
-    "parse_url",
-    "validate_ttl",
-]
+__all__ = ["CoordinatorURL", "parse_url"]
 
-DEFAULT_TTL = 5.0
-DEFAULT_LISTEN = "0.0.0.0:0"
 _DEFAULT_PORTS = {"etcd": 2379, "etcds": 2379, "redis": 6379, "rediss": 6379}
 _DEFAULT_PREFIX = "/ipchannel"
 
@@ -103,43 +89,6 @@ def _path_options(text: str, scheme: str, path: str, endpoints: int) -> tuple[st
     if db < 0:
         raise CoordinatorURLError(text, "the database number must be >= 0")
     return _DEFAULT_PREFIX, db
-
-
-def parse_address(value: object, name: str) -> tuple[str, int]:
-    """Parse ``HOST:PORT`` (``[V6]:PORT``; port 0: any free one); TypeError/ValueError name ``name``."""
-    if not isinstance(value, str):
-        raise TypeError(f"{name} must be a 'HOST:PORT' string or None, not {type(value).__name__}")
-    host, sep, port_text = value.rpartition(":")
-    if not sep or not host:
-        raise ValueError(f"{name} must be 'HOST:PORT' (port 0 for any free port), not {value!r}")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise ValueError(f"{name} must be 'HOST:PORT' with a numeric port, not {value!r}") from None
-    if not 0 <= port <= 65535:
-        raise ValueError(f"{name}'s port must be 0-65535, not {port}")
-    return host, port
-
-
-def validate_ttl(ttl: object) -> float:
-    """Return ``ttl`` in seconds (default ``DEFAULT_TTL``), or raise TypeError/ValueError."""
-    if ttl is None:
-        return DEFAULT_TTL
-    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)):
-        raise TypeError(f"ttl must be a number of seconds (int or float) or None, not {type(ttl).__name__}")
-    if math.isnan(ttl) or math.isinf(ttl) or ttl < 1:
-        raise ValueError(
-            f"ttl must be a finite number of seconds >= 1 (etcd leases have whole seconds), not {ttl!r}"
-        )
-    return float(ttl)
-
-
-def from_environment(value: str | None, variable: str) -> str | None:
-    """Return ``value``, or the environment variable ``variable`` when it is None (empty counts as unset)."""
-    if value is not None:
-        return value
-    return os.environ.get(variable) or None
 
 
 def _endpoint(url: str, part: str, default_port: int) -> tuple[str, int]:

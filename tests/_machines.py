@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from _peers import _serve_commands, log_to
 
 import ipchannel
+from ipchannel._core.channel import port_of
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
@@ -49,8 +50,8 @@ class _MachinePeer:
             "is_host": channel.is_host,
             "host_pid": channel.host_pid,
             "generation": channel.generation,
-            "may_serve": channel._may_serve,  # noqa: SLF001 - what the fence says right now
-            "address": None if channel._record is None else channel._record.sock,  # noqa: SLF001
+            "may_serve": port_of(channel).may_serve(),  # what the fence says right now
+            "address": None if (record := channel._connector.record) is None else record.sock,  # noqa: SLF001
         }
 
     def do(self, cmd: str, args: dict[str, Any]) -> dict[str, Any]:  # noqa: PLR0912 - commands

@@ -95,7 +95,7 @@ class _Peer:
             "generation": ch.generation,
             "sock_id": id(self.sock) if self.sock is not None else None,
             "fileno": self.sock.fileno() if self.sock is not None else None,
-            "standby": ch._standby is not None,  # noqa: SLF001 - stands by to host next
+            "standby": ch._hosting.standing_by,  # noqa: SLF001 - stands by to host next
         }
 
     def fork_child(self) -> int:
@@ -106,7 +106,7 @@ class _Peer:
             try:
                 sock = self.channel.connect(timeout=5)
                 reply, _ = request(sock, "child", time.monotonic() + 5)
-                code = 0 if self.channel._standby is None and reply.endswith(" child") else 2  # noqa: SLF001
+                code = 0 if not self.channel._hosting.standing_by and reply.endswith(" child") else 2  # noqa: SLF001
             finally:
                 os._exit(code)
         _, status = os.waitpid(pid, 0)
@@ -133,7 +133,7 @@ class _Peer:
         if cmd == "leak_lock":
             # Start a process that inherits the lock's open file description (pass_fds) and
             # outlives us: after our death it holds the lock without hosting.
-            coordinator = self.channel._coordinator  # noqa: SLF001
+            coordinator = self.channel._backend.coordinator  # noqa: SLF001
             assert isinstance(coordinator, LocalCoordinator)
             fd = coordinator.lock_fd
             assert fd is not None
@@ -351,7 +351,7 @@ class _RequestPeer:
             "pid": os.getpid(),
             "is_host": self.channel.channel.is_host,
             "host_pid": self.channel.channel.host_pid,
-            "standby": self.channel.channel._standby is not None,  # noqa: SLF001 - stands by to host next
+            "standby": self.channel.channel._hosting.standing_by,  # noqa: SLF001 - stands by to host next
         }
 
     def do(self, cmd: str, args: dict[str, Any]) -> dict[str, Any]:

@@ -21,8 +21,9 @@ import pytest
 from conftest import Peers, reap, wait_until
 
 import ipchannel
-from ipchannel._core.server import IDLE_THREADS, READY_THREADS, HostedServer
-from ipchannel._seams.record import HostRecord, read_record, write_record
+from ipchannel._core.server import IDLE_THREADS, READY_THREADS, Server
+from ipchannel._local.records import read_record, write_record
+from ipchannel._seams.record import HostRecord
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -393,7 +394,7 @@ def test_no_host_within_timeout_names_the_lock_holder_then_recovers(
             assert info.value.last_host_pid == host.pid
             assert f"held by pid(s) [{sleeper}]" in str(info.value)
             # the monitor says so too, once
-            wait_until(lambda: f"(holders: [{sleeper}])" in caplog.text, timeout=5)
+            wait_until(lambda: f"held by pid(s) [{sleeper}]" in caplog.text, timeout=5)
             os.kill(sleeper, signal.SIGKILL)
             reap(sleeper)
             sock.sendall(b"back\n")  # the channel and the socket are still usable
@@ -408,8 +409,10 @@ def test_monitor_restarts_a_dead_server_thread(
 ) -> None:
     caplog.set_level(logging.WARNING, logger="ipchannel")
     channel.connect()
-    server = channel._server  # noqa: SLF001
-    assert isinstance(server, HostedServer)  # the Unix transport's listener
+    term = channel._hosting.term  # noqa: SLF001
+    assert term is not None
+    server = term[0]
+    assert isinstance(server, Server)
     first = server._thread  # noqa: SLF001
     assert first is not None
 
@@ -417,7 +420,7 @@ def test_monitor_restarts_a_dead_server_thread(
         del server._server.service_actions  # noqa: SLF001 - fail once, then behave
         raise RuntimeError("injected fault")
 
-    server._server.service_actions = boom  # noqa: SLF001
+    server._server.service_actions = boom  # type: ignore[method-assign]  # noqa: SLF001
     channel.connect()  # a request makes serve_forever go round its loop
     first.join(5)
     assert not first.is_alive()

@@ -103,6 +103,15 @@ def test_the_hosting_worker_sigkilled_mid_run_loses_no_acknowledged_write(
 ) -> None:
     host = _get(gunicorn.address, "/incr?key=n")["host"]
     assert host in gunicorn.workers()
+    # Every worker opens the cache (its replica) before the kill: a write held by the host alone
+    # dies with it, as documented. Left to chance, the host can serve all the first writes alone.
+    answered: set[int] = set()
+
+    def every_worker_opened_it() -> bool:
+        answered.add(_get(gunicorn.address, "/get?key=n")["worker"])
+        return answered >= set(gunicorn.workers())
+
+    wait_until(every_worker_opened_it, timeout=30, interval=0)
     acknowledged: list[int] = [1]
     failed = [0]
     killed = threading.Event()

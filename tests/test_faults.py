@@ -17,7 +17,7 @@ from conftest import wait_until
 import ipchannel
 from ipchannel._local.coordinator import LocalCoordinator
 from ipchannel._local.paths import ChannelPaths
-from ipchannel._seams.record import read_record
+from ipchannel._local.records import read_record
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -42,7 +42,7 @@ def test_runtime_dir_deleted_under_a_live_host(peers: Peers, runtime_dir: Path) 
     shutil.rmtree(runtime_dir)  # lock, record and socket file all gone; the host still listens
     # the host notices at its next monitor tick and steps down; whoever wins the new lock hosts
     coordinator = LocalCoordinator("test", ChannelPaths.for_channel("test", runtime_dir))
-    wait_until(lambda: (record := coordinator.read()) and coordinator.serving(record), timeout=10)
+    wait_until(lambda: (record := coordinator.read()) and coordinator.assess(record).serving, timeout=10)
     # until its next tick (0.1 s) the old host may still answer its own connections: the documented window
     wait_until(lambda: len(_hosts(group)) == 1, timeout=5)
     new_host = _everyone_answered_by_one_host(group)

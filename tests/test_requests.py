@@ -116,10 +116,10 @@ def test_bad_arguments() -> None:
 def test_a_request_connection_per_concurrent_caller_reused() -> None:
     with ipchannel.RequestChannel("x", _peers.on_request) as rc:
         rc.request("first")
-        (first,) = rc.channel._sockets  # noqa: SLF001 - white box: the connections this process opened
+        (first,) = rc.channel._connector.sockets  # noqa: SLF001 - white box: the connections this process opened
         for i in range(20):
             assert rc.request(i)["message"] == i
-        assert list(rc.channel._sockets) == [first]  # noqa: SLF001 - sequential calls share it
+        assert list(rc.channel._connector.sockets) == [first]  # noqa: SLF001 - sequential calls share it
         start, wrong = threading.Barrier(4), list[int]()
 
         def caller() -> None:
@@ -132,8 +132,8 @@ def test_a_request_connection_per_concurrent_caller_reused() -> None:
         for t in threads:
             t.join(30)
         assert not wrong
-        assert first in rc.channel._sockets  # noqa: SLF001
-        assert len(rc.channel._sockets) <= 4  # noqa: SLF001 - at most one per concurrent caller
+        assert first in rc.channel._connector.sockets  # noqa: SLF001
+        assert len(rc.channel._connector.sockets) <= 4  # noqa: SLF001 - at most one per concurrent caller
 
 
 @pytest.mark.usefixtures("runtime_dir")

@@ -17,10 +17,12 @@ from conftest import wait_until
 import ipchannel
 from ipchannel import _platform
 from ipchannel._local.coordinator import LocalCoordinator
-from ipchannel._local.lock import Backoff
-from ipchannel._local.paths import NAME_RULE, ChannelPaths, validate_name
-from ipchannel._seams.record import HostRecord, own_create_time, read_record, write_record
-from ipchannel._timing import Deadline, validate_timeout
+from ipchannel._local.paths import ChannelPaths
+from ipchannel._local.records import read_record, write_record
+from ipchannel._options import NAME_RULE, validate_name
+from ipchannel._seams.base import HostState
+from ipchannel._seams.record import HostRecord, own_create_time
+from ipchannel._timing import Backoff, Deadline, validate_timeout
 
 
 @pytest.mark.parametrize("name", ["a", "counter", "A-b_c.d", "-x", "_", "9" * 64])
@@ -134,15 +136,39 @@ def test_missing_record_reads_as_none(tmp_path: Path) -> None:
     assert read_record(tmp_path / "nothing.host") is None
 
 
-_COORDINATOR = LocalCoordinator("x", ChannelPaths.for_channel("x", Path("/nonexistent")))  # reads no file
+def _assess(tmp_path: Path, record: HostRecord) -> HostState:
+    """What a coordinator says of ``record``'s host while it is the recorded one."""
+    coordinator = LocalCoordinator("x", ChannelPaths.for_channel("x", tmp_path))
+    write_record(tmp_path / "x.host", record)
+    return coordinator.assess(record)
 
 
-def test_liveness_uses_pid_and_create_time() -> None:
+def test_the_host_state_comes_from_pid_and_start_time(tmp_path: Path) -> None:
     me = os.getpid()
-    assert _record(me, own_create_time(me)).liveness() == "alive"
-    assert _COORDINATOR.serving(_record(me, own_create_time(me)))
-    assert _record(me, own_create_time(me) - 1000).liveness() == "dead"  # pid reused by someone else
-    assert _record(2**22 + 12345, 0.0).liveness() == "dead"  # no such process
+    assert _assess(tmp_path, _record(me, own_create_time(me))) is HostState.SERVING
+    assert _assess(tmp_path, _record(me, own_create_time(me) - 1000)) is HostState.GONE  # pid reused
+    assert _assess(tmp_path, _record(2**22 + 12345, 0.0)) is HostState.GONE  # no such process
+
+
+def test_a_live_host_that_is_no_longer_recorded_has_retired(tmp_path: Path) -> None:
+    me = os.getpid()
+    coordinator = LocalCoordinator("x", ChannelPaths.for_channel("x", tmp_path))
+    ours = _record(me, own_create_time(me))
+    assert coordinator.assess(ours) is HostState.RETIRED  # no record at all: it handed over
+    write_record(tmp_path / "x.host", _record(me, own_create_time(me), 8))
+    assert coordinator.assess(ours) is HostState.RETIRED  # another term replaced it
+
+
+def test_a_host_whose_process_cannot_be_seen_is_unknown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    me = os.getpid()
+    record = _record(me, own_create_time(me))
+    monkeypatch.setattr(_platform, "start_time", lambda _pid: float("nan"))  # as psutil's AccessDenied
+    state = _assess(tmp_path, record)
+    assert state is HostState.UNKNOWN
+    assert not state.serving
+    assert not state.forget  # kept as the known host: the lock decides, by election
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="boot-relative start times are Linux's")
@@ -155,16 +181,16 @@ def test_liveness_compares_start_times_that_no_wall_clock_step_moves() -> None:
     assert started == _platform.start_time(me)
 
 
-def test_zombie_is_unknown_and_not_serving() -> None:
+def test_a_zombie_host_is_gone_its_lock_free(tmp_path: Path) -> None:
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     try:
         proc = psutil.Process(child.pid)
         create_time = _platform.start_time(child.pid)
         assert create_time is not None
         wait_until(lambda: proc.status() == psutil.STATUS_ZOMBIE)
-        record = _record(child.pid, create_time)
-        assert record.liveness() == "unknown"
-        assert not _COORDINATOR.serving(record)
+        state = _assess(tmp_path, _record(child.pid, create_time))
+        assert state is HostState.GONE
+        assert state.dead
     finally:
         child.wait()
 

@@ -24,8 +24,9 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from .. import _fork
+from .._core.channel import port_of
 from .._framing import DEFAULT_MAX_SIZE
-from .._requests.channel import RequestChannel
+from .._requests.channel import RequestChannel, ensure_subscribed
 from .._timing import Deadline, validate_timeout
 from .runner import DEFAULT_WORKERS, Runner, validate_workers
 
@@ -55,7 +56,7 @@ def check_plain_function(name: str, func: object) -> None:
 
 def busy_error(channel: Channel, deadline: Deadline) -> BaseException:
     """Return the ChannelTimeout of a call that waited for a worker until its deadline."""
-    return channel._timeout_error(deadline, _BUSY)  # noqa: SLF001
+    return port_of(channel).timeout_error(deadline, _BUSY)
 
 
 def time_left(channel: Channel, deadline: Deadline) -> float | None:
@@ -121,8 +122,8 @@ class AsyncRequestChannel:
             advertise=advertise,
             ttl=ttl,
             ssl_context=ssl_context,
+            _kind=self._kind,  # errors name the class the user holds
         )
-        self._sync._kind = self._kind  # noqa: SLF001 - errors name the class the user holds
         self._runner = Runner(self._sync.channel.name, self._kind, workers)
         self._subscribed = False  # kept after fork: RequestChannel resubscribes our callback there
         self._reset_streams()
@@ -212,13 +213,13 @@ class AsyncRequestChannel:
         """Subscribe this process once (in a worker); a forked child's subscription resumes by itself."""
         remaining = time_left(self._sync.channel, deadline)
         if not self._subscribe_lock.acquire(timeout=-1 if remaining is None else remaining):
-            raise self._sync.channel._timeout_error(deadline, "another task is still subscribing")  # noqa: SLF001
+            raise port_of(self._sync.channel).timeout_error(deadline, "another task is still subscribing")
         try:
             if not self._subscribed:  # one subscription per process, for every stream
                 self._sync.subscribe(self._dispatch, timeout=time_left(self._sync.channel, deadline))
                 self._subscribed = True
             else:  # in a forked child it may still be resuming: from now on means from now on
-                self._sync._subscriber.ensure_running(deadline)  # noqa: SLF001
+                ensure_subscribed(self._sync, deadline)
         finally:
             self._subscribe_lock.release()
 

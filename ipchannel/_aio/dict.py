@@ -16,10 +16,9 @@ from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .. import _fork
-from .._auth import validate_authkey
 from .._codecs import resolve_codec
 from .._errors import ChannelClosed, ChannelError
-from .._local.paths import resolve_runtime_dir, validate_name
+from .._options import Options, validate_name
 from .._shareddict.dict import SharedDict
 from .._timing import Deadline, validate_timeout
 from .channel import busy_error, time_left
@@ -56,7 +55,8 @@ class AsyncSharedDict(Mapping[Any, Any]):
     :param name, codec, runtime_dir, authkey, timeout, coordinator, listen, advertise, ttl,
         ssl_context: as for ``SharedDict``: ``timeout`` bounds opening and each write once a
         worker runs it; a write still waiting for a worker after ``timeout`` raises
-        ``ChannelTimeout`` unsent. ``coordinator`` and the options after it are checked when it opens.
+        ``ChannelTimeout`` unsent. Every option is checked here; the runtime directory is made
+        when it opens.
     """
 
     def __init__(  # noqa: PLR0913 - keyword-only options, as SharedDict has
@@ -77,18 +77,16 @@ class AsyncSharedDict(Mapping[Any, Any]):
         self._name = validate_name(name)
         workers = validate_workers(workers)
         self._timeout = validate_timeout(timeout)
-        resolve_runtime_dir(runtime_dir)  # its type only: the directory is made when it opens
-        self._options: dict[str, Any] = {
-            "codec": resolve_codec(codec),
-            "runtime_dir": runtime_dir,
-            "authkey": validate_authkey(authkey),
-            "timeout": timeout,
-            "coordinator": coordinator,
-            "listen": listen,
-            "advertise": advertise,
-            "ttl": ttl,
-            "ssl_context": ssl_context,
-        }
+        self._codec = resolve_codec(codec)
+        self._options = Options.build(  # checked now; the directory is made when it opens
+            runtime_dir=runtime_dir,
+            authkey=authkey,
+            coordinator=coordinator,
+            listen=listen,
+            advertise=advertise,
+            ttl=ttl,
+            ssl_context=ssl_context,
+        )
         self._dict: SharedDict | None = None
         self._replica: Mapping[Any, Any] = _NotOpen(self._name)
         self._runner = Runner(self._name, "AsyncSharedDict", workers)
@@ -111,7 +109,9 @@ class AsyncSharedDict(Mapping[Any, Any]):
             if self._closed:
                 raise ChannelClosed(self._name, "AsyncSharedDict")
             if self._dict is None:
-                self._dict = SharedDict(self._name, **self._options)
+                self._dict = SharedDict(
+                    self._name, codec=self._codec, timeout=self._timeout, _options=self._options
+                )
                 self._replica = self._dict
             return self._dict
 

@@ -13,13 +13,12 @@ import sys
 from typing import TYPE_CHECKING, TextIO
 
 from .._errors import ChannelError
-from .._local.paths import ensure_runtime_dir, resolve_runtime_dir, validate_name
+from .._options import resolve_runtime_dir, validate_name
 from .._version import __version__
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from .._local.status import ChannelStatus
 
 __all__ = ["main"]
 
@@ -103,13 +102,9 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0911 - one return pe
 
 
 def _status(name: str | None, directory: Path, *, as_json: bool, out: TextIO) -> int:
-    from .._local.status import channel_status, list_channels  # noqa: PLC0415 - only this command needs it
+    from .._backends import local_status  # noqa: PLC0415 - only this command needs it
 
-    if not directory.exists():  # the default directory, before any channel was used
-        channels: list[ChannelStatus] = [channel_status(name, directory)] if name else []
-    else:
-        ensure_runtime_dir(directory)  # refuses (RuntimeDirError) a directory that is not safe to trust
-        channels = [channel_status(name, directory)] if name else list_channels(directory)
+    channels = local_status(directory, name)
     if as_json:
         print(
             json.dumps({"runtime_dir": str(directory), "channels": [c.to_json() for c in channels]}), file=out
@@ -142,9 +137,9 @@ def _status(name: str | None, directory: Path, *, as_json: bool, out: TextIO) ->
 
 
 def _coordinator_status(url: str, name: str | None, *, as_json: bool, out: TextIO) -> int:
-    from .._local.status import coordinator_status  # noqa: PLC0415 - only this command needs it
+    from .._backends import remote_status  # noqa: PLC0415 - only this command needs it
 
-    channels = coordinator_status(url, name)
+    channels = remote_status(url, name)
     if as_json:
         print(json.dumps({"coordinator": url, "channels": channels}), file=out)
     elif not channels:

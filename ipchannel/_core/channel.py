@@ -1,37 +1,35 @@
-"""The public ``Channel``: state, the connect loop, hooks, fork reset and close.
+"""The public ``Channel``: a facade over the connector, the hosting term and the monitor.
 
-Who hosts and where is the coordinator's business (``_coordinator``: the local
-one is a flock, a JSON record and pid liveness); how to reach the host is the
-transport's (``_transport``: the local one is a Unix socket). The monitor
-thread's policy lives in ``_monitor``. Channel only sequences them: read the
-record, connect, or try to become host (listen, publish the record, publish
-the address); on the way out, retract the record before the listener closes.
-Shared state lives under ``_state_lock``; ``_elect_lock`` lets one thread of
-this process at a time take part in the election.
+``Channel`` checks its arguments, asks ``_backends`` for the backend its options name,
+and wires the core's parts together: ``Connector`` (``connect``: find, elect, follow,
+recover), ``Hosting`` (``term``: become host, serve, resign, step down, stand by) and
+``Monitor`` (``monitor``: the thread that watches the host). It owns the channel's
+lifecycle: start on first use, close, and the reset in a forked child.
+
+The layers built on a channel (requests, shared dict, jobs, aio) reach what they need
+of its insides through ``port_of(channel)``: may this process serve, how a timeout on
+this channel is worded, what is known of the recorded host.
 """
 
 from __future__ import annotations
 
 import atexit
-import contextlib
-import logging
-import os
-import threading
-import weakref
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, overload
 
-from .. import _fork, _hooks
-from .._auth import validate_authkey
+from .. import _fork
 from .._backends import open_backend
-from .._errors import ChannelClosed, ChannelError, ChannelTimeout, CoordinatorUnavailable
-from .._local.lock import Backoff
-from .._local.paths import validate_name
-from .._remote.coordinator import LostClaim
+from .._errors import ChannelClosed
+from .._options import Options, validate_name
 from .._timing import Deadline, validate_timeout
+from .._wakeup import Wakeup
+from .connect import Connector
 from .monitor import Monitor
 from .server import handler_class
+from .term import Hosting
 
 if TYPE_CHECKING:
+    import os
     import socket
     import socketserver
     import ssl
@@ -39,17 +37,12 @@ if TYPE_CHECKING:
     from pathlib import Path
     from types import TracebackType
 
-    from .._local.coordinator import Coordinator
-    from .._local.standby import StandbyListener
-    from .._local.unix import Listener, Transport
-    from .._seams.record import HostRecord
+    from .._errors import ChannelTimeout
+    from .._seams.base import Backend
+    from .connect import Phase
     from .socket import ChannelSocket
 
-__all__ = ["Channel", "open_channel"]
-
-_LOGGER = logging.getLogger("ipchannel")
-
-State = Literal["initiated", "connecting", "connected", "closed"]
+__all__ = ["Channel", "Port", "open_channel", "port_of"]
 
 
 class Channel:
@@ -114,50 +107,35 @@ class Channel:
         advertise: str | None = None,
         ttl: float | None = None,
         ssl_context: ssl.SSLContext | tuple[ssl.SSLContext, ssl.SSLContext] | None = None,
-        _coordinator: Coordinator | None = None,
-        _transport: Transport | None = None,
+        _options: Options | None = None,
+        _backend: Backend | None = None,
     ) -> None:
         self._name = validate_name(name)
-        self._handler = handler_class(handler)
-        self._authkey = validate_authkey(authkey)
-        if not isinstance(auto_reconnect, bool):
-            raise TypeError(f"auto_reconnect must be a bool, not {type(auto_reconnect).__name__}")
-        if not isinstance(may_host, bool):
-            raise TypeError(f"may_host must be a bool, not {type(may_host).__name__}")
-        if _coordinator is None or _transport is None:
-            _coordinator, _transport = open_backend(
-                self._name,
-                runtime_dir=runtime_dir,
-                coordinator=coordinator,
-                listen=listen,
-                advertise=advertise,
-                ttl=ttl,
-                ssl_context=ssl_context,
-                authkey=self._authkey,
-            )
-        self._coordinator, self._transport = _coordinator, _transport
-        self.auto_reconnect = auto_reconnect
-        self.may_host = may_host
-        self._sockets: weakref.WeakSet[ChannelSocket] = weakref.WeakSet()
-        self._last_generation = 0
-        self._last_host_pid: int | None = None
-        self._elected_callbacks: list[Callable[[int], object]] = []
-        self._demoted_callbacks: list[Callable[[int], object]] = []
-        self._reset_runtime_state("initiated")
-        _fork.register(self)
-
-    def _reset_runtime_state(self, state: State) -> None:
-        self._state_lock = threading.Lock()
-        self._elect_lock = threading.Lock()
-        self._recovery_lock = threading.Lock()  # the one socket looking for the next host holds it
-        self._stopping = threading.Event()
-        self._state: State = state
-        self._record: HostRecord | None = None  # the live host we know; ours while hosting
-        self._server: Listener | None = None
+        handler_cls = handler_class(handler)
+        options = _options or Options.build(
+            runtime_dir=runtime_dir,
+            authkey=authkey,
+            coordinator=coordinator,
+            listen=listen,
+            advertise=advertise,
+            ttl=ttl,
+            ssl_context=ssl_context,
+        )
+        for option, value in (("auto_reconnect", auto_reconnect), ("may_host", may_host)):
+            if not isinstance(value, bool):
+                raise TypeError(f"{option} must be a bool, not {type(value).__name__}")
+        self._backend = backend = _backend or open_backend(self._name, options)
+        self._wakeup = Wakeup()
+        self._connector = Connector(
+            self._name, backend, self._wakeup, self._start, auto_reconnect=auto_reconnect, may_host=may_host
+        )
+        self._hosting = Hosting(
+            self._name, backend, handler_cls, self._connector, self._wakeup, auth=options.authkey is not None
+        )
+        self._connector.hosting = self._hosting
         self._monitor: Monitor | None = None
-        self._resigning = False  # set when this process starts to give hosting up
-        self._standby: StandbyListener | None = None  # ready to host next (``_standby``)
-        self._standby_record: HostRecord | None = None
+        self._port = Port(self._hosting.may_serve, self._connector.timeout_error, self._recorded_host)
+        _fork.register(self)
 
     # -- public properties -------------------------------------------------------
 
@@ -167,43 +145,66 @@ class Channel:
         return self._name
 
     @property
-    def runtime_dir(self) -> Path:
-        """The directory holding this channel's local files (lock, host record and socket, locally)."""
-        return self._coordinator.runtime_dir
+    def channel(self) -> Channel:
+        """Return this channel: every ipchannel object's ``.channel`` is the ``Channel`` electing its host."""
+        return self
 
     @property
-    def state(self) -> State:
+    def runtime_dir(self) -> Path:
+        """The directory holding this channel's local files (lock, host record and socket, locally)."""
+        return self._backend.coordinator.runtime_dir
+
+    @property
+    def state(self) -> Phase:
         """``"initiated"``, ``"connecting"`` (looking for a host), ``"connected"`` or ``"closed"``."""
-        return self._state
+        return self._connector.phase
 
     @property
     def connected(self) -> bool:
         """True while a live host is known (this process or another)."""
-        return self._state == "connected"
+        return self._connector.phase == "connected"
 
     @property
     def closed(self) -> bool:
         """True once ``close()`` was called."""
-        return self._state == "closed"
+        return self._connector.phase == "closed"
 
     @property
     def is_host(self) -> bool:
         """True while this process hosts the server."""
-        return self._server is not None
+        return self._hosting.is_host
 
     @property
     def host_pid(self) -> int | None:
         """Pid of the current host, or None while none is known."""
-        record = self._record
+        record = self._connector.record
         return None if record is None else record.pid
 
     @property
     def generation(self) -> int | None:
         """Generation of the current host (1 for the first, +1 per new host), or None."""
-        record = self._record
+        record = self._connector.record
         return None if record is None else record.generation
 
-    # -- connect and close -----------------------------------------------------
+    @property
+    def auto_reconnect(self) -> bool:
+        """Whether sockets follow the host across failover (see ``connect()``)."""
+        return self._connector.auto_reconnect
+
+    @auto_reconnect.setter
+    def auto_reconnect(self, value: bool) -> None:
+        self._connector.auto_reconnect = value
+
+    @property
+    def may_host(self) -> bool:
+        """False keeps this process out of elections (see the constructor)."""
+        return self._connector.may_host
+
+    @may_host.setter
+    def may_host(self, value: bool) -> None:
+        self._connector.may_host = value
+
+    # -- connect, join and the host hooks ------------------------------------------
 
     def connect(self, timeout: float | None = 5.0) -> ChannelSocket:
         """Return a new socket connected to the host, electing this process if there is none.
@@ -217,11 +218,7 @@ class Channel:
         :raises ChannelTimeout: no host could be reached in time.
         :raises ChannelClosed: the channel was closed.
         """
-        deadline = Deadline(validate_timeout(timeout))
-        sock, record = self._open_connection(deadline)
-        sock._attach(self, record, deadline.timeout)  # noqa: SLF001
-        self._sockets.add(sock)
-        return sock
+        return self._connector.connect(validate_timeout(timeout))
 
     def join(self, timeout: float | None = 5.0) -> bool:
         """Take part in the election without opening a connection; return True if this process hosts.
@@ -232,18 +229,8 @@ class Channel:
 
         :raises ChannelTimeout: no live host could be found or become one within ``timeout``.
         """
-        deadline = Deadline(validate_timeout(timeout))
-        self._start()
-        backoff = Backoff(deadline, self._stopping.wait)
-        while True:
-            record = self._elect(None, verify=True)  # the coordinator checks the host: no connection
-            if record is not None:
-                self._adopt(record)
-                return self.is_host
-            if not backoff.sleep():
-                if self._stopping.is_set():
-                    raise ChannelClosed(self._name)
-                raise self._timeout_error(deadline)
+        self._connector.join(Deadline(validate_timeout(timeout)))
+        return self.is_host
 
     def on_elected(self, callback: Callable[[int], object]) -> Callable[[int], object]:
         """Call ``callback(generation)`` each time this process becomes host (once per term).
@@ -253,7 +240,7 @@ class Channel:
         after the host is published. It must not block: start a thread for long work.
         An exception it raises is logged. Returns ``callback``, so it works as a decorator.
         """
-        self._elected_callbacks.append(_check_callback(callback))
+        self._hosting.elected_callbacks.append(_check_callback(callback))
         return callback
 
     def on_demoted(self, callback: Callable[[int], object]) -> Callable[[int], object]:
@@ -264,15 +251,32 @@ class Channel:
         stops, so work it stops cannot overlap the next host's. It must not block
         for long nor call into this channel. A process killed outright runs nothing.
         """
-        self._demoted_callbacks.append(_check_callback(callback))
+        self._hosting.demoted_callbacks.append(_check_callback(callback))
         return callback
 
-    def _run_callbacks(self, callbacks: list[Callable[[int], object]], generation: int, kind: str) -> None:
-        for callback in list(callbacks):
-            try:
-                callback(generation)
-            except Exception:
-                _LOGGER.exception("channel %r: %s callback %r raised", self._name, kind, callback)
+    # -- lifecycle ----------------------------------------------------------------
+
+    def _start(self) -> None:
+        """On first use (and first use in a forked child): start the monitor thread."""
+        connector = self._connector
+        with connector.state_lock:
+            if connector.phase == "closed":
+                raise ChannelClosed(self._name)
+            if self._monitor is not None:
+                return
+            if connector.phase == "initiated":
+                connector.phase = "connecting"
+            self._monitor = Monitor(
+                self._name,
+                self._hosting,
+                connector,
+                self._backend,
+                self._wakeup,
+                self.monitor_interval,
+                connector.stopping,
+            )
+            self._monitor.start()
+        atexit.register(self.close)
 
     def close(self) -> None:
         """Close the channel: stop the monitor, hand hosting over, close this process's sockets.
@@ -280,24 +284,18 @@ class Channel:
         In the host, the server stops, the record and socket file are removed
         and the lock released, so another process takes over at once. Idempotent.
         """
-        with self._state_lock:
-            if self._state == "closed":
+        connector = self._connector
+        with connector.state_lock:
+            if connector.phase == "closed":
                 return
-            self._state = "closed"
+            connector.phase = "closed"
             monitor, self._monitor = self._monitor, None
-        self._stopping.set()
+        connector.stopping.set()
         if monitor is not None:
             monitor.join()
-        with self._elect_lock:
-            self._stop_standing_by()
-            server, record = self._server, self._record
-            self._server = self._record = None
-            if server is not None and record is not None:
-                self._resign(server, record)
-            self._transport.tidy()
-        self._coordinator.close()
-        for sock in list(self._sockets):
-            sock._close_for_channel()  # noqa: SLF001
+        self._hosting.close()
+        self._backend.coordinator.close()
+        connector.close_sockets()
         atexit.unregister(self.close)
 
     def __enter__(self) -> Channel:
@@ -309,377 +307,45 @@ class Channel:
         self.close()
 
     def __repr__(self) -> str:
-        host = "" if self._record is None else f" host_pid={self._record.pid} gen={self._record.generation}"
+        record = self._connector.record
+        host = "" if record is None else f" host_pid={record.pid} gen={record.generation}"
         role = " (host)" if self.is_host else ""
-        return f"<Channel {self._name!r} {self._state}{role}{host}>"
-
-    # -- connection and election -------------------------------------------------
-
-    def _start(self) -> None:
-        with self._state_lock:
-            if self._state == "closed":
-                raise ChannelClosed(self._name)
-            if self._monitor is not None:
-                return
-            if self._state == "initiated":
-                self._state = "connecting"
-            self._monitor = Monitor(self, self._coordinator, self.monitor_interval, self._stopping)
-            self._monitor.start()
-        atexit.register(self.close)
-
-    def _open_connection(
-        self, deadline: Deadline, avoid: HostRecord | None = None
-    ) -> tuple[ChannelSocket, HostRecord]:
-        """Connect to the live host, electing one if needed; ``avoid`` is a host known to be gone."""
-        self._start()
-        known = self._record
-        if known is not None and known != avoid:  # the warm path: a live host is known
-            sock = self._transport.connect(known, self._authkey)
-            if sock is not None:
-                return sock, known
-        if avoid is not None and (found := self._via_standby(avoid, deadline)) is not None:
-            return found
-        return self._elect_and_connect(deadline, avoid)
-
-    def _elect_and_connect(
-        self, deadline: Deadline, avoid: HostRecord | None
-    ) -> tuple[ChannelSocket, HostRecord]:
-        """Run the election loop of ``_open_connection``: until connected to a live host, or the deadline."""
-        # A lost lock race means another process is starting to host: its publication (watched every
-        # 0.5 ms) wakes us, so the timer only matters if it died too; no need to retry the lock soon.
-        backoff = Backoff(deadline, self._stopping.wait, first=Backoff.FIRST if avoid is None else 0.005)
-        while True:
-            changed = self._coordinator.watch(avoid)
-            record = self._record
-            if record is None or record == avoid:
-                record = self._elect(avoid, verify=False)
-            if record is not None and record != avoid:
-                sock = self._transport.connect(record, self._authkey)
-                if sock is not None:
-                    self._adopt(record)
-                    return sock, record
-                if not self._recorded_and_serving(record):
-                    avoid = record
-                    self._forget_host(record)
-                    continue  # straight to the lock: the host is gone, or handed over and lives on
-            if not backoff.sleep(changed=changed):
-                if self._stopping.is_set():
-                    raise ChannelClosed(self._name)
-                raise self._timeout_error(deadline)
-
-    def _via_standby(self, dead: HostRecord, deadline: Deadline) -> tuple[ChannelSocket, HostRecord] | None:
-        """After the host ``dead`` is gone: wait at the standby's side socket until it hosts (or give up)."""
-        standby = self._coordinator.standby()
-        if standby is None or standby.pid == dead.pid or self._coordinator.serving(dead):
-            return None  # no standby, or a handover: the host lives on, nothing tells the standby
-
-        def another_host() -> bool:
-            current = self._coordinator.read()
-            return current is not None and current != dead and current.pid != standby.pid
-
-        found = self._transport.connect_standby(standby, self._authkey, deadline, another_host)
-        if found is not None:
-            self._adopt(found[1])  # the record it published before it said hello
-        return found
-
-    def _recorded_and_serving(self, record: HostRecord) -> bool:
-        """Tell whether ``record`` is still current and its host serving (asked at the source)."""
-        return self._coordinator.confirm(record)
-
-    def _elect(self, avoid: HostRecord | None, *, verify: bool) -> HostRecord | None:
-        """One election step: the recorded host if it may be alive, else try to become host.
-
-        ``verify`` asks the coordinator whether the recorded host serves (the
-        monitor); without it, connecting is the check (``connect()``: cheaper).
-        """
-        with self._elect_lock:
-            if self._stopping.is_set():
-                raise ChannelClosed(self._name)
-            if self._server is not None:
-                return self._record
-            record = self._coordinator.read()
-            if record is not None:
-                self._last_host_pid = record.pid
-                if record != avoid and (not verify or self._coordinator.serving(record)):
-                    return record
-            if (
-                not self.may_host
-                or not self._coordinator.may_campaign(record)
-                or not self._coordinator.try_acquire()
-            ):
-                return None
-            try:
-                elected = self._become_host(record)
-            except LostClaim as exc:
-                _LOGGER.debug("channel %r: lost the claim: %s", self._name, exc)
-                return None
-        self._run_callbacks(self._elected_callbacks, elected.generation, "on_elected")
-        return elected
-
-    def _become_host(self, previous: HostRecord | None) -> HostRecord:
-        """We may host: listen, publish the record, then the address. Undo everything on failure."""
-        self._resigning = False
-        server: Listener | None = None
-        record: HostRecord | None = None
-        standby, self._standby = self._standby, None
-        try:
-            self._coordinator.prepare()  # the runtime directory may have been removed since
-            if standby is not None:
-                server = standby.listener  # listening, its handler threads ready
-            else:
-                server = self._transport.listen(self._handler, self._authkey, lambda: self._may_serve)
-            record = self._coordinator.new_record(
-                server.address, previous, self._last_generation, auth=self._authkey is not None
-            )
-            record = self._coordinator.publish(record)
-            self._set_hosting(server, record)  # before clients can reach it: they must find a host term
-            server.publish(record)
-            if standby is not None:
-                waited = standby.promote(record)  # the clients waiting on its side socket: hosted from now on
-                standby_record, self._standby_record = self._standby_record, None
-                self._coordinator.stop_standing_by(standby_record)
-                _LOGGER.debug("channel %r: %d client(s) waited for this standby to host", self._name, waited)
-        except BaseException as exc:
-            if self._server is not None:  # published our term, then failed to publish the address
-                self._set_hosting(None, None)
-            try:
-                if standby is not None:
-                    self._standby = standby
-                    self._stop_standing_by()
-            finally:
-                self._undo_hosting(server, record)
-            if isinstance(exc, OSError) and not isinstance(exc, ChannelError):
-                where = self._coordinator.location
-                raise ChannelError(f"channel {self._name!r}: cannot host in {where}: {exc}") from exc
-            raise
-        self._last_generation = record.generation
-        self._last_host_pid = record.pid
-        _LOGGER.info(
-            "channel %r: pid %d elected host (generation %d, previous host pid %s)",
-            self._name,
-            record.pid,
-            record.generation,
-            previous.pid if previous else None,
-        )
-        return record
-
-    @property
-    def _standing_by(self) -> bool:
-        """True while this process stands by to host next."""
-        return self._standby is not None
-
-    def _keep_standby(self) -> None:
-        """Stand by to host next if no process does (the monitor, each tick in a process that is not host).
-
-        Off every failover path: the server, its handler threads and the side socket start here.
-        """
-        with self._elect_lock:
-            if self._stopping.is_set() or self._server is not None:
-                return
-            if self._standby is not None:
-                if not self.may_host or not self._coordinator.stand_by():
-                    self._stop_standing_by()
-                return
-            if not self.may_host or not self._coordinator.stand_by():
-                return
-            try:
-                self._coordinator.prepare()
-                standby = self._transport.stand_by(self._handler, self._authkey, lambda: self._may_serve)
-                if standby is None:
-                    self._coordinator.stop_standing_by(None)
-                    return
-                record = self._coordinator.new_record(
-                    standby.address, None, self._last_generation, auth=self._authkey is not None
-                )
-                self._standby, self._standby_record = standby, record
-                self._coordinator.publish_standby(record)
-            except (OSError, ChannelError) as exc:
-                _LOGGER.warning("channel %r: cannot stand by to host next: %s", self._name, exc)
-                self._stop_standing_by()
-                return
-        _LOGGER.debug("channel %r: pid %d stands by to host next", self._name, os.getpid())
-
-    def _stop_standing_by(self) -> None:
-        """Stop standing by (call with ``_elect_lock``): waiting clients are reset and look elsewhere."""
-        standby, self._standby = self._standby, None
-        record, self._standby_record = self._standby_record, None
-        try:
-            if standby is not None:
-                standby.close()
-        finally:
-            self._coordinator.stop_standing_by(record)
-
-    def _set_hosting(self, server: Listener | None, record: HostRecord | None) -> None:
-        with self._state_lock:
-            self._server, self._record = server, record
-            if self._state != "closed":  # a close() waiting for the election must stay closed
-                self._state = "connected" if server is not None else "connecting"
-
-    def _undo_hosting(self, server: Listener | None, record: HostRecord | None) -> None:
-        if server is not None:
-            server.stop_listening()
-        if record is not None:
-            self._coordinator.retract(record)
-        self._coordinator.release()
-
-    def _adopt(self, record: HostRecord) -> None:
-        with self._state_lock:
-            if self._state == "closed":
-                return
-            changed = record != self._record
-            self._record = record
-            self._state = "connected"
-        if changed:
-            self._last_generation = max(self._last_generation, record.generation)
-            self._last_host_pid = record.pid
-            monitor = self._monitor
-            if monitor is not None:
-                monitor.rewatch()
-        if changed and record.pid != os.getpid():
-            _LOGGER.info(
-                "channel %r: connected to host pid %d (generation %d)",
-                self._name,
-                record.pid,
-                record.generation,
-            )
-
-    def _forget_host(self, record: HostRecord) -> None:
-        with self._state_lock:
-            if self._record != record or self._server is not None:
-                return
-            self._record = None
-            if self._state == "connected":
-                self._state = "connecting"
-        _LOGGER.info(
-            "channel %r: host pid %d (generation %d) lost", self._name, record.pid, record.generation
-        )
-        for sock in list(self._sockets):  # a host that lost its claim may still hold them open
-            sock._kick(record)  # noqa: SLF001
-
-    def _still_serving(self, record: HostRecord) -> bool:
-        """Tell a socket that saw EOF whether the host it talked to is still serving."""
-        if self._server is not None and self._record == record:
-            return True
-        if self._recorded_and_serving(record) and self._transport.reachable(record):
-            return True
-        self._forget_host(record)
-        return False
-
-    def _moved_on_from(self, record: HostRecord) -> bool:
-        """Tell a socket that saw EOF whether this channel already follows a newer host than ``record``."""
-        known = self._record
-        return known is not None and known.generation > record.generation
-
-    def _timeout_error(self, deadline: Deadline, detail: str = "") -> ChannelTimeout:
-        """Return the error for a wait on this channel that ran out (the request layer's too).
-
-        An engine that does not answer is named as the reason: ``CoordinatorUnavailable``.
-        """
-        if problem := self._coordinator.unreachable():
-            return CoordinatorUnavailable(self._name, self._coordinator.location, deadline.elapsed(), problem)
-        return ChannelTimeout(
-            self._name,
-            self._coordinator.location,
-            deadline.elapsed(),
-            self._last_host_pid,
-            detail or self._coordinator.stuck_detail(),
-        )
+        return f"<Channel {self._name!r} {self.state}{role}{host}>"
 
     def _recorded_host(self) -> Literal["none", "dead", "maybe alive"]:
         """Say what the coordinator knows of the recorded host, without connecting (SharedDict's grace)."""
-        record = self._coordinator.read()
+        coordinator = self._backend.coordinator
+        record = coordinator.read()
         if record is None:
             return "none"
-        return "dead" if self._coordinator.liveness(record) == "dead" else "maybe alive"
-
-    # -- stepping down, graceful handover and fork -----------------------------------
-
-    def _step_down(self, server: Listener, record: HostRecord, problem_of: Callable[[], str]) -> None:
-        """Stop hosting if ``problem_of()``, asked again under the election lock, still finds one.
-
-        The monitor found that we lost what makes us host. Asked again here so a
-        term being set up right now (its address not yet published) is not taken for a lost one.
-        """
-        with self._elect_lock:
-            if self._server is not server:
-                return  # close() got there first
-            problem = problem_of()
-            if not problem:
-                return
-            _LOGGER.warning("channel %r: host pid %d steps down: %s", self._name, record.pid, problem)
-            self._resigning = True  # before the record goes: a handler running now must not answer
-            with self._state_lock:
-                self._server = self._record = None
-                if self._state == "connected":
-                    self._state = "connecting"
-            with contextlib.suppress(OSError):
-                self._resign(server, record, fenced=not self._coordinator.claim_valid())
-
-    @property
-    def _may_serve(self) -> bool:
-        """True while this process may answer as host: not handing over, and its claim provably valid.
-
-        Asked before every answer (``RequestHost``) and every TCP connection (the hello), so a
-        host whose claim lapsed (frozen, partitioned) answers nothing, even before it steps down.
-        """
-        if self._handing_over:
-            return False
-        if self._coordinator.claim_valid():
-            return True
-        monitor = self._monitor
-        if monitor is not None and self._server is not None:
-            monitor.poke()  # step down now, not at the next tick
-        return False
-
-    @property
-    def _handing_over(self) -> bool:
-        """True once this process began to give hosting up (``close()`` or stepping down).
-
-        A handler still running then must answer nothing: its caller sees the connection
-        end after the record is gone, and sends the request again to the next host.
-        """
-        return self._resigning or self._state == "closed"
-
-    def _resign(self, server: Listener, record: HostRecord, *, fenced: bool = False) -> None:
-        """Stop hosting so another process takes over at once (called with ``_elect_lock`` held).
-
-        ``fenced``: our claim already lapsed, so another host may be serving: every connection
-        ends first, before anything that may wait on the engine.
-        """
-        self._resigning = True
-        if _hooks.pause is not None:
-            _hooks.pause("channel.resigning", self._name)
-        self._run_callbacks(self._demoted_callbacks, record.generation, "on_demoted")
-        if fenced:
-            server.stop_listening()
-            server.close_connections()
-        # The record goes first: a client whose connection breaks from here on (closing the
-        # listener resets the ones still waiting to be accepted) must not take it for a handler
-        # that closed its connection while the host lives on.
-        self._coordinator.retract(record)
-        server.stop_listening()
-        self._coordinator.release()
-        server.close_connections()
-        _LOGGER.info(
-            "channel %r: pid %d stopped hosting (generation %d)", self._name, record.pid, record.generation
-        )
+        return "dead" if coordinator.assess(record).dead else "maybe alive"
 
     def _reset_after_fork(self) -> None:
         """In a forked child (single-threaded, no locks taken): forget everything owned by the parent."""
-        if self._server is not None:
-            self._server.abandon_after_fork()
+        self._hosting.abandon_after_fork()
         if self._monitor is not None:
             self._monitor.abandon_after_fork()
-        if self._standby is not None:
-            self._standby.abandon_after_fork()
-        self._coordinator.after_fork()
-        for sock in list(self._sockets):
-            sock._detach_after_fork()  # noqa: SLF001
-        closed = self._state == "closed"
-        self._reset_runtime_state("closed" if closed else "initiated")
-        if closed:
-            self._stopping.set()
+            self._monitor = None
+        self._backend.coordinator.after_fork()
+        self._connector.after_fork()
         atexit.unregister(self.close)
+
+
+@dataclass(frozen=True)
+class Port:
+    """What the layers built on a Channel use of its insides (``port_of``)."""
+
+    #: True while this process may answer as host (``Hosting.may_serve``)
+    may_serve: Callable[[], bool]
+    #: the error for a wait on this channel that ran out (``Connector.timeout_error``)
+    timeout_error: Callable[[Deadline, str], ChannelTimeout]
+    #: what the coordinator knows of the recorded host, without connecting
+    recorded_host: Callable[[], Literal["none", "dead", "maybe alive"]]
+
+
+def port_of(channel: Channel) -> Port:
+    """Return the port through which the layers above reach ``channel``'s insides."""
+    return channel._port  # noqa: SLF001 - the one door into a Channel for the layers built on it
 
 
 def _check_callback(callback: Callable[[int], object]) -> Callable[[int], object]:

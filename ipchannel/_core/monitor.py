@@ -7,18 +7,18 @@ exit notice of the host (a pidfd): then it sleeps in ``poll()`` on that notice
 and ticks the moment the host exits, else every ``IDLE_INTERVAL`` (an idle
 client wakes less than once a second). Each tick, in this order of concern:
 
-- in the host: restart a server thread that died; step down if the host no
-  longer holds what makes it host (the coordinator's lock and record, the
-  transport's published address), so a fresh election never leaves two hosts;
-- elsewhere: if the recorded host is still the one we know and serving, nothing
-  to do; if it handed over (record gone or replaced) or died, forget it; then
-  one election step, as ``connect()`` would (the coordinator decides whether the
-  recorded host serves); with a live host, stand by to host next if nobody does;
+- in the host: ``Hosting.check``: restart a server thread that died; step down if
+  the host no longer holds what makes it host (the coordinator's fence, the
+  listener's published address), so a fresh election never leaves two hosts;
+- elsewhere: if the known host still serves, nothing to do; if it handed over or
+  died, forget it (``Connector.still_there``); then one election step, as
+  ``connect()`` would; with a live host, stand by to host next if nobody does;
 - nobody hosts and the election cannot proceed for ``STUCK_WARNING_AFTER``
   seconds: say once, loudly, what holds it (a lock inherited across fork, say).
 
-So the whole failover path reads: this module (what next), ``_coordinator``
-(is the host dead?), ``_channel`` (the election step and the connect loop).
+The monitor decides only what to look at next: whether the host serves is the
+coordinator's to say (``assess``), whether this process may still host its
+``fence``'s, and the election step is the connector's (``elect``).
 """
 
 from __future__ import annotations
@@ -35,11 +35,10 @@ from .. import _platform
 from .._errors import ChannelClosed
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
-    from .._local.coordinator import Coordinator
-    from .._local.unix import Listener
+    from .._seams.base import Backend
     from .._seams.record import HostRecord
+    from .._wakeup import Wakeup
+    from .term import Term
 
 __all__ = ["Monitor"]
 
@@ -50,80 +49,70 @@ IDLE_INTERVAL = 2.0  # seconds between ticks while the host's exit notice is arm
 SETTLE = 0.02  # seconds a process that does not stand by leaves a dead host to the standby before it ticks
 
 
-class _Channel(Protocol):
-    """The election steps of the Channel this monitor watches (``_channel.Channel``)."""
-
-    may_host: bool
+class _Hosting(Protocol):
+    """What the monitor asks of this process's hosting (``term.Hosting``)."""
 
     @property
-    def name(self) -> str: ...
+    def term(self) -> Term | None: ...
 
     @property
     def is_host(self) -> bool: ...
 
     @property
-    def _standing_by(self) -> bool: ...
+    def standing_by(self) -> bool: ...
+
+    def check(self, term: Term) -> None: ...
+
+    def keep_standby(self) -> None: ...
+
+
+class _Connector(Protocol):
+    """What the monitor asks of this process's view of the host (``connect.Connector``)."""
+
+    may_host: bool
 
     @property
-    def _server(self) -> Listener | None: ...
+    def record(self) -> HostRecord | None: ...
 
-    @property
-    def _record(self) -> HostRecord | None: ...
+    def still_there(self, record: HostRecord) -> bool: ...
 
-    def _elect(self, avoid: HostRecord | None, *, verify: bool) -> HostRecord | None: ...
+    def elect(self, avoid: HostRecord | None, *, verify: bool) -> HostRecord | None: ...
 
-    def _adopt(self, record: HostRecord) -> None: ...
-
-    def _forget_host(self, record: HostRecord) -> None: ...
-
-    def _keep_standby(self) -> None: ...
-
-    def _step_down(self, server: Listener, record: HostRecord, problem_of: Callable[[], str]) -> None: ...
+    def adopt(self, record: HostRecord) -> None: ...
 
 
 class Monitor:
     """Watches one channel's host every ``interval`` seconds on a named daemon thread until ``stopping``."""
 
-    def __init__(
-        self, channel: _Channel, coordinator: Coordinator, interval: float, stopping: threading.Event
+    def __init__(  # noqa: PLR0913, PLR0917 - made in one place, by Channel
+        self,
+        name: str,
+        hosting: _Hosting,
+        connector: _Connector,
+        backend: Backend,
+        wakeup: Wakeup,
+        interval: float,
+        stopping: threading.Event,
     ) -> None:
-        self._channel, self._coordinator = channel, coordinator
+        self._name, self._hosting, self._connector, self._wakeup = name, hosting, connector, wakeup
+        self._coordinator, self._exit_notices = backend.coordinator, backend.exit_notices
         self._interval = interval
         self._stopping = stopping
         self._stuck_since: float | None = None
         self._stuck_reported = False
-        self._fd_lock = threading.Lock()  # others write to the pipe: never after it is closed
-        self._wake_r, self._wake_w = os.pipe()  # poke(): a byte here ends the wait at once
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
         self._poll = select.poll()
-        self._poll.register(self._wake_r, select.POLLIN)
+        self._poll.register(wakeup.open(), select.POLLIN)  # a byte there ends the wait at once
         self._notice: tuple[HostRecord, int] | None = None  # the host watched, its exit notice
         self._notice_fired = False
-        self._thread = threading.Thread(
-            target=self._run, name=f"ipchannel-monitor:{channel.name}", daemon=True
-        )
+        self._thread = threading.Thread(target=self._run, name=f"ipchannel-monitor:{name}", daemon=True)
 
     def start(self) -> None:
         """Start the thread."""
         self._thread.start()
 
-    def poke(self) -> None:
-        """Tick now rather than at the next interval (the host found its claim lapsed)."""
-        self._send(b"!")
-
-    def rewatch(self) -> None:
-        """Watch the exit notice of the host just adopted; tick ``SETTLE`` seconds later, not now."""
-        self._send(b"w")
-
-    def _send(self, byte: bytes) -> None:
-        with self._fd_lock, contextlib.suppress(BlockingIOError, OSError):  # full: a wake-up is coming
-            if self._wake_w != -1:
-                os.write(self._wake_w, byte)
-
     def join(self) -> None:
         """Wait for the thread to end, then close its descriptors; the caller has set the stop Event."""
-        self.poke()
+        self._wakeup.send(b"!")
         if self._thread is threading.current_thread():
             return
         if self._thread.is_alive():
@@ -131,20 +120,13 @@ class Monitor:
         if self._thread.is_alive():
             _LOGGER.warning("%s did not stop within %.1f s", self._thread.name, _JOIN_TIMEOUT)
             return  # it may still poll them: leave its descriptors open
-        self._close_descriptors()
+        self._disarm()
+        self._wakeup.close()
 
     def abandon_after_fork(self) -> None:
         """In a forked child: close the copies of the parent monitor's descriptors (its thread is gone)."""
-        self._fd_lock = threading.Lock()  # a parent thread may have held it at fork time
-        self._close_descriptors()
-
-    def _close_descriptors(self) -> None:
         self._disarm()
-        with self._fd_lock:
-            for fd in (self._wake_r, self._wake_w):
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-            self._wake_r = self._wake_w = -1
+        self._wakeup.abandon_after_fork()
 
     def _run(self) -> None:
         _platform.leave_signals_to_the_application()
@@ -172,6 +154,7 @@ class Monitor:
         When the host exits, the standby ticks at once; other processes ``SETTLE`` seconds later,
         off the failover path (their sockets reconnect on their own, through the standby).
         """
+        wake_fd = self._wakeup.open()
         settle_until: float | None = None
         while True:
             armed = self._arm()
@@ -182,30 +165,28 @@ class Monitor:
             if not events:
                 return
             for fd, _events in events:
-                if fd == self._wake_r:
-                    with contextlib.suppress(BlockingIOError):
-                        got = os.read(self._wake_r, 512)
-                        if b"!" in got:
-                            return
-                        if settle_until is None:  # a new host: tick soon (stand by?), not on its way in
-                            settle_until = time.monotonic() + SETTLE
+                if fd == wake_fd:
+                    got = self._wakeup.drain()
+                    if b"!" in got:
+                        return
+                    if got and settle_until is None:  # a new host: tick soon (stand by?), not on its way in
+                        settle_until = time.monotonic() + SETTLE
                 elif self._notice is not None and fd == self._notice[1]:
                     self._notice_fired = True  # readable for good: poll it no more
                     self._poll.unregister(fd)
-                    if self._channel._standing_by:  # noqa: SLF001
+                    if self._hosting.standing_by:
                         return
                     settle_until = time.monotonic() + SETTLE
 
     def _arm(self) -> bool:
         """Watch the exit notice of the host we connect to; True if one is armed and not yet fired."""
-        channel = self._channel
-        record = channel._record  # noqa: SLF001
-        if channel._server is not None or record is None:  # noqa: SLF001
+        record = self._connector.record
+        if self._exit_notices is None or self._hosting.is_host or record is None:
             self._disarm()
             return False
         if self._notice is None or self._notice[0] != record:
             self._disarm()
-            fd = self._coordinator.exit_notice(record)
+            fd = self._exit_notices.open(record)
             if fd is None:
                 return False
             self._notice, self._notice_fired = (record, fd), False
@@ -224,52 +205,27 @@ class Monitor:
 
     def tick(self) -> None:
         """One look at the host, and whatever it calls for (runs on the monitor thread)."""
-        channel = self._channel
-        server, record = channel._server, channel._record  # noqa: SLF001 - the channel we watch
-        if server is not None and record is not None:
-            self._keep_hosting(server, record)
+        term = self._hosting.term
+        if term is not None:
+            self._hosting.check(term)  # as host: a dead server thread restarts; losing the term steps down
             return
+        connector = self._connector
+        record = connector.record
         if record is not None:
             self._stuck_since, self._stuck_reported = None, False
-            if self._still_there(record):
-                channel._keep_standby()  # noqa: SLF001
+            if connector.still_there(record):
+                self._hosting.keep_standby()
                 return
         try:
-            found = channel._elect(record, verify=True)  # noqa: SLF001
+            found = connector.elect(record, verify=True)
         except ChannelClosed:
             return  # close() began during this tick
         if found is not None:
-            channel._adopt(found)  # noqa: SLF001
-            if not channel.is_host:
-                channel._keep_standby()  # noqa: SLF001
-        elif channel.may_host:  # (a process kept out of elections never tries the lock)
+            connector.adopt(found)
+            if not self._hosting.is_host:
+                self._hosting.keep_standby()
+        elif connector.may_host:  # (a process kept out of elections never tries the lock)
             self._report_stuck()
-
-    def _still_there(self, record: HostRecord) -> bool:
-        """Tell whether the known host serves; else forget it, unless only the lock can tell (a zombie)."""
-        if self._coordinator.released(record):  # gone, its lock free: the standby's first question
-            self._channel._forget_host(record)  # noqa: SLF001
-            return False
-        current = self._coordinator.read()
-        if current == record and self._coordinator.serving(record):
-            return True
-        # handed over (its record is gone or replaced), dead, or exiting: its lock is free or about to be
-        if current != record or self._coordinator.liveness(record) != "unknown":
-            self._channel._forget_host(record)  # noqa: SLF001
-        return False
-
-    def _keep_hosting(self, server: Listener, record: HostRecord) -> None:
-        """As host: a dead server thread restarts; losing the lock, record or address means stepping down."""
-        server.restart_if_dead()
-        if self._hosting_problem(server, record):
-            self._channel._step_down(server, record, lambda: self._hosting_problem(server, record))  # noqa: SLF001
-
-    def _hosting_problem(self, server: Listener, record: HostRecord) -> str:
-        """Say what the host lost ("" for nothing): its lock, its published address, or its record."""
-        problem = self._coordinator.holding_problem()
-        if not problem and not server.still_published():
-            problem = f"its socket file {server.address} was removed or replaced"
-        return problem or self._coordinator.record_problem(record)
 
     def _report_stuck(self) -> None:
         now = time.monotonic()
@@ -280,8 +236,8 @@ class Monitor:
             return
         self._stuck_reported = True
         _LOGGER.warning(
-            "channel %r: no live host for %.1f s but %s",
-            self._channel.name,
+            "channel %r: no live host for %.1f s: %s",
+            self._name,
             now - self._stuck_since,
-            self._coordinator.stuck_report(),
+            self._coordinator.blocker() or f"{self._coordinator.location} names no host that can be reached",
         )

@@ -1,6 +1,8 @@
-"""Hosting: the Unix-socket server that runs the user's handler, in the host process only.
+"""Hosting's server: a socketserver on the transport's listener, running the user's handler per connection.
 
-Lifecycle contract (socketserver's pitfalls, handled here):
+The transport provides the endpoint (a ``Listener``: where, who may connect, the
+handshakes); this module runs the service on it, the same on every backend. Lifecycle
+contract (socketserver's pitfalls, handled here):
 
 - handler threads are daemon threads named ``ipchannel-handler:NAME`` and are
   tracked, with their sockets, so ``close_connections()`` can shut every live
@@ -8,42 +10,40 @@ Lifecycle contract (socketserver's pitfalls, handled here):
 - a few handler threads wait ready (``READY_THREADS``, started with the server):
   a new connection goes to an idle one, else to a new thread, so the pool grows on
   demand; at most ``IDLE_THREADS`` wait idle, blocked without a timeout (no wake-ups);
-- ``serve_forever`` runs on ``ipchannel-server:NAME``; ``stop_listening()``
-  wakes it by shutting the listening socket, so it returns at once rather
-  than after a poll interval, and unlinks the socket file only if it is ours;
-- handler errors are logged, never printed; a peer with another uid is refused.
+- each connection is admitted in its handler thread first (``Listener.admit``: TLS,
+  the authkey handshake), so a slow client delays nobody else;
+- ``serve_forever`` runs on ``ipchannel-server:NAME``; ``stop_listening()`` wakes it
+  through the listener, so it returns at once rather than after a poll interval;
+- handler errors are logged, never printed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import queue
 import socket
 import socketserver
 import sys
 import threading
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import _platform
-from .._auth import host_handshake
-from .._errors import AuthenticationError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from .._seams.base import Listener
     from .._seams.record import HostRecord
 
-__all__ = ["HostedServer", "Tracking", "handler_class"]
+__all__ = ["IDLE_THREADS", "READY_THREADS", "Server", "handler_class"]
 
 _LOGGER = logging.getLogger("ipchannel")
 _JOIN_TIMEOUT = 2.0
 READY_THREADS = 4  # handler threads started with the server, before any client connects
 IDLE_THREADS = 8  # idle handler threads kept; more exit when their connection ends
-# serve_forever's select timeout: how late it sees shutdown(). Where shutting the listening socket
-# wakes the select (stop_listening() does that first), only a rare wake-up; elsewhere, the delay.
+# serve_forever's select timeout: how late it sees shutdown(). Where waking the listener wakes
+# the select (stop_listening() does that first), only a rare wake-up; elsewhere, the delay.
 _SERVE_POLL = 5.0 if _platform.SHUTDOWN_WAKES_LISTENER else 0.5
 
 
@@ -71,23 +71,54 @@ def handler_class(handler: object) -> type[socketserver.BaseRequestHandler]:
     return _CallableHandler
 
 
-class Tracking:
-    """What both servers share: a named handler thread per connection, tracked so hosting can end them.
+class _Accepting(socketserver.BaseServer):
+    """socketserver on a ``Listener``: a pool of named handler threads, every connection tracked."""
 
-    ``prepare(request)`` runs in that thread before the handler: the authkey handshake
-    (and, over TCP, TLS and the host's hello). It returns the socket the handler gets, or None to refuse.
-    """
-
-    channel_name: str
-    _authkey: bytes | None
-
-    def _init_tracking(self) -> None:
+    def __init__(self, name: str, listener: Listener, handler: type[socketserver.BaseRequestHandler]) -> None:
+        super().__init__(listener.address, handler)
+        self.channel_name, self._listener = name, listener
         self._tracked_lock = threading.Lock()
         self._live_requests: set[socket.socket] = set()
         self._handler_threads: set[threading.Thread] = set()
         self._jobs: queue.SimpleQueue[tuple[Any, Any] | None] = queue.SimpleQueue()
         self._idle = 0  # handler threads waiting for a job, minus jobs queued for them
         self._retired = False
+
+    # -- what socketserver asks of its socket, answered by the listener ----------------------
+
+    def fileno(self) -> int:
+        return self._listener.fileno()
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        return self._listener.accept()
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:  # noqa: ARG002 - socketserver hook
+        # socketserver calls this outside its try: an exception here would end serve_forever.
+        try:
+            return self._listener.verify(request)
+        except OSError as exc:
+            _LOGGER.debug("channel %r: refused a connection: %s", self.channel_name, exc)
+            return False
+
+    def server_close(self) -> None:
+        self._listener.close()
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._tracked_lock:
+            self._live_requests.discard(request)
+        with contextlib.suppress(OSError):  # the peer may have gone already
+            request.shutdown(socket.SHUT_WR)  # as socketserver's TCPServer: explicitly, before close
+        self.close_request(request)
+
+    def close_request(self, request: Any) -> None:
+        request.close()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:  # noqa: ARG002 - socketserver hook
+        # A client process that dies mid-conversation is normal; anything else is the handler's bug.
+        level = logging.DEBUG if isinstance(sys.exc_info()[1], ConnectionError) else logging.ERROR
+        _LOGGER.log(level, "channel %r: handler raised", self.channel_name, exc_info=True)
+
+    # -- the thread pool ---------------------------------------------------------------------
 
     def start_ready_threads(self, count: int = READY_THREADS) -> None:
         """Have ``count`` idle handler threads (at most ``IDLE_THREADS``), so the first clients start none."""
@@ -126,7 +157,7 @@ class Tracking:
                     job = self._jobs.get()
                     if job is None:
                         return  # retire_threads()
-                self.process_request_thread(*job)
+                self._serve_one(*job)
                 job = None
                 with self._tracked_lock:
                     if self._retired or self._idle >= IDLE_THREADS:
@@ -136,6 +167,31 @@ class Tracking:
             with self._tracked_lock:
                 self._handler_threads.discard(threading.current_thread())
 
+    def _serve_one(self, request: socket.socket, client_address: Any) -> None:
+        """Admit the connection (the listener's handshakes), run the handler, then shut it."""
+        held = [request]  # what ending hosting shuts: the TLS socket once the listener wraps one
+
+        def track(new: socket.socket) -> None:
+            with self._tracked_lock:
+                self._live_requests.discard(held[0])
+                self._live_requests.add(new)
+            held[0] = new
+
+        try:
+            admitted = self._listener.admit(request, track)
+        except Exception:  # noqa: BLE001 - one client's failure is logged, never the server's
+            self.handle_error(request, client_address)
+            admitted = None
+        if admitted is None:
+            self.shutdown_request(held[0])
+            return
+        try:
+            self.finish_request(admitted, client_address)
+        except Exception:  # noqa: BLE001 - as socketserver's ThreadingMixIn
+            self.handle_error(admitted, client_address)
+        finally:
+            self.shutdown_request(admitted)
+
     def retire_threads(self) -> None:
         """Let every idle handler thread exit (the server stops); busy ones exit after their connection."""
         with self._tracked_lock:
@@ -143,50 +199,6 @@ class Tracking:
             idle, self._idle = self._idle, 0
         for _ in range(idle):
             self._jobs.put(None)
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        prepared = self.prepare(request)
-        if prepared is None:
-            self.shutdown_request(request)
-            return
-        if prepared is not request:
-            self.track_as(request, prepared)
-        super().process_request_thread(prepared, client_address)  # type: ignore[misc]
-
-    def track_as(self, old: socket.socket, new: socket.socket) -> None:
-        """Track ``new`` in place of ``old`` (a TLS socket wrapping it), so closing hosting reaches it."""
-        with self._tracked_lock:
-            self._live_requests.discard(old)
-            self._live_requests.add(new)
-
-    def prepare(self, request: socket.socket) -> socket.socket | None:
-        """Authenticate the connection (if the channel has a key); the socket to serve, or None."""
-        if self._authkey is not None and not self.authenticate(request):
-            return None
-        return request
-
-    def authenticate(self, request: socket.socket) -> bool:
-        """Run the authkey handshake in this handler thread, so a slow client delays nobody else."""
-        assert self._authkey is not None
-        try:
-            host_handshake(request, self._authkey, self.channel_name)
-        except AuthenticationError as exc:
-            _LOGGER.warning("refused a connection: %s", exc)
-            return False
-        except OSError as exc:
-            _LOGGER.debug("channel %r: a client left during the handshake: %s", self.channel_name, exc)
-            return False
-        return True
-
-    def shutdown_request(self, request: Any) -> None:
-        with self._tracked_lock:
-            self._live_requests.discard(request)
-        super().shutdown_request(request)  # type: ignore[misc]
-
-    def handle_error(self, request: Any, client_address: Any) -> None:  # noqa: ARG002 - socketserver hook
-        # A client process that dies mid-conversation is normal; anything else is the handler's bug.
-        level = logging.DEBUG if isinstance(sys.exc_info()[1], ConnectionError) else logging.ERROR
-        _LOGGER.log(level, "channel %r: handler raised", self.channel_name, exc_info=True)
 
     def tracked(self) -> tuple[list[socket.socket], list[threading.Thread]]:
         with self._tracked_lock:
@@ -197,78 +209,31 @@ class Tracking:
         return list(self._live_requests)
 
 
-class _UnixServer(Tracking, socketserver.ThreadingUnixStreamServer):
-    daemon_threads = True
-    block_on_close = False  # stop() shuts connections and joins handler threads itself
-    request_queue_size = 128  # a whole election storm connects at once; socketserver's default is 5
+class Server:
+    """A host's (or standby's) server on a listener, and the thread that runs it."""
 
-    def __init__(
-        self, path: Path, handler: type[socketserver.BaseRequestHandler], name: str, authkey: bytes | None
-    ) -> None:
-        self.channel_name = name
-        self._authkey = authkey
-        self._init_tracking()
-        self._bind_path = path
-        super().__init__(str(path), handler)
-        st = os.lstat(path)
-        self.identity = (st.st_dev, st.st_ino)
-
-    def server_bind(self) -> None:
-        super().server_bind()
-        os.chmod(self._bind_path, 0o600)
-
-    def verify_request(self, request: Any, client_address: Any) -> bool:  # noqa: ARG002 - socketserver hook
-        # socketserver calls this outside its try: an exception here would end serve_forever.
-        try:
-            _pid, uid = _platform.peer_credentials(request)
-        except OSError as exc:
-            _LOGGER.debug("channel %r: cannot read peer credentials: %s", self.channel_name, exc)
-            return False
-        if uid is not None and uid != os.geteuid():
-            _LOGGER.warning("channel %r: refused a connection from uid %s", self.channel_name, uid)
-            return False
-        return True
-
-
-class HostedServer:
-    """The listening server of a host, and the thread that runs it.
-
-    It binds and listens on a private temporary path; ``publish()`` renames
-    the socket to ``address``, the channel's path, once the host record is
-    written, so a socket at that path always belongs to a host whose record is
-    in place. (The Unix transport's ``Listener``.)
-    """
-
-    def __init__(  # noqa: PLR0913
-        self,
-        name: str,
-        bind_path: Path | None,
-        address: str,
-        handler: type[socketserver.BaseRequestHandler],
-        authkey: bytes | None = None,
-        *,
-        server: Tracking | None = None,
-    ) -> None:
-        self._name = name
-        self._path = bind_path or Path(address)
-        self._address = address
-        self._server: Any = server if server is not None else _UnixServer(self._path, handler, name, authkey)
+    def __init__(self, name: str, listener: Listener, handler: type[socketserver.BaseRequestHandler]) -> None:
+        self._name, self._listener = name, listener
+        self._server = _Accepting(name, listener, handler)
         self._thread: threading.Thread | None = None
         self._stopped = False
 
     @property
     def address(self) -> str:
-        """The channel's socket path: what the record names and clients dial."""
-        return self._address
+        """What the record names and clients dial."""
+        return self._listener.address
 
-    def publish(self, record: HostRecord) -> None:  # noqa: ARG002 - the path says who we are
-        """Move the listening socket to ``address``, atomically replacing a stale socket file."""
-        os.replace(self._path, self._address)
-        self._path = Path(self._address)
+    def publish(self, record: HostRecord) -> None:
+        """Open to clients as ``record``'s host (the listener takes the published address)."""
+        self._listener.publish(record)
 
-    def start(self) -> None:
-        """Start (or restart) ``serve_forever`` on a named daemon thread, and the ready handler threads."""
-        self._server.start_ready_threads()
+    def still_published(self) -> bool:
+        """Tell whether the listener still answers at the published address."""
+        return self._listener.still_published()
+
+    def start(self, ready: int = READY_THREADS) -> None:
+        """Start (or restart) ``serve_forever`` on a named daemon thread, with ``ready`` handler threads."""
+        self._server.start_ready_threads(ready)
         self._thread = threading.Thread(
             target=self._serve, name=f"ipchannel-server:{self._name}", daemon=True
         )
@@ -281,16 +246,8 @@ class HostedServer:
         except Exception:
             _LOGGER.exception("channel %r: server thread died", self._name)
 
-    def keep_ready(self, count: int) -> None:
-        """Have ``count`` handler threads waiting (a standby: for every client of the host it replaces)."""
-        self._server.start_ready_threads(count)
-
-    def admit(self, conn: socket.socket) -> bool:
-        """Tell whether a connection accepted elsewhere (a standby's side socket) may be served here."""
-        return bool(self._server.verify_request(conn, ""))
-
     def serve_connection(self, conn: socket.socket) -> None:
-        """Serve a connection accepted elsewhere and ``admit``-ted, as if accepted here."""
+        """Serve a connection accepted elsewhere (a standby's side socket), as if accepted here."""
         self._server.process_request(conn, "")
 
     def restart_if_dead(self) -> bool:
@@ -302,40 +259,27 @@ class HostedServer:
         return True
 
     def stop_listening(self) -> None:
-        """Stop accepting: wake and end ``serve_forever``, close the listener, unlink our socket file."""
+        """Stop accepting: wake and end ``serve_forever``, close the listener (its address if ours)."""
         if self._stopped:
             return
         self._stopped = True
         self._server.retire_threads()
-        with contextlib.suppress(OSError):
-            self._server.socket.shutdown(socket.SHUT_RDWR)  # wakes serve_forever's select at once
+        self._listener.wake()
         if self._thread is not None:
             if self._thread.is_alive() and self._thread is not threading.current_thread():
                 self._server.shutdown()
             self._thread.join(_JOIN_TIMEOUT)
         self._server.server_close()
-        self._unlink_if_ours()
-
-    def still_published(self) -> bool:
-        """Return True if our listening socket is still the file at its published path."""
-        try:
-            st = os.lstat(self._path)
-        except OSError:
-            return False
-        return bool((st.st_dev, st.st_ino) == self._server.identity)
-
-    def _unlink_if_ours(self) -> None:
-        if self.still_published():
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._path)
 
     def close_connections(self) -> None:
         """Shut every live connection down (clients see EOF at once) and join the handler threads."""
         self._server.retire_threads()
         live, threads = self._server.tracked()
         for request in live:
-            with contextlib.suppress(OSError):
+            try:
                 request.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                continue
         for thread in threads:
             if thread is threading.current_thread():
                 continue
@@ -347,13 +291,18 @@ class HostedServer:
                     _JOIN_TIMEOUT,
                 )
 
-    def abandon_after_fork(self) -> None:
-        """In a forked child: close our copies of the listener and connections, touching nothing shared.
+    def stop(self) -> None:
+        """Stop listening, then end every connection."""
+        self.stop_listening()
+        self.close_connections()
 
-        No shutdown() and no unlink: those would act on the parent's server.
-        """
+    def abandon_after_fork(self) -> None:
+        """In a forked child: close our copies of the listener and connections, touching nothing shared."""
         self._stopped = True
+        self._listener.abandon_after_fork()
         # No tracked(): its lock may have been held by a parent thread at fork time.
-        for sock in [self._server.socket, *self._server.live_requests_after_fork()]:
-            with contextlib.suppress(OSError):
+        for sock in self._server.live_requests_after_fork():
+            try:
                 sock.close()
+            except OSError:
+                continue

@@ -2,12 +2,12 @@
 
 A ``ChannelSocket`` is a real ``socket.socket`` (``makefile()``, ``settimeout()``,
 selectors all work). When its connection is lost (EOF, reset, broken pipe) it
-asks the channel whether the host it talked to is still serving:
+asks its owner (the channel's connector, through ``SocketOwner``) to recover:
 
 - still serving: the handler closed the connection; plain socket behaviour;
 - not serving, and ``auto_reconnect``: the channel finds the new host and the
   new connection is ``dup2``-ed onto the same file descriptor, so the object
-  and its ``fileno()`` stay the same. ``send``/``sendall`` then deliver to the
+  and its ``fileno()`` stay the same (a TLS session moves with it). ``send``/``sendall`` then deliver to the
   new host; ``recv``/``recv_into`` raise ``HostChanged`` (what the old host had
   not answered is lost).
 
@@ -22,22 +22,36 @@ import logging
 import os
 import socket
 import threading
-from typing import TYPE_CHECKING, NoReturn, Protocol, cast
+from typing import TYPE_CHECKING, Literal, NoReturn, Protocol, cast
 
-from .._errors import ChannelClosed, HostChanged
-from .._timing import Deadline
+from .._errors import ChannelClosed, ChannelError, HostChanged
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from _typeshed import ReadableBuffer, WriteableBuffer
 
+    from .._seams.base import Connection, Session
     from .._seams.record import HostRecord
 
-__all__ = ["ChannelSocket", "reconnect_within"]
+__all__ = [
+    "ChannelSocket",
+    "Event",
+    "SessionChannelSocket",
+    "SocketOwner",
+    "new_socket",
+    "reconnect_within",
+    "tell",
+]
 
 _LOGGER = logging.getLogger("ipchannel")
 _LOST = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
 _NO_OVERRIDE = object()
 _override = threading.local()
+
+#: What the channel tells its sockets: the host they talk to lost its claim ("kick"), the channel
+#: closed ("close"), or this is a forked child ("fork").
+Event = Literal["kick", "close", "fork"]
 
 
 class reconnect_within:  # noqa: N801 - used like a function: ``with reconnect_within(seconds):``
@@ -61,13 +75,8 @@ class reconnect_within:  # noqa: N801 - used like a function: ``with reconnect_w
         _override.seconds = self._previous
 
 
-_GATE_WAIT = 0.25  # longest a socket waits for another to find the next host before looking itself
-
-
-class _Owner(Protocol):
-    """What a ChannelSocket needs from its Channel."""
-
-    auto_reconnect: bool
+class SocketOwner(Protocol):
+    """What a ChannelSocket asks of the channel it belongs to (the connector, ``connect.Connector``)."""
 
     @property
     def name(self) -> str: ...
@@ -75,20 +84,18 @@ class _Owner(Protocol):
     @property
     def closed(self) -> bool: ...
 
-    def _still_serving(self, record: HostRecord) -> bool: ...
+    @property
+    def auto_reconnect(self) -> bool: ...
 
-    def _moved_on_from(self, record: HostRecord) -> bool: ...
+    def recover(self, old: HostRecord | None, timeout: float | None) -> tuple[Connection, HostRecord] | None:
+        """After a connection to ``old`` ended: one to the next host, or None if ``old`` still serves."""
 
-    #: held by the one socket at a time that looks for the next host after its connection ended
-    _recovery_lock: threading.Lock
-
-    def _open_connection(
-        self, deadline: Deadline, avoid: HostRecord | None = None
-    ) -> tuple[ChannelSocket, HostRecord]: ...
+    def reopen(self, timeout: float | None) -> tuple[Connection, HostRecord]:
+        """In a forked child: a connection of its own to the host (the parent's stays the parent's)."""
 
 
 class ChannelSocket(socket.socket):
-    """A connected AF_UNIX socket that follows its channel's host across failover.
+    """A connected socket that follows its channel's host across failover.
 
     Returned by ``Channel.connect()``; not meant to be created directly. A socket
     made by ``dup()`` is a plain copy that does not follow the host.
@@ -96,9 +103,10 @@ class ChannelSocket(socket.socket):
 
     def __init__(self, family: int = -1, type: int = -1, proto: int = -1, fileno: int | None = None) -> None:
         super().__init__(family, type, proto, fileno)
-        self._owner: _Owner | None = None
+        self._owner: SocketOwner | None = None
         self._record: HostRecord | None = None
         self._timeout: float | None = None
+        self._session: Session | None = None
         self._epoch = 0
         self._stale = False  # set in a forked child: reconnect before first use
         self._peer_closed = False  # the host's handler closed this connection deliberately
@@ -106,8 +114,10 @@ class ChannelSocket(socket.socket):
         self._unusual = False  # _stale or _channel_closed: the one flag the I/O calls test
         self._recover_lock = threading.Lock()
 
-    def _attach(self, owner: _Owner, record: HostRecord, timeout: float | None) -> None:
-        self._owner, self._record, self._timeout = owner, record, timeout
+    def _attach(
+        self, owner: SocketOwner, record: HostRecord, timeout: float | None, session: Session | None
+    ) -> None:
+        self._owner, self._record, self._timeout, self._session = owner, record, timeout, session
 
     @property
     def host_generation(self) -> int | None:
@@ -214,7 +224,7 @@ class ChannelSocket(socket.socket):
         )
 
     def _recover(self, epoch: int, *, forked: bool = False) -> bool:
-        """After a lost connection: reconnect to the new host and return True, or False for a plain EOF.
+        """After a lost connection: move to the new host's and return True, or False for a plain EOF.
 
         Raises ``ChannelClosed`` if the channel was closed, ``ChannelTimeout`` if
         no host appeared within the timeout the socket was connected with.
@@ -229,61 +239,49 @@ class ChannelSocket(socket.socket):
                 return True  # another thread already moved this socket to the new host
             if self._peer_closed or not owner.auto_reconnect:
                 return False
+            override = getattr(_override, "seconds", _NO_OVERRIDE)
+            timeout = self._timeout if override is _NO_OVERRIDE else cast("float | None", override)
             old = self._record
-            if forked:  # the parent's host is as good as ever; only our copy of its connection is gone
-                self._reconnect(owner, old, avoid=None)
-                return True
-            # A host's death ends every connection to it at once. One socket of the channel at a time
-            # finds the next host; the others then connect to it straight away, instead of all asking
-            # the coordinator together: a herd of threads doing that holds the GIL for milliseconds.
-            gate = owner._recovery_lock  # noqa: SLF001
-            gated = gate.acquire(timeout=_GATE_WAIT)
-            try:
-                return self._recover_from(owner, old)
-            finally:
-                if gated:
-                    gate.release()
+            # forked: the parent's host is as good as ever; only our copy of its connection is gone
+            found = owner.reopen(timeout) if forked else owner.recover(old, timeout)
+            if found is None:
+                self._peer_closed = True  # the host serves on: its handler closed the connection
+                return False
+            self._move_to(*found)
+            _LOGGER.info(
+                "channel %r: socket reconnected to host pid %d (generation %s -> %d)",
+                owner.name,
+                found[1].pid,
+                None if old is None else old.generation,
+                found[1].generation,
+            )
+            return True
 
-    def _recover_from(self, owner: _Owner, old: HostRecord | None) -> bool:
-        moved_on = old is not None and owner._moved_on_from(old)  # noqa: SLF001 - another socket found the next
-        if not moved_on and old is not None and owner._still_serving(old):  # noqa: SLF001
-            self._peer_closed = True
-            return False
-        # avoid=old: a dying host's listener can outlive its connections for a moment; never go back to it
-        self._reconnect(owner, old, avoid=old)
-        return True
-
-    def _reconnect(self, owner: _Owner, old: HostRecord | None, avoid: HostRecord | None) -> None:
-        override = getattr(_override, "seconds", _NO_OVERRIDE)
-        timeout = self._timeout if override is _NO_OVERRIDE else cast("float | None", override)
-        fresh, record = owner._open_connection(Deadline(timeout), avoid=avoid)  # noqa: SLF001
+    def _move_to(self, connection: Connection, record: HostRecord) -> None:
+        """Take ``connection`` over: its descriptor ``dup2``-ed onto ours, its session ours."""
+        fresh, session = connection
         try:
             os.dup2(fresh.fileno(), self.fileno())
-            self._take_over(fresh)
         finally:
             fresh.close()
         self.settimeout(self.gettimeout())  # the new description starts blocking; reapply our mode
-        self._record = record
+        self._session, self._record = session, record
         self._stale = False
         self._unusual = self._channel_closed
         self._epoch += 1
-        _LOGGER.info(
-            "channel %r: socket reconnected to host pid %d (generation %s -> %d)",
-            owner.name,
-            record.pid,
-            None if old is None else old.generation,
-            record.generation,
-        )
 
-    def _take_over(self, fresh: ChannelSocket) -> None:
-        """Take the per-connection state of ``fresh``, whose descriptor was just dup2-ed onto ours (TLS)."""
+    # -- what the channel tells its sockets ----------------------------------------
 
-    def _forget_connection(self) -> None:
-        """Drop the per-connection state (a forked child's copy; TLS)."""
+    def _on_channel(self, event: Event, record: HostRecord | None = None) -> None:
+        """Act on what the channel tells every socket it made (``Event``)."""
+        if event == "kick":
+            self._kick(record)
+        elif event == "close":
+            self._close_for_channel()
+        else:
+            self._detach_after_fork()
 
-    # -- called by the channel -------------------------------------------------
-
-    def _kick(self, record: HostRecord) -> None:
+    def _kick(self, record: HostRecord | None) -> None:
         """End our connection to ``record``'s host, which lost its claim: a blocked read wakes and recovers.
 
         Skipped if another thread is moving the socket right now (it is leaving that host anyway).
@@ -315,8 +313,59 @@ class ChannelSocket(socket.socket):
         finally:
             placeholder.close()
         self._recover_lock = threading.Lock()
-        self._forget_connection()
+        self._session = None
         self._stale = self._unusual = True
 
     def __reduce__(self) -> NoReturn:
         raise TypeError("a ChannelSocket cannot be pickled; call channel.connect() in the other process")
+
+
+class SessionChannelSocket(ChannelSocket):
+    """A ChannelSocket whose bytes pass through a session (TLS): its four I/O calls go through it."""
+
+    def pending(self) -> int:
+        session = self._session
+        return 0 if session is None else session.pending()
+
+    def _raw_recv_into(self, buffer: WriteableBuffer, nbytes: int = 0, flags: int = 0) -> int:
+        session = self._session
+        return 0 if session is None else session.recv_into(self, buffer, nbytes, flags)
+
+    def _raw_recv(self, bufsize: int, flags: int = 0) -> bytes:
+        buffer = bytearray(bufsize)
+        count = self._raw_recv_into(buffer, bufsize, flags)
+        return bytes(buffer[:count])
+
+    def _raw_send(self, data: ReadableBuffer, flags: int = 0) -> int:
+        view = memoryview(data).cast("B")
+        self._raw_sendall(view, flags)
+        return view.nbytes
+
+    def _raw_sendall(self, data: ReadableBuffer, flags: int = 0) -> None:
+        session = self._session
+        if session is None:
+            raise BrokenPipeError("no TLS connection")
+        session.sendall(self, data, flags)
+
+    def _not_through_session(self, *args: object, **kwargs: object) -> NoReturn:  # noqa: ARG002
+        raise ChannelError("this call bypasses TLS on a channel socket; use recv/send/sendall or makefile()")
+
+    sendfile = recvmsg = recvmsg_into = sendmsg = _not_through_session
+    recvfrom = recvfrom_into = sendto = dup = _not_through_session
+
+
+def new_socket(
+    owner: SocketOwner, connection: Connection, record: HostRecord, timeout: float | None
+) -> ChannelSocket:
+    """Return a ChannelSocket on ``connection``'s descriptor (taken over), following ``owner``'s host."""
+    raw, session = connection
+    kind = ChannelSocket if session is None else SessionChannelSocket
+    sock = kind(raw.family, raw.type, raw.proto, raw.detach())
+    sock._attach(owner, record, timeout, session)  # noqa: SLF001 - the one door in: made here, for its owner
+    return sock
+
+
+def tell(sockets: Iterable[ChannelSocket], event: Event, record: HostRecord | None = None) -> None:
+    """Tell every socket of a channel what happened to it (``Event``)."""
+    for sock in list(sockets):
+        sock._on_channel(event, record)  # noqa: SLF001 - the one door out: what the channel tells them

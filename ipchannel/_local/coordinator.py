@@ -1,165 +1,62 @@
-"""The coordinator seam: who hosts a channel, and where. Is the recorded host dead? Decided here only.
+"""The coordinator of one machine: a flock elects the host, a JSON file records it, the pid tells if it runs.
 
-``Coordinator`` is what ``Channel`` asks; ``LocalCoordinator`` implements it for
-one machine: the flock on ``NAME.lock`` (filelock, in ``_election``), the JSON
-record ``NAME.host`` (``_hostrecord``) and liveness by pid + start time (``_platform``).
+``LocalCoordinator`` implements the ``Coordinator`` seam on the runtime directory's
+files (``paths``): whoever holds the flock on ``NAME.lock`` (``lock``) hosts; the record
+``NAME.host`` (``records``) says who and where. Whether a recorded host runs is told by
+its pid and start time (``_platform``: ``/proc`` on Linux, on a clock no wall-clock step
+moves); nothing else in the package asks the process table. ``PidExitNotices`` is the
+exit-notice capability (pidfds), where the platform has it.
 
-- Becoming host: ``try_acquire()``; then ``publish(record)`` once the listener
-  is up (the record is written before the socket is published, so anything
-  accepting at the published address has its record in place); ``retract()``
-  before the listener closes; ``release()`` last.
-- The generation (the fencing number) only grows: ``next_generation()``.
-- Whether a recorded host is serving, alive, or gone: ``serving()``,
-  ``liveness()``, ``released()``; ``exit_notice()`` to be told when it exits.
-  Nothing else in the package asks psutil.
-- Waiting: ``watch(dead)`` returns a predicate that turns true once the
-  election can move on (a new record, or the dead host's lock freed).
-- A host checks it still holds what makes it host: ``holding_problem()``.
-- The standby (``_standby``): ``stand_by()``, ``publish_standby()``, ``standby()``,
-  ``stop_standing_by()``; others leave a dead host's place to it: ``may_campaign()``.
-- After fork: ``after_fork()``. Timeouts and stuck elections: ``stuck_detail()``.
+- Becoming host: ``try_acquire()``, then ``publish(record)`` once the listener is up
+  (the record is written before the socket is published, so anything accepting at the
+  published path has its record in place); ``retract()`` before the listener closes;
+  ``release()`` last. Generations only grow: a new term is numbered above any seen.
+- ``assess(record)``: SERVING, RETIRED (alive, not recorded), FAILING (exiting: its
+  sockets are closing, its lock not yet free), GONE (its lock is free), UNKNOWN (its
+  process cannot be seen).
+- ``fence(record)``: the flock is ours until released; ``thorough`` also checks that
+  its file and the record are still in place (another process could lock a new file).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from .. import _platform
-from .._seams.record import HostRecord, Liveness, own_create_time, read_record, remove_record, write_record
+from .._seams.base import HostState
+from .._seams.record import HostRecord, own_create_time
 from .lock import HostLock
 from .paths import ensure_runtime_dir
+from .records import read_record, remove_record, write_record
 
 if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
 
+    from .._seams.base import Evidence
     from .paths import ChannelPaths
 
-__all__ = ["STANDBY_GRACE", "Coordinator", "LocalCoordinator"]
+__all__ = ["LocalCoordinator", "PidExitNotices"]
 
 _LOGGER = logging.getLogger("ipchannel")
-STANDBY_GRACE = 0.25  # seconds others leave a dead host's place to a live standby
-
-
-class Coordinator(Protocol):
-    """Who hosts a channel and where: the election, the host record, and the host's liveness."""
-
-    @property
-    def runtime_dir(self) -> Path:
-        """Return where this process keeps the channel's local files."""
-
-    @property
-    def location(self) -> str:
-        """Return where the election happens, for messages: the runtime directory, or the engine's URL."""
-
-    def read(self) -> HostRecord | None:
-        """Return the current host record, or None."""
-
-    def try_acquire(self) -> bool:
-        """Try, without waiting, to become the one allowed to host; True if we now are."""
-
-    def release(self) -> None:
-        """Give up the right to host (idempotent)."""
-
-    def new_record(
-        self, address: str, previous: HostRecord | None, last_seen: int, *, auth: bool
-    ) -> HostRecord:
-        """Return the record of a new term of this process at ``address``, with the next generation."""
-
-    def prepare(self) -> None:
-        """Before publishing a record: make sure it can be written (directory, stale temporaries)."""
-
-    def publish(self, record: HostRecord) -> HostRecord:
-        """Make ``record`` the current host record; return it as published (an engine numbers it).
-
-        May raise ``LostClaim`` (an engine: another process claimed the channel first).
-        """
-
-    def retract(self, record: HostRecord) -> None:
-        """Remove the current record if it is still ``record`` (never another host's)."""
-
-    def serving(self, record: HostRecord) -> bool:
-        """Tell whether the recorded host runs and is not exiting (an EOF then was its handler's)."""
-
-    def confirm(self, record: HostRecord) -> bool:
-        """Like ``serving()``, asked of the source itself (after an EOF: an engine, not a cached copy)."""
-
-    def liveness(self, record: HostRecord) -> Liveness:
-        """Say whether the recorded host runs: "alive", "dead" or "unknown" (counted as alive)."""
-
-    def released(self, record: HostRecord) -> bool:
-        """Tell whether a dead host's hold on the channel is gone (its lock free, or about to be)."""
-
-    def exit_notice(self, record: HostRecord) -> int | None:
-        """Return a descriptor that polls readable once the recorded host exits, or None (none here).
-
-        The caller closes it. Readable at once if the host is gone already.
-        """
-
-    def watch(self, dead: HostRecord | None) -> Callable[[], bool]:
-        """Return a predicate that turns True once the election can move on from now."""
-
-    def stand_by(self) -> bool:
-        """Try, without waiting, to become (or stay) the standby, the process that hosts next; True if we are.
-
-        False for a standby whose lock file was removed: it must stop standing by.
-        """
-
-    def publish_standby(self, record: HostRecord) -> None:
-        """As the standby: say where clients of a dead host wait for us (``record.sock``)."""
-
-    def standby(self) -> HostRecord | None:
-        """Return the record of the standby if it is another process (it may have died since), or None."""
-
-    def stop_standing_by(self, record: HostRecord | None) -> None:
-        """Give the standby's place up (its record, if still ``record``, then its lock). Idempotent."""
-
-    def may_campaign(self, dead: HostRecord | None) -> bool:
-        """Tell whether to try for hosting after the host ``dead`` is gone, or leave it to the standby.
-
-        A live standby gets ``STANDBY_GRACE`` seconds to take over first (it may be frozen).
-        """
-
-    def holding_problem(self) -> str:
-        """As host: return "" if we still hold the right to host, else how we lost it."""
-
-    def record_problem(self, record: HostRecord) -> str:
-        """As host: return "" if ``record`` is still current (a damaged one is rewritten), else why not."""
-
-    def claim_valid(self) -> bool:
-        """As host: True while our right to host is provably ours (asked before answering a request)."""
-
-    def unreachable(self) -> str:
-        """Say why the coordinator does not answer ("" if it does, or cannot fail to: a local one)."""
-
-    def stuck_detail(self) -> str:
-        """Say why no host can be elected though nobody serves ("" if nothing is known to block it)."""
-
-    def stuck_report(self) -> str:
-        """Say what holds the election, for the monitor's warning that it cannot proceed."""
-
-    def warm_up(self) -> None:
-        """Compute ahead of time what becoming host needs (off the failover path)."""
-
-    def after_fork(self) -> None:
-        """In a forked child: forget the parent's hold, without touching the parent's."""
-
-    def close(self) -> None:
-        """Stop what the coordinator runs in the background (the channel closes)."""
+# Start times are compared, not wall-clock create times: psutil adds the boot time, which
+# follows the wall clock, and a clock step (NTP, a VM resumed) made every host look dead. On
+# Linux they are clock ticks since boot; the tolerance only absorbs rounding.
+_CREATE_TIME_TOLERANCE = 1.0
 
 
 class LocalCoordinator:
-    """The election among the processes of one machine: flock, JSON record file, pid + create time."""
+    """The election among the processes of one machine: flock, JSON record file, pid + start time."""
 
     def __init__(self, name: str, paths: ChannelPaths) -> None:
         self._name = name
         self._paths = paths
         self._lock = HostLock(paths.lock)
-        self._standby_lock = HostLock(paths.standby_lock)
-        self._deferring: tuple[HostRecord, float] | None = None  # a dead host left to the standby, since
+        self._seen = 0  # the highest generation this process has seen: a new term is numbered above it
 
     @property
     def runtime_dir(self) -> Path:
@@ -175,55 +72,26 @@ class LocalCoordinator:
         return self._lock.fd
 
     def read(self) -> HostRecord | None:
-        return read_record(self._paths.record)
-
-    def try_acquire(self) -> bool:
-        return self._lock.try_acquire()
-
-    def release(self) -> None:
-        self._lock.release()
-
-    def new_record(
-        self, address: str, previous: HostRecord | None, last_seen: int, *, auth: bool
-    ) -> HostRecord:
-        generation = max(previous.generation if previous else 0, last_seen) + 1
-        pid = os.getpid()
-        return HostRecord(pid, own_create_time(pid), address, generation, time.time(), auth)
-
-    def prepare(self) -> None:
-        ensure_runtime_dir(self._paths.directory)
-        for stale in self._paths.stale_record_temporaries():
-            stale.unlink(missing_ok=True)
-
-    def publish(self, record: HostRecord) -> HostRecord:
-        write_record(self._paths.record, record)
+        record = read_record(self._paths.record)
+        if record is not None:
+            self.saw(record)
         return record
 
-    def retract(self, record: HostRecord) -> None:
-        remove_record(self._paths.record, record)
-        standby = read_record(self._paths.standby_record)
-        if standby is not None and _platform.process_gone(standby.pid):
-            remove_record(self._paths.standby_record, standby)  # a killed standby's: nobody else would
+    def saw(self, record: HostRecord) -> None:
+        """Note a host record met on the way (a standby's hello): new terms are numbered above it."""
+        self._seen = max(self._seen, record.generation)
 
-    def serving(self, record: HostRecord) -> bool:
+    def assess(self, record: HostRecord, *, after: Evidence = "look") -> HostState:  # noqa: ARG002 - all the same here
+        pid = record.pid
         # The /proc check is ~10x cheaper than psutil and settles the common case, a host that just died.
-        return not _platform.process_exiting(record.pid) and record.liveness() == "alive"
-
-    def confirm(self, record: HostRecord) -> bool:
-        return self.serving(record) and self.read() == record  # a dead host needs no file read
-
-    def liveness(self, record: HostRecord) -> Liveness:
-        return record.liveness()
-
-    def released(self, record: HostRecord) -> bool:
-        # Its sockets close a little before its lock does: the lock is free once it is a zombie or gone.
-        return _platform.process_gone(record.pid)
-
-    def exit_notice(self, record: HostRecord) -> int | None:
-        # No psutil here (it is on the failover path): the record was just verified (its host
-        # answered, or the election read it), and should its pid be reused meanwhile, the next
-        # tick's serving() still finds the host gone.
-        return _platform.exit_notice(record.pid)
+        if _platform.process_exiting(pid):
+            return HostState.GONE if _platform.process_gone(pid) else HostState.FAILING
+        running = _running(record)
+        if running is False:
+            return HostState.GONE
+        if self.read() != record:
+            return HostState.RETIRED  # it handed over, or another host replaced it
+        return HostState.SERVING if running else HostState.UNKNOWN
 
     def watch(self, dead: HostRecord | None) -> Callable[[], bool]:
         before = self._marker(dead)
@@ -237,48 +105,42 @@ class LocalCoordinator:
                 inodes.append(os.stat(path).st_ino)
             except OSError:
                 inodes.append(0)
-        return inodes[0], inodes[1], dead is None or self.released(dead)
+        # Its sockets close a little before its lock does: the lock is free once it is a zombie or gone.
+        return inodes[0], inodes[1], dead is None or _platform.process_gone(dead.pid)
 
-    def stand_by(self) -> bool:
-        if self._standby_lock.held and not self._standby_lock.still_on_its_file():
-            self._standby_lock.release()  # its file was removed: another process may stand by on a new one
+    def try_acquire(self) -> bool:
+        ensure_runtime_dir(self._paths.directory)  # it may have been removed since
+        if not self._lock.try_acquire():
             return False
-        return self._standby_lock.try_acquire()
+        for stale in self._paths.stale_record_temporaries():  # ours to remove now: no host is writing
+            stale.unlink(missing_ok=True)
+        return True
 
-    def publish_standby(self, record: HostRecord) -> None:
-        write_record(self._paths.standby_record, record)
+    def new_record(self, address: str, previous: HostRecord | None, *, auth: bool) -> HostRecord:
+        generation = max(previous.generation if previous else 0, self._seen) + 1
+        pid = os.getpid()
+        return HostRecord(pid, own_create_time(pid), address, generation, time.time(), auth)
 
-    def standby(self) -> HostRecord | None:
-        # No liveness check (it is on the failover path): a dead standby's side socket refuses
-        # the connection, and a client checks the listener's pid.
-        record = read_record(self._paths.standby_record)
-        return None if record is None or record.pid == os.getpid() else record
+    def publish(self, record: HostRecord) -> HostRecord:
+        write_record(self._paths.record, record)
+        self.saw(record)
+        return record
 
-    def stop_standing_by(self, record: HostRecord | None) -> None:
-        try:
-            if record is not None:  # only if it still names us: a newer standby's stays
-                remove_record(self._paths.standby_record, record)
-        finally:
-            self._standby_lock.release()  # idempotent
+    def retract(self, record: HostRecord) -> None:
+        remove_record(self._paths.record, record)
+        standby = read_record(self._paths.standby_record)
+        if standby is not None and _platform.process_gone(standby.pid):
+            remove_record(self._paths.standby_record, standby)  # a killed standby's: nobody else would
 
-    def may_campaign(self, dead: HostRecord | None) -> bool:
-        standby = None if dead is None or self._standby_lock.held else self.standby()
-        if dead is None or standby is None or self.released(standby):
-            self._deferring = None
-            return True
-        now = time.monotonic()
-        if self._deferring is None or self._deferring[0] != dead:
-            self._deferring = (dead, now)
-        return now - self._deferring[1] >= STANDBY_GRACE
+    def release(self) -> None:
+        self._lock.release()
 
-    def holding_problem(self) -> str:
-        """Without our lock file, another process could lock a new one and host too: we must step down."""
+    def fence(self, record: HostRecord, *, thorough: bool = False) -> str:
+        if not thorough:
+            return ""  # the flock is ours until we release it
         if not self._lock.still_on_its_file():
+            # without our lock file, another process could lock a new one and host too
             return f"its lock file {self._paths.lock} was removed or replaced"
-        return ""
-
-    def record_problem(self, record: HostRecord) -> str:
-        """Rewrite a missing or unreadable record; another host's record means we lost."""
         current = self.read()
         if current == record:
             return ""
@@ -291,15 +153,12 @@ class LocalCoordinator:
         _LOGGER.warning("channel %r: the host record was missing or unreadable; rewrote it", self._name)
         return ""
 
-    def claim_valid(self) -> bool:
-        return True  # the flock is ours until we release it (its file's removal is the monitor's to see)
-
     def unreachable(self) -> str:
-        return ""
+        return ""  # files and the process table: nothing that can fail to answer
 
-    def stuck_detail(self) -> str:
+    def blocker(self) -> str:
         record = self.read()
-        if record is not None and record.liveness() != "dead":
+        if record is not None and not self.assess(record).forget:
             return ""
         holders = _platform.lock_holders(str(self._paths.lock))
         if not holders:
@@ -309,21 +168,35 @@ class LocalCoordinator:
             "a process that inherited it across fork() without exec() blocks the election"
         )
 
-    def stuck_report(self) -> str:
-        """Name the lock and its holders, for the monitor's warning about a stuck election."""
-        holders = _platform.lock_holders(str(self._paths.lock))
-        return (
-            f"the lock {self._paths.lock} is held (holders: {'unknown' if holders is None else holders}); "
-            "a process that inherited it across fork() without exec() blocks the election"
-        )
-
     def warm_up(self) -> None:
         own_create_time(os.getpid())
 
     def after_fork(self) -> None:
         self._lock.forget_after_fork()
-        self._standby_lock.forget_after_fork()
-        self._deferring = None
 
     def close(self) -> None:
-        """Nothing runs in the background."""
+        """Remove the private socket files of processes that died (see ``ChannelPaths.tidy``)."""
+        self._paths.tidy()
+
+
+class PidExitNotices:
+    """Exit notices by pidfd: readable from the moment the host is a zombie (its lock is free by then)."""
+
+    def open(self, record: HostRecord) -> int | None:
+        # No psutil here (it is on the failover path): the record was just verified (its host
+        # answered, or the election read it), and should its pid be reused meanwhile, the next
+        # tick's assess() still finds the host gone.
+        return _platform.exit_notice(record.pid)
+
+
+def _running(record: HostRecord) -> bool | None:
+    """Tell whether the recorded process runs: True, False, or None when it cannot be seen.
+
+    Its start time must match the record's, so a pid reused by another process is not the host.
+    """
+    started = _platform.start_time(record.pid)
+    if started is None:
+        return False
+    if math.isnan(started):
+        return None  # not allowed to look
+    return abs(started - record.create_time) <= _CREATE_TIME_TOLERANCE

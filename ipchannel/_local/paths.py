@@ -1,7 +1,6 @@
-"""Channel names, the runtime directory, and the files of a channel inside it.
+"""The runtime directory, and the files of a channel inside it.
 
-The runtime directory is ``IPCHANNEL_DIR`` if set, else ``$XDG_RUNTIME_DIR/ipchannel``,
-else ``<tempdir>/ipchannel-<uid>``. It is created with mode 0700 and refused
+The runtime directory (``_options.resolve_runtime_dir``) is created with mode 0700 and refused
 (``RuntimeDirError``, nothing written) if it is a symlink, not a directory, not
 owned by us, or writable by group or others: every lock, record and socket of
 every channel lives in it, so whoever can write there can impersonate a host.
@@ -11,44 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import stat
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .. import _platform
 from .._errors import RuntimeDirError
 
-__all__ = ["NAME_RULE", "ChannelPaths", "ensure_runtime_dir", "resolve_runtime_dir", "validate_name"]
+if TYPE_CHECKING:
+    from pathlib import Path
 
-NAME_RULE = "1-64 characters of letters, digits, '.', '_' and '-', not starting with '.'"
-_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
-
-
-def validate_name(name: object) -> str:
-    """Return ``name`` if it is a valid channel name, else raise ``TypeError``/``ValueError``."""
-    if not isinstance(name, str):
-        raise TypeError(f"channel name must be a str ({NAME_RULE}), not {type(name).__name__}")
-    if not _NAME.fullmatch(name):
-        raise ValueError(f"invalid channel name {name!r}: must be {NAME_RULE}")
-    return name
-
-
-def resolve_runtime_dir(explicit: object = None) -> Path:
-    """Return the runtime directory to use, without touching the filesystem."""
-    if explicit is not None:
-        if not isinstance(explicit, (str, os.PathLike)) or isinstance(os.fspath(explicit), bytes):
-            raise TypeError(
-                "runtime_dir must be a str or os.PathLike path, or None for the default, "
-                f"not {type(explicit).__name__}"
-            )
-        return Path(os.fspath(explicit)).absolute()
-    if env := os.environ.get("IPCHANNEL_DIR"):
-        return Path(env).absolute()
-    if xdg := os.environ.get("XDG_RUNTIME_DIR"):
-        return Path(xdg, "ipchannel").absolute()
-    return Path(tempfile.gettempdir(), f"ipchannel-{os.geteuid()}").absolute()
+__all__ = ["ChannelPaths", "ensure_runtime_dir"]
 
 
 def ensure_runtime_dir(path: Path) -> None:
@@ -155,16 +127,26 @@ class ChannelPaths:
         """Return the side socket a standby listens on: clients of a dead host wait there."""
         return self.directory / f".{self.sock.stem}_{pid}{self.sock.suffix}"
 
-    def stale_socket_temporaries(self) -> list[Path]:
-        """Private socket files that processes which died left behind (never a live one's)."""
+    def stale_socket_temporaries(self, *, own: bool = True) -> list[Path]:
+        """Private socket files that processes which died left behind, and (``own``) this one's."""
         stale = []
         for path in self.directory.glob(f".{self.sock.stem}[._]*{self.sock.suffix}"):
             owner = path.name[len(self.sock.stem) + 2 : -len(self.sock.suffix)]
             if not owner.isdigit():
                 continue  # another channel's (a name with a dot in it)
-            if int(owner) == os.getpid() or _platform.process_gone(int(owner)):
+            if (own and int(owner) == os.getpid()) or _platform.process_gone(int(owner)):
                 stale.append(path)
         return stale
+
+    def tidy(self, *, own: bool = True) -> None:
+        """Remove the private socket files of processes that died, and (``own``) this process's.
+
+        Done before listening (``own=False``: a standby listens beside its side socket) and
+        standing by, and when a channel closes: a process killed while another was starting
+        to stand by may not yet have counted as gone then.
+        """
+        for stale in self.stale_socket_temporaries(own=own):
+            stale.unlink(missing_ok=True)
 
     def stale_record_temporaries(self) -> list[Path]:
         """Temporary record files that hosts (or standbys) which died mid-write left behind."""

@@ -16,8 +16,9 @@ from typing import Any, Literal
 
 import psutil
 
+from .._options import validate_name
 from .coordinator import LocalCoordinator
-from .paths import ChannelPaths, validate_name
+from .paths import ChannelPaths
 
 __all__ = ["ChannelStatus", "channel_status", "list_channels"]
 
@@ -82,7 +83,7 @@ def channel_status(name: str, directory: Path) -> ChannelStatus:
         if paths.record.exists():
             return ChannelStatus(name, "stale", "unreadable host record", *(None,) * 6)
         return ChannelStatus(name, "no host" if paths.lock.exists() else "unknown", "", *(None,) * 6)
-    alive = coordinator.liveness(record) != "dead"
+    alive = not coordinator.assess(record).dead
     command = _command_line(record.pid) if alive else None
     problems = []
     if not alive:
@@ -107,46 +108,3 @@ def _command_line(pid: int) -> str | None:
         return shlex.join(psutil.Process(pid).cmdline()) or None
     except psutil.Error:
         return None
-
-
-def coordinator_status(url_text: str, name: str | None = None) -> list[dict[str, Any]]:
-    """Return the channels a coordinator engine has a host for (only ``name``, if given), read-only.
-
-    :raises CoordinatorError: the URL is bad, its client library missing, or the engine does not answer.
-    """
-    from .._backends import ENGINES  # noqa: PLC0415 - imports the engine's client only when asked
-    from .._errors import CoordinatorError  # noqa: PLC0415
-    from .._remote.coordinator import EngineUnavailable  # noqa: PLC0415
-    from .._seams.record import HostRecord  # noqa: PLC0415
-    from .._url import parse_url  # noqa: PLC0415
-
-    url = parse_url(url_text)
-    engine = ENGINES.acquire(url)
-    try:
-        found = engine.channels()
-    except EngineUnavailable as exc:
-        raise CoordinatorError(f"the coordinator {url.text} does not answer: {exc}") from exc
-    finally:
-        ENGINES.release(url, engine)
-    channels: list[dict[str, Any]] = []
-    for channel, snapshot, left in sorted(found):
-        if (name is not None and channel != name) or snapshot.value is None:
-            continue
-        try:
-            record = HostRecord.from_json(snapshot.value, snapshot.generation)
-        except ValueError as exc:
-            channels.append({"name": channel, "state": "stale", "problem": str(exc)})
-            continue
-        channels.append(
-            {
-                "name": channel,
-                "state": "live",
-                "pid": record.pid,
-                "node": record.node,
-                "address": record.sock,
-                "generation": record.generation,
-                "ttl_left": left,
-                "elected_seconds_ago": round(time.time() - record.started, 3),
-            }
-        )
-    return channels

@@ -3,6 +3,7 @@
 Every platform module defines the same names:
 
 - ``SUN_PATH_MAX``: longest AF_UNIX path, in bytes, without the trailing NUL.
+- ``EXIT_NOTICES``: whether ``exit_notice`` can give descriptors here (pidfds).
 - ``SHUTDOWN_WAKES_LISTENER``: whether ``shutdown()`` of a listening socket wakes a ``select()`` on it.
 - ``peer_credentials(sock)``: ``(pid, uid)`` of the process at the other end of
   a connected AF_UNIX socket; either may be ``None`` where the system cannot tell.
@@ -25,6 +26,7 @@ import time
 
 if sys.platform.startswith("linux"):
     from ._linux import (
+        EXIT_NOTICES,
         SHUTDOWN_WAKES_LISTENER,
         SUN_PATH_MAX,
         exit_notice,
@@ -37,6 +39,7 @@ if sys.platform.startswith("linux"):
     )
 elif sys.platform == "darwin" or "bsd" in sys.platform:
     from ._bsd import (
+        EXIT_NOTICES,
         SHUTDOWN_WAKES_LISTENER,
         SUN_PATH_MAX,
         exit_notice,
@@ -49,6 +52,7 @@ elif sys.platform == "darwin" or "bsd" in sys.platform:
     )
 else:
     from ._unsupported import (
+        EXIT_NOTICES,
         SHUTDOWN_WAKES_LISTENER,
         SUN_PATH_MAX,
         exit_notice,
@@ -61,6 +65,7 @@ else:
     )
 
 __all__ = [
+    "EXIT_NOTICES",
     "SHUTDOWN_WAKES_LISTENER",
     "SUN_PATH_MAX",
     "claim_clock",

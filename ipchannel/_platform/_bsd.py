@@ -13,6 +13,7 @@ if TYPE_CHECKING:
 from ._posix import leave_signals_to_the_application
 
 __all__ = [
+    "EXIT_NOTICES",
     "SHUTDOWN_WAKES_LISTENER",
     "SUN_PATH_MAX",
     "exit_notice",
@@ -26,6 +27,7 @@ __all__ = [
 
 SUN_PATH_MAX = 103  # sizeof(sockaddr_un.sun_path) is 104
 SHUTDOWN_WAKES_LISTENER = False  # shutdown() of a listening socket fails (ENOTCONN) and wakes nothing
+EXIT_NOTICES = False  # kqueue's EVFILT_PROC is not pollable
 
 _SOL_LOCAL = 0
 _LOCAL_PEERCRED = 0x001

@@ -10,6 +10,7 @@ from pathlib import Path
 from ._posix import leave_signals_to_the_application
 
 __all__ = [
+    "EXIT_NOTICES",
     "SHUTDOWN_WAKES_LISTENER",
     "SUN_PATH_MAX",
     "exit_notice",
@@ -23,6 +24,7 @@ __all__ = [
 
 SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) is 108, one byte for the NUL
 SHUTDOWN_WAKES_LISTENER = True  # shutdown() of a listening socket wakes a select() on it
+EXIT_NOTICES = hasattr(os, "pidfd_open")  # Python 3.9+; the kernel may still refuse (< 5.3): then None
 
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 _PF_EXITING = 0x00000004  # include/linux/sched.h; set before the task closes its files

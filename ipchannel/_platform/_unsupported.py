@@ -9,6 +9,7 @@ if TYPE_CHECKING:
     import socket
 
 __all__ = [
+    "EXIT_NOTICES",
     "SHUTDOWN_WAKES_LISTENER",
     "SUN_PATH_MAX",
     "exit_notice",
@@ -22,6 +23,7 @@ __all__ = [
 
 SUN_PATH_MAX = 0
 SHUTDOWN_WAKES_LISTENER = False  # nothing is known here
+EXIT_NOTICES = False
 _MESSAGE = f"ipchannel needs Unix domain sockets and flock; {sys.platform} is not supported"
 
 

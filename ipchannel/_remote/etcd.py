@@ -21,12 +21,12 @@ import socket
 import threading
 from typing import TYPE_CHECKING, Any, cast
 
-from .coordinator import EngineUnavailable, Snapshot, facing_address
+from .engine import EngineUnavailable, Snapshot, facing_address
 
 if TYPE_CHECKING:
     from .._url import CoordinatorURL
 
-import requests  # the etcd extra (etcd3gw needs requests); _backend checks it before importing this
+import requests  # the etcd extra (etcd3gw needs requests); engine.py checks it before importing this
 from etcd3gw.client import Etcd3Client
 from etcd3gw.exceptions import Etcd3Exception
 

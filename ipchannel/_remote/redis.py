@@ -20,11 +20,11 @@ import contextlib
 import threading
 from typing import TYPE_CHECKING, TypeVar, cast
 
-import redis  # the redis extra; _backend checks it is installed before importing this module
+import redis  # the redis extra; engine.py checks it is installed before importing this
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .coordinator import EngineUnavailable, Snapshot, facing_address
+from .engine import EngineUnavailable, Snapshot, facing_address
 
 if TYPE_CHECKING:
     from collections.abc import Callable

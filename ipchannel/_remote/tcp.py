@@ -1,45 +1,42 @@
-"""The TCP transport: the host listens on ``listen``, others dial the ``advertise`` address in its record.
+"""The transport across machines: the host listens on ``listen``, others dial the ``advertise`` address.
 
-There is no SO_PEERCRED across machines, so the authkey is required, and
-after the handshake (and TLS, with ``ssl_context``) the host says who it is: an
-8-byte hello with its generation, sent only while its claim is valid (the
-``gate``). A client keeps a connection only if that is the generation of the
-record it dialed and no lower than any it has seen: a host that lost its claim,
-or an old one woken from a freeze, is refused.
+There is no SO_PEERCRED across machines, so the authkey is required, and after the
+handshake (and TLS, with ``ssl_context``) the host says who it is: an 8-byte hello
+with its generation, sent only while it may serve (the ``gate``). A client keeps a
+connection only if that is the generation of the record it dialed: a host that lost
+its claim, or another that took its port, is refused. ``reachable`` is the probe the
+remote coordinator uses to tell a crashed host from a handler that closed its connection.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import select
 import socket
-import socketserver
 import struct
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from .._auth import HANDSHAKE_TIMEOUT
-from .._core.server import HostedServer, Tracking
-from .._core.socket import ChannelSocket
-from .._errors import ChannelError
-from .._local.unix import authenticated, check_auth_matches
-from .tls import TlsChannelSocket
+from .._auth import HANDSHAKE_TIMEOUT, Stream, check_auth_matches, client_handshake, host_admits
+from .._errors import AuthenticationError, ChannelError
+from .._seams.base import Connection
+from .tls import TlsSession, TlsStream
 
 if TYPE_CHECKING:
     import ssl
     from collections.abc import Callable
 
-    from .._local.standby import StandbyListener
+    from .._options import TlsConfig
     from .._seams.record import HostRecord
-    from .._timing import Deadline
-    from .tls import TlsConfig
 
-__all__ = ["TcpTransport", "format_address", "split_address"]
+__all__ = ["TcpListener", "TcpTransport", "format_address", "split_address"]
 
 _LOGGER = logging.getLogger("ipchannel")
 CONNECT_TIMEOUT = 1.0  # seconds to wait for a TCP connection to a recorded host
 _HELLO = struct.Struct("!Q")
 _WILDCARDS = {"", "0.0.0.0", "::"}  # noqa: S104 - addresses to replace, not to bind
+_BACKLOG = 128
 
 
 def format_address(host: str, port: int) -> str:
@@ -53,197 +50,69 @@ def split_address(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-class _TcpServer(Tracking, socketserver.ThreadingTCPServer):
-    daemon_threads = True
-    block_on_close = False
-    allow_reuse_address = True
-    request_queue_size = 128
-
-    def __init__(  # noqa: PLR0913, PLR0917 - socketserver's two, then ours
-        self,
-        address: tuple[str, int],
-        handler: type[socketserver.BaseRequestHandler],
-        name: str,
-        authkey: bytes,
-        tls: ssl.SSLContext | None,
-        gate: Callable[[], bool],
-    ) -> None:
-        self.channel_name = name
-        self._authkey = authkey
-        self._tls = tls
-        self._gate = gate
-        self.generation = 0  # set by publish(): until then we are not host, and say nothing
-        self._init_tracking()
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
-        super().__init__(address, handler)
-
-    def prepare(self, request: socket.socket) -> socket.socket | None:
-        request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock = request if self._tls is None else self._start_tls(request)
-        if sock is None:
-            return None
-        if self._welcome(sock):
-            return sock
-        if sock is not request:
-            self.shutdown_request(sock)  # the TLS socket (tracked): the caller shuts only the raw one
-        return None
-
-    def _start_tls(self, raw: socket.socket) -> socket.socket | None:
-        """Wrap ``raw`` and run the TLS handshake (host side); None if it failed (then it is shut)."""
-        assert self._tls is not None
-        raw.settimeout(HANDSHAKE_TIMEOUT)
-        try:
-            sock = self._tls.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
-        except (OSError, ValueError) as exc:
-            self._log_refused(f"TLS failed: {exc}")
-            return None
-        self.track_as(raw, sock)  # from here on, ending hosting shuts the TLS socket
-        try:
-            sock.do_handshake()
-        except (OSError, ValueError) as exc:
-            self._log_refused(f"TLS handshake failed: {exc}")
-            self.shutdown_request(sock)
-            return None
-        sock.settimeout(None)
-        return sock
-
-    def _welcome(self, sock: socket.socket) -> bool:
-        """Run the authkey handshake, then send our hello, only while we may serve; False to refuse."""
-        if super().prepare(sock) is None or not self.generation or not self._gate():
-            return False
-        try:
-            sock.sendall(_HELLO.pack(self.generation))
-        except OSError:
-            return False
-        return True
-
-    def _log_refused(self, why: str) -> None:
-        _LOGGER.warning("channel %r: refused a connection: %s", self.channel_name, why)
-
-
-class TcpListener(HostedServer):
-    """A host's TCP server; ``publish(record)`` opens it to clients (it then sends them its generation)."""
-
-    def __init__(  # noqa: PLR0913, PLR0917 - built in one place, by TcpTransport.listen
-        self,
-        name: str,
-        bind: tuple[str, int],
-        advertise: tuple[str, int] | None,
-        handler: type[socketserver.BaseRequestHandler],
-        authkey: bytes,
-        tls: ssl.SSLContext | None,
-        gate: Callable[[], bool],
-        default_host: Callable[[], str | None],
-    ) -> None:
-        try:
-            server = _TcpServer(bind, handler, name, authkey, tls, gate)
-        except OSError as exc:
-            hint = "pick a free port, or 0 for any" if exc.errno == errno.EADDRINUSE else "check listen="
-            raise ChannelError(
-                f"channel {name!r}: cannot listen on {format_address(*bind)}: {exc}; {hint}"
-            ) from exc
-        host, port = str(server.server_address[0]), int(server.server_address[1])
-        if advertise is not None:
-            host = advertise[0]
-            port = advertise[1] or port
-        elif host in _WILDCARDS:
-            host = default_host() or socket.getfqdn()
-        super().__init__(name, None, format_address(host, port), handler, authkey, server=server)
-
-    def publish(self, record: HostRecord) -> None:
-        self._server.generation = record.generation
-
-    def still_published(self) -> bool:
-        return True
-
-    def _unlink_if_ours(self) -> None:
-        """Nothing to unlink for a TCP port."""
-
-
 class TcpTransport:
     """TCP with the authkey handshake, a hello naming the host's generation, and optional TLS."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913, PLR0917 - made in one place, by the backend chooser
         self,
         name: str,
         listen: tuple[str, int],
         advertise: tuple[str, int] | None,
+        authkey: bytes,
         tls: TlsConfig | None,
         default_host: Callable[[], str | None],
     ) -> None:
-        self._name, self._listen, self._advertise, self._tls = name, listen, advertise, tls
-        self._default_host = default_host
-        self.highest_generation = 0  # the highest generation a host has shown us: never go back below it
-        self._refused: set[int] = set()
+        self._name, self._listen, self._advertise, self._authkey = name, listen, advertise, authkey
+        self._tls, self._default_host = tls, default_host
 
-    def listen(
-        self, handler: type[socketserver.BaseRequestHandler], authkey: bytes | None, gate: Callable[[], bool]
-    ) -> TcpListener:
-        assert authkey is not None  # required with a coordinator (checked when the channel is made)
-        listener = TcpListener(
+    def listen(self, gate: Callable[[], bool]) -> TcpListener:
+        return TcpListener(
             self._name,
             self._listen,
             self._advertise,
-            handler,
-            authkey,
+            self._authkey,
             None if self._tls is None else self._tls.host,
             gate,
             self._default_host,
         )
-        listener.start()
-        return listener
 
-    def connect(self, record: HostRecord, authkey: bytes | None) -> ChannelSocket | None:
-        check_auth_matches(self._name, record, authkey)
-        if record.generation < self.highest_generation:
-            self._refuse_older(record)
-            return None  # an older host than one we have talked to: its claim is gone
+    def connect(self, record: HostRecord) -> Connection | None:
+        check_auth_matches(self._name, record.auth, self._authkey)
         try:
             host, port = split_address(record.sock)
             raw = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT)
         except (OSError, ValueError):
             return None  # refused, unreachable or slow: asked again once the record says more
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        kind: type[ChannelSocket] = ChannelSocket if self._tls is None else TlsChannelSocket
-        sock = kind(raw.family, raw.type, raw.proto, raw.detach())
+        session = None if self._tls is None else TlsSession(self._tls.client, host)
         try:
-            generation = self._greet(sock, host, authkey)
+            generation = self._greet(raw, session)
         except ChannelError:  # TLS or the authkey refused us: clear, and not a host change
-            sock.close()
+            raw.close()
             raise
         except (OSError, ValueError):
             generation = None
         if generation != record.generation:
-            sock.close()
+            raw.close()
             return None  # nobody answered, or not the host the record names (a newer one took its port)
-        self.highest_generation = max(self.highest_generation, generation)
-        sock.settimeout(None)
-        return sock
+        raw.settimeout(None)
+        return Connection(raw, session)
 
-    def _greet(self, sock: ChannelSocket, host: str, authkey: bytes | None) -> int | None:
+    def _greet(self, raw: socket.socket, session: TlsSession | None) -> int | None:
         """TLS, the authkey handshake and the host's hello: its generation, or None if it said nothing."""
-        if isinstance(sock, TlsChannelSocket):
-            assert self._tls is not None
-            sock.start_tls(self._tls.client, host, self._name, timeout=CONNECT_TIMEOUT)
-        elif not select.select([sock], [], [], CONNECT_TIMEOUT)[0]:
+        stream: Stream = raw
+        if session is not None:
+            session.handshake(raw, self._name, timeout=CONNECT_TIMEOUT)
+            stream = TlsStream(raw, session)
+        elif not select.select([raw], [], [], CONNECT_TIMEOUT)[0]:
             return None  # it accepts but says nothing: frozen (its kernel accepts for it)
-        if authenticated(sock, self._name, authkey) is None:
-            return None
-        return _read_hello(sock)
-
-    def _refuse_older(self, record: HostRecord) -> None:
-        if record.generation in self._refused:
-            return
-        self._refused.add(record.generation)
-        _LOGGER.warning(
-            "channel %r: refusing the host at %s: its generation %d is below %d, seen before; "
-            "if the coordinator's data was reset (a new cluster, a restore), restart this process",
-            self._name,
-            record.sock,
-            record.generation,
-            self.highest_generation,
-        )
+        try:
+            client_handshake(stream, self._authkey, self._name)
+        except AuthenticationError:
+            raise
+        except OSError:
+            return None  # the host went away mid-handshake: look again
+        return _read_hello(stream)
 
     def reachable(self, record: HostRecord) -> bool:
         """Tell a crashed host from a handler that closed its connection: a live host greets a new one.
@@ -261,34 +130,112 @@ class TcpTransport:
         except (OSError, ValueError):
             return False
 
-    def stand_by(
+
+class TcpListener:
+    """A host's TCP endpoint: it says its generation to each client once ``publish()`` made it host."""
+
+    def __init__(  # noqa: PLR0913, PLR0917 - made in one place, by TcpTransport.listen
         self,
-        handler: type[socketserver.BaseRequestHandler],  # noqa: ARG002 - same signature as the Unix one
-        authkey: bytes | None,  # noqa: ARG002
-        gate: Callable[[], bool],  # noqa: ARG002
-    ) -> StandbyListener | None:
-        """Return None: across machines the next host is whoever the engine elects."""
-        return None
+        name: str,
+        bind: tuple[str, int],
+        advertise: tuple[str, int] | None,
+        authkey: bytes,
+        tls: ssl.SSLContext | None,
+        gate: Callable[[], bool],
+        default_host: Callable[[], str | None],
+    ) -> None:
+        self._name, self._authkey, self._tls, self._gate = name, authkey, tls, gate
+        self.generation = 0  # set by publish(): until then we are not host, and say nothing
+        self._sock = _bound(name, bind)
+        host, port = str(self._sock.getsockname()[0]), int(self._sock.getsockname()[1])
+        if advertise is not None:
+            host = advertise[0]
+            port = advertise[1] or port
+        elif host in _WILDCARDS:
+            host = default_host() or socket.getfqdn()
+        self._address = format_address(host, port)
 
-    def connect_standby(
-        self,
-        standby: HostRecord,  # noqa: ARG002 - same signature as the Unix one
-        authkey: bytes | None,  # noqa: ARG002
-        deadline: Deadline,  # noqa: ARG002
-        give_up: Callable[[], bool],  # noqa: ARG002
-    ) -> tuple[ChannelSocket, HostRecord] | None:
-        """Return None: there is no standby across machines."""
-        return None
+    @property
+    def address(self) -> str:
+        return self._address
 
-    def tidy(self) -> None:
-        """Nothing to do: a TCP listener leaves no file behind."""
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        return self._sock.accept()
+
+    def verify(self, conn: socket.socket) -> bool:
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return True  # who it is, the authkey handshake tells (in its handler thread)
+
+    def admit(self, conn: socket.socket, track: Callable[[socket.socket], None]) -> socket.socket | None:
+        sock = conn if self._tls is None else self._start_tls(conn, track)
+        if sock is None or not host_admits(sock, self._authkey, self._name):
+            return None
+        if not self.generation or not self._gate():
+            return None  # not (or no longer) host: say nothing, and the client looks elsewhere
+        try:
+            sock.sendall(_HELLO.pack(self.generation))
+        except OSError:
+            return None
+        return sock
+
+    def _start_tls(self, raw: socket.socket, track: Callable[[socket.socket], None]) -> socket.socket | None:
+        """Wrap ``raw`` and run the TLS handshake (host side); None if it failed."""
+        assert self._tls is not None
+        raw.settimeout(HANDSHAKE_TIMEOUT)
+        try:
+            sock = self._tls.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
+        except (OSError, ValueError) as exc:
+            _LOGGER.warning("channel %r: refused a connection: TLS failed: %s", self._name, exc)
+            return None
+        track(sock)  # from here on, ending hosting shuts the TLS socket
+        try:
+            sock.do_handshake()
+        except (OSError, ValueError) as exc:
+            _LOGGER.warning("channel %r: refused a connection: TLS handshake failed: %s", self._name, exc)
+            return None
+        sock.settimeout(None)
+        return sock
+
+    def publish(self, record: HostRecord) -> None:
+        self.generation = record.generation
+
+    def still_published(self) -> bool:
+        return True  # nothing outside this process can take a listening port away
+
+    def wake(self) -> None:
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def abandon_after_fork(self) -> None:
+        self._sock.close()
 
 
-def _read_hello(sock: ChannelSocket) -> int | None:
-    sock.settimeout(HANDSHAKE_TIMEOUT)
+def _bound(name: str, bind: tuple[str, int]) -> socket.socket:
+    """Return a TCP socket listening on ``bind``, or raise ChannelError saying what to change."""
+    sock = socket.socket(socket.AF_INET6 if ":" in bind[0] else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(bind)
+        sock.listen(_BACKLOG)
+    except OSError as exc:
+        sock.close()
+        hint = "pick a free port, or 0 for any" if exc.errno == errno.EADDRINUSE else "check listen="
+        where = format_address(*bind)
+        raise ChannelError(f"channel {name!r}: cannot listen on {where}: {exc}; {hint}") from exc
+    return sock
+
+
+def _read_hello(stream: Stream) -> int | None:
+    stream.settimeout(HANDSHAKE_TIMEOUT)
     data = b""
     while len(data) < _HELLO.size:
-        chunk = sock.recv(_HELLO.size - len(data))
+        chunk = stream.recv(_HELLO.size - len(data))
         if not chunk:
             return None
         data += chunk

@@ -19,9 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 from .. import _fork
 from .._codecs import Codec, resolve_codec
-from .._core.channel import Channel
+from .._core.channel import Channel, port_of
 from .._errors import ChannelClosed, ChannelTimeout, RemoteError
 from .._framing import DEFAULT_MAX_SIZE
+from .._options import Options
 from .._timing import Deadline, validate_timeout
 from .client import Requester, Subscriber
 from .host import RequestHost
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from types import TracebackType
 
-__all__ = ["RequestChannel"]
+__all__ = ["RequestChannel", "ensure_subscribed"]
 
 
 class RequestChannel:
@@ -58,9 +59,6 @@ class RequestChannel:
     :param coordinator, listen, advertise, ttl, ssl_context: as for ``Channel``: across machines.
     """
 
-    #: What errors call this object (a SharedDict names itself there).
-    _kind = "RequestChannel"
-
     def __init__(  # noqa: PLR0913 - keyword-only options, as Channel has
         self,
         name: str,
@@ -76,6 +74,8 @@ class RequestChannel:
         advertise: str | None = None,
         ttl: float | None = None,
         ssl_context: ssl.SSLContext | tuple[ssl.SSLContext, ssl.SSLContext] | None = None,
+        _options: Options | None = None,
+        _kind: str = "RequestChannel",
     ) -> None:
         if on_request is not None and not callable(on_request):
             raise TypeError(f"on_request must be a callable taking the message, or None; not {on_request!r}")
@@ -84,27 +84,21 @@ class RequestChannel:
         if max_message_size < 1:
             raise ValueError(f"max_message_size must be a positive number of bytes, not {max_message_size!r}")
         self._codec = resolve_codec(codec)
-        self._host = RequestHost(
-            name,
-            on_request,
-            self._codec,
-            max_message_size,
-            lambda: not self._channel._may_serve,  # noqa: SLF001 - the host side of this channel
-        )
-        self._channel = Channel(
-            name,
-            self._host.handle,
+        self._kind = _kind  # what errors call this object: the class the user holds (a SharedDict, say)
+        options = _options or Options.build(
             runtime_dir=runtime_dir,
             authkey=authkey,
-            may_host=may_host,
             coordinator=coordinator,
             listen=listen,
             advertise=advertise,
             ttl=ttl,
             ssl_context=ssl_context,
         )
-        self._requester = Requester(self._channel, max_message_size)
-        self._subscriber = Subscriber(self._channel, self._codec, max_message_size)
+        self._host = RequestHost(name, on_request, self._codec, max_message_size, self._handing_over)
+        self._channel = Channel(name, self._host.handle, may_host=may_host, _options=options)
+        self._port = port_of(self._channel)
+        self._requester = Requester(self._channel, max_message_size, self._port.timeout_error)
+        self._subscriber = Subscriber(self._channel, self._codec, max_message_size, self._port.timeout_error)
         self._publisher = _new_publisher_id()
         self._publish_numbers = itertools.count(1)
         _fork.register(self)
@@ -230,7 +224,11 @@ class RequestChannel:
         return answer
 
     def _timeout(self, deadline: Deadline) -> ChannelTimeout:
-        return self._channel._timeout_error(deadline, "no answer to the request")  # noqa: SLF001
+        return self._port.timeout_error(deadline, "no answer to the request")
+
+    def _handing_over(self) -> bool:
+        """Tell the host side to answer nothing: this process may not serve (any more)."""
+        return not self._port.may_serve()
 
     def _reset_after_fork(self) -> None:
         """In a forked child: fresh publisher id and connections; subscriptions resume in the background."""
@@ -249,3 +247,8 @@ class RequestChannel:
 def _new_publisher_id() -> int:
     """Return a random 64-bit id for this process's published messages (fresh in every forked child)."""
     return int.from_bytes(os.urandom(8), "big")
+
+
+def ensure_subscribed(channel: RequestChannel, deadline: Deadline) -> None:
+    """Subscribe again now if this process's subscription is not running (a forked child's resumes)."""
+    channel._subscriber.ensure_running(deadline)  # noqa: SLF001 - the aio layer's one way in

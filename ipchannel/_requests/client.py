@@ -64,8 +64,10 @@ class Requester:
     them at once.
     """
 
-    def __init__(self, channel: Channel, max_size: int) -> None:
-        self._channel, self._max_size = channel, max_size
+    def __init__(
+        self, channel: Channel, max_size: int, timeout_error: Callable[[Deadline, str], ChannelTimeout]
+    ) -> None:
+        self._channel, self._max_size, self._timeout_error = channel, max_size, timeout_error
         self.reset()
 
     def reset(self) -> None:
@@ -115,7 +117,7 @@ class Requester:
         """
         remaining = deadline.remaining()
         if not self._opening.acquire(timeout=-1 if math.isinf(remaining) else remaining):
-            raise self._channel._timeout_error(deadline, "no request connection could be opened")  # noqa: SLF001
+            raise self._timeout_error(deadline, "no request connection could be opened")
         try:
             with self._lock:
                 if self._idle:
@@ -167,8 +169,15 @@ class Subscriber:
     replayed to a resuming subscriber is delivered once.
     """
 
-    def __init__(self, channel: Channel, codec: Codec, max_size: int) -> None:
+    def __init__(
+        self,
+        channel: Channel,
+        codec: Codec,
+        max_size: int,
+        timeout_error: Callable[[Deadline, str], ChannelTimeout],
+    ) -> None:
         self._channel, self._codec, self._max_size = channel, codec, max_size
+        self._timeout_error = timeout_error
         self._callbacks: list[Callable[[Any], object]] = []
         self.reset()
 
@@ -209,7 +218,7 @@ class Subscriber:
             self._lock.release()
 
     def _timeout(self, deadline: Deadline, detail: str) -> ChannelTimeout:
-        return self._channel._timeout_error(deadline, detail)  # noqa: SLF001 - one place words timeouts
+        return self._timeout_error(deadline, detail)
 
     def resume_after_fork(self) -> None:
         """In a forked child with callbacks: subscribe again in the background, now, not at first use.

@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import _fork, _hooks, _platform
 from .._codecs import is_builtin, resolve_codec
+from .._core.channel import port_of
 from .._errors import ChannelClosed, ChannelError, ChannelTimeout, RemoteError
 from .._requests.channel import RequestChannel
 from .._requests.host import Deferred
@@ -61,6 +62,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from .._codecs import Codec
+    from .._options import Options
 
 __all__ = ["SharedDict"]
 
@@ -111,6 +113,7 @@ class SharedDict(MutableMapping[Any, Any]):
         advertise: str | None = None,
         ttl: float | None = None,
         ssl_context: ssl.SSLContext | tuple[ssl.SSLContext, ssl.SSLContext] | None = None,
+        _options: Options | None = None,
     ) -> None:
         self._timeout = validate_timeout(timeout)
         self._codec = resolve_codec(codec)
@@ -134,8 +137,10 @@ class SharedDict(MutableMapping[Any, Any]):
             advertise=advertise,
             ttl=ttl,
             ssl_context=ssl_context,
+            _options=_options,
+            _kind="SharedDict",  # errors name the class the user holds
         )
-        self._channel._kind = "SharedDict"  # noqa: SLF001 - errors name the class the user holds
+        self._port = port_of(self._channel.channel)
         try:
             self._join(name)
             self._first_sync(name)
@@ -182,7 +187,7 @@ class SharedDict(MutableMapping[Any, Any]):
         # No record: nobody hosts now, and a host that just closed is replaced within milliseconds.
         # A dead host's record: survivors, if any, elect one of themselves within a tick or two.
         # A live host's: connecting to it is immediate.
-        recorded = self._channel.channel._recorded_host()  # noqa: SLF001 - the coordinator's view
+        recorded = self._port.recorded_host()  # the coordinator's view
         wait = {"none": _ALONE_GRACE, "dead": _SURVIVOR_GRACE}.get(recorded, self._timeout)
         try:
             self._channel.subscribe(self._on_change, timeout=wait)
@@ -317,7 +322,7 @@ class SharedDict(MutableMapping[Any, Any]):
         with self._outbox_lock:
             if mine in self._outbox:  # never sent: it cannot be applied
                 self._outbox.remove(mine)
-                raise self._channel.channel._timeout_error(  # noqa: SLF001 - one place words timeouts
+                raise self._port.timeout_error(
                     deadline, "the writes of other threads of this process were still on their way"
                 )
         mine.wake.acquire()  # on its way: the sender's request has a timeout of its own
@@ -431,7 +436,7 @@ class SharedDict(MutableMapping[Any, Any]):
         return ChannelClosed(self._channel.channel.name, "SharedDict")
 
     def _late(self, deadline: Deadline) -> ChannelTimeout:
-        return self._channel.channel._timeout_error(  # noqa: SLF001 - one place words timeouts
+        return self._port.timeout_error(
             deadline, "the write was acknowledged but this replica did not receive it in time"
         )
 

@@ -1,0 +1,328 @@
+"""Connecting: finding the host (electing one if needed), following it, recovering a lost connection.
+
+``Connector`` keeps what this process knows of the host (the record it follows, the
+channel's phase) and opens connections to it:
+
+- ``open``: the known host (the warm path); else, when the host just died, the
+  standby's side socket (``Standby.wait``); else the election loop: one election step
+  (``elect``: the recorded host if it serves, else try to become host, ``Hosting.become``),
+  connect, back off until the coordinator says something changed;
+- ``recover``: a socket's connection ended. Is its host still serving (``assess``, asked
+  at the source)? Then its handler closed it. Else forget it and ``open`` the next one;
+  one socket of the channel at a time, the others then take the warm path;
+- ``still_there``: the monitor's look at the known host.
+
+Whether a host serves is the coordinator's to say (``Coordinator.assess``), nowhere here.
+Threads: any caller's (``connect``, ``join``, a socket's read or write) and the monitor's.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import weakref
+from typing import TYPE_CHECKING, Literal, Protocol
+
+from .._errors import ChannelClosed, ChannelTimeout, CoordinatorUnavailable
+from .._seams.base import LostClaim
+from .._timing import Backoff, Deadline
+from .socket import new_socket, tell
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from .._seams.base import Backend, Connection, HostState
+    from .._seams.record import HostRecord
+    from .._wakeup import Wakeup
+    from .socket import ChannelSocket
+
+__all__ = ["Campaign", "Connector", "Phase"]
+
+_LOGGER = logging.getLogger("ipchannel")
+_GATE_WAIT = 0.25  # longest a socket waits for another to find the next host before looking itself
+
+Phase = Literal["initiated", "connecting", "connected", "closed"]
+
+
+class Campaign(Protocol):
+    """What the election step needs of this process's hosting (``term.Hosting``)."""
+
+    @property
+    def is_host(self) -> bool: ...
+
+    def become(self, previous: HostRecord | None) -> HostRecord:
+        """Become host (the right to is ours): listen, publish; LostClaim if an engine says no."""
+
+    def elected(self, generation: int) -> None:
+        """Run the ``on_elected`` callbacks (outside the election lock)."""
+
+
+class Connector:
+    """What this process knows of the host, and every connection it opens to it."""
+
+    def __init__(  # noqa: PLR0913 - keyword-only options
+        self,
+        name: str,
+        backend: Backend,
+        wakeup: Wakeup,
+        start: Callable[[], None],
+        *,
+        auto_reconnect: bool,
+        may_host: bool,
+    ) -> None:
+        self._name, self._wakeup, self._start = name, wakeup, start
+        self._coordinator, self._transport = backend.coordinator, backend.transport
+        self._standby = backend.standby
+        self.auto_reconnect, self.may_host = auto_reconnect, may_host
+        self.hosting: Campaign | None = None  # set once, right after construction
+        self.sockets: weakref.WeakSet[ChannelSocket] = weakref.WeakSet()
+        self.last_host_pid: int | None = None
+        self.reset("initiated")
+
+    def reset(self, phase: Phase) -> None:
+        """Start afresh in ``phase`` (also in a forked child: no lock a lost thread held, no host known)."""
+        self.state_lock = threading.Lock()
+        self.elect_lock = threading.Lock()  # one thread of this process at a time takes part in the election
+        self._recovery_lock = threading.Lock()  # held by the one socket looking for the next host
+        self.stopping = threading.Event()
+        self.phase: Phase = phase
+        self.record: HostRecord | None = None  # the live host we know; ours while hosting
+
+    def close_sockets(self) -> None:
+        """Close every socket this channel made (a blocked call raises ChannelClosed): it closed."""
+        tell(self.sockets, "close")
+
+    def after_fork(self) -> None:
+        """In a forked child: sockets reconnect on first use; nothing of the parent's host is known."""
+        tell(self.sockets, "fork")
+        closed = self.phase == "closed"
+        self.reset("closed" if closed else "initiated")
+        if closed:
+            self.stopping.set()
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def closed(self) -> bool:
+        return self.phase == "closed"
+
+    @property
+    def _hosting(self) -> Campaign:
+        assert self.hosting is not None
+        return self.hosting
+
+    # -- connect and join ---------------------------------------------------------------------
+
+    def connect(self, timeout: float | None) -> ChannelSocket:
+        """Return a new socket connected to the host (``Channel.connect``)."""
+        connection, record = self.open(Deadline(timeout))
+        sock = new_socket(self, connection, record, timeout)
+        self.sockets.add(sock)
+        return sock
+
+    def join(self, deadline: Deadline) -> None:
+        """Take part in the election until a live host is known (``Channel.join``)."""
+        self._start()
+        backoff = Backoff(deadline, self.stopping.wait)
+        while True:
+            record = self.elect(None, verify=True)  # the coordinator checks the host: no connection
+            if record is not None:
+                self.adopt(record)
+                return
+            if not backoff.sleep():
+                if self.stopping.is_set():
+                    raise ChannelClosed(self._name)
+                raise self.timeout_error(deadline)
+
+    def open(
+        self, deadline: Deadline, avoid: HostRecord | None = None, dead: HostState | None = None
+    ) -> tuple[Connection, HostRecord]:
+        """Connect to the live host, electing one if needed; ``avoid`` is a host known to be gone."""
+        self._start()
+        known = self.record
+        if known is not None and known != avoid:  # the warm path: a live host is known
+            connection = self._transport.connect(known)
+            if connection is not None:
+                return connection, known
+        if avoid is not None and (found := self._via_standby(avoid, dead, deadline)) is not None:
+            return found
+        return self._elect_and_connect(deadline, avoid)
+
+    def _elect_and_connect(
+        self, deadline: Deadline, avoid: HostRecord | None
+    ) -> tuple[Connection, HostRecord]:
+        """Run the election loop of ``open``: until connected to a live host, or the deadline."""
+        # A lost lock race means another process is starting to host: its publication (watched every
+        # 0.5 ms) wakes us, so the timer only matters if it died too; no need to retry the lock soon.
+        backoff = Backoff(deadline, self.stopping.wait, first=Backoff.FIRST if avoid is None else 0.005)
+        while True:
+            changed = self._coordinator.watch(avoid)
+            record = self.record
+            if record is None or record == avoid:
+                record = self.elect(avoid, verify=False)
+            if record is not None and record != avoid:
+                connection = self._transport.connect(record)
+                if connection is not None:
+                    self.adopt(record)
+                    return connection, record
+                if not self._coordinator.assess(record, after="refused").serving:
+                    avoid = record
+                    self.forget(record)
+                    continue  # straight to the lock: the host is gone, or handed over and lives on
+            if not backoff.sleep(changed=changed):
+                if self.stopping.is_set():
+                    raise ChannelClosed(self._name)
+                raise self.timeout_error(deadline)
+
+    def _via_standby(
+        self, dead: HostRecord, state: HostState | None, deadline: Deadline
+    ) -> tuple[Connection, HostRecord] | None:
+        """After the host ``dead`` is gone: wait at the standby's side socket until it hosts (or give up)."""
+        if self._standby is None or (standby := self._standby.find(dead)) is None:
+            return None
+        if (state or self._coordinator.assess(dead)).lives_on:
+            return None  # a handover: the host lives on, and nothing tells the standby
+
+        def another_host() -> bool:
+            current = self._coordinator.read()
+            return current is not None and current != dead and current.pid != standby.pid
+
+        found = self._standby.wait(standby, deadline, another_host)
+        if found is not None:
+            self.adopt(found[1])  # the record it published before it said hello
+        return found
+
+    # -- the election step ------------------------------------------------------------------------
+
+    def elect(self, avoid: HostRecord | None, *, verify: bool) -> HostRecord | None:
+        """One election step: the recorded host if it may serve, else try to become host.
+
+        ``verify`` asks the coordinator whether the recorded host serves (the monitor,
+        ``join``); without it, connecting is the check (``open``: cheaper).
+        """
+        with self.elect_lock:
+            if self.stopping.is_set():
+                raise ChannelClosed(self._name)
+            if self._hosting.is_host:
+                return self.record
+            record = self._coordinator.read()
+            if record is not None:
+                self.last_host_pid = record.pid
+                if record != avoid and (not verify or self._coordinator.assess(record).serving):
+                    return record
+            if not self._may_campaign(record) or not self._coordinator.try_acquire():
+                return None
+            try:
+                elected = self._hosting.become(record)
+            except LostClaim as exc:
+                _LOGGER.debug("channel %r: lost the claim: %s", self._name, exc)
+                return None
+        self._hosting.elected(elected.generation)
+        return elected
+
+    def _may_campaign(self, recorded: HostRecord | None) -> bool:
+        """Tell whether to try for the lock now: allowed to host, and no live standby to leave it to."""
+        return self.may_host and (self._standby is None or not self._standby.defer(recorded))
+
+    # -- following the host ------------------------------------------------------------------------
+
+    def set_term(self, record: HostRecord | None) -> None:
+        """Follow this process's own term: begun (``record``) or ended (None), told by ``Hosting``."""
+        with self.state_lock:
+            self.record = record
+            if self.phase != "closed":  # a close() waiting for the election must stay closed
+                self.phase = "connected" if record is not None else "connecting"
+        if record is not None:
+            self.last_host_pid = record.pid
+
+    def adopt(self, record: HostRecord) -> None:
+        """Follow ``record``'s host from now on."""
+        with self.state_lock:
+            if self.phase == "closed":
+                return
+            changed = record != self.record
+            self.record = record
+            self.phase = "connected"
+        if not changed:
+            return
+        self.last_host_pid = record.pid
+        self._wakeup.send(b"w")  # the monitor watches this host's exit notice from now on
+        if record.pid != os.getpid():
+            _LOGGER.info(
+                "channel %r: connected to host pid %d (generation %d)",
+                self._name,
+                record.pid,
+                record.generation,
+            )
+
+    def forget(self, record: HostRecord) -> None:
+        """Stop following ``record``'s host (gone, or no longer the host); its connections are ended."""
+        with self.state_lock:
+            if self.record != record or self._hosting.is_host:
+                return
+            self.record = None
+            if self.phase == "connected":
+                self.phase = "connecting"
+        _LOGGER.info(
+            "channel %r: host pid %d (generation %d) lost", self._name, record.pid, record.generation
+        )
+        tell(self.sockets, "kick", record)  # a host that lost its claim may still hold them open
+
+    def still_there(self, record: HostRecord) -> bool:
+        """Tell whether the known host serves (the monitor); else forget it, unless its state is unknown."""
+        state = self._coordinator.assess(record)
+        if state.serving:
+            return True
+        if state.forget:
+            self.forget(record)
+        return False
+
+    # -- recovery (the sockets' owner) ---------------------------------------------------------------
+
+    def recover(self, old: HostRecord | None, timeout: float | None) -> tuple[Connection, HostRecord] | None:
+        """After a socket's connection to ``old`` ended: one to the next host, or None if ``old`` serves on.
+
+        A host's death ends every connection to it at once. One socket of the channel at a time
+        finds the next host; the others then connect to it straight away, instead of all asking
+        the coordinator together: a herd of threads doing that holds the GIL for milliseconds.
+        """
+        gated = self._recovery_lock.acquire(timeout=_GATE_WAIT)
+        try:
+            state = None
+            known = self.record
+            if old is not None and (known is None or known.generation <= old.generation):
+                if known == old and self._hosting.is_host:
+                    return None  # our own term: the handler closed it
+                state = self._coordinator.assess(old, after="eof")
+                if state.serving:
+                    return None
+                if state.forget:
+                    self.forget(old)
+            # avoid=old: a dying host's listener can outlive its connections for a moment
+            return self.open(Deadline(timeout), avoid=old, dead=state)
+        finally:
+            if gated:
+                self._recovery_lock.release()
+
+    def reopen(self, timeout: float | None) -> tuple[Connection, HostRecord]:
+        """In a forked child: a connection of its own to the host (the parent's is as good as ever)."""
+        return self.open(Deadline(timeout))
+
+    def timeout_error(self, deadline: Deadline, detail: str = "") -> ChannelTimeout:
+        """Return the error for a wait on this channel that ran out (the layers above use it too).
+
+        An engine that does not answer is named as the reason: ``CoordinatorUnavailable``.
+        """
+        coordinator = self._coordinator
+        if problem := coordinator.unreachable():
+            return CoordinatorUnavailable(self._name, coordinator.location, deadline.elapsed(), problem)
+        return ChannelTimeout(
+            self._name,
+            coordinator.location,
+            deadline.elapsed(),
+            self.last_host_pid,
+            detail or coordinator.blocker(),
+        )

@@ -1,0 +1,186 @@
+"""What the caller chose: a channel's name and its seven backend options, checked once.
+
+Every public class takes the same backend options (``runtime_dir``, ``authkey``,
+``coordinator``, ``listen``, ``advertise``, ``ttl``, ``ssl_context``). ``Options.build``
+checks them once, reads the environment for those not given (``IPCHANNEL_DIR``,
+``IPCHANNEL_COORDINATOR``, ``IPCHANNEL_LISTEN``, ``IPCHANNEL_ADVERTISE``: a deployment
+moves to a coordinator without a code change), and the one ``Options`` is carried down
+to the backend chooser (``_backends``). Nothing here touches the filesystem or the network.
+Bad input: TypeError (wrong type) or ValueError (wrong value) naming the option.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import ssl
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from ._auth import validate_authkey
+from ._url import CoordinatorURL, parse_url
+
+__all__ = [
+    "DEFAULT_TTL",
+    "NAME_RULE",
+    "Options",
+    "TlsConfig",
+    "parse_address",
+    "resolve_runtime_dir",
+    "validate_name",
+]
+
+NAME_RULE = "1-64 characters of letters, digits, '.', '_' and '-', not starting with '.'"
+_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
+DEFAULT_TTL = 5.0
+_DEFAULT_LISTEN = "0.0.0.0:0"
+
+
+def validate_name(name: object) -> str:
+    """Return ``name`` if it is a valid channel name, else raise ``TypeError``/``ValueError``."""
+    if not isinstance(name, str):
+        raise TypeError(f"channel name must be a str ({NAME_RULE}), not {type(name).__name__}")
+    if not _NAME.fullmatch(name):
+        raise ValueError(f"invalid channel name {name!r}: must be {NAME_RULE}")
+    return name
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """The TLS contexts of ``ssl_context=``: ``host`` wraps accepted connections, ``client`` dialed ones."""
+
+    host: ssl.SSLContext
+    client: ssl.SSLContext
+
+
+@dataclass(frozen=True)
+class Options:
+    """A channel's backend options, checked; without a coordinator the cross-machine ones keep defaults."""
+
+    #: where this process keeps the channel's local files (not created here)
+    runtime_dir: Path
+    authkey: bytes | None = None
+    #: the engine that elects the host across machines; None: one machine
+    coordinator: CoordinatorURL | None = None
+    listen: tuple[str, int] = ("0.0.0.0", 0)  # noqa: S104 - the documented default: every interface
+    advertise: tuple[str, int] | None = None
+    ttl: float = DEFAULT_TTL
+    tls: TlsConfig | None = None
+
+    @classmethod
+    def build(  # noqa: PLR0913 - the seven options every public class takes
+        cls,
+        *,
+        runtime_dir: object = None,
+        authkey: object = None,
+        coordinator: object = None,
+        listen: object = None,
+        advertise: object = None,
+        ttl: object = None,
+        ssl_context: object = None,
+    ) -> Options:
+        """Check the options (the environment fills in those not given) or raise naming the bad one."""
+        key = validate_authkey(authkey)
+        directory = resolve_runtime_dir(runtime_dir)
+        url_text = _from_environment(coordinator, "IPCHANNEL_COORDINATOR")
+        if url_text is None:
+            _refuse_remote_only(listen=listen, advertise=advertise, ttl=ttl, ssl_context=ssl_context)
+            return cls(directory, key)
+        url = parse_url(url_text)
+        if key is None:
+            raise ValueError(
+                f"authkey is required with a coordinator ({url.text}): hosts listen on TCP, where nothing "
+                "else tells your processes from anyone who can reach the port; pass the same secret bytes "
+                "(e.g. os.urandom(32), distributed like a password) to every process"
+            )
+        seconds = _validate_ttl(ttl)
+        tls = _validate_ssl_context(ssl_context)
+        bind = parse_address(_from_environment(listen, "IPCHANNEL_LISTEN") or _DEFAULT_LISTEN, "listen")
+        advertise_text = _from_environment(advertise, "IPCHANNEL_ADVERTISE")
+        advertised = None if advertise_text is None else parse_address(advertise_text, "advertise")
+        return cls(directory, key, url, bind, advertised, seconds, tls)
+
+
+def _refuse_remote_only(**given: object) -> None:
+    for option, value in given.items():
+        if value is not None:
+            raise ValueError(
+                f"{option} applies only with a coordinator (coordinator= or IPCHANNEL_COORDINATOR); "
+                "on one machine the channel uses a Unix socket"
+            )
+
+
+def resolve_runtime_dir(explicit: object = None) -> Path:
+    """Return the runtime directory to use, without touching the filesystem.
+
+    ``IPCHANNEL_DIR`` if set, else ``$XDG_RUNTIME_DIR/ipchannel``, else ``<tempdir>/ipchannel-<uid>``.
+    """
+    if explicit is not None:
+        if not isinstance(explicit, (str, os.PathLike)) or isinstance(os.fspath(explicit), bytes):
+            raise TypeError(
+                "runtime_dir must be a str or os.PathLike path, or None for the default, "
+                f"not {type(explicit).__name__}"
+            )
+        return Path(os.fspath(explicit)).absolute()
+    if env := os.environ.get("IPCHANNEL_DIR"):
+        return Path(env).absolute()
+    if xdg := os.environ.get("XDG_RUNTIME_DIR"):
+        return Path(xdg, "ipchannel").absolute()
+    return Path(tempfile.gettempdir(), f"ipchannel-{os.geteuid()}").absolute()
+
+
+def parse_address(value: object, name: str) -> tuple[str, int]:
+    """Parse ``HOST:PORT`` (``[V6]:PORT``; port 0: any free one); TypeError/ValueError name ``name``."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a 'HOST:PORT' string or None, not {type(value).__name__}")
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"{name} must be 'HOST:PORT' (port 0 for any free port), not {value!r}")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ValueError(f"{name} must be 'HOST:PORT' with a numeric port, not {value!r}") from None
+    if not 0 <= port <= 65535:
+        raise ValueError(f"{name}'s port must be 0-65535, not {port}")
+    return host, port
+
+
+def _validate_ttl(ttl: object) -> float:
+    """Return ``ttl`` in seconds (default ``DEFAULT_TTL``), or raise TypeError/ValueError."""
+    if ttl is None:
+        return DEFAULT_TTL
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)):
+        raise TypeError(f"ttl must be a number of seconds (int or float) or None, not {type(ttl).__name__}")
+    if math.isnan(ttl) or math.isinf(ttl) or ttl < 1:
+        raise ValueError(
+            f"ttl must be a finite number of seconds >= 1 (etcd leases have whole seconds), not {ttl!r}"
+        )
+    return float(ttl)
+
+
+def _validate_ssl_context(value: object) -> TlsConfig | None:
+    """Return the TLS configuration for ``ssl_context=`` (None: plain TCP), or raise TypeError."""
+    if value is None:
+        return None
+    if isinstance(value, ssl.SSLContext):
+        return TlsConfig(value, value)
+    if (
+        isinstance(value, tuple)
+        and len(value) == 2
+        and all(isinstance(item, ssl.SSLContext) for item in value)
+    ):
+        return TlsConfig(value[0], value[1])
+    raise TypeError(
+        "ssl_context must be an ssl.SSLContext, a pair (host_side, client_side) of them, or None; "
+        f"not {type(value).__name__}"
+    )
+
+
+def _from_environment(value: object, variable: str) -> object:
+    """Return ``value``, or the environment variable ``variable`` when it is None (empty counts as unset)."""
+    if value is not None:
+        return value
+    return os.environ.get(variable) or None
