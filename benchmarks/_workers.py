@@ -330,7 +330,7 @@ def capacity_client(conn: Connection, name: str, runtime_dir: str, connections: 
 def dict_host(conn: Connection, name: str, runtime_dir: str) -> None:
     """Open the SharedDict first (so this process hosts) and idle."""
     shared = ipchannel.SharedDict(name, runtime_dir=runtime_dir)
-    conn.send({"pid": os.getpid(), "is_host": shared.channel.channel.is_host})
+    conn.send({"pid": os.getpid(), "is_host": shared.channel.is_host})
     _wait_for_stop(conn)
     shared.close()
 

@@ -39,7 +39,7 @@ def cache_host(conn: Connection, rd: str) -> None:
     from ipchannel.contrib.django import close_all  # noqa: PLC0415
 
     cache = _ours(rd)
-    conn.send({"pid": os.getpid(), "is_host": cache.shared.channel.channel.is_host})
+    conn.send({"pid": os.getpid(), "is_host": cache.shared.channel.is_host})
     w._wait_for_stop(conn)  # noqa: SLF001 - the workers' shared idle loop
     close_all()
 

@@ -41,14 +41,24 @@ class HostJob:
     """
 
     def __init__(
-        self, channel: Channel, func: Callable[[], object], every: float, stop_timeout: float
+        self,
+        channel: Channel,
+        func: Callable[[], object],
+        every: float,
+        stop_timeout: float,
+        *,
+        _owned: Channel | None = None,
     ) -> None:
         self._channel, self._func, self._every, self._stop_timeout = channel, func, every, stop_timeout
         self._may_serve = port_of(channel).may_serve
         self._stopped = False
-        self._owned: Channel | None = None  # a channel run_on_host made for the job, closed by stop()
+        self._owned = _owned  # a channel run_on_host made for the job, closed by stop()
         self._reset_after_fork()
         _fork.register(self)
+        channel.on_elected(self._elected)
+        channel.on_demoted(self._demoted)
+        if channel.is_host:  # elected before the hooks were there
+            self._elected(channel.generation or 0)
 
     def _reset_after_fork(self) -> None:
         """Start with no job thread and no runs (also in a forked child: the parent's thread is not ours)."""
@@ -56,6 +66,11 @@ class HostJob:
         self._thread: threading.Thread | None = None
         self._stop_term = threading.Event()
         self.runs = 0  # in this process, over every term
+
+    @property
+    def channel(self) -> Channel:
+        """The ``Channel`` whose host runs the job (``is_host``, ``host_pid``, ``generation``, hooks)."""
+        return self._channel
 
     @property
     def running(self) -> bool:
@@ -168,13 +183,9 @@ def run_on_host(  # noqa: PLR0913 - keyword-only options, as Channel has
         raise ValueError("stop_timeout must be a number of seconds, not None")
     owned = Channel(channel, _no_connections, **options) if isinstance(channel, str) else None  # type: ignore[arg-type]
     base = owned or (channel if isinstance(channel, Channel) else channel.channel)  # type: ignore[union-attr]
-    job = HostJob(base, func, float(every), stop_timeout)
-    job._owned = owned  # noqa: SLF001 - made here for it
-    base.on_elected(job._elected)  # noqa: SLF001 - the job's own hooks
-    base.on_demoted(job._demoted)  # noqa: SLF001
+    job = HostJob(base, func, float(every), stop_timeout, _owned=owned)
     try:
-        if base.join(join_timeout):
-            job._elected(base.generation or 0)  # noqa: SLF001 - elected before the hook was there
+        base.join(join_timeout)  # becoming host here runs the job's on_elected hook
     except BaseException:
         if owned is not None:
             owned.close()

@@ -51,7 +51,7 @@ class _CachePeer:
     def do(self, cmd: str, args: dict[str, Any]) -> dict[str, Any]:
         cache, shared = self.cache, self.channel
         if cmd == "info":
-            return {"is_host": shared.channel.channel.is_host, "position": shared.position}
+            return {"is_host": shared.channel.is_host, "position": shared.position}
         if cmd == "set":
             cache.set(args["key"], args["value"], args["seconds"])
             return {}
@@ -121,7 +121,7 @@ def fork_main(conn: Connection, runtime_dir: str, children: int, times: int) -> 
             "results": results,
             "final": cache.get("x"),
             "child_keys": [k for k in child_keys if cache.has_key(k)],
-            "is_host": cache.shared.channel.channel.is_host,
+            "is_host": cache.shared.channel.is_host,
         }
     )
     conn.recv()  # the test's go-ahead to close

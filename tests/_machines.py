@@ -35,7 +35,7 @@ class _MachinePeer:
         self.dict: ipchannel.SharedDict | None = None
         if kind == "dict":
             self.dict = ipchannel.SharedDict(name, timeout=options.pop("timeout", 10.0), **options)
-            self.requests = self.dict.channel
+            self.requests = self.dict._requests  # noqa: SLF001 - requests through the dict's own channel
         else:
             self.requests = ipchannel.RequestChannel(name, on_request, **options)
         self.channel = self.dict if self.dict is not None else self.requests

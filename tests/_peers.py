@@ -514,7 +514,7 @@ class _DictPeer:
     def do(self, cmd: str, args: dict[str, Any]) -> dict[str, Any]:
         d = self.dict
         if cmd == "info":
-            return {"pid": os.getpid(), "is_host": self.channel.channel.is_host, "position": d.position}
+            return {"pid": os.getpid(), "is_host": self.channel.is_host, "position": d.position}
         if cmd == "close":
             d.close()
             return {}
@@ -602,9 +602,7 @@ def dict_fork_main(  # noqa: PLR0917 - a spawn target takes positional arguments
     statuses, results = fork_children(
         children, runtime_dir, lambda _i: {"values": [d.incr("x") for _ in range(times)]}
     )
-    conn.send(
-        {"statuses": statuses, "results": results, "final": d.get("x"), "is_host": d.channel.channel.is_host}
-    )
+    conn.send({"statuses": statuses, "results": results, "final": d.get("x"), "is_host": d.channel.is_host})
     conn.recv()  # the test's go-ahead to close
     d.close()
 

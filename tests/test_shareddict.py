@@ -318,7 +318,7 @@ def test_a_replica_closed_while_it_resyncs_stops_quietly(
             "ipchannel-subscriber"
         ):
             resyncing.set()
-            wait_until(lambda: d.channel.channel.closed, timeout=30)  # as a gunicorn worker exiting
+            wait_until(lambda: d.channel.closed, timeout=30)  # as a gunicorn worker exiting
 
     monkeypatch.setattr(_hooks, "pause", pause)
     holder.call("close")  # hosting moves: the next write is of a new term, so replicas resync
@@ -335,7 +335,7 @@ def test_a_replica_that_finds_no_host_to_resync_from_warns_and_catches_up_at_the
 ) -> None:
     holder, writer = peers.start_dicts(2)
     with ipchannel.SharedDict("test", timeout=0.5) as d:
-        d.channel.channel.may_host = False  # as a replica that has just booted: it cannot take over
+        d.channel.may_host = False  # as a replica that has just booted: it cannot take over
         resyncing, nobody_hosts = threading.Event(), threading.Event()
 
         def pause(point: str, detail: object) -> None:  # noqa: ARG001 - the hook's signature
@@ -364,29 +364,30 @@ def test_a_replica_that_finds_no_host_to_resync_from_warns_and_catches_up_at_the
 def test_writes_of_many_threads_and_processes_are_batched_into_one_total_order(
     peers: Peers, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ipchannel._shareddict import dict as _shareddict  # noqa: PLC0415 - to watch the host's batches
+    from ipchannel._shareddict.replica import Replica  # noqa: PLC0415 - to slow this replica down
+    from ipchannel._shareddict.store import Store  # noqa: PLC0415 - to watch the host's batches
 
     batches: list[list[int]] = []  # per batch: the number of writes in each request
-    commit = _shareddict.SharedDict._commit  # noqa: SLF001
+    commit = Store.commit
 
-    def watched(self: _shareddict.SharedDict, batch: list[Any]) -> Any:
+    def watched(self: Store, batch: list[Any]) -> Any:
         batches.append([len(item.writes) for item in batch])
         return commit(self, batch)
 
-    monkeypatch.setattr(_shareddict.SharedDict, "_commit", watched)
+    monkeypatch.setattr(Store, "commit", watched)
     # At the end, this process's replica is slow to apply the stream: its reads lag the others'
     # writes (as a replica may), and the checks below must wait for them (CI once caught it 1 short).
     slow = threading.Event()
-    on_change = _shareddict.SharedDict._on_change  # noqa: SLF001
+    on_change = Replica.on_change
 
-    def slowed(self: _shareddict.SharedDict, batch: Any) -> None:
+    def slowed(self: Replica, batch: Any, resync: Any) -> None:
         if slow.is_set():
             time.sleep(0.05)
-        on_change(self, batch)
+        on_change(self, batch, resync)
 
-    monkeypatch.setattr(_shareddict.SharedDict, "_on_change", slowed)
+    monkeypatch.setattr(Replica, "on_change", slowed)
     with ipchannel.SharedDict("test", timeout=30) as d:  # opened first: this process hosts
-        assert d.channel.channel.is_host
+        assert d.channel.is_host
         others = peers.start_dicts(2)
         for p in others:
             p.call("count", key="n", threads=3)
@@ -454,12 +455,13 @@ def test_a_replica_applies_a_batch_from_the_first_change_it_lacks_and_drops_one_
             "s": seq,  # starts with the change the replica holds
             "ch": [[["set", "a", 1], "w", 1, None], [["set", "b", 2], "w", 2, None]],
         }
-        d.channel.publish(overlapping)
+        requests = d._requests  # noqa: SLF001 - batches as the host would publish them
+        requests.publish(overlapping)
         wait_until(lambda: d.position == (generation, seq + 1))
         assert d.copy() == {"a": 1, "b": 2}  # "a" applied once, "b" after it
         with caplog.at_level(logging.ERROR, logger="ipchannel"):
-            d.channel.publish({"v": 99, "g": generation, "s": seq + 2, "ch": [[["clear"], "w", 3, None]]})
+            requests.publish({"v": 99, "g": generation, "s": seq + 2, "ch": [[["clear"], "w", 3, None]]})
             wait_until(lambda: "cannot read (protocol 99, ours 2)" in caplog.text)
         assert d.copy() == {"a": 1, "b": 2}
         with pytest.raises(ipchannel.RemoteError, match="speaks shared dict protocol 2, the request 1"):
-            d.channel.request({"v": 1, "op": "snapshot"})
+            requests.request({"v": 1, "op": "snapshot"})

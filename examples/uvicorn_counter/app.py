@@ -63,7 +63,7 @@ async def count(_request: Request) -> JSONResponse:
 
 async def hit(_request: Request) -> JSONResponse:
     """Count in the shared dict: the write is awaited, the replica is local."""
-    return await _answer(lambda: hits.incr("hits"), hits.channel.channel)
+    return await _answer(lambda: hits.incr("hits"), hits.channel)
 
 
 async def _answer(call: Any, shared: Channel) -> JSONResponse:

@@ -21,7 +21,7 @@ import inspect
 import logging
 import threading
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .. import _fork
 from .._core.channel import port_of
@@ -67,6 +67,56 @@ def time_left(channel: Channel, deadline: Deadline) -> float | None:
     if remaining <= 0:
         raise busy_error(channel, deadline)
     return remaining
+
+
+class _Sink(NamedTuple):
+    """What the subscriber thread calls on a stream: a message for it, or the end."""
+
+    post: Callable[[Any], None]
+    end: Callable[[], None]
+
+
+class _Streams:
+    """The open message streams of one AsyncRequestChannel, fed by its one subscription."""
+
+    def __init__(self, runner: Runner, subscribe: Callable[[Deadline], None]) -> None:
+        self._runner, self._subscribe = runner, subscribe
+        self.reset()
+
+    def reset(self) -> None:
+        """None open, a fresh lock (a forked child: the streams belong to the parent's loop)."""
+        self._lock = threading.Lock()
+        self._sinks: list[_Sink] = []
+
+    async def start(self, sink: _Sink, timeout: float | None) -> None:
+        """Feed ``sink`` from now on: subscribe (once per process) in a worker."""
+        with self._lock:
+            self._sinks.append(sink)
+        try:
+            await self._runner.call(self._subscribe, Deadline(timeout))
+        except BaseException:
+            self.drop(sink)
+            raise
+
+    def drop(self, sink: _Sink) -> None:
+        """Feed ``sink`` no more."""
+        with self._lock:
+            if sink in self._sinks:
+                self._sinks.remove(sink)
+
+    def dispatch(self, message: Any) -> None:
+        """Hand ``message`` to every stream (runs on ``ipchannel-subscriber:NAME``)."""
+        with self._lock:
+            sinks = list(self._sinks)
+        for sink in sinks:
+            sink.post(message)
+
+    def end(self) -> None:
+        """End every stream (the channel closes)."""
+        with self._lock:
+            sinks, self._sinks = self._sinks, []
+        for sink in sinks:
+            sink.end()
 
 
 class AsyncRequestChannel:
@@ -126,13 +176,9 @@ class AsyncRequestChannel:
         )
         self._runner = Runner(self._sync.channel.name, self._kind, workers)
         self._subscribed = False  # kept after fork: RequestChannel resubscribes our callback there
-        self._reset_streams()
-        _fork.register(self)
-
-    def _reset_streams(self) -> None:
-        self._streams_lock = threading.Lock()
-        self._streams: list[MessageStream] = []
+        self._streams = _Streams(self._runner, self._subscribe)
         self._subscribe_lock = threading.Lock()
+        _fork.register(self)
 
     @property
     def channel(self) -> Channel:
@@ -198,16 +244,7 @@ class AsyncRequestChannel:
             raise TypeError(f"max_pending must be an int (messages), not {type(max_pending).__name__}")
         if max_pending < 1:
             raise ValueError(f"max_pending must be at least 1 message, not {max_pending!r}")
-        return MessageStream(self, timeout, max_pending)
-
-    async def _start_stream(self, stream: MessageStream, timeout: float | None) -> None:
-        with self._streams_lock:
-            self._streams.append(stream)
-        try:
-            await self._runner.call(self._subscribe, Deadline(timeout))
-        except BaseException:
-            self._drop_stream(stream)
-            raise
+        return MessageStream(self, timeout, max_pending, _streams=self._streams)
 
     def _subscribe(self, deadline: Deadline) -> None:
         """Subscribe this process once (in a worker); a forked child's subscription resumes by itself."""
@@ -216,30 +253,12 @@ class AsyncRequestChannel:
             raise port_of(self._sync.channel).timeout_error(deadline, "another task is still subscribing")
         try:
             if not self._subscribed:  # one subscription per process, for every stream
-                self._sync.subscribe(self._dispatch, timeout=time_left(self._sync.channel, deadline))
+                self._sync.subscribe(self._streams.dispatch, timeout=time_left(self._sync.channel, deadline))
                 self._subscribed = True
             else:  # in a forked child it may still be resuming: from now on means from now on
                 ensure_subscribed(self._sync, deadline)
         finally:
             self._subscribe_lock.release()
-
-    def _dispatch(self, message: Any) -> None:
-        """Hand ``message`` to every stream (runs on ``ipchannel-subscriber:NAME``)."""
-        with self._streams_lock:
-            streams = list(self._streams)
-        for stream in streams:
-            stream._post(message)  # noqa: SLF001 - the stream's thread-side entry
-
-    def _drop_stream(self, stream: MessageStream) -> None:
-        with self._streams_lock:
-            if stream in self._streams:
-                self._streams.remove(stream)
-
-    def _end_streams(self) -> None:
-        with self._streams_lock:
-            streams, self._streams = self._streams, []
-        for stream in streams:
-            stream._post_end()  # noqa: SLF001
 
     async def aclose(self) -> None:
         """Close the channel (handing hosting over), end every stream, stop and join the workers.
@@ -247,12 +266,12 @@ class AsyncRequestChannel:
         The blocking part runs in ``ipchannel-aio-close:NAME``; a request still in a
         worker ends with ``ChannelClosed``. Idempotent.
         """
-        self._end_streams()
+        self._streams.end()
         await self._runner.aclose(self._sync.close)
 
     def close(self) -> None:
         """As ``aclose()``, blocking: for code outside the event loop (from a coroutine, use ``aclose``)."""
-        self._end_streams()
+        self._streams.end()
         try:
             self._sync.close()
         finally:
@@ -275,7 +294,8 @@ class AsyncRequestChannel:
         The subscription itself (if any) is RequestChannel's, which resumes in the child.
         """
         self._runner.reset_after_fork()
-        self._reset_streams()
+        self._streams.reset()
+        self._subscribe_lock = threading.Lock()
 
 
 class MessageStream:
@@ -285,8 +305,18 @@ class MessageStream:
     event loop is closed.
     """
 
-    def __init__(self, channel: AsyncRequestChannel, timeout: float | None, max_pending: int) -> None:
-        self._channel, self._timeout, self._max_pending = channel, timeout, max_pending
+    def __init__(
+        self,
+        channel: AsyncRequestChannel,
+        timeout: float | None,
+        max_pending: int,
+        *,
+        _streams: _Streams | None = None,
+    ) -> None:
+        self._name, self._timeout, self._max_pending = channel.channel.name, timeout, max_pending
+        # made by channel.messages(), which says where streams register; else asked of the channel
+        self._streams = _streams or channel._streams  # noqa: SLF001 - the stream's own channel
+        self._sink = _Sink(self._post, self._post_end)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: deque[Any] = deque()
         self._waiter: asyncio.Future[None] | None = None
@@ -299,7 +329,7 @@ class MessageStream:
             return
         self._loop = asyncio.get_running_loop()
         try:
-            await self._channel._start_stream(self, self._timeout)  # noqa: SLF001
+            await self._streams.start(self._sink, self._timeout)
         except BaseException:
             self._loop = None
             raise
@@ -322,7 +352,7 @@ class MessageStream:
 
     async def aclose(self) -> None:
         """Stop receiving; what was not read yet is dropped."""
-        self._channel._drop_stream(self)  # noqa: SLF001
+        self._streams.drop(self._sink)
         self._pending.clear()
         self._end()
 
@@ -348,7 +378,7 @@ class MessageStream:
         try:
             loop.call_soon_threadsafe(callback, *args)
         except RuntimeError:  # its loop is closed: nobody reads this stream any more
-            self._channel._drop_stream(self)  # noqa: SLF001
+            self._streams.drop(self._sink)
 
     # -- on the stream's loop -------------------------------------------------------------
 
@@ -362,7 +392,7 @@ class MessageStream:
             if self.dropped == 1 or self.dropped % 1000 == 0:
                 _LOGGER.warning(
                     "channel %r: a message stream fell %d messages behind; %d dropped so far",
-                    self._channel.channel.name,
+                    self._name,
                     self._max_pending,
                     self.dropped,
                 )

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from .._codecs import Codec
-    from .._requests.channel import RequestChannel
+    from .._core.channel import Channel
 
 __all__ = ["AsyncSharedDict"]
 
@@ -147,8 +147,8 @@ class AsyncSharedDict(Mapping[Any, Any]):
         return self._dict
 
     @property
-    def channel(self) -> RequestChannel:
-        """The underlying RequestChannel, once open."""
+    def channel(self) -> Channel:
+        """The ``Channel`` that elects this dict's host, once open."""
         return self.sync.channel
 
     # -- reads: the local replica, on the loop ---------------------------------------------
@@ -225,13 +225,13 @@ class AsyncSharedDict(Mapping[Any, Any]):
         def error() -> BaseException:
             if self._dict is None:
                 return ChannelError(f"AsyncSharedDict {self._name!r}: every ipchannel-aio worker was busy")
-            return busy_error(self._dict.channel.channel, deadline)
+            return busy_error(self._dict.channel, deadline)
 
         return error
 
     def _write_blocking(self, method: Any, args: tuple[Any, ...], deadline: Deadline) -> Any:
         shared = self._open()
-        time_left(shared.channel.channel, deadline)  # waited for a worker past the timeout: not sent
+        time_left(shared.channel, deadline)  # waited for a worker past the timeout: not sent
         if method is SharedDict.update:
             other, kwargs = args
             return shared.update(other, **kwargs)

@@ -101,23 +101,26 @@ class ChannelSocket(socket.socket):
     made by ``dup()`` is a plain copy that does not follow the host.
     """
 
-    def __init__(self, family: int = -1, type: int = -1, proto: int = -1, fileno: int | None = None) -> None:
+    def __init__(
+        self,
+        family: int = -1,
+        type: int = -1,
+        proto: int = -1,
+        fileno: int | None = None,
+        *,
+        _owner: SocketOwner | None = None,
+        _record: HostRecord | None = None,
+        _timeout: float | None = None,
+        _session: Session | None = None,
+    ) -> None:
         super().__init__(family, type, proto, fileno)
-        self._owner: SocketOwner | None = None
-        self._record: HostRecord | None = None
-        self._timeout: float | None = None
-        self._session: Session | None = None
+        self._owner, self._record, self._timeout, self._session = _owner, _record, _timeout, _session
         self._epoch = 0
         self._stale = False  # set in a forked child: reconnect before first use
         self._peer_closed = False  # the host's handler closed this connection deliberately
         self._channel_closed = False
         self._unusual = False  # _stale or _channel_closed: the one flag the I/O calls test
         self._recover_lock = threading.Lock()
-
-    def _attach(
-        self, owner: SocketOwner, record: HostRecord, timeout: float | None, session: Session | None
-    ) -> None:
-        self._owner, self._record, self._timeout, self._session = owner, record, timeout, session
 
     @property
     def host_generation(self) -> int | None:
@@ -360,9 +363,16 @@ def new_socket(
     """Return a ChannelSocket on ``connection``'s descriptor (taken over), following ``owner``'s host."""
     raw, session = connection
     kind = ChannelSocket if session is None else SessionChannelSocket
-    sock = kind(raw.family, raw.type, raw.proto, raw.detach())
-    sock._attach(owner, record, timeout, session)  # noqa: SLF001 - the one door in: made here, for its owner
-    return sock
+    return kind(
+        raw.family,
+        raw.type,
+        raw.proto,
+        raw.detach(),
+        _owner=owner,
+        _record=record,
+        _timeout=timeout,
+        _session=session,
+    )
 
 
 def tell(sockets: Iterable[ChannelSocket], event: Event, record: HostRecord | None = None) -> None:

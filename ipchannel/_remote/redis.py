@@ -106,7 +106,8 @@ class RedisEngine:
     def url(self) -> str:
         return self._url.text
 
-    def _run(self, call: Callable[..., _T], *args: object, **kwargs: object) -> _T:
+    def run(self, call: Callable[..., _T], *args: object, **kwargs: object) -> _T:
+        """Call redis-py; EngineUnavailable if the server does not answer, or refuses us."""
         try:
             return call(*args, **kwargs)
         except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
@@ -114,22 +115,22 @@ class RedisEngine:
             raise EngineUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
     def read(self, name: str) -> Snapshot:
-        return _parse(cast("bytes | None", self._run(self._client.get, _key(name))))
+        return _parse(cast("bytes | None", self.run(self._client.get, _key(name))))
 
     def claim(self, name: str, value: bytes, ttl: float, floor: int) -> int | None:
         key = _key(name)
-        generation = self._run(
+        generation = self.run(
             self._claim, keys=[key, f"{key}:generation"], args=[value, max(1, round(ttl * 1000)), floor]
         )
         return int(generation) or None
 
     def renew(self, name: str, generation: int, ttl: float) -> bool:
         return bool(
-            self._run(self._renew, keys=[_key(name)], args=[f"{generation} ", max(1, round(ttl * 1000))])
+            self.run(self._renew, keys=[_key(name)], args=[f"{generation} ", max(1, round(ttl * 1000))])
         )
 
     def release(self, name: str, generation: int) -> None:
-        self._run(self._release, keys=[_key(name)], args=[f"{generation} "])
+        self.run(self._release, keys=[_key(name)], args=[f"{generation} "])
 
     def watch(self, name: str) -> _RedisWatch:
         return _RedisWatch(self, _key(name), self._url.db)
@@ -154,12 +155,12 @@ class RedisEngine:
 
     def channels(self) -> list[tuple[str, Snapshot, float | None]]:
         found = []
-        for key in self._run(lambda: list(self._client.scan_iter(match="ipchannel:{*}", count=1000))):
+        for key in self.run(lambda: list(self._client.scan_iter(match="ipchannel:{*}", count=1000))):
             text = key.decode()
             if not text.endswith("}"):
                 continue
             name = text[len("ipchannel:{") : -1]
-            value, left = self._run(lambda k=key: (self._client.get(k), self._client.pttl(k)))
+            value, left = self.run(lambda k=key: (self._client.get(k), self._client.pttl(k)))
             if value is not None:
                 found.append((name, _parse(cast("bytes", value)), left / 1000 if left >= 0 else None))
         return found
@@ -179,7 +180,7 @@ class _RedisWatch:
         self._pubsub = None
         if engine.notifications():
             self._pubsub = engine.pubsub()
-            engine._run(self._pubsub.subscribe, f"__keyspace@{db}__:{key}")  # noqa: SLF001
+            engine.run(self._pubsub.subscribe, f"__keyspace@{db}__:{key}")
 
     def wait(self, after: Snapshot, timeout: float) -> None:  # noqa: ARG002 - notifications say what changed
         if self._pubsub is None:

@@ -155,7 +155,7 @@ class RequestHost:
         if not self._handing_over():
             frame = self._reply(ident, payload)
             if isinstance(frame, Deferred):
-                frame._bind(lambda kind, body: self._send_later(peer, ident, payload, kind, body))  # noqa: SLF001
+                frame._bind(lambda kind, body: self._send_later(peer, ident, payload, kind, body))  # noqa: SLF001 - Deferred, of this module: where its answer goes
                 return
             if not self._handing_over():
                 peer.send(frame)

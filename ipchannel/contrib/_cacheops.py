@@ -1,12 +1,13 @@
 """The cache's operations on a SharedDict: entries with host-stamped expiry, and culling as LocMemCache.
 
 An entry is ``key -> (expires, pickled)``: ``expires`` an absolute time on the host's clock (None:
-never), ``pickled`` the value as Django's backends pickle it. A writer sends a relative timeout; the
-host's prepare step (``_shareddict._PREPARE``) stamps its clock (``now``) and turns the timeout into
-``expires`` before it applies and publishes the op, so every replica runs the same op on the same
-state: which entries are expired at a write, and which ones a cull removes, come out the same
-everywhere. Culling removes the least recently *written* entries (dict order: a write moves its key
-to the end); reads are local and never reach the host, so they cannot reorder anything.
+never), ``pickled`` the value as Django's backends pickle it. A writer sends a relative timeout; each
+operation's prepare step (``ipchannel._shareddict.ops``), run by the host only, stamps its clock
+(``now``) and turns the timeout into ``expires`` before it applies and publishes the op, so every
+replica runs the same op on the same state: which entries are expired at a write, and which ones a
+cull removes, come out the same everywhere. Culling removes the least recently *written* entries
+(dict order: a write moves its key to the end); reads are local and never reach the host, so they
+cannot reorder anything.
 
 No Django here: the operations are registered in every process that imports this module.
 """
@@ -19,12 +20,12 @@ import pickle
 import time
 from typing import TYPE_CHECKING, Any
 
-from ipchannel._shareddict.dict import _register_operation
+from ipchannel._shareddict import ops
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["is_live", "now"]
+__all__ = ["ADD", "DELETE", "DELETE_MANY", "INCR", "SET", "SET_MANY", "TOUCH", "is_live", "now"]
 
 Entry = tuple[float | None, bytes]
 Data = dict[Any, Entry]
@@ -152,10 +153,10 @@ def failure(result: list[Any]) -> Exception:
     return TypeError(f"{name}: {text}")
 
 
-_register_operation("cache.set", _set, _stamp(4))
-_register_operation("cache.add", _add, _stamp(4))
-_register_operation("cache.set_many", _set_many, _stamp(3))
-_register_operation("cache.touch", _touch, _stamp(3))
-_register_operation("cache.incr", _incr, _stamp(None))
-_register_operation("cache.delete", _delete, _stamp(None))
-_register_operation("cache.delete_many", _delete_many, _stamp(None))
+SET = ops.register("cache.set", _set, _stamp(4))
+ADD = ops.register("cache.add", _add, _stamp(4))
+SET_MANY = ops.register("cache.set_many", _set_many, _stamp(3))
+TOUCH = ops.register("cache.touch", _touch, _stamp(3))
+INCR = ops.register("cache.incr", _incr, _stamp(None))
+DELETE = ops.register("cache.delete", _delete, _stamp(None))
+DELETE_MANY = ops.register("cache.delete_many", _delete_many, _stamp(None))

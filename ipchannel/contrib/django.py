@@ -34,6 +34,8 @@ from ipchannel.contrib import _cacheops
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
 
+    from ipchannel._shareddict.ops import Operation
+
 __all__ = ["SharedDictCache", "close_all"]
 
 #: OPTIONS passed on to SharedDict, with the types each may have (checked before anything opens)
@@ -95,13 +97,13 @@ class SharedDictCache(BaseCache):  # type: ignore[misc] # Django ships no type i
         """Set ``key`` unless it holds a live value, atomically across processes; True if it was set."""
         key = self.make_and_validate_key(key, version=version)
         pickled = pickle.dumps(value, self.pickle_protocol)
-        return bool(self._write("cache.add", key, pickled, self._timeout(timeout), *self._cull()))
+        return bool(self._write(_cacheops.ADD, key, pickled, self._timeout(timeout), *self._cull()))
 
     def set(self, key: Any, value: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None) -> None:
         """Set ``key``; it expires ``timeout`` seconds from now on the host's clock (None: never)."""
         key = self.make_and_validate_key(key, version=version)
         pickled = pickle.dumps(value, self.pickle_protocol)
-        self._write("cache.set", key, pickled, self._timeout(timeout), *self._cull())
+        self._write(_cacheops.SET, key, pickled, self._timeout(timeout), *self._cull())
 
     def set_many(
         self, data: Mapping[Any, Any], timeout: Any = DEFAULT_TIMEOUT, version: int | None = None
@@ -112,18 +114,18 @@ class SharedDictCache(BaseCache):  # type: ignore[misc] # Django ships no type i
             for key, value in data.items()
         ]
         if items:
-            self._write("cache.set_many", items, self._timeout(timeout), *self._cull())
+            self._write(_cacheops.SET_MANY, items, self._timeout(timeout), *self._cull())
         return []
 
     def touch(self, key: Any, timeout: Any = DEFAULT_TIMEOUT, version: int | None = None) -> bool:
         """Give ``key`` a new timeout; True if it held a live value."""
         key = self.make_and_validate_key(key, version=version)
-        return bool(self._write("cache.touch", key, self._timeout(timeout)))
+        return bool(self._write(_cacheops.TOUCH, key, self._timeout(timeout)))
 
     def incr(self, key: Any, delta: int = 1, version: int | None = None) -> Any:
         """Add ``delta`` to the value of ``key`` in the host, atomically; ValueError if it is missing."""
         key = self.make_and_validate_key(key, version=version)
-        result = self._write("cache.incr", key, delta)
+        result = self._write(_cacheops.INCR, key, delta)
         if result[0] == "missing":
             raise ValueError(f"Key '{key}' not found")
         if result[0] == "failed":
@@ -132,13 +134,13 @@ class SharedDictCache(BaseCache):  # type: ignore[misc] # Django ships no type i
 
     def delete(self, key: Any, version: int | None = None) -> bool:
         """Delete ``key``; True if it held a live value."""
-        return bool(self._write("cache.delete", self.make_and_validate_key(key, version=version)))
+        return bool(self._write(_cacheops.DELETE, self.make_and_validate_key(key, version=version)))
 
     def delete_many(self, keys: Iterable[Any], version: int | None = None) -> None:
         """Delete every key of ``keys`` in one write."""
         made = [self.make_and_validate_key(key, version=version) for key in keys]
         if made:
-            self._write("cache.delete_many", made)
+            self._write(_cacheops.DELETE_MANY, made)
 
     def clear(self) -> None:
         """Remove every entry (of every KEY_PREFIX and VERSION: the whole LOCATION), in one write."""
@@ -147,9 +149,9 @@ class SharedDictCache(BaseCache):  # type: ignore[misc] # Django ships no type i
     def close(self, **kwargs: Any) -> None:
         """Do nothing: Django calls this after every request, and the shared dict stays open for the next."""
 
-    def _write(self, name: str, *args: Any) -> Any:
+    def _write(self, operation: Operation, *args: Any) -> Any:
         """Send one cache operation to the host (``None`` at ``op[1]``: the host puts its time there)."""
-        return self._shared._write([name, None, *args])  # noqa: SLF001 - the contrib extension point
+        return self._shared.perform(operation, None, *args)
 
     def _timeout(self, timeout: Any) -> float | None:
         """Return the timeout relative to the host's clock: None for never, <= 0 for expired at once."""

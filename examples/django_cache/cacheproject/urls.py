@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 def _reply(**body: Any) -> JsonResponse:
     """Answer with ``body`` plus who answered (this worker) and who hosts the cache."""
     shared = cache.shared  # the SharedDict under the cache; its .channel knows who hosts
-    return JsonResponse({**body, "worker": os.getpid(), "host": shared.channel.channel.host_pid})
+    return JsonResponse({**body, "worker": os.getpid(), "host": shared.channel.host_pid})
 
 
 def set_value(request: HttpRequest) -> JsonResponse:
