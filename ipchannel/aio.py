@@ -19,8 +19,9 @@ runs in a few daemon threads per object (``ipchannel-aio:NAME``). See README.rst
 
 from __future__ import annotations
 
-from ._aio.channel import AsyncRequestChannel, MessageStream
+from ._aio.channel import AsyncRequestChannel
 from ._aio.dict import AsyncSharedDict
+from ._aio.streams import MessageStream
 
 __all__ = ["AsyncRequestChannel", "AsyncSharedDict", "MessageStream"]
 

@@ -567,3 +567,68 @@ def test_connecting_while_the_host_is_frozen_waits_for_the_next_host(machines: M
     new_host = served_by(newcomer, timeout=10)
     assert new_host != old.pid
     assert time.monotonic() - frozen < 3.0 + 1.5
+
+
+# -- what the refactoring into seams must keep (each test failed on a first version of it) ----------
+
+
+def _redis_record(generation: int) -> bytes:
+    record = {"pid": 1, "create_time": 0.0, "sock": "127.0.0.1:9", "generation": generation, "started": 0.0}
+    return f"{generation} {json.dumps(record)}".encode()
+
+
+def test_a_reset_engine_s_lower_generation_is_refused_in_a_forked_child_too_and_never_claimed_over(
+    tmp_path: Path,
+) -> None:
+    redis = pytest.importorskip("redis")
+    from ipchannel._remote.coordinator import RemoteCoordinator  # noqa: PLC0415 - the cache under test
+    from ipchannel._remote.engine import ENGINES  # noqa: PLC0415
+    from ipchannel._url import parse_url  # noqa: PLC0415
+
+    server = start_redis(tmp_path)
+    try:
+        ((host, port),) = parse_url(server.url).endpoints
+        client = redis.Redis(host=host, port=port)
+        client.set("ipchannel:{fenced}", _redis_record(11))
+        coordinator = RemoteCoordinator(
+            "fenced", parse_url(server.url), 5.0, tmp_path, ENGINES, lambda _record: True
+        )
+        try:
+            assert coordinator.read() is not None  # generation 11: seen from now on
+            client.set("ipchannel:{fenced}", _redis_record(1))  # the engine's data reset; a new claim
+            wait_until(lambda: coordinator.read() is None, timeout=10)  # refused, as if no host...
+            assert not coordinator.try_acquire()  # ...but the key is taken: no claim is tried over it
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - the child reports through its exit code
+                code = 1
+                try:
+                    coordinator.after_fork()
+                    refused = coordinator.read() is None and not coordinator.try_acquire()
+                    code = 0 if refused else 2
+                finally:
+                    os._exit(code)
+            _, status = os.waitpid(pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 0  # the child refuses what its parent refuses
+        finally:
+            coordinator.close()
+            client.close()
+    finally:
+        server.stop()
+
+
+def test_tls_send_with_flags_sends_as_before(engine: EngineServer, certificate: tuple[str, str]) -> None:
+    def echo(conn: socket.socket) -> None:
+        conn.sendall(conn.recv(64))
+
+    with ipchannel.Channel(
+        "tls-flags",
+        echo,
+        coordinator=engine.url,
+        authkey=KEY,
+        listen="127.0.0.2:0",
+        ttl=TTL,
+        ssl_context=_machines.tls_contexts(*certificate),
+    ) as channel:
+        sock = channel.connect(timeout=10)
+        assert sock.send(b"flagged", socket.MSG_NOSIGNAL) == len(b"flagged")  # flags do not pass TLS: dropped
+        assert sock.recv(64) == b"flagged"

@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 import _peers
 import pytest
@@ -523,3 +523,65 @@ def test_library_threads_leave_signals_to_the_application(channel: ipchannel.Cha
         assert thread.native_id is not None
         assert _blocked_signals(thread.native_id) & sigterm, thread.name
     assert not _blocked_signals(threading.main_thread().native_id or 0) & sigterm
+
+
+# -- what the refactoring into seams must keep (each test failed on a first version of it) ----------
+
+
+def test_a_closed_channel_knows_no_host(channel: ipchannel.Channel, peers: Peers) -> None:
+    host = peers.start(1)[0]
+    host.call("connect")
+    channel.connect()
+    assert channel.host_pid == host.pid
+    channel.close()
+    assert channel.host_pid is None
+    assert channel.generation is None
+    assert "host_pid" not in repr(channel)
+
+
+def test_a_closing_host_answers_nothing_from_the_moment_close_begins(
+    channel: ipchannel.Channel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ipchannel._core.channel import port_of  # noqa: PLC0415 - the host side's own question
+    from ipchannel._core.monitor import Monitor  # noqa: PLC0415 - to hold close() at its first step
+
+    channel.connect()
+    assert channel.is_host
+    may_serve = port_of(channel).may_serve
+    assert may_serve()
+    joining, release = threading.Event(), threading.Event()
+    join = Monitor.join
+
+    def slow_join(self: Monitor) -> None:
+        joining.set()
+        release.wait(10)
+        join(self)
+
+    monkeypatch.setattr(Monitor, "join", slow_join)
+    closer = threading.Thread(target=channel.close)
+    closer.start()
+    try:
+        assert joining.wait(10)
+        assert channel.is_host  # it has not resigned yet...
+        assert not may_serve()  # ...but a request answered now would be lost with the handover
+    finally:
+        release.set()
+        closer.join(10)
+
+
+def test_a_handler_sees_a_socketserver_server(runtime_dir: Path) -> None:
+    seen: list[Any] = []
+
+    class Handler(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            server = cast("socketserver.UnixStreamServer", self.server)  # what socketserver's own have
+            seen.append((server.socket.fileno() >= 0, server.server_address))
+            self.request.sendall(b"ok")
+
+    with ipchannel.Channel("server-view", Handler) as channel:
+        assert channel.connect().recv(2) == b"ok"
+    ((has_socket, address),) = seen
+    assert has_socket
+    assert address == str(
+        runtime_dir / f".server-view.{os.getpid()}.sock"
+    )  # where it bound, as socketserver's

@@ -295,7 +295,7 @@ class Channel:
             monitor.join()
         self._hosting.close()
         self._backend.coordinator.close()
-        connector.close_sockets()
+        connector.close()
         atexit.unregister(self.close)
 
     def __enter__(self) -> Channel:

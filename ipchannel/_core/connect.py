@@ -89,8 +89,10 @@ class Connector:
         self.phase: Phase = phase
         self.record: HostRecord | None = None  # the live host we know; ours while hosting
 
-    def close_sockets(self) -> None:
-        """Close every socket this channel made (a blocked call raises ChannelClosed): it closed."""
+    def close(self) -> None:
+        """Forget the host and close every socket this channel made (a blocked call raises): it closed."""
+        with self.state_lock:
+            self.record = None
         tell(self.sockets, "close")
 
     def after_fork(self) -> None:

@@ -75,8 +75,9 @@ class _Accepting(socketserver.BaseServer):
     """socketserver on a ``Listener``: a pool of named handler threads, every connection tracked."""
 
     def __init__(self, name: str, listener: Listener, handler: type[socketserver.BaseRequestHandler]) -> None:
-        super().__init__(listener.address, handler)
+        super().__init__(listener.sock.getsockname(), handler)  # as socketserver's own servers have it
         self.channel_name, self._listener = name, listener
+        self.socket = listener.sock  # a handler's self.server.socket, as on socketserver's own servers
         self._tracked_lock = threading.Lock()
         self._live_requests: set[socket.socket] = set()
         self._handler_threads: set[threading.Thread] = set()
@@ -87,10 +88,10 @@ class _Accepting(socketserver.BaseServer):
     # -- what socketserver asks of its socket, answered by the listener ----------------------
 
     def fileno(self) -> int:
-        return self._listener.fileno()
+        return self.socket.fileno()
 
     def get_request(self) -> tuple[socket.socket, Any]:
-        return self._listener.accept()
+        return self.socket.accept()
 
     def verify_request(self, request: Any, client_address: Any) -> bool:  # noqa: ARG002 - socketserver hook
         # socketserver calls this outside its try: an exception here would end serve_forever.

@@ -47,6 +47,7 @@ __all__ = [
 _LOGGER = logging.getLogger("ipchannel")
 _LOST = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
 _NO_OVERRIDE = object()
+_CHUNK = 65536  # bytes read from the wire at a time, for a session to decode
 _override = threading.local()
 
 #: What the channel tells its sockets: the host they talk to lost its claim ("kick"), the channel
@@ -331,17 +332,30 @@ class SessionChannelSocket(ChannelSocket):
         return 0 if session is None else session.pending()
 
     def _raw_recv_into(self, buffer: WriteableBuffer, nbytes: int = 0, flags: int = 0) -> int:
-        session = self._session
-        return 0 if session is None else session.recv_into(self, buffer, nbytes, flags)
+        while True:
+            session = self._session
+            if session is None:
+                return 0
+            count = session.read_into(buffer, nbytes, flags)
+            if count is not None:
+                return count
+            session.flush(self)
+            data = socket.socket.recv(self, _CHUNK)  # the descriptor itself, not our override
+            if not data:
+                return 0
+            # Another thread may have moved us meanwhile: these are the new connection's bytes.
+            if (current := self._session) is None:
+                return 0
+            current.feed(data)
 
     def _raw_recv(self, bufsize: int, flags: int = 0) -> bytes:
         buffer = bytearray(bufsize)
         count = self._raw_recv_into(buffer, bufsize, flags)
         return bytes(buffer[:count])
 
-    def _raw_send(self, data: ReadableBuffer, flags: int = 0) -> int:
+    def _raw_send(self, data: ReadableBuffer, flags: int = 0) -> int:  # noqa: ARG002 - as TLS sockets do
         view = memoryview(data).cast("B")
-        self._raw_sendall(view, flags)
+        self._raw_sendall(view)
         return view.nbytes
 
     def _raw_sendall(self, data: ReadableBuffer, flags: int = 0) -> None:

@@ -47,6 +47,9 @@ class Follow(Protocol):
     elect_lock: threading.Lock
     stopping: threading.Event
 
+    @property
+    def closed(self) -> bool: ...
+
     def set_term(self, record: HostRecord | None) -> None: ...
 
 
@@ -100,7 +103,7 @@ class Hosting:
         even before it steps down.
         """
         term = self.term
-        if term is None or self._resigning:
+        if term is None or self._resigning or self._follow.closed:  # closing: handing over already
             return False
         if not self._coordinator.fence(term[1]):
             return True

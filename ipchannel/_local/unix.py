@@ -15,7 +15,7 @@ import logging
 import os
 import socket
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .. import _platform
 from .._auth import authenticated, check_auth_matches, host_admits
@@ -99,11 +99,9 @@ class UnixListener:
     def address(self) -> str:
         return str(self._address)
 
-    def fileno(self) -> int:
-        return self._sock.fileno()
-
-    def accept(self) -> tuple[socket.socket, Any]:
-        return self._sock.accept()
+    @property
+    def sock(self) -> socket.socket:
+        return self._sock
 
     def verify(self, conn: socket.socket) -> bool:
         return same_user(conn, self._name)

@@ -36,14 +36,18 @@ _RETRY_FIRST, _RETRY_CAP = 0.05, 1.0  # seconds between attempts to reach an eng
 class RecordCache:
     """The host record as last read from the engine, and the thread that keeps it current."""
 
-    def __init__(self, name: str, engine: Engine, health: EngineHealth, ttl: float) -> None:
+    def __init__(
+        self, name: str, engine: Engine, health: EngineHealth, ttl: float, before: RecordCache | None = None
+    ) -> None:
+        """``before``: a cache whose highest generation carries over (a forked child keeps refusing)."""
         self._name, self._engine, self._health, self._ttl = name, engine, health, ttl
         self._lock = threading.Lock()
         self._current: HostRecord | None = None
+        self.occupied = False  # the key holds a claim, even one refused here (below ``seen``)
         self.loaded = False  # read at least once
         self.version = 0
-        self.seen = 0  # the highest generation met: records below it are refused
-        self._refused: set[int] = set()
+        self.seen: int = 0 if before is None else before.seen  # the highest generation met: below, refused
+        self.refused: set[int] = set() if before is None else set(before.refused)  # warned of once each
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self._key_watch: KeyWatch | None = None
@@ -73,6 +77,7 @@ class RecordCache:
         record = self._parse(snapshot)
         with self._lock:
             self._health.answered()
+            self.occupied = snapshot.value is not None
             if record != self._current or not self.loaded:
                 self._set(record)
             self.loaded = True
@@ -82,6 +87,7 @@ class RecordCache:
         with self._lock:
             if only_if is None or self._current == only_if:
                 self._set(record)
+                self.occupied = record is not None
 
     def changed_since_now(self) -> Callable[[], bool]:
         """Return a predicate that turns True once the cached record changes."""
@@ -109,9 +115,9 @@ class RecordCache:
         return record
 
     def _refuse_older(self, record: HostRecord) -> None:
-        if record.generation in self._refused:
+        if record.generation in self.refused:
             return
-        self._refused.add(record.generation)
+        self.refused.add(record.generation)
         _LOGGER.warning(
             "channel %r: refusing the host at %s: its generation %d is below %d, seen before; "
             "if the coordinator's data was reset (a new cluster, a restore), restart this process",

@@ -56,11 +56,14 @@ class RemoteCoordinator:
         self._closed = False
         self._start()
 
-    def _start(self) -> None:
-        """Start afresh: no cache, no claim, no thread (also in a forked child: none of those are ours)."""
+    def _start(self, before: RecordCache | None = None) -> None:
+        """Start afresh: no cache, no claim, no thread (also in a forked child: none of those are ours).
+
+        The generations seen ``before`` carry over: a forked child refuses what its parent refuses.
+        """
         self._engine = self._engines.acquire(self._url)
         self._health = EngineHealth(self._name, self._url.text)
-        self._cache = RecordCache(self._name, self._engine, self._health, self._ttl)
+        self._cache = RecordCache(self._name, self._engine, self._health, self._ttl, before)
         self._claim = Claim(self._name, self._engine, self._health, self._ttl)
 
     @property
@@ -107,7 +110,7 @@ class RemoteCoordinator:
                 return False
         # The watch keeps the cache current, and claiming is atomic: a stale "no host" only
         # costs a claim that fails, while a round trip here would delay every handover.
-        return self._cache.current is None
+        return not self._cache.occupied
 
     def new_record(self, address: str, previous: HostRecord | None, *, auth: bool) -> HostRecord:  # noqa: ARG002
         # numbered by the engine, above what the cache has seen (``previous`` among it)
@@ -148,7 +151,7 @@ class RemoteCoordinator:
         if self._closed:
             self._cache.stop_after_fork()  # a closed channel's coordinator stays closed, with no client
             return
-        self._start()  # the parent's claim, threads and connections stay the parent's
+        self._start(before=self._cache)  # the parent's claim, threads and connections stay the parent's
 
     def close(self) -> None:
         """Stop the watch and renewal threads (the claim itself is released by ``retract()``)."""

@@ -16,7 +16,7 @@ import logging
 import select
 import socket
 import struct
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .._auth import HANDSHAKE_TIMEOUT, Stream, check_auth_matches, client_handshake, host_admits
 from .._errors import AuthenticationError, ChannelError
@@ -159,11 +159,9 @@ class TcpListener:
     def address(self) -> str:
         return self._address
 
-    def fileno(self) -> int:
-        return self._sock.fileno()
-
-    def accept(self) -> tuple[socket.socket, Any]:
-        return self._sock.accept()
+    @property
+    def sock(self) -> socket.socket:
+        return self._sock
 
     def verify(self, conn: socket.socket) -> bool:
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -22,9 +22,9 @@ from .._errors import ChannelError
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer, WriteableBuffer
 
-__all__ = ["TlsSession", "TlsStream"]
+__all__ = ["CHUNK", "TlsSession", "TlsStream"]
 
-_CHUNK = 65536
+CHUNK = 65536  # bytes read from the wire at a time
 
 
 class TlsSession:
@@ -48,10 +48,10 @@ class TlsSession:
                 try:
                     with self._tls_lock:
                         self._tls.do_handshake()
-                    self._flush(sock)
+                    self.flush(sock)
                     break
                 except ssl.SSLWantReadError:
-                    self._flush(sock)
+                    self.flush(sock)
                     if not self._fill(sock):
                         raise ConnectionResetError(
                             "the host closed the connection during the TLS handshake"
@@ -67,19 +67,19 @@ class TlsSession:
     def pending(self) -> int:
         return self._tls.pending()
 
-    def recv_into(self, sock: socket.socket, buffer: WriteableBuffer, nbytes: int, flags: int) -> int:
+    def read_into(self, buffer: WriteableBuffer, nbytes: int, flags: int) -> int | None:
         _no_flags(flags)
-        size = nbytes or memoryview(buffer).nbytes
-        while True:
-            try:
-                with self._tls_lock:
-                    return cast("int", self._tls.read(size, buffer))  # with a buffer: a count
-            except ssl.SSLWantReadError:
-                self._flush(sock)
-                if not self._fill(sock):
-                    return 0
-            except ssl.SSLZeroReturnError:
-                return 0
+        try:
+            with self._tls_lock:
+                return cast("int", self._tls.read(nbytes or memoryview(buffer).nbytes, buffer))  # a count
+        except ssl.SSLWantReadError:
+            return None
+        except ssl.SSLZeroReturnError:
+            return 0
+
+    def feed(self, data: bytes) -> None:
+        with self._tls_lock:
+            self._incoming.write(data)
 
     def sendall(self, sock: socket.socket, data: ReadableBuffer, flags: int) -> None:
         _no_flags(flags)
@@ -89,19 +89,26 @@ class TlsSession:
                 out = self._outgoing.read()
             socket.socket.sendall(sock, out)  # the descriptor itself, not a channel socket's override
 
-    def _flush(self, sock: socket.socket) -> None:
+    def flush(self, sock: socket.socket) -> None:
         with self._send_lock:
             with self._tls_lock:
                 out = self._outgoing.read()
             if out:
                 socket.socket.sendall(sock, out)
 
+    def recv_into(self, sock: socket.socket, buffer: WriteableBuffer, nbytes: int) -> int:
+        """Receive into ``buffer`` through ``sock`` (the handshakes on a connection not yet moved)."""
+        while (count := self.read_into(buffer, nbytes, 0)) is None:
+            self.flush(sock)
+            if not self._fill(sock):
+                return 0
+        return count
+
     def _fill(self, sock: socket.socket) -> bool:
-        data = socket.socket.recv(sock, _CHUNK)
+        data = socket.socket.recv(sock, CHUNK)
         if not data:
             return False
-        with self._tls_lock:
-            self._incoming.write(data)
+        self.feed(data)
         return True
 
 
@@ -113,7 +120,7 @@ class TlsStream:
 
     def recv(self, size: int) -> bytes:
         buffer = bytearray(size)
-        return bytes(buffer[: self._session.recv_into(self._sock, buffer, size, 0)])
+        return bytes(buffer[: self._session.recv_into(self._sock, buffer, size)])
 
     def sendall(self, data: ReadableBuffer) -> None:
         self._session.sendall(self._sock, data, 0)

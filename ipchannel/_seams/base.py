@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Literal, NamedTuple, Protocol
 
 if TYPE_CHECKING:
     import socket
@@ -155,15 +155,22 @@ class Coordinator(Protocol):
 class Session(Protocol):
     """The per-connection state of a client connection whose bytes are transformed on the way (TLS).
 
-    It reads and writes through ``sock``'s descriptor, so it follows a connection moved onto
-    another socket object's descriptor (``dup2``).
+    It is not tied to a descriptor: the socket that owns the connection now reads the wire
+    and ``feed``-s the session, so a connection moved onto another socket object's descriptor
+    (``dup2``) takes its session along, and bytes read after the move reach the new one.
     """
 
-    def recv_into(self, sock: socket.socket, buffer: WriteableBuffer, nbytes: int, flags: int) -> int:
-        """Receive into ``buffer`` (0: the host closed the connection)."""
+    def read_into(self, buffer: WriteableBuffer, nbytes: int, flags: int) -> int | None:
+        """Decode into ``buffer`` what was fed: a count (0: the host closed it), or None for more bytes."""
+
+    def feed(self, data: bytes) -> None:
+        """Take ``data`` received from the wire."""
+
+    def flush(self, sock: socket.socket) -> None:
+        """Send what the session has to say on its own (handshake records, alerts) through ``sock``."""
 
     def sendall(self, sock: socket.socket, data: ReadableBuffer, flags: int) -> None:
-        """Send all of ``data``."""
+        """Encode all of ``data`` and send it through ``sock``."""
 
     def pending(self) -> int:
         """Return how many bytes were received and decoded but not read yet."""
@@ -183,11 +190,9 @@ class Listener(Protocol):
     def address(self) -> str:
         """What clients dial, written in the host record."""
 
-    def fileno(self) -> int:
-        """Return the listening descriptor (readable when a connection waits)."""
-
-    def accept(self) -> tuple[socket.socket, Any]:
-        """Accept one connection."""
+    @property
+    def sock(self) -> socket.socket:
+        """The listening socket (a handler sees it as ``self.server.socket``, as socketserver has it)."""
 
     def verify(self, conn: socket.socket) -> bool:
         """In the accepting thread, cheaply: True if ``conn`` may be served (say, its uid is ours)."""
