@@ -22,7 +22,7 @@ from conftest import Peers, reap, wait_until
 
 import ipchannel
 from ipchannel._core.server import IDLE_THREADS, READY_THREADS, Server
-from ipchannel._local.records import read_record, write_record
+from ipchannel._local.coordinator import read_record, write_record
 from ipchannel._seams.record import HostRecord
 
 if TYPE_CHECKING:

@@ -15,9 +15,8 @@ import pytest
 from conftest import wait_until
 
 import ipchannel
-from ipchannel._local.coordinator import LocalCoordinator
+from ipchannel._local.coordinator import LocalCoordinator, read_record
 from ipchannel._local.paths import ChannelPaths
-from ipchannel._local.records import read_record
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -16,9 +16,8 @@ from conftest import wait_until
 
 import ipchannel
 from ipchannel import _platform
-from ipchannel._local.coordinator import LocalCoordinator
+from ipchannel._local.coordinator import LocalCoordinator, read_record, write_record
 from ipchannel._local.paths import ChannelPaths
-from ipchannel._local.records import read_record, write_record
 from ipchannel._options import NAME_RULE, validate_name
 from ipchannel._seams.base import HostState
 from ipchannel._seams.record import HostRecord, own_create_time

@@ -48,9 +48,6 @@ Phase = Literal["initiated", "connecting", "connected", "closed"]
 class Campaign(Protocol):
     """What the election step needs of this process's hosting (``term.Hosting``)."""
 
-    @property
-    def is_host(self) -> bool: ...
-
     def become(self, previous: HostRecord | None) -> HostRecord:
         """Become host (the right to is ours): listen, publish; LostClaim if an engine says no."""
 
@@ -88,6 +85,8 @@ class Connector:
         self.stopping = threading.Event()
         self.phase: Phase = phase
         self.record: HostRecord | None = None  # the live host we know; ours while hosting
+        self._own: HostRecord | None = None  # our own term's record, while this process hosts
+        self._started = False  # the channel's start hook ran (the monitor thread runs)
 
     def close(self) -> None:
         """Forget the host and close every socket this channel made (a blocked call raises): it closed."""
@@ -127,7 +126,7 @@ class Connector:
 
     def join(self, deadline: Deadline) -> None:
         """Take part in the election until a live host is known (``Channel.join``)."""
-        self._start()
+        self._ensure_started()
         backoff = Backoff(deadline, self.stopping.wait)
         while True:
             record = self.elect(None, verify=True)  # the coordinator checks the host: no connection
@@ -143,7 +142,7 @@ class Connector:
         self, deadline: Deadline, avoid: HostRecord | None = None, dead: HostState | None = None
     ) -> tuple[Connection, HostRecord]:
         """Connect to the live host, electing one if needed; ``avoid`` is a host known to be gone."""
-        self._start()
+        self._ensure_started()
         known = self.record
         if known is not None and known != avoid:  # the warm path: a live host is known
             connection = self._transport.connect(known)
@@ -152,6 +151,14 @@ class Connector:
         if avoid is not None and (found := self._via_standby(avoid, dead, deadline)) is not None:
             return found
         return self._elect_and_connect(deadline, avoid)
+
+    def _ensure_started(self) -> None:
+        """Run the channel's start hook on first use (it raises ChannelClosed once closed)."""
+        if self.phase == "closed":
+            raise ChannelClosed(self._name)
+        if not self._started:
+            self._start()
+            self._started = True
 
     def _elect_and_connect(
         self, deadline: Deadline, avoid: HostRecord | None
@@ -183,19 +190,23 @@ class Connector:
         self, dead: HostRecord, state: HostState | None, deadline: Deadline
     ) -> tuple[Connection, HostRecord] | None:
         """After the host ``dead`` is gone: wait at the standby's side socket until it hosts (or give up)."""
-        if self._standby is None or (standby := self._standby.find(dead)) is None:
-            return None
+        if self._standby is None or self._another_host(dead) or (standby := self._standby.find(dead)) is None:
+            return None  # no standby, or a host is recorded already (the standby, faster): the usual way
         if (state or self._coordinator.assess(dead)).lives_on:
             return None  # a handover: the host lives on, and nothing tells the standby
 
         def another_host() -> bool:
-            current = self._coordinator.read()
-            return current is not None and current != dead and current.pid != standby.pid
+            return self._another_host(dead, but=standby.pid)
 
         found = self._standby.wait(standby, deadline, another_host)
         if found is not None:
             self.adopt(found[1])  # the record it published before it said hello
         return found
+
+    def _another_host(self, dead: HostRecord, but: int | None = None) -> bool:
+        """Tell whether a host other than ``dead`` (and than pid ``but``) is recorded now."""
+        current = self._coordinator.read()
+        return current is not None and current != dead and current.pid != but
 
     # -- the election step ------------------------------------------------------------------------
 
@@ -208,7 +219,7 @@ class Connector:
         with self.elect_lock:
             if self.stopping.is_set():
                 raise ChannelClosed(self._name)
-            if self._hosting.is_host:
+            if self._own is not None:
                 return self.record
             record = self._coordinator.read()
             if record is not None:
@@ -234,7 +245,7 @@ class Connector:
     def set_term(self, record: HostRecord | None) -> None:
         """Follow this process's own term: begun (``record``) or ended (None), told by ``Hosting``."""
         with self.state_lock:
-            self.record = record
+            self.record = self._own = record
             if self.phase != "closed":  # a close() waiting for the election must stay closed
                 self.phase = "connected" if record is not None else "connecting"
         if record is not None:
@@ -263,7 +274,7 @@ class Connector:
     def forget(self, record: HostRecord) -> None:
         """Stop following ``record``'s host (gone, or no longer the host); its connections are ended."""
         with self.state_lock:
-            if self.record != record or self._hosting.is_host:
+            if self.record != record or self._own is not None:
                 return
             self.record = None
             if self.phase == "connected":
@@ -296,7 +307,7 @@ class Connector:
             state = None
             known = self.record
             if old is not None and (known is None or known.generation <= old.generation):
-                if known == old and self._hosting.is_host:
+                if known == old and self._own is not None:
                     return None  # our own term: the handler closed it
                 state = self._coordinator.assess(old, after="eof")
                 if state.serving:

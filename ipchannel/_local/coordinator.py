@@ -7,6 +7,10 @@ its pid and start time (``_platform``: ``/proc`` on Linux, on a clock no wall-cl
 moves); nothing else in the package asks the process table. ``PidExitNotices`` is the
 exit-notice capability (pidfds), where the platform has it.
 
+The record is written after the server listens, atomically (a temporary file, then
+``os.replace``), so a reader sees the old record, the new one or none, never half of
+one (``write_record``); the standby's record (``NAME.standby``) is written the same way.
+
 - Becoming host: ``try_acquire()``, then ``publish(record)`` once the listener is up
   (the record is written before the socket is published, so anything accepting at the
   published path has its record in place); ``retract()`` before the listener closes;
@@ -20,6 +24,7 @@ exit-notice capability (pidfds), where the platform has it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -31,7 +36,6 @@ from .._seams.base import HostState
 from .._seams.record import HostRecord, own_create_time
 from .lock import HostLock
 from .paths import ensure_runtime_dir
-from .records import read_record, remove_record, write_record
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -40,7 +44,7 @@ if TYPE_CHECKING:
     from .._seams.base import Evidence
     from .paths import ChannelPaths
 
-__all__ = ["LocalCoordinator", "PidExitNotices"]
+__all__ = ["LocalCoordinator", "PidExitNotices", "read_record", "remove_record", "write_record"]
 
 _LOGGER = logging.getLogger("ipchannel")
 # Start times are compared, not wall-clock create times: psutil adds the boot time, which
@@ -200,3 +204,42 @@ def _running(record: HostRecord) -> bool | None:
     if math.isnan(started):
         return None  # not allowed to look
     return abs(started - record.create_time) <= _CREATE_TIME_TOLERANCE
+
+
+def read_record(path: Path) -> HostRecord | None:
+    """Return the record at ``path``, or None if it is missing or unreadable (logged at DEBUG)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        _LOGGER.debug("cannot read host record %s: %s", path, exc)
+        return None
+    try:
+        return HostRecord.from_json(data)
+    except ValueError as exc:
+        _LOGGER.debug("ignoring host record %s: %s", path, exc)
+        return None
+
+
+def write_record(path: Path, record: HostRecord) -> None:
+    """Write ``record`` to ``path`` atomically. Only the lock holder calls this."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        try:
+            os.write(fd, record.to_json())
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def remove_record(path: Path, ours: HostRecord) -> None:
+    """Remove the record at ``path`` if it is still ``ours`` (never another host's). Lock holder only."""
+    if read_record(path) == ours:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()

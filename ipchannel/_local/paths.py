@@ -92,6 +92,10 @@ class ChannelPaths:
     lock: Path
     record: Path
     sock: Path
+    #: the lock whose holder is the standby: the process that hosts next
+    standby_lock: Path
+    #: the standby's record: its pid and side socket
+    standby_record: Path
 
     @classmethod
     def for_channel(cls, name: str, directory: Path) -> ChannelPaths:
@@ -107,17 +111,14 @@ class ChannelPaths:
                 f"the limit is {_platform.SUN_PATH_MAX})",
                 "set IPCHANNEL_DIR to a shorter path",
             )
-        return cls(directory, directory / f"{name}.lock", directory / f"{name}.host", sock)
-
-    @property
-    def standby_lock(self) -> Path:
-        """The lock whose holder is the standby: the process that hosts next."""
-        return self.lock.with_name(f".{self.lock.stem}.standby.lock")
-
-    @property
-    def standby_record(self) -> Path:
-        """The standby's record: its pid and side socket."""
-        return self.record.with_name(f"{self.lock.stem}.standby")
+        return cls(
+            directory,
+            directory / f"{name}.lock",
+            directory / f"{name}.host",
+            sock,
+            directory / f".{name}.standby.lock",  # hidden: no channel name can give the same file
+            directory / f"{name}.standby",
+        )
 
     def bind_path(self, pid: int) -> Path:
         """Return the private name a starting host listens on before publishing its socket."""

@@ -26,9 +26,9 @@ from .. import _platform
 from .._auth import authenticated, check_auth_matches
 from .._seams.base import Connection
 from .._seams.record import HostRecord
+from .coordinator import read_record, remove_record, write_record
 from .lock import HostLock
 from .paths import ensure_runtime_dir
-from .records import read_record, remove_record, write_record
 from .unix import same_user
 
 if TYPE_CHECKING:
