@@ -29,7 +29,7 @@ from .._seams.record import HostRecord
 from .coordinator import read_record, remove_record, write_record
 from .lock import HostLock
 from .paths import ensure_runtime_dir
-from .unix import same_user
+from .unix import is_file, listen_privately, same_user
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -46,7 +46,6 @@ HELLO = struct.Struct("!I")  # the length of the host record that follows
 _MAX_HELLO = 65536
 WAIT_SLICE = 0.02  # seconds between checks that the standby is still the one to wait for
 STANDBY_GRACE = 0.25  # seconds others leave a dead host's place to a live standby (it may be frozen)
-_BACKLOG = 128  # every client of the dead host may wait here at once
 
 
 class LocalStandby:
@@ -141,18 +140,7 @@ class _Post:
     def __init__(self, name: str, side_path: Path, standby: LocalStandby) -> None:
         self._name, self._side_path, self._standby = name, side_path, standby
         self.record: HostRecord | None = None  # the standby record, once written
-        self._side = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            self._side.bind(str(side_path))
-            os.chmod(side_path, 0o600)
-            self._side.listen(_BACKLOG)
-            st = os.lstat(side_path)
-        except BaseException:
-            self._side.close()
-            with contextlib.suppress(OSError):
-                side_path.unlink()
-            raise
-        self._identity = (st.st_dev, st.st_ino)
+        self._side, self._identity = listen_privately(side_path)
 
     @property
     def address(self) -> str:
@@ -200,9 +188,8 @@ class _Post:
     def _close_side(self) -> None:
         if self._side.fileno() == -1:
             return
-        with contextlib.suppress(OSError):
-            st = os.lstat(self._side_path)
-            if (st.st_dev, st.st_ino) == self._identity:  # never another process's file
+        if is_file(self._side_path, self._identity):  # never another process's file
+            with contextlib.suppress(OSError):
                 self._side_path.unlink()
         self._side.close()
 

@@ -28,10 +28,10 @@ if TYPE_CHECKING:
     from .._seams.record import HostRecord
     from .paths import ChannelPaths
 
-__all__ = ["UnixListener", "UnixTransport", "same_user"]
+__all__ = ["UnixListener", "UnixTransport", "is_file", "listen_privately", "same_user"]
 
 _LOGGER = logging.getLogger("ipchannel")
-_BACKLOG = 128  # a whole election storm connects at once; socketserver's default is 5
+_BACKLOG = 128  # a whole election storm (or every client of a dead host) connects at once
 
 
 def same_user(conn: socket.socket, channel: str) -> bool:
@@ -45,6 +45,32 @@ def same_user(conn: socket.socket, channel: str) -> bool:
         _LOGGER.warning("channel %r: refused a connection from uid %s", channel, uid)
         return False
     return True
+
+
+def listen_privately(path: Path) -> tuple[socket.socket, tuple[int, int]]:
+    """Listen on ``path`` (mode 0600; a file of ours there replaced): the socket and the file's identity."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        path.unlink(missing_ok=True)  # ours, from an earlier term: the pid is in the name
+        sock.bind(str(path))
+        os.chmod(path, 0o600)
+        sock.listen(_BACKLOG)
+        st = os.lstat(path)
+    except BaseException:
+        sock.close()
+        with contextlib.suppress(OSError):
+            path.unlink()
+        raise
+    return sock, (st.st_dev, st.st_ino)
+
+
+def is_file(path: Path, identity: tuple[int, int]) -> bool:
+    """Tell whether ``path`` is still the file ``identity`` names (so never another process's)."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == identity
 
 
 class UnixTransport:
@@ -81,19 +107,7 @@ class UnixListener:
 
     def __init__(self, name: str, bind_path: Path, address: Path, authkey: bytes | None) -> None:
         self._name, self._path, self._address, self._authkey = name, bind_path, address, authkey
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            bind_path.unlink(missing_ok=True)  # ours, from an earlier term: the pid is in the name
-            self._sock.bind(str(bind_path))
-            os.chmod(bind_path, 0o600)
-            self._sock.listen(_BACKLOG)
-            st = os.lstat(bind_path)
-        except BaseException:
-            self._sock.close()
-            with contextlib.suppress(OSError):
-                bind_path.unlink()
-            raise
-        self._identity = (st.st_dev, st.st_ino)
+        self._sock, self._identity = listen_privately(bind_path)
 
     @property
     def address(self) -> str:
@@ -118,11 +132,7 @@ class UnixListener:
 
     def still_published(self) -> bool:
         """Return True if our listening socket is still the file at its published path."""
-        try:
-            st = os.lstat(self._path)
-        except OSError:
-            return False
-        return (st.st_dev, st.st_ino) == self._identity
+        return is_file(self._path, self._identity)
 
     def wake(self) -> None:
         with contextlib.suppress(OSError):
@@ -130,7 +140,7 @@ class UnixListener:
 
     def close(self) -> None:
         self._sock.close()
-        if self.still_published():  # never another process's file
+        if is_file(self._path, self._identity):  # never another process's file
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._path)
 
