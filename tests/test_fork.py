@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from typing import TYPE_CHECKING, Any
 
 import _peers
 import pytest
 from conftest import SPAWN, Peers, reap, spawned, wait_until
+
+import ipchannel
+from ipchannel import _hooks
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
@@ -141,3 +145,34 @@ def test_a_request_in_a_forked_child_keeps_its_timeout_while_the_subscription_co
             os.kill(host.pid, signal.SIGCONT)
     assert report["outcome"] == "ChannelTimeout"
     assert report["seconds"] < 5
+
+
+@pytest.mark.timeout(60)
+def test_a_forked_child_stays_out_of_elections_until_its_replica_has_synced(
+    runtime_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Hosting from the copy it had at fork time, a child would hand everyone a state without the
+    # writes acknowledged since (seen with a parent killed 3-10 ms after forking writers).
+
+    parent, release = os.getpid(), threading.Event()
+
+    def hold_the_childs_resync(point: str, _detail: object) -> None:
+        if point == "shareddict.resyncing" and os.getpid() != parent:
+            release.wait(20)
+
+    with ipchannel.SharedDict("forked", runtime_dir=runtime_dir) as d:
+        d["n"] = 1
+        monkeypatch.setattr(_hooks, "pause", hold_the_childs_resync)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child reports through its exit code
+            code = 1
+            try:
+                out_while_stale = not d.channel.may_host
+                release.set()
+                wait_until(lambda: d.channel.may_host, timeout=20)  # synced: back in elections
+                code = 0 if out_while_stale else 2
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert d.channel.may_host  # the parent's own switch is untouched

@@ -465,3 +465,18 @@ def test_a_replica_applies_a_batch_from_the_first_change_it_lacks_and_drops_one_
         assert d.copy() == {"a": 1, "b": 2}
         with pytest.raises(ipchannel.RemoteError, match="speaks shared dict protocol 2, the request 1"):
             requests.request({"v": 1, "op": "snapshot"})
+
+
+def test_a_malformed_write_gets_its_own_error_and_the_writes_beside_it_are_applied(
+    runtime_dir: Path,
+) -> None:
+    with ipchannel.SharedDict("malformed", runtime_dir=runtime_dir) as d:
+        requests = d._requests  # noqa: SLF001 - a request as a peer running other code could send
+        answer = requests.request({"v": 2, "w": [5, [["set", "a", 1], "someone", 1]]})
+        assert answer["r"][0][0] == "err"  # this one is refused...
+        assert answer["r"][1][0] == "ok"  # ...the write beside it is applied
+        wait_until(lambda: d.get("a") == 1)
+        with pytest.raises(ipchannel.RemoteError, match="a list of writes"):
+            requests.request({"v": 2, "w": 5})
+        d["b"] = 2  # the dict goes on
+        assert d["b"] == 2

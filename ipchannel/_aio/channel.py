@@ -1,7 +1,7 @@
 """AsyncRequestChannel: RequestChannel for asyncio code, never blocking the event loop.
 
 Each ``await request()`` / ``await publish()`` runs the blocking, failover-tested
-``RequestChannel`` call in a worker of this channel (``_aiorun``): one call per
+``RequestChannel`` call in a worker of this channel (``runner``): one call per
 worker at a time, so ``workers`` bounds the requests in flight from this process;
 more wait their turn (within their timeout, counted from the ``await``).
 Published messages reach ``async for message in channel.messages()`` through one

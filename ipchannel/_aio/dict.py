@@ -1,7 +1,7 @@
 """AsyncSharedDict: SharedDict for asyncio code: awaited writes, plain local reads.
 
 Opening and every write run the blocking ``SharedDict`` in a worker of this
-object (``_aiorun``), so exactly-once writes, read-your-writes and fork safety are
+object (``runner``), so exactly-once writes, read-your-writes and fork safety are
 SharedDict's own. Reads go straight to the local replica, on the loop: lock-free
 dict reads (``copy()`` and ``position`` hold the replica's lock for a moment).
 

@@ -1,8 +1,8 @@
 """RequestChannel: request/reply and publish/subscribe that survive the death of the host.
 
 Built on ``Channel``, in three parts: the wire protocol (``_wire``), the host's
-side (``_reqhost``: answer, fan out, replay) and this process's side
-(``_reqclient``: request connections, the subscription). Requests are
+side (``host``: answer, fan out, replay) and this process's side
+(``client``: request connections, the subscription). Requests are
 at-least-once (resent to a new host within their timeout); published messages
 are delivered once (resent, and deduplicated by every subscriber).
 

@@ -50,6 +50,7 @@ _LOGGER = logging.getLogger("ipchannel")
 _ALONE_GRACE = 0.05  # with no host record, how long to wait for a host before becoming the first
 _SURVIVOR_GRACE = 0.5  # with a dead host's record, how long to give survivors to elect one of them
 _RETRY_PAUSE = 0.05  # between two background resyncs of a forked child while no host answers
+_FORK_TRY = 1.0  # how long a forked child's resync waits for a host before it may host itself
 
 
 class SharedDict(MutableMapping[Any, Any]):
@@ -93,6 +94,7 @@ class SharedDict(MutableMapping[Any, Any]):
         self._check_key: Callable[[Any], None] | None = getattr(self._codec, "check_key", None)
         self._check_value: Callable[[Any], None] | None = getattr(self._codec, "check_value", None)
         self._data: dict[Any, Any] = {}
+        self._may_host_after_fork = True  # what a forked child's channel goes back to once synced
         self._replica = Replica(name, self._show)
         # Out of elections until the replica holds the state: a newcomer elected with an empty
         # replica while others hold the data would make everyone resync to nothing.
@@ -270,9 +272,10 @@ class SharedDict(MutableMapping[Any, Any]):
         """Apply one published batch (runs on ``ipchannel-subscriber:NAME``)."""
         self._replica.on_change(batch, self._resync)
 
-    def _resync(self) -> None:
-        """Replace the replica by the host's snapshot (see ``Replica.resync``)."""
-        self._replica.resync(lambda: self._request({"v": ops.PROTOCOL, "op": "snapshot"}, self._timeout))
+    def _resync(self, most: float | None = None) -> None:
+        """Replace the replica by the host's snapshot (``Replica.resync``); ``most``: a shorter wait."""
+        wait = self._timeout if most is None else most
+        self._replica.resync(lambda: self._request({"v": ops.PROTOCOL, "op": "snapshot"}, wait))
 
     # -- lifetime ---------------------------------------------------------------------------------
 
@@ -302,11 +305,15 @@ class SharedDict(MutableMapping[Any, Any]):
     def _reset_after_fork(self) -> None:
         """In a forked child: a writer of its own, fresh locks, and a replica that syncs again.
 
-        Until the background resync is done, reads see the replica as it was at fork time.
+        Until the background resync is done, reads see the replica as it was at fork time, and
+        this process stays out of elections, as a newcomer does: hosting from that copy while
+        another process holds newer writes would make everyone resync to it.
         """
         self._writes.after_fork()
         self._replica.after_fork()
         self._store.after_fork()
+        channel = self._requests.channel
+        self._may_host_after_fork, channel.may_host = channel.may_host, False
 
     def _resume_after_fork(self) -> None:
         """In a forked child, once everything is reset: sync the replica again in the background."""
@@ -317,17 +324,21 @@ class SharedDict(MutableMapping[Any, Any]):
 
     def _resync_after_fork(self) -> None:
         _platform.leave_signals_to_the_application()
-        replica = self._replica
+        replica, channel = self._replica, self._requests.channel
         while not replica.closed:
             try:
-                self._resync()
+                self._resync(_FORK_TRY)
             except ChannelClosed:
                 return
-            except ChannelTimeout:  # no host yet: keep waiting, one timeout (and a pause) at a time
+            except ChannelTimeout:
+                # Survivors holding the data elect one of themselves within milliseconds; a whole
+                # try without a host means there are none: this replica is what there is.
+                channel.may_host = self._may_host_after_fork
                 with replica.cond:
                     replica.cond.wait_for(lambda: replica.closed, _RETRY_PAUSE)
                 continue
             except Exception:
-                _LOGGER.exception("shared dict %r: cannot sync after fork", self.channel.name)
+                _LOGGER.exception("shared dict %r: cannot sync after fork", channel.name)
                 return
+            channel.may_host = self._may_host_after_fork
             return

@@ -96,7 +96,10 @@ class Store:
                     "items": [[key, value] for key, value in self._store.items()],
                     "applied": self._applied,
                 }
-        return self._group_commit(message["w"])
+        writes = message.get("w")
+        if not isinstance(writes, list):  # refused here, not in a batch with other processes' writes
+            raise TypeError(f"a shared dict request carries a list of writes, not {type(writes).__name__}")
+        return self._group_commit(writes)
 
     def _group_commit(self, writes: list[list[Any]]) -> Deferred:
         """Queue a request's writes for the next batch; lead that batch if nobody does. Answered later.
@@ -185,16 +188,16 @@ class Store:
         rewrote the op), ``["dup", result]`` (applied before, maybe in an earlier term) or
         ``["err", info]`` (the operation refused it; nothing changed).
         """
-        op, client, number = write
-        last = self._applied.get(client)
-        if last is not None and number <= last[0]:  # sent again after a failover: already applied
-            return ["dup", last[1] if number == last[0] else None]  # older: its writer gave up on it
         try:
+            op, client, number = write
+            last = self._applied.get(client)
+            if last is not None and number <= last[0]:  # sent again after a failover: already applied
+                return ["dup", last[1] if number == last[0] else None]  # older: its writer gave up on it
             rewritten = prepare(op)  # stamped here, once: every replica applies the op as rewritten
             if rewritten is not None:
                 op = rewritten
             result = apply(self._store, op)
-        except Exception as exc:  # noqa: BLE001 - the writer gets it as RemoteError
+        except Exception as exc:  # noqa: BLE001 - the writer gets it as RemoteError; the batch goes on
             return ["err", json.loads(RemoteError.encode(exc))]
         self._seq += 1
         self._applied[client] = [number, result, self._seq]
