@@ -16,14 +16,14 @@ import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ipchannel._seams.base import Backend, Connection, HostState
+from ipchannel._seams.base import Backend, Connection, HostState, plain_socket
 from ipchannel._seams.record import HostRecord
 
 if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
 
-    from ipchannel._seams.base import Evidence
+    from ipchannel._seams.base import Evidence, SocketMaker
 
 
 @dataclass
@@ -170,8 +170,8 @@ class MemoryTransport:
     def listen(self, gate: Callable[[], bool]) -> MemoryListener:  # noqa: ARG002 - no hello here
         return MemoryListener()
 
-    def connect(self, record: HostRecord) -> Connection | None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    def connect(self, record: HostRecord, make: SocketMaker = plain_socket) -> Connection | None:
+        sock = make(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.connect(record.sock)
         except OSError:

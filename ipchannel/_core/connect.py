@@ -25,17 +25,16 @@ import weakref
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from .._errors import ChannelClosed, ChannelTimeout, CoordinatorUnavailable
-from .._seams.base import LostClaim
+from .._seams.base import LostClaim, plain_socket
 from .._timing import Backoff, Deadline
-from .socket import new_socket, tell
+from .socket import ChannelSocket, socket_maker, tell
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from .._seams.base import Backend, Connection, HostState
+    from .._seams.base import Backend, Connection, HostState, SocketMaker
     from .._seams.record import HostRecord
     from .._wakeup import Wakeup
-    from .socket import ChannelSocket
 
 __all__ = ["Campaign", "Connector", "Phase"]
 
@@ -119,8 +118,11 @@ class Connector:
 
     def connect(self, timeout: float | None) -> ChannelSocket:
         """Return a new socket connected to the host (``Channel.connect``)."""
-        connection, record = self.open(Deadline(timeout))
-        sock = new_socket(self, connection, record, timeout)
+        connection, _record = self.open(
+            Deadline(timeout), make=lambda record: socket_maker(self, record, timeout)
+        )
+        sock = connection.sock
+        assert isinstance(sock, ChannelSocket)  # built by the transport with our maker: never a copy
         self.sockets.add(sock)
         return sock
 
@@ -139,18 +141,26 @@ class Connector:
                 raise self.timeout_error(deadline)
 
     def open(
-        self, deadline: Deadline, avoid: HostRecord | None = None, dead: HostState | None = None
+        self,
+        deadline: Deadline,
+        avoid: HostRecord | None = None,
+        dead: HostState | None = None,
+        make: Callable[[HostRecord], SocketMaker] | None = None,
     ) -> tuple[Connection, HostRecord]:
-        """Connect to the live host, electing one if needed; ``avoid`` is a host known to be gone."""
+        """Connect to the live host, electing one if needed; ``avoid`` is a host known to be gone.
+
+        ``make(record)``: what builds the socket of a connection to ``record`` (a new
+        ChannelSocket); without it, a plain one, whose descriptor a socket takes over.
+        """
         self._ensure_started()
         known = self.record
         if known is not None and known != avoid:  # the warm path: a live host is known
-            connection = self._transport.connect(known)
+            connection = self._transport.connect(known, plain_socket if make is None else make(known))
             if connection is not None:
                 return connection, known
         if avoid is not None and (found := self._via_standby(avoid, dead, deadline)) is not None:
             return found
-        return self._elect_and_connect(deadline, avoid)
+        return self._elect_and_connect(deadline, avoid, make)
 
     def _ensure_started(self) -> None:
         """Run the channel's start hook on first use (it raises ChannelClosed once closed)."""
@@ -161,7 +171,7 @@ class Connector:
             self._started = True
 
     def _elect_and_connect(
-        self, deadline: Deadline, avoid: HostRecord | None
+        self, deadline: Deadline, avoid: HostRecord | None, make: Callable[[HostRecord], SocketMaker] | None
     ) -> tuple[Connection, HostRecord]:
         """Run the election loop of ``open``: until connected to a live host, or the deadline."""
         # A lost lock race means another process is starting to host: its publication (watched every
@@ -173,7 +183,7 @@ class Connector:
             if record is None or record == avoid:
                 record = self.elect(avoid, verify=False)
             if record is not None and record != avoid:
-                connection = self._transport.connect(record)
+                connection = self._transport.connect(record, plain_socket if make is None else make(record))
                 if connection is not None:
                     self.adopt(record)
                     return connection, record

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
     from _typeshed import ReadableBuffer, WriteableBuffer
 
-    from .._seams.base import Connection, Session
+    from .._seams.base import Connection, Session, SocketMaker
     from .._seams.record import HostRecord
 
 __all__ = [
@@ -39,8 +39,8 @@ __all__ = [
     "Event",
     "SessionChannelSocket",
     "SocketOwner",
-    "new_socket",
     "reconnect_within",
+    "socket_maker",
     "tell",
 ]
 
@@ -371,22 +371,18 @@ class SessionChannelSocket(ChannelSocket):
     recvfrom = recvfrom_into = sendto = dup = _not_through_session
 
 
-def new_socket(
-    owner: SocketOwner, connection: Connection, record: HostRecord, timeout: float | None
-) -> ChannelSocket:
-    """Return a ChannelSocket on ``connection``'s descriptor (taken over), following ``owner``'s host."""
-    raw, session = connection
-    kind = ChannelSocket if session is None else SessionChannelSocket
-    return kind(
-        raw.family,
-        raw.type,
-        raw.proto,
-        raw.detach(),
-        _owner=owner,
-        _record=record,
-        _timeout=timeout,
-        _session=session,
-    )
+def socket_maker(owner: SocketOwner, record: HostRecord, timeout: float | None) -> SocketMaker:
+    """Return what builds a new connection's socket as a ChannelSocket following ``owner``'s host."""
+
+    def make(
+        family: int, type: int, proto: int = -1, fileno: int | None = None, session: Session | None = None
+    ) -> ChannelSocket:
+        kind = ChannelSocket if session is None else SessionChannelSocket
+        return kind(
+            family, type, proto, fileno, _owner=owner, _record=record, _timeout=timeout, _session=session
+        )
+
+    return make
 
 
 def tell(sockets: Iterable[ChannelSocket], event: Event, record: HostRecord | None = None) -> None:

@@ -20,11 +20,12 @@ from typing import TYPE_CHECKING
 from .. import _platform
 from .._auth import authenticated, check_auth_matches, host_admits
 from .._errors import ChannelError
-from .._seams.base import Connection
+from .._seams.base import Connection, plain_socket
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from .._seams.base import SocketMaker
     from .._seams.record import HostRecord
     from .paths import ChannelPaths
 
@@ -83,9 +84,9 @@ class UnixTransport:
         self._paths.tidy(own=False)
         return UnixListener(self._name, self._paths.bind_path(os.getpid()), self._paths.sock, self._authkey)
 
-    def connect(self, record: HostRecord) -> Connection | None:
+    def connect(self, record: HostRecord, make: SocketMaker = plain_socket) -> Connection | None:
         check_auth_matches(self._name, record.auth, self._authkey)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock = make(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.connect(record.sock)
             peer_pid, _uid = _platform.peer_credentials(sock)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from .._auth import HANDSHAKE_TIMEOUT, Stream, check_auth_matches, client_handshake, host_admits
 from .._errors import AuthenticationError, ChannelError
-from .._seams.base import Connection
+from .._seams.base import Connection, plain_socket
 from .tls import TlsSession, TlsStream
 
 if TYPE_CHECKING:
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from .._options import TlsConfig
+    from .._seams.base import SocketMaker
     from .._seams.record import HostRecord
 
 __all__ = ["TcpListener", "TcpTransport", "format_address", "split_address"]
@@ -76,7 +77,7 @@ class TcpTransport:
             self._default_host,
         )
 
-    def connect(self, record: HostRecord) -> Connection | None:
+    def connect(self, record: HostRecord, make: SocketMaker = plain_socket) -> Connection | None:
         check_auth_matches(self._name, record.auth, self._authkey)
         try:
             host, port = split_address(record.sock)
@@ -96,7 +97,7 @@ class TcpTransport:
             raw.close()
             return None  # nobody answered, or not the host the record names (a newer one took its port)
         raw.settimeout(None)
-        return Connection(raw, session)
+        return Connection(make(raw.family, raw.type, raw.proto, raw.detach(), session), session)
 
     def _greet(self, raw: socket.socket, session: TlsSession | None) -> int | None:
         """TLS, the authkey handshake and the host's hello: its generation, or None if it said nothing."""

@@ -17,6 +17,7 @@ Two questions are answered by the coordinator alone:
 from __future__ import annotations
 
 import enum
+import socket as _socket_module
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, NamedTuple, Protocol
 
@@ -40,9 +41,11 @@ __all__ = [
     "Listener",
     "LostClaim",
     "Session",
+    "SocketMaker",
     "Standby",
     "StandbyPost",
     "Transport",
+    "plain_socket",
 ]
 
 
@@ -176,6 +179,30 @@ class Session(Protocol):
         """Return how many bytes were received and decoded but not read yet."""
 
 
+class SocketMaker(Protocol):
+    """Builds the socket object of a new connection (``Transport.connect``), so it is never copied.
+
+    The core passes one that makes its own ``ChannelSocket``; ``plain_socket`` makes a plain one.
+    """
+
+    def __call__(
+        self,
+        family: int,
+        type: int,
+        proto: int = ...,
+        fileno: int | None = ...,
+        session: Session | None = ...,
+    ) -> socket.socket: ...
+
+
+def plain_socket(
+    family: int, type: int, proto: int = 0, fileno: int | None = None, session: Session | None = None
+) -> socket.socket:
+    """Make a plain ``socket.socket`` (a connection that is taken over by another socket's descriptor)."""
+    del session
+    return _socket_module.socket(family, type, proto, fileno)
+
+
 class Connection(NamedTuple):
     """A connection to the host, verified and authenticated: the socket and its session (None: plain)."""
 
@@ -230,8 +257,11 @@ class Transport(Protocol):
         cannot tell a lapsed host by other means asks it per connection (TCP's hello).
         """
 
-    def connect(self, record: HostRecord) -> Connection | None:
-        """Connect to the host ``record`` names; None if nobody (or another host) answers there."""
+    def connect(self, record: HostRecord, make: SocketMaker = plain_socket) -> Connection | None:
+        """Connect to the host ``record`` names; None if nobody (or another host) answers there.
+
+        The connection's socket is built by ``make`` (with its session, if any).
+        """
 
 
 class StandbyPost(Protocol):
