@@ -177,7 +177,7 @@ class MemoryTransport:
         except OSError:
             sock.close()
             return None
-        return Connection(sock)
+        return sock, None
 
 
 def backend(cluster: Cluster, pid: int, runtime_dir: Path) -> Backend:

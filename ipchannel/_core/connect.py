@@ -18,6 +18,7 @@ Threads: any caller's (``connect``, ``join``, a socket's read or write) and the 
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -117,11 +118,15 @@ class Connector:
     # -- connect and join ---------------------------------------------------------------------
 
     def connect(self, timeout: float | None) -> ChannelSocket:
-        """Return a new socket connected to the host (``Channel.connect``)."""
-        connection, _record = self.open(
-            Deadline(timeout), make=lambda record: socket_maker(self, record, timeout)
-        )
-        sock = connection.sock
+        """Return a new socket connected to the host (``Channel.connect``): built by the transport as ours."""
+        known, connection = self.record, None
+        if known is not None and self._started and self.phase != "closed":  # the warm path, first
+            connection = self._transport.connect(known, socket_maker(self, known, timeout))
+        if connection is None:
+            connection, _record = self.open(
+                Deadline(timeout), make=functools.partial(socket_maker, self, timeout=timeout)
+            )
+        sock = connection[0]
         assert isinstance(sock, ChannelSocket)  # built by the transport with our maker: never a copy
         self.sockets.add(sock)
         return sock
@@ -152,7 +157,8 @@ class Connector:
         ``make(record)``: what builds the socket of a connection to ``record`` (a new
         ChannelSocket); without it, a plain one, whose descriptor a socket takes over.
         """
-        self._ensure_started()
+        if not self._started or self.phase == "closed":
+            self._ensure_started()
         known = self.record
         if known is not None and known != avoid:  # the warm path: a live host is known
             connection = self._transport.connect(known, plain_socket if make is None else make(known))

@@ -18,6 +18,7 @@ on them) take part; ``sendfile``, ``recvmsg`` and friends behave as on a plain s
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -373,16 +374,21 @@ class SessionChannelSocket(ChannelSocket):
 
 def socket_maker(owner: SocketOwner, record: HostRecord, timeout: float | None) -> SocketMaker:
     """Return what builds a new connection's socket as a ChannelSocket following ``owner``'s host."""
+    return functools.partial(_new_socket, owner, record, timeout)
 
-    def make(
-        family: int, type: int, proto: int = -1, fileno: int | None = None, session: Session | None = None
-    ) -> ChannelSocket:
-        kind = ChannelSocket if session is None else SessionChannelSocket
-        return kind(
-            family, type, proto, fileno, _owner=owner, _record=record, _timeout=timeout, _session=session
-        )
 
-    return make
+def _new_socket(  # noqa: PLR0913, PLR0917 - the owner's three (bound by socket_maker), then a SocketMaker's
+    owner: SocketOwner,
+    record: HostRecord,
+    timeout: float | None,
+    family: int,
+    type: int,
+    proto: int = -1,
+    fileno: int | None = None,
+    session: Session | None = None,
+) -> ChannelSocket:
+    kind = ChannelSocket if session is None else SessionChannelSocket
+    return kind(family, type, proto, fileno, _owner=owner, _record=record, _timeout=timeout, _session=session)
 
 
 def tell(sockets: Iterable[ChannelSocket], event: Event, record: HostRecord | None = None) -> None:

@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING
 
 from .. import _platform
 from .._auth import authenticated, check_auth_matches
-from .._seams.base import Connection
 from .._seams.record import HostRecord
 from .coordinator import read_record, remove_record, write_record
 from .lock import HostLock
@@ -35,6 +34,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
 
+    from .._seams.base import Connection
     from .._timing import Deadline
     from .coordinator import LocalCoordinator
     from .paths import ChannelPaths
@@ -117,7 +117,7 @@ class LocalStandby:
             return None
         self._coordinator.saw(record)
         ready = authenticated(sock, self._name, self._authkey)
-        return None if ready is None else (Connection(ready), record)
+        return None if ready is None else ((ready, None), record)
 
     def defer(self, dead: HostRecord | None) -> bool:
         standby = None if dead is None or self._lock.held else self.find(dead)

@@ -100,7 +100,7 @@ class UnixTransport:
             sock.close()  # a newer host than the record we read; read it again
             return None
         ready = authenticated(sock, self._name, self._authkey)
-        return None if ready is None else Connection(ready)
+        return None if ready is None else (ready, None)
 
 
 class UnixListener:

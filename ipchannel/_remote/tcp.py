@@ -97,7 +97,7 @@ class TcpTransport:
             raw.close()
             return None  # nobody answered, or not the host the record names (a newer one took its port)
         raw.settimeout(None)
-        return Connection(make(raw.family, raw.type, raw.proto, raw.detach(), session), session)
+        return make(raw.family, raw.type, raw.proto, raw.detach(), session), session
 
     def _greet(self, raw: socket.socket, session: TlsSession | None) -> int | None:
         """TLS, the authkey handshake and the host's hello: its generation, or None if it said nothing."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 import enum
 import socket as _socket_module
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 if TYPE_CHECKING:
     import socket
@@ -203,11 +203,9 @@ def plain_socket(
     return _socket_module.socket(family, type, proto, fileno)
 
 
-class Connection(NamedTuple):
-    """A connection to the host, verified and authenticated: the socket and its session (None: plain)."""
-
-    sock: socket.socket
-    session: Session | None = None
+#: A connection to the host, verified and authenticated: the socket and its session (None: plain).
+#: A plain tuple, not a NamedTuple: one is made on every connect.
+Connection = tuple["socket.socket", "Session | None"]
 
 
 class Listener(Protocol):
