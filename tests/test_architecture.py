@@ -14,9 +14,10 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
+from _peers import read_line
 from conftest import Peers, wait_until
 
 import ipchannel
@@ -30,16 +31,6 @@ PACKAGE = Path(ipchannel.__file__).parent
 LEAVES = ("_seams/", "_platform/", "_timing.py", "_auth.py", "_errors.py", "_wakeup.py", "_framing.py")
 
 
-def _read_line(sock: Any) -> bytes:
-    data = b""
-    while not data.endswith(b"\n"):
-        chunk = sock.recv(64)
-        if not chunk:
-            return data
-        data += chunk
-    return data
-
-
 @pytest.mark.timeout(60)
 def test_the_failover_path_runs_in_four_modules_above_the_leaves(peers: Peers) -> None:
     host, standby = peers.start(2)
@@ -49,7 +40,7 @@ def test_the_failover_path_runs_in_four_modules_above_the_leaves(peers: Peers) -
     with ipchannel.Channel("test", lambda _conn: None, may_host=False) as channel:
         sock = channel.connect(timeout=10)
         sock.sendall(b"hi\n")
-        assert _read_line(sock) == f"{host.pid} hi\n".encode()
+        assert read_line(sock) == f"{host.pid} hi\n".encode()
         called: list[tuple[str, str]] = []
 
         def profile(frame: FrameType, event: str, _arg: object) -> None:
