@@ -577,6 +577,9 @@ def _redis_record(generation: int) -> bytes:
     return f"{generation} {json.dumps(record)}".encode()
 
 
+@pytest.mark.filterwarnings(
+    "ignore:This process .* is multi-threaded:DeprecationWarning"
+)  # as a preloaded server forks
 def test_a_reset_engine_s_lower_generation_is_refused_in_a_forked_child_too_and_never_claimed_over(
     tmp_path: Path,
 ) -> None:

@@ -148,6 +148,9 @@ def test_a_request_in_a_forked_child_keeps_its_timeout_while_the_subscription_co
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.filterwarnings(
+    "ignore:This process .* is multi-threaded:DeprecationWarning"
+)  # as a preloaded server forks
 def test_a_forked_child_stays_out_of_elections_until_its_replica_has_synced(
     runtime_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
