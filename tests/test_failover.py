@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from typing import TYPE_CHECKING
 
@@ -263,6 +266,60 @@ def test_interpreter_exit_hands_over(peers: Peers, runtime_dir: Path) -> None:
     assert other.call("request", text="x", timeout=2.0)["reply"] == f"{other.pid} x"
     other.exit()
     assert set(os.listdir(runtime_dir)) - {".test.standby.lock"} == {"test.lock"}
+
+
+_EXIT_AS_THE_STANDBY_DIES = """
+import atexit, json, logging, os, signal, sys, time
+import ipchannel
+
+class Seen(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.records = []
+    def emit(self, record):
+        self.records.append(record)
+
+seen = Seen()
+logger = logging.getLogger("ipchannel")
+logger.addHandler(seen)
+logger.setLevel(logging.DEBUG)
+channel = ipchannel.Channel("test", lambda conn: None)
+channel.monitor_interval = 0.02
+channel.connect(timeout=10)
+
+def the_standby_dies_as_we_exit():
+    # Runs before the channel's own atexit close (last registered, first run): the monitor ticks
+    # on in an exiting interpreter, finds the standby's place free, and (3.12+) may start no thread.
+    os.kill(int(sys.argv[1]), signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if any(r.levelno >= logging.WARNING or "does not stand by" in r.getMessage() for r in seen.records):
+            break
+        time.sleep(0.01)
+    print(json.dumps([[r.levelname, r.getMessage(), bool(r.exc_info)] for r in seen.records]))
+
+atexit.register(the_standby_dies_as_we_exit)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_an_exiting_process_neither_stands_by_nor_logs_an_error(peers: Peers) -> None:
+    # gunicorn --max-requests, Python 3.12: a worker exits as the standby is promoted; its monitor
+    # tried to stand by next and logged "can't create new thread at interpreter shutdown".
+    _, host, standby = _started_with_a_standby(peers, 2)
+    result = subprocess.run(
+        [sys.executable, "-c", _EXIT_AS_THE_STANDBY_DIES, str(standby.pid)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result
+    records = json.loads(result.stdout)
+    assert any("does not stand by" in message for _, message, _ in records), records
+    assert not [r for r in records if r[0] in ("WARNING", "ERROR", "CRITICAL") or r[2]], records
+    assert "Traceback" not in result.stderr, result.stderr
+    assert host.call("request", text="x")["reply"] == f"{host.pid} x"
 
 
 def test_auto_reconnect_off_behaves_like_a_plain_socket(peers: Peers) -> None:

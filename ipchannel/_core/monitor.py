@@ -146,7 +146,11 @@ class Monitor:
             try:
                 self.tick()
             except Exception:
-                _LOGGER.exception("%s: monitor tick failed", self._thread.name)
+                if threading.main_thread().is_alive():
+                    _LOGGER.exception("%s: monitor tick failed", self._thread.name)
+                else:  # an exiting interpreter (3.12+) starts no thread: close() comes next
+                    name = self._thread.name
+                    _LOGGER.debug("%s: monitor tick failed as the interpreter exits", name, exc_info=True)
 
     def _wait(self) -> None:
         """Sleep until poked, the watched host exits, or the interval (longer with an exit notice) ends.

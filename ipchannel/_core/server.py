@@ -147,7 +147,14 @@ class _Accepting(socketserver.BaseServer):
             self._handler_threads.add(thread)
             if job is None:
                 self._idle += 1
-        thread.start()
+        try:
+            thread.start()
+        except BaseException:  # e.g. an interpreter that exits: no thread counted that does not run
+            with self._tracked_lock:
+                self._handler_threads.discard(thread)
+                if job is None:
+                    self._idle -= 1
+            raise
 
     def _handler_loop(self, job: tuple[Any, Any] | None) -> None:
         """Serve one connection after another: ``job``, then what ``process_request`` queues."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 from typing import TYPE_CHECKING, Protocol
 
 from .. import _hooks
@@ -25,7 +26,6 @@ from .server import IDLE_THREADS, READY_THREADS, Server
 
 if TYPE_CHECKING:
     import socketserver
-    import threading
     from collections.abc import Callable
 
     from .._seams.base import Backend, StandbyPost
@@ -84,6 +84,7 @@ class Hosting:
         self.term: Term | None = None
         self._resigning = False  # set when this process starts to give hosting up
         self._standby: tuple[StandbyPost, Server] | None = None
+        self._exit_noted = False  # logged once that the interpreter exits (no standby then)
 
     @property
     def is_host(self) -> bool:
@@ -266,7 +267,7 @@ class Hosting:
                 if not self._follow.may_host or not place.try_stand_by():
                     self._stop_standing_by()
                 return
-            if not self._follow.may_host or not place.try_stand_by():
+            if not self._follow.may_host or self._interpreter_exits() or not place.try_stand_by():
                 return
             try:
                 post = place.open(self._auth)  # first: a process listening without a side socket hosts
@@ -281,6 +282,20 @@ class Hosting:
             self._standby = (post, server)
         _LOGGER.debug("channel %r: pid %d stands by to host next", self._name, os.getpid())
 
+    def _interpreter_exits(self) -> bool:
+        """Tell whether the main thread has ended: a standby then would only be handed over again.
+
+        Python 3.12+ starts no thread from then on (atexit handlers run first, the channel's
+        ``close`` among them), so standing by would fail anyway.
+        """
+        if threading.main_thread().is_alive():
+            return False
+        if not self._exit_noted:
+            self._exit_noted = True
+            pid = os.getpid()
+            _LOGGER.debug("channel %r: the main thread has ended: pid %d does not stand by", self._name, pid)
+        return True
+
     def _stop_standing_by(self) -> None:
         """Stop standing by (with the election lock): waiting clients are reset and look elsewhere."""
         standby, self._standby = self._standby, None
@@ -292,6 +307,7 @@ class Hosting:
 
     def abandon_after_fork(self) -> None:
         """In a forked child: drop our copies of the parent's server and side socket (nothing shared)."""
+        self._exit_noted = False
         if self.term is not None:
             self.term[0].abandon_after_fork()
         if self._standby is not None:
