@@ -86,6 +86,14 @@ class _MachinePeer:
         if cmd == "get":
             assert self.dict is not None
             return {"value": self.dict.get(args["key"])}
+        if cmd == "fill":  # set key to a numbered value of size bytes, times over; the slowest write
+            assert self.dict is not None
+            slowest = 0.0
+            for i in range(args["times"]):
+                start = time.monotonic()
+                self.dict[args["key"]] = f"{i:08d}" + "x" * args["size"]
+                slowest = max(slowest, time.monotonic() - start)
+            return {"slowest": slowest}
         if cmd == "run_on_host":
             self._run_on_host(args["path"], args["every"], args["freeze_flag"])
             return self.info()

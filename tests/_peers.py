@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import multiprocessing
@@ -338,13 +339,21 @@ class ReversingCodec:
 
 
 class _RequestPeer:
-    def __init__(self, name: str, runtime_dir: str, codec: str, authkey: bytes | None) -> None:
+    def __init__(
+        self, name: str, runtime_dir: str, codec: str, authkey: bytes | None, options: dict[str, Any]
+    ) -> None:
         chosen: Any = ReversingCodec() if codec == "reversing" else codec
         self.channel = ipchannel.RequestChannel(
-            name, on_request, codec=chosen, runtime_dir=runtime_dir, authkey=authkey
+            name, on_request, codec=chosen, runtime_dir=runtime_dir, authkey=authkey, **options
         )
         self.received: list[Any] = []
+        self.missed: list[int | None] = []
         self.lock = threading.Lock()
+        self.channel.on_missed(self._on_missed)
+
+    def _on_missed(self, count: int | None) -> None:
+        with self.lock:
+            self.missed.append(count)
 
     def info(self) -> dict[str, Any]:
         return {
@@ -379,7 +388,14 @@ class _RequestPeer:
             return self.info()
         if cmd == "received":
             with self.lock:
-                return {"received": list(self.received)}
+                return {"received": list(self.received), "missed": list(self.missed)}
+        if cmd == "publish_many":  # {"i": i, "pad": size bytes}; the slowest publish() in seconds
+            slowest = 0.0
+            for i in range(args["times"]):
+                start = time.monotonic()
+                self.channel.publish({"i": i, "pad": "x" * args["size"]}, timeout=args["each"])
+                slowest = max(slowest, time.monotonic() - start)
+            return {"slowest": slowest}
         if cmd == "publish":
             self.channel.publish(args["message"], timeout=args.get("timeout", 5.0))
             return self.info()
@@ -408,11 +424,16 @@ class _RequestPeer:
         return results
 
 
-def request_peer_main(
-    conn: Connection, name: str, runtime_dir: str, codec: str = "json", authkey: bytes | None = None
+def request_peer_main(  # noqa: PLR0917 - a spawn target takes positional arguments
+    conn: Connection,
+    name: str,
+    runtime_dir: str,
+    codec: str = "json",
+    authkey: bytes | None = None,
+    options: dict[str, Any] | None = None,
 ) -> None:
-    """Entry point of a peer process owning a RequestChannel."""
-    _serve_commands(conn, _RequestPeer(name, runtime_dir, codec, authkey))
+    """Entry point of a peer process owning a RequestChannel (``options``: more keyword arguments)."""
+    _serve_commands(conn, _RequestPeer(name, runtime_dir, codec, authkey, options or {}))
 
 
 def wait_for(predicate: Any, timeout: float = 5.0) -> bool:
@@ -500,10 +521,12 @@ def request_fork_main(conn: Connection, name: str, runtime_dir: str) -> None:
 class _DictPeer:
     """A process with a SharedDict; "count" runs incr in a background thread until "stop_count"."""
 
-    def __init__(self, name: str, runtime_dir: str, log: str | None = None) -> None:
+    def __init__(
+        self, name: str, runtime_dir: str, log: str | None = None, options: dict[str, Any] | None = None
+    ) -> None:
         if log is not None:
             log_to(log)
-        self.dict = ipchannel.SharedDict(name, runtime_dir=runtime_dir, timeout=10)
+        self.dict = ipchannel.SharedDict(name, runtime_dir=runtime_dir, **{"timeout": 10, **(options or {})})
         self.channel = self.dict.channel
         self._stop = threading.Event()
         self._counters: list[threading.Thread] = []
@@ -511,7 +534,7 @@ class _DictPeer:
         self._returned = 0
         self._errors: list[str] = []
 
-    def do(self, cmd: str, args: dict[str, Any]) -> dict[str, Any]:
+    def do(self, cmd: str, args: dict[str, Any]) -> dict[str, Any]:  # noqa: PLR0912 - one branch per command
         d = self.dict
         if cmd == "info":
             return {"pid": os.getpid(), "is_host": self.channel.is_host, "position": d.position}
@@ -524,6 +547,20 @@ class _DictPeer:
         if cmd == "set_then_get":
             d[args["key"]] = args["value"]
             return {"got": d[args["key"]]}
+        if cmd == "fill":  # set key to size bytes, times over; the slowest write in seconds
+            slowest = 0.0
+            for i in range(args["times"]):
+                start = time.monotonic()
+                d.__setitem__(args["key"], f"{i:08d}" + "x" * args["size"])
+                slowest = max(slowest, time.monotonic() - start)
+            return {"slowest": slowest, "position": d.position}
+        if cmd == "digest":  # what the replica holds at one position, without sending it whole
+            while True:
+                position, copy = d.position, d.copy()
+                if d.position == position:
+                    break
+            items = sorted((k, hashlib.sha256(json.dumps(v).encode()).hexdigest()) for k, v in copy.items())
+            return {"items": items, "position": position}
         if cmd == "copy":
             return {"items": sorted(d.copy().items()), "position": d.position}
         if cmd == "wait_position":
@@ -557,9 +594,15 @@ class _DictPeer:
                 self._returned += 1
 
 
-def dict_peer_main(conn: Connection, name: str, runtime_dir: str, log: str | None = None) -> None:
-    """Entry point of a peer process owning a SharedDict."""
-    _serve_commands(conn, _DictPeer(name, runtime_dir, log))
+def dict_peer_main(
+    conn: Connection,
+    name: str,
+    runtime_dir: str,
+    log: str | None = None,
+    options: dict[str, Any] | None = None,
+) -> None:
+    """Entry point of a peer process owning a SharedDict (``options``: more keyword arguments for it)."""
+    _serve_commands(conn, _DictPeer(name, runtime_dir, log, options))
 
 
 def fork_children(

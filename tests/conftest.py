@@ -151,17 +151,24 @@ class Peers:
         return new
 
     def start_requests(
-        self, n: int = 1, name: str = "test", codec: str = "json", authkey: bytes | None = None
+        self,
+        n: int = 1,
+        name: str = "test",
+        codec: str = "json",
+        authkey: bytes | None = None,
+        **options: Any,
     ) -> list[Peer]:
-        """Start ``n`` peers owning a RequestChannel (handler: ``_peers.on_request``)."""
-        extra = (codec, authkey)
+        """Start ``n`` peers owning a RequestChannel (handler: ``_peers.on_request``; options: its)."""
+        extra = (codec, authkey, options)
         new = [Peer(name, self._runtime_dir, _peers.request_peer_main, extra) for _ in range(n)]
         self.started.extend(new)
         return new
 
-    def start_dicts(self, n: int = 1, name: str = "test", log: str | None = None) -> list[Peer]:
-        """Start ``n`` peers owning a SharedDict (``log``: a file for their ipchannel log)."""
-        new = [Peer(name, self._runtime_dir, _peers.dict_peer_main, (log,)) for _ in range(n)]
+    def start_dicts(
+        self, n: int = 1, name: str = "test", log: str | None = None, **options: Any
+    ) -> list[Peer]:
+        """Start ``n`` peers owning a SharedDict (``log``: a file for their ipchannel log; options: its)."""
+        new = [Peer(name, self._runtime_dir, _peers.dict_peer_main, (log, options)) for _ in range(n)]
         self.started.extend(new)
         return new
 

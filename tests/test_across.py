@@ -635,3 +635,42 @@ def test_tls_send_with_flags_sends_as_before(engine: EngineServer, certificate: 
         sock = channel.connect(timeout=10)
         assert sock.send(b"flagged", socket.MSG_NOSIGNAL) == len(b"flagged")  # flags do not pass TLS: dropped
         assert sock.recv(64) == b"flagged"
+
+
+@pytest.mark.timeout(120)
+def test_a_frozen_replica_machine_holds_up_no_write_and_catches_up(machines: Machines) -> None:
+    peers = machines.boot(3, kind="dict", name="big")
+    peers[0].call("set", key="k", value="first")
+    host = machines.host(peers)
+    frozen, writer = [p for p in peers if p is not host]
+    wait_until(lambda: frozen.call("get", key="k")["value"] == "first")
+    freeze(frozen.pid)
+    try:  # 30 x 200 KB: far past what the frozen machine's socket buffers take
+        assert writer.call("fill", 60, key="k", size=200_000, times=30)["slowest"] < 3.0
+    finally:
+        with_cont(frozen.pid)
+    wait_until(lambda: str(frozen.call("get", key="k")["value"]).startswith("00000029"), timeout=20)
+
+
+def test_every_tcp_connection_keeps_alive_at_both_ends(engine: EngineServer) -> None:
+    # a peer whose machine died, or whose NAT forgot the connection, must be noticed in bounded time
+    wanted = {
+        (socket.SOL_SOCKET, socket.SO_KEEPALIVE): 1,
+        (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE): 5,
+        (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL): 2,
+        (socket.IPPROTO_TCP, socket.TCP_KEEPCNT): 3,
+        (socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT): 11_000,
+    }
+    host_side: list[dict[tuple[int, int], int]] = []
+
+    def record(conn: socket.socket) -> None:
+        host_side.append({option: conn.getsockopt(*option) for option in wanted})
+        conn.sendall(b"!")
+
+    with ipchannel.Channel(
+        "keepalive", record, coordinator=engine.url, authkey=KEY, listen="127.0.0.2:0", ttl=TTL
+    ) as channel:
+        sock = channel.connect(timeout=10)
+        assert sock.recv(1) == b"!"
+        assert {option: sock.getsockopt(*option) for option in wanted} == wanted
+        assert host_side == [wanted]

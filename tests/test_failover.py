@@ -322,6 +322,62 @@ def test_an_exiting_process_neither_stands_by_nor_logs_an_error(peers: Peers) ->
     assert host.call("request", text="x")["reply"] == f"{host.pid} x"
 
 
+_EXIT_AS_EVERY_HOST_DIES = """
+import atexit, json, logging, os, signal, sys, time
+import ipchannel
+
+class Seen(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.records = []
+    def emit(self, record):
+        self.records.append(record)
+
+seen = Seen()
+logger = logging.getLogger("ipchannel")
+logger.addHandler(seen)
+logger.setLevel(logging.DEBUG)
+channel = ipchannel.RequestChannel("test", None)
+channel.subscribe(lambda message: None, timeout=10)
+
+def every_other_process_dies_as_we_exit():
+    # Before the channel's own atexit close: the subscriber thread finds no host, and tries to
+    # become host in an exiting interpreter (Python 3.12 starts no thread then).
+    for pid in sys.argv[1:]:
+        os.kill(int(pid), signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if any(r.levelno >= logging.WARNING or "cannot host" in r.getMessage() or "elected" in r.getMessage()
+               for r in seen.records):
+            break
+        time.sleep(0.01)
+    print(json.dumps([[r.levelname, r.getMessage(), bool(r.exc_info)] for r in seen.records]))
+
+atexit.register(every_other_process_dies_as_we_exit)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_subscriber_exiting_as_every_host_dies_logs_no_error(peers: Peers) -> None:
+    # gunicorn --max-requests, Python 3.12: the subscriber thread of an exiting worker lost its host,
+    # tried to host, and died of "can't create new thread at interpreter shutdown" (a traceback).
+    group = peers.start_requests(2)
+    for peer in group:
+        peer.call("subscribe")
+    others = [str(peer.pid) for peer in group]
+    result = subprocess.run(
+        [sys.executable, "-c", _EXIT_AS_EVERY_HOST_DIES, *others],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result
+    records = json.loads(result.stdout)
+    assert not [r for r in records if r[0] in ("WARNING", "ERROR", "CRITICAL")], records
+    assert "Traceback" not in result.stderr, result.stderr
+
+
 def test_auto_reconnect_off_behaves_like_a_plain_socket(peers: Peers) -> None:
     a, b = peers.start(2)
     _connect_all([a, b])

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -21,6 +22,7 @@ from ipchannel._local.paths import ChannelPaths
 from ipchannel._options import NAME_RULE, validate_name
 from ipchannel._seams.base import HostState
 from ipchannel._seams.record import HostRecord, own_create_time
+from ipchannel._shareddict.ops import PROTOCOL
 from ipchannel._timing import Backoff, Deadline, validate_timeout
 
 
@@ -268,3 +270,22 @@ def test_filelock_still_has_the_private_state_fork_safety_relies_on(tmp_path: Pa
         assert not lock.still_on_its_file()  # the check the host steps down on
     finally:
         lock.release()
+
+
+def test_a_snapshot_holds_no_writer_entry_of_a_later_write() -> None:
+    # The snapshot is encoded after the store's lock is released: its "applied" table must be a copy.
+    from ipchannel._shareddict.replica import Replica  # noqa: PLC0415 - the parts of one test
+    from ipchannel._shareddict.store import Store  # noqa: PLC0415
+
+    store = Store("t", Replica("t", lambda _data: None), lambda: 1, lambda: 1, lambda _message: None)
+    store.commit([_queued(["set", "a", 1], "w", 1)])
+    snapshot = store.on_request({"v": PROTOCOL, "op": "snapshot"})
+    store.commit([_queued(["set", "b", 2], "w", 2)])
+    assert snapshot["items"] == [["a", 1]]
+    assert snapshot["applied"] == {"w": [1, None, 1]}
+
+
+def _queued(op: list[object], client: str, number: int) -> Any:
+    from ipchannel._shareddict.store import _Queued  # noqa: PLC0415 - a batch as the host queues it
+
+    return _Queued([[op, client, number]])

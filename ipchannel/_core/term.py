@@ -164,8 +164,13 @@ class Hosting:
         try:
             server = Server(self._name, listener, self._handler)
             server.start(ready)
-        except BaseException:
+        except BaseException as exc:
             listener.close()
+            if isinstance(exc, RuntimeError) and not threading.main_thread().is_alive():
+                # Python 3.12 starts no thread once the main thread has ended: not an error of ours
+                raise ChannelError(
+                    f"channel {self._name!r}: cannot host: the interpreter is exiting"
+                ) from exc
             raise
         return server
 

@@ -14,6 +14,7 @@ Every platform module defines the same names:
   seconds since boot), or None once it is gone; equal for the same process in every process.
 - ``lock_holders(path)``: pids that have the file open, or ``None`` if unknown.
 - ``leave_signals_to_the_application()``: block asynchronous signals in the calling (library) thread.
+- ``keep_alive(sock, idle, interval, count)``: TCP keepalive (and ``TCP_USER_TIMEOUT``) on ``sock``.
 
 And, for every platform: ``claim_clock()``, seconds on a clock that keeps counting while the
 machine sleeps (``CLOCK_BOOTTIME`` where there is one), so a host's claim lapses across a suspend.
@@ -30,6 +31,7 @@ if sys.platform.startswith("linux"):
         SHUTDOWN_WAKES_LISTENER,
         SUN_PATH_MAX,
         exit_notice,
+        keep_alive,
         leave_signals_to_the_application,
         lock_holders,
         peer_credentials,
@@ -43,6 +45,7 @@ elif sys.platform == "darwin" or "bsd" in sys.platform:
         SHUTDOWN_WAKES_LISTENER,
         SUN_PATH_MAX,
         exit_notice,
+        keep_alive,
         leave_signals_to_the_application,
         lock_holders,
         peer_credentials,
@@ -56,6 +59,7 @@ else:
         SHUTDOWN_WAKES_LISTENER,
         SUN_PATH_MAX,
         exit_notice,
+        keep_alive,
         leave_signals_to_the_application,
         lock_holders,
         peer_credentials,
@@ -70,6 +74,7 @@ __all__ = [
     "SUN_PATH_MAX",
     "claim_clock",
     "exit_notice",
+    "keep_alive",
     "leave_signals_to_the_application",
     "lock_holders",
     "peer_credentials",

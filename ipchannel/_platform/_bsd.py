@@ -10,13 +10,14 @@ import psutil
 if TYPE_CHECKING:
     import socket
 
-from ._posix import leave_signals_to_the_application
+from ._posix import keep_alive, leave_signals_to_the_application
 
 __all__ = [
     "EXIT_NOTICES",
     "SHUTDOWN_WAKES_LISTENER",
     "SUN_PATH_MAX",
     "exit_notice",
+    "keep_alive",
     "leave_signals_to_the_application",
     "lock_holders",
     "peer_credentials",

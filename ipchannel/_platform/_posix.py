@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import signal
+import socket
 
-__all__ = ["leave_signals_to_the_application"]
+__all__ = ["keep_alive", "leave_signals_to_the_application"]
 
 # Signals the kernel sends to the thread that caused them: blocking these would hide a crash.
 _SYNCHRONOUS = {
@@ -28,3 +29,22 @@ def leave_signals_to_the_application() -> None:
     never ran its handler: a gunicorn worker or script could sleep through SIGTERM.
     """
     signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals() - _SYNCHRONOUS)
+
+
+def keep_alive(sock: socket.socket, idle: float, interval: float, count: int) -> None:
+    """Have the kernel notice a peer that vanished without a word (dead machine, NAT drop, partition).
+
+    TCP keepalive probes an idle connection after ``idle`` seconds, every ``interval``, and
+    gives up after ``count`` unanswered; where there is ``TCP_USER_TIMEOUT`` (Linux), data
+    unacknowledged for as long also ends the connection. Options the system lacks are skipped.
+    """
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    idle_option = getattr(socket, "TCP_KEEPIDLE", None) or getattr(socket, "TCP_KEEPALIVE", None)  # macOS
+    for option, value in (
+        (idle_option, max(1, round(idle))),
+        (getattr(socket, "TCP_KEEPINTVL", None), max(1, round(interval))),
+        (getattr(socket, "TCP_KEEPCNT", None), count),
+        (getattr(socket, "TCP_USER_TIMEOUT", None), round((idle + interval * count) * 1000)),
+    ):
+        if option is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, option, value)

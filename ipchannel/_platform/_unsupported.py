@@ -13,6 +13,7 @@ __all__ = [
     "SHUTDOWN_WAKES_LISTENER",
     "SUN_PATH_MAX",
     "exit_notice",
+    "keep_alive",
     "leave_signals_to_the_application",
     "lock_holders",
     "peer_credentials",
@@ -38,6 +39,11 @@ def process_exiting(pid: int) -> bool:
 
 
 def leave_signals_to_the_application() -> None:
+    """Raise NotImplementedError."""
+    raise NotImplementedError(_MESSAGE)
+
+
+def keep_alive(sock: socket.socket, idle: float, interval: float, count: int) -> None:
     """Raise NotImplementedError."""
     raise NotImplementedError(_MESSAGE)
 

@@ -6,6 +6,8 @@ with its generation, sent only while it may serve (the ``gate``). A client keeps
 connection only if that is the generation of the record it dialed: a host that lost
 its claim, or another that took its port, is refused. ``reachable`` is the probe the
 remote coordinator uses to tell a crashed host from a handler that closed its connection.
+Every connection has TCP keepalive on (``KEEPALIVE``), so a peer that vanished without a
+word (its machine died, a NAT dropped the connection) ends it within a bounded time.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import socket
 import struct
 from typing import TYPE_CHECKING
 
+from .. import _platform
 from .._auth import HANDSHAKE_TIMEOUT, Stream, check_auth_matches, client_handshake, host_admits
 from .._errors import AuthenticationError, ChannelError
 from .._seams.base import Connection, plain_socket
@@ -38,6 +41,9 @@ CONNECT_TIMEOUT = 1.0  # seconds to wait for a TCP connection to a recorded host
 _HELLO = struct.Struct("!Q")
 _WILDCARDS = {"", "0.0.0.0", "::"}  # noqa: S104 - addresses to replace, not to bind
 _BACKLOG = 128
+#: TCP keepalive (idle, interval, count) on every connection, both ends: a peer whose machine died or
+#: whose NAT forgot the connection is noticed within about 11 s (``_platform.keep_alive``)
+KEEPALIVE = (5.0, 2.0, 3)
 
 
 def format_address(host: str, port: int) -> str:
@@ -85,6 +91,7 @@ class TcpTransport:
         except (OSError, ValueError):
             return None  # refused, unreachable or slow: asked again once the record says more
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        _platform.keep_alive(raw, *KEEPALIVE)
         session = None if self._tls is None else TlsSession(self._tls.client, host)
         try:
             generation = self._greet(raw, session)
@@ -166,6 +173,7 @@ class TcpListener:
 
     def verify(self, conn: socket.socket) -> bool:
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        _platform.keep_alive(conn, *KEEPALIVE)
         return True  # who it is, the authkey handshake tells (in its handler thread)
 
     def admit(self, conn: socket.socket, track: Callable[[socket.socket], None]) -> socket.socket | None:

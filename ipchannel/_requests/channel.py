@@ -24,8 +24,10 @@ from .._errors import ChannelClosed, ChannelTimeout, RemoteError
 from .._framing import DEFAULT_MAX_SIZE
 from .._options import Options
 from .._timing import Deadline, validate_timeout
-from .client import Requester, Subscriber
+from .client import Requester
 from .host import RequestHost
+from .outbox import DEFAULT_LIMITS, Limits
+from .subscriber import Subscriber
 from .wire import ERROR, PUBLISH, PUBLISH_ID, REQUEST
 
 if TYPE_CHECKING:
@@ -54,6 +56,11 @@ class RequestChannel:
         object with ``dumps(obj) -> bytes`` and ``loads(bytes) -> obj``.
     :param runtime_dir: as for ``Channel``.
     :param max_message_size: largest encoded message accepted, in bytes (default 64 MiB).
+    :param max_backlog: bytes the host may hold for one subscriber that does not read (stopped,
+        swapped out, cut off by the network) before it cuts it off (default 32 MiB).
+    :param max_lag: seconds a message may wait in that backlog before the same (default 30).
+        A subscriber cut off subscribes again by itself once it runs; what it missed is
+        replayed if the host still has it, else reported to ``on_missed`` callbacks.
     :param authkey: as for ``Channel``: every process must pass the same key.
     :param may_host: as for ``Channel`` (settable later on ``.channel.may_host``).
     :param coordinator, listen, advertise, ttl, ssl_context: as for ``Channel``: across machines.
@@ -67,6 +74,8 @@ class RequestChannel:
         codec: str | Codec = "json",
         runtime_dir: str | os.PathLike[str] | None = None,
         max_message_size: int = DEFAULT_MAX_SIZE,
+        max_backlog: int = DEFAULT_LIMITS.max_backlog,
+        max_lag: float = DEFAULT_LIMITS.max_lag,
         authkey: bytes | None = None,
         may_host: bool = True,
         coordinator: str | None = None,
@@ -94,7 +103,15 @@ class RequestChannel:
             ttl=ttl,
             ssl_context=ssl_context,
         )
-        self._host = RequestHost(name, on_request, self._codec, max_message_size, self._handing_over)
+        self._host = RequestHost(
+            name,
+            on_request,
+            self._codec,
+            max_message_size,
+            self._handing_over,
+            lambda: self._channel.generation,
+            _limits(max_backlog, max_lag),
+        )
         self._channel = Channel(name, self._host.handle, may_host=may_host, _options=options)
         self._port = port_of(self._channel)
         self._requester = Requester(self._channel, max_message_size, self._port.timeout_error)
@@ -169,6 +186,21 @@ class RequestChannel:
             self._subscriber.add(callback, deadline)
         except ChannelClosed:
             raise ChannelClosed(self._channel.name, self._kind) from None
+
+    def on_missed(self, callback: Callable[[int | None], object]) -> Callable[[int | None], object]:
+        """Call ``callback(count)`` when this process's subscription lost messages for good.
+
+        That happens when the host cut this process off (it fell more than ``max_backlog``
+        bytes or ``max_lag`` seconds behind: stopped in a debugger, swapped out, cut off by
+        the network) and no longer had everything it missed (it replays the last 1024
+        messages of its term), or when the host changed meanwhile (``count`` is then None:
+        unknown). It runs on ``ipchannel-subscriber:NAME``, before the messages replayed
+        after the gap. Returns ``callback``, so it works as a decorator.
+        """
+        if not callable(callback):
+            raise TypeError(f"callback must be callable, not {type(callback).__name__}")
+        self._subscriber.missed_callbacks.append(callback)
+        return callback
 
     def close(self) -> None:
         """Close the channel (handing hosting over) and stop this process's threads. Idempotent."""
@@ -252,3 +284,16 @@ def _new_publisher_id() -> int:
 def ensure_subscribed(channel: RequestChannel, deadline: Deadline) -> None:
     """Subscribe again now if this process's subscription is not running (a forked child's resumes)."""
     channel._subscriber.ensure_running(deadline)  # noqa: SLF001 - the aio layer's one way in
+
+
+def _limits(max_backlog: int, max_lag: float) -> Limits:
+    """Check the subscriber limits: a TypeError or ValueError naming the parameter."""
+    if isinstance(max_backlog, bool) or not isinstance(max_backlog, int):
+        raise TypeError(f"max_backlog must be an int (bytes), not {type(max_backlog).__name__}")
+    if max_backlog < 1:
+        raise ValueError(f"max_backlog must be a positive number of bytes, not {max_backlog!r}")
+    if isinstance(max_lag, bool) or not isinstance(max_lag, (int, float)):
+        raise TypeError(f"max_lag must be a number of seconds, not {type(max_lag).__name__}")
+    if not max_lag > 0:
+        raise ValueError(f"max_lag must be a positive number of seconds, not {max_lag!r}")
+    return Limits(max_backlog=max_backlog, max_lag=float(max_lag))

@@ -10,7 +10,9 @@ back to reading at once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
 import threading
 from collections import deque
 from typing import TYPE_CHECKING, Any
@@ -18,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from .. import _hooks
 from .._errors import ProtocolError, RemoteError
 from .._framing import FrameReader
+from .outbox import DEFAULT_LIMITS, Limits, Outbox
 from .wire import (
     ACK,
     ERROR,
@@ -28,12 +31,13 @@ from .wire import (
     REPLY,
     REQUEST,
     SUBSCRIBE,
+    SUBSCRIBED,
+    SUBSCRIBER,
     build_frame,
     parse_frame,
 )
 
 if TYPE_CHECKING:
-    import socket
     from collections.abc import Callable
 
     from .._codecs import Codec
@@ -49,6 +53,7 @@ class _Peer:
     def __init__(self, conn: socket.socket) -> None:
         self.conn = conn
         self.lock = threading.Lock()
+        self.outbox: Outbox | None = None  # once it subscribed: what it has yet to get
 
     def send(self, frame: bytes) -> bool:
         try:
@@ -57,6 +62,11 @@ class _Peer:
         except OSError:
             return False  # the client went away; its process will resend to whoever hosts
         return True
+
+    def cut_off(self) -> None:
+        """End the connection now (a subscriber too far behind): its handler thread reads EOF."""
+        with contextlib.suppress(OSError):
+            self.conn.shutdown(socket.SHUT_RDWR)
 
 
 class Deferred:
@@ -101,23 +111,27 @@ class Deferred:
 class RequestHost:
     """What the host process does for a RequestChannel: answer, fan out, replay. One term per instance."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913, PLR0917 - made in one place, by RequestChannel
         self,
         name: str,
         on_request: Callable[[Any], Any] | None,
         codec: Codec,
         max_size: int,
         handing_over: Callable[[], bool],
+        generation: Callable[[], int | None],
+        limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         self._name, self._on_request, self._codec, self._max_size = name, on_request, codec, max_size
-        self._handing_over = handing_over
+        self._handing_over, self._generation, self._limits = handing_over, generation, limits
         self.reset()
 
     def reset(self) -> None:
         """Forget every connection and the replay buffer (a forked child starts with none)."""
         self._lock = threading.Lock()
         self._subscribers: set[_Peer] = set()
-        self._replay: deque[bytes] = deque(maxlen=REPLAY_LIMIT)
+        self._term = 0  # the host generation the numbers and the replay buffer are of
+        self._number = 0  # of the last message fanned out in that term
+        self._replay: deque[tuple[int, bytes]] = deque(maxlen=REPLAY_LIMIT)
 
     def handle(self, conn: socket.socket) -> None:
         """Serve one connection (runs in a handler thread of the host)."""
@@ -135,8 +149,8 @@ class RequestHost:
                     self._answer(peer, ident, payload)
                 elif kind == PUBLISH and len(payload) >= PUBLISH_ID.size:
                     self._publish(peer, ident, payload)
-                elif kind == SUBSCRIBE:
-                    self._subscribe(peer, ident, resume=payload == b"\x01")
+                elif kind == SUBSCRIBE and payload:
+                    self._subscribe(peer, ident, payload)
                 else:
                     _LOGGER.warning(
                         "channel %r: closing a connection that sent frame kind %d of %d bytes",
@@ -148,6 +162,9 @@ class RequestHost:
         finally:
             with self._lock:
                 self._subscribers.discard(peer)
+            if peer.outbox is not None:
+                peer.cut_off()  # a send blocked in the outbox's thread ends with it
+                peer.outbox.close()
 
     def _answer(self, peer: _Peer, ident: int, payload: bytes) -> None:
         # A host giving hosting up answers nothing, not even the error its closing caused: the
@@ -197,31 +214,69 @@ class RequestHost:
             peer.send(build_frame(ACK, ident))
 
     def fan_out(self, payload: bytes) -> None:
-        """Send a published message to every subscriber (and keep it for resuming ones)."""
-        frame = build_frame(MESSAGE, 0, payload)
+        """Queue a published message for every subscriber (and keep it for resuming ones). Never blocks.
+
+        Under the lock, so every subscriber gets the term's messages in the order of their numbers.
+        """
         with self._lock:
-            self._replay.append(frame)
-            subscribers = list(self._subscribers)
-        for subscriber in subscribers:
-            if not subscriber.send(frame):
-                with self._lock:
+            self._start_term()
+            self._number += 1
+            frame = build_frame(MESSAGE, self._number, payload)
+            self._replay.append((self._number, frame))
+            for subscriber in list(self._subscribers):
+                assert subscriber.outbox is not None
+                if not subscriber.outbox.put(frame):
                     self._subscribers.discard(subscriber)
 
-    def _subscribe(self, peer: _Peer, ident: int, *, resume: bool) -> None:
+    def _start_term(self) -> None:
+        """Start numbering from 1 in a new host term, with an empty replay buffer (call with the lock)."""
+        generation = self._generation() or 0
+        if generation != self._term:
+            self._term, self._number = generation, 0
+            self._replay.clear()
+
+    def _backlog(self, after: int) -> list[bytes]:
+        """Return the frames of this term after number ``after``: the newest that fit in half the limit.
+
+        More would have the subscriber cut off again at once; what does not fit, it is told it missed.
+        """
+        backlog: list[bytes] = []
+        room = self._limits.max_backlog // 2
+        for number, frame in reversed(self._replay):
+            if number <= after or len(frame) > room:
+                break
+            backlog.append(frame)
+            room -= len(frame)
+        backlog.reverse()
+        return backlog
+
+    def _subscribe(self, peer: _Peer, ident: int, payload: bytes) -> None:
+        """Subscribe ``peer``; if it resumes, replay what it lacks of this term and say what is gone."""
+        resume = payload[:1] == b"\x01"
+        pid, generation, last = (
+            SUBSCRIBER.unpack_from(payload, 1) if len(payload) > SUBSCRIBER.size else (0, 0, 0)
+        )
+        where = peer.conn.getpeername() if peer.conn.family != socket.AF_UNIX else ""
+        who = f"pid {pid}" + (f" at {where[0]}:{where[1]}" if where else "")
         with self._lock:
+            self._start_term()
+            if peer.outbox is None:
+                peer.outbox = Outbox(self._name, peer.conn, peer.lock, who, self._limits, peer.cut_off)
+            after = last if generation == self._term else 0
+            backlog = self._backlog(after) if resume else []
+            first = self._number + 1 - len(backlog)
+            missed = max(0, first - after - 1) if resume else 0
             self._subscribers.add(peer)
-            backlog = list(self._replay) if resume else []
-            peer.lock.acquire()  # taken under our lock: no publish can reach the peer before the backlog
-        try:
-            for frame in [build_frame(ACK, ident), *backlog]:
-                peer.conn.sendall(frame)
-        except OSError:
-            pass
-        finally:
-            peer.lock.release()
-        if resume and len(backlog) == REPLAY_LIMIT:
+            for frame in [build_frame(ACK, ident, SUBSCRIBED.pack(missed)), *backlog]:
+                if not peer.outbox.put(frame):
+                    self._subscribers.discard(peer)
+                    return
+        if missed:
             _LOGGER.warning(
-                "channel %r: a resuming subscriber may have missed messages (replay limit %d)",
+                "channel %r: subscriber %s missed %d message(s) of host term %d (replay limit %d)",
                 self._name,
+                who,
+                missed,
+                self._term,
                 REPLAY_LIMIT,
             )

@@ -2,11 +2,17 @@
 
 Every payload starts with ``!BQ``: a kind byte and a 64-bit id, then the codec's bytes::
 
-    client -> host   REQUEST(id, message)  PUBLISH(id, msgid + message)  SUBSCRIBE(id, resume flag)
-    host -> client   REPLY(id, reply)  ERROR(id, json)  ACK(id)  MESSAGE(0, msgid + message)
+    client -> host   REQUEST(id, message)  PUBLISH(id, msgid + message)
+                     SUBSCRIBE(id, resume flag + SUBSCRIBER)
+    host -> client   REPLY(id, reply)  ERROR(id, json)  ACK(id)  ACK(id, SUBSCRIBED)
+                     MESSAGE(number, msgid + message)
 
 ``msgid`` is ``!QQ`` (``PUBLISH_ID``): the publishing process's random id and its
 message number, so subscribers can drop a copy of a message resent after a failover.
+A MESSAGE's own number counts the host term's messages from 1: a subscriber that
+subscribes again says the last it got (``SUBSCRIBER``: its pid, the host generation,
+that number), and the host replays what follows and says how many it no longer has
+(``SUBSCRIBED``).
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ __all__ = [
     "REPLY",
     "REQUEST",
     "SUBSCRIBE",
+    "SUBSCRIBED",
+    "SUBSCRIBER",
     "build_frame",
     "parse_frame",
 ]
@@ -38,6 +46,8 @@ REQUEST, PUBLISH, SUBSCRIBE = 1, 2, 3
 REPLY, ERROR, ACK, MESSAGE = 11, 12, 13, 14
 REPLAY_LIMIT = 1024
 PUBLISH_ID = struct.Struct("!QQ")  # publisher, number: at the head of every PUBLISH and MESSAGE payload
+SUBSCRIBER = struct.Struct("!QQQ")  # after SUBSCRIBE's resume flag: pid, host generation, last number
+SUBSCRIBED = struct.Struct("!q")  # the ACK of a SUBSCRIBE: messages missed (-1: unknown, 0: none)
 DEDUP_WINDOW = 2 * REPLAY_LIMIT  # ids a subscriber remembers; a resent copy comes within one failover
 _JOIN_TIMEOUT = 2.0
 

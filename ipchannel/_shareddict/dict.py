@@ -29,6 +29,7 @@ from .._codecs import is_builtin, resolve_codec
 from .._core.channel import port_of
 from .._errors import ChannelClosed, ChannelTimeout
 from .._requests.channel import RequestChannel
+from .._requests.outbox import DEFAULT_LIMITS
 from .._timing import validate_timeout
 from . import ops
 from .replica import Replica
@@ -68,6 +69,8 @@ class SharedDict(MutableMapping[Any, Any]):
     :param runtime_dir: as for ``Channel``.
     :param authkey: as for ``Channel``.
     :param timeout: seconds a write (and opening) may wait for a host; None waits forever.
+    :param max_backlog, max_lag: as for ``RequestChannel``: how far one replica may fall behind
+        (stopped, swapped out, cut off) before the host cuts it off; it resyncs once it runs.
     :param coordinator, listen, advertise, ttl, ssl_context: as for ``Channel``: across machines.
     :raises TypeError: (from a write) a key or value the codec would not bring back equal.
     :raises ChannelClosed: any read or write after ``close()``.
@@ -81,6 +84,8 @@ class SharedDict(MutableMapping[Any, Any]):
         runtime_dir: str | os.PathLike[str] | None = None,
         authkey: bytes | None = None,
         timeout: float | None = 5.0,
+        max_backlog: int = DEFAULT_LIMITS.max_backlog,
+        max_lag: float = DEFAULT_LIMITS.max_lag,
         coordinator: str | None = None,
         listen: str | None = None,
         advertise: str | None = None,
@@ -106,6 +111,8 @@ class SharedDict(MutableMapping[Any, Any]):
             runtime_dir=runtime_dir,
             authkey=authkey,
             may_host=False,
+            max_backlog=max_backlog,
+            max_lag=max_lag,
             coordinator=coordinator,
             listen=listen,
             advertise=advertise,
@@ -134,6 +141,7 @@ class SharedDict(MutableMapping[Any, Any]):
 
     def _join(self, name: str) -> None:
         """Subscribe to the live host; if there is none and none comes, we are alone: host ourselves."""
+        self._requests.on_missed(self._on_missed)
         # No record: nobody hosts now, and a host that just closed is replaced within milliseconds.
         # A dead host's record: survivors, if any, elect one of themselves within a tick or two.
         # A live host's: connecting to it is immediate.
@@ -271,6 +279,10 @@ class SharedDict(MutableMapping[Any, Any]):
     def _on_change(self, batch: dict[str, Any]) -> None:
         """Apply one published batch (runs on ``ipchannel-subscriber:NAME``)."""
         self._replica.on_change(batch, self._resync)
+
+    def _on_missed(self, _count: int | None) -> None:
+        """Resync: the host cut this replica off and lacks what it missed (``ipchannel-subscriber:NAME``)."""
+        self._replica.on_missed(self._resync)
 
     def _resync(self, most: float | None = None) -> None:
         """Replace the replica by the host's snapshot (``Replica.resync``); ``most``: a shorter wait."""

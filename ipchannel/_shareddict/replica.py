@@ -78,6 +78,17 @@ class Replica:
             if self.synced and self.apply_in_order(batch):
                 return
             self._pending.append(batch)  # applied after the snapshot, if it is newer than that
+        self._catch_up(resync)
+
+    def on_missed(self, resync: Callable[[], None]) -> None:
+        """Resync from a snapshot: the stream lost changes for good (the host cut this process off)."""
+        with self.cond:
+            if self.closed:
+                return
+            self.synced = False
+        self._catch_up(resync)
+
+    def _catch_up(self, resync: Callable[[], None]) -> None:
         if not self._resync_lock.locked():  # else the resync under way picks it up
             try:
                 resync()  # a gap, a new host, or a failed resync: start again from a snapshot

@@ -94,7 +94,9 @@ class Store:
                     "g": self._term,
                     "s": self._seq,
                     "items": [[key, value] for key, value in self._store.items()],
-                    "applied": self._applied,
+                    # a copy: the answer is encoded after the lock is released, and must not hold
+                    # a later write's entry without that write's data
+                    "applied": {client: list(last) for client, last in self._applied.items()},
                 }
         writes = message.get("w")
         if not isinstance(writes, list):  # refused here, not in a batch with other processes' writes

@@ -1,0 +1,159 @@
+"""What the host has yet to send one subscriber: a bounded queue that never blocks the publisher.
+
+A publisher (``fan_out``: a publishing handler thread, a SharedDict's committer) only
+queues. While the queue is empty the frame is written at once, without blocking
+(``MSG_DONTWAIT``), which is what almost every send is; what the socket does not take
+waits here and is written by the outbox's own thread (``ipchannel-outbox:NAME``), in
+order. A subscriber that falls further behind than ``Limits`` (bytes queued behind the
+frame being written, or that frame's age: Redis's ``client-output-buffer-limit pubsub`` and Kafka's
+``replica.lag.time.max.ms``) is cut off: its connection is shut down, the queue
+dropped, a WARNING names its pid. It subscribes again once it runs, and learns what it
+missed (``wire.SUBSCRIBED``).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .. import _platform
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = ["DEFAULT_LIMITS", "Limits", "Outbox"]
+
+_LOGGER = logging.getLogger("ipchannel")
+_DONTWAIT: int | None = getattr(socket, "MSG_DONTWAIT", None)
+_JOIN_TIMEOUT = 2.0
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How far one subscriber may fall behind before the host cuts it off."""
+
+    #: bytes queued for it and not yet written to its socket
+    max_backlog: int
+    #: seconds the oldest queued frame has waited
+    max_lag: float
+
+
+DEFAULT_LIMITS = Limits(max_backlog=32 * 1024 * 1024, max_lag=30.0)
+
+
+class Outbox:
+    """One subscriber's queue of frames, and the thread that drains it (started when first needed)."""
+
+    def __init__(  # noqa: PLR0913, PLR0917 - made in one place, by RequestHost
+        self,
+        name: str,
+        conn: socket.socket,
+        send_lock: threading.Lock,
+        who: str,
+        limits: Limits,
+        on_cut: Callable[[], None],
+    ) -> None:
+        self._name, self._conn, self._who, self._limits, self._on_cut = name, conn, who, limits, on_cut
+        self._cond = threading.Condition(send_lock)  # also what the connection's replies are sent under
+        self._frames: deque[tuple[memoryview, float]] = deque()  # the head is being written
+        self._bytes = 0
+        self._closed = False
+        self._dontwait = _DONTWAIT is not None and conn.gettimeout() is None
+        self._thread: threading.Thread | None = None
+
+    def put(self, frame: bytes) -> bool:
+        """Send or queue ``frame`` without blocking; False if the subscriber is (now) cut off."""
+        with self._cond:
+            if self._closed:
+                return False
+            now = time.monotonic()
+            if self._frames:
+                head, since = self._frames[0]
+                behind = self._bytes - len(head) + len(frame)  # the frame being written is not counted
+                if behind > self._limits.max_backlog or now - since > self._limits.max_lag:
+                    self._cut(f"{behind} bytes queued, the oldest for {now - since:.1f} s")
+                    return False
+                self._frames.append((memoryview(frame), now))
+                self._bytes += len(frame)
+                return True
+            sent = self._send_now(frame)
+            if sent is None:
+                return False
+            if sent < len(frame):  # the rest is written by the thread, whatever its size
+                self._frames.append((memoryview(frame)[sent:], now))
+                self._bytes += len(frame) - sent
+                self._start()
+                self._cond.notify()
+            return True
+
+    def _send_now(self, frame: bytes) -> int | None:
+        """Write what the socket takes now; None if the connection failed (call with the lock)."""
+        if not self._dontwait:
+            return 0
+        try:
+            return self._conn.send(frame, _DONTWAIT)  # type: ignore[arg-type]
+        except (BlockingIOError, InterruptedError):
+            return 0
+        except ValueError:  # a socket that takes no flags (TLS): always through the queue
+            self._dontwait = False
+            return 0
+        except OSError:
+            self._closed = True
+            return None
+
+    def _start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._drain, name=f"ipchannel-outbox:{self._name}", daemon=True
+            )
+            self._thread.start()
+
+    def _drain(self) -> None:
+        _platform.leave_signals_to_the_application()
+        while True:
+            with self._cond:
+                while not self._frames and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    return
+                head = self._frames[0][0]
+            try:
+                self._conn.sendall(head)  # blocks only this thread
+            except OSError:
+                with self._cond:
+                    self._closed = True
+                    self._frames.clear()
+                return
+            with self._cond:
+                if self._frames:
+                    self._frames.popleft()
+                    self._bytes -= len(head)
+
+    def _cut(self, why: str) -> None:
+        """Cut a subscriber off (call with the lock): its connection ends, its queue is dropped."""
+        _LOGGER.warning(
+            "channel %r: subscriber %s fell behind (%s): cut off; it subscribes again once it runs",
+            self._name,
+            self._who,
+            why,
+        )
+        self._closed = True
+        self._frames.clear()
+        self._bytes = 0
+        self._cond.notify()
+        self._on_cut()
+
+    def close(self) -> None:
+        """Stop the thread (the connection ends); what is queued is dropped."""
+        with self._cond:
+            self._closed = True
+            self._frames.clear()
+            self._cond.notify()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(_JOIN_TIMEOUT)

@@ -1,0 +1,364 @@
+"""The client side of a RequestChannel's publish/subscribe: this process's subscription.
+
+The subscriber socket re-subscribes with the resume flag after a host change; the new
+host replays what was published to it in its term, and copies of a message (resent, or
+replayed) are dropped by their ``msgid``. A subscription the host cut off (this process
+fell too far behind: ``outbox``), or that failed otherwise, is opened again the same
+way, saying the last message it got; what the host could not replay is reported to the
+``on_missed`` callbacks. Callbacks run on ``ipchannel-subscriber:NAME``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from .. import _platform
+from .._core.socket import ChannelSocket, reconnect_within
+from .._errors import ChannelClosed, ChannelError, ChannelTimeout, HostChanged, ProtocolError
+from .._framing import FrameReader
+from .._timing import Deadline
+from .wire import (
+    ACK,
+    DEDUP_WINDOW,
+    MESSAGE,
+    PUBLISH_ID,
+    SUBSCRIBE,
+    SUBSCRIBED,
+    SUBSCRIBER,
+    build_frame,
+    parse_frame,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from .._codecs import Codec
+    from .._core.channel import Channel
+
+__all__ = ["Subscriber"]
+
+_LOGGER = logging.getLogger("ipchannel")
+_JOIN_TIMEOUT = 2.0
+_RESUME_TRY = 1.0  # seconds per attempt of a background re-subscription (after fork, after a cut)
+_RETRY_PAUSE = 0.1  # after a re-subscription that failed with an error, before the next try
+
+
+class _Seen:
+    """The ids of the last ``DEDUP_WINDOW`` messages delivered (one thread at a time)."""
+
+    def __init__(self) -> None:
+        self._ids: set[bytes] = set()
+        self._order: deque[bytes] = deque()
+
+    def again(self, ident: bytes) -> bool:
+        """Remember ``ident``; True if it was among the last ``DEDUP_WINDOW`` already."""
+        if ident in self._ids:
+            return True
+        self._ids.add(ident)
+        self._order.append(ident)
+        if len(self._order) > DEDUP_WINDOW:
+            self._ids.discard(self._order.popleft())
+        return False
+
+
+class Subscriber:
+    """The subscriber connection of this process and the thread that runs the callbacks.
+
+    Every published message carries its publisher's id and number (``PUBLISH_ID``);
+    the last ``DEDUP_WINDOW`` ids seen are remembered, so a message resent after
+    a failover (the old host fanned it out, then died before acknowledging) or
+    replayed to a resuming subscriber is delivered once.
+    """
+
+    def __init__(
+        self,
+        channel: Channel,
+        codec: Codec,
+        max_size: int,
+        timeout_error: Callable[[Deadline, str], ChannelTimeout],
+    ) -> None:
+        self._channel, self._codec, self._max_size = channel, codec, max_size
+        self._timeout_error = timeout_error
+        self._callbacks: list[Callable[[Any], object]] = []
+        self.missed_callbacks: list[Callable[[int | None], object]] = []
+        self.reset()
+
+    def reset(self) -> None:
+        """Start afresh; callbacks are kept (a forked child subscribes again, see ``resume_after_fork``)."""
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self.generation: int | None = None  # of the host our subscription is attached to
+        self._last = 0  # number of the last message that host sent us
+        self._cut = False  # the subscription ended without a host change: what came meanwhile is unknown
+        self._seen = _Seen()
+
+    @property
+    def active(self) -> bool:
+        return bool(self._callbacks)
+
+    def add(self, callback: Callable[[Any], object], deadline: Deadline) -> None:
+        with self._lock:
+            self._callbacks.append(callback)
+            if self._thread is None:
+                try:
+                    self._start(deadline)
+                except BaseException:
+                    self._callbacks.remove(callback)  # not subscribed: leave no trace
+                    raise
+
+    def ensure_running(self, deadline: Deadline) -> None:
+        """Subscribe again if this process has callbacks but no live subscriber thread (fork, lost link).
+
+        Waits for another thread doing the same no longer than ``deadline``.
+        """
+        remaining = deadline.remaining()
+        if not self._lock.acquire(timeout=-1 if math.isinf(remaining) else remaining):
+            raise self._timeout(deadline, "another thread is still subscribing")
+        try:
+            if self._callbacks and (self._thread is None or not self._thread.is_alive()):
+                self._start(deadline, resume=self._thread is not None)
+        finally:
+            self._lock.release()
+
+    def _timeout(self, deadline: Deadline, detail: str) -> ChannelTimeout:
+        return self._timeout_error(deadline, detail)
+
+    def resume_after_fork(self) -> None:
+        """In a forked child with callbacks: subscribe again in the background, now, not at first use.
+
+        A gunicorn ``--preload`` worker that only listens must get messages too.
+        """
+        if self._callbacks:
+            threading.Thread(
+                target=self._resume, name=f"ipchannel-subscriber:{self._channel.name}", daemon=True
+            ).start()
+
+    def _resume(self) -> None:
+        _platform.leave_signals_to_the_application()
+        while True:  # as long as it takes for a host, in short tries: a caller may need the lock meanwhile
+            try:
+                self.ensure_running(Deadline(_RESUME_TRY))
+            except ChannelTimeout:
+                continue
+            except ChannelClosed:
+                return
+            except Exception:
+                _LOGGER.exception("channel %r: cannot subscribe again after fork", self._channel.name)
+            return
+
+    def _start(self, deadline: Deadline, *, resume: bool = False) -> None:
+        sock = self._channel.connect(timeout=deadline.remaining())
+        reader = FrameReader(sock, self._max_size)
+        try:
+            self._subscribe_within(sock, reader, deadline, resume=resume)
+        except BaseException:
+            sock.close()
+            raise
+        self._thread = threading.Thread(
+            target=self._run,
+            args=(sock, reader),
+            name=f"ipchannel-subscriber:{self._channel.name}",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def _subscribe_within(
+        self, sock: ChannelSocket, reader: FrameReader, deadline: Deadline, *, resume: bool
+    ) -> None:
+        """Subscribe before the deadline, through the next host if this one dies before acknowledging."""
+        try:
+            while True:
+                remaining = deadline.remaining()
+                if remaining <= 0:
+                    raise TimeoutError  # noqa: TRY301 - turned into ChannelTimeout below, with the others
+                sock.settimeout(None if math.isinf(remaining) else remaining)
+                try:
+                    with reconnect_within(None if math.isinf(remaining) else remaining):
+                        self._subscribe(sock, reader, resume=resume)
+                    break
+                except HostChanged:
+                    _LOGGER.debug(
+                        "channel %r: the host changed before acknowledging; subscribing again",
+                        self._channel.name,
+                    )
+        except ChannelError:
+            raise
+        except TimeoutError:
+            raise self._timeout(deadline, "the host did not acknowledge the subscription") from None
+        except EOFError as exc:
+            name = self._channel.name
+            raise ChannelError(f"channel {name!r}: the host closed the subscription connection") from exc
+        sock.settimeout(None)
+
+    def _subscribe(self, sock: ChannelSocket, reader: FrameReader, *, resume: bool) -> None:
+        """Send SUBSCRIBE and wait for its ACK; messages arriving before it are delivered."""
+        reader.clear()  # after a host change: a partial frame from the old host is worthless
+        where = SUBSCRIBER.pack(os.getpid(), self.generation or 0, self._last)
+        sock.sendall(build_frame(SUBSCRIBE, 1, (b"\x01" if resume else b"\x00") + where))
+        _LOGGER.debug(
+            "channel %r: subscription sent to host pid %s; waiting for its acknowledgement",
+            self._channel.name,
+            self._channel.host_pid,
+        )
+        while True:
+            kind, ident, payload = parse_frame(reader.read())
+            if kind == ACK:
+                self._attached(sock.host_generation, payload)
+                return
+            self._deliver(ident, payload)
+
+    def _attached(self, generation: int | None, ack: bytes) -> None:
+        """Follow the numbers of the host that acknowledged us; report what is lost for good."""
+        (missed,) = SUBSCRIBED.unpack(ack) if len(ack) == SUBSCRIBED.size else (0,)
+        if self._cut and self.generation is not None and generation != self.generation:
+            missed = -1  # cut off from the old host, which may have published more before it went
+        if generation != self.generation:
+            self.generation, self._last = generation, 0
+        self._cut = False
+        if missed:
+            count = None if missed < 0 else missed
+            _LOGGER.warning(
+                "channel %r: this process's subscription missed %s message(s)",
+                self._channel.name,
+                "an unknown number of" if count is None else count,
+            )
+            for callback in list(self.missed_callbacks):
+                try:
+                    callback(count)
+                except Exception:
+                    _LOGGER.exception(
+                        "channel %r: on_missed callback %r raised", self._channel.name, callback
+                    )
+
+    def _run(self, sock: ChannelSocket, reader: FrameReader) -> None:
+        _platform.leave_signals_to_the_application()
+        try:
+            while True:
+                with reconnect_within(None):  # wait as long as it takes for a new host; close() interrupts
+                    self._follow(sock, reader)
+                sock.close()
+                if (opened := self._open_again()) is None:
+                    return
+                sock, reader = opened
+        except ChannelClosed:
+            return
+        except Exception:
+            _LOGGER.exception(
+                "channel %r: the subscriber thread failed; it starts again at this process's next request"
+                " or publish",
+                self._channel.name,
+            )
+        finally:
+            sock.close()
+
+    def _follow(self, sock: ChannelSocket, reader: FrameReader) -> None:
+        """Deliver messages, subscribing again on each host change; return when the connection is lost."""
+        while True:
+            try:
+                kind, ident, payload = parse_frame(reader.read())
+                if kind == MESSAGE:
+                    self._deliver(ident, payload)
+                continue
+            except HostChanged:
+                pass
+            except ChannelClosed:
+                raise
+            except (EOFError, ProtocolError) as exc:  # the host is alive and cut this process off
+                _LOGGER.info(
+                    "channel %r: the host ended this process's subscription (%s)",
+                    self._channel.name,
+                    exc or "EOF",
+                )
+                self._cut = True
+                return
+            except (OSError, ChannelError) as exc:
+                self._lost(exc)
+                self._cut = True
+                return
+            try:
+                self._resubscribe(sock, reader)
+            except ChannelClosed:
+                raise
+            except (EOFError, OSError, ProtocolError, ChannelError) as exc:
+                self._lost(exc)
+                self._cut = True
+                return
+
+    def _open_again(self) -> tuple[ChannelSocket, FrameReader] | None:
+        """Subscribe on a new connection, as long as it takes; None once the channel is closed."""
+        while not self._channel.closed:
+            try:
+                sock = self._channel.connect(timeout=_RESUME_TRY)
+            except ChannelClosed:
+                return None
+            except ChannelTimeout:
+                continue
+            except (OSError, ChannelError) as exc:
+                self._lost(exc)
+                time.sleep(_RETRY_PAUSE)
+                continue
+            reader = FrameReader(sock, self._max_size)
+            try:
+                self._subscribe_within(sock, reader, Deadline(_RESUME_TRY), resume=True)
+            except ChannelClosed:
+                sock.close()
+                return None
+            except (OSError, ChannelError) as exc:
+                sock.close()
+                if not isinstance(exc, ChannelTimeout):
+                    self._lost(exc)
+                    time.sleep(_RETRY_PAUSE)
+                continue
+            _LOGGER.info("channel %r: subscribed again", self._channel.name)
+            return sock, reader
+        return None
+
+    def _lost(self, exc: BaseException) -> None:
+        if not self._channel.closed:
+            exiting = not threading.main_thread().is_alive()  # the channel closes at exit: no news
+            _LOGGER.log(
+                logging.DEBUG if exiting else logging.WARNING,
+                "channel %r: subscription lost (%s: %s); subscribing again",
+                self._channel.name,
+                type(exc).__name__,
+                exc,
+            )
+
+    def _resubscribe(self, sock: ChannelSocket, reader: FrameReader) -> None:
+        while True:
+            try:
+                self._subscribe(sock, reader, resume=True)
+            except HostChanged:
+                continue
+            _LOGGER.info("channel %r: re-subscribed after a host change", self._channel.name)
+            return
+
+    def _deliver(self, number: int, payload: bytes) -> None:
+        self._last = max(self._last, number)
+        if len(payload) < PUBLISH_ID.size:
+            _LOGGER.warning("channel %r: dropping a published message without an id", self._channel.name)
+            return
+        ident = payload[: PUBLISH_ID.size]
+        if self._seen.again(ident):
+            return
+        try:
+            message = self._codec.loads(payload[PUBLISH_ID.size :])
+        except Exception:
+            _LOGGER.exception("channel %r: cannot decode a published message", self._channel.name)
+            return
+        for callback in list(self._callbacks):
+            try:
+                callback(message)
+            except Exception:
+                _LOGGER.exception("channel %r: subscriber callback %r raised", self._channel.name, callback)
+
+    def join(self) -> None:
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(_JOIN_TIMEOUT)
