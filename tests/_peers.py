@@ -554,6 +554,8 @@ class _DictPeer:
                 d.__setitem__(args["key"], f"{i:08d}" + "x" * args["size"])
                 slowest = max(slowest, time.monotonic() - start)
             return {"slowest": slowest, "position": d.position}
+        if cmd == "setdefault":  # of a value of size bytes; the length of what it returned
+            return {"length": len(d.setdefault(args["key"], "x" * args["size"]))}
         if cmd == "digest":  # what the replica holds at one position, without sending it whole
             while True:
                 position, copy = d.position, d.copy()

@@ -602,3 +602,27 @@ def test_a_forked_child_gets_workers_and_streams_of_its_own(runtime_dir: Path) -
             proc.kill()
             proc.join()
         proc.close()
+
+
+def _subscribed(name: str) -> bool:
+    return any(t.name == f"ipchannel-subscriber:{name}" and t.is_alive() for t in threading.enumerate())
+
+
+@pytest.mark.usefixtures("runtime_dir")
+def test_closing_the_last_stream_ends_the_subscription_and_a_new_stream_subscribes_again() -> None:
+    async def main() -> None:
+        async with AsyncRequestChannel("test", None) as channel:
+            first, second = channel.messages(), channel.messages()
+            async with second:
+                async with first:
+                    await channel.publish(1)
+                    assert await first.__anext__() == 1
+                await channel.publish(2)
+                assert [await second.__anext__() for _ in range(2)] == [1, 2]
+                assert _subscribed("test")  # one stream is still open
+            await until(lambda: not _subscribed("test"), 5, "the subscription ended with the last stream")
+            async with channel.messages() as again:
+                await channel.publish(3)
+                assert await again.__anext__() == 3
+
+    run(main())

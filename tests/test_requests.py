@@ -395,3 +395,21 @@ def test_an_on_request_that_returns_a_deferred_is_answered_when_it_is_settled() 
         assert rc.request("y") == {"later": "y"}  # the same connection, still in step
     for settler in settlers:
         settler.join(5)
+
+
+@pytest.mark.usefixtures("runtime_dir")
+def test_unsubscribing_the_last_callback_ends_the_subscription() -> None:
+    with ipchannel.RequestChannel("test", None) as channel:
+        before: list[Any] = []
+        after: list[Any] = []
+        channel.subscribe(before.append)
+        channel.publish("x")
+        wait_until(lambda: before == ["x"])
+        assert channel.unsubscribe(before.append) is True
+        assert channel.unsubscribe(before.append) is False  # not subscribed (any more)
+        wait_until(lambda: not any(t.name == "ipchannel-subscriber:test" for t in threading.enumerate()))
+        channel.publish("gone")  # nobody in this process listens
+        channel.subscribe(after.append)  # a new subscription: from now on
+        channel.publish("y")
+        wait_until(lambda: after == ["y"])
+        assert before == ["x"]

@@ -17,6 +17,7 @@ from conftest import wait_until
 
 import ipchannel
 from ipchannel import _hooks
+from ipchannel._shareddict.ops import PROTOCOL
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -450,20 +451,21 @@ def test_a_replica_applies_a_batch_from_the_first_change_it_lacks_and_drops_one_
         d["a"] = 1
         generation, seq = d.position
         overlapping = {
-            "v": 2,
+            "v": PROTOCOL,
             "g": generation,
             "s": seq,  # starts with the change the replica holds
-            "ch": [[["set", "a", 1], "w", 1, None], [["set", "b", 2], "w", 2, None]],
+            "ch": [[["set", "a", 1], "w", 1], [["set", "b", 2], "w", 2]],
         }
         requests = d._requests  # noqa: SLF001 - batches as the host would publish them
         requests.publish(overlapping)
         wait_until(lambda: d.position == (generation, seq + 1))
         assert d.copy() == {"a": 1, "b": 2}  # "a" applied once, "b" after it
         with caplog.at_level(logging.ERROR, logger="ipchannel"):
-            requests.publish({"v": 99, "g": generation, "s": seq + 2, "ch": [[["clear"], "w", 3, None]]})
-            wait_until(lambda: "cannot read (protocol 99, ours 2)" in caplog.text)
+            requests.publish({"v": 99, "g": generation, "s": seq + 2, "ch": [[["clear"], "w", 3]]})
+            wait_until(lambda: f"cannot read (protocol 99, ours {PROTOCOL})" in caplog.text)
         assert d.copy() == {"a": 1, "b": 2}
-        with pytest.raises(ipchannel.RemoteError, match="speaks shared dict protocol 2, the request 1"):
+        refused = f"speaks shared dict protocol {PROTOCOL}, the request 1"
+        with pytest.raises(ipchannel.RemoteError, match=refused):
             requests.request({"v": 1, "op": "snapshot"})
 
 
@@ -472,11 +474,46 @@ def test_a_malformed_write_gets_its_own_error_and_the_writes_beside_it_are_appli
 ) -> None:
     with ipchannel.SharedDict("malformed", runtime_dir=runtime_dir) as d:
         requests = d._requests  # noqa: SLF001 - a request as a peer running other code could send
-        answer = requests.request({"v": 2, "w": [5, [["set", "a", 1], "someone", 1]]})
+        answer = requests.request({"v": PROTOCOL, "w": [5, [["set", "a", 1], "someone", 1]]})
         assert answer["r"][0][0] == "err"  # this one is refused...
         assert answer["r"][1][0] == "ok"  # ...the write beside it is applied
         wait_until(lambda: d.get("a") == 1)
         with pytest.raises(ipchannel.RemoteError, match="a list of writes"):
-            requests.request({"v": 2, "w": 5})
+            requests.request({"v": PROTOCOL, "w": 5})
         d["b"] = 2  # the dict goes on
         assert d["b"] == 2
+
+
+@pytest.mark.timeout(60)
+def test_a_change_near_max_message_size_reaches_every_replica(peers: Peers, tmp_path: Path) -> None:
+    # setdefault's change used to carry the value twice (the op and its result): 1.4 MB over a
+    # 1 MB limit, and every replica dropped its subscription
+    log = tmp_path / "ipchannel.log"
+    group = peers.start_dicts(3, log=str(log), max_message_size=1_000_000)
+    host = peers.host(group)
+    writer = next(p for p in group if p is not host)
+    assert writer.call("setdefault", key="big", size=700_000)["length"] == 700_000
+    writer.call("set_then_get", key="after", value=1)
+    final = host.call("digest")
+    for peer in group:
+        assert peer.call("wait_position", position=final["position"])["position"] == final["position"]
+        assert peer.call("digest") == final
+    text = log.read_text()
+    assert "subscription lost" not in text
+    assert "ended this process's subscription" not in text
+
+
+@pytest.mark.usefixtures("runtime_dir")
+def test_a_batch_too_large_for_one_message_is_published_as_several_in_order() -> None:
+    with ipchannel.SharedDict("d", max_message_size=1_000_000) as d:
+        generation, seq = d.position
+        batch = {
+            "v": PROTOCOL,
+            "g": generation,
+            "s": seq + 1,
+            "ch": [[["set", key, key * 450_000], "w", n] for n, key in enumerate("abc", 1)],
+        }
+        d._store._publish_split(batch)  # noqa: SLF001 - a batch as the host's store publishes it
+        wait_until(lambda: d.position == (generation, seq + 3))
+        assert sorted(d) == ["a", "b", "c"]
+        assert d["c"] == "c" * 450_000

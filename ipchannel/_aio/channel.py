@@ -125,7 +125,7 @@ class AsyncRequestChannel:
         )
         self._runner = Runner(self._sync.channel.name, self._kind, workers)
         self._subscribed = False  # kept after fork: RequestChannel resubscribes our callback there
-        self._streams = Streams(self._runner, self._subscribe)
+        self._streams = Streams(self._runner, self._subscribe, self._unsubscribe)
         self._subscribe_lock = threading.Lock()
         _fork.register(self)
 
@@ -208,6 +208,11 @@ class AsyncRequestChannel:
                 ensure_subscribed(self._sync, deadline)
         finally:
             self._subscribe_lock.release()
+
+    def _unsubscribe(self) -> None:
+        """End this process's subscription: the last stream closed (a new stream subscribes again)."""
+        self._subscribed = False
+        self._sync.unsubscribe(self._streams.dispatch)
 
     async def aclose(self) -> None:
         """Close the channel (handing hosting over), end every stream, stop and join the workers.

@@ -36,8 +36,10 @@ class Sink(NamedTuple):
 class Streams:
     """The open message streams of one AsyncRequestChannel, fed by its one subscription."""
 
-    def __init__(self, runner: Runner, subscribe: Callable[[Deadline], None]) -> None:
-        self._runner, self._subscribe = runner, subscribe
+    def __init__(
+        self, runner: Runner, subscribe: Callable[[Deadline], None], unsubscribe: Callable[[], None]
+    ) -> None:
+        self._runner, self._subscribe, self._unsubscribe = runner, subscribe, unsubscribe
         self.reset()
 
     def reset(self) -> None:
@@ -56,10 +58,14 @@ class Streams:
             raise
 
     def drop(self, sink: Sink) -> None:
-        """Feed ``sink`` no more."""
+        """Feed ``sink`` no more; the last stream closed ends the process's subscription (without waiting)."""
         with self._lock:
-            if sink in self._sinks:
-                self._sinks.remove(sink)
+            if sink not in self._sinks:
+                return
+            self._sinks.remove(sink)
+            last = not self._sinks
+        if last:
+            self._unsubscribe()
 
     def dispatch(self, message: Any) -> None:
         """Hand ``message`` to every stream (runs on ``ipchannel-subscriber:NAME``)."""

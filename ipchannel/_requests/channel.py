@@ -28,14 +28,14 @@ from .client import Requester
 from .host import RequestHost
 from .outbox import DEFAULT_LIMITS, Limits
 from .subscriber import Subscriber
-from .wire import ERROR, PUBLISH, PUBLISH_ID, REQUEST
+from .wire import ENVELOPE, ERROR, PUBLISH, PUBLISH_ID, REQUEST, SLACK
 
 if TYPE_CHECKING:
     import ssl
     from collections.abc import Callable
     from types import TracebackType
 
-__all__ = ["RequestChannel", "ensure_subscribed"]
+__all__ = ["RequestChannel", "ensure_subscribed", "publish_changes"]
 
 
 class RequestChannel:
@@ -114,6 +114,7 @@ class RequestChannel:
         )
         self._channel = Channel(name, self._host.handle, may_host=may_host, _options=options)
         self._port = port_of(self._channel)
+        self._max_size = max_message_size
         self._requester = Requester(self._channel, max_message_size, self._port.timeout_error)
         self._subscriber = Subscriber(self._channel, self._codec, max_message_size, self._port.timeout_error)
         self._publisher = _new_publisher_id()
@@ -151,9 +152,17 @@ class RequestChannel:
 
         :raises ChannelTimeout: no host took it within ``timeout`` seconds.
         :raises TypeError: the codec cannot encode ``message``.
+        :raises ValueError: the encoded message is over ``max_message_size``.
         """
-        deadline = Deadline(validate_timeout(timeout))
+        self._publish(message, Deadline(validate_timeout(timeout)), self._max_size)
+
+    def _publish(self, message: Any, deadline: Deadline, limit: int) -> None:
         payload = PUBLISH_ID.pack(self._publisher, next(self._publish_numbers)) + self._encode(message)
+        if ENVELOPE.size + len(payload) > limit:
+            raise ValueError(
+                f"the encoded message is {len(payload) - PUBLISH_ID.size} bytes, over this channel's"
+                f" max_message_size ({limit - ENVELOPE.size - PUBLISH_ID.size} bytes for a message)"
+            )
         if self._channel.is_host:  # the host fans out itself: no round trip through its own socket
             self._check_open()
             self._host.fan_out(payload)
@@ -187,6 +196,14 @@ class RequestChannel:
         except ChannelClosed:
             raise ChannelClosed(self._channel.name, self._kind) from None
 
+    def unsubscribe(self, callback: Callable[[Any], object]) -> bool:
+        """Stop calling ``callback``; return False if it was not subscribed.
+
+        When no callback is left, this process's subscription ends: the host stops sending
+        to it, and a later ``subscribe`` starts a new one (messages from then on).
+        """
+        return self._subscriber.remove(callback)
+
     def on_missed(self, callback: Callable[[int | None], object]) -> Callable[[int | None], object]:
         """Call ``callback(count)`` when this process's subscription lost messages for good.
 
@@ -199,7 +216,7 @@ class RequestChannel:
         """
         if not callable(callback):
             raise TypeError(f"callback must be callable, not {type(callback).__name__}")
-        self._subscriber.missed_callbacks.append(callback)
+        self._subscriber.inbox.missed_callbacks.append(callback)
         return callback
 
     def close(self) -> None:
@@ -279,6 +296,11 @@ class RequestChannel:
 def _new_publisher_id() -> int:
     """Return a random 64-bit id for this process's published messages (fresh in every forked child)."""
     return int.from_bytes(os.urandom(8), "big")
+
+
+def publish_changes(channel: RequestChannel, message: Any, timeout: float | None) -> None:
+    """Publish what the host made of requests (a SharedDict's changes): ``SLACK`` bytes over the limit."""
+    channel._publish(message, Deadline(timeout), channel._max_size + SLACK)  # noqa: SLF001 - the host's own
 
 
 def ensure_subscribed(channel: RequestChannel, deadline: Deadline) -> None:

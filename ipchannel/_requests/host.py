@@ -23,6 +23,7 @@ from .._framing import FrameReader
 from .outbox import DEFAULT_LIMITS, Limits, Outbox
 from .wire import (
     ACK,
+    ENVELOPE,
     ERROR,
     MESSAGE,
     PUBLISH,
@@ -30,6 +31,7 @@ from .wire import (
     REPLAY_LIMIT,
     REPLY,
     REQUEST,
+    SLACK,
     SUBSCRIBE,
     SUBSCRIBED,
     SUBSCRIBER,
@@ -217,7 +219,10 @@ class RequestHost:
         """Queue a published message for every subscriber (and keep it for resuming ones). Never blocks.
 
         Under the lock, so every subscriber gets the term's messages in the order of their numbers.
+        A message larger than every subscriber reads is refused (ValueError), not sent.
         """
+        if ENVELOPE.size + len(payload) > self._max_size + SLACK:
+            raise ValueError(f"a published message of {len(payload)} bytes is over max_message_size")
         with self._lock:
             self._start_term()
             self._number += 1

@@ -10,12 +10,13 @@ way, saying the last message it got; what the host could not replay is reported 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+import socket
 import threading
 import time
-from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from .. import _platform
@@ -23,11 +24,11 @@ from .._core.socket import ChannelSocket, reconnect_within
 from .._errors import ChannelClosed, ChannelError, ChannelTimeout, HostChanged, ProtocolError
 from .._framing import FrameReader
 from .._timing import Deadline
+from .inbox import Inbox
 from .wire import (
     ACK,
-    DEDUP_WINDOW,
     MESSAGE,
-    PUBLISH_ID,
+    SLACK,
     SUBSCRIBE,
     SUBSCRIBED,
     SUBSCRIBER,
@@ -49,24 +50,6 @@ _RESUME_TRY = 1.0  # seconds per attempt of a background re-subscription (after 
 _RETRY_PAUSE = 0.1  # after a re-subscription that failed with an error, before the next try
 
 
-class _Seen:
-    """The ids of the last ``DEDUP_WINDOW`` messages delivered (one thread at a time)."""
-
-    def __init__(self) -> None:
-        self._ids: set[bytes] = set()
-        self._order: deque[bytes] = deque()
-
-    def again(self, ident: bytes) -> bool:
-        """Remember ``ident``; True if it was among the last ``DEDUP_WINDOW`` already."""
-        if ident in self._ids:
-            return True
-        self._ids.add(ident)
-        self._order.append(ident)
-        if len(self._order) > DEDUP_WINDOW:
-            self._ids.discard(self._order.popleft())
-        return False
-
-
 class Subscriber:
     """The subscriber connection of this process and the thread that runs the callbacks.
 
@@ -83,34 +66,53 @@ class Subscriber:
         max_size: int,
         timeout_error: Callable[[Deadline, str], ChannelTimeout],
     ) -> None:
-        self._channel, self._codec, self._max_size = channel, codec, max_size
+        self._channel, self._max_size = channel, max_size
+        self.inbox = Inbox(channel.name, codec)
         self._timeout_error = timeout_error
-        self._callbacks: list[Callable[[Any], object]] = []
-        self.missed_callbacks: list[Callable[[int | None], object]] = []
         self.reset()
 
     def reset(self) -> None:
         """Start afresh; callbacks are kept (a forked child subscribes again, see ``resume_after_fork``)."""
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._stop = threading.Event()  # of the thread running now: set, it ends (``remove``)
+        self._sock: ChannelSocket | None = None  # the connection that thread reads
+        self._ending: list[threading.Thread] = []  # threads told to stop, joined by ``join``
         self.generation: int | None = None  # of the host our subscription is attached to
         self._last = 0  # number of the last message that host sent us
         self._cut = False  # the subscription ended without a host change: what came meanwhile is unknown
-        self._seen = _Seen()
+        self.inbox.forget()
 
     @property
     def active(self) -> bool:
-        return bool(self._callbacks)
+        return bool(self.inbox.callbacks)
 
     def add(self, callback: Callable[[Any], object], deadline: Deadline) -> None:
         with self._lock:
-            self._callbacks.append(callback)
+            self.inbox.callbacks.append(callback)
             if self._thread is None:
                 try:
                     self._start(deadline)
                 except BaseException:
-                    self._callbacks.remove(callback)  # not subscribed: leave no trace
+                    self.inbox.callbacks.remove(callback)  # not subscribed: leave no trace
                     raise
+
+    def remove(self, callback: Callable[[Any], object]) -> bool:
+        """Stop calling ``callback``; the last one ends the subscription (without waiting). False: unknown."""
+        with self._lock:
+            if callback not in self.inbox.callbacks:
+                return False
+            self.inbox.callbacks.remove(callback)
+            if self.inbox.callbacks or self._thread is None:
+                return True
+            self._ending.append(self._thread)
+            stop, sock = self._stop, self._sock
+            self._thread, self.generation, self._last = None, None, 0
+        stop.set()
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # the host sees the end; the thread reads it and returns
+        return True
 
     def ensure_running(self, deadline: Deadline) -> None:
         """Subscribe again if this process has callbacks but no live subscriber thread (fork, lost link).
@@ -121,7 +123,7 @@ class Subscriber:
         if not self._lock.acquire(timeout=-1 if math.isinf(remaining) else remaining):
             raise self._timeout(deadline, "another thread is still subscribing")
         try:
-            if self._callbacks and (self._thread is None or not self._thread.is_alive()):
+            if self.inbox.callbacks and (self._thread is None or not self._thread.is_alive()):
                 self._start(deadline, resume=self._thread is not None)
         finally:
             self._lock.release()
@@ -134,7 +136,7 @@ class Subscriber:
 
         A gunicorn ``--preload`` worker that only listens must get messages too.
         """
-        if self._callbacks:
+        if self.inbox.callbacks:
             threading.Thread(
                 target=self._resume, name=f"ipchannel-subscriber:{self._channel.name}", daemon=True
             ).start()
@@ -154,15 +156,16 @@ class Subscriber:
 
     def _start(self, deadline: Deadline, *, resume: bool = False) -> None:
         sock = self._channel.connect(timeout=deadline.remaining())
-        reader = FrameReader(sock, self._max_size)
+        reader = FrameReader(sock, self._max_size + SLACK)
         try:
             self._subscribe_within(sock, reader, deadline, resume=resume)
         except BaseException:
             sock.close()
             raise
+        self._stop, self._sock = threading.Event(), sock
         self._thread = threading.Thread(
             target=self._run,
-            args=(sock, reader),
+            args=(sock, reader, self._stop),
             name=f"ipchannel-subscriber:{self._channel.name}",
             daemon=True,
         )
@@ -222,30 +225,21 @@ class Subscriber:
             self.generation, self._last = generation, 0
         self._cut = False
         if missed:
-            count = None if missed < 0 else missed
-            _LOGGER.warning(
-                "channel %r: this process's subscription missed %s message(s)",
-                self._channel.name,
-                "an unknown number of" if count is None else count,
-            )
-            for callback in list(self.missed_callbacks):
-                try:
-                    callback(count)
-                except Exception:
-                    _LOGGER.exception(
-                        "channel %r: on_missed callback %r raised", self._channel.name, callback
-                    )
+            self.inbox.missed(None if missed < 0 else missed)
 
-    def _run(self, sock: ChannelSocket, reader: FrameReader) -> None:
+    def _run(self, sock: ChannelSocket, reader: FrameReader, stop: threading.Event) -> None:
         _platform.leave_signals_to_the_application()
         try:
             while True:
                 with reconnect_within(None):  # wait as long as it takes for a new host; close() interrupts
-                    self._follow(sock, reader)
+                    self._follow(sock, reader, stop)
                 sock.close()
-                if (opened := self._open_again()) is None:
+                if stop.is_set() or (opened := self._open_again(stop)) is None:
                     return
                 sock, reader = opened
+                self._sock = sock
+                if stop.is_set():  # removed meanwhile, before it could shut this one down
+                    return
         except ChannelClosed:
             return
         except Exception:
@@ -257,29 +251,21 @@ class Subscriber:
         finally:
             sock.close()
 
-    def _follow(self, sock: ChannelSocket, reader: FrameReader) -> None:
+    def _follow(self, sock: ChannelSocket, reader: FrameReader, stop: threading.Event) -> None:
         """Deliver messages, subscribing again on each host change; return when the connection is lost."""
-        while True:
+        while not stop.is_set():
             try:
                 kind, ident, payload = parse_frame(reader.read())
-                if kind == MESSAGE:
+                if kind == MESSAGE and not stop.is_set():
                     self._deliver(ident, payload)
                 continue
             except HostChanged:
                 pass
             except ChannelClosed:
                 raise
-            except (EOFError, ProtocolError) as exc:  # the host is alive and cut this process off
-                _LOGGER.info(
-                    "channel %r: the host ended this process's subscription (%s)",
-                    self._channel.name,
-                    exc or "EOF",
-                )
-                self._cut = True
-                return
-            except (OSError, ChannelError) as exc:
-                self._lost(exc)
-                self._cut = True
+            except (EOFError, OSError, ProtocolError, ChannelError) as exc:
+                if not stop.is_set():  # else this process unsubscribed: the end it read is its own
+                    self._read_lost(exc)
                 return
             try:
                 self._resubscribe(sock, reader)
@@ -290,9 +276,18 @@ class Subscriber:
                 self._cut = True
                 return
 
-    def _open_again(self) -> tuple[ChannelSocket, FrameReader] | None:
+    def _read_lost(self, exc: BaseException) -> None:
+        """Say why the connection was lost while reading (not a host change); it is opened again."""
+        self._cut = True
+        if isinstance(exc, (EOFError, ProtocolError)):  # the host is alive and cut this process off
+            name = self._channel.name
+            _LOGGER.info("channel %r: the host ended this process's subscription (%s)", name, exc or "EOF")
+        else:
+            self._lost(exc)
+
+    def _open_again(self, stop: threading.Event) -> tuple[ChannelSocket, FrameReader] | None:
         """Subscribe on a new connection, as long as it takes; None once the channel is closed."""
-        while not self._channel.closed:
+        while not self._channel.closed and not stop.is_set():
             try:
                 sock = self._channel.connect(timeout=_RESUME_TRY)
             except ChannelClosed:
@@ -303,7 +298,7 @@ class Subscriber:
                 self._lost(exc)
                 time.sleep(_RETRY_PAUSE)
                 continue
-            reader = FrameReader(sock, self._max_size)
+            reader = FrameReader(sock, self._max_size + SLACK)
             try:
                 self._subscribe_within(sock, reader, Deadline(_RESUME_TRY), resume=True)
             except ChannelClosed:
@@ -341,24 +336,12 @@ class Subscriber:
 
     def _deliver(self, number: int, payload: bytes) -> None:
         self._last = max(self._last, number)
-        if len(payload) < PUBLISH_ID.size:
-            _LOGGER.warning("channel %r: dropping a published message without an id", self._channel.name)
-            return
-        ident = payload[: PUBLISH_ID.size]
-        if self._seen.again(ident):
-            return
-        try:
-            message = self._codec.loads(payload[PUBLISH_ID.size :])
-        except Exception:
-            _LOGGER.exception("channel %r: cannot decode a published message", self._channel.name)
-            return
-        for callback in list(self._callbacks):
-            try:
-                callback(message)
-            except Exception:
-                _LOGGER.exception("channel %r: subscriber callback %r raised", self._channel.name, callback)
+        self.inbox.deliver(payload)
 
     def join(self) -> None:
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(_JOIN_TIMEOUT)
+        """Wait for the subscriber threads to end (the channel is closed, or they were told to stop)."""
+        with self._lock:
+            threads, self._ending = [*self._ending, self._thread], []
+        for thread in threads:
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(_JOIN_TIMEOUT)

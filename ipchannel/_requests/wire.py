@@ -32,6 +32,7 @@ __all__ = [
     "REPLAY_LIMIT",
     "REPLY",
     "REQUEST",
+    "SLACK",
     "SUBSCRIBE",
     "SUBSCRIBED",
     "SUBSCRIBER",
@@ -48,6 +49,9 @@ REPLAY_LIMIT = 1024
 PUBLISH_ID = struct.Struct("!QQ")  # publisher, number: at the head of every PUBLISH and MESSAGE payload
 SUBSCRIBER = struct.Struct("!QQQ")  # after SUBSCRIBE's resume flag: pid, host generation, last number
 SUBSCRIBED = struct.Struct("!q")  # the ACK of a SUBSCRIBE: messages missed (-1: unknown, 0: none)
+#: what a message the host publishes itself (a SharedDict change) may exceed ``max_message_size`` by,
+#: over the request it came from; every subscriber reads frames that much larger
+SLACK = 4096
 DEDUP_WINDOW = 2 * REPLAY_LIMIT  # ids a subscriber remembers; a resent copy comes within one failover
 _JOIN_TIMEOUT = 2.0
 

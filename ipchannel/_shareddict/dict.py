@@ -28,7 +28,8 @@ from .. import _fork, _platform
 from .._codecs import is_builtin, resolve_codec
 from .._core.channel import port_of
 from .._errors import ChannelClosed, ChannelTimeout
-from .._requests.channel import RequestChannel
+from .._framing import DEFAULT_MAX_SIZE
+from .._requests.channel import RequestChannel, publish_changes
 from .._requests.outbox import DEFAULT_LIMITS
 from .._timing import validate_timeout
 from . import ops
@@ -69,6 +70,7 @@ class SharedDict(MutableMapping[Any, Any]):
     :param runtime_dir: as for ``Channel``.
     :param authkey: as for ``Channel``.
     :param timeout: seconds a write (and opening) may wait for a host; None waits forever.
+    :param max_message_size: as for ``RequestChannel``: the largest encoded write.
     :param max_backlog, max_lag: as for ``RequestChannel``: how far one replica may fall behind
         (stopped, swapped out, cut off) before the host cuts it off; it resyncs once it runs.
     :param coordinator, listen, advertise, ttl, ssl_context: as for ``Channel``: across machines.
@@ -84,6 +86,7 @@ class SharedDict(MutableMapping[Any, Any]):
         runtime_dir: str | os.PathLike[str] | None = None,
         authkey: bytes | None = None,
         timeout: float | None = 5.0,
+        max_message_size: int = DEFAULT_MAX_SIZE,
         max_backlog: int = DEFAULT_LIMITS.max_backlog,
         max_lag: float = DEFAULT_LIMITS.max_lag,
         coordinator: str | None = None,
@@ -111,6 +114,7 @@ class SharedDict(MutableMapping[Any, Any]):
             runtime_dir=runtime_dir,
             authkey=authkey,
             may_host=False,
+            max_message_size=max_message_size,
             max_backlog=max_backlog,
             max_lag=max_lag,
             coordinator=coordinator,
@@ -141,7 +145,8 @@ class SharedDict(MutableMapping[Any, Any]):
 
     def _join(self, name: str) -> None:
         """Subscribe to the live host; if there is none and none comes, we are alone: host ourselves."""
-        self._requests.on_missed(self._on_missed)
+        # the host cut this replica off and lacks what it missed (on ``ipchannel-subscriber:NAME``)
+        self._requests.on_missed(lambda _count: self._replica.on_missed(self._resync))
         # No record: nobody hosts now, and a host that just closed is replaced within milliseconds.
         # A dead host's record: survivors, if any, elect one of themselves within a tick or two.
         # A live host's: connecting to it is immediate.
@@ -267,8 +272,8 @@ class SharedDict(MutableMapping[Any, Any]):
     def _request(self, message: Any, timeout: float | None) -> Any:
         return self._requests.request(message, timeout=timeout)
 
-    def _publish(self, message: Any) -> None:
-        self._requests.publish(message, timeout=self._timeout)
+    def _publish(self, message: dict[str, Any]) -> None:
+        publish_changes(self._requests, message, self._timeout)
 
     def _generation(self) -> int | None:
         return self._requests.channel.generation
@@ -279,10 +284,6 @@ class SharedDict(MutableMapping[Any, Any]):
     def _on_change(self, batch: dict[str, Any]) -> None:
         """Apply one published batch (runs on ``ipchannel-subscriber:NAME``)."""
         self._replica.on_change(batch, self._resync)
-
-    def _on_missed(self, _count: int | None) -> None:
-        """Resync: the host cut this replica off and lacks what it missed (``ipchannel-subscriber:NAME``)."""
-        self._replica.on_missed(self._resync)
 
     def _resync(self, most: float | None = None) -> None:
         """Replace the replica by the host's snapshot (``Replica.resync``); ``most``: a shorter wait."""

@@ -111,10 +111,13 @@ class Replica:
         if gen != self.gen or first > self.seq + 1:
             return False  # a new host, or a gap: resync
         data, applied = self._data, self.applied
-        for seq, (op, client, number, result) in enumerate(changes, first):
+        for seq, (op, client, number) in enumerate(changes, first):
             if seq > self.seq:
-                apply(data, op)
-                applied[client] = [number, result, seq]
+                applied[client] = [
+                    number,
+                    apply(data, op),
+                    seq,
+                ]  # the result the host got: same op, same data
         self.seq = max(self.seq, first + len(changes) - 1)
         self.cond.notify_all()
         return True

@@ -178,10 +178,22 @@ class Store:
         if changes:
             # outside the store lock: snapshots never wait for a fan-out (a replica skips what it holds)
             published = {"v": PROTOCOL, "g": generation, "s": first, "ch": changes}
-            self._publish(published)
+            self._publish_split(published)
             if _hooks.pause is not None:
                 _hooks.pause("shareddict.published", published)
         return answers
+
+    def _publish_split(self, message: dict[str, Any]) -> None:
+        """Publish a batch of changes; one too large for a message goes as several, in order."""
+        try:
+            self._publish(message)
+        except ValueError:  # over max_message_size (each change alone fits: no larger than its request)
+            changes = message["ch"]
+            if len(changes) == 1:
+                raise
+            half = len(changes) // 2
+            self._publish_split({**message, "ch": changes[:half]})
+            self._publish_split({**message, "s": message["s"] + half, "ch": changes[half:]})
 
     def _apply_write(self, write: list[Any], changes: list[list[Any]]) -> list[Any]:
         """Apply one write to the store (call with _store_lock); return its outcome for the writer.
@@ -203,7 +215,7 @@ class Store:
             return ["err", json.loads(RemoteError.encode(exc))]
         self._seq += 1
         self._applied[client] = [number, result, self._seq]
-        changes.append([op, client, number, result])
+        changes.append([op, client, number])  # no result: every replica gets it by applying op
         if rewritten is not None:
             return ["ok", result, self._seq, op]  # the writer applies this op, not the one it sent
         return ["ok", result, self._seq]
