@@ -158,6 +158,19 @@ def test_a_live_host_that_is_no_longer_recorded_has_retired(tmp_path: Path) -> N
     assert coordinator.assess(ours) is HostState.RETIRED  # another term replaced it
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/locks says who holds a flock")
+def test_a_live_host_whose_record_is_missing_serves_while_it_holds_the_lock(tmp_path: Path) -> None:
+    me = os.getpid()
+    coordinator = LocalCoordinator("x", ChannelPaths.for_channel("x", tmp_path))
+    ours = _record(me, own_create_time(me))
+    assert coordinator.try_acquire()
+    try:
+        assert coordinator.assess(ours) is HostState.SERVING  # deleted under it: its next tick rewrites it
+    finally:
+        coordinator.release()
+    assert coordinator.assess(ours) is HostState.RETIRED  # the lock given up: it handed over
+
+
 def test_a_host_whose_process_cannot_be_seen_is_unknown(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -193,8 +193,8 @@ class Connector:
                 if connection is not None:
                     self.adopt(record)
                     return connection, record
-                if not self._coordinator.assess(record, after="refused").serving:
-                    avoid = record
+                if not (state := self._coordinator.assess(record, after="refused")).serving:
+                    avoid = _avoided(record, state)
                     self.forget(record)
                     continue  # straight to the lock: the host is gone, or handed over and lives on
             if not backoff.sleep(changed=changed):
@@ -330,14 +330,13 @@ class Connector:
                     return None
                 if state.forget:
                     self.forget(old)
-            # avoid=old: a dying host's listener can outlive its connections for a moment
-            return self.open(Deadline(timeout), avoid=old, dead=state)
+            return self.open(Deadline(timeout), avoid=_avoided(old, state), dead=state)
         finally:
             if gated:
                 self._recovery_lock.release()
 
     def reopen(self, timeout: float | None) -> tuple[Connection, HostRecord]:
-        """In a forked child: a connection of its own to the host (the parent's is as good as ever)."""
+        """Return a new connection to the live host, for a socket whose own is gone but not its host."""
         return self.open(Deadline(timeout))
 
     def timeout_error(self, deadline: Deadline, detail: str = "") -> ChannelTimeout:
@@ -355,3 +354,12 @@ class Connector:
             self.last_host_pid,
             detail or coordinator.blocker(),
         )
+
+
+def _avoided(old: HostRecord | None, state: HostState | None) -> HostRecord | None:
+    """Return the host the next connection must not go to: ``old``, unless it lives on (``state``).
+
+    A dying host's listener can outlive its connections for a moment; a host that lives on
+    names itself again only if its record is rewritten, by it, still the lock holder: it serves.
+    """
+    return None if state is not None and state.lives_on else old

@@ -13,6 +13,8 @@ Every platform module defines the same names:
 - ``start_time(pid)``: when the process started, on a clock no wall-clock step moves (Linux:
   seconds since boot), or None once it is gone; equal for the same process in every process.
 - ``lock_holders(path)``: pids that have the file open, or ``None`` if unknown.
+- ``flock_holder(path)``: the pid that took the exclusive flock held on the file, or ``None``
+  (nobody holds one, or the system cannot tell).
 - ``leave_signals_to_the_application()``: block asynchronous signals in the calling (library) thread.
 
 And, for every platform: ``claim_clock()``, seconds on a clock that keeps counting while the
@@ -30,6 +32,7 @@ if sys.platform.startswith("linux"):
         SHUTDOWN_WAKES_LISTENER,
         SUN_PATH_MAX,
         exit_notice,
+        flock_holder,
         leave_signals_to_the_application,
         lock_holders,
         peer_credentials,
@@ -43,6 +46,7 @@ elif sys.platform == "darwin" or "bsd" in sys.platform:
         SHUTDOWN_WAKES_LISTENER,
         SUN_PATH_MAX,
         exit_notice,
+        flock_holder,
         leave_signals_to_the_application,
         lock_holders,
         peer_credentials,
@@ -56,6 +60,7 @@ else:
         SHUTDOWN_WAKES_LISTENER,
         SUN_PATH_MAX,
         exit_notice,
+        flock_holder,
         leave_signals_to_the_application,
         lock_holders,
         peer_credentials,
@@ -70,6 +75,7 @@ __all__ = [
     "SUN_PATH_MAX",
     "claim_clock",
     "exit_notice",
+    "flock_holder",
     "leave_signals_to_the_application",
     "lock_holders",
     "peer_credentials",
