@@ -18,6 +18,7 @@ import ipchannel
 from ipchannel import _platform
 from ipchannel._local.coordinator import LocalCoordinator, read_record, write_record
 from ipchannel._local.paths import ChannelPaths
+from ipchannel._local.unix import close_privately, listen_privately
 from ipchannel._options import NAME_RULE, validate_name
 from ipchannel._seams.base import HostState
 from ipchannel._seams.record import HostRecord, own_create_time
@@ -97,6 +98,16 @@ def test_stale_socket_temporaries_are_only_those_of_dead_processes(tmp_path: Pat
     for path in (mine, live, gone, other, paths.bind_path(dead)):
         path.touch()
     assert sorted(paths.stale_socket_temporaries()) == sorted([mine, gone, paths.bind_path(dead)])
+
+
+def test_a_private_socket_this_process_listens_on_is_never_stale(tmp_path: Path) -> None:
+    paths = ChannelPaths.for_channel("c", tmp_path)
+    sock, identity = listen_privately(paths.standby_path(os.getpid()))  # another channel "c" of ours, say
+    try:
+        assert paths.stale_socket_temporaries() == []
+    finally:
+        close_privately(sock, paths.standby_path(os.getpid()), identity, unlink=False)
+    assert paths.stale_socket_temporaries() == [paths.standby_path(os.getpid())]  # left over now
 
 
 def test_runtime_dir_too_long_for_any_socket_name(tmp_path: Path) -> None:
