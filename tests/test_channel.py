@@ -303,6 +303,34 @@ def test_close_removes_the_private_sockets_of_processes_that_died_meanwhile(runt
         alive.wait()
 
 
+@pytest.mark.timeout(60)
+def test_closing_a_channel_leaves_the_standby_files_of_another_of_its_name_in_this_process(
+    peers: Peers, runtime_dir: Path
+) -> None:
+    (host,) = peers.start(1)
+    host.call("connect")  # it hosts; a channel of this process stands by
+    group = [ipchannel.Channel("test", _peers.echo_handler) for _ in range(2)]
+    try:
+        for ch in group:
+            ch.connect(timeout=5).close()
+        (standby,) = wait_until(lambda: [ch for ch in group if ch._hosting.standing_by])  # noqa: SLF001
+        (other,) = [ch for ch in group if ch is not standby]
+        files = [runtime_dir / f".test.{os.getpid()}.sock", runtime_dir / f".test_{os.getpid()}.sock"]
+        assert all(path.exists() for path in files)  # its server's socket, its side socket
+        other.close()
+        assert [path for path in files if not path.exists()] == []  # before the fix: both removed
+        assert standby._hosting.standing_by  # noqa: SLF001
+        host.kill()
+        wait_until(lambda: standby.is_host)
+        sock = standby.connect(timeout=5)
+        sock.sendall(b"x\n")
+        assert _peers.read_line(sock) == f"{os.getpid()} x\n".encode()
+        assert standby.generation == 2  # it took over through its standby server, at the first try
+    finally:
+        for ch in group:
+            ch.close()
+
+
 def test_record_of_a_reused_pid_does_not_block(runtime_dir: Path) -> None:
     # A live, unrelated process has the recorded pid, with another create time.
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

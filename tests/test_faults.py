@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -137,3 +138,70 @@ def test_a_host_that_cannot_start_undoes_everything_and_says_why(runtime_dir: Pa
         assert _peers.read_line(sock) == f"{os.getpid()} x\n".encode()
     finally:
         channel.close()
+
+
+@pytest.mark.timeout(90)
+def test_a_record_deleted_again_and_again_under_a_live_host_loses_no_client(
+    peers: Peers, runtime_dir: Path, tmp_path: Path
+) -> None:
+    host, subscriber, requester = peers.start_requests(3)
+    host.call("request", message="elect me")
+    logs = [tmp_path / "subscriber.log", tmp_path / "requester.log"]
+    subscriber.call("log_to", path=str(logs[0]))
+    requester.call("log_to", path=str(logs[1]))
+    subscriber.call("subscribe")
+    requester.call("request", message="before")
+    record = runtime_dir / "test.host"
+    before = read_record(record)
+    # Long enough for an idle client's monitor to tick at least twice (every 2 s with an exit
+    # notice) while the record is missing; the host rewrites it within a tick each time.
+    started, deletions = time.monotonic(), 0
+    while deletions < 25 or time.monotonic() - started < 4.5:
+        wait_until(lambda: read_record(record) == before, timeout=5)
+        record.unlink(missing_ok=True)
+        deletions += 1
+    wait_until(lambda: read_record(record) == before, timeout=5)
+    for i in range(5):  # the subscription and the request connections survived, on the same host
+        assert requester.call("request", message=i)["reply"]["pid"] == host.pid
+        requester.call("publish", message=i)
+    wait_until(lambda: subscriber.call("received")["received"] == [0, 1, 2, 3, 4], timeout=10)
+    for log in logs:  # it was never taken for a host that handed over
+        assert " lost" not in log.read_text(), log.read_text()
+
+
+@pytest.mark.timeout(60)
+def test_a_failure_to_host_while_a_reader_waits_for_the_next_host_is_retried(
+    peers: Peers, runtime_dir: Path
+) -> None:
+    (host,) = peers.start(1)
+    host.call("connect")
+    host.call("set_may_host", value=False)  # once it steps down, only this process may host
+    with ipchannel.Channel("test", _peers.echo_handler) as channel:
+        sock = channel.connect(timeout=5)
+        sock.sendall(b"x\n")
+        assert _peers.read_line(sock) == f"{host.pid} x\n".encode()
+        wait_until(lambda: channel._hosting.standing_by)  # noqa: SLF001
+        # Its standby server's socket file goes with the directory: its first try to host fails.
+        shutil.rmtree(runtime_dir)
+        with pytest.raises(ipchannel.HostChanged):  # before the fix: ChannelError "cannot host in ..."
+            sock.recv(1)  # the host steps down and ends the connection; no deadline to wait within
+        assert channel.is_host
+        sock.sendall(b"y\n")
+        assert _peers.read_line(sock) == f"{os.getpid()} y\n".encode()
+
+
+@pytest.mark.timeout(60)
+def test_a_subscription_outlives_a_failure_to_host_on_its_way_to_the_next_host(
+    peers: Peers, runtime_dir: Path
+) -> None:
+    (host,) = peers.start_requests(1)
+    host.call("request", message="elect me")
+    received: list[object] = []
+    with ipchannel.RequestChannel("test", None) as subscriber:
+        subscriber.subscribe(received.append)
+        wait_until(lambda: subscriber.channel._hosting.standing_by)  # noqa: SLF001
+        shutil.rmtree(runtime_dir)  # the host steps down; this standby's first try to host fails
+        wait_until(lambda: (record := read_record(runtime_dir / "test.host")) and record.generation == 2)
+        for i in range(5):
+            host.call("publish", message=i, timeout=10)
+        wait_until(lambda: received == [0, 1, 2, 3, 4], timeout=10)  # before the fix: its thread died

@@ -10,10 +10,12 @@ the same promises against real kills.
 from __future__ import annotations
 
 import sys
+import threading
 from typing import TYPE_CHECKING
 
 import pytest
 from _memory import Cluster, backend, no_op
+from conftest import wait_until
 
 from ipchannel import HostChanged
 from ipchannel._core.connect import Connector
@@ -242,5 +244,48 @@ def test_an_eof_from_a_host_that_serves_on_is_a_plain_eof(processes: list[Proces
     a.hosting.term[0].close_connections()  # type: ignore[index] # the handler's end, its host alive
     assert sock.recv(1) == b""  # not a host change: no reconnection
     assert sock.reconnects == 0
+    assert b.record == a.record
+    sock.close()
+
+
+def test_a_socket_ended_by_its_own_process_reconnects_even_to_the_same_host(
+    processes: list[Process], cluster: Cluster
+) -> None:
+    a, (b, _c) = _elect_a(processes)
+    sock = b.connect()
+    record, cluster.record = cluster.record, None  # deleted under a live host, the lock unseen: retired
+    b.monitor.tick()
+    assert b.record is None  # forgotten: its connections were ended by this process
+    cluster.record = record  # the host rewrote it: it serves on, in the same term
+    sock.sendall(b"back")  # not the host's handler that ended it: not a plain EOF, no BrokenPipeError
+    assert sock.recv(4) == b"back"
+    assert sock.reconnects == 1
+    assert b.record == a.record  # followed again
+    sock.close()
+
+
+def test_an_eof_from_a_host_taken_for_retired_follows_its_record_when_it_comes_back(
+    processes: list[Process], cluster: Cluster
+) -> None:
+    a, (b, _c) = _elect_a(processes)
+    sock = b.connect()
+    sock.sendall(b"x")
+    assert sock.recv(1) == b"x"  # accepted: a handler serves it
+    record, cluster.record = cluster.record, None  # deleted under a live host, the lock unseen: retired
+    a.hosting.term[0].close_connections()  # type: ignore[index]
+
+    def rewrite() -> None:  # as the host's next tick does, once b has taken the EOF for a handover
+        wait_until(lambda: (b.pid, "eof") in cluster.assessed)
+        cluster.record = record
+
+    rewriter = threading.Thread(target=rewrite)
+    rewriter.start()
+    try:
+        with pytest.raises(HostChanged):  # before the fix: ChannelTimeout, its record avoided for good
+            sock.recv(1)
+    finally:
+        rewriter.join()
+    sock.sendall(b"same")
+    assert sock.recv(4) == b"same"
     assert b.record == a.record
     sock.close()

@@ -19,6 +19,7 @@ import ipchannel
 from ipchannel import _platform
 from ipchannel._local.coordinator import LocalCoordinator, read_record, write_record
 from ipchannel._local.paths import ChannelPaths
+from ipchannel._local.unix import close_privately, listen_privately
 from ipchannel._options import NAME_RULE, validate_name
 from ipchannel._seams.base import HostState
 from ipchannel._seams.record import HostRecord, own_create_time
@@ -101,6 +102,16 @@ def test_stale_socket_temporaries_are_only_those_of_dead_processes(tmp_path: Pat
     assert sorted(paths.stale_socket_temporaries()) == sorted([mine, gone, paths.bind_path(dead)])
 
 
+def test_a_private_socket_this_process_listens_on_is_never_stale(tmp_path: Path) -> None:
+    paths = ChannelPaths.for_channel("c", tmp_path)
+    sock, identity = listen_privately(paths.standby_path(os.getpid()))  # another channel "c" of ours, say
+    try:
+        assert paths.stale_socket_temporaries() == []
+    finally:
+        close_privately(sock, paths.standby_path(os.getpid()), identity, unlink=False)
+    assert paths.stale_socket_temporaries() == [paths.standby_path(os.getpid())]  # left over now
+
+
 def test_runtime_dir_too_long_for_any_socket_name(tmp_path: Path) -> None:
     with pytest.raises(ipchannel.RuntimeDirError, match="too long for a Unix socket path"):
         ChannelPaths.for_channel("n", tmp_path / ("d" * 120))
@@ -158,6 +169,19 @@ def test_a_live_host_that_is_no_longer_recorded_has_retired(tmp_path: Path) -> N
     assert coordinator.assess(ours) is HostState.RETIRED  # no record at all: it handed over
     write_record(tmp_path / "x.host", _record(me, own_create_time(me), 8))
     assert coordinator.assess(ours) is HostState.RETIRED  # another term replaced it
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/locks says who holds a flock")
+def test_a_live_host_whose_record_is_missing_serves_while_it_holds_the_lock(tmp_path: Path) -> None:
+    me = os.getpid()
+    coordinator = LocalCoordinator("x", ChannelPaths.for_channel("x", tmp_path))
+    ours = _record(me, own_create_time(me))
+    assert coordinator.try_acquire()
+    try:
+        assert coordinator.assess(ours) is HostState.SERVING  # deleted under it: its next tick rewrites it
+    finally:
+        coordinator.release()
+    assert coordinator.assess(ours) is HostState.RETIRED  # the lock given up: it handed over
 
 
 def test_a_host_whose_process_cannot_be_seen_is_unknown(

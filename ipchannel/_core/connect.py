@@ -25,7 +25,7 @@ import threading
 import weakref
 from typing import TYPE_CHECKING, Literal, Protocol
 
-from .._errors import ChannelClosed, ChannelTimeout, CoordinatorUnavailable
+from .._errors import ChannelClosed, ChannelError, ChannelTimeout, CoordinatorUnavailable
 from .._seams.base import LostClaim, plain_socket
 from .._timing import Backoff, Deadline
 from .socket import ChannelSocket, socket_maker, tell
@@ -155,7 +155,7 @@ class Connector:
         """Connect to the live host, electing one if needed; ``avoid`` is a host known to be gone.
 
         ``make(record)``: what builds the socket of a connection to ``record`` (a new
-        ChannelSocket); without it, a plain one, whose descriptor a socket takes over.
+        ChannelSocket); without it, a plain one, whose descriptor a socket that lost its host takes over.
         """
         if not self._started or self.phase == "closed":
             self._ensure_started()
@@ -183,24 +183,25 @@ class Connector:
         # A lost lock race means another process is starting to host: its publication (watched every
         # 0.5 ms) wakes us, so the timer only matters if it died too; no need to retry the lock soon.
         backoff = Backoff(deadline, self.stopping.wait, first=Backoff.FIRST if avoid is None else 0.005)
+        failure = ""
         while True:
             changed = self._coordinator.watch(avoid)
             record = self.record
             if record is None or record == avoid:
-                record = self.elect(avoid, verify=False)
+                record, failure = _elect(self, avoid, failure, for_a_socket=make is None)
             if record is not None and record != avoid:
                 connection = self._transport.connect(record, plain_socket if make is None else make(record))
                 if connection is not None:
                     self.adopt(record)
                     return connection, record
-                if not self._coordinator.assess(record, after="refused").serving:
-                    avoid = record
+                if not (state := self._coordinator.assess(record, after="refused")).serving:
+                    avoid = _avoided(record, state)
                     self.forget(record)
                     continue  # straight to the lock: the host is gone, or handed over and lives on
             if not backoff.sleep(changed=changed):
                 if self.stopping.is_set():
                     raise ChannelClosed(self._name)
-                raise self.timeout_error(deadline)
+                raise self.timeout_error(deadline, failure)
 
     def _via_standby(
         self, dead: HostRecord, state: HostState | None, deadline: Deadline
@@ -330,14 +331,13 @@ class Connector:
                     return None
                 if state.forget:
                     self.forget(old)
-            # avoid=old: a dying host's listener can outlive its connections for a moment
-            return self.open(Deadline(timeout), avoid=old, dead=state)
+            return self.open(Deadline(timeout), avoid=_avoided(old, state), dead=state)
         finally:
             if gated:
                 self._recovery_lock.release()
 
     def reopen(self, timeout: float | None) -> tuple[Connection, HostRecord]:
-        """In a forked child: a connection of its own to the host (the parent's is as good as ever)."""
+        """Return a new connection to the live host, for a socket whose own is gone but not its host."""
         return self.open(Deadline(timeout))
 
     def timeout_error(self, deadline: Deadline, detail: str = "") -> ChannelTimeout:
@@ -355,3 +355,31 @@ class Connector:
             self.last_host_pid,
             detail or coordinator.blocker(),
         )
+
+
+def _elect(
+    connector: Connector, avoid: HostRecord | None, failure: str, *, for_a_socket: bool
+) -> tuple[HostRecord | None, str]:
+    """Run one election step of ``open``; return its record and why this process failed to host ("").
+
+    ``connect()`` raises that failure at once, saying why this process cannot host. For a socket
+    that lost its host (``open`` without ``make``) it is retried within the socket's deadline: its
+    reader may have none (a subscription), and the next try, or another process, may well host.
+    """
+    try:
+        return connector.elect(avoid, verify=False), ""
+    except ChannelError as exc:
+        if not for_a_socket or isinstance(exc, ChannelClosed):
+            raise
+        level = logging.DEBUG if str(exc) == failure else logging.WARNING
+        _LOGGER.log(level, "channel %r: %s; trying again", connector.name, exc)
+        return None, str(exc)
+
+
+def _avoided(old: HostRecord | None, state: HostState | None) -> HostRecord | None:
+    """Return the host the next connection must not go to: ``old``, unless it lives on (``state``).
+
+    A dying host's listener can outlive its connections for a moment; a host that lives on
+    names itself again only if its record is rewritten, by it, still the lock holder: it serves.
+    """
+    return None if state is not None and state.lives_on else old

@@ -93,7 +93,7 @@ class SocketOwner(Protocol):
         """After a connection to ``old`` ended: one to the next host, or None if ``old`` still serves."""
 
     def reopen(self, timeout: float | None) -> tuple[Connection, HostRecord]:
-        """In a forked child: a connection of its own to the host (the parent's stays the parent's)."""
+        """Return a new connection to the live host: a forked child's (the parent's stays), a kicked one's."""
 
 
 class ChannelSocket(socket.socket):
@@ -119,7 +119,7 @@ class ChannelSocket(socket.socket):
         self._owner, self._record, self._timeout, self._session = _owner, _record, _timeout, _session
         self._epoch = 0
         self._stale = False  # set in a forked child: reconnect before first use
-        self._peer_closed = False  # the host's handler closed this connection deliberately
+        self._peer_closed = self._kicked = False  # its host's handler ended the connection / the channel did
         self._channel_closed = False
         self._unusual = False  # _stale or _channel_closed: the one flag the I/O calls test
         self._recover_lock = threading.Lock()
@@ -249,6 +249,8 @@ class ChannelSocket(socket.socket):
             old = self._record
             # forked: the parent's host is as good as ever; only our copy of its connection is gone
             found = owner.reopen(timeout) if forked else owner.recover(old, timeout)
+            if found is None and self._kicked:  # we ended it, not its handler: its host serves again
+                found = owner.reopen(timeout)
             if found is None:
                 self._peer_closed = True  # the host serves on: its handler closed the connection
                 return False
@@ -271,7 +273,7 @@ class ChannelSocket(socket.socket):
             fresh.close()
         self.settimeout(self.gettimeout())  # the new description starts blocking; reapply our mode
         self._session, self._record = session, record
-        self._stale = False
+        self._stale = self._kicked = False
         self._unusual = self._channel_closed
         self._epoch += 1
 
@@ -295,6 +297,7 @@ class ChannelSocket(socket.socket):
             return
         try:
             if self._record == record and self.fileno() >= 0:
+                self._kicked = True
                 with contextlib.suppress(OSError):
                     self.shutdown(socket.SHUT_RDWR)
         finally:

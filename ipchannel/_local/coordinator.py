@@ -15,9 +15,9 @@ one (``write_record``); the standby's record (``NAME.standby``) is written the s
   (the record is written before the socket is published, so anything accepting at the
   published path has its record in place); ``retract()`` before the listener closes;
   ``release()`` last. Generations only grow: a new term is numbered above any seen.
-- ``assess(record)``: SERVING, RETIRED (alive, not recorded), FAILING (exiting: its
-  sockets are closing, its lock not yet free), GONE (its lock is free), UNKNOWN (its
-  process cannot be seen).
+- ``assess(record)``: SERVING, RETIRED (alive, but another record replaced it, or none
+  did and it gave the lock up), FAILING (exiting: its sockets are closing, its lock not
+  yet free), GONE (its lock is free), UNKNOWN (its process cannot be seen).
 - ``fence(record)``: the flock is ours until released; ``thorough`` also checks that
   its file and the record are still in place (another process could lock a new file).
 """
@@ -93,9 +93,18 @@ class LocalCoordinator:
         running = _running(record)
         if running is False:
             return HostState.GONE
-        if self.read() != record:
+        current = self.read()
+        if current != record and (current is not None or not self._holds_lock(record)):
             return HostState.RETIRED  # it handed over, or another host replaced it
         return HostState.SERVING if running else HostState.UNKNOWN
+
+    def _holds_lock(self, record: HostRecord) -> bool:
+        """Tell whether ``record``'s host holds the lock: still the host though its record is missing.
+
+        The lock is the authority: a host hands over by releasing it (its record goes first),
+        while a record deleted or damaged under a live host is rewritten at its next tick (``fence``).
+        """
+        return _platform.flock_holder(str(self._paths.lock)) == record.pid
 
     def watch(self, dead: HostRecord | None) -> Callable[[], bool]:
         before = self._marker(dead)

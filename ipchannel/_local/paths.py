@@ -20,7 +20,27 @@ from .._errors import RuntimeDirError
 if TYPE_CHECKING:
     from pathlib import Path
 
-__all__ = ["ChannelPaths", "ensure_runtime_dir"]
+__all__ = ["ChannelPaths", "ensure_runtime_dir", "listening"]
+
+#: (device, inode) of each private socket file this process listens on now, whichever of its
+#: channels made it: several channels of one name can live in one process, and its pid names them all.
+_LISTENING: set[tuple[int, int]] = set()
+
+
+def listening(identity: tuple[int, int], *, now: bool) -> None:
+    """Note that this process listens on the private socket file ``identity`` (``now``), or no longer."""
+    if now:
+        _LISTENING.add(identity)
+    else:
+        _LISTENING.discard(identity)
+
+
+def _listened_on(path: Path) -> bool:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) in _LISTENING
 
 
 def ensure_runtime_dir(path: Path) -> None:
@@ -129,18 +149,24 @@ class ChannelPaths:
         return self.directory / f".{self.sock.stem}_{pid}{self.sock.suffix}"
 
     def stale_socket_temporaries(self, *, own: bool = True) -> list[Path]:
-        """Private socket files that processes which died left behind, and (``own``) this one's."""
+        """Private socket files that processes which died left behind, and (``own``) this one's left over.
+
+        Left over: no channel of this process listens on it (another of this name may, standing by).
+        """
         stale = []
         for path in self.directory.glob(f".{self.sock.stem}[._]*{self.sock.suffix}"):
             owner = path.name[len(self.sock.stem) + 2 : -len(self.sock.suffix)]
             if not owner.isdigit():
                 continue  # another channel's (a name with a dot in it)
-            if (own and int(owner) == os.getpid()) or _platform.process_gone(int(owner)):
+            if int(owner) == os.getpid():
+                if own and not _listened_on(path):
+                    stale.append(path)
+            elif _platform.process_gone(int(owner)):
                 stale.append(path)
         return stale
 
     def tidy(self, *, own: bool = True) -> None:
-        """Remove the private socket files of processes that died, and (``own``) this process's.
+        """Remove the private socket files of processes that died, and (``own``) this process's left over.
 
         Done before listening (``own=False``: a standby listens beside its side socket) and
         standing by, and when a channel closes: a process killed while another was starting

@@ -28,7 +28,7 @@ from .._seams.record import HostRecord
 from .coordinator import read_record, remove_record, write_record
 from .lock import HostLock
 from .paths import ensure_runtime_dir
-from .unix import is_file, listen_privately, same_user
+from .unix import close_privately, listen_privately, same_user
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -183,15 +183,11 @@ class _Post:
 
     def abandon_after_fork(self) -> None:
         with contextlib.suppress(OSError):
-            self._side.close()
+            close_privately(self._side, self._side_path, self._identity, unlink=False)  # the parent's file
 
     def _close_side(self) -> None:
-        if self._side.fileno() == -1:
-            return
-        if is_file(self._side_path, self._identity):  # never another process's file
-            with contextlib.suppress(OSError):
-                self._side_path.unlink()
-        self._side.close()
+        if self._side.fileno() != -1:
+            close_privately(self._side, self._side_path, self._identity)
 
 
 def await_hello(sock: socket.socket, deadline: Deadline, give_up: Callable[[], bool]) -> HostRecord | None:

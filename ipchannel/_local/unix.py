@@ -21,6 +21,7 @@ from .. import _platform
 from .._auth import authenticated, check_auth_matches, host_admits
 from .._errors import ChannelError
 from .._seams.base import Connection, plain_socket
+from .paths import listening
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
     from .._seams.record import HostRecord
     from .paths import ChannelPaths
 
-__all__ = ["UnixListener", "UnixTransport", "is_file", "listen_privately", "same_user"]
+__all__ = ["UnixListener", "UnixTransport", "close_privately", "listen_privately", "same_user"]
 
 _LOGGER = logging.getLogger("ipchannel")
 _BACKLOG = 128  # a whole election storm (or every client of a dead host) connects at once
@@ -49,7 +50,10 @@ def same_user(conn: socket.socket, channel: str) -> bool:
 
 
 def listen_privately(path: Path) -> tuple[socket.socket, tuple[int, int]]:
-    """Listen on ``path`` (mode 0600; a file of ours there replaced): the socket and the file's identity."""
+    """Listen on ``path`` (mode 0600; a file of ours there replaced): the socket and the file's identity.
+
+    Until ``close_privately``, ``ChannelPaths.tidy`` leaves the file alone.
+    """
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         path.unlink(missing_ok=True)  # ours, from an earlier term: the pid is in the name
@@ -62,10 +66,22 @@ def listen_privately(path: Path) -> tuple[socket.socket, tuple[int, int]]:
         with contextlib.suppress(OSError):
             path.unlink()
         raise
+    listening((st.st_dev, st.st_ino), now=True)
     return sock, (st.st_dev, st.st_ino)
 
 
-def is_file(path: Path, identity: tuple[int, int]) -> bool:
+def close_privately(
+    sock: socket.socket, path: Path, identity: tuple[int, int], *, unlink: bool = True
+) -> None:
+    """Close a socket of ``listen_privately`` and (``unlink``) remove its file, if it is still that one."""
+    sock.close()
+    listening(identity, now=False)
+    if unlink and _is_file(path, identity):  # never another process's file
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+def _is_file(path: Path, identity: tuple[int, int]) -> bool:
     """Tell whether ``path`` is still the file ``identity`` names (so never another process's)."""
     try:
         st = os.lstat(path)
@@ -133,18 +149,15 @@ class UnixListener:
 
     def still_published(self) -> bool:
         """Return True if our listening socket is still the file at its published path."""
-        return is_file(self._path, self._identity)
+        return _is_file(self._path, self._identity)
 
     def wake(self) -> None:
         with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_RDWR)  # wakes a select() on it at once (Linux)
 
     def close(self) -> None:
-        self._sock.close()
-        if is_file(self._path, self._identity):  # never another process's file
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._path)
+        close_privately(self._sock, self._path, self._identity)
 
     def abandon_after_fork(self) -> None:
         with contextlib.suppress(OSError):
-            self._sock.close()  # no unlink: the file is the parent's
+            close_privately(self._sock, self._path, self._identity, unlink=False)  # the parent's file

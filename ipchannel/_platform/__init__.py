@@ -13,6 +13,8 @@ Every platform module defines the same names:
 - ``start_time(pid)``: when the process started, on a clock no wall-clock step moves (Linux:
   seconds since boot), or None once it is gone; equal for the same process in every process.
 - ``lock_holders(path)``: pids that have the file open, or ``None`` if unknown.
+- ``flock_holder(path)``: the pid that took the exclusive flock held on the file, or ``None``
+  (nobody holds one, or the system cannot tell).
 - ``leave_signals_to_the_application()``: block asynchronous signals in the calling (library) thread.
 - ``keep_alive(sock, idle, interval, count)``: TCP keepalive (and ``TCP_USER_TIMEOUT``) on ``sock``.
 
@@ -31,6 +33,7 @@ if sys.platform.startswith("linux"):
         SHUTDOWN_WAKES_LISTENER,
         SUN_PATH_MAX,
         exit_notice,
+        flock_holder,
         keep_alive,
         leave_signals_to_the_application,
         lock_holders,
@@ -45,6 +48,7 @@ elif sys.platform == "darwin" or "bsd" in sys.platform:
         SHUTDOWN_WAKES_LISTENER,
         SUN_PATH_MAX,
         exit_notice,
+        flock_holder,
         keep_alive,
         leave_signals_to_the_application,
         lock_holders,
@@ -59,6 +63,7 @@ else:
         SHUTDOWN_WAKES_LISTENER,
         SUN_PATH_MAX,
         exit_notice,
+        flock_holder,
         keep_alive,
         leave_signals_to_the_application,
         lock_holders,
@@ -74,6 +79,7 @@ __all__ = [
     "SUN_PATH_MAX",
     "claim_clock",
     "exit_notice",
+    "flock_holder",
     "keep_alive",
     "leave_signals_to_the_application",
     "lock_holders",

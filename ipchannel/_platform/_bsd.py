@@ -17,6 +17,7 @@ __all__ = [
     "SHUTDOWN_WAKES_LISTENER",
     "SUN_PATH_MAX",
     "exit_notice",
+    "flock_holder",
     "keep_alive",
     "leave_signals_to_the_application",
     "lock_holders",
@@ -59,6 +60,11 @@ def process_gone(pid: int) -> bool:
 
 def lock_holders(path: str) -> list[int] | None:  # noqa: ARG001 - same signature on every platform
     """Return None: finding who holds a file needs root here."""
+    return None
+
+
+def flock_holder(path: str) -> int | None:  # noqa: ARG001 - same signature on every platform
+    """Return None: no table of flocks and their holders here."""
     return None
 
 

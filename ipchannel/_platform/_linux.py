@@ -1,4 +1,4 @@
-"""Linux: SO_PEERCRED, /proc/PID/stat flags, /proc/PID/fd, and pidfds for exit notices."""
+"""Linux: SO_PEERCRED, /proc/PID/stat flags, /proc/PID/fd, /proc/locks, and pidfds for exit notices."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ __all__ = [
     "SHUTDOWN_WAKES_LISTENER",
     "SUN_PATH_MAX",
     "exit_notice",
+    "flock_holder",
     "keep_alive",
     "leave_signals_to_the_application",
     "lock_holders",
@@ -99,6 +100,25 @@ def lock_holders(path: str) -> list[int] | None:
                 holders.append(int(entry.name))
                 break
     return holders
+
+
+def flock_holder(path: str) -> int | None:
+    """Return the pid that took the exclusive flock held on ``path`` (``/proc/locks``), or None if nobody.
+
+    0 if that process is outside our pid namespace.
+    """
+    try:
+        st = os.stat(path)
+        table = Path("/proc/locks").read_bytes()
+    except OSError:
+        return None
+    inode = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}".encode()
+    for line in table.splitlines():
+        # "1: FLOCK  ADVISORY  WRITE 2446 fe:00:2212975 0 EOF" (a blocked waiter's has "->" after "1:")
+        fields = line.split()
+        if len(fields) >= 6 and fields[1:4] == [b"FLOCK", b"ADVISORY", b"WRITE"] and fields[5] == inode:
+            return int(fields[4])
+    return None
 
 
 def exit_notice(pid: int) -> int | None:

@@ -13,6 +13,7 @@ __all__ = [
     "SHUTDOWN_WAKES_LISTENER",
     "SUN_PATH_MAX",
     "exit_notice",
+    "flock_holder",
     "keep_alive",
     "leave_signals_to_the_application",
     "lock_holders",
@@ -54,6 +55,11 @@ def process_gone(pid: int) -> bool:
 
 
 def lock_holders(path: str) -> list[int] | None:
+    """Raise NotImplementedError."""
+    raise NotImplementedError(_MESSAGE)
+
+
+def flock_holder(path: str) -> int | None:
     """Raise NotImplementedError."""
     raise NotImplementedError(_MESSAGE)
 
