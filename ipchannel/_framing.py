@@ -74,8 +74,10 @@ def _recv_onto(sock: socket.socket, buffer: bytearray, most: int) -> int:
     start, count = len(buffer), 0
     buffer += bytes(most)
     try:
-        with memoryview(buffer) as view:
-            count = sock.recv_into(view[start:], most)
+        # Released here, not when garbage: a recv_into that raised (a channel socket's HostChanged)
+        # keeps the slice alive in its traceback, and a buffer exported cannot be resized (BufferError).
+        with memoryview(buffer)[start:] as room:
+            count = sock.recv_into(room, most)
     finally:
         del buffer[start + count :]  # the room that was not filled
     return count

@@ -313,6 +313,8 @@ def on_request(message: Any) -> Any:
     op = message.get("op") if isinstance(message, dict) else None
     if op == "raise":
         raise ValueError(f"refused {message['value']!r}")
+    if op == "big":  # a reply of ``size`` bytes and more: a frame many reads long, in flight for a while
+        return {"pid": os.getpid(), "blob": "x" * message["size"]}
     if op == "barrier":  # returns only once 8 requests are inside the handler at the same time
         _BARRIER.wait(timeout=10)
     if op == "hold":  # blocks while a hold file names this host; logs its entry first

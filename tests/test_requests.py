@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import pickle
 import signal
@@ -18,6 +19,8 @@ import pytest
 from conftest import Peer, Peers, reap, spawned, wait_until
 
 import ipchannel
+from ipchannel._framing import FrameReader
+from ipchannel._requests.wire import REPLY, REQUEST, build_frame, parse_frame
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -228,6 +231,84 @@ def test_sigkill_host_with_fifty_requests_in_flight_every_one_answered(
         assert {r["message"]["client"] for r in replies} == {client.pid}
         assert {r["pid"] for r in replies} <= {c.pid for c in clients}  # answered by the new host
     assert len({r["pid"] for a in answers for r in a["replies"]}) == 1
+
+
+def _fill_until_the_connection_ends(reader: FrameReader) -> None:
+    for _ in range(100):
+        reader.fill()
+
+
+@pytest.mark.timeout(60)
+def test_a_frame_reader_whose_host_dies_mid_frame_raises_host_changed_then_reads_the_next_host(
+    peers: Peers,
+) -> None:
+    host, survivor = peers.start_requests(2)
+    host.call("request", message="elect me")
+    survivor.call("request", message="a client, ready to take over")
+    with ipchannel.RequestChannel("test", _peers.on_request, may_host=False) as rc:
+        sock = rc.channel.connect(timeout=5)
+        reader = FrameReader(sock)
+        ask = build_frame(REQUEST, 1, json.dumps({"op": "big", "size": 4 << 20}).encode())
+        sock.sendall(ask)
+        reader.fill()  # the head of a 4 MiB answer: the host blocks in its send of the rest
+        host.kill()
+        assert reader.next_frame() is None
+        # a large frame is received straight into the reader's buffer; the dead host's last bytes,
+        # then the reconnection (before the fix: BufferError, the buffer resized while exported)
+        with pytest.raises(ipchannel.HostChanged):
+            _fill_until_the_connection_ends(reader)
+        reader.clear()
+        sock.sendall(ask)
+        kind, ident, payload = parse_frame(reader.read())
+        assert (kind, ident) == (REPLY, 1)
+        assert json.loads(payload) == {"pid": survivor.pid, "blob": "x" * (4 << 20)}
+        sock.close()
+
+
+@pytest.mark.timeout(180)
+def test_hosts_killed_while_multi_mib_answers_and_messages_are_on_their_way(peers: Peers) -> None:
+    for peer in peers.start_requests(3):  # the first hosts, the others join: one of them hosts next
+        peer.call("request", message="join")
+    size, errors, answered, heard = 4 << 20, list[str](), list[int](), list[int]()  # heard: lengths
+    stop = threading.Event()
+
+    def requester() -> None:
+        while not stop.is_set():
+            try:
+                answered.append(rc.request({"op": "big", "size": size}, timeout=30)["pid"])
+            except Exception as exc:  # noqa: BLE001 - reported below (before the fix: BufferError)
+                errors.append(repr(exc))
+
+    def publisher() -> None:
+        while not stop.is_set():
+            try:
+                rc.publish("y" * size, timeout=30)
+            except Exception as exc:  # noqa: BLE001 - as above
+                errors.append(repr(exc))
+
+    def served(pid: int, heard_at_least: int) -> bool:
+        return answered.count(pid) > 2 and len(heard) >= heard_at_least
+
+    with ipchannel.RequestChannel("test", _peers.on_request, may_host=False) as rc:
+        # before the fix the subscriber thread died of the BufferError: an unhandled thread exception
+        rc.subscribe(lambda message: heard.append(len(message)))
+        threads = [threading.Thread(target=f) for f in (requester, requester, requester, publisher)]
+        for t in threads:
+            t.start()
+        try:
+            for kill in range(9):
+                host = peers.host([p for p in peers.started if p.alive])
+                # the host answers and fans out, several of each; more are on their way when it dies
+                wait_until(functools.partial(served, host.pid, len(heard) + 3), timeout=30)
+                if kill < 8:
+                    host.kill()
+                    peers.start_requests(1)[0].call("request", message="join", timeout=30)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(60)
+    assert errors == []
+    assert set(heard) == {size}
 
 
 def _received(peer: Peer) -> list[Any]:

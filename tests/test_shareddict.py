@@ -6,21 +6,25 @@ import contextlib
 import itertools
 import logging
 import os
+import queue
 import signal
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psutil
 import pytest
-from conftest import wait_until
+from conftest import reap, wait_until
 
 import ipchannel
 from ipchannel import _hooks
 from ipchannel._shareddict.ops import PROTOCOL
 
 if TYPE_CHECKING:
-    from pathlib import Path
+    from collections.abc import Iterator
 
     from conftest import Peer, Peers
 
@@ -517,3 +521,128 @@ def test_a_batch_too_large_for_one_message_is_published_as_several_in_order() ->
         wait_until(lambda: d.position == (generation, seq + 3))
         assert sorted(d) == ["a", "b", "c"]
         assert d["c"] == "c" * 450_000
+
+
+# -- SIGTERM turned into SystemExit while threads write (tests/_interrupted_writers.py) -------------
+
+_WRITERS = Path(__file__).resolve().parent / "_interrupted_writers.py"
+
+
+class _Script:
+    """``_interrupted_writers.py MODE`` running against the dict "test"; its lines, read as they come."""
+
+    def __init__(self, mode: str) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, str(_WRITERS), mode, "test"], stdout=subprocess.PIPE, text=True
+        )
+        self.pid = self.process.pid
+        self.seen: list[str] = []  # lines read by expect() before the one it waited for
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self._lines.put(line.rstrip("\n"))
+        self._lines.put(None)
+
+    def expect(self, start: str, timeout: float = 30.0) -> str:
+        """Wait for a line starting with ``start``; fail the test at the deadline or at the script's end."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                line = self._lines.get(timeout=left)
+            except queue.Empty:
+                break
+            if line is None:
+                pytest.fail(f"{start!r} not printed before the script ended; printed {self.seen}")
+            if line.startswith(start):
+                return line
+            self.seen.append(line)
+        pytest.fail(f"{start!r} not printed within {timeout} s; printed {self.seen}")
+
+    def rest(self) -> list[str]:
+        """The lines not read yet, once the script has ended."""
+        self._reader.join(5)
+        lines = []
+        while (line := self._lines.get(timeout=5)) is not None:
+            lines.append(line)
+        return lines
+
+    def close(self) -> None:
+        reap(self.pid, timeout=1)
+        self.process.wait(5)
+        self._reader.join(5)  # stdout is at EOF once the process is gone
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+
+class _Scripts:
+    """Starts scripts and guarantees they are reaped."""
+
+    def __init__(self) -> None:
+        self.started: list[_Script] = []
+
+    def start(self, mode: str) -> _Script:
+        """Start one and wait until its dict is open."""
+        self.started.append(script := _Script(mode))
+        script.expect("opened")
+        script.seen.clear()
+        return script
+
+
+@pytest.fixture
+def scripts(runtime_dir: Path) -> Iterator[_Scripts]:  # noqa: ARG001 - sets IPCHANNEL_DIR
+    pool = _Scripts()
+    try:
+        yield pool
+    finally:
+        for script in pool.started:
+            script.close()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("mode", ["queued", "sending"])
+def test_a_main_thread_interrupted_while_it_carries_other_threads_writes_leaves_them_to_be_sent(
+    peers: Peers, scripts: _Scripts, tmp_path: Path, mode: str
+) -> None:
+    (holder,) = peers.start_dicts(1)
+    paused = {key: (tmp_path / f"{key}-held", tmp_path / f"{key}-go") for key in ("slow", "main")}
+    for key, (flag, release) in paused.items():  # applied and published, not answered, until released
+        holder.call(
+            "pause_at", point="shareddict.published", marker=f'"{key}"', flag=str(flag), release=str(release)
+        )
+    script = scripts.start(mode)
+    script.expect(f"queued {mode}")  # two writes held by the host; main's next, two more behind it
+    if mode == "sending":
+        paused["slow"][1].touch()
+        wait_until(paused["main"][0].exists)  # the main thread sent its write and the two behind it
+    os.kill(script.pid, signal.SIGTERM)
+    script.expect("main left")
+    for _flag, release in paused.values():
+        release.touch()
+    end = script.expect("end")
+    # before the fix: "queued": "stuck writer-carried" twice (handed to the main thread, which had
+    # left, they waited forever); "sending": "interrupted writer-carried SystemExit" twice
+    assert sorted(script.seen) == ["wrote carried 1", "wrote carried 2", "wrote slow 1", "wrote slow 2"]
+    main = [("main", 1)] if mode == "sending" else []  # sent before the interrupt: applied
+    assert end == f"end {sorted([('carried', 2), ('slow', 2), *main])}"  # each write applied once
+
+
+@pytest.mark.timeout(120)
+def test_sigterm_handled_by_sys_exit_while_nine_threads_write_ends_the_process(
+    peers: Peers, scripts: _Scripts
+) -> None:
+    peers.start_dicts(1)  # the host: the script's writes make round trips, as in a worker process
+    for trial in range(10):
+        script = scripts.start("loop")
+        script.expect("ready")
+        os.kill(script.pid, signal.SIGTERM)
+        try:
+            code = script.process.wait(10)
+        except subprocess.TimeoutExpired:
+            code = None  # before the fix: writers waiting forever for writes handed to the main thread
+        assert code == 0, f"trial {trial}: exit code {code} (None: still running 10 s after SIGTERM)"
+        # before the fix, also: "interrupted writer-loop SystemExit" (another thread's interrupt)
+        assert script.seen + script.rest() == [], f"trial {trial}"

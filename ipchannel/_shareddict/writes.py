@@ -4,6 +4,8 @@ Each write carries (writer, number), the writer being a thread of a process (one
 in flight each), so the host can tell a write resent after a failover from a new one.
 Threads of one process share round trips: a write made while ``SENDERS`` requests are
 out waits in the outbox, and every write waiting there goes with the next request.
+A thread that leaves by an interrupt (KeyboardInterrupt, or SystemExit from a signal
+handler) hands on the writes it carries, to be sent again: the host knows those it applied.
 A write returns once this process's replica has applied it (itself, from the answer,
 when it is the next change; else from the stream, or a snapshot).
 """
@@ -30,6 +32,9 @@ __all__ = ["SENDERS", "Writes"]
 
 #: Requests of writes one process has out at once; more writes wait, and share the next request.
 SENDERS = 2
+#: Seconds between two looks at a waiting write's state: a thread interrupted after it settled or
+#: handed on a write, before it woke it (``Writes._leave``), never wakes it.
+_RECHECK = 0.5
 
 
 class _Write:
@@ -45,6 +50,10 @@ class _Write:
         self.error: BaseException | None = None
         self.wake = threading.Lock()
         self.wake.acquire()
+
+    def called(self) -> bool:
+        """Tell whether this write was answered (or failed), or given writes to send."""
+        return self.to_send is not None or self.outcome is not None or self.error is not None
 
 
 class Writes:
@@ -76,54 +85,78 @@ class Writes:
         """Send one write through the host and return its result once the local replica holds it."""
         # one write in flight per thread, so (process, thread) is what the host deduplicates by
         mine = _Write(op, f"{self._client}-{threading.get_ident():x}", next(self._numbers))
+        try:
+            self._post(mine)
+            if mine.to_send is None:
+                self._wait_for_sender(mine)
+            if mine.to_send is not None:
+                self._request_writes(mine.to_send)
+                self._leave(mine, interrupted=False)
+        except BaseException as exc:  # also if _leave itself was interrupted: what it did is not redone
+            self._leave(mine, interrupted=not isinstance(exc, Exception))
+            raise
+        if mine.error is not None:
+            raise mine.error
+        return self._settle(mine, resync)
+
+    def _post(self, mine: _Write) -> None:
+        """Make ``mine``'s thread a sender if fewer than ``SENDERS`` are out, else queue ``mine``."""
         with self._outbox_lock:
             if self._senders < SENDERS:
                 self._senders += 1
                 mine.to_send = [mine]
             else:
                 self._outbox.append(mine)
-        if mine.to_send is None:
-            self._wait_for_sender(mine)
-        if mine.to_send is not None:
-            self._send(mine, mine.to_send)
-        if mine.error is not None:
-            raise mine.error
-        return self._settle(mine, resync)
 
     def _wait_for_sender(self, mine: _Write) -> None:
         """Wait until ``mine`` was answered, or given writes to send; give up only if still in the outbox."""
         deadline = Deadline(self._timeout)
-        if mine.wake.acquire(timeout=-1 if self._timeout is None else self._timeout):
-            return
-        with self._outbox_lock:
-            if mine in self._outbox:  # never sent: it cannot be applied
-                self._outbox.remove(mine)
-                raise self._timeout_error(
-                    deadline, "the writes of other threads of this process were still on their way"
-                )
-        mine.wake.acquire()  # on its way: the sender's request has a timeout of its own
+        while not mine.called():
+            remaining = deadline.remaining()
+            if remaining <= 0:
+                with self._outbox_lock:
+                    if mine in self._outbox:  # never sent: it cannot be applied
+                        self._outbox.remove(mine)
+                        raise self._timeout_error(
+                            deadline, "the writes of other threads of this process were still on their way"
+                        )
+                remaining = _RECHECK  # on its way: the sender's request has a timeout of its own
+            mine.wake.acquire(timeout=min(remaining, _RECHECK))
 
-    def _send(self, mine: _Write, batch: list[_Write]) -> None:
-        """Send ``batch`` in one request and settle it; wake its writes; hand what waits to one of them."""
-        try:
-            self._request_writes(batch)
-        finally:
-            for write in batch:
-                if write.outcome is None and write.error is None:  # the answer was not one we can read
+    def _leave(self, mine: _Write, *, interrupted: bool) -> None:
+        """Hand on what ``mine``'s thread carries as its call returns or raises; wake the writes it settled.
+
+        The writes it sent that got no answer go with the next request if it was
+        interrupted, else they fail. Its own write, if still queued, is taken out.
+        Nothing is handed on before the last statements under the lock, where CPython
+        runs no signal handler (no call, no loop): an interrupt that lands before them
+        leaves the whole of it to the caller's ``except``.
+        """
+        with self._outbox_lock:
+            batch = mine.to_send
+            if batch is None:
+                if mine in self._outbox:  # interrupted while it waited: never sent
+                    self._outbox.remove(mine)
+                return
+            unanswered = [w for w in batch if w is not mine and w.outcome is None and w.error is None]
+            if not interrupted:
+                for write in unanswered:  # the answer was not one we can read
                     write.error = ChannelError(
                         f"shared dict {self._name!r}: the host's answer left this write out"
                     )
-            with self._outbox_lock:
-                waiting, self._outbox = self._outbox, []
-                if waiting:
-                    waiting[0].to_send = waiting  # it sends them all, in our place
-                else:
-                    self._senders -= 1
-            for write in batch:
-                if write is not mine:
-                    write.wake.release()
+                unanswered = []
+            waiting = unanswered + self._outbox
+            self._outbox = []
             if waiting:
-                waiting[0].wake.release()
+                waiting[0].to_send = waiting  # it sends them all, in our place
+            else:
+                self._senders -= 1
+            mine.to_send = None
+        for write in batch:
+            if write is not mine and write not in unanswered:
+                write.wake.release()
+        if waiting:
+            waiting[0].wake.release()
 
     def _request_writes(self, batch: list[_Write]) -> None:
         """One request for ``batch``; each write gets its outcome (or the error), applied locally if next."""
@@ -138,7 +171,7 @@ class Writes:
             for write in batch:  # one of them cannot be encoded, or together they are too large: alone
                 self._request_writes([write])
             return
-        except BaseException as exc:  # noqa: BLE001 - raised in each writer's own thread
+        except Exception as exc:  # noqa: BLE001 - raised in each writer's own thread
             for write in batch:
                 write.error = exc
             return
