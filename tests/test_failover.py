@@ -268,7 +268,8 @@ def test_interpreter_exit_hands_over(peers: Peers, runtime_dir: Path) -> None:
     assert set(os.listdir(runtime_dir)) - {".test.standby.lock"} == {"test.lock"}
 
 
-_EXIT_AS_THE_STANDBY_DIES = """
+# The start of a child process's script: every ipchannel log record kept in ``seen.records``.
+_RECORDING = """
 import atexit, json, logging, os, signal, sys, time
 import ipchannel
 
@@ -283,7 +284,11 @@ seen = Seen()
 logger = logging.getLogger("ipchannel")
 logger.addHandler(seen)
 logger.setLevel(logging.DEBUG)
-channel = ipchannel.Channel("test", lambda conn: None)
+"""
+
+_EXIT_AS_THE_STANDBY_DIES = (
+    _RECORDING
+    + """channel = ipchannel.Channel("test", lambda conn: None)
 channel.monitor_interval = 0.02
 channel.connect(timeout=10)
 
@@ -300,6 +305,7 @@ def the_standby_dies_as_we_exit():
 
 atexit.register(the_standby_dies_as_we_exit)
 """
+)
 
 
 @pytest.mark.timeout(60)
@@ -322,22 +328,9 @@ def test_an_exiting_process_neither_stands_by_nor_logs_an_error(peers: Peers) ->
     assert host.call("request", text="x")["reply"] == f"{host.pid} x"
 
 
-_EXIT_AS_EVERY_HOST_DIES = """
-import atexit, json, logging, os, signal, sys, time
-import ipchannel
-
-class Seen(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.records = []
-    def emit(self, record):
-        self.records.append(record)
-
-seen = Seen()
-logger = logging.getLogger("ipchannel")
-logger.addHandler(seen)
-logger.setLevel(logging.DEBUG)
-channel = ipchannel.RequestChannel("test", None)
+_EXIT_AS_EVERY_HOST_DIES = (
+    _RECORDING
+    + """channel = ipchannel.RequestChannel("test", None)
 channel.subscribe(lambda message: None, timeout=10)
 
 def every_other_process_dies_as_we_exit():
@@ -355,6 +348,7 @@ def every_other_process_dies_as_we_exit():
 
 atexit.register(every_other_process_dies_as_we_exit)
 """
+)
 
 
 @pytest.mark.timeout(60)
