@@ -74,8 +74,10 @@ def _recv_onto(sock: socket.socket, buffer: bytearray, most: int) -> int:
     start, count = len(buffer), 0
     buffer += bytes(most)
     try:
-        with memoryview(buffer) as view:
-            count = sock.recv_into(view[start:], most)
+        # Released here, also on an error: a socket written in Python (ChannelSocket) that raises keeps
+        # its argument alive in the traceback, and the trim below would fail (BufferError).
+        with memoryview(buffer) as view, view[start:] as room:
+            count = sock.recv_into(room, most)
     finally:
         del buffer[start + count :]  # the room that was not filled
     return count

@@ -18,6 +18,7 @@ import pytest
 from conftest import Peer, Peers, reap, spawned, wait_until
 
 import ipchannel
+from ipchannel._framing import FrameReader
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -68,6 +69,30 @@ def test_truncated_frame_is_a_protocol_error_and_clean_eof_is_eoferror(
         c.close()
         with pytest.raises(EOFError):
             ipchannel.recv_message(d)
+
+
+class _FailsMidFrame:
+    """A socket written in Python (as ChannelSocket is) that fails once a large frame has begun."""
+
+    def __init__(self) -> None:
+        self.data = struct.pack("!I", 1_000_000) + b"x" * 100  # large: read straight into its place
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+        del flags  # this frame keeps ``buffer`` alive in the traceback, as ChannelSocket's does
+        if not self.data:
+            raise ConnectionResetError("the host died mid-frame")
+        view = memoryview(buffer)
+        count = min(len(self.data), nbytes or len(view), len(view))
+        view[:count], self.data = self.data[:count], self.data[count:]
+        return count
+
+
+@pytest.mark.parametrize("read", [lambda sock: FrameReader(sock).read(), ipchannel.recv_message])
+def test_an_error_reading_a_large_frame_is_raised_as_it_is(read: Any) -> None:
+    # Not BufferError (the receive buffer could not be trimmed): a subscriber thread reading a large
+    # frame when its host died ended for good, instead of subscribing to the next host.
+    with pytest.raises(ConnectionResetError, match="mid-frame"):
+        read(_FailsMidFrame())
 
 
 def test_remote_error_pickles() -> None:
