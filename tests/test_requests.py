@@ -438,3 +438,19 @@ def test_unsubscribing_the_last_callback_ends_the_subscription() -> None:
         channel.publish("y")
         wait_until(lambda: after == ["y"])
         assert before == ["x"]
+
+
+@pytest.mark.usefixtures("runtime_dir")
+def test_subscribing_and_unsubscribing_over_and_over_keeps_nothing_of_the_ended_subscriptions() -> None:
+    # Each ended subscription's thread was kept until close (a stream opened per web request...).
+    with ipchannel.RequestChannel("test", None) as channel:
+        for i in range(50):
+            got: list[Any] = []
+            channel.subscribe(got.append)
+            channel.publish(i)
+            wait_until(lambda i=i, got=got: got == [i])
+            channel.unsubscribe(got.append)
+        wait_until(lambda: not any(t.name == "ipchannel-subscriber:test" for t in threading.enumerate()))
+        channel.subscribe(print)
+        channel.unsubscribe(print)
+        assert len(channel._subscriber._ending) <= 2  # noqa: SLF001 - what a long-lived process keeps

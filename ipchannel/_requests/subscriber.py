@@ -105,6 +105,8 @@ class Subscriber:
             self.inbox.callbacks.remove(callback)
             if self.inbox.callbacks or self._thread is None:
                 return True
+            # the threads of ended subscriptions that ended already are let go: no growth over a long life
+            self._ending = [thread for thread in self._ending if thread.is_alive()]
             self._ending.append(self._thread)
             stop, sock = self._stop, self._sock
             self._thread, self.generation, self._last = None, None, 0
