@@ -279,6 +279,26 @@ def test_publish_reaches_every_subscriber_and_again_after_the_host_dies(peers: P
         wait_until(functools.partial(_received_exactly, p, ["one", "two", "three"]), timeout=5)
 
 
+def test_a_message_over_a_subscribers_own_limit_is_skipped_and_reported(peers: Peers) -> None:
+    # A subscriber with a smaller max_message_size than the publisher's dropped its subscription on that
+    # message, subscribed again, had it replayed, and so on: thousands of times a second, the host's CPU
+    # taken, nothing delivered again, nothing reported.
+    (host,) = peers.start_requests(1, max_message_size=2_000_000)
+    host.call("subscribe")
+    (small,) = peers.start_requests(1, max_message_size=100_000)
+    small.call("subscribe")
+    for message in ["before", "x" * 1_000_000, "after"]:
+        host.call("publish", message=message)
+
+    def received() -> tuple[list[Any], list[Any]]:
+        got = small.call("received")
+        return got["received"], got["missed"]
+
+    wait_until(lambda: received() == (["before", "after"], [1]))
+    host.call("publish", message="again")
+    wait_until(lambda: received() == (["before", "after", "again"], [1]))
+
+
 def test_custom_codec(peers: Peers) -> None:
     host, client = peers.start_requests(2, codec="reversing")
     assert host.call("request", message="abc")["reply"].startswith("{")  # str() of the reply dict
