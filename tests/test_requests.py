@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import operator
 import os
 import pickle
 import signal
@@ -468,7 +469,7 @@ def test_subscribing_and_unsubscribing_over_and_over_keeps_nothing_of_the_ended_
             got: list[Any] = []
             channel.subscribe(got.append)
             channel.publish(i)
-            wait_until(lambda i=i, got=got: got == [i])
+            wait_until(functools.partial(operator.eq, got, [i]))
             channel.unsubscribe(got.append)
         wait_until(lambda: not any(t.name == "ipchannel-subscriber:test" for t in threading.enumerate()))
         channel.subscribe(print)
