@@ -20,7 +20,15 @@ if TYPE_CHECKING:
 
     from _typeshed import ReadableBuffer
 
-__all__ = ["DEFAULT_MAX_SIZE", "HEADER", "FrameReader", "frame_size", "recv_message", "send_message"]
+__all__ = [
+    "DEFAULT_MAX_SIZE",
+    "HEADER",
+    "FrameReader",
+    "FrameTooLarge",
+    "frame_size",
+    "recv_message",
+    "send_message",
+]
 
 #: Largest frame accepted by default: 64 MiB.
 DEFAULT_MAX_SIZE = 64 * 1024 * 1024
@@ -28,11 +36,19 @@ DEFAULT_MAX_SIZE = 64 * 1024 * 1024
 HEADER = struct.Struct("!I")
 
 
+class FrameTooLarge(ProtocolError):
+    """A frame header announces more than the reader's limit (``size``: what it announces)."""
+
+    def __init__(self, size: int, max_size: int) -> None:
+        super().__init__(f"frame of {size} bytes is larger than the limit of {max_size} bytes")
+        self.size = size
+
+
 def frame_size(header: ReadableBuffer, max_size: int) -> int:
     """Return the payload length a header announces, or raise ProtocolError if over ``max_size``."""
     (size,) = HEADER.unpack_from(header)
     if size > max_size:
-        raise ProtocolError(f"frame of {size} bytes is larger than the limit of {max_size} bytes")
+        raise FrameTooLarge(size, max_size)
     return int(size)
 
 
@@ -74,9 +90,9 @@ def _recv_onto(sock: socket.socket, buffer: bytearray, most: int) -> int:
     start, count = len(buffer), 0
     buffer += bytes(most)
     try:
-        # Released here, not when garbage: a recv_into that raised (a channel socket's HostChanged)
-        # keeps the slice alive in its traceback, and a buffer exported cannot be resized (BufferError).
-        with memoryview(buffer)[start:] as room:
+        # Released here, also on an error: a socket written in Python (ChannelSocket) that raises keeps
+        # its argument alive in the traceback, and the trim below would fail (BufferError).
+        with memoryview(buffer) as view, view[start:] as room:
             count = sock.recv_into(room, most)
     finally:
         del buffer[start + count :]  # the room that was not filled
@@ -137,6 +153,29 @@ class FrameReader:
         while (payload := self.next_frame()) is None:
             self.fill()
         return payload
+
+    def skip(self, keep: int) -> bytes:
+        """Drop the next frame (one over the limit: ``FrameTooLarge``) as it arrives; return its first bytes.
+
+        At most ``keep`` bytes of its payload are returned; memory stays bounded by ``CHUNK``.
+
+        :raises ProtocolError: the connection ended mid-frame.
+        """
+        buffer = self._buffer
+        (size,) = HEADER.unpack_from(buffer)
+        del buffer[: HEADER.size]
+        kept = bytearray()
+        while True:
+            kept += buffer[: min(keep - len(kept), size)]
+            taken = min(len(buffer), size)
+            del buffer[:taken]
+            size -= taken
+            if size == 0:
+                return bytes(kept)
+            count = self._sock.recv_into(self._chunk)
+            if count == 0:
+                raise ProtocolError(f"connection closed {size} bytes before the end of a frame")
+            buffer += self._chunk[:count]
 
     def clear(self) -> None:
         """Forget what is buffered (the socket moved to a new connection: a partial frame is worthless)."""

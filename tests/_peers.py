@@ -556,6 +556,15 @@ class _DictPeer:
                 d.__setitem__(args["key"], f"{i:08d}" + "x" * args["size"])
                 slowest = max(slowest, time.monotonic() - start)
             return {"slowest": slowest, "position": d.position}
+        if cmd == "fill_keys":  # set prefix0 .. prefix<times - 1> to size bytes each
+            for i in range(args["times"]):
+                d[f"{args['prefix']}{i}"] = "x" * args["size"]
+            return {"position": d.position}
+        if cmd == "pop_in_background":  # pop prefix0 .. in two threads: large answers on their way
+            for first in (0, 1):
+                keys = [f"{args['prefix']}{i}" for i in range(first, args["times"], 2)]
+                threading.Thread(target=lambda k=keys: [d.pop(key, None) for key in k], daemon=True).start()
+            return {}
         if cmd == "setdefault":  # of a value of size bytes; the length of what it returned
             return {"length": len(d.setdefault(args["key"], "x" * args["size"]))}
         if cmd == "digest":  # what the replica holds at one position, without sending it whole

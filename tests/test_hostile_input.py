@@ -153,3 +153,31 @@ def test_a_stuck_request_handler_does_not_stop_other_connections(
         hold.unlink()
         waiter.join(30)
     assert stuck == [{"pid": host.pid, "message": {"op": "hold"}}]
+
+
+@pytest.mark.timeout(60)
+def test_a_subscriber_that_sends_requests_and_reads_nothing_holds_up_no_publisher(
+    host: Peer, client: ipchannel.RequestChannel, runtime_dir: Path
+) -> None:
+    # The answers to its requests went out under the lock of its outbox, blocking: then every
+    # publisher waited for that lock (the host's own publish too, past any timeout).
+    host.call("subscribe")
+    with contextlib.closing(_raw(runtime_dir)) as sock:
+        sock.sendall(_frame(_ENVELOPE.pack(3, 1) + b"\x00"))  # SUBSCRIBE
+        request = _frame(_ENVELOPE.pack(1, 2) + b'"' + b"y" * 100_000 + b'"')
+        sock.settimeout(None)
+        flooding = threading.Thread(target=lambda: _send_until_closed(sock, request), daemon=True)
+        flooding.start()
+        wait_until(lambda: _unread(sock) > 0, timeout=10)  # the host stopped reading: its answers wait
+        for i in range(3):
+            client.publish({"i": i}, timeout=3)
+            host.call("publish", message={"own": i}, timeout=5)
+        wait_until(lambda: host.call("received")["received"][-1] == {"own": 2})
+        sock.shutdown(socket.SHUT_RDWR)
+        flooding.join(10)
+
+
+def _send_until_closed(sock: socket.socket, frame: bytes) -> None:
+    with contextlib.suppress(OSError):
+        while True:
+            sock.sendall(frame)

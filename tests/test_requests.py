@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import operator
 import os
 import pickle
 import signal
@@ -71,6 +72,30 @@ def test_truncated_frame_is_a_protocol_error_and_clean_eof_is_eoferror(
         c.close()
         with pytest.raises(EOFError):
             ipchannel.recv_message(d)
+
+
+class _FailsMidFrame:
+    """A socket written in Python (as ChannelSocket is) that fails once a large frame has begun."""
+
+    def __init__(self) -> None:
+        self.data = struct.pack("!I", 1_000_000) + b"x" * 100  # large: read straight into its place
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+        del flags  # this frame keeps ``buffer`` alive in the traceback, as ChannelSocket's does
+        if not self.data:
+            raise ConnectionResetError("the host died mid-frame")
+        view = memoryview(buffer)
+        count = min(len(self.data), nbytes or len(view), len(view))
+        view[:count], self.data = self.data[:count], self.data[count:]
+        return count
+
+
+@pytest.mark.parametrize("read", [lambda sock: FrameReader(sock).read(), ipchannel.recv_message])
+def test_an_error_reading_a_large_frame_is_raised_as_it_is(read: Any) -> None:
+    # Not BufferError (the receive buffer could not be trimmed): a subscriber thread reading a large
+    # frame when its host died ended for good, instead of subscribing to the next host.
+    with pytest.raises(ConnectionResetError, match="mid-frame"):
+        read(_FailsMidFrame())
 
 
 def test_remote_error_pickles() -> None:
@@ -335,6 +360,26 @@ def test_publish_reaches_every_subscriber_and_again_after_the_host_dies(peers: P
         wait_until(functools.partial(_received_exactly, p, ["one", "two", "three"]), timeout=5)
 
 
+def test_a_message_over_a_subscribers_own_limit_is_skipped_and_reported(peers: Peers) -> None:
+    # A subscriber with a smaller max_message_size than the publisher's dropped its subscription on that
+    # message, subscribed again, had it replayed, and so on: thousands of times a second, the host's CPU
+    # taken, nothing delivered again, nothing reported.
+    (host,) = peers.start_requests(1, max_message_size=2_000_000)
+    host.call("subscribe")
+    (small,) = peers.start_requests(1, max_message_size=100_000)
+    small.call("subscribe")
+    for message in ["before", "x" * 1_000_000, "after"]:
+        host.call("publish", message=message)
+
+    def received() -> tuple[list[Any], list[Any]]:
+        got = small.call("received")
+        return got["received"], got["missed"]
+
+    wait_until(lambda: received() == (["before", "after"], [1]))
+    host.call("publish", message="again")
+    wait_until(lambda: received() == (["before", "after", "again"], [1]))
+
+
 def test_custom_codec(peers: Peers) -> None:
     host, client = peers.start_requests(2, codec="reversing")
     assert host.call("request", message="abc")["reply"].startswith("{")  # str() of the reply dict
@@ -494,3 +539,19 @@ def test_unsubscribing_the_last_callback_ends_the_subscription() -> None:
         channel.publish("y")
         wait_until(lambda: after == ["y"])
         assert before == ["x"]
+
+
+@pytest.mark.usefixtures("runtime_dir")
+def test_subscribing_and_unsubscribing_over_and_over_keeps_nothing_of_the_ended_subscriptions() -> None:
+    # Each ended subscription's thread was kept until close (a stream opened per web request...).
+    with ipchannel.RequestChannel("test", None) as channel:
+        for i in range(50):
+            got: list[Any] = []
+            channel.subscribe(got.append)
+            channel.publish(i)
+            wait_until(functools.partial(operator.eq, got, [i]))
+            channel.unsubscribe(got.append)
+        wait_until(lambda: not any(t.name == "ipchannel-subscriber:test" for t in threading.enumerate()))
+        channel.subscribe(print)
+        channel.unsubscribe(print)
+        assert len(channel._subscriber._ending) <= 2  # noqa: SLF001 - what a long-lived process keeps

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from typing import TYPE_CHECKING
 
 import pytest
@@ -99,3 +100,21 @@ def test_a_stopped_subscriber_holds_up_no_publisher_and_is_told_what_it_missed(p
     assert all(count is not None and count > 0 for count in got["missed"]), got["missed"]
     publisher.call("publish", message={"i": "after"})
     wait_until(lambda: stuck.call("received")["received"][-1] == {"i": "after"})
+
+
+@pytest.mark.timeout(90)
+def test_a_writer_stopped_while_its_answer_is_sent_holds_up_no_write(peers: Peers) -> None:
+    # Its answer (a popped value) was written by the thread that applied the batch, blocking:
+    # every write of every process waited behind it, for as long as the writer was stopped.
+    host, stuck, other = group = peers.start_dicts(3)
+    assert peers.host(group) is host
+    host.call("fill_keys", prefix="big", size=1_000_000, times=200)
+    other.call("count", key="n", threads=3)  # batches keep coming: answers go out from the committer
+    stuck.call("pop_in_background", prefix="big", times=200)
+    time.sleep(0.5)
+    with _Stopped(stuck):
+        start = time.monotonic()
+        assert host.call("set_then_get", key="k", value=1)["got"] == 1
+        assert other.call("set_then_get", key="k", value=2)["got"] == 2
+        assert time.monotonic() - start < 3.0
+    assert other.call("stop_count")["errors"] == []

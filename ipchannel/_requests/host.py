@@ -50,23 +50,29 @@ _LOGGER = logging.getLogger("ipchannel")
 
 
 class _Peer:
-    """One connection as the host sees it; writes are whole frames under a lock."""
+    """One connection as the host sees it: every frame for it goes through its outbox, whole.
 
-    def __init__(self, conn: socket.socket) -> None:
+    Whoever sends (its handler thread, a publisher, the thread that settles a deferred
+    answer) never waits for the client: a stopped client holds up no one else.
+    """
+
+    def __init__(self, conn: socket.socket, name: str, limits: Limits) -> None:
         self.conn = conn
         self.lock = threading.Lock()
-        self.outbox: Outbox | None = None  # once it subscribed: what it has yet to get
+        self.where = ""  # where a TCP client is, for the warnings that name it
+        if conn.family != socket.AF_UNIX:
+            with contextlib.suppress(OSError):  # gone already: its first read says so
+                address = conn.getpeername()
+                self.where = f" at {address[0]}:{address[1]}"
+        self.outbox = Outbox(name, conn, self.lock, f"client connection{self.where}", limits, self.cut_off)
+        self.subscribed = False
 
     def send(self, frame: bytes) -> bool:
-        try:
-            with self.lock:
-                self.conn.sendall(frame)
-        except OSError:
-            return False  # the client went away; its process will resend to whoever hosts
-        return True
+        """Send or queue ``frame``; False if the client went away (its process resends to whoever hosts)."""
+        return self.outbox.put(frame)
 
     def cut_off(self) -> None:
-        """End the connection now (a subscriber too far behind): its handler thread reads EOF."""
+        """End the connection now (a client too far behind): its handler thread reads EOF."""
         with contextlib.suppress(OSError):
             self.conn.shutdown(socket.SHUT_RDWR)
 
@@ -137,12 +143,13 @@ class RequestHost:
 
     def handle(self, conn: socket.socket) -> None:
         """Serve one connection (runs in a handler thread of the host)."""
-        peer, reader = _Peer(conn), FrameReader(conn, self._max_size)
+        peer, reader = _Peer(conn, self._name, self._limits), FrameReader(conn, self._max_size)
         try:
             while True:
                 try:
                     kind, ident, payload = parse_frame(reader.read())
                 except EOFError:
+                    peer.outbox.flush(self._limits.max_lag)  # the client may still read what is queued
                     return
                 except ProtocolError as exc:
                     _LOGGER.warning("channel %r: closing a connection that sent garbage: %s", self._name, exc)
@@ -164,9 +171,8 @@ class RequestHost:
         finally:
             with self._lock:
                 self._subscribers.discard(peer)
-            if peer.outbox is not None:
-                peer.cut_off()  # a send blocked in the outbox's thread ends with it
-                peer.outbox.close()
+            peer.cut_off()  # a send blocked in the outbox's thread ends with it
+            peer.outbox.close()
 
     def _answer(self, peer: _Peer, ident: int, payload: bytes) -> None:
         # A host giving hosting up answers nothing, not even the error its closing caused: the
@@ -229,7 +235,6 @@ class RequestHost:
             frame = build_frame(MESSAGE, self._number, payload)
             self._replay.append((self._number, frame))
             for subscriber in list(self._subscribers):
-                assert subscriber.outbox is not None
                 if not subscriber.outbox.put(frame):
                     self._subscribers.discard(subscriber)
 
@@ -261,12 +266,12 @@ class RequestHost:
         pid, generation, last = (
             SUBSCRIBER.unpack_from(payload, 1) if len(payload) > SUBSCRIBER.size else (0, 0, 0)
         )
-        where = peer.conn.getpeername() if peer.conn.family != socket.AF_UNIX else ""
-        who = f"pid {pid}" + (f" at {where[0]}:{where[1]}" if where else "")
+        who = f"pid {pid}{peer.where}"
         with self._lock:
             self._start_term()
-            if peer.outbox is None:
-                peer.outbox = Outbox(self._name, peer.conn, peer.lock, who, self._limits, peer.cut_off)
+            if not peer.subscribed:
+                peer.subscribed = True
+                peer.outbox.subscribed(f"subscriber {who}")
             after = last if generation == self._term else 0
             backlog = self._backlog(after) if resume else []
             first = self._number + 1 - len(backlog)

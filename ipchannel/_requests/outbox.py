@@ -1,10 +1,12 @@
-"""What the host has yet to send one subscriber: a bounded queue that never blocks the publisher.
+"""What the host has yet to send one connection: a bounded queue that never blocks the sender.
 
-A publisher (``fan_out``: a publishing handler thread, a SharedDict's committer) only
-queues. While the queue is empty the frame is written at once, without blocking
+Every frame the host sends goes through its connection's outbox: a publisher (``fan_out``:
+a publishing handler thread, a SharedDict's committer), a reply, a deferred answer
+settled by another thread (a SharedDict's committer answering a stopped writer) only
+queue. While the queue is empty the frame is written at once, without blocking
 (``MSG_DONTWAIT``), which is what almost every send is; what the socket does not take
 waits here and is written by the outbox's own thread (``ipchannel-outbox:NAME``), in
-order. A subscriber that falls further behind than ``Limits`` (bytes queued behind the
+order. A connection (a subscriber, mostly) that falls further behind than ``Limits`` (bytes queued behind the
 frame being written, or that frame's age: Redis's ``client-output-buffer-limit pubsub`` and Kafka's
 ``replica.lag.time.max.ms``) is cut off: its connection is shut down, the queue
 dropped, a WARNING names its pid. It subscribes again once it runs, and learns what it
@@ -31,6 +33,7 @@ __all__ = ["DEFAULT_LIMITS", "Limits", "Outbox"]
 _LOGGER = logging.getLogger("ipchannel")
 _DONTWAIT: int | None = getattr(socket, "MSG_DONTWAIT", None)
 _JOIN_TIMEOUT = 2.0
+_IDLE = 10.0  # seconds the drain thread waits for more to write before it ends (put starts another)
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,10 @@ DEFAULT_LIMITS = Limits(max_backlog=32 * 1024 * 1024, max_lag=30.0)
 
 
 class Outbox:
-    """One subscriber's queue of frames, and the thread that drains it (started when first needed)."""
+    """One connection's queue of frames, and the thread that drains it (started when needed).
+
+    ``who`` names the connection in the warning that cuts it off (``subscribed`` changes it).
+    """
 
     def __init__(  # noqa: PLR0913, PLR0917 - made in one place, by RequestHost
         self,
@@ -59,6 +65,7 @@ class Outbox:
         on_cut: Callable[[], None],
     ) -> None:
         self._name, self._conn, self._who, self._limits, self._on_cut = name, conn, who, limits, on_cut
+        self._again = "connects"  # what it does once cut off: see ``subscribed``
         self._cond = threading.Condition(send_lock)  # also what the connection's replies are sent under
         self._frames: deque[tuple[memoryview, float]] = deque()  # the head is being written
         self._bytes = 0
@@ -66,8 +73,13 @@ class Outbox:
         self._dontwait = _DONTWAIT is not None and conn.gettimeout() is None
         self._thread: threading.Thread | None = None
 
+    def subscribed(self, who: str) -> None:
+        """Say that the connection is a subscription, of ``who`` (named when it is cut off)."""
+        with self._cond:
+            self._who, self._again = who, "subscribes"
+
     def put(self, frame: bytes) -> bool:
-        """Send or queue ``frame`` without blocking; False if the subscriber is (now) cut off."""
+        """Send or queue ``frame`` without blocking; False if the connection is (now) cut off or gone."""
         with self._cond:
             if self._closed:
                 return False
@@ -88,7 +100,7 @@ class Outbox:
                 self._frames.append((memoryview(frame)[sent:], now))
                 self._bytes += len(frame) - sent
                 self._start()
-                self._cond.notify()
+                self._cond.notify_all()
             return True
 
     def _send_now(self, frame: bytes) -> int | None:
@@ -118,7 +130,9 @@ class Outbox:
         while True:
             with self._cond:
                 while not self._frames and not self._closed:
-                    self._cond.wait()
+                    if not self._cond.wait(_IDLE) and not self._frames and not self._closed:
+                        self._thread = None  # idle: a later backlog starts another
+                        return
                 if self._closed:
                     return
                 head = self._frames[0][0]
@@ -128,24 +142,33 @@ class Outbox:
                 with self._cond:
                     self._closed = True
                     self._frames.clear()
+                    self._cond.notify_all()
                 return
             with self._cond:
                 if self._frames:
                     self._frames.popleft()
                     self._bytes -= len(head)
+                if not self._frames:
+                    self._cond.notify_all()  # ``flush`` waits for this
+
+    def flush(self, timeout: float) -> None:
+        """Wait at most ``timeout`` seconds for what is queued to be written (the peer stopped sending)."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._closed or not self._frames, timeout)
 
     def _cut(self, why: str) -> None:
         """Cut a subscriber off (call with the lock): its connection ends, its queue is dropped."""
         _LOGGER.warning(
-            "channel %r: subscriber %s fell behind (%s): cut off; it subscribes again once it runs",
+            "channel %r: %s fell behind (%s): cut off; it %s again once it runs",
             self._name,
             self._who,
             why,
+            self._again,
         )
         self._closed = True
         self._frames.clear()
         self._bytes = 0
-        self._cond.notify()
+        self._cond.notify_all()
         self._on_cut()
 
     def close(self) -> None:
@@ -153,7 +176,7 @@ class Outbox:
         with self._cond:
             self._closed = True
             self._frames.clear()
-            self._cond.notify()
+            self._cond.notify_all()
             thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(_JOIN_TIMEOUT)

@@ -22,11 +22,12 @@ from typing import TYPE_CHECKING, Any
 from .. import _platform
 from .._core.socket import ChannelSocket, reconnect_within
 from .._errors import ChannelClosed, ChannelError, ChannelTimeout, HostChanged, ProtocolError
-from .._framing import FrameReader
+from .._framing import FrameReader, FrameTooLarge
 from .._timing import Deadline
 from .inbox import Inbox
 from .wire import (
     ACK,
+    ENVELOPE,
     MESSAGE,
     SLACK,
     SUBSCRIBE,
@@ -105,6 +106,8 @@ class Subscriber:
             self.inbox.callbacks.remove(callback)
             if self.inbox.callbacks or self._thread is None:
                 return True
+            # the threads of ended subscriptions that ended already are let go: no growth over a long life
+            self._ending = [thread for thread in self._ending if thread.is_alive()]
             self._ending.append(self._thread)
             stop, sock = self._stop, self._sock
             self._thread, self.generation, self._last = None, None, 0
@@ -255,7 +258,12 @@ class Subscriber:
         """Deliver messages, subscribing again on each host change; return when the connection is lost."""
         while not stop.is_set():
             try:
-                kind, ident, payload = parse_frame(reader.read())
+                try:
+                    frame = reader.read()
+                except FrameTooLarge as exc:
+                    self._skip(reader, exc.size)
+                    continue
+                kind, ident, payload = parse_frame(frame)
                 if kind == MESSAGE and not stop.is_set():
                     self._deliver(ident, payload)
                 continue
@@ -275,6 +283,24 @@ class Subscriber:
                 self._lost(exc)
                 self._cut = True
                 return
+
+    def _skip(self, reader: FrameReader, size: int) -> None:
+        """Skip a message over this process's limit and report it missed (read on: no new subscription).
+
+        Subscribing again would have it replayed, and fail on it again, over and over.
+        """
+        head = reader.skip(ENVELOPE.size)
+        if len(head) == ENVELOPE.size:
+            kind, number = ENVELOPE.unpack(head)
+            if kind == MESSAGE:
+                self._last = max(self._last, number)  # not replayed, not reported twice
+        _LOGGER.warning(
+            "channel %r: skipped a published message of %d bytes, over this process's max_message_size"
+            " (every process of a channel should pass the same)",
+            self._channel.name,
+            size,
+        )
+        self.inbox.missed(1)
 
     def _read_lost(self, exc: BaseException) -> None:
         """Say why the connection was lost while reading (not a host change); it is opened again."""
