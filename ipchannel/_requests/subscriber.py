@@ -260,8 +260,9 @@ class Subscriber:
             try:
                 try:
                     frame = reader.read()
-                except FrameTooLarge as exc:
-                    self._skip(reader, exc.size)
+                except FrameTooLarge as exc:  # read on: subscribing again would replay it, over and over
+                    self._last = max(self._last, _skip(reader, exc.size, self._channel.name))
+                    self.inbox.missed(1)
                     continue
                 kind, ident, payload = parse_frame(frame)
                 if kind == MESSAGE and not stop.is_set():
@@ -280,27 +281,9 @@ class Subscriber:
             except ChannelClosed:
                 raise
             except (EOFError, OSError, ProtocolError, ChannelError) as exc:
-                self._lost(exc)
+                _lost(self._channel, exc)
                 self._cut = True
                 return
-
-    def _skip(self, reader: FrameReader, size: int) -> None:
-        """Skip a message over this process's limit and report it missed (read on: no new subscription).
-
-        Subscribing again would have it replayed, and fail on it again, over and over.
-        """
-        head = reader.skip(ENVELOPE.size)
-        if len(head) == ENVELOPE.size:
-            kind, number = ENVELOPE.unpack(head)
-            if kind == MESSAGE:
-                self._last = max(self._last, number)  # not replayed, not reported twice
-        _LOGGER.warning(
-            "channel %r: skipped a published message of %d bytes, over this process's max_message_size"
-            " (every process of a channel should pass the same)",
-            self._channel.name,
-            size,
-        )
-        self.inbox.missed(1)
 
     def _read_lost(self, exc: BaseException) -> None:
         """Say why the connection was lost while reading (not a host change); it is opened again."""
@@ -309,7 +292,7 @@ class Subscriber:
             name = self._channel.name
             _LOGGER.info("channel %r: the host ended this process's subscription (%s)", name, exc or "EOF")
         else:
-            self._lost(exc)
+            _lost(self._channel, exc)
 
     def _open_again(self, stop: threading.Event) -> tuple[ChannelSocket, FrameReader] | None:
         """Subscribe on a new connection, as long as it takes; None once the channel is closed."""
@@ -321,7 +304,7 @@ class Subscriber:
             except ChannelTimeout:
                 continue
             except (OSError, ChannelError) as exc:
-                self._lost(exc)
+                _lost(self._channel, exc)
                 time.sleep(_RETRY_PAUSE)
                 continue
             reader = FrameReader(sock, self._max_size + SLACK)
@@ -333,23 +316,12 @@ class Subscriber:
             except (OSError, ChannelError) as exc:
                 sock.close()
                 if not isinstance(exc, ChannelTimeout):
-                    self._lost(exc)
+                    _lost(self._channel, exc)
                     time.sleep(_RETRY_PAUSE)
                 continue
             _LOGGER.info("channel %r: subscribed again", self._channel.name)
             return sock, reader
         return None
-
-    def _lost(self, exc: BaseException) -> None:
-        if not self._channel.closed:
-            exiting = not threading.main_thread().is_alive()  # the channel closes at exit: no news
-            _LOGGER.log(
-                logging.DEBUG if exiting else logging.WARNING,
-                "channel %r: subscription lost (%s: %s); subscribing again",
-                self._channel.name,
-                type(exc).__name__,
-                exc,
-            )
 
     def _resubscribe(self, sock: ChannelSocket, reader: FrameReader) -> None:
         while True:
@@ -371,3 +343,29 @@ class Subscriber:
         for thread in threads:
             if thread is not None and thread is not threading.current_thread():
                 thread.join(_JOIN_TIMEOUT)
+
+
+def _skip(reader: FrameReader, size: int, name: str) -> int:
+    """Skip a published message over this process's limit; return its number (0 if unknown)."""
+    head = reader.skip(ENVELOPE.size)
+    kind, number = ENVELOPE.unpack(head) if len(head) == ENVELOPE.size else (0, 0)
+    _LOGGER.warning(
+        "channel %r: skipped a published message of %d bytes, over this process's max_message_size"
+        " (every process of a channel should pass the same)",
+        name,
+        size,
+    )
+    return int(number) if kind == MESSAGE else 0
+
+
+def _lost(channel: Channel, exc: BaseException) -> None:
+    """Say that the subscription was lost (it is opened again); not while the process exits."""
+    if not channel.closed:
+        exiting = not threading.main_thread().is_alive()  # the channel closes at exit: no news
+        _LOGGER.log(
+            logging.DEBUG if exiting else logging.WARNING,
+            "channel %r: subscription lost (%s: %s); subscribing again",
+            channel.name,
+            type(exc).__name__,
+            exc,
+        )
