@@ -43,7 +43,7 @@ def log(tmp_path: Path) -> Path:
 
 @pytest.mark.timeout(90)
 def test_a_stopped_replica_holds_up_no_write_and_resyncs_when_it_runs(peers: Peers, log: Path) -> None:
-    host, stuck, writer = group = peers.start_dicts(3, log=str(log), max_backlog=1_000_000)
+    host, stuck, writer = group = peers.start_dicts(3, log=str(log), max_backlog=1_000_000, max_lag=1.0)
     assert peers.host(group) is host
     writer.call("set_then_get", key="k", value="first")
     position = host.call("info")["position"]
@@ -71,7 +71,7 @@ def _assert_same(group: list[Peer]) -> None:
 
 @pytest.mark.timeout(90)
 def test_a_stopped_subscriber_holds_up_no_publisher_and_is_told_what_it_missed(peers: Peers) -> None:
-    host, stuck, publisher = group = peers.start_requests(3, max_backlog=1_000_000)
+    host, stuck, publisher = group = peers.start_requests(3, max_backlog=1_000_000, max_lag=1.0)
     for peer in group:  # the first to subscribe hosts
         peer.call("subscribe")
     assert peers.host(group) is host

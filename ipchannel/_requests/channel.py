@@ -58,7 +58,8 @@ class RequestChannel:
     :param max_message_size: largest encoded message accepted, in bytes (default 64 MiB).
     :param max_backlog: bytes the host may hold for one subscriber that does not read (stopped,
         swapped out, cut off by the network) before it cuts it off (default 32 MiB).
-    :param max_lag: seconds a message may wait in that backlog before the same (default 30).
+    :param max_lag: seconds a message may wait in that backlog before the same (default 2); a
+        publish (a SharedDict write) waits at most that long for a subscriber that does not read.
         A subscriber cut off subscribes again by itself once it runs; what it missed is
         replayed if the host still has it, else reported to ``on_missed`` callbacks.
     :param authkey: as for ``Channel``: every process must pass the same key.
@@ -144,11 +145,14 @@ class RequestChannel:
         return self._codec.loads(payload)
 
     def publish(self, message: Any, timeout: float | None = 5.0) -> None:
-        """Deliver ``message`` to every subscriber (this process's too); return once the host sent it out.
+        """Deliver ``message`` to every subscriber (this process's too); return once each has it.
 
-        Delivered once, also when the host dies while it is sent: a message resent to
-        the new host carries the same id, and subscribers drop the copy (each
-        remembers the ids of the last 2048 messages it delivered).
+        "Has it": the host wrote it to every subscriber's socket (on one machine the
+        subscriber reads it even if the host dies then). It waits at most ``max_lag`` seconds
+        for a subscriber that does not read, which is then cut off. Delivered once, also when
+        the host dies while it is sent: a message resent to the new host carries the same id,
+        and subscribers drop the copy (each remembers the ids of the last 2048 messages it
+        delivered).
 
         :raises ChannelTimeout: no host took it within ``timeout`` seconds.
         :raises TypeError: the codec cannot encode ``message``.
@@ -165,7 +169,7 @@ class RequestChannel:
             )
         if self._channel.is_host:  # the host fans out itself: no round trip through its own socket
             self._check_open()
-            self._host.fan_out(payload)
+            self._host.wait_taken(self._host.fan_out(payload))
             if self._channel.is_host:
                 return
             # stopped hosting meanwhile: the message may not have reached everyone; send it to the new host

@@ -215,17 +215,18 @@ class RequestHost:
     def _publish(self, peer: _Peer, ident: int, payload: bytes) -> None:
         if self._handing_over():
             return  # not ours to fan out any more: the publisher resends it to the next host
-        self.fan_out(payload)
+        self.wait_taken(self.fan_out(payload))
         if _hooks.pause is not None:
             _hooks.pause("requests.fanned_out", payload)
         if not self._handing_over():  # else resent to the next host, and subscribers drop the copy
             peer.send(build_frame(ACK, ident))
 
-    def fan_out(self, payload: bytes) -> None:
-        """Queue a published message for every subscriber (and keep it for resuming ones). Never blocks.
+    def fan_out(self, payload: bytes) -> int:
+        """Queue a published message for every subscriber (and keep it for resuming ones); its number.
 
-        Under the lock, so every subscriber gets the term's messages in the order of their numbers.
-        A message larger than every subscriber reads is refused (ValueError), not sent.
+        Never blocks; under the lock, so every subscriber gets the term's messages in the order
+        of their numbers. A message larger than every subscriber reads is refused (ValueError).
+        Acknowledge it only after ``wait_taken``.
         """
         if ENVELOPE.size + len(payload) > self._max_size + SLACK:
             raise ValueError(f"a published message of {len(payload)} bytes is over max_message_size")
@@ -235,8 +236,20 @@ class RequestHost:
             frame = build_frame(MESSAGE, self._number, payload)
             self._replay.append((self._number, frame))
             for subscriber in list(self._subscribers):
-                if not subscriber.outbox.put(frame):
+                if not subscriber.outbox.put(frame, self._number):
                     self._subscribers.discard(subscriber)
+            return self._number
+
+    def wait_taken(self, number: int) -> None:
+        """Return once every subscriber's socket has message ``number``, or it was cut off (``max_lag``).
+
+        Then an acknowledged message is with every subscriber even if the host dies (locally:
+        across machines a written frame may still be lost with the host's machine).
+        """
+        with self._lock:
+            subscribers = list(self._subscribers)
+        for subscriber in subscribers:
+            subscriber.outbox.wait_written(number)
 
     def _start_term(self) -> None:
         """Start numbering from 1 in a new host term, with an empty replay buffer (call with the lock)."""
@@ -245,17 +258,17 @@ class RequestHost:
             self._term, self._number = generation, 0
             self._replay.clear()
 
-    def _backlog(self, after: int) -> list[bytes]:
+    def _backlog(self, after: int) -> list[tuple[int, bytes]]:
         """Return the frames of this term after number ``after``: the newest that fit in half the limit.
 
         More would have the subscriber cut off again at once; what does not fit, it is told it missed.
         """
-        backlog: list[bytes] = []
+        backlog: list[tuple[int, bytes]] = []
         room = self._limits.max_backlog // 2
         for number, frame in reversed(self._replay):
             if number <= after or len(frame) > room:
                 break
-            backlog.append(frame)
+            backlog.append((number, frame))
             room -= len(frame)
         backlog.reverse()
         return backlog
@@ -277,8 +290,8 @@ class RequestHost:
             first = self._number + 1 - len(backlog)
             missed = max(0, first - after - 1) if resume else 0
             self._subscribers.add(peer)
-            for frame in [build_frame(ACK, ident, SUBSCRIBED.pack(missed)), *backlog]:
-                if not peer.outbox.put(frame):
+            for number, frame in [(0, build_frame(ACK, ident, SUBSCRIBED.pack(missed))), *backlog]:
+                if not peer.outbox.put(frame, number):
                     self._subscribers.discard(peer)
                     return
         if missed:

@@ -46,7 +46,7 @@ class Limits:
     max_lag: float
 
 
-DEFAULT_LIMITS = Limits(max_backlog=32 * 1024 * 1024, max_lag=30.0)
+DEFAULT_LIMITS = Limits(max_backlog=32 * 1024 * 1024, max_lag=2.0)
 
 
 class Outbox:
@@ -67,7 +67,7 @@ class Outbox:
         self._name, self._conn, self._who, self._limits, self._on_cut = name, conn, who, limits, on_cut
         self._again = "connects"  # what it does once cut off: see ``subscribed``
         self._cond = threading.Condition(send_lock)  # also what the connection's replies are sent under
-        self._frames: deque[tuple[memoryview, float]] = deque()  # the head is being written
+        self._frames: deque[tuple[memoryview, float, int]] = deque()  # (rest, since, number); head: writing
         self._bytes = 0
         self._closed = False
         self._dontwait = _DONTWAIT is not None and conn.gettimeout() is None
@@ -78,26 +78,29 @@ class Outbox:
         with self._cond:
             self._who, self._again = who, "subscribes"
 
-    def put(self, frame: bytes) -> bool:
-        """Send or queue ``frame`` without blocking; False if the connection is (now) cut off or gone."""
+    def put(self, frame: bytes, number: int = 0) -> bool:
+        """Send or queue ``frame`` (message ``number``, 0 for other frames) without blocking.
+
+        False if the connection is (now) cut off or gone.
+        """
         with self._cond:
             if self._closed:
                 return False
             now = time.monotonic()
             if self._frames:
-                head, since = self._frames[0]
+                head, since, _ = self._frames[0]
                 behind = self._bytes - len(head) + len(frame)  # the frame being written is not counted
                 if behind > self._limits.max_backlog or now - since > self._limits.max_lag:
                     self._cut(f"{behind} bytes queued, the oldest for {now - since:.1f} s")
                     return False
-                self._frames.append((memoryview(frame), now))
+                self._frames.append((memoryview(frame), now, number))
                 self._bytes += len(frame)
                 return True
             sent = self._send_now(frame)
             if sent is None:
                 return False
             if sent < len(frame):  # the rest is written by the thread, whatever its size
-                self._frames.append((memoryview(frame)[sent:], now))
+                self._frames.append((memoryview(frame)[sent:], now, number))
                 self._bytes += len(frame) - sent
                 self._start()
                 self._cond.notify_all()
@@ -148,8 +151,22 @@ class Outbox:
                 if self._frames:
                     self._frames.popleft()
                     self._bytes -= len(head)
-                if not self._frames:
-                    self._cond.notify_all()  # ``flush`` waits for this
+                self._cond.notify_all()  # ``flush`` and ``wait_written`` wait for this
+
+    def wait_written(self, number: int) -> None:
+        """Return once no frame up to message ``number`` waits here: written to the socket, or cut off.
+
+        A connection whose oldest frame has waited ``max_lag`` seconds is cut off here: the
+        host acknowledges a message only once every subscriber's socket has it (on one machine,
+        a finished write leaves it with the reader, which reads it even if the host dies).
+        """
+        with self._cond:
+            while not self._closed and self._frames and self._frames[0][2] <= number:
+                waited = time.monotonic() - self._frames[0][1]
+                if waited >= self._limits.max_lag:
+                    self._cut(f"message {number} has waited {waited:.1f} s")
+                    return
+                self._cond.wait(self._limits.max_lag - waited)
 
     def flush(self, timeout: float) -> None:
         """Wait at most ``timeout`` seconds for what is queued to be written (the peer stopped sending)."""
