@@ -560,6 +560,8 @@ class _DictPeer:
             for i in range(args["times"]):
                 d[f"{args['prefix']}{i}"] = "x" * args["size"]
             return {"position": d.position}
+        if cmd == "count_prefix":  # keys starting with prefix, in the local replica
+            return {"count": sum(1 for key in d if str(key).startswith(args["prefix"]))}
         if cmd == "pop_in_background":  # pop prefix0 .. in two threads: large answers on their way
             for first in (0, 1):
                 keys = [f"{args['prefix']}{i}" for i in range(first, args["times"], 2)]

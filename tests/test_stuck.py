@@ -111,7 +111,7 @@ def test_a_writer_stopped_while_its_answer_is_sent_holds_up_no_write(peers: Peer
     host.call("fill_keys", prefix="big", size=1_000_000, times=200)
     other.call("count", key="n", threads=3)  # batches keep coming: answers go out from the committer
     stuck.call("pop_in_background", prefix="big", times=200)
-    time.sleep(0.5)
+    wait_until(lambda: host.call("count_prefix", prefix="big")["count"] < 190)  # answers are on their way
     with _Stopped(stuck):
         start = time.monotonic()
         assert host.call("set_then_get", key="k", value=1)["got"] == 1
