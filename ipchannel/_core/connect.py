@@ -371,8 +371,9 @@ def _elect(
     except ChannelError as exc:
         if not for_a_socket or isinstance(exc, ChannelClosed):
             raise
-        level = logging.DEBUG if str(exc) == failure else logging.WARNING
-        _LOGGER.log(level, "channel %r: %s; trying again", connector.name, exc)
+        # the same failure again, or an interpreter that exits (Python 3.12 starts no thread): no news
+        repeated = str(exc) == failure or not threading.main_thread().is_alive()
+        _LOGGER.log(logging.DEBUG if repeated else logging.WARNING, "%s; trying again", exc)
         return None, str(exc)
 
 
