@@ -118,3 +118,23 @@ def test_a_writer_stopped_while_its_answer_is_sent_holds_up_no_write(peers: Peer
         assert other.call("set_then_get", key="k", value=2)["got"] == 2
         assert time.monotonic() - start < 3.0
     assert other.call("stop_count")["errors"] == []
+
+
+@pytest.mark.timeout(90)
+def test_messages_acknowledged_before_the_host_is_killed_reach_a_stopped_subscriber(peers: Peers) -> None:
+    # A publish returns once every subscriber's socket has the message (or the subscriber was cut
+    # off): acknowledged when merely queued on the host, they died with it, and nobody was told.
+    host, stuck, publisher = group = peers.start_requests(3, max_lag=60.0)  # nobody is cut off here
+    for peer in group:
+        peer.call("subscribe")
+    assert peers.host(group) is host
+    with _Stopped(stuck):
+        publisher.start_call("publish_many", times=10, size=_BIG, each=60)
+        wait_until(lambda: len(host.call("received")["received"]) >= 2)  # the stopped one's socket fills
+        host.kill()
+    published = publisher.finish_call(timeout=60)  # every publish returned: acknowledged
+    assert published["slowest"] < 60
+    wait_until(lambda: [m["i"] for m in stuck.call("received")["received"]][-1:] == [9], timeout=20)
+    got = stuck.call("received")
+    assert [m["i"] for m in got["received"]] == list(range(10)), got["missed"]
+    assert got["missed"] == []
