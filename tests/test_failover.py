@@ -284,6 +284,15 @@ seen = Seen()
 logger = logging.getLogger("ipchannel")
 logger.addHandler(seen)
 logger.setLevel(logging.DEBUG)
+
+def report_once_logged(*words):
+    # wait (10 s at most) for a WARNING or a record with one of words; print every record
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if any(r.levelno >= logging.WARNING or any(w in r.getMessage() for w in words) for r in seen.records):
+            break
+        time.sleep(0.01)
+    print(json.dumps([[r.levelname, r.getMessage(), bool(r.exc_info)] for r in seen.records]))
 """
 
 _EXIT_AS_THE_STANDBY_DIES = (
@@ -296,12 +305,7 @@ def the_standby_dies_as_we_exit():
     # Runs before the channel's own atexit close (last registered, first run): the monitor ticks
     # on in an exiting interpreter, finds the standby's place free, and (3.12+) may start no thread.
     os.kill(int(sys.argv[1]), signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if any(r.levelno >= logging.WARNING or "does not stand by" in r.getMessage() for r in seen.records):
-            break
-        time.sleep(0.01)
-    print(json.dumps([[r.levelname, r.getMessage(), bool(r.exc_info)] for r in seen.records]))
+    report_once_logged("does not stand by")
 
 atexit.register(the_standby_dies_as_we_exit)
 """
@@ -338,13 +342,7 @@ def every_other_process_dies_as_we_exit():
     # become host in an exiting interpreter (Python 3.12 starts no thread then).
     for pid in sys.argv[1:]:
         os.kill(int(pid), signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if any(r.levelno >= logging.WARNING or "cannot host" in r.getMessage() or "elected" in r.getMessage()
-               for r in seen.records):
-            break
-        time.sleep(0.01)
-    print(json.dumps([[r.levelname, r.getMessage(), bool(r.exc_info)] for r in seen.records]))
+    report_once_logged("cannot host", "elected")
 
 atexit.register(every_other_process_dies_as_we_exit)
 """
