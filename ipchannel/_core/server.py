@@ -136,8 +136,15 @@ class _Accepting(socketserver.BaseServer):
                 self._idle -= 1
         if ready:
             self._jobs.put((request, client_address))
-        else:
+            return
+        try:
             self._start_handler_thread((request, client_address))
+        except RuntimeError:
+            if threading.main_thread().is_alive():
+                raise
+            # Python 3.12 starts no thread once the main thread has ended; close() comes next
+            _LOGGER.debug("channel %r: a connection refused: the interpreter exits", self.channel_name)
+            self.shutdown_request(request)
 
     def _start_handler_thread(self, job: tuple[Any, Any] | None) -> None:
         thread = threading.Thread(

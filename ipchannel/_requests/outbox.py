@@ -123,10 +123,17 @@ class Outbox:
 
     def _start(self) -> None:
         if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._drain, name=f"ipchannel-outbox:{self._name}", daemon=True
-            )
-            self._thread.start()
+            thread = threading.Thread(target=self._drain, name=f"ipchannel-outbox:{self._name}", daemon=True)
+            try:
+                thread.start()
+            except RuntimeError:
+                if threading.main_thread().is_alive():
+                    raise
+                self._closed = True  # Python 3.12 starts no thread once the main thread ended: we exit
+                self._frames.clear()
+                self._on_cut()
+                return
+            self._thread = thread
 
     def _drain(self) -> None:
         _platform.leave_signals_to_the_application()
