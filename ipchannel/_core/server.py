@@ -142,7 +142,8 @@ class _Accepting(socketserver.BaseServer):
         except RuntimeError:
             if threading.main_thread().is_alive():
                 raise
-            # Python 3.12 starts no thread once the main thread has ended; close() comes next
+            # Python 3.12 starts no thread once the main thread has ended; close() comes next, and
+            # the client finds the next host
             _LOGGER.debug("channel %r: a connection refused: the interpreter exits", self.channel_name)
             self.shutdown_request(request)
 

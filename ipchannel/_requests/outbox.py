@@ -129,11 +129,22 @@ class Outbox:
             except RuntimeError:
                 if threading.main_thread().is_alive():
                     raise
-                self._closed = True  # Python 3.12 starts no thread once the main thread ended: we exit
-                self._frames.clear()
-                self._on_cut()
+                self._drain_here()  # Python 3.12 starts no thread once the main thread ended
                 return
             self._thread = thread
+
+    def _drain_here(self) -> None:
+        """Write what is queued in this thread, blocking (call with the lock): an exiting process."""
+        while self._frames and not self._closed:
+            head = self._frames[0][0]
+            try:
+                self._conn.sendall(head)
+            except OSError:
+                self._closed = True
+                self._frames.clear()
+                return
+            self._frames.popleft()
+            self._bytes -= len(head)
 
     def _drain(self) -> None:
         _platform.leave_signals_to_the_application()
