@@ -140,11 +140,9 @@ class Outbox:
             try:
                 self._conn.sendall(head)
             except OSError:
-                self._closed = True
-                self._frames.clear()
+                self._failed()
                 return
-            self._frames.popleft()
-            self._bytes -= len(head)
+            self._written(head)
 
     def _drain(self) -> None:
         _platform.leave_signals_to_the_application()
@@ -161,15 +159,23 @@ class Outbox:
                 self._conn.sendall(head)  # blocks only this thread
             except OSError:
                 with self._cond:
-                    self._closed = True
-                    self._frames.clear()
-                    self._cond.notify_all()
+                    self._failed()
                 return
             with self._cond:
-                if self._frames:
-                    self._frames.popleft()
-                    self._bytes -= len(head)
-                self._cond.notify_all()  # ``flush`` and ``wait_written`` wait for this
+                self._written(head)
+
+    def _written(self, head: memoryview) -> None:
+        """Drop the head frame, written (call with the lock); wake ``flush`` and ``wait_written``."""
+        if self._frames:  # else cut off meanwhile: the queue was dropped
+            self._frames.popleft()
+            self._bytes -= len(head)
+        self._cond.notify_all()
+
+    def _failed(self) -> None:
+        """Close after a failed write (call with the lock): nothing more goes out."""
+        self._closed = True
+        self._frames.clear()
+        self._cond.notify_all()
 
     def wait_written(self, number: int) -> None:
         """Return once no frame up to message ``number`` waits here: written to the socket, or cut off.
