@@ -14,11 +14,13 @@ from typing import TYPE_CHECKING, Any
 from . import _platform
 from ._errors import ChannelError
 from ._local.coordinator import LocalCoordinator, PidExitNotices
+from ._local.members import LocalMembership
 from ._local.paths import ChannelPaths, ensure_runtime_dir
 from ._local.standby import LocalStandby
 from ._local.unix import UnixTransport
 from ._remote.coordinator import RemoteCoordinator
 from ._remote.engine import ENGINES
+from ._remote.members import RemoteMembership
 from ._remote.tcp import TcpTransport
 from ._seams.base import Backend
 
@@ -49,6 +51,7 @@ def _local_backend(name: str, options: Options) -> Backend:
         UnixTransport(name, paths, options.authkey),
         standby=LocalStandby(name, paths, options.authkey, coordinator),
         exit_notices=PidExitNotices() if _platform.EXIT_NOTICES else None,
+        membership=LocalMembership(paths.members),
     )
 
 
@@ -65,7 +68,9 @@ def _remote_backend(name: str, options: Options) -> Backend:
     coordinator = RemoteCoordinator(
         name, options.coordinator, options.ttl, options.runtime_dir, ENGINES, transport.reachable
     )
-    return Backend(coordinator, transport)
+    return Backend(
+        coordinator, transport, membership=RemoteMembership(name, lambda: coordinator.engine, options.ttl)
+    )
 
 
 def local_status(directory: Path, name: str | None = None) -> list[ChannelStatus]:

@@ -18,7 +18,8 @@ import threading
 from typing import TYPE_CHECKING
 
 from . import _fork, _platform
-from ._core.channel import Channel, port_of
+from ._core.channel import Channel
+from ._core.port import port_of
 from ._requests.channel import RequestChannel
 from ._timing import validate_timeout
 

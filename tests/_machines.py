@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from _peers import _serve_commands, log_to
 
 import ipchannel
-from ipchannel._core.channel import port_of
+from ipchannel._core.port import port_of
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection

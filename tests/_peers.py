@@ -275,7 +275,7 @@ def _runtime_dir() -> str:
 def log_to(path: str) -> None:
     """Append this process's ipchannel log, DEBUG and up, to ``path`` (the test reads it to time a kill)."""
     handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("%(threadName)s %(message)s"))
+    handler.setFormatter(logging.Formatter("%(process)d %(threadName)s %(levelname)s %(message)s"))
     logger = logging.getLogger("ipchannel")
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG)

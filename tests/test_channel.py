@@ -570,8 +570,8 @@ def test_a_closed_channel_knows_no_host(channel: ipchannel.Channel, peers: Peers
 def test_a_closing_host_answers_nothing_from_the_moment_close_begins(
     channel: ipchannel.Channel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ipchannel._core.channel import port_of  # noqa: PLC0415 - the host side's own question
     from ipchannel._core.monitor import Monitor  # noqa: PLC0415 - to hold close() at its first step
+    from ipchannel._core.port import port_of  # noqa: PLC0415 - the host side's own question
 
     channel.connect()
     assert channel.is_host

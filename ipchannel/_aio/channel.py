@@ -22,7 +22,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from .. import _fork
-from .._core.channel import port_of
+from .._core.port import port_of
 from .._framing import DEFAULT_MAX_SIZE
 from .._requests.channel import RequestChannel, ensure_subscribed
 from .._timing import Deadline, validate_timeout

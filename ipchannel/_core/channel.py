@@ -14,7 +14,6 @@ this channel is worded, what is known of the recorded host.
 from __future__ import annotations
 
 import atexit
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, overload
 
 from .. import _fork
@@ -25,6 +24,7 @@ from .._timing import Deadline, validate_timeout
 from .._wakeup import Wakeup
 from .connect import Connector
 from .monitor import Monitor
+from .port import Port
 from .server import handler_class
 from .term import Hosting
 
@@ -37,12 +37,11 @@ if TYPE_CHECKING:
     from pathlib import Path
     from types import TracebackType
 
-    from .._errors import ChannelTimeout
     from .._seams.base import Backend
     from .connect import Phase
     from .socket import ChannelSocket
 
-__all__ = ["Channel", "Port", "open_channel", "port_of"]
+__all__ = ["Channel", "open_channel"]
 
 
 class Channel:
@@ -134,7 +133,13 @@ class Channel:
         )
         self._connector.hosting = self._hosting
         self._monitor: Monitor | None = None
-        self._port = Port(self._hosting.may_serve, self._connector.timeout_error, self._recorded_host)
+        self._port = Port(
+            self._hosting.may_serve,
+            self._connector.timeout_error,
+            self._recorded_host,
+            backend.membership,
+            self._set_campaign_gate,
+        )
         _fork.register(self)
 
     # -- public properties -------------------------------------------------------
@@ -320,6 +325,9 @@ class Channel:
             return "none"
         return "dead" if coordinator.assess(record).dead else "maybe alive"
 
+    def _set_campaign_gate(self, gate: Callable[[], bool] | None) -> None:
+        self._connector.campaign_gate = gate
+
     def _reset_after_fork(self) -> None:
         """In a forked child (single-threaded, no locks taken): forget everything owned by the parent."""
         self._hosting.abandon_after_fork()
@@ -329,23 +337,6 @@ class Channel:
         self._backend.coordinator.after_fork()
         self._connector.after_fork()
         atexit.unregister(self.close)
-
-
-@dataclass(frozen=True)
-class Port:
-    """What the layers built on a Channel use of its insides (``port_of``)."""
-
-    #: True while this process may answer as host (``Hosting.may_serve``)
-    may_serve: Callable[[], bool]
-    #: the error for a wait on this channel that ran out (``Connector.timeout_error``)
-    timeout_error: Callable[[Deadline, str], ChannelTimeout]
-    #: what the coordinator knows of the recorded host, without connecting
-    recorded_host: Callable[[], Literal["none", "dead", "maybe alive"]]
-
-
-def port_of(channel: Channel) -> Port:
-    """Return the port through which the layers above reach ``channel``'s insides."""
-    return channel._port  # noqa: SLF001 - the one door into a Channel for the layers built on it
 
 
 def _check_callback(callback: Callable[[int], object]) -> Callable[[int], object]:

@@ -72,10 +72,17 @@ class Connector:
         self._coordinator, self._transport = backend.coordinator, backend.transport
         self._standby = backend.standby
         self.auto_reconnect, self.may_host = auto_reconnect, may_host
+        #: asked before campaigning or standing by: False keeps this process out for now (SharedDict)
+        self.campaign_gate: Callable[[], bool] | None = None
         self.hosting: Campaign | None = None  # set once, right after construction
         self.sockets: weakref.WeakSet[ChannelSocket] = weakref.WeakSet()
         self.last_host_pid: int | None = None
         self.reset("initiated")
+
+    @property
+    def eligible(self) -> bool:
+        """Tell whether this process may campaign or stand by now: ``may_host``, then the gate."""
+        return self.may_host and (self.campaign_gate is None or self.campaign_gate())
 
     def reset(self, phase: Phase) -> None:
         """Start afresh in ``phase`` (also in a forked child: no lock a lost thread held, no host known)."""
@@ -255,7 +262,7 @@ class Connector:
 
     def _may_campaign(self, recorded: HostRecord | None) -> bool:
         """Tell whether to try for the lock now: allowed to host, and no live standby to leave it to."""
-        return self.may_host and (self._standby is None or not self._standby.defer(recorded))
+        return self.eligible and (self._standby is None or not self._standby.defer(recorded))
 
     # -- following the host ------------------------------------------------------------------------
 
@@ -304,11 +311,9 @@ class Connector:
     def still_there(self, record: HostRecord) -> bool:
         """Tell whether the known host serves (the monitor); else forget it, unless its state is unknown."""
         state = self._coordinator.assess(record)
-        if state.serving:
-            return True
-        if state.forget:
+        if not state.serving and state.forget:
             self.forget(record)
-        return False
+        return state.serving
 
     # -- recovery (the sockets' owner) ---------------------------------------------------------------
 
@@ -341,20 +346,12 @@ class Connector:
         return self.open(Deadline(timeout))
 
     def timeout_error(self, deadline: Deadline, detail: str = "") -> ChannelTimeout:
-        """Return the error for a wait on this channel that ran out (the layers above use it too).
-
-        An engine that does not answer is named as the reason: ``CoordinatorUnavailable``.
-        """
-        coordinator = self._coordinator
+        """Return the error for a wait that ran out (the layers above too); a silent engine is named."""
+        coordinator, elapsed = self._coordinator, deadline.elapsed()
         if problem := coordinator.unreachable():
-            return CoordinatorUnavailable(self._name, coordinator.location, deadline.elapsed(), problem)
-        return ChannelTimeout(
-            self._name,
-            coordinator.location,
-            deadline.elapsed(),
-            self.last_host_pid,
-            detail or coordinator.blocker(),
-        )
+            return CoordinatorUnavailable(self._name, coordinator.location, elapsed, problem)
+        blocker = detail or coordinator.blocker()
+        return ChannelTimeout(self._name, coordinator.location, elapsed, self.last_host_pid, blocker)
 
 
 def _elect(

@@ -43,9 +43,11 @@ Term = tuple[Server, "HostRecord"]
 class Follow(Protocol):
     """What hosting needs of the connector (``connect.Connector``): its locks, and to follow our term."""
 
-    may_host: bool
     elect_lock: threading.Lock
     stopping: threading.Event
+
+    @property
+    def eligible(self) -> bool: ...
 
     @property
     def closed(self) -> bool: ...
@@ -269,10 +271,10 @@ class Hosting:
             if self._follow.stopping.is_set() or self.term is not None:
                 return
             if self._standby is not None:
-                if not self._follow.may_host or not place.try_stand_by():
+                if not self._follow.eligible or not place.try_stand_by():
                     self._stop_standing_by()
                 return
-            if not self._follow.may_host or self._interpreter_exits() or not place.try_stand_by():
+            if not self._follow.eligible or self._interpreter_exits() or not place.try_stand_by():
                 return
             try:
                 post = place.open(self._auth)  # first: a process listening without a side socket hosts

@@ -116,6 +116,8 @@ class ChannelPaths:
     standby_lock: Path
     #: the standby's record: its pid and side socket
     standby_record: Path
+    #: who holds every acknowledged write of a SharedDict (``members.LocalMembership``)
+    members: Path
 
     @classmethod
     def for_channel(cls, name: str, directory: Path) -> ChannelPaths:
@@ -138,6 +140,7 @@ class ChannelPaths:
             sock,
             directory / f".{name}.standby.lock",  # hidden: no channel name can give the same file
             directory / f"{name}.standby",
+            directory / f".{name}.members",  # hidden, as the standby lock
         )
 
     def bind_path(self, pid: int) -> Path:
@@ -180,4 +183,5 @@ class ChannelPaths:
         return [
             *self.directory.glob(f".{self.record.name}.*.tmp"),
             *self.directory.glob(f".{self.standby_record.name}.*.tmp"),
+            *self.directory.glob(f"{self.members.name}.*.tmp"),
         ]

@@ -71,6 +71,18 @@ class Engine(Protocol):
     def watch(self, name: str) -> KeyWatch:
         """Return a new watch on the channel's key."""
 
+    def put_if_claimed(self, name: str, generation: int, leaf: str, value: bytes) -> bool:
+        """Store ``value`` under the channel's key ``leaf`` if our claim ``generation`` still holds."""
+
+    def get(self, name: str, leaf: str) -> bytes | None:
+        """Return what the channel's key ``leaf`` holds, or None."""
+
+    def present(self, name: str, leaf: str, ttl: float, *, first: bool) -> bool:
+        """Make (``first``) or keep key ``leaf`` of ours for ``ttl`` more seconds; False if it lapsed."""
+
+    def absent(self, name: str, leaf: str) -> None:
+        """Delete key ``leaf`` of ours (kept by ``present``)."""
+
     def channels(self) -> list[tuple[str, Snapshot, float | None]]:
         """Return every channel with a host: (name, snapshot, seconds its claim has left or None)."""
 

@@ -51,6 +51,7 @@ class EtcdEngine:
         ]
         self._index = 0
         self._leases: dict[tuple[str, int], int] = {}
+        self._kept: dict[tuple[str, str], int] = {}  # (name, leaf) -> lease of a key ``present`` keeps
         self._lock = threading.Lock()
 
     @property
@@ -130,6 +131,58 @@ class EtcdEngine:
 
     def watch(self, name: str) -> _EtcdWatch:
         return _EtcdWatch(self, self._key(name))
+
+    def put_if_claimed(self, name: str, generation: int, leaf: str, value: bytes) -> bool:
+        txn = {
+            "compare": [
+                {
+                    "key": _b64(self._key(name)),
+                    "result": "EQUAL",
+                    "target": "CREATE",
+                    "create_revision": generation,
+                }
+            ],
+            "success": [
+                {"request_put": {"key": _b64(f"{self._url.prefix}/{name}/{leaf}"), "value": _b64(value)}}
+            ],
+            "failure": [],
+        }
+        return bool(self._call("/kv/txn", txn).get("succeeded"))
+
+    def get(self, name: str, leaf: str) -> bytes | None:
+        kvs = self._call("/kv/range", {"key": _b64(f"{self._url.prefix}/{name}/{leaf}")}).get("kvs") or []
+        return base64.b64decode(kvs[0].get("value", "")) if kvs else None
+
+    def present(self, name: str, leaf: str, ttl: float, *, first: bool) -> bool:
+        with self._lock:
+            lease_id = self._kept.get((name, leaf))
+        if first:
+            lease_id = int(self._call("/lease/grant", {"TTL": math.ceil(ttl)})["ID"])
+            key = _b64(f"{self._url.prefix}/{name}/{leaf}")
+            try:
+                self._call("/kv/put", {"key": key, "value": _b64(b"1"), "lease": lease_id})
+            except EngineUnavailable:
+                self._revoke(lease_id)
+                raise
+            with self._lock:
+                self._kept[(name, leaf)] = lease_id
+            return True
+        if lease_id is None:
+            return False
+        result = self._call("/lease/keepalive", {"ID": lease_id})
+        if "result" not in result:
+            raise EngineUnavailable(f"keepalive: {result.get('error', result)}")
+        if int(result["result"].get("TTL", 0)) > 0:
+            return True
+        with self._lock:
+            self._kept.pop((name, leaf), None)
+        return False
+
+    def absent(self, name: str, leaf: str) -> None:
+        with self._lock:
+            lease_id = self._kept.pop((name, leaf), None)
+        if lease_id is not None:
+            self._revoke(lease_id)
 
     def channels(self) -> list[tuple[str, Snapshot, float | None]]:
         prefix = f"{self._url.prefix}/"

@@ -57,6 +57,14 @@ if value and string.sub(value, 1, string.len(ARGV[1])) == ARGV[1] then
 end
 return 0
 """
+_PUT_IF_CLAIMED = """
+local value = redis.call('GET', KEYS[1])
+if value and string.sub(value, 1, string.len(ARGV[1])) == ARGV[1] then
+    redis.call('SET', KEYS[2], ARGV[2])
+    return 1
+end
+return 0
+"""
 _RELEASE = """
 local value = redis.call('GET', KEYS[1])
 if value and string.sub(value, 1, string.len(ARGV[1])) == ARGV[1] then
@@ -100,6 +108,7 @@ class RedisEngine:
         self._claim = self._client.register_script(_CLAIM)
         self._renew = self._client.register_script(_RENEW)
         self._release = self._client.register_script(_RELEASE)
+        self._put_if_claimed = self._client.register_script(_PUT_IF_CLAIMED)
         self._notifications: bool | None = None
 
     @property
@@ -131,6 +140,22 @@ class RedisEngine:
 
     def release(self, name: str, generation: int) -> None:
         self.run(self._release, keys=[_key(name)], args=[f"{generation} "])
+
+    def put_if_claimed(self, name: str, generation: int, leaf: str, value: bytes) -> bool:
+        keys = [_key(name), f"{_key(name)}:{leaf}"]
+        return bool(self.run(self._put_if_claimed, keys=keys, args=[f"{generation} ", value]))
+
+    def get(self, name: str, leaf: str) -> bytes | None:
+        return cast("bytes | None", self.run(self._client.get, f"{_key(name)}:{leaf}"))
+
+    def present(self, name: str, leaf: str, ttl: float, *, first: bool) -> bool:
+        key, ttl_ms = f"{_key(name)}:{leaf}", max(1, round(ttl * 1000))
+        if first:
+            return bool(self.run(self._client.set, key, b"1", px=ttl_ms))
+        return bool(self.run(self._client.pexpire, key, ttl_ms))
+
+    def absent(self, name: str, leaf: str) -> None:
+        self.run(self._client.delete, f"{_key(name)}:{leaf}")
 
     def watch(self, name: str) -> _RedisWatch:
         return _RedisWatch(self, _key(name), self._url.db)

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from .. import _fork
 from .._codecs import Codec, resolve_codec
-from .._core.channel import Channel, port_of
+from .._core.channel import Channel
+from .._core.port import port_of
 from .._errors import ChannelClosed, ChannelTimeout, RemoteError
 from .._framing import DEFAULT_MAX_SIZE
 from .._options import Options
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
     import ssl
     from collections.abc import Callable
     from types import TracebackType
+
+    from .confirm import Confirmations
 
 __all__ = ["RequestChannel", "ensure_subscribed", "publish_changes"]
 
@@ -86,6 +89,7 @@ class RequestChannel:
         ssl_context: ssl.SSLContext | tuple[ssl.SSLContext, ssl.SSLContext] | None = None,
         _options: Options | None = None,
         _kind: str = "RequestChannel",
+        _confirmations: Confirmations | None = None,
     ) -> None:
         if on_request is not None and not callable(on_request):
             raise TypeError(f"on_request must be a callable taking the message, or None; not {on_request!r}")
@@ -112,12 +116,15 @@ class RequestChannel:
             self._handing_over,
             lambda: self._channel.generation,
             _limits(max_backlog, max_lag),
+            _confirmations,
         )
         self._channel = Channel(name, self._host.handle, may_host=may_host, _options=options)
         self._port = port_of(self._channel)
         self._max_size = max_message_size
         self._requester = Requester(self._channel, max_message_size, self._port.timeout_error)
-        self._subscriber = Subscriber(self._channel, self._codec, max_message_size, self._port.timeout_error)
+        self._subscriber = Subscriber(
+            self._channel, self._codec, max_message_size, self._port.timeout_error, _confirmations
+        )
         self._publisher = _new_publisher_id()
         self._publish_numbers = itertools.count(1)
         _fork.register(self)

@@ -23,6 +23,8 @@ from .._framing import FrameReader
 from .outbox import DEFAULT_LIMITS, Limits, Outbox
 from .wire import (
     ACK,
+    CONFIRM,
+    CONFIRMED,
     ENVELOPE,
     ERROR,
     MESSAGE,
@@ -43,6 +45,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from .._codecs import Codec
+    from .confirm import Confirmations
 
 __all__ = ["Deferred", "RequestHost"]
 
@@ -66,6 +69,7 @@ class _Peer:
                 self.where = f" at {address[0]}:{address[1]}"
         self.outbox = Outbox(name, conn, self.lock, f"client connection{self.where}", limits, self.cut_off)
         self.subscribed = False
+        self.member = ""  # the name it confirmed under (``Confirmations``), if any
 
     def send(self, frame: bytes) -> bool:
         """Send or queue ``frame``; False if the client went away (its process resends to whoever hosts)."""
@@ -128,9 +132,11 @@ class RequestHost:
         handing_over: Callable[[], bool],
         generation: Callable[[], int | None],
         limits: Limits = DEFAULT_LIMITS,
+        confirmations: Confirmations | None = None,
     ) -> None:
         self._name, self._on_request, self._codec, self._max_size = name, on_request, codec, max_size
         self._handing_over, self._generation, self._limits = handing_over, generation, limits
+        self._confirmations = confirmations
         self.reset()
 
     def reset(self) -> None:
@@ -160,6 +166,8 @@ class RequestHost:
                     self._publish(peer, ident, payload)
                 elif kind == SUBSCRIBE and payload:
                     self._subscribe(peer, ident, payload)
+                elif kind == CONFIRM and len(payload) > CONFIRMED.size and self._confirmations is not None:
+                    self._confirmed(peer, payload)
                 else:
                     _LOGGER.warning(
                         "channel %r: closing a connection that sent frame kind %d of %d bytes",
@@ -173,6 +181,15 @@ class RequestHost:
                 self._subscribers.discard(peer)
             peer.cut_off()  # a send blocked in the outbox's thread ends with it
             peer.outbox.close()
+            if peer.member and self._confirmations is not None:
+                self._confirmations.gone(peer.member)
+
+    def _confirmed(self, peer: _Peer, payload: bytes) -> None:
+        """Pass a subscriber's word on what it holds to the layer above (``Confirmations``)."""
+        assert self._confirmations is not None
+        generation, position = CONFIRMED.unpack_from(payload)
+        peer.member = bytes(payload[CONFIRMED.size :]).decode(errors="replace")  # garbage names nobody
+        self._confirmations.confirmed(peer.member, generation, position, peer.cut_off)
 
     def _answer(self, peer: _Peer, ident: int, payload: bytes) -> None:
         # A host giving hosting up answers nothing, not even the error its closing caused: the

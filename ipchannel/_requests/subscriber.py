@@ -24,6 +24,7 @@ from .._core.socket import ChannelSocket, reconnect_within
 from .._errors import ChannelClosed, ChannelError, ChannelTimeout, HostChanged, ProtocolError
 from .._framing import FrameReader, FrameTooLarge
 from .._timing import Deadline
+from .confirm import Confirmer
 from .inbox import Inbox
 from .wire import (
     ACK,
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 
     from .._codecs import Codec
     from .._core.channel import Channel
+    from .confirm import Confirmations
 
 __all__ = ["Subscriber"]
 
@@ -66,8 +68,10 @@ class Subscriber:
         codec: Codec,
         max_size: int,
         timeout_error: Callable[[Deadline, str], ChannelTimeout],
+        confirmations: Confirmations | None = None,
     ) -> None:
         self._channel, self._max_size = channel, max_size
+        self._confirmer = None if confirmations is None else Confirmer(channel.name, confirmations)
         self.inbox = Inbox(channel.name, codec)
         self._timeout_error = timeout_error
         self.reset()
@@ -124,15 +128,12 @@ class Subscriber:
         """
         remaining = deadline.remaining()
         if not self._lock.acquire(timeout=-1 if math.isinf(remaining) else remaining):
-            raise self._timeout(deadline, "another thread is still subscribing")
+            raise self._timeout_error(deadline, "another thread is still subscribing")
         try:
             if self.inbox.callbacks and (self._thread is None or not self._thread.is_alive()):
                 self._start(deadline, resume=self._thread is not None)
         finally:
             self._lock.release()
-
-    def _timeout(self, deadline: Deadline, detail: str) -> ChannelTimeout:
-        return self._timeout_error(deadline, detail)
 
     def resume_after_fork(self) -> None:
         """In a forked child with callbacks: subscribe again in the background, now, not at first use.
@@ -196,7 +197,7 @@ class Subscriber:
         except ChannelError:
             raise
         except TimeoutError:
-            raise self._timeout(deadline, "the host did not acknowledge the subscription") from None
+            raise self._timeout_error(deadline, "the host did not acknowledge the subscription") from None
         except EOFError as exc:
             name = self._channel.name
             raise ChannelError(f"channel {name!r}: the host closed the subscription connection") from exc
@@ -216,6 +217,8 @@ class Subscriber:
             kind, ident, payload = parse_frame(reader.read())
             if kind == ACK:
                 self._attached(sock.host_generation, payload)
+                if self._confirmer is not None:  # a new connection: the host knows us from our CONFIRM
+                    self._confirmer.confirm(sock, self.generation, again=True)
                 return
             self._deliver(ident, payload)
 
@@ -224,11 +227,14 @@ class Subscriber:
         (missed,) = SUBSCRIBED.unpack(ack) if len(ack) == SUBSCRIBED.size else (0,)
         if self._cut and self.generation is not None and generation != self.generation:
             missed = -1  # cut off from the old host, which may have published more before it went
+        moved = self.generation is not None and generation != self.generation
         if generation != self.generation:
             self.generation, self._last = generation, 0
         self._cut = False
         if missed:
             self.inbox.missed(None if missed < 0 else missed)
+        elif moved and self._confirmer is not None:
+            self._confirmer.moved()
 
     def _run(self, sock: ChannelSocket, reader: FrameReader, stop: threading.Event) -> None:
         _platform.leave_signals_to_the_application()
@@ -266,7 +272,7 @@ class Subscriber:
                     continue
                 kind, ident, payload = parse_frame(frame)
                 if kind == MESSAGE and not stop.is_set():
-                    self._deliver(ident, payload)
+                    self._deliver(ident, payload, sock)
                 continue
             except HostChanged:
                 pass
@@ -332,9 +338,12 @@ class Subscriber:
             _LOGGER.info("channel %r: re-subscribed after a host change", self._channel.name)
             return
 
-    def _deliver(self, number: int, payload: bytes) -> None:
+    def _deliver(self, number: int, payload: bytes, sock: ChannelSocket | None = None) -> None:
+        """Deliver a message; then (``sock``) confirm what the callbacks made of it (``Confirmations``)."""
         self._last = max(self._last, number)
         self.inbox.deliver(payload)
+        if sock is not None and self._confirmer is not None:
+            self._confirmer.confirm(sock, self.generation)
 
     def join(self) -> None:
         """Wait for the subscriber threads to end (the channel is closed, or they were told to stop)."""

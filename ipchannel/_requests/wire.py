@@ -4,6 +4,7 @@ Every payload starts with ``!BQ``: a kind byte and a 64-bit id, then the codec's
 
     client -> host   REQUEST(id, message)  PUBLISH(id, msgid + message)
                      SUBSCRIBE(id, resume flag + SUBSCRIBER)
+                     CONFIRM(0, CONFIRMED + member)  (subscriber -> host, when asked for)
     host -> client   REPLY(id, reply)  ERROR(id, json)  ACK(id)  ACK(id, SUBSCRIBED)
                      MESSAGE(number, msgid + message)
 
@@ -13,6 +14,11 @@ A MESSAGE's own number counts the host term's messages from 1: a subscriber that
 subscribes again says the last it got (``SUBSCRIBER``: its pid, the host generation,
 that number), and the host replays what follows and says how many it no longer has
 (``SUBSCRIBED``).
+
+A layer that needs to know what each subscriber holds (a SharedDict: the host
+acknowledges a write once every member applied it) has its subscribers send
+CONFIRM after each message they took: the host generation and a position of that
+layer's own, and the subscriber's name as a member (``Confirmations``).
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ from .._errors import ProtocolError
 
 __all__ = [
     "ACK",
+    "CONFIRM",
+    "CONFIRMED",
     "DEDUP_WINDOW",
     "ENVELOPE",
     "ERROR",
@@ -43,11 +51,12 @@ __all__ = [
 ENVELOPE = struct.Struct("!BQ")
 _FRAME_HEAD = struct.Struct("!IBQ")  # _framing's HEADER, then the envelope: a whole frame's head
 _MAX_FRAME = 0xFFFFFFFF
-REQUEST, PUBLISH, SUBSCRIBE = 1, 2, 3
+REQUEST, PUBLISH, SUBSCRIBE, CONFIRM = 1, 2, 3, 4
 REPLY, ERROR, ACK, MESSAGE = 11, 12, 13, 14
 REPLAY_LIMIT = 1024
 PUBLISH_ID = struct.Struct("!QQ")  # publisher, number: at the head of every PUBLISH and MESSAGE payload
 SUBSCRIBER = struct.Struct("!QQQ")  # after SUBSCRIBE's resume flag: pid, host generation, last number
+CONFIRMED = struct.Struct("!QQ")  # a CONFIRM's head: host generation, position; the member's name follows
 SUBSCRIBED = struct.Struct("!q")  # the ACK of a SUBSCRIBE: messages missed (-1: unknown, 0: none)
 #: what a message the host publishes itself (a SharedDict change) may exceed ``max_message_size`` by,
 #: over the request it came from; every subscriber reads frames that much larger

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 
 if TYPE_CHECKING:
     import socket
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable
     from pathlib import Path
 
     from _typeshed import ReadableBuffer, WriteableBuffer
@@ -40,6 +40,7 @@ __all__ = [
     "HostState",
     "Listener",
     "LostClaim",
+    "Membership",
     "Session",
     "SocketMaker",
     "Standby",
@@ -309,6 +310,31 @@ class ExitNotices(Protocol):
         """Return a descriptor readable once ``record``'s host has exited, or None; the caller closes it."""
 
 
+class Membership(Protocol):
+    """Who holds every acknowledged write of the host's state (a SharedDict), kept where elections are.
+
+    A member is named by a string this capability makes (``me``) and can tell alive
+    (``alive``). The host records the set with its generation before it acknowledges a
+    write without a process that left it; a process outside the set may not campaign
+    while a member may be alive (``_shareddict.members``).
+    """
+
+    def me(self) -> str:
+        """Return this process as a member (a new string in a forked child)."""
+
+    def record(self, generation: int, members: Iterable[str]) -> None:
+        """Record ``members`` as holding every write acknowledged in host term ``generation``."""
+
+    def members(self) -> tuple[int, list[str]] | None:
+        """Return the recorded generation and members, or None if nothing is recorded."""
+
+    def alive(self, member: str) -> bool:
+        """Tell whether ``member`` may still be alive (the same process, not a reused pid)."""
+
+    def leave(self, member: str) -> None:
+        """Let ``member`` (this process, which closes its dict) keep no one out of elections any more."""
+
+
 @dataclass(frozen=True)
 class Backend:
     """What a channel runs on: the two seams, and the capabilities this backend has (None: absent)."""
@@ -317,3 +343,4 @@ class Backend:
     transport: Transport
     standby: Standby | None = None
     exit_notices: ExitNotices | None = None
+    membership: Membership | None = None

@@ -19,22 +19,24 @@ float, bool or None; a change is a list, so an int key stays an int).
 
 from __future__ import annotations
 
+import atexit
 import logging
-import threading
 from collections.abc import Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any
 
-from .. import _fork, _platform
+from .. import _fork
 from .._codecs import is_builtin, resolve_codec
-from .._core.channel import port_of
-from .._errors import ChannelClosed, ChannelTimeout
+from .._core.port import port_of
 from .._framing import DEFAULT_MAX_SIZE
 from .._requests.channel import RequestChannel, publish_changes
+from .._requests.confirm import Confirmations
 from .._requests.outbox import DEFAULT_LIMITS
 from .._timing import validate_timeout
 from . import ops
+from .members import Members
 from .replica import Replica
 from .store import Store
+from .sync import Sync
 from .writes import Writes
 
 if TYPE_CHECKING:
@@ -49,10 +51,6 @@ if TYPE_CHECKING:
 __all__ = ["SharedDict"]
 
 _LOGGER = logging.getLogger("ipchannel")
-_ALONE_GRACE = 0.05  # with no host record, how long to wait for a host before becoming the first
-_SURVIVOR_GRACE = 0.5  # with a dead host's record, how long to give survivors to elect one of them
-_RETRY_PAUSE = 0.05  # between two background resyncs of a forked child while no host answers
-_FORK_TRY = 1.0  # how long a forked child's resync waits for a host before it may host itself
 
 
 class SharedDict(MutableMapping[Any, Any]):
@@ -102,17 +100,21 @@ class SharedDict(MutableMapping[Any, Any]):
         self._check_key: Callable[[Any], None] | None = getattr(self._codec, "check_key", None)
         self._check_value: Callable[[Any], None] | None = getattr(self._codec, "check_value", None)
         self._data: dict[Any, Any] = {}
-        self._may_host_after_fork = True  # what a forked child's channel goes back to once synced
         self._replica = Replica(name, self._show)
-        # Out of elections until the replica holds the state: a newcomer elected with an empty
-        # replica while others hold the data would make everyone resync to nothing.
-        self._store = Store(name, self._replica, self._generation, self._subscribed, self._publish)
+        self._members = Members(
+            name, None, max_lag, lambda: not self._port.may_serve(), lambda: self.position
+        )
+        self._store = Store(
+            name, self._replica, self._generation, self._subscribed, self._publish, self._members
+        )
         self._requests = RequestChannel(
             name,
             self._store.on_request,
             codec=self._codec,
             runtime_dir=runtime_dir,
             authkey=authkey,
+            # Out of elections until the replica holds the state: a newcomer elected with an empty
+            # replica while others hold the data would make everyone resync to nothing.
             may_host=False,
             max_message_size=max_message_size,
             max_backlog=max_backlog,
@@ -124,8 +126,18 @@ class SharedDict(MutableMapping[Any, Any]):
             ssl_context=ssl_context,
             _options=_options,
             _kind="SharedDict",  # errors name the class the user holds
+            _confirmations=Confirmations(
+                self._confirmation,
+                self._members.confirmed,
+                self._members.gone,
+                lambda: self._replica.on_missed(self._resync),  # moved: the old host may have cut us off
+            ),
         )
         self._port = port_of(self._requests.channel)
+        self._members.membership = self._port.membership
+        self._port.set_campaign_gate(self._members.may_campaign)
+        self._sync = Sync(name, self._requests, self._replica, self._port, self._timeout, self._confirmation)
+        self._resync = self._sync.resync
         self._writes = Writes(
             name,
             self._request,
@@ -135,42 +147,13 @@ class SharedDict(MutableMapping[Any, Any]):
             local_apply=is_builtin(self._codec),  # a write applies itself: only if it comes back equal
         )
         try:
-            self._join(name)
-            self._first_sync(name)
+            self._sync.open(self._on_change)
         except BaseException:
             self._requests.close()
             raise
         self._requests.channel.may_host = True
+        atexit.register(self._leave)  # before the channel's own close at exit: registered later
         _fork.register(self)
-
-    def _join(self, name: str) -> None:
-        """Subscribe to the live host; if there is none and none comes, we are alone: host ourselves."""
-        # the host cut this replica off and lacks what it missed (on ``ipchannel-subscriber:NAME``)
-        self._requests.on_missed(lambda _count: self._replica.on_missed(self._resync))
-        # No record: nobody hosts now, and a host that just closed is replaced within milliseconds.
-        # A dead host's record: survivors, if any, elect one of themselves within a tick or two.
-        # A live host's: connecting to it is immediate.
-        recorded = self._port.recorded_host()  # the coordinator's view
-        wait = {"none": _ALONE_GRACE, "dead": _SURVIVOR_GRACE}.get(recorded, self._timeout)
-        try:
-            self._requests.subscribe(self._on_change, timeout=wait)
-        except ChannelTimeout:
-            _LOGGER.info("shared dict %r: no host within %.2f s; opening as the first", name, wait)
-            self._requests.channel.may_host = True
-            self._requests.subscribe(self._on_change, timeout=self._timeout)
-
-    def _first_sync(self, name: str) -> None:
-        """Take the first snapshot; if its host went away and nobody took over in time, we are alone."""
-        try:
-            self._resync()
-        except ChannelTimeout:
-            # Survivors holding the data elect one of themselves within milliseconds; a whole
-            # timeout without a host means there are none (say, every other process is exiting).
-            _LOGGER.info(
-                "shared dict %r: the host left while this replica opened; opening as the first", name
-            )
-            self._requests.channel.may_host = True
-            self._resync()
 
     # -- reads: the local replica, lock-free (see ``replica``) ------------------------------------
 
@@ -285,10 +268,11 @@ class SharedDict(MutableMapping[Any, Any]):
         """Apply one published batch (runs on ``ipchannel-subscriber:NAME``)."""
         self._replica.on_change(batch, self._resync)
 
-    def _resync(self, most: float | None = None) -> None:
-        """Replace the replica by the host's snapshot (``Replica.resync``); ``most``: a shorter wait."""
-        wait = self._timeout if most is None else most
-        self._replica.resync(lambda: self._request({"v": ops.PROTOCOL, "op": "snapshot"}, wait))
+    def _confirmation(self) -> tuple[str, int, int] | None:
+        """Return what this replica holds, for the host (``members``; on ``ipchannel-subscriber:NAME``)."""
+        membership = self._members.membership
+        position = self._replica.confirmable()
+        return None if membership is None or position is None else (membership.me(), *position)
 
     # -- lifetime ---------------------------------------------------------------------------------
 
@@ -299,6 +283,8 @@ class SharedDict(MutableMapping[Any, Any]):
 
     def close(self) -> None:
         """Stop sharing, handing hosting over; from then on reads and writes raise ChannelClosed."""
+        atexit.unregister(self._leave)
+        self._leave()
         self._requests.close()  # first: while it hands over, the host's side still reads the replica
         self._replica.close()
         self._store.close()
@@ -325,33 +311,18 @@ class SharedDict(MutableMapping[Any, Any]):
         self._writes.after_fork()
         self._replica.after_fork()
         self._store.after_fork()
-        channel = self._requests.channel
-        self._may_host_after_fork, channel.may_host = channel.may_host, False
+        self._members.after_fork()
+        self._sync.after_fork()
 
     def _resume_after_fork(self) -> None:
         """In a forked child, once everything is reset: sync the replica again in the background."""
-        if not self._replica.closed:
-            threading.Thread(
-                target=self._resync_after_fork, name=f"ipchannel-resync:{self.channel.name}", daemon=True
-            ).start()
+        self._sync.resume_after_fork()
 
-    def _resync_after_fork(self) -> None:
-        _platform.leave_signals_to_the_application()
-        replica, channel = self._replica, self._requests.channel
-        while not replica.closed:
-            try:
-                self._resync(_FORK_TRY)
-            except ChannelClosed:
-                return
-            except ChannelTimeout:
-                # Survivors holding the data elect one of themselves within milliseconds; a whole
-                # try without a host means there are none: this replica is what there is.
-                channel.may_host = self._may_host_after_fork
-                with replica.cond:
-                    replica.cond.wait_for(lambda: replica.closed, _RETRY_PAUSE)
-                continue
-            except Exception:
-                _LOGGER.exception("shared dict %r: cannot sync after fork", channel.name)
-                return
-            channel.may_host = self._may_host_after_fork
-            return
+    def _leave(self) -> None:
+        """Out of the members (``Members.leave``): this process stops sharing, or exits."""
+        try:
+            self._members.leave()
+        except Exception as exc:  # noqa: BLE001 - closing goes on; a stale entry only delays elections
+            _LOGGER.warning(
+                "shared dict %r: cannot take this process out of the members: %s", self.channel.name, exc
+            )

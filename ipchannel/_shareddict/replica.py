@@ -59,6 +59,11 @@ class Replica:
         with self.cond:
             return dict(self._data), {client: list(last) for client, last in self.applied.items()}
 
+    def confirmable(self) -> tuple[int, int] | None:
+        """Return the position to confirm to the host (``members``): applied, in step; None mid-resync."""
+        with self.cond:
+            return (self.gen, self.seq) if self.synced and not self.closed else None
+
     # -- the change stream -----------------------------------------------------------------------
 
     def on_change(self, batch: dict[str, Any], resync: Callable[[], None]) -> None:

@@ -3,9 +3,10 @@
 Runs in the host only, for the request channel's ``on_request``. Writes that reach the
 host while a batch is being applied wait and form the next batch: one fan-out per batch,
 not per write. Each batch is applied in order, numbered (generation, sequence), published
-as one message, and only then answered, so every acknowledged write is in every
-subscribed replica's stream. The host remembers each writer's last write (in the
-replicated state), so a write resent after a failover is answered, not applied twice.
+as one message, and only then answered: once every member applied it (``members``), so
+an acknowledged write is lost only if every process that held it died. The host remembers
+each writer's last write (in the replicated state), so a write resent after a failover is
+answered, not applied twice.
 
 A new host term starts from this process's replica once its subscription has moved to
 the new generation (everything the old host sent it is applied).
@@ -30,6 +31,7 @@ from .ops import PROTOCOL, apply, prepare
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from .members import Members
     from .replica import Replica
 
 __all__ = ["Store"]
@@ -52,16 +54,18 @@ class _Queued:
 class Store:
     """The state as the host holds it, and the batches that change it (used only while hosting)."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913, PLR0917 - made in one place, by SharedDict
         self,
         name: str,
         replica: Replica,
         generation: Callable[[], int | None],
         subscribed: Callable[[], int | None],
         publish: Callable[[Any], None],
+        members: Members,
     ) -> None:
         self._name, self._replica = name, replica
         self._generation, self._subscribed, self._publish = generation, subscribed, publish
+        self._members = members
         self.after_fork()
 
     def after_fork(self) -> None:
@@ -86,6 +90,11 @@ class Store:
                 f"this host speaks shared dict protocol {PROTOCOL}, the request {message.get('v')!r}:"
                 " every process must run the same ipchannel version"
             )
+        if message.get("op") == "synced":  # a replica applied a snapshot: it may join (``members``)
+            with self._store_lock:
+                self._start_term()
+            self._members.confirmed(str(message["m"]), int(message["g"]), int(message["s"]), None)
+            return {"v": PROTOCOL}
         if message.get("op") == "snapshot":
             with self._store_lock:
                 self._start_term()
@@ -175,12 +184,14 @@ class Store:
                 {"g": generation, "r": [self._apply_write(write, changes) for write in item.writes]}
                 for item in batch
             ]
+            last = self._seq
         if changes:
             # outside the store lock: snapshots never wait for a fan-out (a replica skips what it holds)
             published = {"v": PROTOCOL, "g": generation, "s": first, "ch": changes}
             self._publish_split(published)
             if _hooks.pause is not None:
                 _hooks.pause("shareddict.published", published)
+            self._members.wait(generation, last)  # acknowledged once every member applied it
         return answers
 
     def _publish_split(self, message: dict[str, Any]) -> None:
@@ -236,6 +247,7 @@ class Store:
             )
         self._store, self._applied = self._replica.snapshot()
         self._term, self._seq = generation, 0
+        self._members.start_term(generation)
         _LOGGER.info(
             "shared dict %r: host term %d starts with %d keys", self._name, generation, len(self._store)
         )

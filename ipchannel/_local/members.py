@@ -1,0 +1,117 @@
+"""The members of a SharedDict on one machine: a file beside the host record, read by every campaigner.
+
+``.NAME.members`` holds ``{"g": generation, "members": ["pid PID@START", ...], "left": [...]}``:
+the processes that hold every write the host of that term acknowledged, and those that
+closed their dict (alive, but out for good: a host whose set still has one leaves it
+out). The host writes it before it acknowledges a write without a process that left;
+the last process to close removes the file. Every change is made under
+the flock of ``.NAME.members.lock`` and lands by rename, so none is lost to another and
+no reader sees half of one. The start time keeps a reused pid from passing for a member;
+a process outside the record may not start a term while a member lives
+(``_shareddict.members``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+from typing import TYPE_CHECKING
+
+from .. import _platform
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator
+    from pathlib import Path
+
+__all__ = ["LocalMembership"]
+
+_LOGGER = logging.getLogger("ipchannel")
+
+
+class LocalMembership:
+    """The ``Membership`` capability of the local backend."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._lock_path = path.with_name(f"{path.name}.lock")
+        self._me: tuple[int, str] | None = None  # (pid, name): looked up again in a forked child
+
+    def me(self) -> str:
+        pid = os.getpid()
+        if self._me is None or self._me[0] != pid:
+            self._me = (pid, f"pid {pid}@{_platform.start_time(pid)!r}")
+        return self._me[1]
+
+    def record(self, generation: int, members: Iterable[str]) -> None:
+        """Record ``members``, less those that took themselves out (``leave``): never in again."""
+        with self._locked():
+            left = self._left()
+            self._write(generation, set(members) - left, left)
+
+    def _left(self) -> set[str]:
+        """Return the live processes that took themselves out (call with the flock)."""
+        try:
+            data = json.loads(self._path.read_bytes())
+            return {str(member) for member in data.get("left", []) if self.alive(str(member))}
+        except (OSError, ValueError, TypeError, AttributeError):
+            return set()
+
+    def _write(self, generation: int, members: Iterable[str], left: Iterable[str]) -> None:
+        data = json.dumps({"g": generation, "members": sorted(members), "left": sorted(left)}).encode()
+        tmp = self._path.with_name(f"{self._path.name}.{os.getpid()}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            try:
+                os.write(fd, data)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self._path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the flock
+
+    def members(self) -> tuple[int, list[str]] | None:
+        try:
+            data = json.loads(self._path.read_bytes())
+            return int(data["g"]), [str(member) for member in data["members"]]
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            # Never written torn (rename): someone else wrote it. Refusing every election for it
+            # would take the channel down; the host rewrites it at its next change.
+            _LOGGER.warning("ignoring the members record %s: %s", self._path, exc)
+            return None
+
+    def alive(self, member: str) -> bool:
+        pid, _, started = member.removeprefix("pid ").partition("@")
+        try:
+            return repr(_platform.start_time(int(pid))) == started
+        except ValueError:
+            return False
+
+    def leave(self, member: str) -> None:
+        with self._locked():
+            recorded = self.members()
+            if recorded is None:
+                return
+            generation, members = recorded
+            left = self._left() | {member}
+            rest = [other for other in members if other not in left]
+            if not any(self.alive(other) for other in rest):  # the last to go: nothing left to keep
+                with contextlib.suppress(FileNotFoundError):
+                    self._path.unlink()
+            else:
+                self._write(generation, rest, left)

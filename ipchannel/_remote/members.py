@@ -1,0 +1,129 @@
+"""The members of a SharedDict across machines: a key beside the host's in the engine, and a lease each.
+
+The host stores ``{"g": generation, "members": [...]}`` under the channel's ``members`` key,
+only while its claim of that generation holds (one transaction or script). A member
+is ``pid PID on HOST #TOKEN``; it is alive while its key ``member/TOKEN`` exists,
+kept by a lease of ``ttl`` seconds (etcd) or a TTL (Redis) that the thread
+``ipchannel-presence:NAME`` renews every third of it. A process frozen or cut off
+from the engine past ``ttl`` counts as dead from then on, like a host: when it runs
+again its lapsed name is dropped and it takes a new one, which no record names, so
+it may not campaign while a member lives (``_shareddict.members``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import socket
+import threading
+from typing import TYPE_CHECKING
+
+from .. import _platform
+from .._errors import ChannelError
+from .engine import EngineUnavailable
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
+    from .engine import Engine
+
+__all__ = ["RemoteMembership"]
+
+_LOGGER = logging.getLogger("ipchannel")
+_LEAF = "members"
+_JOIN_TIMEOUT = 2.0
+
+
+class RemoteMembership:
+    """The ``Membership`` capability of the remote backend."""
+
+    def __init__(self, name: str, engine: Callable[[], Engine], ttl: float) -> None:
+        self._name, self._engine, self._ttl = name, engine, ttl
+        self._lock = threading.Lock()
+        self._pid = 0  # whose name and thread these are: a forked child makes its own
+        self._me = ""
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def me(self) -> str:
+        with self._lock:
+            if self._pid != os.getpid() or not self._me:
+                self._pid, self._thread, self._stop = os.getpid(), None, threading.Event()
+                self._me = self._new_name()
+                self._engine().present(self._name, _leaf(self._me), self._ttl, first=True)
+                self._thread = threading.Thread(
+                    target=self._keep,
+                    args=(self._stop,),
+                    name=f"ipchannel-presence:{self._name}",
+                    daemon=True,
+                )
+                self._thread.start()
+            return self._me
+
+    def _new_name(self) -> str:
+        return f"pid {os.getpid()} on {socket.gethostname()} #{secrets.token_hex(6)}"
+
+    def _keep(self, stop: threading.Event) -> None:
+        """Renew this process's key every third of the ttl (``ipchannel-presence:NAME``)."""
+        _platform.leave_signals_to_the_application()
+        while not stop.wait(self._ttl / 3):
+            with self._lock:
+                me = self._me
+            try:
+                if self._engine().present(self._name, _leaf(me), self._ttl, first=False):
+                    continue
+            except EngineUnavailable as exc:
+                _LOGGER.debug("channel %r: cannot renew this member's key: %s", self._name, exc)
+                continue
+            with self._lock:  # lapsed: others may have counted us dead; a new name, in no record
+                if stop.is_set() or self._me != me:
+                    return
+                self._me = self._new_name()
+            _LOGGER.warning(
+                "shared dict %r: this process's member key lapsed (frozen or cut off from %s for over"
+                " %.1f s); it resyncs, and may host only once no member is left",
+                self._name,
+                "the engine",
+                self._ttl,
+            )
+            try:
+                self._engine().present(self._name, _leaf(self._me), self._ttl, first=True)
+            except EngineUnavailable as exc:
+                _LOGGER.debug("channel %r: cannot make this member's key: %s", self._name, exc)
+
+    def record(self, generation: int, members: Iterable[str]) -> None:
+        value = json.dumps({"g": generation, "members": sorted(members)}).encode()
+        if not self._engine().put_if_claimed(self._name, generation, _LEAF, value):
+            raise ChannelError(f"channel {self._name!r}: no longer the host of generation {generation}")
+
+    def members(self) -> tuple[int, list[str]] | None:
+        value = self._engine().get(self._name, _LEAF)
+        if value is None:
+            return None
+        try:
+            data = json.loads(value)
+            return int(data["g"]), [str(member) for member in data["members"]]
+        except (ValueError, TypeError, KeyError) as exc:
+            _LOGGER.warning("ignoring the members record of %r in the engine: %s", self._name, exc)
+            return None
+
+    def alive(self, member: str) -> bool:
+        return self._engine().get(self._name, _leaf(member)) is not None
+
+    def leave(self, member: str) -> None:
+        with self._lock:
+            if member != self._me or self._pid != os.getpid():
+                return
+            self._me, stop, thread = "", self._stop, self._thread
+            self._thread = None
+        stop.set()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(_JOIN_TIMEOUT)
+        self._engine().absent(self._name, _leaf(member))
+
+
+def _leaf(member: str) -> str:
+    """Return the key of ``member``'s lease: its token."""
+    return f"member/{member.rpartition('#')[2]}"

@@ -1,0 +1,204 @@
+"""Who holds every acknowledged write, and who may therefore become host (the election restriction).
+
+The promise: an acknowledged write is lost only if every process that held it has died.
+
+- Each replica confirms the position it applied (generation, sequence) after each batch
+  it took (CONFIRM frames, ``_requests.confirm``).
+- The host's members are the processes known to hold every acknowledged write: a
+  replica joins once it confirmed a position at or past every acknowledged one; at
+  the start of a term, the previous term's recorded members that are alive stay.
+- The host acknowledges a batch once every member confirmed it (``wait``). A member
+  that has not within ``max_lag`` seconds, or whose subscription ended, leaves; the
+  set is recorded where elections are decided (``Membership``) before any write is
+  acknowledged without it. A member that left is cut off and rejoins by itself.
+- A process outside the recorded set may not campaign (nor stand by) while a member
+  may be alive (``may_campaign``): a replica cut off while stopped wakes up stale and
+  must not host from what it has, even if the host died meanwhile. Once every member
+  is dead, it may, and says what is lost (ERROR).
+
+Threads: ``confirmed`` and ``gone`` run on the host's handler threads, ``wait`` on the
+thread that committed the batch, ``may_campaign`` wherever an election is tried.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .._errors import ChannelClosed
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from .._seams.base import Membership
+
+__all__ = ["Members"]
+
+_LOGGER = logging.getLogger("ipchannel")
+
+
+@dataclass
+class _Member:
+    position: int  # the highest it confirmed in this term
+    cut: Callable[[], None] | None  # ends its subscription (None: not subscribed to us yet)
+
+
+class Members:
+    """The host's set of members (while hosting), and the question every process asks before campaigning."""
+
+    def __init__(
+        self,
+        name: str,
+        membership: Membership | None,
+        max_lag: float,
+        handing_over: Callable[[], bool],
+        position: Callable[[], tuple[int, int]],
+    ) -> None:
+        self._name, self.membership, self._max_lag = name, membership, max_lag
+        self._handing_over, self._position = handing_over, position
+        self.after_fork()
+
+    def after_fork(self) -> None:
+        """Not hosting, nothing said (also in a forked child: the parent's term is not ours)."""
+        self._cond = threading.Condition()
+        self._term: int | None = None  # the host term the set is of
+        self._members: dict[str, _Member] = {}  # the others: this process holds what it acknowledges
+        self._acknowledged = 0  # the highest position ``wait`` let be acknowledged in the term
+        self._told_lost = False
+        self._left = False  # this process closed its dict: it records nothing more (``leave``)
+
+    # -- the host ----------------------------------------------------------------------------------
+
+    def start_term(self, generation: int) -> None:
+        """Begin a term of ours: the previous term's members that are alive stay members."""
+        membership = self.membership
+        if membership is None:
+            return
+        me = membership.me()
+        recorded = membership.members()
+        alive = [m for m in (recorded[1] if recorded else []) if m != me and membership.alive(m)]
+        with self._cond:
+            self._term, self._acknowledged = generation, 0
+            self._members = {member: _Member(0, None) for member in alive}
+            self._record()
+
+    def confirmed(self, member: str, generation: int, position: int, cut: Callable[[], None] | None) -> None:
+        """Take a replica's confirmation (a handler thread); it joins if it holds every acknowledged write.
+
+        ``cut`` ends its subscription; None when it said so by request, after a resync.
+        """
+        with self._cond:
+            if generation != self._term or self.membership is None or member == self.membership.me():
+                return
+            if self._handing_over() or self._left:
+                return
+            known = self._members.get(member)
+            if known is None:
+                if position < self._acknowledged:
+                    return  # it lacks an acknowledged write: it joins once it confirms past it
+                self._members[member] = _Member(position, cut)
+                self._record()
+            else:
+                known.position, known.cut = max(known.position, position), cut or known.cut
+            self._cond.notify_all()
+
+    def gone(self, member: str) -> None:
+        """Let a member whose subscription ended leave (a handler thread): it takes no more writes."""
+        with self._cond:
+            if member in self._members and not self._handing_over() and not self._left:
+                del self._members[member]
+                self._record()  # it still holds all it confirmed: recorded out only to let writes on
+            self._cond.notify_all()  # a handover too: ``wait`` gives up
+
+    def wait(self, generation: int, position: int) -> None:
+        """Return once every member confirmed ``position`` of ``generation`` or left (recorded first).
+
+        A member has ``max_lag`` seconds from now: then it is cut off, and recorded out.
+        """
+        deadline = time.monotonic() + self._max_lag
+        with self._cond:
+            while self._term == generation:
+                if self._handing_over():  # not ours to acknowledge: the writers ask the next host
+                    raise ChannelClosed(self._name, "SharedDict")
+                behind = [name for name, member in self._members.items() if member.position < position]
+                if not behind:
+                    self._acknowledged = max(self._acknowledged, position)
+                    return
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    self._leave_behind(behind, position)
+                    continue
+                self._cond.wait(remaining)
+
+    def _leave_behind(self, behind: list[str], position: int) -> None:
+        """Record out the members that did not confirm ``position`` in time; cut them off (with the lock)."""
+        cuts = [self._members.pop(name).cut for name in behind]
+        self._record()
+        _LOGGER.warning(
+            "shared dict %r: %s did not confirm change %d:%d within %.1f s; acknowledged without it,"
+            " it resyncs when it runs again",
+            self._name,
+            ", ".join(f"member {name}" for name in behind),
+            self._term,
+            position,
+            self._max_lag,
+        )
+        for cut in cuts:
+            if cut is not None:
+                cut()
+
+    def _record(self) -> None:
+        """Write the set, this process included, where elections are decided (with the lock).
+
+        Only while this process may serve: a host that is handing over must not overwrite its
+        successor's set (ChannelClosed: its writes are not acknowledged, their writers ask again).
+        """
+        if self._handing_over() or self._left:
+            raise ChannelClosed(self._name, "SharedDict")
+        if self.membership is not None and self._term is not None:
+            self.membership.record(self._term, [self.membership.me(), *self._members])
+
+    # -- every process ---------------------------------------------------------------------------
+
+    def may_campaign(self) -> bool:
+        """Tell whether this process may become host: a member, or no member may be alive (the gate)."""
+        membership = self.membership
+        recorded = None if membership is None else membership.members()
+        if membership is None or not recorded:
+            return True
+        generation, members = recorded
+        if membership.me() in members:
+            return True
+        alive = [member for member in members if membership.alive(member)]
+        if alive:
+            return False
+        if not self._told_lost:
+            self._told_lost = True
+            position = self._position()
+            if position == (0, 0):  # it never held anything: a start after every process exited
+                _LOGGER.info("shared dict %r: the processes that held it are gone", self._name)
+            else:
+                _LOGGER.error(
+                    "shared dict %r: every process that held its acknowledged writes of host term %d has"
+                    " exited (%s); this one takes over with what it holds (%d:%d): writes it lacks are lost",
+                    self._name,
+                    generation,
+                    ", ".join(members),
+                    *position,
+                )
+        return True
+
+    def leave(self) -> None:
+        """Take this process, which closes its dict, out of the members (``Membership.leave``).
+
+        Else a process alive but no longer sharing would keep the others out of elections.
+        From then on it records nothing (as host, until it hands over, it answers no write):
+        a record of its in-memory set would bring back members that left meanwhile.
+        """
+        with self._cond:
+            self._left = True
+        if self.membership is not None:
+            self.membership.leave(self.membership.me())

@@ -1,0 +1,133 @@
+"""Keeping this process's replica in step with the host: opening, resyncing, after a fork.
+
+Opening subscribes first, then takes a snapshot, so every change after the snapshot comes
+on the stream. A forked child stays out of elections until it has synced again (hosting
+from its fork-time copy while another process holds newer writes would make everyone
+resync to that copy).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING, Any
+
+from .. import _platform
+from .._errors import ChannelClosed, ChannelError, ChannelTimeout
+from . import ops
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from .._core.port import Port
+    from .._requests.channel import RequestChannel
+    from .replica import Replica
+
+__all__ = ["Sync"]
+
+_LOGGER = logging.getLogger("ipchannel")
+_ALONE_GRACE = 0.05  # with no host record, how long to wait for a host before becoming the first
+_SURVIVOR_GRACE = 0.5  # with a dead host's record, how long to give survivors to elect one of them
+_RETRY_PAUSE = 0.05  # between two background resyncs of a forked child while no host answers
+_FORK_TRY = 1.0  # how long a forked child's resync waits for a host before it may host itself
+
+
+class Sync:
+    """How one SharedDict's replica gets, and gets back, the host's state."""
+
+    def __init__(  # noqa: PLR0913, PLR0917 - made in one place, by SharedDict
+        self,
+        name: str,
+        requests: RequestChannel,
+        replica: Replica,
+        port: Port,
+        timeout: float | None,
+        confirmation: Callable[[], tuple[str, int, int] | None],
+    ) -> None:
+        self._name, self._requests, self._replica, self._port = name, requests, replica, port
+        self._confirmation = confirmation
+        self._timeout = timeout
+        self._may_host_after_fork = True  # what a forked child's channel goes back to once synced
+
+    def open(self, on_change: Callable[[dict[str, Any]], None]) -> None:
+        """Subscribe, then take the first snapshot."""
+        # the host cut this replica off and lacks what it missed (on ``ipchannel-subscriber:NAME``)
+        self._requests.on_missed(lambda _count: self._replica.on_missed(self.resync))
+        self._join(on_change)
+        self._first_sync()
+
+    def _join(self, on_change: Callable[[dict[str, Any]], None]) -> None:
+        """Subscribe to the live host; if there is none and none comes, we are alone: host ourselves."""
+        # No record: nobody hosts now, and a host that just closed is replaced within milliseconds.
+        # A dead host's record: survivors, if any, elect one of themselves within a tick or two.
+        # A live host's: connecting to it is immediate.
+        recorded = self._port.recorded_host()  # the coordinator's view
+        wait = {"none": _ALONE_GRACE, "dead": _SURVIVOR_GRACE}.get(recorded, self._timeout)
+        try:
+            self._requests.subscribe(on_change, timeout=wait)
+        except ChannelTimeout:
+            _LOGGER.info("shared dict %r: no host within %.2f s; opening as the first", self._name, wait)
+            self._requests.channel.may_host = True
+            self._requests.subscribe(on_change, timeout=self._timeout)
+
+    def _first_sync(self) -> None:
+        """Take the first snapshot; if its host went away and nobody took over in time, we are alone."""
+        try:
+            self.resync()
+        except ChannelTimeout:
+            # Survivors holding the data elect one of themselves within milliseconds; a whole
+            # timeout without a host means there are none (say, every other process is exiting).
+            _LOGGER.info(
+                "shared dict %r: the host left while this replica opened; opening as the first", self._name
+            )
+            self._requests.channel.may_host = True
+            self.resync()
+
+    def resync(self, most: float | None = None) -> None:
+        """Replace the replica by the host's snapshot (``Replica.resync``); ``most``: a shorter wait."""
+        wait = self._timeout if most is None else most
+        request = self._requests.request
+        self._replica.resync(lambda: request({"v": ops.PROTOCOL, "op": "snapshot"}, timeout=wait))
+        confirmable = self._confirmation()
+        if confirmable is None:  # another resync began meanwhile: it says so itself
+            return
+        member, generation, position = confirmable
+        try:  # a member from now on, not only from the next change (``members``)
+            request(
+                {"v": ops.PROTOCOL, "op": "synced", "m": member, "g": generation, "s": position}, timeout=wait
+            )
+        except ChannelError as exc:  # it joins at its next confirmation instead
+            _LOGGER.debug("shared dict %r: could not say it synced: %s", self._name, exc)
+
+    def after_fork(self) -> None:
+        """In a forked child: out of elections until synced again."""
+        channel = self._requests.channel
+        self._may_host_after_fork, channel.may_host = channel.may_host, False
+
+    def resume_after_fork(self) -> None:
+        """In a forked child, once everything is reset: sync the replica again in the background."""
+        if not self._replica.closed:
+            threading.Thread(
+                target=self._resync_after_fork, name=f"ipchannel-resync:{self._name}", daemon=True
+            ).start()
+
+    def _resync_after_fork(self) -> None:
+        _platform.leave_signals_to_the_application()
+        replica, channel = self._replica, self._requests.channel
+        while not replica.closed:
+            try:
+                self.resync(_FORK_TRY)
+            except ChannelClosed:
+                return
+            except ChannelTimeout:
+                # Survivors holding the data elect one of themselves within milliseconds; a whole
+                # try without a host means there are none: this replica is what there is.
+                channel.may_host = self._may_host_after_fork
+                with replica.cond:
+                    replica.cond.wait_for(lambda: replica.closed, _RETRY_PAUSE)
+                continue
+            except Exception:
+                _LOGGER.exception("shared dict %r: cannot sync after fork", self._name)
+                return
+            channel.may_host = self._may_host_after_fork
+            return

@@ -1,0 +1,79 @@
+"""The election restriction: an acknowledged write is lost only if every process that held it has died.
+
+A replica that was stopped (SIGSTOP) while writes went on is cut off and recorded out of
+the members; when it runs again it may not host from what it has while a member may be
+alive, even if the host died meanwhile. Once every member is dead, it takes over and says
+what is lost (ERROR).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import TYPE_CHECKING
+
+import pytest
+from conftest import Peer, Peers, wait_until
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+def _stale_replica(peers: Peers, log: Path) -> tuple[Peer, Peer, Peer]:
+    """Host, up-to-date writer, and a replica stopped while the writer's five writes were acknowledged.
+
+    The stale one is left stopped.
+    """
+    host, writer, stale = group = peers.start_dicts(3, log=str(log), max_lag=0.5, timeout=2.0)
+    assert peers.host(group) is host
+    writer.call("set_then_get", key="k", value="v0")
+    stale.call("wait_position", position=host.call("info")["position"])
+    os.kill(stale.pid, signal.SIGSTOP)
+    for i in range(1, 6):  # the first waits for the stopped one (max_lag), which is then recorded out
+        assert writer.call("set_then_get", key="k", value=f"v{i}")["got"] == f"v{i}"
+    assert f"member pid {stale.pid}@" in log.read_text()
+    return host, writer, stale
+
+
+@pytest.mark.timeout(60)
+def test_a_replica_cut_off_while_stopped_does_not_host_while_a_member_lives(
+    peers: Peers, tmp_path: Path
+) -> None:
+    log = tmp_path / "ipchannel.log"
+    host, writer, stale = _stale_replica(peers, log)
+    os.kill(writer.pid, signal.SIGSTOP)  # the one that holds every write cannot take over for now
+    try:
+        host.kill()
+        os.kill(stale.pid, signal.SIGCONT)
+        # it sees the host dead, and no host comes: hosting itself would serve "v0" for good
+        failed = stale.try_call("set_then_get", key="other", value=1)
+        assert failed["error"] == "ChannelTimeout", failed
+        assert not stale.call("info")["is_host"]
+    finally:
+        os.kill(writer.pid, signal.SIGCONT)
+    wait_until(lambda: writer.call("info")["is_host"], timeout=10)
+    final = writer.call("copy")
+    assert dict(final["items"])["k"] == "v5"
+    assert stale.call("wait_position", position=final["position"])["position"] >= final["position"]
+    assert dict(stale.call("copy")["items"])["k"] == "v5"
+    assert "ERROR" not in log.read_text()
+
+
+@pytest.mark.timeout(60)
+def test_once_every_member_is_dead_a_stale_replica_takes_over_and_says_what_is_lost(
+    peers: Peers, tmp_path: Path
+) -> None:
+    log = tmp_path / "ipchannel.log"
+    host, writer, stale = _stale_replica(peers, log)
+    os.kill(writer.pid, signal.SIGSTOP)  # killed after the host: it dies a member, not recorded out
+    host.kill()
+    writer.kill()
+    os.kill(stale.pid, signal.SIGCONT)
+    wait_until(lambda: stale.call("info")["is_host"], timeout=10)
+    # what it held (v1 reached its socket before it was cut off): the rest died with the others
+    assert dict(stale.call("copy")["items"])["k"] in {"v0", "v1"}
+    lost = [line for line in log.read_text().splitlines() if "every process that held" in line]
+    assert len(lost) == 1, lost
+    assert "ERROR" in lost[0]
+    assert f"pid {writer.pid}@" in lost[0]
+    assert f"pid {host.pid}@" in lost[0]
