@@ -97,6 +97,14 @@ class _MachinePeer:
         if cmd == "run_on_host":
             self._run_on_host(args["path"], args["every"], args["freeze_flag"])
             return self.info()
+        if cmd == "count_start":  # incr key until count_stop; each value returned is appended to path
+            self._load_stop.clear()
+            self._load = threading.Thread(target=self._count, args=(args["key"], args["path"]), daemon=True)
+            self._load.start()
+            return self.info()
+        if cmd == "may_host":
+            self.requests.channel.may_host = args["value"]
+            return self.info()
         if cmd == "log_to":
             log_to(args["path"])
             return self.info()
@@ -143,6 +151,26 @@ class _MachinePeer:
             if not hosts or hosts[-1] != reply["pid"]:
                 hosts.append(reply["pid"])
         self._load_report = {"ok": ok, "errors": errors, "hosts": hosts}
+
+    def _count(self, key: str, path: str) -> None:
+        """Increment ``key`` until told to stop; append each acknowledged value to ``path`` at once.
+
+        Written as it comes (one ``write`` each), so a process killed later leaves its history.
+        """
+        assert self.dict is not None
+        errors: list[str] = []
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            while not self._load_stop.is_set():
+                try:
+                    value = self.dict.incr(key)
+                except Exception as exc:  # noqa: BLE001 - reported to the test
+                    errors.append(f"{type(exc).__name__}: {exc}")
+                    continue
+                os.write(fd, f"{value}\n".encode())
+        finally:
+            os.close(fd)
+        self._load_report = {"errors": errors}
 
     def _run_on_host(self, path: str, every: float, freeze_flag: str) -> None:
         """Each run appends "pid start end"; a host finding ``freeze_flag`` SIGSTOPs itself after a run."""
