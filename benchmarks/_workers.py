@@ -424,6 +424,17 @@ def across_host(conn: Connection, name: str, coordinator: str, machine: tuple[st
     channel.close()
 
 
+def across_dict(conn: Connection, name: str, coordinator: str, machine: tuple[str, str]) -> None:
+    """One machine with a replica of a SharedDict across machines (the first opened hosts it); idle."""
+    address, runtime_dir = machine
+    shared = ipchannel.SharedDict(
+        name, coordinator=coordinator, authkey=ACROSS_AUTHKEY, listen=f"{address}:0", runtime_dir=runtime_dir
+    )
+    conn.send({"pid": os.getpid(), "is_host": shared.channel.is_host})
+    _wait_for_stop(conn)
+    shared.close()
+
+
 def across_peer(conn: Connection, name: str, coordinator: str, machine: tuple[str, str], ttl: float) -> None:
     """One machine: ask who hosts every ASK_PACE s; report each new host's pid and when it first answered.
 

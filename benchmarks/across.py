@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+import ipchannel
 from benchmarks import _workers as w
 from benchmarks._stats import Result, Series
 from benchmarks.run import Worker, progress, workers
@@ -352,8 +353,63 @@ def bench_round_trip(cfg: Config, rd: str) -> Result:
     )
 
 
+def bench_shared_dict(cfg: Config, rd: str) -> Result:
+    """d[k] = v from this machine; the host and two more replicas on three others. vs redis-py SET (TCP)."""
+    title = "across: SharedDict write, host and 3 replicas on 4 machines"
+    if skip := _missing("redis"):
+        return Result(title, [], [], "report", [skip])
+    import redis  # noqa: PLC0415 - an optional extra
+
+    samples = 200 if cfg.quick else 2000
+    ours = Series("SharedDict d[key] = value, acknowledged once every replica applied it")
+    base = Series("redis-py SET over TCP to the coordinator's redis-server")
+    with _scratch(rd) as tmp, _server("redis", tmp) as server, workers() as started:
+        for machine in range(4):
+            (tmp / f"machine{machine}").mkdir(mode=0o700)
+        for machine in range(3):  # the first hosts
+            started.append(
+                Worker(w.across_dict, "sdx", server.url, (_address(machine), str(tmp / f"machine{machine}")))
+            )
+        shared = ipchannel.SharedDict(
+            "sdx",
+            coordinator=server.url,
+            authkey=w.ACROSS_AUTHKEY,
+            listen=f"{_address(3)}:0",
+            runtime_dir=str(tmp / "machine3"),
+        )
+        _kind, host, port, db = _endpoint(server.url)
+        client = redis.Redis(host=host, port=port, db=db)
+        try:
+            if shared.channel.is_host:
+                raise RuntimeError("the across SharedDict write is not answered by another machine's host")
+            for i in range(samples):  # A, B, A, B...: drift hits both
+                start = time.perf_counter_ns()
+                shared["k"] = i
+                ta = time.perf_counter_ns() - start
+                start = time.perf_counter_ns()
+                client.set("k", i)
+                tb = time.perf_counter_ns() - start
+                if i >= samples // 10:
+                    ours.samples.append(ta)
+                    base.samples.append(tb)
+        finally:
+            client.close()
+            shared.close()
+    return Result(
+        title,
+        [ours],
+        [base],
+        "report",
+        [
+            f"{_server_version('redis')} elects the host; a write does not touch it",
+            "interleaved sample by sample",
+        ],
+    )
+
+
 SCENARIOS: dict[str, Callable[[Config, str], Result | list[Result]]] = {
     "across-failover": bench_failover,
     "across-handover": bench_handover,
     "across-request": bench_round_trip,
+    "across-shareddict": bench_shared_dict,
 }

@@ -724,7 +724,8 @@ def _the_host(peers: list[Peer]) -> Peer:
         hosts = [peer for peer in peers if peer.call("info")["is_host"]]
         return hosts[0] if len(hosts) == 1 else None
 
-    return wait_until(one, timeout=20, interval=0.05)
+    host: Peer = wait_until(one, timeout=20, interval=0.05)
+    return host
 
 
 @pytest.mark.timeout(180)

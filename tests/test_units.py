@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import pickle
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -298,10 +300,12 @@ def test_filelock_still_has_the_private_state_fork_safety_relies_on(tmp_path: Pa
 
 def test_a_snapshot_holds_no_writer_entry_of_a_later_write() -> None:
     # The snapshot is encoded after the store's lock is released: its "applied" table must be a copy.
-    from ipchannel._shareddict.replica import Replica  # noqa: PLC0415 - the parts of one test
+    from ipchannel._shareddict.members import Members  # noqa: PLC0415 - the parts of one test
+    from ipchannel._shareddict.replica import Replica  # noqa: PLC0415
     from ipchannel._shareddict.store import Store  # noqa: PLC0415
 
-    store = Store("t", Replica("t", lambda _data: None), lambda: 1, lambda: 1, lambda _message: None)
+    alone = Members("t", None, 2.0, lambda: False, lambda: (0, 0))  # no replica to wait for
+    store = Store("t", Replica("t", lambda _data: None), lambda: 1, lambda: 1, lambda _message: None, alone)
     store.commit([_queued(["set", "a", 1], "w", 1)])
     snapshot = store.on_request({"v": PROTOCOL, "op": "snapshot"})
     store.commit([_queued(["set", "b", 2], "w", 2)])
@@ -313,3 +317,106 @@ def _queued(op: list[object], client: str, number: int) -> Any:
     from ipchannel._shareddict.store import _Queued  # noqa: PLC0415 - a batch as the host queues it
 
     return _Queued([[op, client, number]])
+
+
+class _FakeMembership:
+    """A Membership held in memory: what ``Members`` decides, without files or an engine."""
+
+    def __init__(self, me: str, alive: set[str]) -> None:
+        self.name, self.living = me, alive
+        self.recorded: Any = None
+        self.history: list[list[str]] = []
+
+    def me(self) -> str:
+        return self.name
+
+    def record(self, generation: int, members: Any) -> None:
+        from ipchannel._seams.base import Recorded  # noqa: PLC0415 - the record's shape
+
+        self.recorded = Recorded(generation, self.name, sorted(members))
+        self.history.append(sorted(members))
+
+    def members(self) -> Any:
+        return self.recorded
+
+    def alive(self, member: str) -> bool:
+        return member in self.living
+
+    def leave(self, member: str) -> None:
+        self.living.discard(member)
+
+
+def _members(membership: _FakeMembership, max_lag: float = 0.2, handing_over: bool = False) -> Any:
+    from ipchannel._shareddict.members import Members  # noqa: PLC0415 - the unit under test
+
+    return Members("t", membership, max_lag, lambda: handing_over, lambda: (1, 5))
+
+
+def test_a_new_term_keeps_the_living_members_but_not_the_previous_host() -> None:
+    from ipchannel._seams.base import Recorded  # noqa: PLC0415
+
+    membership = _FakeMembership("h2", {"h2", "a", "old-host"})
+    membership.recorded = Recorded(1, "old-host", ["old-host", "a", "dead"])
+    members = _members(membership)
+    members.start_term(2)
+    assert membership.recorded == Recorded(2, "h2", ["a", "h2"])
+
+
+def test_a_replica_joins_only_once_it_holds_every_acknowledged_write() -> None:
+    membership = _FakeMembership("h", {"h", "a", "b"})
+    members = _members(membership)
+    members.start_term(1)
+    members.confirmed("a", 1, 3, lambda: None)
+    members.wait(1, 3)  # a confirmed 3: acknowledged
+    members.confirmed("b", 1, 2, lambda: None)  # behind the acknowledged 3: not a member yet
+    assert membership.recorded.members == ["a", "h"]
+    members.confirmed("b", 1, 3, lambda: None)
+    assert membership.recorded.members == ["a", "b", "h"]
+    members.confirmed("c", 2, 9, lambda: None)  # another term's position: ignored
+    assert membership.recorded.members == ["a", "b", "h"]
+
+
+def test_a_member_that_does_not_confirm_in_time_is_recorded_out_before_the_write_is_acknowledged() -> None:
+    membership = _FakeMembership("h", {"h", "a", "b"})
+    members = _members(membership, max_lag=0.2)
+    members.start_term(1)
+    cut: list[str] = []
+    members.confirmed("a", 1, 0, lambda: cut.append("a"))
+    members.confirmed("b", 1, 0, lambda: cut.append("b"))
+    threading.Timer(0.05, lambda: members.confirmed("a", 1, 1, lambda: cut.append("a"))).start()
+    started = time.monotonic()
+    members.wait(1, 1)
+    assert 0.2 <= time.monotonic() - started < 2.0
+    assert membership.recorded.members == ["a", "h"]  # recorded before wait() returned
+    assert cut == ["b"]
+
+
+def test_a_member_whose_subscription_ends_leaves_but_not_while_the_host_hands_over() -> None:
+    membership = _FakeMembership("h", {"h", "a"})
+    members = _members(membership)
+    members.start_term(1)
+    members.confirmed("a", 1, 0, lambda: None)
+    members.gone("a")
+    assert membership.recorded.members == ["h"]
+    closing = _members(_FakeMembership("h", {"h", "a"}), handing_over=True)
+    closing.gone("a")  # nothing to record: the next host's set is not ours to write
+
+
+def test_only_a_member_may_campaign_while_one_lives_and_the_loss_is_said_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from ipchannel._seams.base import Recorded  # noqa: PLC0415
+
+    membership = _FakeMembership("stale", {"stale", "a"})
+    membership.recorded = Recorded(3, "h", ["a", "h"])
+    members = _members(membership)
+    assert not members.may_campaign()
+    assert _members(_FakeMembership("a", {"a"})).may_campaign() is True  # nothing recorded there
+    membership.living = {"stale"}
+    with caplog.at_level(logging.INFO, logger="ipchannel"):
+        assert members.may_campaign()
+        assert members.may_campaign()
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1
+    assert "a, h" in errors[0].getMessage()
+    assert "(1:5)" in errors[0].getMessage()

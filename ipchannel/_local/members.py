@@ -1,6 +1,6 @@
 """The members of a SharedDict on one machine: a file beside the host record, read by every campaigner.
 
-``.NAME.members`` holds ``{"g": generation, "members": ["pid PID@START", ...], "left": [...]}``:
+``.NAME.members`` holds ``{"g": generation, "host": ..., "members": ["pid PID@START", ...], "left": [...]}``:
 the processes that hold every write the host of that term acknowledged, and those that
 closed their dict (alive, but out for good: a host whose set still has one leaves it
 out). The host writes it before it acknowledges a write without a process that left;
@@ -21,6 +21,7 @@ import os
 from typing import TYPE_CHECKING
 
 from .. import _platform
+from .._seams.base import Recorded
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
@@ -49,7 +50,7 @@ class LocalMembership:
         """Record ``members``, less those that took themselves out (``leave``): never in again."""
         with self._locked():
             left = self._left()
-            self._write(generation, set(members) - left, left)
+            self._write(Recorded(generation, self.me(), sorted(set(members) - left)), left)
 
     def _left(self) -> set[str]:
         """Return the live processes that took themselves out (call with the flock)."""
@@ -59,8 +60,9 @@ class LocalMembership:
         except (OSError, ValueError, TypeError, AttributeError):
             return set()
 
-    def _write(self, generation: int, members: Iterable[str], left: Iterable[str]) -> None:
-        data = json.dumps({"g": generation, "members": sorted(members), "left": sorted(left)}).encode()
+    def _write(self, recorded: Recorded, left: Iterable[str]) -> None:
+        generation, host, members = recorded
+        data = json.dumps({"g": generation, "host": host, "members": members, "left": sorted(left)}).encode()
         tmp = self._path.with_name(f"{self._path.name}.{os.getpid()}.tmp")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
@@ -83,10 +85,10 @@ class LocalMembership:
         finally:
             os.close(fd)  # releases the flock
 
-    def members(self) -> tuple[int, list[str]] | None:
+    def members(self) -> Recorded | None:
         try:
             data = json.loads(self._path.read_bytes())
-            return int(data["g"]), [str(member) for member in data["members"]]
+            return Recorded(int(data["g"]), str(data["host"]), [str(member) for member in data["members"]])
         except FileNotFoundError:
             return None
         except (OSError, ValueError, TypeError, KeyError) as exc:
@@ -96,22 +98,23 @@ class LocalMembership:
             return None
 
     def alive(self, member: str) -> bool:
+        """Tell whether ``member`` runs: its pid, with its start time, not exiting (a zombie is dead)."""
         pid, _, started = member.removeprefix("pid ").partition("@")
         try:
-            return repr(_platform.start_time(int(pid))) == started
+            number = int(pid)
         except ValueError:
             return False
+        return repr(_platform.start_time(number)) == started and not _platform.process_exiting(number)
 
     def leave(self, member: str) -> None:
         with self._locked():
             recorded = self.members()
             if recorded is None:
                 return
-            generation, members = recorded
             left = self._left() | {member}
-            rest = [other for other in members if other not in left]
+            rest = [other for other in recorded.members if other not in left]
             if not any(self.alive(other) for other in rest):  # the last to go: nothing left to keep
                 with contextlib.suppress(FileNotFoundError):
                     self._path.unlink()
             else:
-                self._write(generation, rest, left)
+                self._write(recorded._replace(members=rest), left)

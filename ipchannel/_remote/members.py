@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from .. import _platform
 from .._errors import ChannelError
+from .._seams.base import Recorded
 from .engine import EngineUnavailable
 
 if TYPE_CHECKING:
@@ -94,17 +95,17 @@ class RemoteMembership:
                 _LOGGER.debug("channel %r: cannot make this member's key: %s", self._name, exc)
 
     def record(self, generation: int, members: Iterable[str]) -> None:
-        value = json.dumps({"g": generation, "members": sorted(members)}).encode()
+        value = json.dumps({"g": generation, "host": self.me(), "members": sorted(members)}).encode()
         if not self._engine().put_if_claimed(self._name, generation, _LEAF, value):
             raise ChannelError(f"channel {self._name!r}: no longer the host of generation {generation}")
 
-    def members(self) -> tuple[int, list[str]] | None:
+    def members(self) -> Recorded | None:
         value = self._engine().get(self._name, _LEAF)
         if value is None:
             return None
         try:
             data = json.loads(value)
-            return int(data["g"]), [str(member) for member in data["members"]]
+            return Recorded(int(data["g"]), str(data["host"]), [str(member) for member in data["members"]])
         except (ValueError, TypeError, KeyError) as exc:
             _LOGGER.warning("ignoring the members record of %r in the engine: %s", self._name, exc)
             return None

@@ -19,7 +19,7 @@ from __future__ import annotations
 import enum
 import socket as _socket_module
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Literal, NamedTuple, Protocol
 
 if TYPE_CHECKING:
     import socket
@@ -41,6 +41,7 @@ __all__ = [
     "Listener",
     "LostClaim",
     "Membership",
+    "Recorded",
     "Session",
     "SocketMaker",
     "Standby",
@@ -310,6 +311,14 @@ class ExitNotices(Protocol):
         """Return a descriptor readable once ``record``'s host has exited, or None; the caller closes it."""
 
 
+class Recorded(NamedTuple):
+    """The members as recorded by the host of ``generation`` (``host``: its own name)."""
+
+    generation: int
+    host: str
+    members: list[str]
+
+
 class Membership(Protocol):
     """Who holds every acknowledged write of the host's state (a SharedDict), kept where elections are.
 
@@ -323,10 +332,10 @@ class Membership(Protocol):
         """Return this process as a member (a new string in a forked child)."""
 
     def record(self, generation: int, members: Iterable[str]) -> None:
-        """Record ``members`` as holding every write acknowledged in host term ``generation``."""
+        """Record ``members`` (this process, the host, among them) as holding every acknowledged write."""
 
-    def members(self) -> tuple[int, list[str]] | None:
-        """Return the recorded generation and members, or None if nothing is recorded."""
+    def members(self) -> Recorded | None:
+        """Return what is recorded, or None if nothing is."""
 
     def alive(self, member: str) -> bool:
         """Tell whether ``member`` may still be alive (the same process, not a reused pid)."""

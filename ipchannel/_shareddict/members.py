@@ -79,7 +79,10 @@ class Members:
             return
         me = membership.me()
         recorded = membership.members()
-        alive = [m for m in (recorded[1] if recorded else []) if m != me and membership.alive(m)]
+        # The previous host is not waited for: this process won the election because it is gone
+        # (or fenced off; leaving a member out is always safe, only who may campaign shrinks).
+        earlier = [] if recorded is None else [m for m in recorded.members if m != recorded.host]
+        alive = [m for m in earlier if m != me and membership.alive(m)]
         with self._cond:
             self._term, self._acknowledged = generation, 0
             self._members = {member: _Member(0, None) for member in alive}
@@ -169,7 +172,7 @@ class Members:
         recorded = None if membership is None else membership.members()
         if membership is None or not recorded:
             return True
-        generation, members = recorded
+        generation, _host, members = recorded
         if membership.me() in members:
             return True
         alive = [member for member in members if membership.alive(member)]
