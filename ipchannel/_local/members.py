@@ -1,6 +1,7 @@
 """The members of a SharedDict on one machine: a file beside the host record, read by every campaigner.
 
-``.NAME.members`` holds ``{"g": generation, "host": ..., "members": ["pid PID@START", ...], "left": [...]}``:
+``.NAME.members`` holds ``{"g": generation, "host": ..., "members": ["pid PID@START#TOKEN", ...],
+"left": [...]}`` (a name per dict opened: one opened again is a new member):
 the processes that hold every write the host of that term acknowledged, and those that
 closed their dict (alive, but out for good: a host whose set still has one leaves it
 out). The host writes it before it acknowledges a write without a process that left;
@@ -18,6 +19,7 @@ import fcntl
 import json
 import logging
 import os
+import secrets
 from typing import TYPE_CHECKING
 
 from .. import _platform
@@ -43,7 +45,8 @@ class LocalMembership:
     def me(self) -> str:
         pid = os.getpid()
         if self._me is None or self._me[0] != pid:
-            self._me = (pid, f"pid {pid}@{_platform.start_time(pid)!r}")
+            # one name per dict opened, so a dict opened again in this process is a new member
+            self._me = (pid, f"pid {pid}@{_platform.start_time(pid)!r}#{secrets.token_hex(3)}")
         return self._me[1]
 
     def record(self, generation: int, members: Iterable[str]) -> None:
@@ -91,7 +94,7 @@ class LocalMembership:
             return Recorded(int(data["g"]), str(data["host"]), [str(member) for member in data["members"]])
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, TypeError, KeyError) as exc:
+        except (OSError, ValueError, TypeError, KeyError, OverflowError) as exc:
             # Never written torn (rename): someone else wrote it. Refusing every election for it
             # would take the channel down; the host rewrites it at its next change.
             _LOGGER.warning("ignoring the members record %s: %s", self._path, exc)
@@ -99,7 +102,7 @@ class LocalMembership:
 
     def alive(self, member: str) -> bool:
         """Tell whether ``member`` runs: its pid, with its start time, not exiting (a zombie is dead)."""
-        pid, _, started = member.removeprefix("pid ").partition("@")
+        pid, _, started = member.removeprefix("pid ").partition("#")[0].partition("@")
         try:
             number = int(pid)
         except ValueError:

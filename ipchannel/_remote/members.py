@@ -18,7 +18,7 @@ import os
 import secrets
 import socket
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from .. import _platform
 from .._errors import ChannelError
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 __all__ = ["RemoteMembership"]
 
 _LOGGER = logging.getLogger("ipchannel")
+_T = TypeVar("_T")
 _LEAF = "members"
 _JOIN_TIMEOUT = 2.0
 
@@ -49,11 +50,15 @@ class RemoteMembership:
         self._thread: threading.Thread | None = None
 
     def me(self) -> str:
+        """Return this process's name, made (its key, its thread) at the first call in a process.
+
+        :raises ChannelError: the engine did not answer (the name is made at a later call).
+        """
         with self._lock:
             if self._pid != os.getpid() or not self._me:
-                self._pid, self._thread, self._stop = os.getpid(), None, threading.Event()
-                self._me = self._new_name()
-                self._engine().present(self._name, _leaf(self._me), self._ttl, first=True)
+                name = self._new_name()
+                self._ask(lambda engine: engine.present(self._name, _leaf(name), self._ttl, first=True))
+                self._pid, self._me, self._stop = os.getpid(), name, threading.Event()
                 self._thread = threading.Thread(
                     target=self._keep,
                     args=(self._stop,),
@@ -94,24 +99,31 @@ class RemoteMembership:
             except EngineUnavailable as exc:
                 _LOGGER.debug("channel %r: cannot make this member's key: %s", self._name, exc)
 
+    def _ask(self, call: Callable[[Engine], _T]) -> _T:
+        """Run ``call`` on the engine; a ChannelError if it does not answer (the callers' one error)."""
+        try:
+            return call(self._engine())
+        except EngineUnavailable as exc:
+            raise ChannelError(f"channel {self._name!r}: the coordinator did not answer: {exc}") from exc
+
     def record(self, generation: int, members: Iterable[str]) -> None:
         value = json.dumps({"g": generation, "host": self.me(), "members": sorted(members)}).encode()
-        if not self._engine().put_if_claimed(self._name, generation, _LEAF, value):
+        if not self._ask(lambda engine: engine.put_if_claimed(self._name, generation, _LEAF, value)):
             raise ChannelError(f"channel {self._name!r}: no longer the host of generation {generation}")
 
     def members(self) -> Recorded | None:
-        value = self._engine().get(self._name, _LEAF)
+        value = self._ask(lambda engine: engine.get(self._name, _LEAF))
         if value is None:
             return None
         try:
             data = json.loads(value)
             return Recorded(int(data["g"]), str(data["host"]), [str(member) for member in data["members"]])
-        except (ValueError, TypeError, KeyError) as exc:
+        except (ValueError, TypeError, KeyError, OverflowError) as exc:
             _LOGGER.warning("ignoring the members record of %r in the engine: %s", self._name, exc)
             return None
 
     def alive(self, member: str) -> bool:
-        return self._engine().get(self._name, _leaf(member)) is not None
+        return self._ask(lambda engine: engine.get(self._name, _leaf(member))) is not None
 
     def leave(self, member: str) -> None:
         with self._lock:
@@ -122,7 +134,7 @@ class RemoteMembership:
         stop.set()
         if thread is not None and thread is not threading.current_thread():
             thread.join(_JOIN_TIMEOUT)
-        self._engine().absent(self._name, _leaf(member))
+        self._ask(lambda engine: engine.absent(self._name, _leaf(member)))
 
 
 def _leaf(member: str) -> str:

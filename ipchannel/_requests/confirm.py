@@ -37,6 +37,9 @@ class Confirmations:
     #: subscriber side, once the subscription moved to a new host (on ``ipchannel-subscriber:NAME``):
     #: what the old host sent last may not have come (it cut us off, then died), so catch up
     moved: Callable[[], None]
+    #: subscriber side: this process's name as a member, sent with every SUBSCRIBE, so the host
+    #: knows whose subscription ended (``gone``) even before its first CONFIRM; "" if not known now
+    member: Callable[[], str]
 
 
 class Confirmer:
@@ -66,6 +69,10 @@ class Confirmer:
             self._confirmed = (generation, position)
         if sock.host_generation != generation:  # sendall moved it (the host died): it ignores the frame
             raise HostChanged(self._name, generation, sock.host_generation)
+
+    def member(self) -> bytes:
+        """Return this process's member name, for the SUBSCRIBE frame."""
+        return self._confirmations.member().encode()
 
     def moved(self) -> None:
         """Let the layer above catch up: the subscription moved to a new host (``Confirmations.moved``)."""

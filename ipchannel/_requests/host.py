@@ -297,6 +297,8 @@ class RequestHost:
             SUBSCRIBER.unpack_from(payload, 1) if len(payload) > SUBSCRIBER.size else (0, 0, 0)
         )
         who = f"pid {pid}{peer.where}"
+        if self._confirmations is not None and len(payload) > 1 + SUBSCRIBER.size:  # its member name
+            peer.member = bytes(payload[1 + SUBSCRIBER.size :]).decode(errors="replace")
         with self._lock:
             self._start_term()
             if not peer.subscribed:

@@ -207,6 +207,7 @@ class Subscriber:
         """Send SUBSCRIBE and wait for its ACK; messages arriving before it are delivered."""
         reader.clear()  # after a host change: a partial frame from the old host is worthless
         where = SUBSCRIBER.pack(os.getpid(), self.generation or 0, self._last)
+        where += b"" if self._confirmer is None else self._confirmer.member()
         sock.sendall(build_frame(SUBSCRIBE, 1, (b"\x01" if resume else b"\x00") + where))
         _LOGGER.debug(
             "channel %r: subscription sent to host pid %s; waiting for its acknowledgement",

@@ -3,7 +3,7 @@
 Every payload starts with ``!BQ``: a kind byte and a 64-bit id, then the codec's bytes::
 
     client -> host   REQUEST(id, message)  PUBLISH(id, msgid + message)
-                     SUBSCRIBE(id, resume flag + SUBSCRIBER)
+                     SUBSCRIBE(id, resume flag + SUBSCRIBER [+ member name])
                      CONFIRM(0, CONFIRMED + member)  (subscriber -> host, when asked for)
     host -> client   REPLY(id, reply)  ERROR(id, json)  ACK(id)  ACK(id, SUBSCRIBED)
                      MESSAGE(number, msgid + message)

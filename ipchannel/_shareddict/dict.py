@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from .. import _fork
 from .._codecs import is_builtin, resolve_codec
 from .._core.port import port_of
+from .._errors import ChannelError
 from .._framing import DEFAULT_MAX_SIZE
 from .._requests.channel import RequestChannel, publish_changes
 from .._requests.confirm import Confirmations
@@ -131,6 +132,7 @@ class SharedDict(MutableMapping[Any, Any]):
                 self._members.confirmed,
                 self._members.gone,
                 lambda: self._replica.on_missed(self._resync),  # moved: the old host may have cut us off
+                self._member_name,
             ),
         )
         self._port = port_of(self._requests.channel)
@@ -270,9 +272,20 @@ class SharedDict(MutableMapping[Any, Any]):
 
     def _confirmation(self) -> tuple[str, int, int] | None:
         """Return what this replica holds, for the host (``members``; on ``ipchannel-subscriber:NAME``)."""
-        membership = self._members.membership
         position = self._replica.confirmable()
-        return None if membership is None or position is None else (membership.me(), *position)
+        member = self._member_name()
+        return (member, *position) if position is not None and member else None
+
+    def _member_name(self) -> str:
+        """Return this process's member name; "" if there is none now (the engine does not answer)."""
+        membership = self._members.membership
+        if membership is None:
+            return ""
+        try:
+            return membership.me()
+        except ChannelError as exc:
+            _LOGGER.debug("shared dict %r: no member name for now: %s", self.channel.name, exc)
+            return ""
 
     # -- lifetime ---------------------------------------------------------------------------------
 

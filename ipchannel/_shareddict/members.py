@@ -28,12 +28,12 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .._errors import ChannelClosed
+from .._errors import ChannelClosed, ChannelError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable
 
-    from .._seams.base import Membership
+    from .._seams.base import Membership, Recorded
 
 __all__ = ["Members"]
 
@@ -67,7 +67,7 @@ class Members:
         self._term: int | None = None  # the host term the set is of
         self._members: dict[str, _Member] = {}  # the others: this process holds what it acknowledges
         self._acknowledged = 0  # the highest position ``wait`` let be acknowledged in the term
-        self._told_lost = False
+        self._told_lost: object = None  # the record whose loss was last reported (``may_campaign``)
         self._left = False  # this process closed its dict: it records nothing more (``leave``)
 
     # -- the host ----------------------------------------------------------------------------------
@@ -84,9 +84,9 @@ class Members:
         earlier = [] if recorded is None else [m for m in recorded.members if m != recorded.host]
         alive = [m for m in earlier if m != me and membership.alive(m)]
         with self._cond:
+            self._record(alive, generation)
             self._term, self._acknowledged = generation, 0
             self._members = {member: _Member(0, None) for member in alive}
-            self._record()
 
     def confirmed(self, member: str, generation: int, position: int, cut: Callable[[], None] | None) -> None:
         """Take a replica's confirmation (a handler thread); it joins if it holds every acknowledged write.
@@ -102,8 +102,15 @@ class Members:
             if known is None:
                 if position < self._acknowledged:
                     return  # it lacks an acknowledged write: it joins once it confirms past it
+                # in, then recorded: joining only shrinks who may campaign; if the record
+                # fails, the host waits for it all the same, and tries again at the next change
                 self._members[member] = _Member(position, cut)
-                self._record()
+                try:
+                    self._record(self._members)
+                except (ChannelError, OSError) as exc:
+                    _LOGGER.warning(
+                        "shared dict %r: cannot record %s as a member: %s", self._name, member, exc
+                    )
             else:
                 known.position, known.cut = max(known.position, position), cut or known.cut
             self._cond.notify_all()
@@ -112,8 +119,14 @@ class Members:
         """Let a member whose subscription ended leave (a handler thread): it takes no more writes."""
         with self._cond:
             if member in self._members and not self._handing_over() and not self._left:
-                del self._members[member]
-                self._record()  # it still holds all it confirmed: recorded out only to let writes on
+                # recorded out first, only then out of what writes wait for; if the record
+                # fails, writes go on waiting for it (``wait`` tries again after max_lag)
+                try:
+                    self._record([name for name in self._members if name != member])
+                except (ChannelError, OSError) as exc:
+                    _LOGGER.warning("shared dict %r: cannot record %s out: %s", self._name, member, exc)
+                else:
+                    del self._members[member]
             self._cond.notify_all()  # a handover too: ``wait`` gives up
 
     def wait(self, generation: int, position: int) -> None:
@@ -138,8 +151,8 @@ class Members:
 
     def _leave_behind(self, behind: list[str], position: int) -> None:
         """Record out the members that did not confirm ``position`` in time; cut them off (with the lock)."""
+        self._record([name for name in self._members if name not in behind])  # first: it may fail
         cuts = [self._members.pop(name).cut for name in behind]
-        self._record()
         _LOGGER.warning(
             "shared dict %r: %s did not confirm change %d:%d within %.1f s; acknowledged without it,"
             " it resyncs when it runs again",
@@ -153,46 +166,63 @@ class Members:
             if cut is not None:
                 cut()
 
-    def _record(self) -> None:
-        """Write the set, this process included, where elections are decided (with the lock).
+    def _record(self, others: Iterable[str], generation: int | None = None) -> None:
+        """Write ``others`` and this process where elections are decided (with the lock); raise if not.
 
         Only while this process may serve: a host that is handing over must not overwrite its
         successor's set (ChannelClosed: its writes are not acknowledged, their writers ask again).
         """
         if self._handing_over() or self._left:
             raise ChannelClosed(self._name, "SharedDict")
-        if self.membership is not None and self._term is not None:
-            self.membership.record(self._term, [self.membership.me(), *self._members])
+        term = self._term if generation is None else generation
+        if self.membership is not None and term is not None:
+            self.membership.record(term, [self.membership.me(), *others])
 
     # -- every process ---------------------------------------------------------------------------
 
     def may_campaign(self) -> bool:
-        """Tell whether this process may become host: a member, or no member may be alive (the gate)."""
+        """Tell whether this process may become host: a member, or no member may be alive (the gate).
+
+        False while the record cannot be read (the engine does not answer): asked again later.
+        """
         membership = self.membership
-        recorded = None if membership is None else membership.members()
-        if membership is None or not recorded:
+        if membership is None:
             return True
-        generation, _host, members = recorded
-        if membership.me() in members:
-            return True
-        alive = [member for member in members if membership.alive(member)]
-        if alive:
+        try:
+            recorded = membership.members()
+            if not recorded or membership.me() in recorded.members:
+                return True
+            if any(membership.alive(member) for member in recorded.members):
+                return False
+        except ChannelError as exc:
+            _LOGGER.debug("shared dict %r: cannot tell who may host: %s", self._name, exc)
             return False
-        if not self._told_lost:
-            self._told_lost = True
-            position = self._position()
-            if position == (0, 0):  # it never held anything: a start after every process exited
-                _LOGGER.info("shared dict %r: the processes that held it are gone", self._name)
-            else:
-                _LOGGER.error(
-                    "shared dict %r: every process that held its acknowledged writes of host term %d has"
-                    " exited (%s); this one takes over with what it holds (%d:%d): writes it lacks are lost",
-                    self._name,
-                    generation,
-                    ", ".join(members),
-                    *position,
-                )
+        self._report_loss(recorded)
         return True
+
+    def _report_loss(self, recorded: Recorded) -> None:
+        """Say, once per record, that every member is gone and what this process takes over with."""
+        if self._told_lost == recorded:
+            return
+        self._told_lost = recorded
+        position, members = self._position(), ", ".join(recorded.members)
+        if position == (0, 0):  # it holds nothing: every write acknowledged is gone
+            _LOGGER.warning(
+                "shared dict %r: every process that held it is gone (exited, or, across machines, its"
+                " lease lapsed: %s); this one starts empty",
+                self._name,
+                members,
+            )
+            return
+        _LOGGER.error(
+            "shared dict %r: every process that held its acknowledged writes of host term %d is gone"
+            " (exited, or, across machines, its lease lapsed: %s); this one takes over with what it"
+            " holds (%d:%d): writes it lacks are lost",
+            self._name,
+            recorded.generation,
+            members,
+            *position,
+        )
 
     def leave(self) -> None:
         """Take this process, which closes its dict, out of the members (``Membership.leave``).
