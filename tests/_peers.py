@@ -528,7 +528,8 @@ class _DictPeer:
     ) -> None:
         if log is not None:
             log_to(log)
-        self.dict = ipchannel.SharedDict(name, runtime_dir=runtime_dir, **{"timeout": 10, **(options or {})})
+        self._name, self._runtime_dir, self._options = name, runtime_dir, {"timeout": 10, **(options or {})}
+        self.dict = ipchannel.SharedDict(name, runtime_dir=runtime_dir, **self._options)
         self.channel = self.dict.channel
         self._stop = threading.Event()
         self._counters: list[threading.Thread] = []
@@ -543,6 +544,11 @@ class _DictPeer:
         if cmd == "close":
             d.close()
             return {}
+        if cmd == "reopen":  # close the dict and open it again in this process
+            d.close()
+            self.dict = ipchannel.SharedDict(self._name, runtime_dir=self._runtime_dir, **self._options)
+            self.channel = self.dict.channel
+            return {"position": self.dict.position}
         if cmd == "incr":
             results = [d.incr(args["key"]) for _ in range(args["times"])]
             return {"results": results, "seen": d[args["key"]]}

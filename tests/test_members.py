@@ -8,8 +8,10 @@ what is lost (ERROR).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import time
 from typing import TYPE_CHECKING
 
 import pytest
@@ -77,3 +79,29 @@ def test_once_every_member_is_dead_a_stale_replica_takes_over_and_says_what_is_l
     assert "ERROR" in lost[0]
     assert f"pid {writer.pid}@" in lost[0]
     assert f"pid {host.pid}@" in lost[0]
+
+
+def _recorded(runtime_dir: Path, name: str = "test") -> list[str]:
+    return list(json.loads((runtime_dir / f".{name}.members").read_text())["members"])
+
+
+@pytest.mark.timeout(60)
+def test_a_dict_opened_again_in_a_process_is_a_member_again(peers: Peers, runtime_dir: Path) -> None:
+    host, again = group = peers.start_dicts(2)
+    assert peers.host(group) is host
+    again.call("reopen")  # its first dict left the members; the new one must join, not stay out
+    position = host.call("fill", key="k", size=10, times=1)["position"]
+    again.call("wait_position", position=position)
+    wait_until(lambda: sum(member.startswith(f"pid {again.pid}@") for member in _recorded(runtime_dir)) == 1)
+
+
+@pytest.mark.timeout(60)
+def test_a_reader_that_exits_before_any_change_holds_up_no_write(peers: Peers) -> None:
+    (host,) = peers.start_dicts(1, max_lag=3.0)
+    host.call("set_then_get", key="k", value=0)
+    for i in range(3):  # each opens (joins by its snapshot), reads, and exits at once
+        (reader,) = peers.start_dicts(1, max_lag=3.0)
+        reader.exit()
+        started = time.monotonic()
+        host.call("set_then_get", key="k", value=i + 1)
+        assert time.monotonic() - started < 1.5  # not max_lag: its subscription's end took it out

@@ -420,3 +420,42 @@ def test_only_a_member_may_campaign_while_one_lives_and_the_loss_is_said_once(
     assert len(errors) == 1
     assert "a, h" in errors[0].getMessage()
     assert "(1:5)" in errors[0].getMessage()
+
+
+def test_a_member_stays_waited_for_while_its_leaving_cannot_be_recorded() -> None:
+    # Out of the in-memory set before the record failed, it let the next write be acknowledged
+    # without it while the record still named it: elected later, it lacked that write.
+    membership = _FakeMembership("h", {"h", "a"})
+    members = _members(membership, max_lag=0.05)
+    members.start_term(1)
+    members.confirmed("a", 1, 0, lambda: None)
+
+    def refuse(_generation: int, _members: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    membership.record = refuse  # type: ignore[method-assign,assignment]
+    with pytest.raises(OSError, match="No space"):
+        members.wait(1, 1)  # not acknowledged
+    with pytest.raises(OSError, match="No space"):
+        members.wait(1, 2)  # still waited for: never acknowledged without it while it is recorded
+    members.gone("a")  # cannot be recorded out either: still waited for
+    with pytest.raises(OSError, match="No space"):
+        members.wait(1, 3)
+
+
+def test_the_gate_says_no_while_the_record_cannot_be_read() -> None:
+    membership = _FakeMembership("x", {"x"})
+
+    def silent() -> Any:
+        raise ipchannel.ChannelError("the coordinator did not answer")
+
+    membership.members = silent  # type: ignore[method-assign]
+    assert _members(membership).may_campaign() is False
+
+
+def test_a_members_record_with_an_impossible_generation_is_ignored(tmp_path: Path) -> None:
+    from ipchannel._local.members import LocalMembership  # noqa: PLC0415 - the unit under test
+
+    path = tmp_path / ".x.members"
+    path.write_text('{"g": 1e999, "host": "h", "members": ["pid 1@1.0#a"], "left": []}')
+    assert LocalMembership(path).members() is None
