@@ -4,13 +4,15 @@ Every client connects to the proxy, which connects on to ``upstream``. ``partiti
 stops carrying bytes either way on the connections that process opened (found with
 psutil: the process that owns the client's end): what the server sends it piles up in
 the proxy, as on a link that silently drops it, and no FIN or RST reaches either end.
-``close()`` ends every connection and the threads, and is what the fixture calls.
+New connections of a partitioned process are held too (a probe of the host fails), until
+``heal(pid)``. ``close()`` ends every connection and the threads, and is what the fixture calls.
 """
 
 from __future__ import annotations
 
 import contextlib
 import socket
+import struct
 import threading
 
 import psutil
@@ -32,6 +34,7 @@ class PartitioningProxy:
         self._upstream = upstream
         self._listener = socket.create_server(listen)
         self._links: list[_Link] = []
+        self._cut: set[int] = set()  # partitioned pids: their new connections are held too
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._threads = [threading.Thread(target=self._accept, name="test-proxy", daemon=True)]
@@ -51,6 +54,8 @@ class PartitioningProxy:
             server.settimeout(None)
             link = _Link(client, server, _owner(address))
             with self._lock:
+                if link.owner in self._cut:
+                    link.open.clear()
                 self._links.append(link)
                 for source, sink in ((client, server), (server, client)):
                     thread = threading.Thread(target=self._pump, args=(link, source, sink), daemon=True)
@@ -78,13 +83,30 @@ class PartitioningProxy:
             except OSError:
                 return
 
-    def partition(self, pid: int) -> int:
-        """Stop every byte to and from the connections ``pid`` opened; return how many there are."""
+    def partition(self, pid: int, *, reset: bool = False) -> int:
+        """Stop every byte to and from the connections ``pid`` opened, and will; return how many are open.
+
+        ``reset``: its open connections end with an RST instead (a NAT or firewall that forgot them).
+        """
         with self._lock:
+            self._cut.add(pid)
             links = [link for link in self._links if link.owner == pid]
         for link in links:
             link.open.clear()
+            if reset:
+                link.client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                for sock in (link.client, link.server):
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)
         return len(links)
+
+    def heal(self, pid: int) -> None:
+        """Let ``pid``'s connections carry bytes again: what they held goes through now."""
+        with self._lock:
+            self._cut.discard(pid)
+            links = [link for link in self._links if link.owner == pid]
+        for link in links:
+            link.open.set()
 
     def close(self) -> None:
         self._closed.set()

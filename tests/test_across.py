@@ -773,3 +773,33 @@ def test_random_host_kills_and_freezes_never_hand_out_a_value_twice_nor_lose_an_
     assert final - 1 - len(values) <= kills, f"{story}: acknowledged increments lost"
     for peer in live:
         wait_until(functools.partial(_reads, peer, "n", final), timeout=15)
+
+
+@pytest.mark.timeout(120)
+def test_a_replica_partitioned_from_the_host_follows_it_again_once_the_link_heals(
+    machines: Machines, tmp_path: Path
+) -> None:
+    # Cut off, it took the host for gone (its probe failed) and waited for another; the host
+    # held its claim all along, and nobody else may host while it does: it waited for ever.
+    upstream, front = free_ports(2)
+    proxy = PartitioningProxy(("127.0.0.9", front), ("127.0.0.2", upstream))
+    log = tmp_path / "replica.log"
+    try:
+        (host,) = machines.boot(
+            1, kind="dict", name="heal", listen=f"127.0.0.2:{upstream}", advertise=f"127.0.0.9:{front}"
+        )
+        writer, replica = machines.boot(2, kind="dict", name="heal")
+        replica.call("log_to", path=str(log))
+        host.call("set", key="k", value=1)
+        wait_until(functools.partial(_reads, replica, "k", 1))
+        assert proxy.partition(replica.pid, reset=True) >= 1  # its connections end, and no probe passes
+        writer.call("set", key="k", value=2, timeout=15)  # acknowledged without the replica
+        wait_until(lambda: f"host pid {host.pid} (generation" in log.read_text(), timeout=20)  # "... lost"
+        time.sleep(1.0)  # it looks for another host meanwhile
+        proxy.heal(replica.pid)
+        wait_until(functools.partial(_reads, replica, "k", 2), timeout=15)
+        writer.call("set", key="k", value=3)
+        wait_until(functools.partial(_reads, replica, "k", 3), timeout=15)
+        assert host.call("info")["is_host"]
+    finally:
+        proxy.close()

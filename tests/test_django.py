@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 import pytest
 from conftest import reap, wait_until
 
+from ipchannel._backends import local_status
+
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
@@ -61,17 +63,9 @@ def _done(journal: Path) -> Counter[int]:
 
 
 def _host_pid(runtime_dir: Path) -> int | None:
-    status = subprocess.run(
-        [sys.executable, "-m", "ipchannel", "status", "django-items", "--json"],
-        env={**os.environ, "IPCHANNEL_DIR": str(runtime_dir)},
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    (channel,) = json.loads(status.stdout)["channels"]
-    pid: int | None = channel["host_pid"] if channel["state"] == "live" else None
-    return pid
+    """The live host's pid, read in this process: the runs may be done before a ``status`` process starts."""
+    (channel,) = local_status(runtime_dir, "django-items")
+    return channel.host_pid if channel.state == "live" else None
 
 
 @pytest.mark.timeout(120)

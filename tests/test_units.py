@@ -331,7 +331,7 @@ class _FakeMembership:
         return self.name
 
     def record(self, generation: int, members: Any) -> None:
-        from ipchannel._seams.base import Recorded  # noqa: PLC0415 - the record's shape
+        from ipchannel._seams.record import Recorded  # noqa: PLC0415 - the record's shape
 
         self.recorded = Recorded(generation, self.name, sorted(members))
         self.history.append(sorted(members))
@@ -353,7 +353,7 @@ def _members(membership: _FakeMembership, max_lag: float = 0.2, handing_over: bo
 
 
 def test_a_new_term_keeps_the_living_members_but_not_the_previous_host() -> None:
-    from ipchannel._seams.base import Recorded  # noqa: PLC0415
+    from ipchannel._seams.record import Recorded  # noqa: PLC0415
 
     membership = _FakeMembership("h2", {"h2", "a", "old-host"})
     membership.recorded = Recorded(1, "old-host", ["old-host", "a", "dead"])
@@ -405,7 +405,7 @@ def test_a_member_whose_subscription_ends_leaves_but_not_while_the_host_hands_ov
 def test_only_a_member_may_campaign_while_one_lives_and_the_loss_is_said_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from ipchannel._seams.base import Recorded  # noqa: PLC0415
+    from ipchannel._seams.record import Recorded  # noqa: PLC0415
 
     membership = _FakeMembership("stale", {"stale", "a"})
     membership.recorded = Recorded(3, "h", ["a", "h"])
@@ -459,3 +459,17 @@ def test_a_members_record_with_an_impossible_generation_is_ignored(tmp_path: Pat
     path = tmp_path / ".x.members"
     path.write_text('{"g": 1e999, "host": "h", "members": ["pid 1@1.0#a"], "left": []}')
     assert LocalMembership(path).members() is None
+
+
+def test_a_batch_of_one_process_s_writes_does_not_wait_for_that_process() -> None:
+    # It acknowledges its writes to its caller only once its own replica has them.
+    membership = _FakeMembership("h", {"h", "a", "w"})
+    members = _members(membership, max_lag=5.0)
+    members.start_term(1)
+    members.confirmed("a", 1, 0, lambda: None)
+    members.confirmed("w", 1, 0, lambda: None)
+    members.confirmed("a", 1, 1, lambda: None)
+    started = time.monotonic()
+    members.wait(1, 1, exempt="w")
+    assert time.monotonic() - started < 1.0
+    assert membership.recorded.members == ["a", "h", "w"]  # still a member

@@ -22,6 +22,7 @@ import functools
 import logging
 import os
 import threading
+import time
 import weakref
 from typing import TYPE_CHECKING, Literal, Protocol
 
@@ -33,7 +34,7 @@ from .socket import ChannelSocket, socket_maker, tell
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from .._seams.base import Backend, Connection, HostState, SocketMaker
+    from .._seams.base import Backend, Connection, Coordinator, HostState, SocketMaker
     from .._seams.record import HostRecord
     from .._wakeup import Wakeup
 
@@ -41,6 +42,7 @@ __all__ = ["Campaign", "Connector", "Phase"]
 
 _LOGGER = logging.getLogger("ipchannel")
 _GATE_WAIT = 0.25  # longest a socket waits for another to find the next host before looking itself
+_AVOID_RECHECK = 0.5  # seconds between two looks at a host avoided as gone, while no other is found
 
 Phase = Literal["initiated", "connecting", "connected", "closed"]
 
@@ -190,10 +192,12 @@ class Connector:
         # A lost lock race means another process is starting to host: its publication (watched every
         # 0.5 ms) wakes us, so the timer only matters if it died too; no need to retry the lock soon.
         backoff = Backoff(deadline, self.stopping.wait, first=Backoff.FIRST if avoid is None else 0.005)
-        failure = ""
+        failure, checked = "", time.monotonic()
         while True:
             changed = self._coordinator.watch(avoid)
             record = self.record
+            if avoid is not None and time.monotonic() - checked > _AVOID_RECHECK:
+                checked, avoid = time.monotonic(), _unless_serving(self._coordinator, avoid)
             if record is None or record == avoid:
                 record, failure = _elect(self, avoid, failure, for_a_socket=make is None)
             if record is not None and record != avoid:
@@ -372,6 +376,14 @@ def _elect(
         repeated = str(exc) == failure or not threading.main_thread().is_alive()
         _LOGGER.log(logging.DEBUG if repeated else logging.WARNING, "%s; trying again", exc)
         return None, str(exc)
+
+
+def _unless_serving(coordinator: Coordinator, avoid: HostRecord) -> HostRecord | None:
+    """Return ``avoid``, unless it serves after all: its probe failed across a partition that healed.
+
+    While it holds its claim nobody else may host: waiting for another would last for ever.
+    """
+    return None if coordinator.assess(avoid).serving else avoid
 
 
 def _avoided(old: HostRecord | None, state: HostState | None) -> HostRecord | None:

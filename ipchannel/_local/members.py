@@ -23,7 +23,7 @@ import secrets
 from typing import TYPE_CHECKING
 
 from .. import _platform
-from .._seams.base import Recorded
+from .._seams.record import Recorded, decode_members
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
@@ -41,6 +41,7 @@ class LocalMembership:
         self._path = path
         self._lock_path = path.with_name(f"{path.name}.lock")
         self._me: tuple[int, str] | None = None  # (pid, name): looked up again in a forked child
+        self._ignored = ""  # why the record was last ignored (said once)
 
     def me(self) -> str:
         pid = os.getpid()
@@ -90,14 +91,16 @@ class LocalMembership:
 
     def members(self) -> Recorded | None:
         try:
-            data = json.loads(self._path.read_bytes())
-            return Recorded(int(data["g"]), str(data["host"]), [str(member) for member in data["members"]])
+            raw = self._path.read_bytes()
+            return decode_members(raw)
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, TypeError, KeyError, OverflowError) as exc:
+        except (OSError, ValueError) as exc:
             # Never written torn (rename): someone else wrote it. Refusing every election for it
             # would take the channel down; the host rewrites it at its next change.
-            _LOGGER.warning("ignoring the members record %s: %s", self._path, exc)
+            if str(exc) != self._ignored:  # once: every election try reads it
+                self._ignored = str(exc)
+                _LOGGER.warning("ignoring the members record %s: %s", self._path, exc)
             return None
 
     def alive(self, member: str) -> bool:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from .. import _platform
 from .._errors import ChannelError
-from .._seams.base import Recorded
+from .._seams.record import Recorded, decode_members
 from .engine import EngineUnavailable
 
 if TYPE_CHECKING:
@@ -48,6 +48,7 @@ class RemoteMembership:
         self._me = ""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._ignored = ""  # why the record was last ignored (said once)
 
     def me(self) -> str:
         """Return this process's name, made (its key, its thread) at the first call in a process.
@@ -116,10 +117,11 @@ class RemoteMembership:
         if value is None:
             return None
         try:
-            data = json.loads(value)
-            return Recorded(int(data["g"]), str(data["host"]), [str(member) for member in data["members"]])
-        except (ValueError, TypeError, KeyError, OverflowError) as exc:
-            _LOGGER.warning("ignoring the members record of %r in the engine: %s", self._name, exc)
+            return decode_members(value)
+        except ValueError as exc:
+            if str(exc) != self._ignored:  # once: every election try reads it
+                self._ignored = str(exc)
+                _LOGGER.warning("ignoring the members record of %r in the engine: %s", self._name, exc)
             return None
 
     def alive(self, member: str) -> bool:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import enum
 import socket as _socket_module
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 if TYPE_CHECKING:
     import socket
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from _typeshed import ReadableBuffer, WriteableBuffer
 
     from .._timing import Deadline
-    from .record import HostRecord
+    from .record import HostRecord, Recorded
 
 __all__ = [
     "Backend",
@@ -41,7 +41,6 @@ __all__ = [
     "Listener",
     "LostClaim",
     "Membership",
-    "Recorded",
     "Session",
     "SocketMaker",
     "Standby",
@@ -309,14 +308,6 @@ class ExitNotices(Protocol):
 
     def open(self, record: HostRecord) -> int | None:
         """Return a descriptor readable once ``record``'s host has exited, or None; the caller closes it."""
-
-
-class Recorded(NamedTuple):
-    """The members as recorded by the host of ``generation`` (``host``: its own name)."""
-
-    generation: int
-    host: str
-    members: list[str]
 
 
 class Membership(Protocol):

@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from functools import lru_cache
+from typing import NamedTuple
 
 from .. import _platform
 
-__all__ = ["HostRecord", "own_create_time"]
+__all__ = ["HostRecord", "Recorded", "decode_members", "own_create_time"]
 
 
 @lru_cache(maxsize=4)
@@ -73,3 +74,23 @@ class HostRecord:
         if record.pid <= 0 or record.generation <= 0:
             raise ValueError("not a host record: pid and generation must be positive")
         return record
+
+
+class Recorded(NamedTuple):
+    """The members as recorded by the host of ``generation`` (``host``: its own name)."""
+
+    generation: int
+    host: str
+    members: list[str]
+
+
+def decode_members(raw: bytes) -> Recorded:
+    """Return the members record ``raw`` (JSON: ``g``, ``host``, ``members``) holds.
+
+    :raises ValueError: it is not one (what else wrote there is named in the message).
+    """
+    try:
+        data = json.loads(raw)
+        return Recorded(int(data["g"]), str(data["host"]), [str(member) for member in data["members"]])
+    except (ValueError, TypeError, KeyError, OverflowError) as exc:
+        raise ValueError(f"not a members record ({type(exc).__name__}: {exc})") from None

@@ -255,6 +255,8 @@ class SharedDict(MutableMapping[Any, Any]):
     # -- what the parts ask of the request channel ------------------------------------------------
 
     def _request(self, message: Any, timeout: float | None) -> Any:
+        if "w" in message:  # writes say whose they are: the host need not wait for us (``members``)
+            message["m"] = self._member_name()
         return self._requests.request(message, timeout=timeout)
 
     def _publish(self, message: dict[str, Any]) -> None:

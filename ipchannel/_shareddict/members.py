@@ -33,7 +33,8 @@ from .._errors import ChannelClosed, ChannelError
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
-    from .._seams.base import Membership, Recorded
+    from .._seams.base import Membership
+    from .._seams.record import Recorded
 
 __all__ = ["Members"]
 
@@ -129,17 +130,23 @@ class Members:
                     del self._members[member]
             self._cond.notify_all()  # a handover too: ``wait`` gives up
 
-    def wait(self, generation: int, position: int) -> None:
+    def wait(self, generation: int, position: int, exempt: str = "") -> None:
         """Return once every member confirmed ``position`` of ``generation`` or left (recorded first).
 
         A member has ``max_lag`` seconds from now: then it is cut off, and recorded out.
+        ``exempt``: the one process whose writes these all are; it is not waited for, as it
+        acknowledges its own writes only once its replica has them (``Writes``).
         """
         deadline = time.monotonic() + self._max_lag
         with self._cond:
             while self._term == generation:
                 if self._handing_over():  # not ours to acknowledge: the writers ask the next host
                     raise ChannelClosed(self._name, "SharedDict")
-                behind = [name for name, member in self._members.items() if member.position < position]
+                behind = [
+                    name
+                    for name, member in self._members.items()
+                    if member.position < position and name != exempt
+                ]
                 if not behind:
                     self._acknowledged = max(self._acknowledged, position)
                     return

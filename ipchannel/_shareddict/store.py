@@ -44,10 +44,10 @@ _JOIN_TIMEOUT = 2.0
 class _Queued:
     """The writes of one request, waiting in the host for a batch, and the answer it promised."""
 
-    __slots__ = ("answer", "writes")
+    __slots__ = ("answer", "member", "writes")
 
-    def __init__(self, writes: list[list[Any]]) -> None:
-        self.writes = writes
+    def __init__(self, writes: list[list[Any]], member: str = "") -> None:
+        self.writes, self.member = writes, member  # member: the writing process's name (``members``)
         self.answer = Deferred()
 
 
@@ -110,9 +110,9 @@ class Store:
         writes = message.get("w")
         if not isinstance(writes, list):  # refused here, not in a batch with other processes' writes
             raise TypeError(f"a shared dict request carries a list of writes, not {type(writes).__name__}")
-        return self._group_commit(writes)
+        return self._group_commit(writes, str(message.get("m", "")))
 
-    def _group_commit(self, writes: list[list[Any]]) -> Deferred:
+    def _group_commit(self, writes: list[list[Any]], member: str) -> Deferred:
         """Queue a request's writes for the next batch; lead that batch if nobody does. Answered later.
 
         The handler thread that finds nobody applying leads one batch (a lone writer
@@ -120,7 +120,7 @@ class Store:
         handler threads go back to reading. What is queued after that batch is the
         committer thread's, which goes on while writes keep coming.
         """
-        mine = _Queued(writes)
+        mine = _Queued(writes, member)
         with self._queue_lock:
             self._queue.append(mine)
             lead, self._leading = not self._leading, True
@@ -191,7 +191,10 @@ class Store:
             self._publish_split(published)
             if _hooks.pause is not None:
                 _hooks.pause("shareddict.published", published)
-            self._members.wait(generation, last)  # acknowledged once every member applied it
+            # Acknowledged once every member applied it. A batch of one process's writes does not
+            # wait for that process: its writes return only once its own replica has them.
+            writers = {item.member for item in batch}
+            self._members.wait(generation, last, exempt=writers.pop() if len(writers) == 1 else "")
         return answers
 
     def _publish_split(self, message: dict[str, Any]) -> None:
