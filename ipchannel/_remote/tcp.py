@@ -114,6 +114,8 @@ class TcpTransport:
             stream = TlsStream(raw, session)
         elif not select.select([raw], [], [], CONNECT_TIMEOUT)[0]:
             return None  # it accepts but says nothing: frozen (its kernel accepts for it)
+        elif not raw.recv(1, socket.MSG_PEEK):
+            return None  # closed before a word (a proxy or balancer whose host is gone): not a refusal
         try:
             client_handshake(stream, self._authkey, self._name)
         except AuthenticationError:
