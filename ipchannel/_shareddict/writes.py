@@ -81,6 +81,14 @@ class Writes:
         self._outbox: list[_Write] = []
         self._senders = 0  # requests of this process's writes out now
 
+    def ours(self, batch: Any) -> bool:
+        """Tell whether every change of a published batch is one of this dict's writes."""
+        prefix = self._client + "-"
+        changes = batch.get("ch") if isinstance(batch, dict) else None
+        return (
+            isinstance(changes, list) and bool(changes) and all(str(c[1]).startswith(prefix) for c in changes)
+        )
+
     def write(self, op: list[Any], resync: Callable[[], None]) -> Any:
         """Send one write through the host and return its result once the local replica holds it."""
         # one write in flight per thread, so (process, thread) is what the host deduplicates by
