@@ -33,6 +33,7 @@ from conftest import Peer, Peers, wait_until
 import ipchannel
 from ipchannel import CoordinatorUnavailable, CoordinatorURLError, MissingExtraError
 from ipchannel._auth import client_handshake
+from ipchannel._core.port import port_of
 from ipchannel._framing import FrameReader
 from ipchannel._remote.tcp import split_address
 from ipchannel._requests.wire import REQUEST, build_frame
@@ -803,3 +804,40 @@ def test_a_replica_partitioned_from_the_host_follows_it_again_once_the_link_heal
         assert host.call("info")["is_host"]
     finally:
         proxy.close()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.filterwarnings(
+    "ignore:This process .* is multi-threaded:DeprecationWarning"
+)  # as a server forks
+def test_a_forked_child_takes_a_member_name_of_its_own_even_with_the_presence_lock_held(
+    engine: EngineServer, tmp_path: Path
+) -> None:
+    machine = tmp_path / "machine"
+    machine.mkdir(mode=0o700)
+    shared = ipchannel.SharedDict(
+        "forked", coordinator=engine.url, authkey=KEY, ttl=TTL, listen="127.0.0.2:0", runtime_dir=machine
+    )
+    try:
+        membership = port_of(shared.channel).membership
+        assert membership is not None
+        parent = membership.me()
+        # held as ipchannel-presence holds it, a moment every ttl/3
+        with membership._lock:  # type: ignore[attr-defined] # noqa: SLF001
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - the child reports through its exit code
+                code = 1
+                try:
+                    code = 0 if membership.me() != parent else 2
+                finally:
+                    os._exit(code)
+        deadline = time.monotonic() + 20
+        while (reaped := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if reaped[0] == 0:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the child hung taking its member name (a lock its parent's thread held)")
+        assert os.waitstatus_to_exitcode(reaped[1]) == 0
+    finally:
+        shared.close()

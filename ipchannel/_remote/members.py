@@ -20,7 +20,7 @@ import socket
 import threading
 from typing import TYPE_CHECKING, TypeVar
 
-from .. import _platform
+from .. import _fork, _platform
 from .._errors import ChannelError
 from .._seams.record import Recorded, decode_members
 from .engine import EngineUnavailable
@@ -49,6 +49,12 @@ class RemoteMembership:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._ignored = ""  # why the record was last ignored (said once)
+        _fork.register(self)
+
+    def _reset_after_fork(self) -> None:
+        """In a forked child: no name, no thread, a new lock (the parent's thread may have held it)."""
+        self._lock = threading.Lock()
+        self._pid, self._me, self._thread, self._stop = 0, "", None, threading.Event()
 
     def me(self) -> str:
         """Return this process's name, made (its key, its thread) at the first call in a process.

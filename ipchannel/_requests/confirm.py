@@ -24,7 +24,7 @@ __all__ = ["Confirmations", "Confirmer"]
 
 @dataclass(frozen=True)
 class Confirmations:
-    """The three callbacks of a layer whose subscribers confirm what they hold."""
+    """The callbacks of a layer whose subscribers confirm what they hold."""
 
     #: subscriber side, after each message its callbacks took (on ``ipchannel-subscriber:NAME``):
     #: (member, host generation, position) to confirm, or None for nothing new
