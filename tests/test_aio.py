@@ -482,7 +482,8 @@ def test_a_cancelled_shared_dict_write_happens_at_most_once(peers: Peers) -> Non
             assert all(isinstance(r, asyncio.CancelledError) for r in results)
             value = await shared.incr("n")
             assert 1 <= value <= 9
-            await until(lambda: shared["n"] == value, 5, "the replica")
+            # read-your-writes; a cancelled write still on its way in a worker thread may land later
+            assert shared["n"] >= value
 
     run(main())
     final = peer.call("incr", key="n", times=1)["results"][0]
