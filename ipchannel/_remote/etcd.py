@@ -58,8 +58,8 @@ class EtcdEngine:
     def url(self) -> str:
         return self._url.text
 
-    def _key(self, name: str, leaf: str = "host") -> str:
-        return f"{self._url.prefix}/{name}/{leaf}"
+    def _key(self, name: str) -> str:
+        return f"{self._url.prefix}/{name}/host"
 
     def _call(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
         """POST to the gateway, trying each endpoint once; EngineUnavailable if none answers."""
@@ -83,7 +83,8 @@ class EtcdEngine:
         return Snapshot(base64.b64decode(kv.get("value", "")), int(kv["create_revision"]), revision)
 
     def claim(self, name: str, value: bytes, ttl: float, floor: int) -> int | None:  # noqa: ARG002 - revisions only grow
-        lease_id = self._grant(ttl)
+        lease = self._call("/lease/grant", {"TTL": math.ceil(ttl)})
+        lease_id = int(lease["ID"])
         key = _b64(self._key(name))
         txn = {
             "compare": [{"key": key, "result": "EQUAL", "target": "CREATE", "create_revision": 0}],
@@ -106,14 +107,8 @@ class EtcdEngine:
     def renew(self, name: str, generation: int, ttl: float) -> bool:  # noqa: ARG002 - the lease has it
         with self._lock:
             lease_id = self._leases.get((name, generation))
-        return lease_id is not None and self._keep_alive(lease_id)
-
-    def _grant(self, ttl: float) -> int:
-        """Return a new lease of ``ttl`` seconds (etcd's are whole seconds: rounded up)."""
-        return int(self._call("/lease/grant", {"TTL": math.ceil(ttl)})["ID"])
-
-    def _keep_alive(self, lease_id: int) -> bool:
-        """Renew a lease; False if it expired."""
+        if lease_id is None:
+            return False
         result = self._call("/lease/keepalive", {"ID": lease_id})
         if "result" not in result:  # a streamed error (no leader, say): it says nothing of our lease
             raise EngineUnavailable(f"keepalive: {result.get('error', result)}")
@@ -147,21 +142,23 @@ class EtcdEngine:
                     "create_revision": generation,
                 }
             ],
-            "success": [{"request_put": {"key": _b64(self._key(name, leaf)), "value": _b64(value)}}],
+            "success": [
+                {"request_put": {"key": _b64(f"{self._url.prefix}/{name}/{leaf}"), "value": _b64(value)}}
+            ],
             "failure": [],
         }
         return bool(self._call("/kv/txn", txn).get("succeeded"))
 
     def get(self, name: str, leaf: str) -> bytes | None:
-        kvs = self._call("/kv/range", {"key": _b64(self._key(name, leaf))}).get("kvs") or []
+        kvs = self._call("/kv/range", {"key": _b64(f"{self._url.prefix}/{name}/{leaf}")}).get("kvs") or []
         return base64.b64decode(kvs[0].get("value", "")) if kvs else None
 
     def present(self, name: str, leaf: str, ttl: float, *, first: bool) -> bool:
         with self._lock:
             lease_id = self._kept.get((name, leaf))
         if first:
-            lease_id = self._grant(ttl)
-            key = _b64(self._key(name, leaf))
+            lease_id = int(self._call("/lease/grant", {"TTL": math.ceil(ttl)})["ID"])
+            key = _b64(f"{self._url.prefix}/{name}/{leaf}")
             try:
                 self._call("/kv/put", {"key": key, "value": _b64(b"1"), "lease": lease_id})
             except EngineUnavailable:
@@ -172,7 +169,10 @@ class EtcdEngine:
             return True
         if lease_id is None:
             return False
-        if self._keep_alive(lease_id):
+        result = self._call("/lease/keepalive", {"ID": lease_id})
+        if "result" not in result:
+            raise EngineUnavailable(f"keepalive: {result.get('error', result)}")
+        if int(result["result"].get("TTL", 0)) > 0:
             return True
         with self._lock:
             self._kept.pop((name, leaf), None)
