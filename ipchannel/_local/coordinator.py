@@ -35,7 +35,7 @@ from .. import _platform
 from .._seams.base import HostState
 from .._seams.record import HostRecord, own_create_time
 from .lock import HostLock
-from .paths import ensure_runtime_dir, write_atomically
+from .paths import ensure_runtime_dir
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -233,7 +233,18 @@ def read_record(path: Path) -> HostRecord | None:
 
 def write_record(path: Path, record: HostRecord) -> None:
     """Write ``record`` to ``path`` atomically. Only the lock holder calls this."""
-    write_atomically(path, record.to_json())
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        try:
+            os.write(fd, record.to_json())
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 def remove_record(path: Path, ours: HostRecord) -> None:

@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING
 
 from .. import _platform
 from .._seams.record import Recorded, decode_members
-from .paths import write_atomically
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
@@ -68,7 +67,18 @@ class LocalMembership:
     def _write(self, recorded: Recorded, left: Iterable[str]) -> None:
         generation, host, members = recorded
         data = json.dumps({"g": generation, "host": host, "members": members, "left": sorted(left)}).encode()
-        write_atomically(self._path, data)
+        tmp = self._path.with_name(f"{self._path.name}.{os.getpid()}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            try:
+                os.write(fd, data)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self._path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:

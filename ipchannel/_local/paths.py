@@ -8,7 +8,6 @@ every channel lives in it, so whoever can write there can impersonate a host.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import stat
@@ -21,7 +20,7 @@ from .._errors import RuntimeDirError
 if TYPE_CHECKING:
     from pathlib import Path
 
-__all__ = ["ChannelPaths", "ensure_runtime_dir", "listening", "write_atomically"]
+__all__ = ["ChannelPaths", "ensure_runtime_dir", "listening"]
 
 #: (device, inode) of each private socket file this process listens on now, whichever of its
 #: channels made it: several channels of one name can live in one process, and its pid names them all.
@@ -186,22 +185,3 @@ class ChannelPaths:
             *self.directory.glob(f".{self.standby_record.name}.*.tmp"),
             *self.directory.glob(f"{self.members.name}.*.tmp"),
         ]
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` by rename (0600, never through a symlink): a reader sees all or none.
-
-    The temporary is ``.NAME.PID.tmp`` beside it (``ChannelPaths.stale_record_temporaries``).
-    """
-    tmp = path.with_name(f".{path.name.lstrip('.')}.{os.getpid()}.tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        try:
-            os.write(fd, data)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
