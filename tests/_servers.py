@@ -20,8 +20,10 @@ import shlex
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
+import urllib.parse
 import urllib.request
 from typing import TYPE_CHECKING
 
@@ -30,6 +32,8 @@ import pytest
 if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
+
+    from _certs import Pki
 
 _INSTALL_HINTS = {
     "etcd": "sudo apt-get install etcd-server",
@@ -186,11 +190,18 @@ class EtcdServer(EngineServer):
 
     name = "etcd"
 
-    def __init__(self, binary: str, tmp_dir: Path, ports: list[int], timeout: float) -> None:
+    def __init__(
+        self, binary: str, tmp_dir: Path, ports: list[int], timeout: float, pki: Pki | None = None
+    ) -> None:
         super().__init__(binary, tmp_dir, ports, timeout)
         self.client_port, self.peer_port = ports
-        self.client_url = f"http://127.0.0.1:{self.client_port}"
+        self.pki = pki
+        scheme = "http" if pki is None else "https"
+        self.client_url = f"{scheme}://127.0.0.1:{self.client_port}"
         self.url = f"etcd://127.0.0.1:{self.client_port}"
+        if pki is not None:  # what a client needs: our CA, and a certificate it signed
+            files = {"cacert": pki.ca, "cert": pki.client_cert, "key": pki.client_key}
+            self.url = f"etcds://127.0.0.1:{self.client_port}?{urllib.parse.urlencode(files)}"
 
     def _command(self) -> list[str]:
         peer = f"http://127.0.0.1:{self.peer_port}"
@@ -207,7 +218,26 @@ class EtcdServer(EngineServer):
             "--election-timeout", "500",
             "--logger", "zap",  # the default (capnslog) prints a deprecation warning
             "--log-level", "error",
+            *self._tls_flags(),
         ]  # fmt: skip
+
+    def _tls_flags(self) -> list[str]:
+        """With a ``pki``: HTTPS for clients, each required to show a certificate our CA signed."""
+        if self.pki is None:
+            return []
+        return [
+            "--client-cert-auth",
+            "--trusted-ca-file", self.pki.ca,
+            "--cert-file", self.pki.server_cert,
+            "--key-file", self.pki.server_key,
+        ]  # fmt: skip
+
+    def _health_context(self) -> ssl.SSLContext | None:
+        if self.pki is None:
+            return None
+        context = ssl.create_default_context(cafile=self.pki.ca)
+        context.load_cert_chain(self.pki.client_cert, self.pki.client_key)
+        return context
 
     def _env(self) -> dict[str, str]:
         # ETCD_* variables would be read as flags too (and conflict with ours).
@@ -215,7 +245,8 @@ class EtcdServer(EngineServer):
 
     def _healthy(self) -> bool:
         try:
-            with _HTTP.open(f"{self.client_url}/health", timeout=0.5) as resp:
+            opener = _HTTP if self.pki is None else _https_opener(self._health_context())
+            with opener.open(f"{self.client_url}/health", timeout=0.5) as resp:
                 body = json.loads(resp.read())
         except (OSError, http.client.HTTPException, ValueError):  # refused, reset, timeout, 503, not JSON
             return False
@@ -277,10 +308,20 @@ def _start_fresh(make: Callable[[list[int]], EngineServer], n_ports: int) -> Eng
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def start_etcd(tmp_dir: Path, timeout: float = 20.0) -> EngineServer:
-    """Start a one-member etcd on free loopback ports, data in ``tmp_dir``; return it once healthy."""
+def start_etcd(tmp_dir: Path, timeout: float = 20.0, pki: Pki | None = None) -> EngineServer:
+    """Start a one-member etcd on free loopback ports, data in ``tmp_dir``; return it once healthy.
+
+    With ``pki`` (``_certs.make_pki``) it serves HTTPS with its server certificate and asks every
+    client for a certificate the CA signed (``--client-cert-auth``); its ``url`` names the client's.
+    """
     binary = require_binary("etcd")
-    return _start_fresh(lambda ports: EtcdServer(binary, tmp_dir, ports, timeout), 2)
+    return _start_fresh(lambda ports: EtcdServer(binary, tmp_dir, ports, timeout, pki), 2)
+
+
+def _https_opener(context: ssl.SSLContext | None) -> urllib.request.OpenerDirector:
+    return urllib.request.build_opener(
+        urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context)
+    )
 
 
 def start_redis(tmp_dir: Path, *, notifications: bool = True, timeout: float = 10.0) -> EngineServer:

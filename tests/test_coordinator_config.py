@@ -1,0 +1,167 @@
+"""Configuring the way to the engine and between machines: URLs, engine TLS and credentials, advertise, TLS.
+
+Real etcd (one started with TLS client authentication) and real channels in this process,
+each with its own runtime directory and loopback address; the URL parser is tested on its own
+too, with hypothesis, for the one promise it makes on every input: no password in a message.
+"""
+
+from __future__ import annotations
+
+import string
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from _certs import Pki, make_pki
+from _servers import EngineServer, start_etcd
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import ipchannel
+from ipchannel import CoordinatorError, CoordinatorUnavailable, CoordinatorURLError
+from ipchannel._url import parse_url
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+KEY = b"k" * 32
+TTL = 1.0
+
+
+# -- the URL parser ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("etcd://[::1", "never closes"),
+        ("etcd://[::1]garbage", "after the address"),
+        ("etcd://[::1]:2379,[::2", "never closes"),
+        ("etcd://[host]:1", "only an IPv6 address"),
+        ("redis://:se/cret@host:port/0", "is not a number"),
+        ("redis://:se/cret@:6379/0", "names no host"),
+        ("redis://user:se/cret@h/x", "database"),
+        ("rediss://:se/cret@h?ssl_ca_certs=", "names no file"),
+        ("etcd://se/cret@h", "USER:PASSWORD"),
+        ("etcd://:se/cret@h", "USER:PASSWORD"),
+        ("etcd://u:se/cret@h?cacert=/ca.pem", "need TLS"),
+        ("etcds://u:se/cret@h?cert=/c.pem", "give both"),
+        ("etcds://u:se/cret@h?verify=no", "unknown parameter 'verify'"),
+        ("se/cret@h", "no scheme"),
+        ("zk://u:se/cret@h", "unknown scheme"),
+    ],
+)
+def test_a_bad_url_names_the_problem_and_never_the_password(url: str, problem: str) -> None:
+    with pytest.raises(CoordinatorURLError, match=problem) as caught:
+        ipchannel.Channel("jobs", print, coordinator=url, authkey=KEY)
+    for piece in ("se/cret", "cret", "se/"):
+        assert piece not in str(caught.value)
+        assert piece not in caught.value.url
+
+
+def test_a_slash_in_a_password_is_part_of_the_password() -> None:
+    url = parse_url("redis://:se/cret@host:6379/3")
+    assert (url.password, url.endpoints, url.db) == ("se/cret", (("host", 6379),), 3)
+    assert "cret" not in url.text
+    assert "cret" not in repr(url)
+
+
+def test_tls_files_and_credentials_come_from_the_query_and_the_userinfo() -> None:
+    url = parse_url("etcds://app:p%40ss@10.0.0.5:2379,[::1]/pre?cacert=/ca.pem&cert=/c.pem&key=/k.pem")
+    assert (url.username, url.password) == ("app", "p@ss")
+    assert url.endpoints == (("10.0.0.5", 2379), ("::1", 2379))
+    assert (url.ca_file, url.cert_file, url.key_file, url.prefix) == ("/ca.pem", "/c.pem", "/k.pem", "/pre")
+    redis = parse_url("rediss://:pw@h/1?ssl_ca_certs=/ca.pem&ssl_certfile=/c.pem&ssl_keyfile=/k.pem")
+    assert (redis.ca_file, redis.cert_file, redis.key_file, redis.db) == ("/ca.pem", "/c.pem", "/k.pem", 1)
+
+
+_PASSWORD = st.text(alphabet=string.ascii_letters + string.digits + "/?#:[]@%,.!$&'()*+;=", min_size=1).map(
+    lambda body: f"Xq7{body}"  # a start no message has by chance
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    password=_PASSWORD,
+    scheme=st.sampled_from(["etcd", "etcds", "redis", "rediss", "zk", ""]),
+    user=st.sampled_from(["", "app"]),
+    tail=st.sampled_from(["h", "h:port", "[::1", "[::1]x", "", "h/x", ",", "h?cacert=", "h?x=1", "h:0"]),
+)
+def test_no_malformed_url_puts_its_password_in_a_message(
+    password: str, scheme: str, user: str, tail: str
+) -> None:
+    url = f"{scheme}://{user}:{password}@{tail}" if scheme else f"{user}:{password}@{tail}"
+    try:
+        parsed = parse_url(url)
+    except CoordinatorURLError as exc:
+        messages: tuple[str, ...] = (str(exc), exc.url, exc.problem)
+    else:
+        messages = (parsed.text, repr(parsed))
+        assert parsed.password in {password, password.partition(":")[2]} or "%" in password
+    assert not [message for message in messages if password in message]
+
+
+def test_an_unreadable_tls_file_is_named_before_any_connection(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere.pem"
+    with pytest.raises(CoordinatorError, match=f"cannot read its CA file {missing}"):
+        ipchannel.Channel("jobs", print, coordinator=f"etcds://127.0.0.1:1?cacert={missing}", authkey=KEY)
+
+
+# -- etcd with TLS client authentication ------------------------------------------------------
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Pki:
+    return make_pki(tmp_path / "pki")
+
+
+@pytest.fixture
+def tls_etcd(tmp_path: Path, pki: Pki) -> Iterator[EngineServer]:
+    server = start_etcd(tmp_path, pki=pki)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _answer(message: Any) -> Any:
+    return message
+
+
+@pytest.mark.timeout(60)
+def test_a_channel_elects_and_serves_through_an_etcd_that_asks_for_client_certificates(
+    tls_etcd: EngineServer, tmp_path: Path
+) -> None:
+    options: dict[str, Any] = {"coordinator": tls_etcd.url, "authkey": KEY, "ttl": TTL}
+    host = ipchannel.RequestChannel(
+        "tls-etcd", _answer, runtime_dir=tmp_path / "a", listen="127.0.0.2:0", **options
+    )
+    client = ipchannel.RequestChannel(
+        "tls-etcd", _answer, runtime_dir=tmp_path / "b", listen="127.0.0.3:0", may_host=False, **options
+    )
+    try:
+        host.channel.join(timeout=10)
+        assert host.channel.is_host
+        assert client.request("through etcd over TLS", timeout=10) == "through etcd over TLS"
+    finally:
+        client.close()
+        host.close()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("missing", ["everything", "client certificate"])
+def test_without_the_ca_or_the_client_certificate_a_tls_etcd_is_unavailable_naming_the_url(
+    tls_etcd: EngineServer, pki: Pki, tmp_path: Path, missing: str
+) -> None:
+    base = tls_etcd.url.partition("?")[0]
+    url = base if missing == "everything" else f"{base}?cacert={pki.ca}"
+    channel = ipchannel.Channel(
+        "tls-etcd", print, coordinator=url, authkey=KEY, ttl=TTL, runtime_dir=tmp_path
+    )
+    try:
+        with pytest.raises(CoordinatorUnavailable) as caught:
+            channel.connect(timeout=2)
+    finally:
+        channel.close()
+    assert base in str(caught.value)
+    assert "SSL" in str(caught.value) or "certificate" in str(caught.value), caught.value
