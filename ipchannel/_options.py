@@ -11,6 +11,7 @@ Bad input: TypeError (wrong type) or ValueError (wrong value) naming the option.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
@@ -99,7 +100,7 @@ class Options:
         tls = _validate_ssl_context(ssl_context)
         bind = parse_address(_from_environment(listen, "IPCHANNEL_LISTEN") or _DEFAULT_LISTEN, "listen")
         advertise_text = _from_environment(advertise, "IPCHANNEL_ADVERTISE")
-        advertised = None if advertise_text is None else parse_address(advertise_text, "advertise")
+        advertised = None if advertise_text is None else _dialable(parse_address(advertise_text, "advertise"))
         return cls(directory, key, url, bind, advertised, seconds, tls)
 
 
@@ -138,7 +139,9 @@ def parse_address(value: object, name: str) -> tuple[str, int]:
     host, sep, port_text = value.rpartition(":")
     if not sep or not host:
         raise ValueError(f"{name} must be 'HOST:PORT' (port 0 for any free port), not {value!r}")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if host.startswith("[") != host.endswith("]"):
+        raise ValueError(f"{name} must put an IPv6 address in brackets, '[V6]:PORT', not {value!r}")
+    host = host[1:-1] if host.startswith("[") else host
     try:
         port = int(port_text)
     except ValueError:
@@ -146,6 +149,21 @@ def parse_address(value: object, name: str) -> tuple[str, int]:
     if not 0 <= port <= 65535:
         raise ValueError(f"{name}'s port must be 0-65535, not {port}")
     return host, port
+
+
+def _dialable(address: tuple[str, int]) -> tuple[str, int]:
+    """Return ``address`` if others can dial it; ValueError for a wildcard, which is only for ``listen``."""
+    try:
+        wildcard = ipaddress.ip_address(address[0]).is_unspecified
+    except ValueError:
+        wildcard = False  # a name: whatever it resolves to, it is not the wildcard
+    if wildcard:
+        raise ValueError(
+            f"advertise must be an address other machines can dial, not {address[0]!r} (any interface: "
+            "an address to listen on): give this machine's address on the network they share (e.g. "
+            "'10.0.0.11:0'), or leave advertise unset for the one this machine reaches the coordinator from"
+        )
+    return address
 
 
 def _validate_ttl(ttl: object) -> float:

@@ -243,6 +243,21 @@ class EtcdServer(EngineServer):
         # ETCD_* variables would be read as flags too (and conflict with ours).
         return {k: v for k, v in os.environ.items() if not k.startswith("ETCD_")}
 
+    def enable_auth(self, root_password: str) -> None:
+        """Turn on etcd's authentication, with the user ``root`` (role ``root``) and this password."""
+        assert self.pki is None  # plain HTTP here: what a test of credentials alone needs
+        for path, body in (
+            ("auth/role/add", {"name": "root"}),
+            ("auth/user/add", {"name": "root", "password": root_password}),
+            ("auth/user/grant", {"user": "root", "role": "root"}),
+            ("auth/enable", {}),
+        ):
+            request = urllib.request.Request(  # noqa: S310 - our own server, on loopback
+                f"{self.client_url}/v3/{path}", data=json.dumps(body).encode(), method="POST"
+            )
+            with _HTTP.open(request, timeout=5) as resp:
+                resp.read()
+
     def _healthy(self) -> bool:
         try:
             opener = _HTTP if self.pki is None else _https_opener(self._health_context())
@@ -259,29 +274,39 @@ class RedisServer(EngineServer):
     name = "redis"
 
     def __init__(
-        self, binary: str, tmp_dir: Path, ports: list[int], timeout: float, *, notifications: bool
+        self,
+        binary: str,
+        tmp_dir: Path,
+        ports: list[int],
+        timeout: float,
+        *,
+        notifications: bool,
+        bind: str = "127.0.0.1",
     ) -> None:
         super().__init__(binary, tmp_dir, ports, timeout)
         self.port = ports[0]
         self.notifications = notifications
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.bind = bind
+        self.url = f"redis://{bind}:{self.port}/0"
 
     def _command(self) -> list[str]:
         return [
             self.binary,
             "--port", str(self.port),
-            "--bind", "127.0.0.1",
+            "--bind", self.bind,
             "--dir", str(self.data_dir),
             "--appendonly", "yes",
             "--appendfsync", "always",
             "--save", "",
             "--daemonize", "no",
             "--notify-keyspace-events", "KA" if self.notifications else "",
+            # on another address it would refuse its own machine's clients without a password
+            "--protected-mode", "yes" if self.bind == "127.0.0.1" else "no",
         ]  # fmt: skip
 
     def _healthy(self) -> bool:
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+            with socket.create_connection((self.bind, self.port), timeout=0.5) as sock:
                 sock.sendall(b"PING\r\n")
                 reply = b""
                 while b"\r\n" not in reply:
@@ -324,12 +349,15 @@ def _https_opener(context: ssl.SSLContext | None) -> urllib.request.OpenerDirect
     )
 
 
-def start_redis(tmp_dir: Path, *, notifications: bool = True, timeout: float = 10.0) -> EngineServer:
-    """Start Redis on a free loopback port, AOF in ``tmp_dir``; return it once healthy.
+def start_redis(
+    tmp_dir: Path, *, notifications: bool = True, timeout: float = 10.0, bind: str = "127.0.0.1"
+) -> EngineServer:
+    """Start Redis on a free port of ``bind`` (default loopback), AOF in ``tmp_dir``; return it once healthy.
 
     With ``notifications`` keyspace events ``KA`` are published; without, none.
     """
     binary = require_binary("redis-server")
     return _start_fresh(
-        lambda ports: RedisServer(binary, tmp_dir, ports, timeout, notifications=notifications), 1
+        lambda ports: RedisServer(binary, tmp_dir, ports, timeout, notifications=notifications, bind=bind),
+        1,
     )

@@ -7,17 +7,19 @@ too, with hypothesis, for the one promise it makes on every input: no password i
 
 from __future__ import annotations
 
+import logging
 import string
 from typing import TYPE_CHECKING, Any
 
 import pytest
 from _certs import Pki, make_pki
-from _servers import EngineServer, start_etcd
+from _servers import EngineServer, start_etcd, start_redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import ipchannel
 from ipchannel import CoordinatorError, CoordinatorUnavailable, CoordinatorURLError
+from ipchannel._remote.engine import facing_address
 from ipchannel._url import parse_url
 
 if TYPE_CHECKING:
@@ -165,3 +167,135 @@ def test_without_the_ca_or_the_client_certificate_a_tls_etcd_is_unavailable_nami
         channel.close()
     assert base in str(caught.value)
     assert "SSL" in str(caught.value) or "certificate" in str(caught.value), caught.value
+
+
+# -- etcd with authentication (user and password) ---------------------------------------------
+
+_ROOT_PASSWORD = "se/cr:et@x"  # noqa: S105 - a test server's; a '/', a ':' and an '@': none needs escaping
+
+
+@pytest.fixture
+def auth_etcd(tmp_path: Path) -> Iterator[EngineServer]:
+    server = start_etcd(tmp_path)
+    try:
+        server.enable_auth(_ROOT_PASSWORD)  # type: ignore[attr-defined]
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.mark.timeout(60)
+def test_a_channel_elects_and_serves_through_an_etcd_with_authentication(
+    auth_etcd: EngineServer, tmp_path: Path
+) -> None:
+    url = auth_etcd.url.replace("etcd://", f"etcd://root:{_ROOT_PASSWORD}@")
+    options: dict[str, Any] = {"coordinator": url, "authkey": KEY, "ttl": TTL}
+    host = ipchannel.RequestChannel(
+        "auth-etcd", _answer, runtime_dir=tmp_path / "a", listen="127.0.0.2:0", **options
+    )
+    client = None
+    try:
+        host.channel.join(timeout=10)
+        assert host.channel.is_host
+        client = ipchannel.RequestChannel(
+            "auth-etcd", _answer, runtime_dir=tmp_path / "b", listen="127.0.0.3:0", **options
+        )
+        assert client.request("as root", timeout=10) == "as root"
+        first = host.channel.generation
+        host.close()  # a handover: the client's watch (its own session, the token too) sees the key go
+        assert client.request("again", timeout=10) == "again"
+        assert client.channel.is_host
+        assert (client.channel.generation or 0) > (first or 0) > 0
+    finally:
+        if client is not None:
+            client.close()
+        host.close()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("credentials", "problem"), [("", "user name is empty"), ("root:wrong@", "authentication failed")]
+)
+def test_without_the_right_password_an_etcd_with_authentication_is_unavailable_naming_why(
+    auth_etcd: EngineServer, tmp_path: Path, credentials: str, problem: str
+) -> None:
+    url = auth_etcd.url.replace("etcd://", f"etcd://{credentials}")
+    channel = ipchannel.Channel(
+        "auth-etcd", print, coordinator=url, authkey=KEY, ttl=TTL, runtime_dir=tmp_path
+    )
+    try:
+        with pytest.raises(CoordinatorUnavailable, match=problem) as caught:
+            channel.connect(timeout=2)
+    finally:
+        channel.close()
+    assert auth_etcd.url.removeprefix("etcd://") in str(caught.value)
+    assert "wrong" not in str(caught.value)
+
+
+# -- what a host advertises ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("advertise", ["0.0.0.0:7700", "[::]:0", "0.0.0.0:0"])
+def test_a_wildcard_advertise_is_refused_naming_the_rule(advertise: str) -> None:
+    with pytest.raises(ValueError, match="advertise must be an address other machines can dial"):
+        ipchannel.Channel("jobs", print, coordinator="redis://h", authkey=KEY, advertise=advertise)
+
+
+def _network_address() -> str:
+    """This machine's address on a network (not loopback), or skip: the route to a TEST-NET address."""
+    found = facing_address(("198.51.100.1", 9))  # no packet is sent
+    if found is None or found.startswith("127."):
+        pytest.skip("this machine has no network address besides loopback")
+    return found
+
+
+def _loopback_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.WARNING and "loopback" in r.getMessage()
+    ]
+
+
+@pytest.mark.timeout(60)
+def test_a_loopback_advertise_with_a_remote_engine_is_warned_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = start_redis(tmp_path, bind=_network_address())
+    try:
+        for round_ in range(2):  # a second election of the same channel and address: no second warning
+            with ipchannel.Channel(
+                "loop",
+                print,
+                coordinator=server.url,
+                authkey=KEY,
+                ttl=TTL,
+                listen="127.0.0.2:0",
+                advertise="127.0.0.2:0",
+                runtime_dir=tmp_path / str(round_),
+            ) as channel:
+                channel.join(timeout=10)
+                assert channel.is_host
+    finally:
+        server.stop()
+    (warning,) = _loopback_warnings(caplog)
+    assert "127.0.0.2" in warning
+    assert "advertise=" in warning
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("advertise", ["127.0.0.3:0", None])
+def test_a_loopback_address_with_a_loopback_engine_is_a_test_setup_and_not_warned(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, advertise: str | None
+) -> None:
+    server = start_redis(tmp_path)
+    try:
+        with ipchannel.Channel(
+            "loop-quiet", print, coordinator=server.url, authkey=KEY, ttl=TTL, listen="127.0.0.3:0",
+            runtime_dir=tmp_path, advertise=advertise,
+        ) as channel:  # fmt: skip
+            channel.join(timeout=10)
+            assert channel.is_host
+    finally:
+        server.stop()
+    assert _loopback_warnings(caplog) == []

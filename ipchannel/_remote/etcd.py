@@ -90,15 +90,16 @@ class EtcdEngine:
         etcd3gw has no authentication of its own: etcd's gateway takes the token of
         ``/v3/auth/authenticate`` in the ``Authorization`` header, on the client's session.
         """
+        url = client.get_url(path)
         try:
-            return cast("dict[str, Any]", client.post(client.get_url(path), json=payload, verify=self.ca_file))
+            return cast("dict[str, Any]", client.post(url, json=payload, verify=self.ca_file))
         except Etcd3Exception as exc:
             if self._url.username is None or not any(sign in str(exc.detail_text) for sign in _AUTH_NEEDED):
                 raise
         login = {"name": self._url.username, "password": self._url.password or ""}
         token = client.post(client.get_url("/auth/authenticate"), json=login, verify=self.ca_file)["token"]
         client.session.headers["Authorization"] = token
-        return cast("dict[str, Any]", client.post(client.get_url(path), json=payload, verify=self.ca_file))
+        return cast("dict[str, Any]", client.post(url, json=payload, verify=self.ca_file))
 
     @property
     def ca_file(self) -> str | None:
