@@ -8,7 +8,9 @@ too, with hypothesis, for the one promise it makes on every input: no password i
 from __future__ import annotations
 
 import logging
+import ssl
 import string
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -299,3 +301,129 @@ def test_a_loopback_address_with_a_loopback_engine_is_a_test_setup_and_not_warne
     finally:
         server.stop()
     assert _loopback_warnings(caplog) == []
+
+
+# -- TLS between machines: what the client side verifies ---------------------------------------
+
+
+def _legacy_context() -> ssl.SSLContext:
+    """The one context that serves both sides: PROTOCOL_TLS (deprecated), whose client verifies nothing."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return ssl.SSLContext(ssl.PROTOCOL_TLS)
+
+
+def _host_side(pki: Pki) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(pki.server_cert, pki.server_key)
+    return context
+
+
+def _verifying_single(pki: Pki) -> ssl.SSLContext:
+    """One context that verifies as a client: ssl would refuse it on the host's side."""
+    context = _legacy_context()
+    context.load_cert_chain(pki.server_cert, pki.server_key)
+    context.load_verify_locations(pki.ca)
+    context.verify_mode, context.check_hostname = ssl.CERT_REQUIRED, True
+    return context
+
+
+def _unverified_name(pki: Pki) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=pki.ca)
+    context.check_hostname = False  # the chain is checked, the name is not
+    return context
+
+
+@pytest.mark.parametrize(
+    ("make", "problem"),
+    [
+        (lambda pki: _legacy_context(), "one ssl_context for both sides cannot verify"),
+        (lambda pki: _verifying_single(pki), "one ssl_context for both sides cannot verify"),
+        (lambda pki: (_host_side(pki), _legacy_context()), "client side does not verify"),
+        (lambda pki: (_host_side(pki), _unverified_name(pki)), "check_hostname=False"),
+        (lambda pki: ssl.create_default_context(cafile=pki.ca), "host side is a client context"),
+        (lambda pki: (_host_side(pki), _host_side(pki)), "client side is a server context"),
+    ],
+)
+def test_a_client_side_that_does_not_verify_is_refused_saying_what_it_gives_up(
+    pki: Pki, make: Any, problem: str
+) -> None:
+    with pytest.raises(ValueError, match=problem) as caught:
+        ipchannel.Channel("jobs", print, coordinator="redis://h", authkey=KEY, ssl_context=make(pki))
+    if "verify" in problem or "check_hostname" in problem:
+        assert "pose as the host" in str(caught.value)
+        assert "ssl_verify=False" in str(caught.value)
+
+
+def test_tls_options_are_checked_by_type_and_by_what_they_need(pki: Pki) -> None:
+    pair = (_host_side(pki), ssl.create_default_context(cafile=pki.ca))
+    with pytest.raises(TypeError, match="ssl_verify must be a bool"):
+        ipchannel.Channel("jobs", print, coordinator="redis://h", authkey=KEY, ssl_context=pair, ssl_verify=0)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="server_hostname must be a non-empty str"):
+        ipchannel.Channel(
+            "jobs", print, coordinator="redis://h", authkey=KEY, ssl_context=pair, server_hostname=""
+        )
+    with pytest.raises(ValueError, match="apply only with ssl_context"):
+        ipchannel.Channel("jobs", print, coordinator="redis://h", authkey=KEY, server_hostname="a.test")
+    with pytest.raises(ValueError, match="checked only by a client context with check_hostname=True"):
+        ipchannel.Channel(
+            "jobs", print, coordinator="redis://h", authkey=KEY, ssl_context=_legacy_context(),
+            ssl_verify=False, server_hostname="a.test",
+        )  # fmt: skip
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[EngineServer]:
+    server = start_redis(tmp_path)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _serve_and_ask(server: EngineServer, tmp_path: Path, **tls: Any) -> Any:
+    """A host on 127.0.0.2 and a client on 127.0.0.3 (no certificate names either): the client's answer."""
+    options: dict[str, Any] = {"coordinator": server.url, "authkey": KEY, "ttl": TTL, **tls}
+    host = ipchannel.RequestChannel(
+        "tls", _answer, runtime_dir=tmp_path / "a", listen="127.0.0.2:0", **options
+    )
+    client = ipchannel.RequestChannel(
+        "tls", _answer, runtime_dir=tmp_path / "b", listen="127.0.0.3:0", may_host=False, **options
+    )
+    try:
+        host.channel.join(timeout=10)
+        assert host.channel.is_host
+        return client.request("over TLS", timeout=5)
+    finally:
+        client.close()
+        host.close()
+
+
+@pytest.mark.timeout(60)
+def test_the_opt_in_accepts_a_client_that_does_not_verify(redis: EngineServer, tmp_path: Path) -> None:
+    pki = make_pki(tmp_path / "pki", "DNS:nothing.test")
+    context = _legacy_context()
+    context.load_cert_chain(pki.server_cert, pki.server_key)
+    assert _serve_and_ask(redis, tmp_path, ssl_context=context, ssl_verify=False) == "over TLS"
+
+
+@pytest.mark.timeout(60)
+def test_a_pinned_server_name_is_checked_instead_of_the_recorded_ip(
+    redis: EngineServer, tmp_path: Path
+) -> None:
+    pki = make_pki(tmp_path / "pki", "DNS:channel.internal")  # no IP: the record's 127.0.0.2 is not in it
+    pair = (_host_side(pki), ssl.create_default_context(cafile=pki.ca))
+    assert _serve_and_ask(redis, tmp_path, ssl_context=pair, server_hostname="channel.internal") == "over TLS"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("pinned", [None, "other.internal"])
+def test_a_host_whose_certificate_lacks_the_name_is_refused(
+    redis: EngineServer, tmp_path: Path, pinned: str | None
+) -> None:
+    pki = make_pki(tmp_path / "pki", "DNS:channel.internal")
+    pair = (_host_side(pki), ssl.create_default_context(cafile=pki.ca))
+    with pytest.raises(ipchannel.ChannelError, match="TLS with the host at 127.0.0.2 failed") as caught:
+        _serve_and_ask(redis, tmp_path, ssl_context=pair, server_hostname=pinned)
+    assert repr(pinned or "127.0.0.2") in str(caught.value)
+    assert "certificate" in str(caught.value)

@@ -94,7 +94,9 @@ class TcpTransport:
             return None  # refused, unreachable or slow: asked again once the record says more
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         _platform.keep_alive(raw, *KEEPALIVE)
-        session = None if self._tls is None else TlsSession(self._tls.client, host)
+        session = (
+            None if self._tls is None else TlsSession(self._tls.client, self._tls.server_name(host), host)
+        )
         try:
             generation = self._greet(raw, session)
         except ChannelError:  # TLS or the authkey refused us: clear, and not a host change
@@ -137,7 +139,8 @@ class TcpTransport:
             with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT) as raw:
                 if self._tls is None:
                     return bool(raw.recv(1))
-                with self._tls.client.wrap_socket(raw, server_hostname=host) as probe:  # speaks after ours
+                name = self._tls.server_name(host)
+                with self._tls.client.wrap_socket(raw, server_hostname=name) as probe:  # speaks after ours
                     return bool(probe.recv(1))
         except (OSError, ValueError):
             return False
