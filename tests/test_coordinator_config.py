@@ -337,8 +337,8 @@ def _unverified_name(pki: Pki) -> ssl.SSLContext:
 @pytest.mark.parametrize(
     ("make", "problem"),
     [
-        (lambda pki: _legacy_context(), "one ssl_context for both sides cannot verify"),
-        (lambda pki: _verifying_single(pki), "one ssl_context for both sides cannot verify"),
+        (lambda _pki: _legacy_context(), "one ssl_context for both sides cannot verify"),
+        (_verifying_single, "one ssl_context for both sides cannot verify"),
         (lambda pki: (_host_side(pki), _legacy_context()), "client side does not verify"),
         (lambda pki: (_host_side(pki), _unverified_name(pki)), "check_hostname=False"),
         (lambda pki: ssl.create_default_context(cafile=pki.ca), "host side is a client context"),
@@ -423,7 +423,7 @@ def test_a_host_whose_certificate_lacks_the_name_is_refused(
 ) -> None:
     pki = make_pki(tmp_path / "pki", "DNS:channel.internal")
     pair = (_host_side(pki), ssl.create_default_context(cafile=pki.ca))
-    with pytest.raises(ipchannel.ChannelError, match="TLS with the host at 127.0.0.2 failed") as caught:
+    with pytest.raises(ipchannel.ChannelError, match=r"TLS with the host at 127\.0\.0\.2 failed") as caught:
         _serve_and_ask(redis, tmp_path, ssl_context=pair, server_hostname=pinned)
     assert repr(pinned or "127.0.0.2") in str(caught.value)
     assert "certificate" in str(caught.value)
