@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import ssl
 import string
+import threading
+import time
 import warnings
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +24,7 @@ from hypothesis import strategies as st
 import ipchannel
 from ipchannel import CoordinatorError, CoordinatorUnavailable, CoordinatorURLError
 from ipchannel._remote.engine import facing_address
+from ipchannel._remote.etcd import EtcdEngine
 from ipchannel._url import parse_url
 
 if TYPE_CHECKING:
@@ -427,3 +430,27 @@ def test_a_host_whose_certificate_lacks_the_name_is_refused(
         _serve_and_ask(redis, tmp_path, ssl_context=pair, server_hostname=pinned)
     assert repr(pinned or "127.0.0.2") in str(caught.value)
     assert "certificate" in str(caught.value)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("server", ["tls_etcd", "auth_etcd"])
+def test_the_watch_stream_carries_the_certificate_and_the_token(
+    request: pytest.FixtureRequest, server: str
+) -> None:
+    etcd: EngineServer = request.getfixturevalue(server)
+    url = etcd.url if server == "tls_etcd" else etcd.url.replace("etcd://", f"etcd://root:{_ROOT_PASSWORD}@")
+    engine = EtcdEngine(parse_url(url))
+    try:
+        before = engine.read("watched")
+        watch = engine.watch("watched")
+        claimed = threading.Timer(0.5, engine.claim, ("watched", b"v", 5.0, 0))
+        claimed.start()
+        started = time.monotonic()
+        watch.wait(before, 10.0)  # a watch that failed would return at once; one without events, in 10 s
+        waited = time.monotonic() - started
+        claimed.join()
+        watch.cancel()
+        assert 0.4 < waited < 5.0, waited
+        assert engine.read("watched").value == b"v"
+    finally:
+        engine.close()
