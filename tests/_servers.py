@@ -282,12 +282,17 @@ class RedisServer(EngineServer):
         *,
         notifications: bool,
         bind: str = "127.0.0.1",
+        pki: Pki | None = None,
     ) -> None:
         super().__init__(binary, tmp_dir, ports, timeout)
         self.port = ports[0]
         self.notifications = notifications
         self.bind = bind
+        self.pki = pki
         self.url = f"redis://{bind}:{self.port}/0"
+        if pki is not None:  # TLS only, and a client certificate the CA signed (tls-auth-clients)
+            files = {"ssl_ca_certs": pki.ca, "ssl_certfile": pki.client_cert, "ssl_keyfile": pki.client_key}
+            self.url = f"rediss://{bind}:{self.port}/0?{urllib.parse.urlencode(files)}"
 
     def _command(self) -> list[str]:
         return [
@@ -302,11 +307,28 @@ class RedisServer(EngineServer):
             "--notify-keyspace-events", "KA" if self.notifications else "",
             # on another address it would refuse its own machine's clients without a password
             "--protected-mode", "yes" if self.bind == "127.0.0.1" else "no",
+            *self._tls_flags(),
+        ]  # fmt: skip
+
+    def _tls_flags(self) -> list[str]:
+        if self.pki is None:
+            return []
+        return [
+            "--port", "0",  # no plain TCP port (the last --port wins)
+            "--tls-port", str(self.port),
+            "--tls-cert-file", self.pki.server_cert,
+            "--tls-key-file", self.pki.server_key,
+            "--tls-ca-cert-file", self.pki.ca,
         ]  # fmt: skip
 
     def _healthy(self) -> bool:
         try:
-            with socket.create_connection((self.bind, self.port), timeout=0.5) as sock:
+            with contextlib.ExitStack() as stack:
+                sock = stack.enter_context(socket.create_connection((self.bind, self.port), timeout=0.5))
+                if self.pki is not None:
+                    context = ssl.create_default_context(cafile=self.pki.ca)
+                    context.load_cert_chain(self.pki.client_cert, self.pki.client_key)
+                    sock = stack.enter_context(context.wrap_socket(sock, server_hostname=self.bind))
                 sock.sendall(b"PING\r\n")
                 reply = b""
                 while b"\r\n" not in reply:
@@ -350,14 +372,22 @@ def _https_opener(context: ssl.SSLContext | None) -> urllib.request.OpenerDirect
 
 
 def start_redis(
-    tmp_dir: Path, *, notifications: bool = True, timeout: float = 10.0, bind: str = "127.0.0.1"
+    tmp_dir: Path,
+    *,
+    notifications: bool = True,
+    timeout: float = 10.0,
+    bind: str = "127.0.0.1",
+    pki: Pki | None = None,
 ) -> EngineServer:
     """Start Redis on a free port of ``bind`` (default loopback), AOF in ``tmp_dir``; return it once healthy.
 
-    With ``notifications`` keyspace events ``KA`` are published; without, none.
+    With ``notifications`` keyspace events ``KA`` are published; without, none. With ``pki``
+    (``_certs.make_pki``) it speaks TLS only and asks each client for a certificate the CA signed.
     """
     binary = require_binary("redis-server")
     return _start_fresh(
-        lambda ports: RedisServer(binary, tmp_dir, ports, timeout, notifications=notifications, bind=bind),
+        lambda ports: RedisServer(
+            binary, tmp_dir, ports, timeout, notifications=notifications, bind=bind, pki=pki
+        ),
         1,
     )

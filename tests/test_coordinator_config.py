@@ -131,15 +131,28 @@ def tls_etcd(tmp_path: Path, pki: Pki) -> Iterator[EngineServer]:
         server.stop()
 
 
+@pytest.fixture(params=["etcd", "redis"])
+def tls_engine(request: pytest.FixtureRequest, tmp_path: Path, pki: Pki) -> Iterator[EngineServer]:
+    """etcd or Redis over TLS only, each asking every client for a certificate the CA signed."""
+    if request.param == "etcd":
+        yield request.getfixturevalue("tls_etcd")
+        return
+    server = start_redis(tmp_path, pki=pki)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 def _answer(message: Any) -> Any:
     return message
 
 
 @pytest.mark.timeout(60)
-def test_a_channel_elects_and_serves_through_an_etcd_that_asks_for_client_certificates(
-    tls_etcd: EngineServer, tmp_path: Path
+def test_a_channel_elects_and_serves_through_an_engine_that_asks_for_client_certificates(
+    tls_engine: EngineServer, tmp_path: Path
 ) -> None:
-    options: dict[str, Any] = {"coordinator": tls_etcd.url, "authkey": KEY, "ttl": TTL}
+    options: dict[str, Any] = {"coordinator": tls_engine.url, "authkey": KEY, "ttl": TTL}
     host = ipchannel.RequestChannel(
         "tls-etcd", _answer, runtime_dir=tmp_path / "a", listen="127.0.0.2:0", **options
     )
@@ -157,11 +170,12 @@ def test_a_channel_elects_and_serves_through_an_etcd_that_asks_for_client_certif
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("missing", ["everything", "client certificate"])
-def test_without_the_ca_or_the_client_certificate_a_tls_etcd_is_unavailable_naming_the_url(
-    tls_etcd: EngineServer, pki: Pki, tmp_path: Path, missing: str
+def test_without_the_ca_or_the_client_certificate_a_tls_engine_is_unavailable_naming_the_url(
+    tls_engine: EngineServer, pki: Pki, tmp_path: Path, missing: str
 ) -> None:
-    base = tls_etcd.url.partition("?")[0]
-    url = base if missing == "everything" else f"{base}?cacert={pki.ca}"
+    base = tls_engine.url.partition("?")[0]
+    ca_parameter = "cacert" if base.startswith("etcd") else "ssl_ca_certs"
+    url = base if missing == "everything" else f"{base}?{ca_parameter}={pki.ca}"
     channel = ipchannel.Channel(
         "tls-etcd", print, coordinator=url, authkey=KEY, ttl=TTL, runtime_dir=tmp_path
     )
