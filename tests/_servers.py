@@ -190,12 +190,18 @@ class EtcdServer(EngineServer):
 
     name = "etcd"
 
-    def __init__(
-        self, binary: str, tmp_dir: Path, ports: list[int], timeout: float, pki: Pki | None = None
+    def __init__(  # noqa: PLR0913 - the server's settings
+        self,
+        binary: str,
+        tmp_dir: Path,
+        ports: list[int],
+        timeout: float,
+        pki: Pki | None = None,
+        flags: tuple[str, ...] = (),
     ) -> None:
         super().__init__(binary, tmp_dir, ports, timeout)
         self.client_port, self.peer_port = ports
-        self.pki = pki
+        self.pki, self.flags = pki, flags
         scheme = "http" if pki is None else "https"
         self.client_url = f"{scheme}://127.0.0.1:{self.client_port}"
         self.url = f"etcd://127.0.0.1:{self.client_port}"
@@ -219,6 +225,7 @@ class EtcdServer(EngineServer):
             "--logger", "zap",  # the default (capnslog) prints a deprecation warning
             "--log-level", "error",
             *self._tls_flags(),
+            *self.flags,
         ]  # fmt: skip
 
     def _tls_flags(self) -> list[str]:
@@ -355,14 +362,17 @@ def _start_fresh(make: Callable[[list[int]], EngineServer], n_ports: int) -> Eng
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def start_etcd(tmp_dir: Path, timeout: float = 20.0, pki: Pki | None = None) -> EngineServer:
+def start_etcd(
+    tmp_dir: Path, timeout: float = 20.0, pki: Pki | None = None, flags: tuple[str, ...] = ()
+) -> EngineServer:
     """Start a one-member etcd on free loopback ports, data in ``tmp_dir``; return it once healthy.
 
     With ``pki`` (``_certs.make_pki``) it serves HTTPS with its server certificate and asks every
     client for a certificate the CA signed (``--client-cert-auth``); its ``url`` names the client's.
+    ``flags`` are added to etcd's command line.
     """
     binary = require_binary("etcd")
-    return _start_fresh(lambda ports: EtcdServer(binary, tmp_dir, ports, timeout, pki), 2)
+    return _start_fresh(lambda ports: EtcdServer(binary, tmp_dir, ports, timeout, pki, flags), 2)
 
 
 def _https_opener(context: ssl.SSLContext | None) -> urllib.request.OpenerDirector:

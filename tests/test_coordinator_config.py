@@ -195,7 +195,7 @@ _ROOT_PASSWORD = "se/cr:et@x"  # noqa: S105 - a test server's; a '/', a ':' and 
 
 @pytest.fixture
 def auth_etcd(tmp_path: Path) -> Iterator[EngineServer]:
-    server = start_etcd(tmp_path)
+    server = start_etcd(tmp_path, flags=("--auth-token-ttl", "1"))  # a token unused for 1 s expires
     try:
         server.enable_auth(_ROOT_PASSWORD)  # type: ignore[attr-defined]
         yield server
@@ -466,5 +466,16 @@ def test_the_watch_stream_carries_the_certificate_and_the_token(
         watch.cancel()
         assert 0.4 < waited < 5.0, waited
         assert engine.read("watched").value == b"v"
+    finally:
+        engine.close()
+
+
+@pytest.mark.timeout(60)
+def test_an_expired_etcd_token_is_replaced_by_logging_in_again(auth_etcd: EngineServer) -> None:
+    engine = EtcdEngine(parse_url(auth_etcd.url.replace("etcd://", f"etcd://root:{_ROOT_PASSWORD}@")))
+    try:
+        assert engine.claim("expiring", b"v", 5.0, 0)
+        time.sleep(3)  # the token, unused for 1 s (--auth-token-ttl), is forgotten by etcd
+        assert engine.read("expiring").value == b"v"
     finally:
         engine.close()

@@ -97,6 +97,7 @@ class EtcdEngine:
             if self._url.username is None or not any(sign in str(exc.detail_text) for sign in _AUTH_NEEDED):
                 raise
         login = {"name": self._url.username, "password": self._url.password or ""}
+        client.session.headers.pop("Authorization", None)  # etcd refuses a login that shows a stale token
         token = client.post(client.get_url("/auth/authenticate"), json=login, verify=self.ca_file)["token"]
         client.session.headers["Authorization"] = token
         return cast("dict[str, Any]", client.post(url, json=payload, verify=self.ca_file))
