@@ -190,12 +190,13 @@ class EtcdServer(EngineServer):
 
     name = "etcd"
 
-    def __init__(  # noqa: PLR0913 - the server's settings
+    def __init__(
         self,
         binary: str,
         tmp_dir: Path,
         ports: list[int],
         timeout: float,
+        *,
         pki: Pki | None = None,
         flags: tuple[str, ...] = (),
     ) -> None:
@@ -372,7 +373,7 @@ def start_etcd(
     ``flags`` are added to etcd's command line.
     """
     binary = require_binary("etcd")
-    return _start_fresh(lambda ports: EtcdServer(binary, tmp_dir, ports, timeout, pki, flags), 2)
+    return _start_fresh(lambda ports: EtcdServer(binary, tmp_dir, ports, timeout, pki=pki, flags=flags), 2)
 
 
 def _https_opener(context: ssl.SSLContext | None) -> urllib.request.OpenerDirector:
