@@ -185,7 +185,9 @@ def test_without_the_ca_or_the_client_certificate_a_tls_engine_is_unavailable_na
     finally:
         channel.close()
     assert base in str(caught.value)
-    assert "SSL" in str(caught.value) or "certificate" in str(caught.value), caught.value
+    # the engine's own words: "certificate verify failed", "certificate required", or under TLS 1.3
+    # (Redis refuses after the handshake) sometimes only "EOF occurred in violation of protocol (_ssl.c"
+    assert "ssl" in str(caught.value).lower(), caught.value
 
 
 # -- etcd with authentication (user and password) ---------------------------------------------
