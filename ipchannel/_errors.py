@@ -228,8 +228,8 @@ class CoordinatorURLError(CoordinatorError, ValueError):
     def __str__(self) -> str:
         return (
             f"coordinator URL {self.url!r}: {self.problem}; expected "
-            "etcd://HOST[:PORT][,HOST[:PORT]...][/PREFIX] "
-            "or redis://[[USER]:PASSWORD@]HOST[:PORT][/DB] (rediss:// for TLS)"
+            "etcd://[USER:PASSWORD@]HOST[:PORT][,HOST[:PORT]...][/PREFIX] "
+            "or redis://[[USER]:PASSWORD@]HOST[:PORT][/DB] (etcds:// and rediss:// for TLS)"
         )
 
     def __reduce__(self) -> tuple[Any, ...]:

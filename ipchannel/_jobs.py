@@ -151,6 +151,8 @@ def run_on_host(  # noqa: PLR0913 - keyword-only options, as Channel has
     advertise: str | None = None,
     ttl: float | None = None,
     ssl_context: ssl.SSLContext | tuple[ssl.SSLContext, ssl.SSLContext] | None = None,
+    server_hostname: str | None = None,
+    ssl_verify: bool = True,
 ) -> HostJob:
     """Run ``func()`` every ``every`` seconds in the process that hosts ``channel``, and only there.
 
@@ -171,6 +173,8 @@ def run_on_host(  # noqa: PLR0913 - keyword-only options, as Channel has
         "advertise": advertise,
         "ttl": ttl,
         "ssl_context": ssl_context,
+        "server_hostname": server_hostname,
+        "ssl_verify": None if ssl_verify is True else ssl_verify,  # None: the default, not an option given
     }
     _check_channel(channel, options)
     if not callable(func):

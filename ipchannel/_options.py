@@ -1,25 +1,27 @@
-"""What the caller chose: a channel's name and its seven backend options, checked once.
+"""What the caller chose: a channel's name and its nine backend options, checked once.
 
 Every public class takes the same backend options (``runtime_dir``, ``authkey``,
-``coordinator``, ``listen``, ``advertise``, ``ttl``, ``ssl_context``). ``Options.build``
-checks them once, reads the environment for those not given (``IPCHANNEL_DIR``,
-``IPCHANNEL_COORDINATOR``, ``IPCHANNEL_LISTEN``, ``IPCHANNEL_ADVERTISE``: a deployment
-moves to a coordinator without a code change), and the one ``Options`` is carried down
+``coordinator``, ``listen``, ``advertise``, ``ttl``, ``ssl_context``, ``server_hostname``,
+``ssl_verify``). ``Options.build`` checks them once, reads the environment for those not
+given (``IPCHANNEL_DIR``, ``IPCHANNEL_COORDINATOR``, ``IPCHANNEL_LISTEN``,
+``IPCHANNEL_ADVERTISE``, ``IPCHANNEL_SERVER_HOSTNAME``: a deployment moves to a
+coordinator without a code change), and the one ``Options`` is carried down
 to the backend chooser (``_backends``). Nothing here touches the filesystem or the network.
 Bad input: TypeError (wrong type) or ValueError (wrong value) naming the option.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
-import ssl
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from ._auth import validate_authkey
+from ._tls_options import TlsConfig, validate_tls
 from ._url import CoordinatorURL, parse_url
 
 __all__ = [
@@ -48,14 +50,6 @@ def validate_name(name: object) -> str:
 
 
 @dataclass(frozen=True)
-class TlsConfig:
-    """The TLS contexts of ``ssl_context=``: ``host`` wraps accepted connections, ``client`` dialed ones."""
-
-    host: ssl.SSLContext
-    client: ssl.SSLContext
-
-
-@dataclass(frozen=True)
 class Options:
     """A channel's backend options, checked; without a coordinator the cross-machine ones keep defaults."""
 
@@ -70,7 +64,7 @@ class Options:
     tls: TlsConfig | None = None
 
     @classmethod
-    def build(  # noqa: PLR0913 - the seven options every public class takes
+    def build(  # noqa: PLR0913 - the nine options every public class takes
         cls,
         *,
         runtime_dir: object = None,
@@ -80,13 +74,22 @@ class Options:
         advertise: object = None,
         ttl: object = None,
         ssl_context: object = None,
+        server_hostname: object = None,
+        ssl_verify: object = None,
     ) -> Options:
         """Check the options (the environment fills in those not given) or raise naming the bad one."""
         key = validate_authkey(authkey)
         directory = resolve_runtime_dir(runtime_dir)
         url_text = _from_environment(coordinator, "IPCHANNEL_COORDINATOR")
         if url_text is None:
-            _refuse_remote_only(listen=listen, advertise=advertise, ttl=ttl, ssl_context=ssl_context)
+            _refuse_remote_only(
+                listen=listen,
+                advertise=advertise,
+                ttl=ttl,
+                ssl_context=ssl_context,
+                server_hostname=server_hostname,
+                ssl_verify=None if ssl_verify is True else ssl_verify,  # True: the default, said aloud
+            )
             return cls(directory, key)
         url = parse_url(url_text)
         if key is None:
@@ -96,10 +99,15 @@ class Options:
                 "(e.g. os.urandom(32), distributed like a password) to every process"
             )
         seconds = _validate_ttl(ttl)
-        tls = _validate_ssl_context(ssl_context)
+        pinned = (
+            server_hostname
+            if ssl_context is None
+            else _from_environment(server_hostname, "IPCHANNEL_SERVER_HOSTNAME")
+        )
+        tls = validate_tls(ssl_context, pinned, True if ssl_verify is None else ssl_verify)
         bind = parse_address(_from_environment(listen, "IPCHANNEL_LISTEN") or _DEFAULT_LISTEN, "listen")
         advertise_text = _from_environment(advertise, "IPCHANNEL_ADVERTISE")
-        advertised = None if advertise_text is None else parse_address(advertise_text, "advertise")
+        advertised = None if advertise_text is None else _dialable(parse_address(advertise_text, "advertise"))
         return cls(directory, key, url, bind, advertised, seconds, tls)
 
 
@@ -138,7 +146,9 @@ def parse_address(value: object, name: str) -> tuple[str, int]:
     host, sep, port_text = value.rpartition(":")
     if not sep or not host:
         raise ValueError(f"{name} must be 'HOST:PORT' (port 0 for any free port), not {value!r}")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if host.startswith("[") != host.endswith("]"):
+        raise ValueError(f"{name} must put an IPv6 address in brackets, '[V6]:PORT', not {value!r}")
+    host = host[1:-1] if host.startswith("[") else host
     try:
         port = int(port_text)
     except ValueError:
@@ -146,6 +156,21 @@ def parse_address(value: object, name: str) -> tuple[str, int]:
     if not 0 <= port <= 65535:
         raise ValueError(f"{name}'s port must be 0-65535, not {port}")
     return host, port
+
+
+def _dialable(address: tuple[str, int]) -> tuple[str, int]:
+    """Return ``address`` if others can dial it; ValueError for a wildcard, which is only for ``listen``."""
+    try:
+        wildcard = ipaddress.ip_address(address[0]).is_unspecified
+    except ValueError:
+        wildcard = False  # a name: whatever it resolves to, it is not the wildcard
+    if wildcard:
+        raise ValueError(
+            f"advertise must be an address other machines can dial, not {address[0]!r} (any interface: "
+            "an address to listen on): give this machine's address on the network they share (e.g. "
+            "'10.0.0.11:0'), or leave advertise unset for the one this machine reaches the coordinator from"
+        )
+    return address
 
 
 def _validate_ttl(ttl: object) -> float:
@@ -159,24 +184,6 @@ def _validate_ttl(ttl: object) -> float:
             f"ttl must be a finite number of seconds >= 1 (etcd leases have whole seconds), not {ttl!r}"
         )
     return float(ttl)
-
-
-def _validate_ssl_context(value: object) -> TlsConfig | None:
-    """Return the TLS configuration for ``ssl_context=`` (None: plain TCP), or raise TypeError."""
-    if value is None:
-        return None
-    if isinstance(value, ssl.SSLContext):
-        return TlsConfig(value, value)
-    if (
-        isinstance(value, tuple)
-        and len(value) == 2
-        and all(isinstance(item, ssl.SSLContext) for item in value)
-    ):
-        return TlsConfig(value[0], value[1])
-    raise TypeError(
-        "ssl_context must be an ssl.SSLContext, a pair (host_side, client_side) of them, or None; "
-        f"not {type(value).__name__}"
-    )
 
 
 def _from_environment(value: object, variable: str) -> object:

@@ -20,8 +20,10 @@ import shlex
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
+import urllib.parse
 import urllib.request
 from typing import TYPE_CHECKING
 
@@ -30,6 +32,8 @@ import pytest
 if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
+
+    from _certs import Pki
 
 _INSTALL_HINTS = {
     "etcd": "sudo apt-get install etcd-server",
@@ -186,11 +190,25 @@ class EtcdServer(EngineServer):
 
     name = "etcd"
 
-    def __init__(self, binary: str, tmp_dir: Path, ports: list[int], timeout: float) -> None:
+    def __init__(
+        self,
+        binary: str,
+        tmp_dir: Path,
+        ports: list[int],
+        timeout: float,
+        *,
+        pki: Pki | None = None,
+        flags: tuple[str, ...] = (),
+    ) -> None:
         super().__init__(binary, tmp_dir, ports, timeout)
         self.client_port, self.peer_port = ports
-        self.client_url = f"http://127.0.0.1:{self.client_port}"
+        self.pki, self.flags = pki, flags
+        scheme = "http" if pki is None else "https"
+        self.client_url = f"{scheme}://127.0.0.1:{self.client_port}"
         self.url = f"etcd://127.0.0.1:{self.client_port}"
+        if pki is not None:  # what a client needs: our CA, and a certificate it signed
+            files = {"cacert": pki.ca, "cert": pki.client_cert, "key": pki.client_key}
+            self.url = f"etcds://127.0.0.1:{self.client_port}?{urllib.parse.urlencode(files)}"
 
     def _command(self) -> list[str]:
         peer = f"http://127.0.0.1:{self.peer_port}"
@@ -207,15 +225,51 @@ class EtcdServer(EngineServer):
             "--election-timeout", "500",
             "--logger", "zap",  # the default (capnslog) prints a deprecation warning
             "--log-level", "error",
+            *self._tls_flags(),
+            *self.flags,
         ]  # fmt: skip
+
+    def _tls_flags(self) -> list[str]:
+        """With a ``pki``: HTTPS for clients, each required to show a certificate our CA signed."""
+        if self.pki is None:
+            return []
+        return [
+            "--client-cert-auth",
+            "--trusted-ca-file", self.pki.ca,
+            "--cert-file", self.pki.server_cert,
+            "--key-file", self.pki.server_key,
+        ]  # fmt: skip
+
+    def _health_context(self) -> ssl.SSLContext | None:
+        if self.pki is None:
+            return None
+        context = ssl.create_default_context(cafile=self.pki.ca)
+        context.load_cert_chain(self.pki.client_cert, self.pki.client_key)
+        return context
 
     def _env(self) -> dict[str, str]:
         # ETCD_* variables would be read as flags too (and conflict with ours).
         return {k: v for k, v in os.environ.items() if not k.startswith("ETCD_")}
 
+    def enable_auth(self, root_password: str) -> None:
+        """Turn on etcd's authentication, with the user ``root`` (role ``root``) and this password."""
+        assert self.pki is None  # plain HTTP here: what a test of credentials alone needs
+        for path, body in (
+            ("auth/role/add", {"name": "root"}),
+            ("auth/user/add", {"name": "root", "password": root_password}),
+            ("auth/user/grant", {"user": "root", "role": "root"}),
+            ("auth/enable", {}),
+        ):
+            request = urllib.request.Request(  # noqa: S310 - our own server, on loopback
+                f"{self.client_url}/v3/{path}", data=json.dumps(body).encode(), method="POST"
+            )
+            with _HTTP.open(request, timeout=5) as resp:
+                resp.read()
+
     def _healthy(self) -> bool:
         try:
-            with _HTTP.open(f"{self.client_url}/health", timeout=0.5) as resp:
+            opener = _HTTP if self.pki is None else _https_opener(self._health_context())
+            with opener.open(f"{self.client_url}/health", timeout=0.5) as resp:
                 body = json.loads(resp.read())
         except (OSError, http.client.HTTPException, ValueError):  # refused, reset, timeout, 503, not JSON
             return False
@@ -228,29 +282,61 @@ class RedisServer(EngineServer):
     name = "redis"
 
     def __init__(
-        self, binary: str, tmp_dir: Path, ports: list[int], timeout: float, *, notifications: bool
+        self,
+        binary: str,
+        tmp_dir: Path,
+        ports: list[int],
+        timeout: float,
+        *,
+        notifications: bool,
+        bind: str = "127.0.0.1",
+        pki: Pki | None = None,
     ) -> None:
         super().__init__(binary, tmp_dir, ports, timeout)
         self.port = ports[0]
         self.notifications = notifications
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.bind = bind
+        self.pki = pki
+        self.url = f"redis://{bind}:{self.port}/0"
+        if pki is not None:  # TLS only, and a client certificate the CA signed (tls-auth-clients)
+            files = {"ssl_ca_certs": pki.ca, "ssl_certfile": pki.client_cert, "ssl_keyfile": pki.client_key}
+            self.url = f"rediss://{bind}:{self.port}/0?{urllib.parse.urlencode(files)}"
 
     def _command(self) -> list[str]:
         return [
             self.binary,
             "--port", str(self.port),
-            "--bind", "127.0.0.1",
+            "--bind", self.bind,
             "--dir", str(self.data_dir),
             "--appendonly", "yes",
             "--appendfsync", "always",
             "--save", "",
             "--daemonize", "no",
             "--notify-keyspace-events", "KA" if self.notifications else "",
+            # on another address it would refuse its own machine's clients without a password
+            "--protected-mode", "yes" if self.bind == "127.0.0.1" else "no",
+            *self._tls_flags(),
+        ]  # fmt: skip
+
+    def _tls_flags(self) -> list[str]:
+        if self.pki is None:
+            return []
+        return [
+            "--port", "0",  # no plain TCP port (the last --port wins)
+            "--tls-port", str(self.port),
+            "--tls-cert-file", self.pki.server_cert,
+            "--tls-key-file", self.pki.server_key,
+            "--tls-ca-cert-file", self.pki.ca,
         ]  # fmt: skip
 
     def _healthy(self) -> bool:
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+            with contextlib.ExitStack() as stack:
+                sock = stack.enter_context(socket.create_connection((self.bind, self.port), timeout=0.5))
+                if self.pki is not None:
+                    context = ssl.create_default_context(cafile=self.pki.ca)
+                    context.load_cert_chain(self.pki.client_cert, self.pki.client_key)
+                    sock = stack.enter_context(context.wrap_socket(sock, server_hostname=self.bind))
                 sock.sendall(b"PING\r\n")
                 reply = b""
                 while b"\r\n" not in reply:
@@ -277,18 +363,42 @@ def _start_fresh(make: Callable[[list[int]], EngineServer], n_ports: int) -> Eng
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def start_etcd(tmp_dir: Path, timeout: float = 20.0) -> EngineServer:
-    """Start a one-member etcd on free loopback ports, data in ``tmp_dir``; return it once healthy."""
+def start_etcd(
+    tmp_dir: Path, timeout: float = 20.0, pki: Pki | None = None, flags: tuple[str, ...] = ()
+) -> EngineServer:
+    """Start a one-member etcd on free loopback ports, data in ``tmp_dir``; return it once healthy.
+
+    With ``pki`` (``_certs.make_pki``) it serves HTTPS with its server certificate and asks every
+    client for a certificate the CA signed (``--client-cert-auth``); its ``url`` names the client's.
+    ``flags`` are added to etcd's command line.
+    """
     binary = require_binary("etcd")
-    return _start_fresh(lambda ports: EtcdServer(binary, tmp_dir, ports, timeout), 2)
+    return _start_fresh(lambda ports: EtcdServer(binary, tmp_dir, ports, timeout, pki=pki, flags=flags), 2)
 
 
-def start_redis(tmp_dir: Path, *, notifications: bool = True, timeout: float = 10.0) -> EngineServer:
-    """Start Redis on a free loopback port, AOF in ``tmp_dir``; return it once healthy.
+def _https_opener(context: ssl.SSLContext | None) -> urllib.request.OpenerDirector:
+    return urllib.request.build_opener(
+        urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context)
+    )
 
-    With ``notifications`` keyspace events ``KA`` are published; without, none.
+
+def start_redis(
+    tmp_dir: Path,
+    *,
+    notifications: bool = True,
+    timeout: float = 10.0,
+    bind: str = "127.0.0.1",
+    pki: Pki | None = None,
+) -> EngineServer:
+    """Start Redis on a free port of ``bind`` (default loopback), AOF in ``tmp_dir``; return it once healthy.
+
+    With ``notifications`` keyspace events ``KA`` are published; without, none. With ``pki``
+    (``_certs.make_pki``) it speaks TLS only and asks each client for a certificate the CA signed.
     """
     binary = require_binary("redis-server")
     return _start_fresh(
-        lambda ports: RedisServer(binary, tmp_dir, ports, timeout, notifications=notifications), 1
+        lambda ports: RedisServer(
+            binary, tmp_dir, ports, timeout, notifications=notifications, bind=bind, pki=pki
+        ),
+        1,
     )

@@ -333,7 +333,7 @@ def test_a_wrong_authkey_is_refused_clearly(machines: Machines) -> None:
         ("redis://h:port", "is not a number"),
         ("redis://h:6379/zero", "database"),
         ("redis://a:1,b:2", "one server"),
-        ("etcd://user:pw@h", "credentials"),
+        ("etcd://pw@h", "credentials must be USER:PASSWORD"),
     ],
 )
 def test_a_bad_coordinator_url_names_the_url_and_the_problem(url: str, problem: str) -> None:

@@ -83,7 +83,8 @@ class AsyncRequestChannel:
     :param workers: threads running this channel's blocking calls (1-256, default 8): at most
         that many requests of this process are in flight at once; more wait for a free one.
     :param name, on_request, codec, runtime_dir, max_message_size, authkey, may_host,
-        coordinator, listen, advertise, ttl, ssl_context: as for ``RequestChannel``.
+        coordinator, listen, advertise, ttl, ssl_context, server_hostname, ssl_verify: as for
+        ``RequestChannel``.
         ``on_request`` runs in a handler thread of the host, so it must not be a coroutine function.
     """
 
@@ -105,6 +106,8 @@ class AsyncRequestChannel:
         advertise: str | None = None,
         ttl: float | None = None,
         ssl_context: ssl.SSLContext | tuple[ssl.SSLContext, ssl.SSLContext] | None = None,
+        server_hostname: str | None = None,
+        ssl_verify: bool = True,
     ) -> None:
         check_plain_function("on_request", on_request)
         workers = validate_workers(workers)
@@ -121,6 +124,8 @@ class AsyncRequestChannel:
             advertise=advertise,
             ttl=ttl,
             ssl_context=ssl_context,
+            server_hostname=server_hostname,
+            ssl_verify=ssl_verify,
             _kind=self._kind,  # errors name the class the user holds
         )
         self._runner = Runner(self._sync.channel.name, self._kind, workers)

@@ -53,10 +53,10 @@ class AsyncSharedDict(Mapping[Any, Any]):
 
     :param workers: threads running the writes (1-256, default 8): writes in flight at once.
     :param name, codec, runtime_dir, authkey, timeout, coordinator, listen, advertise, ttl,
-        ssl_context: as for ``SharedDict``: ``timeout`` bounds opening and each write once a
-        worker runs it; a write still waiting for a worker after ``timeout`` raises
-        ``ChannelTimeout`` unsent. Every option is checked here; the runtime directory is made
-        when it opens.
+        ssl_context, server_hostname, ssl_verify: as for ``SharedDict``: ``timeout`` bounds
+        opening and each write once a worker runs it; a write still waiting for a worker after
+        ``timeout`` raises ``ChannelTimeout`` unsent. Every option is checked here; the runtime
+        directory is made when it opens.
     """
 
     def __init__(  # noqa: PLR0913 - keyword-only options, as SharedDict has
@@ -73,6 +73,8 @@ class AsyncSharedDict(Mapping[Any, Any]):
         advertise: str | None = None,
         ttl: float | None = None,
         ssl_context: ssl.SSLContext | tuple[ssl.SSLContext, ssl.SSLContext] | None = None,
+        server_hostname: str | None = None,
+        ssl_verify: bool = True,
     ) -> None:
         self._name = validate_name(name)
         workers = validate_workers(workers)
@@ -86,6 +88,8 @@ class AsyncSharedDict(Mapping[Any, Any]):
             advertise=advertise,
             ttl=ttl,
             ssl_context=ssl_context,
+            server_hostname=server_hostname,
+            ssl_verify=ssl_verify,
         )
         self._dict: SharedDict | None = None
         self._replica: Mapping[Any, Any] = _NotOpen(self._name)

@@ -80,8 +80,11 @@ class Channel:
         machine reaches the coordinator from.
     :param ttl: seconds a host's claim outlives its last renewal (default 5, at least 1): the
         failover time after a crash. The host renews every ttl/3 and stops serving a margin before.
-    :param ssl_context: TLS for the TCP transport: an ``ssl.SSLContext`` for both sides, or a
-        pair ``(host_side, client_side)``; None is plain TCP (the authkey still applies).
+    :param ssl_context: TLS for the TCP transport: a pair ``(host_side, client_side)`` of
+        ``ssl.SSLContext`` (or one for both); None is plain TCP (the authkey still applies).
+    :param server_hostname: the name hosts' certificates carry (default: the recorded address;
+        None reads ``IPCHANNEL_SERVER_HOSTNAME``). ``ssl_verify=False`` lets a client side that
+        does not verify it pass (refused by default: anyone on the path could pose as the host).
     :raises ValueError: the name breaks the rule above; a coordinator without ``authkey``.
     :raises TypeError: the handler is neither accepted form.
     :raises RuntimeDirError: the runtime directory cannot be created or used safely.
@@ -106,6 +109,8 @@ class Channel:
         advertise: str | None = None,
         ttl: float | None = None,
         ssl_context: ssl.SSLContext | tuple[ssl.SSLContext, ssl.SSLContext] | None = None,
+        server_hostname: str | None = None,
+        ssl_verify: bool = True,
         _options: Options | None = None,
         _backend: Backend | None = None,
     ) -> None:
@@ -119,6 +124,8 @@ class Channel:
             advertise=advertise,
             ttl=ttl,
             ssl_context=ssl_context,
+            server_hostname=server_hostname,
+            ssl_verify=ssl_verify,
         )
         for option, value in (("auto_reconnect", auto_reconnect), ("may_host", may_host)):
             if not isinstance(value, bool):

@@ -16,7 +16,7 @@ import threading
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from .. import _fork
-from .._errors import MissingExtraError
+from .._errors import CoordinatorError, MissingExtraError
 
 if TYPE_CHECKING:
     from .._url import CoordinatorURL
@@ -135,6 +135,7 @@ def _new_engine(url: CoordinatorURL) -> Engine:
         found = False
     if not found:
         raise MissingExtraError(url.text, module, extra)
+    _check_tls_files(url)
     if url.engine == "etcd":
         from .etcd import EtcdEngine  # noqa: PLC0415 - needs the optional extra
 
@@ -142,6 +143,21 @@ def _new_engine(url: CoordinatorURL) -> Engine:
     from .redis import RedisEngine  # noqa: PLC0415 - needs the optional extra
 
     return RedisEngine(url)
+
+
+def _check_tls_files(url: CoordinatorURL) -> None:
+    """Raise CoordinatorError if a TLS file the URL names cannot be read (its client would say it late)."""
+    for what, path in (("CA", url.ca_file), ("client certificate", url.cert_file), ("key", url.key_file)):
+        if path is None:
+            continue
+        try:
+            with open(path, "rb"):  # one open, to learn whether this process may read it
+                pass
+        except OSError as exc:
+            raise CoordinatorError(
+                f"coordinator {url.text}: cannot read its {what} file {path}: {exc.strerror}; "
+                "check the path in the URL and that this process's user may read it"
+            ) from None
 
 
 def facing_address(endpoint: tuple[str, int]) -> str | None:

@@ -33,6 +33,8 @@ from etcd3gw.exceptions import Etcd3Exception
 __all__ = ["EtcdEngine"]
 
 REQUEST_TIMEOUT = 1.0  # seconds one call may wait for one etcd endpoint
+#: what etcd answers a call without a valid token (etcdserver's ErrUserEmpty, ErrInvalidAuthToken)
+_AUTH_NEEDED = ("user name is empty", "invalid auth token")
 
 
 def _b64(data: str | bytes) -> str:
@@ -46,7 +48,16 @@ class EtcdEngine:
         self._url = url
         protocol = "https" if url.tls else "http"
         self._clients = [
-            Etcd3Client(host=host, port=port, protocol=protocol, timeout=REQUEST_TIMEOUT, api_path="/v3/")
+            Etcd3Client(
+                host=host,
+                port=port,
+                protocol=protocol,
+                ca_cert=url.ca_file,
+                cert_cert=url.cert_file,
+                cert_key=url.key_file,
+                timeout=REQUEST_TIMEOUT,
+                api_path="/v3/",
+            )
             for host, port in url.endpoints
         ]
         self._index = 0
@@ -67,11 +78,46 @@ class EtcdEngine:
         for _ in self._clients:
             client = self._clients[self._index]
             try:
-                return cast("dict[str, Any]", client.post(client.get_url(path), json=payload))
+                return self._post(client, path, payload)
             except Etcd3Exception as exc:
                 problems.append(f"{client.host}:{client.port}: {type(exc).__name__} {exc.detail_text or exc}")
                 self._index = (self._index + 1) % len(self._clients)
         raise EngineUnavailable("; ".join(problems))
+
+    def _post(self, client: Etcd3Client, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """POST once, authenticating first (``USER:PASSWORD@``) if etcd says the token is missing or stale.
+
+        etcd3gw has no authentication of its own: etcd's gateway takes the token of
+        ``/v3/auth/authenticate`` in the ``Authorization`` header, on the client's session.
+        """
+        url = client.get_url(path)
+        try:
+            return cast("dict[str, Any]", client.post(url, json=payload, verify=self.ca_file))
+        except Etcd3Exception as exc:
+            if self._url.username is None or not any(sign in str(exc.detail_text) for sign in _AUTH_NEEDED):
+                raise
+        login = {"name": self._url.username, "password": self._url.password or ""}
+        client.session.headers.pop("Authorization", None)  # etcd refuses a login that shows a stale token
+        token = client.post(client.get_url("/auth/authenticate"), json=login, verify=self.ca_file)["token"]
+        client.session.headers["Authorization"] = token
+        return cast("dict[str, Any]", client.post(url, json=payload, verify=self.ca_file))
+
+    @property
+    def ca_file(self) -> str | None:
+        """The CA the URL names, given to each request (None: the default, the system's).
+
+        On the session it would lose to ``REQUESTS_CA_BUNDLE`` (requests merges the
+        environment over a session's ``verify``, psf/requests#3829); on the request it wins.
+        """
+        return self._url.ca_file
+
+    def prepare(self, session: requests.Session) -> str:
+        """Give ``session`` what the last endpoint's client has (client certificate, token); the watch URL."""
+        client = self._clients[self._index]
+        session.cert = client.session.cert
+        if token := client.session.headers.get("Authorization"):
+            session.headers["Authorization"] = token
+        return client.get_url("/watch")
 
     def read(self, name: str) -> Snapshot:
         result = self._call("/kv/range", {"key": _b64(self._key(name))})
@@ -210,11 +256,6 @@ class EtcdEngine:
         for client in self._clients:
             client.session.close()
 
-    def watch_url(self) -> str:
-        """Return the gateway URL of the watch stream, on the endpoint that answered last."""
-        client = self._clients[self._index]
-        return client.get_url("/watch")
-
 
 class _EtcdWatch:
     """One streamed ``/v3/watch`` request at a time, on a session of its own; ``cancel()`` shuts it."""
@@ -231,10 +272,11 @@ class _EtcdWatch:
         request = {"create_request": {"key": _b64(self._key), "start_revision": after.revision + 1}}
         try:
             response = self._session.post(
-                self._engine.watch_url(),
+                self._engine.prepare(self._session),
                 json=cast("Any", request),
                 stream=True,
                 timeout=(REQUEST_TIMEOUT, timeout),
+                verify=self._engine.ca_file,
             )
         except requests.RequestException as exc:
             raise EngineUnavailable(f"watch: {exc}") from exc

@@ -101,6 +101,9 @@ class RedisEngine:
             username=url.username,
             password=url.password,
             ssl=url.tls,
+            ssl_ca_certs=url.ca_file,
+            ssl_certfile=url.cert_file,
+            ssl_keyfile=url.key_file,
             socket_timeout=REQUEST_TIMEOUT,
             socket_connect_timeout=REQUEST_TIMEOUT,
             retry=Retry(NoBackoff(), 0),  # an engine that does not answer is the caller's to wait for

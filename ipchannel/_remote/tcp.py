@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import ipaddress
 import logging
 import select
 import socket
@@ -41,6 +42,7 @@ CONNECT_TIMEOUT = 1.0  # seconds to wait for a TCP connection to a recorded host
 _HELLO = struct.Struct("!Q")
 _WILDCARDS = {"", "0.0.0.0", "::"}  # noqa: S104 - addresses to replace, not to bind
 _BACKLOG = 128
+_WARNED: set[tuple[str, str]] = set()  # (channel, host) published on loopback to a remote engine, warned
 #: TCP keepalive (idle, interval, count) on every connection, both ends: a peer whose machine died or
 #: whose NAT forgot the connection is noticed within about 11 s (``_platform.keep_alive``)
 KEEPALIVE = (5.0, 2.0, 3)
@@ -92,7 +94,9 @@ class TcpTransport:
             return None  # refused, unreachable or slow: asked again once the record says more
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         _platform.keep_alive(raw, *KEEPALIVE)
-        session = None if self._tls is None else TlsSession(self._tls.client, host)
+        session = (
+            None if self._tls is None else TlsSession(self._tls.client, self._tls.server_name(host), host)
+        )
         try:
             generation = self._greet(raw, session)
         except ChannelError:  # TLS or the authkey refused us: clear, and not a host change
@@ -135,7 +139,8 @@ class TcpTransport:
             with socket.create_connection((host, port), timeout=CONNECT_TIMEOUT) as raw:
                 if self._tls is None:
                     return bool(raw.recv(1))
-                with self._tls.client.wrap_socket(raw, server_hostname=host) as probe:  # speaks after ours
+                name = self._tls.server_name(host)
+                with self._tls.client.wrap_socket(raw, server_hostname=name) as probe:  # speaks after ours
                     return bool(probe.recv(1))
         except (OSError, ValueError):
             return False
@@ -164,6 +169,7 @@ class TcpListener:
         elif host in _WILDCARDS:
             host = default_host() or socket.getfqdn()
         self._address = format_address(host, port)
+        _warn_if_only_this_machine_can_dial(name, host, default_host)
 
     @property
     def address(self) -> str:
@@ -223,6 +229,37 @@ class TcpListener:
 
     def abandon_after_fork(self) -> None:
         self._sock.close()
+
+
+def _warn_if_only_this_machine_can_dial(name: str, host: str, default_host: Callable[[], str | None]) -> None:
+    """Log a WARNING, once per channel and address, for a loopback address published to a remote engine.
+
+    The engine is remote when this machine reaches it from an address that is not loopback;
+    a loopback engine with loopback addresses is one machine playing several (a test).
+    """
+    if (name, host) in _WARNED or not _is_loopback(host):
+        return
+    facing = default_host()
+    if facing is None or _is_loopback(facing):
+        return
+    _WARNED.add((name, host))
+    _LOGGER.warning(
+        "channel %r: publishing %s, a loopback address, to a coordinator this machine reaches from %s: "
+        "processes on other machines cannot dial it; set advertise= (IPCHANNEL_ADVERTISE) to this "
+        "machine's address on the network they share, or listen on it",
+        name,
+        host,
+        facing,
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.partition("%")[0]).is_loopback
+    except ValueError:
+        return False  # a name: whatever it resolves to (not asked here)
 
 
 def _bound(name: str, bind: tuple[str, int]) -> socket.socket:

@@ -30,12 +30,13 @@ CHUNK = 65536  # bytes read from the wire at a time
 class TlsSession:
     """The client side of one TLS connection, on memory BIOs (an ``ssl.SSLObject``)."""
 
-    def __init__(self, context: ssl.SSLContext, server_hostname: str) -> None:
+    def __init__(self, context: ssl.SSLContext, server_hostname: str, address: str | None = None) -> None:
+        """Begin a session with the host at ``address`` whose certificate must name ``server_hostname``."""
         self._incoming, self._outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         self._tls = context.wrap_bio(
             self._incoming, self._outgoing, server_side=False, server_hostname=server_hostname
         )
-        self._server_hostname = server_hostname
+        self._server_hostname, self._address = server_hostname, address or server_hostname
         self._tls_lock = threading.Lock()  # the SSLObject and its BIOs; never held across socket I/O
         self._send_lock = threading.Lock()  # keeps TLS records in order on the wire
 
@@ -57,9 +58,11 @@ class TlsSession:
                             "the host closed the connection during the TLS handshake"
                         ) from None
         except ssl.SSLError as exc:
+            pinned = self._server_hostname != self._address
             raise ChannelError(
-                f"channel {channel!r}: TLS with the host at {self._server_hostname} failed: {exc}; "
-                "check that ssl_context trusts the host's certificate and that it names this address"
+                f"channel {channel!r}: TLS with the host at {self._address} failed: {exc}; check that "
+                f"ssl_context trusts the host's certificate and that it names {self._server_hostname!r} "
+                + ("(server_hostname=)" if pinned else "(its address; server_hostname= pins a name instead)")
             ) from exc
         finally:
             sock.settimeout(previous)

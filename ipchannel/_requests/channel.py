@@ -67,7 +67,8 @@ class RequestChannel:
         replayed if the host still has it, else reported to ``on_missed`` callbacks.
     :param authkey: as for ``Channel``: every process must pass the same key.
     :param may_host: as for ``Channel`` (settable later on ``.channel.may_host``).
-    :param coordinator, listen, advertise, ttl, ssl_context: as for ``Channel``: across machines.
+    :param coordinator, listen, advertise, ttl, ssl_context, server_hostname, ssl_verify: as for
+        ``Channel``: across machines.
     """
 
     def __init__(  # noqa: PLR0913 - keyword-only options, as Channel has
@@ -87,6 +88,8 @@ class RequestChannel:
         advertise: str | None = None,
         ttl: float | None = None,
         ssl_context: ssl.SSLContext | tuple[ssl.SSLContext, ssl.SSLContext] | None = None,
+        server_hostname: str | None = None,
+        ssl_verify: bool = True,
         _options: Options | None = None,
         _kind: str = "RequestChannel",
         _confirmations: Confirmations | None = None,
@@ -107,6 +110,8 @@ class RequestChannel:
             advertise=advertise,
             ttl=ttl,
             ssl_context=ssl_context,
+            server_hostname=server_hostname,
+            ssl_verify=ssl_verify,
         )
         self._host = RequestHost(
             name,

@@ -72,7 +72,8 @@ class SharedDict(MutableMapping[Any, Any]):
     :param max_message_size: as for ``RequestChannel``: the largest encoded write.
     :param max_backlog, max_lag: as for ``RequestChannel``: how far one replica may fall behind
         (stopped, swapped out, cut off) before the host cuts it off; it resyncs once it runs.
-    :param coordinator, listen, advertise, ttl, ssl_context: as for ``Channel``: across machines.
+    :param coordinator, listen, advertise, ttl, ssl_context, server_hostname, ssl_verify: as for
+        ``Channel``: across machines.
     :raises TypeError: (from a write) a key or value the codec would not bring back equal.
     :raises ChannelClosed: any read or write after ``close()``.
     """
@@ -93,6 +94,8 @@ class SharedDict(MutableMapping[Any, Any]):
         advertise: str | None = None,
         ttl: float | None = None,
         ssl_context: ssl.SSLContext | tuple[ssl.SSLContext, ssl.SSLContext] | None = None,
+        server_hostname: str | None = None,
+        ssl_verify: bool = True,
         _options: Options | None = None,
     ) -> None:
         self._timeout = validate_timeout(timeout)
@@ -126,6 +129,8 @@ class SharedDict(MutableMapping[Any, Any]):
             advertise=advertise,
             ttl=ttl,
             ssl_context=ssl_context,
+            server_hostname=server_hostname,
+            ssl_verify=ssl_verify,
             _options=_options,
             _kind="SharedDict",  # errors name the class the user holds
             _confirmations=Confirmations(

@@ -48,6 +48,8 @@ _DICT_OPTIONS: dict[str, tuple[type, ...]] = {
     "advertise": (str, type(None)),
     "ttl": (int, float, type(None)),
     "ssl_context": (object,),
+    "server_hostname": (str, type(None)),
+    "ssl_verify": (bool,),
 }
 _CACHE_OPTIONS = {"MAX_ENTRIES": 1, "CULL_FREQUENCY": 0}  # BaseCache's own, with their least value
 
@@ -58,7 +60,7 @@ class SharedDictCache(BaseCache):  # type: ignore[misc] # Django ships no type i
     OPTIONS: ``MAX_ENTRIES`` (300) and ``CULL_FREQUENCY`` (3) as for LocMemCache; and SharedDict's
     keyword arguments: ``timeout`` (seconds a write may wait for a host, not the entries' TIMEOUT),
     ``runtime_dir``, ``authkey``, and ``coordinator``, ``listen``, ``advertise``, ``ttl``,
-    ``ssl_context`` across machines.
+    ``ssl_context``, ``server_hostname``, ``ssl_verify`` across machines.
 
     :raises TypeError, ValueError: an OPTIONS key that is unknown, or of the wrong type or value.
     """
