@@ -116,7 +116,15 @@ class HostJob:
             self._thread.start()
 
     def _demoted(self, _generation: int = 0) -> None:
-        """Stop this term's runs; wait for one going on, unless its claim already lapsed (then say so)."""
+        """End the job's term as this process stops hosting, before it lets go of its lock or claim."""
+        self._end_term(letting_go=True)
+
+    def _end_term(self, *, letting_go: bool) -> None:
+        """Stop this term's runs; wait for one going on, unless its claim already lapsed (then say so).
+
+        ``letting_go``: the claim is released once this returns (a step-down; ``stop()`` of the
+        job's own channel), so a run still going then outlives it.
+        """
         with self._lock:
             thread, self._thread = self._thread, None
             self._stop_term.set()
@@ -127,12 +135,22 @@ class HostJob:
             self._outlived(problem)
         else:
             thread.join(self._stop_timeout)
-        if thread.is_alive():
-            with self._lock:
-                self._previous = thread  # this process runs it again only once that run ended
+        if not thread.is_alive():
+            return
+        with self._lock:
+            self._previous = thread  # this process runs it again only once that run ended
+        if letting_go:
             self._outlived(
                 f"it did not return within stop_timeout={self._stop_timeout:g} s of being stopped, and "
                 "this process lets go of its claim now"
+            )
+        else:
+            _LOGGER.warning(
+                "channel %r: host job %s did not return within stop_timeout=%g s of job.stop(); "
+                "that run goes on in its thread",
+                self._channel.name,
+                self._name,
+                self._stop_timeout,
             )
 
     def _run(self, stop: threading.Event, generation: int, previous: threading.Thread | None) -> None:
@@ -205,7 +223,7 @@ class HostJob:
         """Stop running the job in this process, now and in later terms (and close its own channel)."""
         with self._lock:
             self._stopped = True
-        self._demoted()
+        self._end_term(letting_go=self._owned is not None)
         if self._owned is not None:
             self._owned.close()
 
