@@ -167,9 +167,11 @@ class HostJob:
                 continue
             now = time.monotonic()
             if earliest is None:  # may serve again: wait as a new host would
-                earliest = now + self._time_limit
-            if now < earliest or (previous is not None and previous.is_alive()):
-                wait = max(earliest - now, self._every)
+                earliest = now + first_run_delay(self._every, self._time_limit)
+            if now < earliest:
+                wait = earliest - now
+                continue
+            if previous is not None and previous.is_alive():  # an earlier term's run of ours goes on
                 continue
             self._run_once()
 

@@ -254,3 +254,29 @@ def test_a_local_host_frozen_mid_run_then_resumed_never_runs_it_next_to_another(
     assert len({pid for _, _, pid in runs}) >= 2
     for (_, end, pid_a), (start, _, pid_b) in itertools.pairwise(runs):
         assert start >= end, f"a run of {pid_b} started {end - start:.2f} s before one of {pid_a} ended"
+
+
+@pytest.mark.usefixtures("runtime_dir")
+@pytest.mark.timeout(30)
+def test_a_process_hosting_again_waits_for_its_own_run_from_the_term_before(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A term ends while a run goes on past stop_timeout (or with the claim already lapsed: not
+    # waited for); if this process hosts again at once, its new term must not start a second run.
+    # The hooks are called as a step-down and a re-election would (the lock is never let go here).
+    runs: list[tuple[str, float, float]] = []
+    began = threading.Event()
+    with ipchannel.Channel("x", _peers.echo_handler) as channel:
+        job = ipchannel.run_on_host(
+            channel, _timed_job("run", runs, began), every=0.01, stop_timeout=0.1, time_limit=0.01
+        )
+        assert began.wait(10)
+        job._demoted()  # noqa: SLF001 - the on_demoted hook: 0.1 s, then the run goes on
+        assert any(r.levelno == logging.ERROR for r in caplog.records)
+        job._elected(channel.generation or 0)  # noqa: SLF001 - the on_elected hook of the next term
+        wait_until(lambda: len(runs) >= 3, timeout=10)
+        job.stop()
+    wait_until(lambda: not any(t.name == "ipchannel-job:x" for t in threading.enumerate()), timeout=5)
+    ordered = sorted(runs, key=lambda run: run[1])
+    for (_, _, end), (_, start, _) in itertools.pairwise(ordered):
+        assert start >= end, f"a run started {end - start:.2f} s before the one before it ended"
