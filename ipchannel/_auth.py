@@ -82,8 +82,8 @@ def _recv_exactly(sock: Stream, size: int, channel: str, waiting_for: str) -> by
             chunk = sock.recv(size - len(data))
         except TimeoutError:
             raise AuthenticationError(channel, f"no {waiting_for} within {HANDSHAKE_TIMEOUT:.0f} s") from None
-        if not chunk:
-            raise AuthenticationError(channel, f"the connection closed instead of sending the {waiting_for}")
+        if not chunk:  # the other end went away (a host stepping down ends every connection): not a refusal
+            raise ConnectionResetError(f"channel {channel!r}: the connection closed before the {waiting_for}")
         data += chunk
     return data
 

@@ -19,6 +19,7 @@ from _peers import _serve_commands, log_to
 
 import ipchannel
 from ipchannel._core.port import port_of
+from ipchannel._remote.status import coordinator_status
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
@@ -42,6 +43,7 @@ class _MachinePeer:
         self._load: threading.Thread | None = None
         self._load_stop = threading.Event()
         self._load_report: dict[str, Any] = {}
+        self._received: list[Any] = []
 
     def info(self) -> dict[str, Any]:
         channel = self.requests.channel
@@ -95,7 +97,17 @@ class _MachinePeer:
                 slowest = max(slowest, time.monotonic() - start)
             return {"slowest": slowest}
         if cmd == "run_on_host":
-            self._run_on_host(args["path"], args["every"], args["freeze_flag"])
+            self._run_on_host(args["path"], args["every"], args.get("freeze_flag", ""), args)
+            return self.info()
+        if cmd == "subscribe":  # every message this process receives is kept, for "received"
+            self.requests.subscribe(self._received.append, timeout=args.get("wait", 5.0))
+            return {**self.info(), "subscribed": self.requests.subscribed_generation}
+        if cmd == "received":
+            return {"messages": list(self._received)}
+        if cmd == "engine_status":  # what the engine says of the channel (python -m ipchannel status)
+            return {"channels": coordinator_status(args["url"], self.requests.channel.name)}
+        if cmd == "publish":
+            self.requests.publish(args["message"], timeout=args.get("wait", 5.0))
             return self.info()
         if cmd == "count_start":  # incr key until count_stop; each value returned is appended to path
             self._load_stop.clear()
@@ -172,25 +184,38 @@ class _MachinePeer:
             os.close(fd)
         self._load_report = {"errors": errors}
 
-    def _run_on_host(self, path: str, every: float, freeze_flag: str) -> None:
-        """Each run appends "pid start end"; a host finding ``freeze_flag`` SIGSTOPs itself after a run."""
+    def _run_on_host(self, path: str, every: float, freeze_flag: str, options: dict[str, Any]) -> None:
+        """Each run appends "pid start end"; a host finding ``freeze_flag`` SIGSTOPs itself after a run.
+
+        ``options``: ``duration`` of a run (0.01 s), ``started`` (a file each run appends "pid start"
+        to as it begins), ``time_limit`` (passed on to ``run_on_host`` if given).
+        """
+        duration, started = options.get("duration", 0.01), options.get("started")
+        limits = {"time_limit": options["time_limit"]} if "time_limit" in options else {}
 
         def job() -> None:
             start = time.monotonic()
-            time.sleep(0.01)
+            if started:
+                _append(started, f"{os.getpid()} {start}\n")
+            time.sleep(duration)
             end = time.monotonic()
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            try:
-                os.write(fd, f"{os.getpid()} {start} {end}\n".encode())
-            finally:
-                os.close(fd)
+            _append(path, f"{os.getpid()} {start} {end}\n")
             try:
                 os.unlink(freeze_flag)
             except FileNotFoundError:
                 return
             os.kill(os.getpid(), signal.SIGSTOP)  # this run is over; frozen before the next one
 
-        ipchannel.run_on_host(self.requests, job, every=every)
+        ipchannel.run_on_host(self.requests, job, every=every, **limits)
+
+
+def _append(path: str, line: str) -> None:
+    """Append ``line`` to ``path`` in one write (several processes append to the same file)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
 
 
 def tls_contexts(cert: str, key: str) -> tuple[ssl.SSLContext, ssl.SSLContext]:

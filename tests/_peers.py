@@ -377,12 +377,16 @@ class _RequestPeer:
             self.channel.subscribe(self._on_message)
             return self.info()
         if cmd == "run_on_host":  # append "<pid> <monotonic time>" to a file, every interval, host only
-            path = args["path"]
+            path, duration = args["path"], args.get("duration")  # with a duration: "<pid> <start> <end>"
 
             def job() -> None:
+                start = time.monotonic()
+                if duration is not None:
+                    time.sleep(duration)
+                line = f"{os.getpid()} {start}" + ("" if duration is None else f" {time.monotonic()}")
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
                 try:
-                    os.write(fd, f"{os.getpid()} {time.monotonic()}\n".encode())
+                    os.write(fd, f"{line}\n".encode())
                 finally:
                     os.close(fd)
 

@@ -54,6 +54,10 @@ class PartitioningProxy:
             server.settimeout(None)
             link = _Link(client, server, _owner(address))
             with self._lock:
+                if self._closed.is_set():  # accepted while close() ran: it did not see this one
+                    client.close()
+                    server.close()
+                    return
                 if link.owner in self._cut:
                     link.open.clear()
                 self._links.append(link)
@@ -110,6 +114,8 @@ class PartitioningProxy:
 
     def close(self) -> None:
         self._closed.set()
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accept (closing alone does not, on Linux)
         self._listener.close()
         with self._lock:
             links = list(self._links)

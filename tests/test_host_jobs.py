@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
+import signal
 import threading
-from typing import TYPE_CHECKING
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import _peers
 import pytest
@@ -15,7 +19,7 @@ from conftest import spawned, wait_until
 import ipchannel
 
 if TYPE_CHECKING:
-    from pathlib import Path
+    from collections.abc import Callable
 
     from conftest import Peer, Peers
 
@@ -135,3 +139,144 @@ def test_run_on_host_by_name_makes_the_jobs_own_channel_and_stop_closes_it() -> 
     wait_until(lambda: job.runs >= 3)
     job.stop()  # closes the channel it made: no thread or file of it is left (the leak check)
     assert not job.running
+
+
+@pytest.mark.usefixtures("runtime_dir")
+@pytest.mark.parametrize(
+    ("time_limit", "error", "match"),
+    [
+        ("5", TypeError, r"time_limit must be a number of seconds \(int or float\), or None .* not str"),
+        (True, TypeError, r"time_limit must be a number of seconds .* not bool"),
+        (0, ValueError, r"time_limit must be a positive, finite number of seconds .* not 0"),
+        (-1.5, ValueError, r"time_limit must be a positive, finite number of seconds .* not -1.5"),
+        (float("inf"), ValueError, r"time_limit must be a positive, finite number .* not inf"),
+        (float("nan"), ValueError, r"time_limit must be a positive, finite number .* not nan"),
+    ],
+)
+def test_run_on_host_refuses_a_bad_time_limit_naming_it(time_limit: object, error: type, match: str) -> None:
+    with ipchannel.Channel("x", _peers.echo_handler) as channel, pytest.raises(error, match=match):
+        ipchannel.run_on_host(channel, print, every=1, time_limit=time_limit)  # type: ignore[arg-type]
+
+
+def _timed_job(who: str, runs: list[tuple[str, float, float]], began: threading.Event) -> Callable[[], None]:
+    def job() -> None:
+        start = time.monotonic()
+        began.set()
+        time.sleep(0.8)
+        runs.append((who, start, time.monotonic()))
+
+    return job
+
+
+@pytest.mark.usefixtures("runtime_dir")
+@pytest.mark.timeout(30)
+def test_a_run_that_outlives_stop_timeout_is_an_error_and_the_next_host_waits_time_limit(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The host hands over while a 0.8 s run goes on; it waits stop_timeout (0.2 s) for it, then lets
+    # the lock go. Before, the next host ran the job one interval (0.05 s) after taking over.
+    runs: list[tuple[str, float, float]] = []
+    began = threading.Event()
+    first, second = ipchannel.Channel("x", _peers.echo_handler), ipchannel.Channel("x", _peers.echo_handler)
+    try:
+        assert first.join() is True
+        options: dict[str, Any] = {"every": 0.05, "stop_timeout": 0.2, "time_limit": 1.0}
+        ipchannel.run_on_host(first, _timed_job("old", runs, began), **options)
+        job = ipchannel.run_on_host(second, _timed_job("new", runs, threading.Event()), **options)
+        assert began.wait(10)
+        held = second.connect()
+        first.close()  # steps down while the run goes on
+        held.sendall(b"who\n")  # answered by the next host: the election is over once it is
+        assert _peers.read_line(held) == f"{os.getpid()} who\n".encode()
+        errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+        assert any("did not return within stop_timeout=0.2 s" in e and "still runs" in e for e in errors), (
+            errors
+        )
+        wait_until(lambda: any(who == "new" for who, _, _ in runs), timeout=10)
+        job.stop()
+        held.close()
+    finally:
+        second.close()
+        first.close()
+    wait_until(lambda: not any(t.name == "ipchannel-job:x" for t in threading.enumerate()), timeout=5)
+    ordered = sorted(runs, key=lambda run: run[1])
+    assert ordered[0][0] == "old"
+    for (who_a, _, end), (who_b, start, _) in itertools.pairwise(ordered):
+        assert start >= end, f"a run in {who_b} started {end - start:.2f} s before one in {who_a} ended"
+
+
+def _freeze(pid: int) -> None:
+    """SIGSTOP ``pid`` and return once every thread of it is stopped."""
+    os.kill(pid, signal.SIGSTOP)
+
+    def stopped() -> bool:
+        states = []
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                states.append((task / "stat").read_text().rpartition(")")[2].split()[0])
+        return all(state in {"T", "t"} for state in states)
+
+    wait_until(stopped, timeout=5)
+
+
+def _runs(path: Path) -> list[tuple[float, float, int]]:
+    rows = [line.split() for line in path.read_text().splitlines()] if path.exists() else []
+    return sorted((float(start), float(end), int(pid)) for pid, start, end in rows)
+
+
+@pytest.mark.timeout(60)
+def test_a_local_host_frozen_mid_run_then_resumed_never_runs_it_next_to_another(
+    peers: Peers, tmp_path: Path
+) -> None:
+    # Locally the frozen host keeps its flock: nobody else may host, however long it is stuck
+    # (longer than the 2 s after which the others say the election is stuck), and on waking it
+    # finishes its run before anyone else starts one.
+    log = tmp_path / "runs.log"
+    group = peers.start_requests(3)
+    for p in group:
+        p.call("run_on_host", path=str(log), every=0.05, duration=0.3)
+    wait_until(lambda: len(_runs(log)) >= 2)
+    host = peers.host(group)
+    _freeze(host.pid)  # most likely mid-run: it runs 0.3 s of every 0.35 s
+    try:
+        before = len(_runs(log))
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline:  # nobody runs it meanwhile
+            assert len(_runs(log)) == before, _runs(log)
+            time.sleep(0.05)
+    finally:
+        os.kill(host.pid, signal.SIGCONT)
+    wait_until(lambda: len(_runs(log)) >= before + 3, timeout=10)
+    host.kill()  # and a SIGKILL after all that: the next host takes over
+    count = len(_runs(log))
+    wait_until(lambda: len(_runs(log)) >= count + 3, timeout=15)
+    runs = _runs(log)
+    assert len({pid for _, _, pid in runs}) >= 2
+    for (_, end, pid_a), (start, _, pid_b) in itertools.pairwise(runs):
+        assert start >= end, f"a run of {pid_b} started {end - start:.2f} s before one of {pid_a} ended"
+
+
+@pytest.mark.usefixtures("runtime_dir")
+@pytest.mark.timeout(30)
+def test_a_process_hosting_again_waits_for_its_own_run_from_the_term_before(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A term ends while a run goes on past stop_timeout (or with the claim already lapsed: not
+    # waited for); if this process hosts again at once, its new term must not start a second run.
+    # The hooks are called as a step-down and a re-election would (the lock is never let go here).
+    runs: list[tuple[str, float, float]] = []
+    began = threading.Event()
+    with ipchannel.Channel("x", _peers.echo_handler) as channel:
+        job = ipchannel.run_on_host(
+            channel, _timed_job("run", runs, began), every=0.01, stop_timeout=0.1, time_limit=0.01
+        )
+        assert began.wait(10)
+        job._demoted()  # noqa: SLF001 - the on_demoted hook: 0.1 s, then the run goes on
+        assert any(r.levelno == logging.ERROR for r in caplog.records)
+        job._elected(channel.generation or 0)  # noqa: SLF001 - the on_elected hook of the next term
+        wait_until(lambda: len(runs) >= 3, timeout=10)
+        job.stop()
+    wait_until(lambda: not any(t.name == "ipchannel-job:x" for t in threading.enumerate()), timeout=5)
+    ordered = sorted(runs, key=lambda run: run[1])
+    for (_, _, end), (_, start, _) in itertools.pairwise(ordered):
+        assert start >= end, f"a run started {end - start:.2f} s before the one before it ended"

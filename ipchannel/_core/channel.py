@@ -142,6 +142,7 @@ class Channel:
         self._monitor: Monitor | None = None
         self._port = Port(
             self._hosting.may_serve,
+            self._hosting.claim_problem,
             self._connector.timeout_error,
             self._recorded_host,
             backend.membership,

@@ -22,6 +22,9 @@ class Port:
 
     #: True while this process may answer as host (``Hosting.may_serve``)
     may_serve: Callable[[], bool]
+    #: why this process's claim (of its term, or of the one it is handing over) can have lapsed; "" while
+    #: it surely holds it (``Hosting.claim_problem``): what a job run still going asks at a step-down
+    claim_problem: Callable[[], str]
     #: the error for a wait on this channel that ran out (``Connector.timeout_error``)
     timeout_error: Callable[[Deadline, str], ChannelTimeout]
     #: what the coordinator knows of the recorded host, without connecting

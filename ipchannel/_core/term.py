@@ -85,6 +85,7 @@ class Hosting:
         """No term, no standby (also in a forked child, after ``abandon_after_fork``)."""
         self.term: Term | None = None
         self._resigning = False  # set when this process starts to give hosting up
+        self._claimed: HostRecord | None = None  # the term whose claim we hold, until we release it
         self._standby: tuple[StandbyPost, Server] | None = None
         self._exit_noted = False  # logged once that the interpreter exits (no standby then)
 
@@ -112,6 +113,17 @@ class Hosting:
             return True
         self._wakeup.send(b"!")  # step down now, not at the next tick
         return False
+
+    def claim_problem(self) -> str:
+        """Say why this process's claim can have lapsed ("" while it surely holds it).
+
+        Unlike ``may_serve``, a host handing over still holds its claim (the lock, the key) until
+        it releases it: ``run_on_host`` asks this of a run still going when its term ends.
+        """
+        record = self._claimed
+        if record is None:
+            return "it holds no claim"
+        return self._coordinator.fence(record)
 
     # -- becoming host ---------------------------------------------------------------------------
 
@@ -159,6 +171,7 @@ class Hosting:
                 server.stop()
             if record is not None:
                 self._coordinator.retract(record)
+            self._claimed = None
             self._coordinator.release()
 
     def _start_server(self, ready: int) -> Server:
@@ -178,6 +191,8 @@ class Hosting:
 
     def _set_term(self, term: Term | None) -> None:
         self.term = term
+        if term is not None:
+            self._claimed = term[1]
         self._follow.set_term(None if term is None else term[1])
 
     def elected(self, generation: int) -> None:
@@ -242,6 +257,7 @@ class Hosting:
         # that closed its connection while the host lives on.
         self._coordinator.retract(record)
         server.stop_listening()
+        self._claimed = None
         self._coordinator.release()
         server.close_connections()
         _LOGGER.info(

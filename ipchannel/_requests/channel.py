@@ -164,7 +164,8 @@ class RequestChannel:
         for a subscriber that does not read, which is then cut off. Delivered once, also when
         the host dies while it is sent: a message resent to the new host carries the same id,
         and subscribers drop the copy (each remembers the ids of the last 2048 messages it
-        delivered).
+        delivered). A host whose claim lapsed (fencing, across machines) does not deliver it
+        itself: it sends it to the host that serves, as any other process does.
 
         :raises ChannelTimeout: no host took it within ``timeout`` seconds.
         :raises TypeError: the codec cannot encode ``message``.
@@ -179,12 +180,15 @@ class RequestChannel:
                 f"the encoded message is {len(payload) - PUBLISH_ID.size} bytes, over this channel's"
                 f" max_message_size ({limit - ENVELOPE.size - PUBLISH_ID.size} bytes for a message)"
             )
-        if self._channel.is_host:  # the host fans out itself: no round trip through its own socket
+        # The host fans out itself (no round trip through its own socket), but only while it may
+        # serve: a host whose claim lapsed (cut off, frozen) may have a successor already, and its
+        # subscribers must not get what the real host never sent. It sends it as anyone would.
+        if self._port.may_serve():
             self._check_open()
             self._host.wait_taken(self._host.fan_out(payload))
-            if self._channel.is_host:
+            if self._port.may_serve():
                 return
-            # stopped hosting meanwhile: the message may not have reached everyone; send it to the new host
+            # stopped serving meanwhile: the message may not have reached everyone; send it to the new host
         self._call(PUBLISH, payload, deadline)
 
     @property
