@@ -108,6 +108,8 @@ class Hosting:
         term = self.term
         if term is None or self._resigning or self._follow.closed:  # closing: handing over already
             return False
+        if self._coordinator.holding_off(term[1]):  # an engine reset: an earlier host may still serve
+            return False
         if not self._coordinator.fence(term[1]):
             return True
         self._wakeup.send(b"!")  # step down now, not at the next tick

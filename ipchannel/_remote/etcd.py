@@ -17,14 +17,18 @@ import base64
 import contextlib
 import json
 import math
+import secrets
 import socket
 import threading
 from typing import TYPE_CHECKING, Any, cast
 
-from .engine import EngineUnavailable, Snapshot, facing_address
+from .engine import Claimed, EngineUnavailable, Renewal, Snapshot, facing_address
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .._url import CoordinatorURL
+    from .engine import Seen
 
 import requests  # the etcd extra (etcd3gw needs requests); engine.py checks it before importing this
 from etcd3gw.client import Etcd3Client
@@ -33,10 +37,22 @@ from etcd3gw.exceptions import Etcd3Exception
 __all__ = ["EtcdEngine"]
 
 REQUEST_TIMEOUT = 1.0  # seconds one call may wait for one etcd endpoint
+_CLAIM_TRIES = 3  # the epoch the record carries can be wrong once (unknown) and change once (a reset)
 
 
 def _b64(data: str | bytes) -> str:
     return base64.b64encode(data.encode() if isinstance(data, str) else data).decode()
+
+
+def _text(kv: dict[str, Any] | None) -> str | None:
+    """Return a key-value's value as text (an epoch), or None for no key."""
+    return None if kv is None else base64.b64decode(kv.get("value", "")).decode("latin-1")
+
+
+def _first(response: dict[str, Any]) -> dict[str, Any] | None:
+    """Return the first key-value of one range response of a transaction, or None."""
+    kvs = (response.get("response_range") or {}).get("kvs") or []
+    return cast("dict[str, Any]", kvs[0]) if kvs else None
 
 
 class EtcdEngine:
@@ -73,50 +89,96 @@ class EtcdEngine:
                 self._index = (self._index + 1) % len(self._clients)
         raise EngineUnavailable("; ".join(problems))
 
-    def read(self, name: str) -> Snapshot:
-        result = self._call("/kv/range", {"key": _b64(self._key(name))})
-        revision = int(result["header"]["revision"])
-        kvs = result.get("kvs") or []
-        if not kvs:
-            return Snapshot(None, 0, revision)
-        kv = kvs[0]
-        return Snapshot(base64.b64decode(kv.get("value", "")), int(kv["create_revision"]), revision)
+    def _epoch_key(self, name: str) -> str:
+        return f"{self._url.prefix}/{name}/epoch"
 
-    def claim(self, name: str, value: bytes, ttl: float, floor: int) -> int | None:  # noqa: ARG002 - revisions only grow
-        lease = self._call("/lease/grant", {"TTL": math.ceil(ttl)})
-        lease_id = int(lease["ID"])
-        key = _b64(self._key(name))
-        txn = {
-            "compare": [{"key": key, "result": "EQUAL", "target": "CREATE", "create_revision": 0}],
-            "success": [{"request_put": {"key": key, "value": _b64(value), "lease": lease_id}}],
-            "failure": [],
-        }
+    def read(self, name: str) -> Snapshot:
+        host, epoch = _b64(self._key(name)), _b64(self._epoch_key(name))
+        ranges = [{"request_range": {"key": host}}, {"request_range": {"key": epoch}}]
+        result = self._call("/kv/txn", {"compare": [], "success": ranges, "failure": []})
+        revision = int(result["header"]["revision"])
+        kv, epoch_kv = (_first(response) for response in result.get("responses") or [{}, {}])
+        current = (
+            None if epoch_kv is None else base64.b64decode(epoch_kv.get("value", "")).decode(errors="replace")
+        )
+        if kv is None:
+            return Snapshot(None, 0, revision, current)
+        return Snapshot(base64.b64decode(kv.get("value", "")), int(kv["create_revision"]), revision, current)
+
+    def claim(self, name: str, value: Callable[[str], bytes], ttl: float, seen: Seen) -> Claimed | None:
+        lease_id = int(self._call("/lease/grant", {"TTL": math.ceil(ttl)})["ID"])
         try:
-            result = self._call("/kv/txn", txn)
+            claimed = self._claim(name, value, lease_id, seen, ttl)
         except EngineUnavailable:
             self._revoke(lease_id)
             raise
-        if not result.get("succeeded"):
+        if claimed is None:
             self._revoke(lease_id)
             return None
-        generation = int(result["header"]["revision"])
         with self._lock:
-            self._leases[(name, generation)] = lease_id
-        return generation
+            self._leases[(name, claimed.generation)] = lease_id
+        return claimed
 
-    def renew(self, name: str, generation: int, ttl: float) -> bool:  # noqa: ARG002 - the lease has it
+    def _claim(
+        self, name: str, value: Callable[[str], bytes], lease_id: int, seen: Seen, ttl: float
+    ) -> Claimed | None:
+        """Put the key in the engine's epoch (a new one, made now, if it has none): at most three tries.
+
+        The claim holds off a ttl if it made the epoch (the first claim, or the data was reset:
+        etcd cannot tell which), or the revision went below what the claimant saw (a restore).
+        """
+        host, epoch_key = _b64(self._key(name)), _b64(self._epoch_key(name))
+        epoch = seen.epoch
+        for _ in range(_CLAIM_TRIES):
+            new = epoch is None
+            epoch = secrets.token_hex(8) if epoch is None else epoch
+            record = value(epoch)
+            compare: list[dict[str, Any]] = [
+                {"key": host, "result": "EQUAL", "target": "CREATE", "create_revision": 0},
+                {"key": epoch_key, "result": "EQUAL", "target": "CREATE", "create_revision": 0}
+                if new
+                else {"key": epoch_key, "result": "EQUAL", "target": "VALUE", "value": _b64(epoch)},
+            ]
+            success = [{"request_put": {"key": host, "value": _b64(record), "lease": lease_id}}]
+            if new:
+                success.append({"request_put": {"key": epoch_key, "value": _b64(epoch)}})
+            ranges = [{"request_range": {"key": host}}, {"request_range": {"key": epoch_key}}]
+            result = self._call("/kv/txn", {"compare": compare, "success": success, "failure": ranges})
+            revision = int(result["header"]["revision"])
+            if result.get("succeeded"):
+                reset = new or (epoch == seen.epoch and revision < seen.revision)
+                return Claimed(revision, epoch, record, ttl if reset else 0.0)
+            kv, epoch_kv = (_first(response) for response in result.get("responses") or [{}, {}])
+            if kv is not None:
+                return None
+            epoch = _text(epoch_kv)
+        return None
+
+    def renew(self, name: str, claim: Claimed, ttl: float) -> Renewal:  # noqa: ARG002 - the lease has it
         with self._lock:
-            lease_id = self._leases.get((name, generation))
+            lease_id = self._leases.get((name, claim.generation))
         if lease_id is None:
-            return False
+            return Renewal(ours=False)
+        key = _b64(self._key(name))
+        compare = [
+            {"key": key, "result": "EQUAL", "target": "CREATE", "create_revision": claim.generation},
+            {"key": key, "result": "EQUAL", "target": "VALUE", "value": _b64(claim.value)},
+            {"key": key, "result": "EQUAL", "target": "LEASE", "lease": lease_id},
+        ]
+        checked = self._call(
+            "/kv/txn", {"compare": compare, "success": [], "failure": [{"request_range": {"key": key}}]}
+        )
+        if not checked.get("succeeded"):
+            kv = _first((checked.get("responses") or [{}])[0])
+            return Renewal(ours=False, found=None if kv is None else base64.b64decode(kv.get("value", "")))
         result = self._call("/lease/keepalive", {"ID": lease_id})
         if "result" not in result:  # a streamed error (no leader, say): it says nothing of our lease
             raise EngineUnavailable(f"keepalive: {result.get('error', result)}")
-        return int(result["result"].get("TTL", 0)) > 0
+        return Renewal(ours=int(result["result"].get("TTL", 0)) > 0)
 
-    def release(self, name: str, generation: int) -> None:
+    def release(self, name: str, claim: Claimed) -> None:
         with self._lock:
-            lease_id = self._leases.pop((name, generation), None)
+            lease_id = self._leases.pop((name, claim.generation), None)
         if lease_id is not None:
             self._revoke(lease_id, quiet=False)
 
