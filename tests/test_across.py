@@ -625,6 +625,11 @@ def test_a_lower_generation_is_refused_in_its_epoch_in_a_forked_child_too_and_fo
             followed = coordinator.read()
             assert followed is not None
             assert (followed.generation, followed.epoch) == (1, "e2")
+            client.delete("ipchannel:{fenced}:epoch")  # an epoch key lost: its host is still followed
+            client.set("ipchannel:{fenced}", _redis_record(2, "e2"))
+            wait_until(
+                lambda: (record := coordinator.read()) is not None and record.generation == 2, timeout=10
+            )
         finally:
             coordinator.close()
             client.close()

@@ -9,7 +9,8 @@ Generation fencing, on the client's side: a record numbered below the highest th
 process has seen in its epoch (a host from before a restore) is refused, and logged once
 per generation, as if no host were recorded. A record of another epoch (the engine's data
 was reset, and its counter made anew) is followed once the engine confirms that epoch is
-its own (read with the key); numbering then starts again from it.
+its own (read with the key); numbering then starts again from it. A record of an epoch
+other than the one the engine names is refused.
 """
 
 from __future__ import annotations
@@ -122,22 +123,21 @@ class RecordCache:
         except ValueError as exc:
             _LOGGER.warning("channel %r: ignoring the record at %s: %s", self._name, self._engine.url, exc)
             return None
-        if record.epoch != (snapshot.epoch or ""):  # "": a record and a counter from before epochs
+        if snapshot.epoch is not None and record.epoch != snapshot.epoch:
             self._refuse(record, f"its epoch {record.epoch!r} is not the coordinator's ({snapshot.epoch!r})")
             return None
-        if record.epoch != self.epoch:
-            if self.epoch is not None:
-                _LOGGER.warning(
-                    "channel %r: the coordinator %s was reset (epoch %r, now %r): following its host "
-                    "pid %d of generation %d",
-                    self._name,
-                    self._engine.url,
-                    self.epoch,
-                    record.epoch,
-                    record.pid,
-                    record.generation,
-                )
-            return record
+        if self.epoch is not None and record.epoch != self.epoch and record.epoch == snapshot.epoch:
+            _LOGGER.warning(
+                "channel %r: the coordinator %s was reset (epoch %r, now %r): following its host pid %d "
+                "of generation %d",
+                self._name,
+                self._engine.url,
+                self.epoch,
+                record.epoch,
+                record.pid,
+                record.generation,
+            )
+            return record  # a new epoch, confirmed by the engine: numbering starts again
         if record.generation < self.seen:
             self._refuse(record, f"its generation {record.generation} is below {self.seen}, seen before")
             return None

@@ -2,10 +2,12 @@
 
 A channel's record is the key ``PREFIX/NAME/host``, bound to a lease of ``ttl``
 seconds (etcd leases have whole seconds: rounded up). Claiming is one
-transaction that puts the key only if its ``create_revision`` is 0; the
-transaction's revision, the key's create revision, is the generation, and
-etcd's revisions only grow. Renewing is a lease keep-alive; releasing revokes
-the lease, which deletes the key at once. Waiting is a watch from the revision
+transaction that puts the key only if its ``create_revision`` is 0 (and the
+channel's epoch ``PREFIX/NAME/epoch`` if it has none); the transaction's revision,
+the key's create revision, is the generation, and etcd's revisions only grow in
+a cluster's life. Renewing is a transaction that checks the key still holds our
+record, then a lease keep-alive; releasing revokes the lease, which deletes the
+key at once. Waiting is a watch from the revision
 after the last read, streamed over the gateway, so no change is missed between
 a read and the watch. Several endpoints (``etcd://h1,h2,h3``): a call that gets
 no answer tries the next.
@@ -38,6 +40,7 @@ __all__ = ["EtcdEngine"]
 
 REQUEST_TIMEOUT = 1.0  # seconds one call may wait for one etcd endpoint
 _CLAIM_TRIES = 3  # the epoch the record carries can be wrong once (unknown) and change once (a reset)
+YOUNG = 60  # seconds etcd's clock tells the age of its data for (``_age``); older needs no wait at ttl <= 60
 
 
 def _b64(data: str | bytes) -> str:
@@ -124,8 +127,9 @@ class EtcdEngine:
     ) -> Claimed | None:
         """Put the key in the engine's epoch (a new one, made now, if it has none): at most three tries.
 
-        The claim holds off a ttl if it made the epoch (the first claim, or the data was reset:
-        etcd cannot tell which), or the revision went below what the claimant saw (a restore).
+        The claim holds off if it made the epoch (the first claim, or the data was reset: etcd
+        cannot tell which) until the data is a ttl old (``_age``); a full ttl if the revision went
+        below what the claimant saw (a restore).
         """
         host, epoch_key = _b64(self._key(name)), _b64(self._epoch_key(name))
         epoch = seen.epoch
@@ -146,13 +150,45 @@ class EtcdEngine:
             result = self._call("/kv/txn", {"compare": compare, "success": success, "failure": ranges})
             revision = int(result["header"]["revision"])
             if result.get("succeeded"):
-                reset = new or (epoch == seen.epoch and revision < seen.revision)
-                return Claimed(revision, epoch, record, ttl if reset else 0.0)
+                if epoch == seen.epoch and revision < seen.revision:  # a restore, under our eyes
+                    return Claimed(revision, epoch, record, ttl)
+                return Claimed(revision, epoch, record, max(0.0, ttl - self._age()) if new else 0.0)
             kv, epoch_kv = (_first(response) for response in result.get("responses") or [{}, {}])
             if kv is not None:
                 return None
             epoch = _text(epoch_kv)
         return None
+
+    def _age(self) -> float:
+        """Return how long the engine's data has existed at least (up to ``YOUNG``): what a new epoch waits.
+
+        A claim that makes its channel's epoch cannot tell the first claim from one after the
+        data was reset; any host from before a reset stopped within a ttl of it, and the data
+        is as old as the reset. ``PREFIX/.data/born`` is made with the first epoch, together with
+        ``young`` on a lease of ``YOUNG`` seconds: while it lives, etcd's own clock says the age.
+        """
+        born, young = _b64(f"{self._url.prefix}/.data/born"), _b64(f"{self._url.prefix}/.data/young")
+        ranges = [{"request_range": {"key": born}}, {"request_range": {"key": young}}]
+        found = self._call("/kv/txn", {"compare": [], "success": ranges, "failure": []})
+        born_kv, young_kv = (_first(response) for response in found.get("responses") or [{}, {}])
+        if born_kv is None:
+            lease_id = int(self._call("/lease/grant", {"TTL": YOUNG})["ID"])
+            puts = [
+                {"request_put": {"key": born, "value": _b64(b"1")}},
+                {"request_put": {"key": young, "value": _b64(b"1"), "lease": lease_id}},
+            ]
+            compare = [{"key": born, "result": "EQUAL", "target": "CREATE", "create_revision": 0}]
+            if not self._call("/kv/txn", {"compare": compare, "success": puts, "failure": []}).get(
+                "succeeded"
+            ):
+                self._revoke(lease_id)
+            return 0.0
+        if young_kv is None or not young_kv.get("lease"):
+            return float(YOUNG)
+        left = self._call("/kv/lease/timetolive", {"ID": int(young_kv["lease"])})
+        remaining, granted = int(left.get("TTL", -1)), int(left.get("grantedTTL", YOUNG))
+        # whole seconds, rounded down: the age is at least granted - remaining - 1
+        return float(YOUNG) if remaining < 0 else max(0.0, float(granted - remaining - 1))
 
     def renew(self, name: str, claim: Claimed, ttl: float) -> Renewal:  # noqa: ARG002 - the lease has it
         with self._lock:

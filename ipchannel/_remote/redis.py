@@ -1,17 +1,18 @@
 """The Redis engine, on ``redis-py``: one key with a TTL per channel, and Lua scripts for every change.
 
 The key ``ipchannel:{NAME}`` holds ``"GENERATION JSON"``; ``ipchannel:{NAME}:generation``
-counts claims (the braces are a hash tag: both keys sit in one slot). Claiming is
-one script (``SET NX PX`` and ``INCR``: a separate INCR could number a claim
-that never happened, or two claims alike); renewing is a compare-and-pexpire
-script, releasing a compare-and-delete script, both keyed on the generation.
-Waiting uses keyspace notifications where the server has them enabled
-(``notify-keyspace-events`` with ``K`` and the generic and expired events),
-else a read every 50 ms.
+counts claims and ``ipchannel:{NAME}:epoch`` names the counter (a token the claim that
+made the counter chose; the braces are a hash tag: all sit in one slot). Claiming is one
+script (``SET NX PX`` and ``INCR``: a separate INCR could number a claim that never
+happened, or two claims alike); renewing is a compare-and-pexpire script, releasing a
+compare-and-delete script, both comparing the whole stored value. Waiting uses keyspace
+notifications where the server has them enabled (``notify-keyspace-events`` with ``K``
+and the generic and expired events, asked for every new watch), else a read every 50 ms.
 
-Limits: Redis replication is asynchronous, so a failover of Redis itself can
-hand a claim to two processes (the generation fence limits the damage); the
-generation survives a restart of Redis only with persistence (AOF).
+Limits: Redis replication is asynchronous, so a failover of Redis itself can hand a
+claim to two processes (the generation fence limits the damage). A restart without
+persistence forgets every claim: a new claim then holds off until the server has been
+up for a ttl (``_hold``); expiry follows Redis's wall clock.
 """
 
 from __future__ import annotations
