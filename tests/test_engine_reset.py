@@ -74,14 +74,8 @@ def _raise_generation(server: EngineServer, above: int) -> None:
             client.close()
         return
     for n in range(above):  # etcd numbers claims by its revision: every put raises it
-        body = json.dumps(
-            {"key": base64.b64encode(b"filler").decode(), "value": base64.b64encode(b"%d" % n).decode()}
-        )
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{_port(server)}/v3/kv/put", data=body.encode(), method="POST"
-        )
-        with _HTTP.open(request, timeout=5) as reply:
-            reply.read()
+        filler = {"key": base64.b64encode(b"filler").decode(), "value": base64.b64encode(b"%d" % n).decode()}
+        _etcd_post(server, "/v3/kv/put", filler)
 
 
 def _stored(client: Any) -> bytes:
@@ -95,14 +89,40 @@ def _answers(reports: list[dict[str, Any]]) -> list[list[float]]:
     return [run for report in reports for run in report["runs"]]
 
 
+def flush(server: EngineServer) -> None:
+    """Delete the channel's keys as an operator would: FLUSHALL (Redis), a delete of its prefix (etcd)."""
+    if server.name == "redis":
+        import redis  # noqa: PLC0415 - the redis extra
+
+        client = redis.Redis(port=_port(server))
+        try:
+            client.flushall()
+        finally:
+            client.close()
+        return
+    key = base64.b64encode(b"/ipchannel/jobs/").decode()
+    end = base64.b64encode(b"/ipchannel/jobs0").decode()
+    _etcd_post(server, "/v3/kv/deleterange", {"key": key, "range_end": end})
+
+
+def _etcd_post(server: EngineServer, path: str, payload: dict[str, str]) -> None:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{_port(server)}{path}", data=json.dumps(payload).encode(), method="POST"
+    )
+    with _HTTP.open(request, timeout=5) as reply:
+        reply.read()
+
+
 @pytest.mark.timeout(90)
-def test_an_engine_restarted_empty_never_lets_the_old_and_the_new_host_answer_together(
-    server: EngineServer, pool: Machines
+@pytest.mark.parametrize("reset", ["restart", "flush"])
+def test_an_engine_reset_never_lets_the_old_and_the_new_host_answer_together(
+    server: EngineServer, pool: Machines, reset: str
 ) -> None:
-    # The old host's link to the engine stalls just before the engine restarts empty: it cannot
-    # learn that its claim is gone and serves until its fence lapses (ttl - margin after its last
-    # renewal). The other peer finds no claim and takes the channel at once; before the fix it
-    # answered at once too, while the old host still answered its own requests.
+    # The old host's link to the engine stalls just before the engine restarts empty (or its keys
+    # are deleted, on a server up for longer than the ttl): it cannot learn that its claim is gone
+    # and serves until its fence lapses (ttl - margin after its last renewal). The other peer finds
+    # no claim and takes the channel at once; before the fix it answered at once too, while the old
+    # host still answered its own requests.
     ttl = 3.0
     front = free_ports(1)[0]
     proxy = PartitioningProxy(("127.0.0.9", front), ("127.0.0.1", _port(server)))
@@ -112,9 +132,9 @@ def test_an_engine_restarted_empty_never_lets_the_old_and_the_new_host_answer_to
         assert served_by(new) == old.pid
         for peer in (old, new):
             peer.call("load_start", wait=30)
-        time.sleep(0.3)
+        time.sleep(0.3 if reset == "restart" else ttl)  # flush: the server (its data) is older than a ttl
         assert proxy.partition(old.pid) >= 1
-        restart_empty(server)
+        (restart_empty if reset == "restart" else flush)(server)
         wait_until(lambda: new.call("info")["is_host"], timeout=15)
         time.sleep(ttl + 1.0)  # past any hold: the new host answers
         proxy.heal(old.pid)

@@ -127,6 +127,15 @@ class RecordCache:
             self._refuse(record, f"its epoch {record.epoch!r} is not the coordinator's ({snapshot.epoch!r})")
             return None
         if self.epoch is not None and record.epoch != self.epoch and record.epoch == snapshot.epoch:
+            self._followed_new_epoch(record)
+            return record  # a new epoch, confirmed by the engine: numbering starts again
+        if record.generation < self.seen:
+            self._refuse(record, f"its generation {record.generation} is below {self.seen}, seen before")
+            return None
+        return record
+
+    def _followed_new_epoch(self, record: HostRecord) -> None:
+        if self.epoch:  # "": records from before epochs, then the first one numbered in one: no reset
             _LOGGER.warning(
                 "channel %r: the coordinator %s was reset (epoch %r, now %r): following its host pid %d "
                 "of generation %d",
@@ -137,11 +146,6 @@ class RecordCache:
                 record.pid,
                 record.generation,
             )
-            return record  # a new epoch, confirmed by the engine: numbering starts again
-        if record.generation < self.seen:
-            self._refuse(record, f"its generation {record.generation} is below {self.seen}, seen before")
-            return None
-        return record
 
     def _refuse(self, record: HostRecord, why: str) -> None:
         if (record.epoch, record.generation) in self.refused:

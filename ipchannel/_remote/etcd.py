@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import logging
 import math
 import secrets
 import socket
@@ -37,6 +38,8 @@ from etcd3gw.client import Etcd3Client
 from etcd3gw.exceptions import Etcd3Exception
 
 __all__ = ["EtcdEngine"]
+
+_LOGGER = logging.getLogger("ipchannel")
 
 REQUEST_TIMEOUT = 1.0  # seconds one call may wait for one etcd endpoint
 _CLAIM_TRIES = 3  # the epoch the record carries can be wrong once (unknown) and change once (a reset)
@@ -128,8 +131,8 @@ class EtcdEngine:
         """Put the key in the engine's epoch (a new one, made now, if it has none): at most three tries.
 
         The claim holds off if it made the epoch (the first claim, or the data was reset: etcd
-        cannot tell which) until the data is a ttl old (``_age``); a full ttl if the revision went
-        below what the claimant saw (a restore).
+        cannot tell which) until the data is a ttl old (``_age``); a full ttl if the claimant
+        followed an epoch that is gone, or saw a higher revision (a restore).
         """
         host, epoch_key = _b64(self._key(name)), _b64(self._epoch_key(name))
         epoch = seen.epoch
@@ -152,6 +155,8 @@ class EtcdEngine:
             if result.get("succeeded"):
                 if epoch == seen.epoch and revision < seen.revision:  # a restore, under our eyes
                     return Claimed(revision, epoch, record, ttl)
+                if new and seen.epoch:  # the epoch it followed is gone: a reset ("": from before epochs)
+                    return Claimed(revision, epoch, record, ttl)
                 return Claimed(revision, epoch, record, max(0.0, ttl - self._age()) if new else 0.0)
             kv, epoch_kv = (_first(response) for response in result.get("responses") or [{}, {}])
             if kv is not None:
@@ -167,6 +172,15 @@ class EtcdEngine:
         is as old as the reset. ``PREFIX/.data/born`` is made with the first epoch, together with
         ``young`` on a lease of ``YOUNG`` seconds: while it lives, etcd's own clock says the age.
         """
+        try:
+            return self._known_age()
+        except EngineUnavailable as exc:  # not allowed there (a role for the channel's keys only)?
+            _LOGGER.warning(
+                "%s: cannot tell how old its data is (%s): a new epoch waits a ttl", self.url, exc
+            )
+            return 0.0
+
+    def _known_age(self) -> float:
         born, young = _b64(f"{self._url.prefix}/.data/born"), _b64(f"{self._url.prefix}/.data/young")
         ranges = [{"request_range": {"key": born}}, {"request_range": {"key": young}}]
         found = self._call("/kv/txn", {"compare": [], "success": ranges, "failure": []})

@@ -228,11 +228,12 @@ class RedisEngine:
         Asked afresh for every new watch: a server restarted with another configuration is
         asked again once its old watch broke. Warns once if the server keeps no data on disk.
         """
+        if not self._persistence_checked:
+            self._persistence_checked = True
+            with contextlib.suppress(redis.RedisError):  # CONFIG disabled, or no answer: cannot tell
+                self._warn_unless_persistent()
         try:
             reply = cast("dict[str, str]", self._client.config_get("notify-keyspace-events"))
-            if not self._persistence_checked:
-                self._persistence_checked = True
-                self._warn_unless_persistent()
         except redis.ResponseError:  # CONFIG is disabled (managed Redis): poll
             reply = {}
         except (redis.ConnectionError, redis.TimeoutError) as exc:
