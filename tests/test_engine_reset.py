@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import shutil
 import time
 import urllib.request
@@ -223,4 +224,33 @@ def test_a_record_rewritten_to_another_address_makes_the_real_host_step_down_wit
     finally:
         client.close()
         machines.close_all()
+        server.stop()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("persists", [True, False])
+def test_a_redis_that_keeps_nothing_on_disk_is_warned_of(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, persists: bool
+) -> None:
+    import redis  # noqa: PLC0415 - the redis extra
+
+    import ipchannel  # noqa: PLC0415
+
+    server = start_redis(tmp_path)  # an AOF, no RDB snapshots
+    client = redis.Redis(port=_port(server))
+    try:
+        if not persists:
+            client.config_set("appendonly", "no")
+        caplog.set_level(logging.WARNING, logger="ipchannel")
+        with ipchannel.Channel(
+            "disk", lambda _conn: None, coordinator=server.url, authkey=b"k" * 32, listen="127.0.0.2:0",
+            ttl=1.0, runtime_dir=str(tmp_path / "rt"),
+        ) as channel:  # fmt: skip
+            channel.join(10)
+        warned = [r.getMessage() for r in caplog.records if "keeps no data on disk" in r.getMessage()]
+        assert len(warned) == (0 if persists else 1), warned
+        if warned:
+            assert server.url in warned[0]
+    finally:
+        client.close()
         server.stop()
