@@ -149,20 +149,27 @@ class _MachinePeer:
         ok = 0
         errors: list[str] = []
         hosts: list[int] = []
+        # runs of answers from one host: [pid, first sent, first answered, last sent, last answered]
+        # (time.monotonic, one clock for every process of the machine)
+        runs: list[list[float]] = []
         n = 0
         while not self._load_stop.is_set():
             n += 1
+            sent = time.monotonic()
             try:
                 reply = self.requests.request(n, timeout=timeout)
             except Exception as exc:  # noqa: BLE001 - reported to the test
                 errors.append(f"{type(exc).__name__}: {exc}")
                 continue
+            answered = time.monotonic()
             if reply["m"] != n:
                 errors.append(f"wrong reply {reply} to {n}")
             ok += 1
             if not hosts or hosts[-1] != reply["pid"]:
                 hosts.append(reply["pid"])
-        self._load_report = {"ok": ok, "errors": errors, "hosts": hosts}
+                runs.append([reply["pid"], sent, answered, sent, answered])
+            runs[-1][3:] = [sent, answered]
+        self._load_report = {"ok": ok, "errors": errors, "hosts": hosts, "runs": runs}
 
     def _count(self, key: str, path: str) -> None:
         """Increment ``key`` until told to stop; append each acknowledged value to ``path`` at once.

@@ -110,6 +110,9 @@ class MemoryCoordinator:
         problem = self._cluster.fence_problems.get(self.pid, "")
         return problem or (self._cluster.thorough_problems.get(self.pid, "") if thorough else "")
 
+    def holding_off(self, record: HostRecord) -> float:  # noqa: ARG002 - the cluster is never reset
+        return 0.0
+
     def unreachable(self) -> str:
         return ""
 

@@ -575,15 +575,15 @@ def test_connecting_while_the_host_is_frozen_waits_for_the_next_host(machines: M
 # -- what the refactoring into seams must keep (each test failed on a first version of it) ----------
 
 
-def _redis_record(generation: int) -> bytes:
+def _redis_record(generation: int, epoch: str = "") -> bytes:
     record = {"pid": 1, "create_time": 0.0, "sock": "127.0.0.1:9", "generation": generation, "started": 0.0}
-    return f"{generation} {json.dumps(record)}".encode()
+    return f"{generation} {json.dumps({**record, 'epoch': epoch})}".encode()
 
 
 @pytest.mark.filterwarnings(
     "ignore:This process .* is multi-threaded:DeprecationWarning"
 )  # as a preloaded server forks
-def test_a_reset_engine_s_lower_generation_is_refused_in_a_forked_child_too_and_never_claimed_over(
+def test_a_lower_generation_is_refused_in_its_epoch_in_a_forked_child_too_and_followed_in_a_new_one(
     tmp_path: Path,
 ) -> None:
     redis = pytest.importorskip("redis")
@@ -595,13 +595,14 @@ def test_a_reset_engine_s_lower_generation_is_refused_in_a_forked_child_too_and_
     try:
         ((host, port),) = parse_url(server.url).endpoints
         client = redis.Redis(host=host, port=port)
-        client.set("ipchannel:{fenced}", _redis_record(11))
+        client.set("ipchannel:{fenced}:epoch", "e1")
+        client.set("ipchannel:{fenced}", _redis_record(11, "e1"))
         coordinator = RemoteCoordinator(
             "fenced", parse_url(server.url), 5.0, tmp_path, ENGINES, lambda _record: True
         )
         try:
-            assert coordinator.read() is not None  # generation 11: seen from now on
-            client.set("ipchannel:{fenced}", _redis_record(1))  # the engine's data reset; a new claim
+            assert coordinator.read() is not None  # generation 11 of epoch e1: seen from now on
+            client.set("ipchannel:{fenced}", _redis_record(1, "e1"))  # lower, in the same epoch: a stale one
             wait_until(lambda: coordinator.read() is None, timeout=10)  # refused, as if no host...
             assert not coordinator.try_acquire()  # ...but the key is taken: no claim is tried over it
             pid = os.fork()
@@ -615,6 +616,20 @@ def test_a_reset_engine_s_lower_generation_is_refused_in_a_forked_child_too_and_
                     os._exit(code)
             _, status = os.waitpid(pid, 0)
             assert os.waitstatus_to_exitcode(status) == 0  # the child refuses what its parent refuses
+            client.set("ipchannel:{fenced}", _redis_record(1, "e3"))  # an epoch the engine does not confirm
+            time.sleep(0.3)
+            assert coordinator.read() is None
+            client.set("ipchannel:{fenced}:epoch", "e2")  # the engine reset: a new counter, a new epoch
+            client.set("ipchannel:{fenced}", _redis_record(1, "e2"))
+            wait_until(lambda: coordinator.read() is not None, timeout=10)  # followed, no restart
+            followed = coordinator.read()
+            assert followed is not None
+            assert (followed.generation, followed.epoch) == (1, "e2")
+            client.delete("ipchannel:{fenced}:epoch")  # an epoch key lost: its host is still followed
+            client.set("ipchannel:{fenced}", _redis_record(2, "e2"))
+            wait_until(
+                lambda: (record := coordinator.read()) is not None and record.generation == 2, timeout=10
+            )
         finally:
             coordinator.close()
             client.close()

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 import ipchannel
 from ipchannel import CoordinatorError, CoordinatorUnavailable, CoordinatorURLError
-from ipchannel._remote.engine import facing_address
+from ipchannel._remote.engine import Seen, facing_address
 from ipchannel._remote.etcd import EtcdEngine
 from ipchannel._url import parse_url
 
@@ -476,7 +476,7 @@ def test_the_watch_stream_carries_the_certificate_and_the_token(
 def test_an_expired_etcd_token_is_replaced_by_logging_in_again(auth_etcd: EngineServer) -> None:
     engine = EtcdEngine(parse_url(auth_etcd.url.replace("etcd://", f"etcd://root:{_ROOT_PASSWORD}@")))
     try:
-        assert engine.claim("expiring", b"v", 5.0, 0)
+        assert engine.claim("expiring", lambda _epoch: b"v", 5.0, Seen(None, 0))
         time.sleep(3)  # the token, unused for 1 s (--auth-token-ttl), is forgotten by etcd
         assert engine.read("expiring").value == b"v"
     finally:

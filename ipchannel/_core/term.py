@@ -104,10 +104,12 @@ class Hosting:
 
         Asked before every answer (``RequestHost``), every TCP connection (the hello) and
         every job run, so a host whose claim lapsed (frozen, partitioned) answers nothing,
-        even before it steps down.
+        even before it steps down; nor does a new host holding off after an engine reset.
         """
         term = self.term
         if term is None or self._resigning or self._follow.closed:  # closing: handing over already
+            return False
+        if self._coordinator.holding_off(term[1]):  # an engine reset: an earlier host may still serve
             return False
         if not self._coordinator.fence(term[1]):
             return True

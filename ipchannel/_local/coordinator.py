@@ -148,6 +148,9 @@ class LocalCoordinator:
     def release(self) -> None:
         self._lock.release()
 
+    def holding_off(self, record: HostRecord) -> float:  # noqa: ARG002 - a flock is never reset
+        return 0.0  # the kernel holds the lock: no earlier holder can outlive it unseen
+
     def fence(self, record: HostRecord, *, thorough: bool = False) -> str:
         if not thorough:
             return ""  # the flock is ours until we release it

@@ -6,8 +6,11 @@ notifications (Redis; else a read every 50 ms) until it changes, and again. Read
 change bumps ``version``, which the election's waiters watch.
 
 Generation fencing, on the client's side: a record numbered below the highest this
-process has seen (an engine whose data was reset, a host from before a restore) is
-refused, and logged once per generation, as if no host were recorded.
+process has seen in its epoch (a host from before a restore) is refused, and logged once
+per generation, as if no host were recorded. A record of another epoch (the engine's data
+was reset, and its counter made anew) is followed once the engine confirms that epoch is
+its own (read with the key); numbering then starts again from it. A record of an epoch
+other than the one the engine names is refused.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from .. import _platform
 from .._seams.record import HostRecord
-from .engine import EngineUnavailable
+from .engine import EngineUnavailable, Seen
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -46,8 +49,11 @@ class RecordCache:
         self.occupied = False  # the key holds a claim, even one refused here (below ``seen``)
         self.loaded = False  # read at least once
         self.version = 0
-        self.seen: int = 0 if before is None else before.seen  # the highest generation met: below, refused
-        self.refused: set[int] = set() if before is None else set(before.refused)  # warned of once each
+        # the epoch followed (None: none yet), its highest generation met (below: refused), the revision
+        self.epoch: str | None = None if before is None else before.epoch
+        self.seen: int = 0 if before is None else before.seen
+        self.revision: int = 0 if before is None else before.revision
+        self.refused: set[tuple[str, int]] = set() if before is None else set(before.refused)  # warned once
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         self._key_watch: KeyWatch | None = None
@@ -72,14 +78,20 @@ class RecordCache:
             self._health.failed(exc)
         return self._current
 
+    def followed(self) -> Seen:
+        """Return what this process has followed (a claim is numbered above it, and told of resets)."""
+        return Seen(self.epoch, self.seen, self.revision)
+
     def store(self, snapshot: Snapshot) -> None:
         """Keep what a read of the key said (the engine answered)."""
         record = self._parse(snapshot)
         with self._lock:
             self._health.answered()
+            if snapshot.epoch == self.epoch:
+                self.revision = max(self.revision, snapshot.revision)
             self.occupied = snapshot.value is not None
             if record != self._current or not self.loaded:
-                self._set(record)
+                self._set(record, snapshot.revision)
             self.loaded = True
 
     def replace(self, record: HostRecord | None, *, only_if: HostRecord | None = None) -> None:
@@ -95,8 +107,10 @@ class RecordCache:
         version = self.version
         return lambda: self.version != version
 
-    def _set(self, record: HostRecord | None) -> None:
-        if record is not None:
+    def _set(self, record: HostRecord | None, revision: int = 0) -> None:
+        if record is not None and record.epoch != self.epoch:
+            self.epoch, self.seen, self.revision = record.epoch, record.generation, revision
+        elif record is not None:
             self.seen = max(self.seen, record.generation)
         self._current = record
         self.version += 1
@@ -109,23 +123,35 @@ class RecordCache:
         except ValueError as exc:
             _LOGGER.warning("channel %r: ignoring the record at %s: %s", self._name, self._engine.url, exc)
             return None
+        if snapshot.epoch is not None and record.epoch != snapshot.epoch:
+            self._refuse(record, f"its epoch {record.epoch!r} is not the coordinator's ({snapshot.epoch!r})")
+            return None
+        if self.epoch is not None and record.epoch != self.epoch and record.epoch == snapshot.epoch:
+            self._followed_new_epoch(record)
+            return record  # a new epoch, confirmed by the engine: numbering starts again
         if record.generation < self.seen:
-            self._refuse_older(record)
+            self._refuse(record, f"its generation {record.generation} is below {self.seen}, seen before")
             return None
         return record
 
-    def _refuse_older(self, record: HostRecord) -> None:
-        if record.generation in self.refused:
+    def _followed_new_epoch(self, record: HostRecord) -> None:
+        if self.epoch:  # "": records from before epochs, then the first one numbered in one: no reset
+            _LOGGER.warning(
+                "channel %r: the coordinator %s was reset (epoch %r, now %r): following its host pid %d "
+                "of generation %d",
+                self._name,
+                self._engine.url,
+                self.epoch,
+                record.epoch,
+                record.pid,
+                record.generation,
+            )
+
+    def _refuse(self, record: HostRecord, why: str) -> None:
+        if (record.epoch, record.generation) in self.refused:
             return
-        self.refused.add(record.generation)
-        _LOGGER.warning(
-            "channel %r: refusing the host at %s: its generation %d is below %d, seen before; "
-            "if the coordinator's data was reset (a new cluster, a restore), restart this process",
-            self._name,
-            record.sock,
-            record.generation,
-            self.seen,
-        )
+        self.refused.add((record.epoch, record.generation))
+        _LOGGER.warning("channel %r: refusing the host at %s: %s", self._name, record.sock, why)
 
     def ensure_watching(self) -> None:
         """Start the watch thread unless it runs (or the cache was closed)."""

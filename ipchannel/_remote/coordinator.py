@@ -119,7 +119,7 @@ class RemoteCoordinator:
 
     def publish(self, record: HostRecord) -> HostRecord:
         """Claim the channel with ``record``: return it with the engine's generation, or raise LostClaim."""
-        ours = self._claim.take(record, floor=self._cache.seen)
+        ours = self._claim.take(record, self._cache.followed())
         self._cache.replace(ours)
         return ours
 
@@ -135,6 +135,10 @@ class RemoteCoordinator:
         if problem or not thorough or self._claim.record == record:
             return problem
         return f"its claim at {self._url.text} was replaced"
+
+    def holding_off(self, record: HostRecord) -> float:
+        """Seconds before our claim ``record`` may serve: after a reset of the engine, a ttl (see claim)."""
+        return self._claim.holding() if self._claim.record == record else 0.0
 
     def unreachable(self) -> str:
         return self._health.problem

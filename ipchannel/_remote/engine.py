@@ -19,9 +19,22 @@ from .. import _fork
 from .._errors import CoordinatorError, MissingExtraError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .._url import CoordinatorURL
 
-__all__ = ["ENGINES", "Engine", "EngineUnavailable", "Engines", "KeyWatch", "Snapshot", "facing_address"]
+__all__ = [
+    "ENGINES",
+    "Claimed",
+    "Engine",
+    "EngineUnavailable",
+    "Engines",
+    "KeyWatch",
+    "Renewal",
+    "Seen",
+    "Snapshot",
+    "facing_address",
+]
 
 #: engine -> (module to import, extra to install)
 _CLIENTS = {"etcd": ("etcd3gw", "etcd"), "redis": ("redis", "redis")}
@@ -32,11 +45,47 @@ class EngineUnavailable(Exception):
 
 
 class Snapshot(NamedTuple):
-    """One read of a channel's key: its value (None: no host), its generation and the engine's revision."""
+    """One read of a channel's key: its value (None: no host), its generation and the engine's revision.
+
+    ``epoch``: the engine's epoch now, read with the key (None: it has none, nothing was claimed
+    since its data was made or reset); a record of another epoch is not the engine's to follow.
+    """
 
     value: bytes | None
     generation: int
     revision: int = 0
+    epoch: str | None = None
+
+
+class Seen(NamedTuple):
+    """What a claimant has followed: the epoch (None: nothing yet), its highest generation, the revision.
+
+    The engine tells from it whether its state was reset under the claimant's eyes.
+    """
+
+    epoch: str | None
+    generation: int
+    revision: int = 0
+
+
+class Claimed(NamedTuple):
+    """A claim the engine granted: its generation and epoch, the record as stored, and how long to hold off.
+
+    ``hold``: seconds from now before the new host may answer, because a host from before a
+    reset of the engine may still serve (0 unless the engine was, or may have been, reset).
+    """
+
+    generation: int
+    epoch: str
+    value: bytes
+    hold: float
+
+
+class Renewal(NamedTuple):
+    """What a renewal found: ``ours`` (renewed), else the key's value (None: gone) instead of our record."""
+
+    ours: bool
+    found: bytes | None = None
 
 
 class KeyWatch(Protocol):
@@ -59,14 +108,17 @@ class Engine(Protocol):
     def read(self, name: str) -> Snapshot:
         """Return the channel's key now."""
 
-    def claim(self, name: str, value: bytes, ttl: float, floor: int) -> int | None:
-        """Create the key with ``value`` for ``ttl`` unless it exists: its generation (> floor) or None."""
+    def claim(self, name: str, value: Callable[[str], bytes], ttl: float, seen: Seen) -> Claimed | None:
+        """Create the key for ``ttl`` unless it exists: our claim (generation above ``seen``'s), or None.
 
-    def renew(self, name: str, generation: int, ttl: float) -> bool:
-        """Extend our claim by ``ttl``; False if it is gone (expired, or another's)."""
+        ``value(epoch)``: the record to store, carrying the epoch the engine numbers it in.
+        """
 
-    def release(self, name: str, generation: int) -> None:
-        """Delete the key if it is still our claim (revoke the lease / compare-and-delete)."""
+    def renew(self, name: str, claim: Claimed, ttl: float) -> Renewal:
+        """Extend our claim by ``ttl`` if the key still holds our record, all of it (else what it holds)."""
+
+    def release(self, name: str, claim: Claimed) -> None:
+        """Delete the key if it still holds our record (revoke the lease / compare-and-delete)."""
 
     def watch(self, name: str) -> KeyWatch:
         """Return a new watch on the channel's key."""

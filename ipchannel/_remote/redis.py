@@ -1,22 +1,25 @@
 """The Redis engine, on ``redis-py``: one key with a TTL per channel, and Lua scripts for every change.
 
 The key ``ipchannel:{NAME}`` holds ``"GENERATION JSON"``; ``ipchannel:{NAME}:generation``
-counts claims (the braces are a hash tag: both keys sit in one slot). Claiming is
-one script (``SET NX PX`` and ``INCR``: a separate INCR could number a claim
-that never happened, or two claims alike); renewing is a compare-and-pexpire
-script, releasing a compare-and-delete script, both keyed on the generation.
-Waiting uses keyspace notifications where the server has them enabled
-(``notify-keyspace-events`` with ``K`` and the generic and expired events),
-else a read every 50 ms.
+counts claims and ``ipchannel:{NAME}:epoch`` names the counter (a token the claim that
+made the counter chose; the braces are a hash tag: all sit in one slot). Claiming is one
+script (``SET NX PX`` and ``INCR``: a separate INCR could number a claim that never
+happened, or two claims alike); renewing is a compare-and-pexpire script, releasing a
+compare-and-delete script, both comparing the whole stored value. Waiting uses keyspace
+notifications where the server has them enabled (``notify-keyspace-events`` with ``K``
+and the generic and expired events, asked for every new watch), else a read every 50 ms.
 
-Limits: Redis replication is asynchronous, so a failover of Redis itself can
-hand a claim to two processes (the generation fence limits the damage); the
-generation survives a restart of Redis only with persistence (AOF).
+Limits: Redis replication is asynchronous, so a failover of Redis itself can hand a
+claim to two processes (the generation fence limits the damage). A restart without
+persistence forgets every claim: a new claim then holds off until the server has been
+up for a ttl (``_hold``); expiry follows Redis's wall clock.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import secrets
 import threading
 from typing import TYPE_CHECKING, TypeVar, cast
 
@@ -24,38 +27,59 @@ import redis  # the redis extra; engine.py checks it is installed before importi
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .engine import EngineUnavailable, Snapshot, facing_address
+from .engine import Claimed, EngineUnavailable, Renewal, Snapshot, facing_address
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from .._url import CoordinatorURL
+    from .engine import Seen
 
 _T = TypeVar("_T")
 
 __all__ = ["RedisEngine"]
 
+_LOGGER = logging.getLogger("ipchannel")
+_CLAIM_TRIES = 3  # the epoch the record carries can be wrong once (unknown) and change once (a reset)
+
 REQUEST_TIMEOUT = 1.0  # seconds one call may wait for Redis
 POLL_INTERVAL = 0.05  # seconds between reads when the server sends no keyspace notifications
 _WAKING_EVENTS = {b"set", b"del", b"expired", b"evicted", b"rename_from", b"rename_to"}
 
+# KEYS: host, counter, epoch. ARGV: record, px, floor, the floor's epoch, the record's epoch, a fresh epoch.
+# Returns {0}: claimed already; {-1, epoch}: build the record in that epoch and try again;
+# {generation, reset, raised}: claimed (reset: the counter was missing; raised: below the floor).
 _CLAIM = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 1 then return {0} end
+local epoch = redis.call('GET', KEYS[3])
+local reset = 0
+if redis.call('EXISTS', KEYS[2]) == 0 then
+    if ARGV[5] ~= ARGV[6] then return {-1, ARGV[6]} end
+    reset = 1
+elseif epoch and epoch ~= ARGV[5] then
+    return {-1, epoch}
+end
+redis.call('SET', KEYS[3], ARGV[5])
 local generation = redis.call('INCR', KEYS[2])
-local floor = tonumber(ARGV[3])
-if generation <= floor then
-    generation = floor + 1
+local raised = 0
+if reset == 0 and ARGV[4] == ARGV[5] and generation <= tonumber(ARGV[3]) then
+    generation = tonumber(ARGV[3]) + 1
     redis.call('SET', KEYS[2], generation)
+    raised = 1
 end
 redis.call('SET', KEYS[1], generation .. ' ' .. ARGV[1], 'PX', ARGV[2])
-return generation
+return {generation, reset, raised}
 """
+# The whole value is compared: a record rewritten by anyone else (another address, another epoch
+# under the same generation) is not ours to keep alive.
 _RENEW = """
 local value = redis.call('GET', KEYS[1])
-if value and string.sub(value, 1, string.len(ARGV[1])) == ARGV[1] then
-    return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+if value == ARGV[1] then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    return {1}
 end
-return 0
+if not value then return {0} end
+return {0, value}
 """
 _PUT_IF_CLAIMED = """
 local value = redis.call('GET', KEYS[1])
@@ -66,8 +90,7 @@ end
 return 0
 """
 _RELEASE = """
-local value = redis.call('GET', KEYS[1])
-if value and string.sub(value, 1, string.len(ARGV[1])) == ARGV[1] then
+if redis.call('GET', KEYS[1]) == ARGV[1] then
     return redis.call('DEL', KEYS[1])
 end
 return 0
@@ -112,7 +135,8 @@ class RedisEngine:
         self._renew = self._client.register_script(_RENEW)
         self._release = self._client.register_script(_RELEASE)
         self._put_if_claimed = self._client.register_script(_PUT_IF_CLAIMED)
-        self._notifications: bool | None = None
+        self._persistence_checked = False  # warned once if the server keeps no data on disk
+        self._uptime_unknown = False  # warned once that INFO is refused
 
     @property
     def url(self) -> str:
@@ -127,22 +151,60 @@ class RedisEngine:
             raise EngineUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
     def read(self, name: str) -> Snapshot:
-        return _parse(cast("bytes | None", self.run(self._client.get, _key(name))))
-
-    def claim(self, name: str, value: bytes, ttl: float, floor: int) -> int | None:
         key = _key(name)
-        generation = self.run(
-            self._claim, keys=[key, f"{key}:generation"], args=[value, max(1, round(ttl * 1000)), floor]
-        )
-        return int(generation) or None
+        value, epoch = cast("list[bytes | None]", self.run(self._client.mget, key, f"{key}:epoch"))
+        return _parse(value)._replace(epoch=None if epoch is None else epoch.decode(errors="replace"))
 
-    def renew(self, name: str, generation: int, ttl: float) -> bool:
-        return bool(
-            self.run(self._renew, keys=[_key(name)], args=[f"{generation} ", max(1, round(ttl * 1000))])
-        )
+    def claim(self, name: str, value: Callable[[str], bytes], ttl: float, seen: Seen) -> Claimed | None:
+        key, fresh = _key(name), secrets.token_hex(8)
+        epoch = seen.epoch or fresh
+        for _ in range(_CLAIM_TRIES):
+            record = value(epoch)
+            args = [record, max(1, round(ttl * 1000)), seen.generation, seen.epoch or "", epoch, fresh]
+            reply = self.run(self._claim, keys=[key, f"{key}:generation", f"{key}:epoch"], args=args)
+            if int(reply[0]) == -1:
+                epoch = bytes(reply[1]).decode()  # the engine's epoch, or ours to start a new one
+                continue
+            if int(reply[0]) == 0:
+                return None
+            generation, reset, raised = (int(part) for part in reply)
+            hold = self._hold(ttl, known_reset=bool(raised) or (bool(reset) and seen.epoch is not None))
+            return Claimed(generation, epoch, f"{generation} ".encode() + record, hold)
+        return None  # the epoch changed under us at every try: as good as claimed by another
 
-    def release(self, name: str, generation: int) -> None:
-        self.run(self._release, keys=[_key(name)], args=[f"{generation} "])
+    def _hold(self, ttl: float, *, known_reset: bool) -> float:
+        """Seconds a new claim holds off: until the server has been up a ttl; a full one after a reset.
+
+        A host from before a restart renewed last before it, so it stopped serving within a
+        ttl of the server's start (``uptime_in_seconds``, read after the claim: whole seconds,
+        rounded down). A reset seen by the claimant (a counter gone, or below what it saw) may
+        be a FLUSH on a server up for long: any earlier host's last renewal may be just before.
+        """
+        if known_reset:
+            return ttl
+        try:
+            uptime = float(self.run(self._client.info, "server")["uptime_in_seconds"])
+        except (EngineUnavailable, KeyError, ValueError) as exc:
+            if not self._uptime_unknown:
+                self._uptime_unknown = True
+                _LOGGER.warning(
+                    "%s: cannot tell how long the server has been up (%s): every new host waits %g s "
+                    "before serving, in case the server restarted with an earlier host's claim lost",
+                    self.url,
+                    exc,
+                    ttl,
+                )
+            return ttl
+        return max(0.0, ttl - uptime)
+
+    def renew(self, name: str, claim: Claimed, ttl: float) -> Renewal:
+        reply = self.run(self._renew, keys=[_key(name)], args=[claim.value, max(1, round(ttl * 1000))])
+        if int(reply[0]):
+            return Renewal(ours=True)
+        return Renewal(ours=False, found=bytes(reply[1]) if len(reply) > 1 else None)
+
+    def release(self, name: str, claim: Claimed) -> None:
+        self.run(self._release, keys=[_key(name)], args=[claim.value])
 
     def put_if_claimed(self, name: str, generation: int, leaf: str, value: bytes) -> bool:
         keys = [_key(name), f"{_key(name)}:{leaf}"]
@@ -164,17 +226,33 @@ class RedisEngine:
         return _RedisWatch(self, _key(name), self._url.db)
 
     def notifications(self) -> bool:
-        """Tell whether the server sends keyspace notifications for deletions, expiries and sets."""
-        if self._notifications is None:
-            try:
-                reply = self._client.config_get("notify-keyspace-events")
-            except redis.ResponseError:  # CONFIG is disabled (managed Redis): poll
-                reply = {}
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                raise EngineUnavailable(f"{type(exc).__name__}: {exc}") from exc
-            flags = str(reply.get("notify-keyspace-events", ""))
-            self._notifications = "K" in flags and ("A" in flags or {"g", "x", "$"} <= set(flags))
-        return self._notifications
+        """Tell whether the server sends keyspace notifications for deletions, expiries and sets.
+
+        Asked afresh for every new watch: a server restarted with another configuration is
+        asked again once its old watch broke. Warns once if the server keeps no data on disk.
+        """
+        if not self._persistence_checked:
+            self._persistence_checked = True
+            with contextlib.suppress(redis.RedisError):  # CONFIG disabled, or no answer: cannot tell
+                self._warn_unless_persistent()
+        try:
+            reply = cast("dict[str, str]", self._client.config_get("notify-keyspace-events"))
+        except redis.ResponseError:  # CONFIG is disabled (managed Redis): poll
+            reply = {}
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise EngineUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        flags = str(reply.get("notify-keyspace-events", ""))
+        return "K" in flags and ("A" in flags or {"g", "x", "$"} <= set(flags))
+
+    def _warn_unless_persistent(self) -> None:
+        appendonly = cast("dict[str, str]", self._client.config_get("appendonly")).get("appendonly", "")
+        save = cast("dict[str, str]", self._client.config_get("save")).get("save", "")
+        if appendonly == "no" and not save.strip():
+            _LOGGER.warning(
+                'the coordinator %s keeps no data on disk (appendonly no, save ""): a restart forgets '
+                "every claim, and each new host then waits up to a ttl before serving",
+                self.url,
+            )
 
     def pubsub(self) -> redis.client.PubSub:
         # typed from redis-py 8.2 on, untyped before: either way the result is a PubSub

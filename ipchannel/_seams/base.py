@@ -140,6 +140,13 @@ class Coordinator(Protocol):
         checks what can be taken away from outside (a lock file, the record, the claim's key).
         """
 
+    def holding_off(self, record: HostRecord) -> float:
+        """As ``record``'s new host: seconds before it may first answer (0: now); not a reason to step down.
+
+        An election whose memory was reset (an engine's data lost) cannot tell whether an
+        earlier host still serves: its new host waits until that one must have stopped.
+        """
+
     def unreachable(self) -> str:
         """Say why the coordinator does not answer ("" if it does, or cannot fail to: a local one)."""
 

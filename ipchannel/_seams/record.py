@@ -2,7 +2,8 @@
 
 A backend stores it as JSON (a file, an engine's key). A host is identified by
 (pid, start time), so a pid reused by an unrelated process is never mistaken for
-the host; the generation numbers terms, 1 for the first, growing with every new host.
+the host; the generation numbers terms, 1 for the first, growing with every new host (within
+an engine's epoch: its data reset, numbering starts again under a new one).
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ class HostRecord:
     auth: bool = False
     #: the host's machine (``socket.gethostname()``), in records kept by a coordinator engine
     node: str = ""
+    #: the engine's epoch of ``generation`` (a token made with its generation counter; "" for a lock file):
+    #: after the engine's data is reset, generations start again under a new epoch
+    epoch: str = ""
 
     def to_json(self) -> bytes:
         """Return the record as JSON bytes."""
@@ -68,6 +72,7 @@ class HostRecord:
                 started=float(raw["started"]),
                 auth=bool(raw.get("auth", False)),
                 node=str(raw.get("node", "")),
+                epoch=str(raw.get("epoch", "")),
             )
         except (KeyError, TypeError, ValueError, UnicodeDecodeError) as exc:
             raise ValueError(f"not a host record: {exc}") from exc
