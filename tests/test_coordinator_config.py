@@ -18,11 +18,13 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from _certs import Pki, make_pki
 from _servers import EngineServer, start_etcd, start_redis
+from conftest import wait_until
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import ipchannel
 from ipchannel import CoordinatorError, CoordinatorUnavailable, CoordinatorURLError
+from ipchannel._core.port import port_of
 from ipchannel._remote.engine import Seen, facing_address
 from ipchannel._remote.etcd import EtcdEngine
 from ipchannel._url import parse_url
@@ -297,6 +299,9 @@ def test_a_loopback_advertise_with_a_remote_engine_is_warned_once(
             ) as channel:
                 channel.join(timeout=10)
                 assert channel.is_host
+                # a server started just now: the claim holds off (an engine reset?) until it is up a
+                # ttl, and one closed while holding off is left to expire; wait, so it is released
+                wait_until(port_of(channel).may_serve, timeout=10)
     finally:
         server.stop()
     (warning,) = _loopback_warnings(caplog)
@@ -459,7 +464,7 @@ def test_the_watch_stream_carries_the_certificate_and_the_token(
     try:
         before = engine.read("watched")
         watch = engine.watch("watched")
-        claimed = threading.Timer(0.5, engine.claim, ("watched", b"v", 5.0, 0))
+        claimed = threading.Timer(0.5, engine.claim, ("watched", lambda _epoch: b"v", 5.0, Seen(None, 0)))
         claimed.start()
         started = time.monotonic()
         watch.wait(before, 10.0)  # a watch that failed would return at once; one without events, in 10 s
