@@ -20,10 +20,12 @@ import socket
 import struct
 from typing import TYPE_CHECKING
 
-from .. import _platform
-from .._auth import HANDSHAKE_TIMEOUT, Stream, check_auth_matches, client_handshake, host_admits
+from .. import _auth, _platform
+from .._auth import Stream, check_auth_matches, client_handshake, host_admits
 from .._errors import AuthenticationError, ChannelError
 from .._seams.base import Connection, plain_socket
+from .._timing import Deadline
+from .admission import Admission
 from .tls import TlsSession, TlsStream
 
 if TYPE_CHECKING:
@@ -156,6 +158,7 @@ class TcpListener:
     ) -> None:
         self._name, self._authkey, self._tls, self._gate = name, authkey, tls, gate
         self.generation = 0  # set by publish(): until then we are not host, and say nothing
+        self._admission = Admission(name)
         self._sock = _bound(name, bind)
         host, port = str(self._sock.getsockname()[0]), int(self._sock.getsockname()[1])
         if advertise is not None:
@@ -176,34 +179,46 @@ class TcpListener:
     def verify(self, conn: socket.socket) -> bool:
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         _platform.keep_alive(conn, *KEEPALIVE)
+        self._admission.enter(conn)  # a place among the unauthenticated; the oldest may make room
         return True  # who it is, the authkey handshake tells (in its handler thread)
 
     def admit(self, conn: socket.socket, track: Callable[[socket.socket], None]) -> socket.socket | None:
-        sock = conn if self._tls is None else self._start_tls(conn, track)
-        if sock is None or not host_admits(sock, self._authkey, self._name):
-            return None
-        if not self.generation or not self._gate():
-            return None  # not (or no longer) host: say nothing, and the client looks elsewhere
+        """TLS, the authkey handshake and the hello, all within one deadline (``HANDSHAKE_TIMEOUT``)."""
+        fileno, deadline = conn.fileno(), Deadline(_auth.HANDSHAKE_TIMEOUT)
         try:
-            sock.sendall(_HELLO.pack(self.generation))
-        except OSError:
-            return None
-        return sock
+            sock = conn if self._tls is None else self._start_tls(conn, track, deadline)
+            warn = self._admission.warn
+            if sock is None or not host_admits(sock, self._authkey, self._name, deadline, warn):
+                return None
+            if not self.generation or not self._gate():
+                return None  # not (or no longer) host: say nothing, and the client looks elsewhere
+            try:
+                sock.settimeout(max(deadline.remaining(), 0.001))
+                sock.sendall(_HELLO.pack(self.generation))
+                sock.settimeout(None)
+            except OSError:
+                return None
+            return sock
+        finally:
+            self._admission.leave(fileno)
 
-    def _start_tls(self, raw: socket.socket, track: Callable[[socket.socket], None]) -> socket.socket | None:
-        """Wrap ``raw`` and run the TLS handshake (host side); None if it failed."""
+    def _start_tls(
+        self, raw: socket.socket, track: Callable[[socket.socket], None], deadline: Deadline
+    ) -> socket.socket | None:
+        """Wrap ``raw`` and run the TLS handshake (host side) by ``deadline``; None if it failed."""
         assert self._tls is not None
-        raw.settimeout(HANDSHAKE_TIMEOUT)
+        raw.settimeout(max(deadline.remaining(), 0.001))  # do_handshake() keeps one deadline for it
         try:
             sock = self._tls.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
         except (OSError, ValueError) as exc:
-            _LOGGER.warning("channel %r: refused a connection: TLS failed: %s", self._name, exc)
+            self._admission.warn("refused a connection: TLS failed: %s", exc)
             return None
+        self._admission.replace(raw, sock)
         track(sock)  # from here on, ending hosting shuts the TLS socket
         try:
             sock.do_handshake()
         except (OSError, ValueError) as exc:
-            _LOGGER.warning("channel %r: refused a connection: TLS handshake failed: %s", self._name, exc)
+            self._admission.warn("refused a connection: TLS handshake failed: %s", exc)
             return None
         sock.settimeout(None)
         return sock
@@ -241,7 +256,7 @@ def _bound(name: str, bind: tuple[str, int]) -> socket.socket:
 
 
 def _read_hello(stream: Stream) -> int | None:
-    stream.settimeout(HANDSHAKE_TIMEOUT)
+    stream.settimeout(_auth.HANDSHAKE_TIMEOUT)
     data = b""
     while len(data) < _HELLO.size:
         chunk = stream.recv(_HELLO.size - len(data))
