@@ -17,6 +17,7 @@ import os
 import pickle
 import select
 import socket
+import ssl
 import threading
 import time
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -25,7 +26,7 @@ import psutil
 import pytest
 from _servers import free_ports, start_redis
 from conftest import wait_until
-from test_across import Machines, served_by
+from test_across import Machines, _self_signed, served_by
 
 import ipchannel
 from ipchannel import _auth
@@ -85,23 +86,31 @@ class _Flood:
 
 @pytest.mark.timeout(120)
 def test_a_flood_of_silent_connections_keeps_the_host_s_threads_bounded_and_serves_an_honest_peer(
-    machines: Machines,
+    machines: Machines, tmp_path: Path
 ) -> None:
     host, (honest,) = machines.boot_served(1)[0], machines.boot(1)
     assert served_by(host) == host.pid
+    host.call("log_to", path=str(log := tmp_path / "host.log"))
     threads = psutil.Process(host.pid)
     before = threads.num_threads()
     flood = _Flood(_address(host), burst=300, rate=100)
     try:
-        peak = before
-        watched = time.monotonic()
-        while time.monotonic() - watched < 2.0:
-            peak = max(peak, threads.num_threads())
-            time.sleep(0.02)
+        peak, started = before, time.monotonic()
+
+        def watch(seconds: float) -> None:
+            nonlocal peak
+            while time.monotonic() - started < seconds:
+                peak = max(peak, threads.num_threads())
+                time.sleep(0.02)
+
+        watch(2.0)
         reply = honest.call("request", timeout=20, message="who", wait=10)  # its first connection
-        peak = max(peak, threads.num_threads())
+        watch(_auth.HANDSHAKE_TIMEOUT + 1.5)  # silent ones run out of time: refused, and logged
     finally:
         flood.close()
+    wait_until(lambda: threads.num_threads() <= before + 8, timeout=15)  # every handshake ended
+    warnings = [line for line in log.read_text().splitlines() if " WARNING " in line]
+    assert len(warnings) <= 3, warnings[:5]  # a port scanner does not fill the log
     assert reply["reply"]["pid"] == host.pid
     assert reply["took"] < 2.0, reply  # connected and answered during the flood
     assert peak <= before + MAX_UNAUTHENTICATED + 16, (before, peak)
@@ -125,6 +134,54 @@ def test_a_client_that_drips_a_byte_at_a_time_is_cut_off_at_the_handshake_deadli
             except OSError:
                 closed = time.monotonic() - started
                 break
+    assert closed is not None, "still held by the host after 9 s"
+    assert closed < _auth.HANDSHAKE_TIMEOUT + 1.5
+
+
+@pytest.fixture
+def certificate(tmp_path: Path) -> tuple[str, str]:
+    return _self_signed(tmp_path, "ipchannel-test", ",".join(f"IP:127.0.0.{i}" for i in range(2, 10)))
+
+
+def _drip_tls_then_the_answer(address: tuple[str, int], cafile: str, deadline: float) -> float | None:
+    """Drip a TLS ClientHello over 2.5 s, then the authkey answer a byte at a time; when was it cut off?"""
+    tls = ssl.create_default_context(cafile=cafile).wrap_bio(
+        incoming := ssl.MemoryBIO(), outgoing := ssl.MemoryBIO(), server_hostname=address[0]
+    )
+    with socket.create_connection(address, timeout=5) as raw:
+        started = time.monotonic()
+        try:
+            while True:
+                try:
+                    tls.do_handshake()
+                    break
+                except ssl.SSLWantReadError:
+                    data = outgoing.read()
+                    for at in range(
+                        0, len(data), step := max(1, len(data) // 5)
+                    ):  # a first flight in 5 drips
+                        raw.sendall(data[at : at + step])
+                        time.sleep(0.5 if len(data) > 200 else 0)
+                    if not (chunk := raw.recv(65536)):
+                        return time.monotonic() - started
+                    incoming.write(chunk)
+            raw.sendall(outgoing.read())
+            while time.monotonic() - started < deadline:
+                tls.write(b"x")  # a byte of the answer every 0.5 s
+                raw.sendall(outgoing.read())
+                if select.select([raw], [], [], 0.5)[0] and not raw.recv(65536):
+                    return time.monotonic() - started
+        except OSError:
+            return time.monotonic() - started
+    return None
+
+
+@pytest.mark.timeout(60)
+def test_one_deadline_covers_tls_and_the_authkey_handshake(
+    machines: Machines, certificate: tuple[str, str]
+) -> None:
+    host = machines.boot_served(1, tls=certificate)[0]
+    closed = _drip_tls_then_the_answer(_address(host), certificate[0], _auth.HANDSHAKE_TIMEOUT + 4)
     assert closed is not None, "still held by the host after 9 s"
     assert closed < _auth.HANDSHAKE_TIMEOUT + 1.5
 

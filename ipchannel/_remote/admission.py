@@ -32,14 +32,14 @@ LOG_INTERVAL = 10.0  # seconds between two warnings about refused strangers
 class Throttled:
     """A WARNING logged at most once per ``interval``; the next one says how many were held back."""
 
-    def __init__(self, channel: str, interval: float = LOG_INTERVAL) -> None:
-        self._channel, self._interval = channel, interval
+    def __init__(self, interval: float = LOG_INTERVAL) -> None:
+        self._interval = interval
         self._lock = threading.Lock()
         self._next = 0.0  # monotonic time from which the next warning is logged
         self._held = 0
 
     def __call__(self, message: str, *args: object) -> None:
-        """Log ``message % args`` (lazily) as a WARNING about the channel, unless one was logged lately."""
+        """Log ``message % args`` as a WARNING, unless one was logged less than an interval ago."""
         now = time.monotonic()
         with self._lock:
             if now < self._next:
@@ -47,21 +47,22 @@ class Throttled:
                 return
             held, self._held, self._next = self._held, 0, now + self._interval
         more = f" ({held} more refused in the last {self._interval:.0f} s, not logged)" if held else ""
-        _LOGGER.warning("channel %r: %s%s", self._channel, message % args, more)
+        _LOGGER.warning("%s%s", message % args, more)
 
 
 class Admission:
     """The connections accepted but not yet authenticated, oldest first, at most ``cap`` of them."""
 
     def __init__(self, channel: str, cap: int = MAX_UNAUTHENTICATED) -> None:
-        self._cap = cap
-        self.warn = Throttled(channel)
+        self._channel, self._cap = channel, cap
+        self.warn = Throttled()
         self._lock = threading.Lock()
         self._waiting: OrderedDict[int, socket.socket] = OrderedDict()  # by descriptor: TLS keeps it
 
     def enter(self, conn: socket.socket) -> None:
         """In the accepting thread: count ``conn`` in; if the places are full, shut the oldest one down."""
         with self._lock:
+            self._waiting.pop(conn.fileno(), None)  # a stale entry's place would make it look the oldest
             self._waiting[conn.fileno()] = conn
             oldest = self._waiting.popitem(last=False)[1] if len(self._waiting) > self._cap else None
             if oldest is not None:
@@ -69,8 +70,9 @@ class Admission:
                     socket.socket.shutdown(oldest, socket.SHUT_RDWR)  # the descriptor, not TLS's override
         if oldest is not None:
             self.warn(
-                "closed an unauthenticated connection: %d were waiting for their handshake "
+                "channel %r: closed an unauthenticated connection: %d were waiting for their handshake "
                 "(a port scanner or a flood?); the oldest makes room",
+                self._channel,
                 self._cap,
             )
 

@@ -235,14 +235,16 @@ class TcpListener:
         try:
             sock = self._tls.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
         except (OSError, ValueError) as exc:
-            self._admission.warn("refused a connection: TLS failed: %s", exc)
+            self._admission.warn("channel %r: refused a connection: TLS failed: %s", self._name, exc)
             return None
         self._admission.replace(raw, sock)
         track(sock)  # from here on, ending hosting shuts the TLS socket
         try:
             sock.do_handshake()
         except (OSError, ValueError) as exc:
-            self._admission.warn("refused a connection: TLS handshake failed: %s", exc)
+            self._admission.warn(
+                "channel %r: refused a connection: TLS handshake failed: %s", self._name, exc
+            )
             return None
         sock.settimeout(None)
         return sock
