@@ -59,6 +59,9 @@ __all__ = [
 _LOGGER = logging.getLogger("ipchannel")
 HANDSHAKE_TIMEOUT = 5.0  # seconds a whole handshake may take (one deadline, not one per message)
 _CHALLENGE = b"#IPCHANNEL-AUTH#"
+#: the challenge of a connection whose bytes then travel in authenticated records (TCP without TLS):
+#: a client or host of a version without them is told apart, not taken for one with another key
+_CHALLENGE_RECORDS = b"#IPCHANNEL-AUTR#"
 _WELCOME = b"#IPCHANNEL-OK###"
 _FAILURE = b"#IPCHANNEL-FAIL#"
 NONCE = 32  # bytes of each side's nonce; the transcript is both, host's first
@@ -112,15 +115,18 @@ def _send(sock: Stream, data: bytes, channel: str, deadline: Deadline) -> None:
         raise AuthenticationError(channel, f"the handshake took over {deadline.timeout:.0f} s") from None
 
 
-def host_handshake(sock: Stream, key: bytes, channel: str, deadline: Deadline | None = None) -> bytes:
+def host_handshake(
+    sock: Stream, key: bytes, channel: str, deadline: Deadline | None = None, *, records: bool = False
+) -> bytes:
     """Challenge a new connection (host side); return the transcript, or raise AuthenticationError.
 
-    ``deadline`` bounds the whole handshake (default: ``HANDSHAKE_TIMEOUT`` from now).
+    ``deadline`` bounds the whole handshake (default: ``HANDSHAKE_TIMEOUT`` from now); ``records``:
+    the connection continues in authenticated records (the challenge says so).
     """
     deadline = Deadline(HANDSHAKE_TIMEOUT) if deadline is None else deadline
     try:
         nonce = os.urandom(NONCE)
-        _send(sock, _CHALLENGE + nonce, channel, deadline)
+        _send(sock, (_CHALLENGE_RECORDS if records else _CHALLENGE) + nonce, channel, deadline)
         answer = _recv_exactly(sock, _DIGEST + NONCE, channel, "answer to the challenge", deadline)
         if not hmac.compare_digest(answer[:_DIGEST], _mac(key, b"client", nonce)):
             _send(sock, _FAILURE, channel, deadline)
@@ -131,12 +137,14 @@ def host_handshake(sock: Stream, key: bytes, channel: str, deadline: Deadline | 
     return nonce + answer[_DIGEST:]
 
 
-def host_admits(
+def host_admits(  # noqa: PLR0913 - the handshake's, then where refusals are logged, then the protocol
     sock: Stream,
     key: bytes,
     channel: str,
     deadline: Deadline | None = None,
     warn: Callable[..., None] = _LOGGER.warning,
+    *,
+    records: bool = False,
 ) -> bytes | None:
     """Run the host's side in the connection's handler thread (a slow client delays nobody else).
 
@@ -144,7 +152,7 @@ def host_admits(
     did not finish by ``deadline``, or left meanwhile.
     """
     try:
-        return host_handshake(sock, key, channel, deadline)
+        return host_handshake(sock, key, channel, deadline, records=records)
     except AuthenticationError as exc:
         warn("refused a connection: %s", exc)
     except OSError as exc:
@@ -152,7 +160,9 @@ def host_admits(
     return None
 
 
-def client_handshake(sock: Stream, key: bytes, channel: str, deadline: Deadline | None = None) -> bytes:
+def client_handshake(
+    sock: Stream, key: bytes, channel: str, deadline: Deadline | None = None, *, records: bool = False
+) -> bytes:
     """Answer the host's challenge and check the host's proof; return the transcript.
 
     :raises AuthenticationError: the keys differ, the host is not one, or it took longer than ``deadline``.
@@ -161,7 +171,14 @@ def client_handshake(sock: Stream, key: bytes, channel: str, deadline: Deadline 
     try:
         size = len(_CHALLENGE) + NONCE
         challenge = _recv_exactly(sock, size, channel, "authentication challenge", deadline)
-        if not challenge.startswith(_CHALLENGE):
+        expected, other = (_CHALLENGE_RECORDS, _CHALLENGE) if records else (_CHALLENGE, _CHALLENGE_RECORDS)
+        if challenge.startswith(other):
+            raise AuthenticationError(
+                channel,
+                "the host runs another ipchannel version (with or without authenticated records "
+                "after the handshake); run the same version in every process",
+            )
+        if not challenge.startswith(expected):
             raise AuthenticationError(channel, "the host did not send an authentication challenge")
         nonce = os.urandom(NONCE)
         _send(sock, _mac(key, b"client", challenge[len(_CHALLENGE) :]) + nonce, channel, deadline)

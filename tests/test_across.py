@@ -177,7 +177,7 @@ def test_graceful_close_hands_over_in_under_half_a_second(machines: Machines) ->
 def _raw_client(address: str) -> tuple[socket.socket, FrameReader]:
     """A connection that speaks the request protocol itself, so it stays on the host it dialed."""
     raw = socket.create_connection(split_address(address), timeout=5)
-    transcript = client_handshake(raw, KEY, "jobs")
+    transcript = client_handshake(raw, KEY, "jobs", records=True)
     sock = RecordSocket(raw, RecordSession(KEY, transcript, host=False, channel="jobs"))  # as TCP carries it
     assert len(sock.recv(8)) == 8  # the host's hello: its generation
     return sock, FrameReader(sock)

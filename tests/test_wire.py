@@ -541,3 +541,11 @@ def test_a_record_from_the_other_direction_is_refused() -> None:
         with pytest.raises(ConnectionAbortedError, match="failed its authentication"):
             host.recv(64)
         assert client_end.recv(1) == b""  # and the host ended the connection
+
+
+def test_a_client_facing_a_host_without_records_is_told_the_versions_differ() -> None:
+    host_end, client_end = socket.socketpair()
+    with host_end, client_end:
+        host_end.sendall(b"#IPCHANNEL-AUTH#" + bytes(_auth.NONCE))  # an older host's challenge
+        with pytest.raises(ipchannel.AuthenticationError, match="another ipchannel version"):
+            _auth.client_handshake(client_end, KEY, "unit", records=True)

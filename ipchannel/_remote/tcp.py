@@ -123,7 +123,7 @@ class TcpTransport:
         elif not raw.recv(1, socket.MSG_PEEK):
             return None, None  # closed before a word (a proxy or balancer whose host is gone): not a refusal
         try:
-            transcript = client_handshake(stream, self._authkey, self._name)
+            transcript = client_handshake(stream, self._authkey, self._name, records=tls is None)
         except AuthenticationError:
             raise
         except OSError:
@@ -196,7 +196,8 @@ class TcpListener:
             sock = conn if self._tls is None else self._start_tls(conn, track, deadline)
             if sock is None:
                 return None
-            transcript = host_admits(sock, self._authkey, self._name, deadline, self._admission.warn)
+            warn, records = self._admission.warn, self._tls is None
+            transcript = host_admits(sock, self._authkey, self._name, deadline, warn, records=records)
             if transcript is None:
                 return None
             if self._tls is None:  # TLS authenticates every record already; else our records do
