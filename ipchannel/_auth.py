@@ -9,7 +9,11 @@ As ``multiprocessing.connection`` does it, with SHA-256 and ``hmac.compare_diges
 Both sides prove they know the key; neither sends it. The labels keep one
 side's answer from being replayed as the other's. The uid check on the socket
 still applies first: the authkey narrows "processes of this user" to "processes
-of this user that were given the key".
+of this user that were given the key". Each side returns the two nonces (the
+handshake's transcript): across machines they key the record layer that
+authenticates every later byte (``_remote.records``). The whole handshake runs
+within one deadline (``HANDSHAKE_TIMEOUT``), not a timeout per ``recv``: a client
+that drips a byte at a time is cut off as surely as a silent one.
 """
 
 from __future__ import annotations
@@ -21,9 +25,11 @@ import os
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from ._errors import AuthenticationError
+from ._timing import Deadline
 
 if TYPE_CHECKING:
     import socket
+    from collections.abc import Callable
 
 _Sock = TypeVar("_Sock", bound="socket.socket")
 
@@ -40,6 +46,7 @@ class Stream(Protocol):
 
 __all__ = [
     "HANDSHAKE_TIMEOUT",
+    "NONCE",
     "Stream",
     "authenticated",
     "check_auth_matches",
@@ -50,11 +57,14 @@ __all__ = [
 ]
 
 _LOGGER = logging.getLogger("ipchannel")
-HANDSHAKE_TIMEOUT = 5.0  # seconds either side waits for the other's next message
+HANDSHAKE_TIMEOUT = 5.0  # seconds a whole handshake may take (one deadline, not one per message)
 _CHALLENGE = b"#IPCHANNEL-AUTH#"
+#: the challenge of a connection whose bytes then travel in authenticated records (TCP without TLS):
+#: a client or host of a version without them is told apart, not taken for one with another key
+_CHALLENGE_RECORDS = b"#IPCHANNEL-AUTR#"
 _WELCOME = b"#IPCHANNEL-OK###"
 _FAILURE = b"#IPCHANNEL-FAIL#"
-_NONCE = 32
+NONCE = 32  # bytes of each side's nonce; the transcript is both, host's first
 _DIGEST = 32
 
 
@@ -75,67 +85,112 @@ def _mac(key: bytes, label: bytes, nonce: bytes) -> bytes:
     return hmac.new(key, label + nonce, hashlib.sha256).digest()
 
 
-def _recv_exactly(sock: Stream, size: int, channel: str, waiting_for: str) -> bytes:
+def _within(sock: Stream, deadline: Deadline, channel: str, waiting_for: str) -> None:
+    """Let the next socket call wait only for what is left of the handshake's deadline."""
+    remaining = deadline.remaining()
+    if remaining <= 0:
+        raise AuthenticationError(channel, f"no {waiting_for} within {deadline.timeout:.0f} s")
+    sock.settimeout(remaining)
+
+
+def _recv_exactly(sock: Stream, size: int, channel: str, waiting_for: str, deadline: Deadline) -> bytes:
     data = b""
     while len(data) < size:
+        _within(sock, deadline, channel, waiting_for)
         try:
             chunk = sock.recv(size - len(data))
         except TimeoutError:
-            raise AuthenticationError(channel, f"no {waiting_for} within {HANDSHAKE_TIMEOUT:.0f} s") from None
+            raise AuthenticationError(channel, f"no {waiting_for} within {deadline.timeout:.0f} s") from None
         if not chunk:  # the other end went away (a host stepping down ends every connection): not a refusal
             raise ConnectionResetError(f"channel {channel!r}: the connection closed before the {waiting_for}")
         data += chunk
     return data
 
 
-def host_handshake(sock: socket.socket, key: bytes, channel: str) -> None:
-    """Challenge a new connection (host side); raise AuthenticationError if it does not know ``key``."""
-    sock.settimeout(HANDSHAKE_TIMEOUT)
+def _send(sock: Stream, data: bytes, channel: str, deadline: Deadline) -> None:
+    _within(sock, deadline, channel, "room to send the handshake")  # a client that reads nothing
     try:
-        nonce = os.urandom(_NONCE)
-        sock.sendall(_CHALLENGE + nonce)
-        answer = _recv_exactly(sock, _DIGEST + _NONCE, channel, "answer to the challenge")
+        sock.sendall(data)
+    except TimeoutError:
+        raise AuthenticationError(channel, f"the handshake took over {deadline.timeout:.0f} s") from None
+
+
+def host_handshake(
+    sock: Stream, key: bytes, channel: str, deadline: Deadline | None = None, *, records: bool = False
+) -> bytes:
+    """Challenge a new connection (host side); return the transcript, or raise AuthenticationError.
+
+    ``deadline`` bounds the whole handshake (default: ``HANDSHAKE_TIMEOUT`` from now); ``records``:
+    the connection continues in authenticated records (the challenge says so).
+    """
+    deadline = Deadline(HANDSHAKE_TIMEOUT) if deadline is None else deadline
+    try:
+        nonce = os.urandom(NONCE)
+        _send(sock, (_CHALLENGE_RECORDS if records else _CHALLENGE) + nonce, channel, deadline)
+        answer = _recv_exactly(sock, _DIGEST + NONCE, channel, "answer to the challenge", deadline)
         if not hmac.compare_digest(answer[:_DIGEST], _mac(key, b"client", nonce)):
-            sock.sendall(_FAILURE)
+            _send(sock, _FAILURE, channel, deadline)
             raise AuthenticationError(channel, "the client answered the challenge with another authkey")
-        sock.sendall(_WELCOME + _mac(key, b"host", answer[_DIGEST:]))
+        _send(sock, _WELCOME + _mac(key, b"host", answer[_DIGEST:]), channel, deadline)
     finally:
         sock.settimeout(None)
+    return nonce + answer[_DIGEST:]
 
 
-def host_admits(sock: socket.socket, key: bytes, channel: str) -> bool:
+def host_admits(  # noqa: PLR0913 - the handshake's, then where refusals are logged, then the protocol
+    sock: Stream,
+    key: bytes,
+    channel: str,
+    deadline: Deadline | None = None,
+    warn: Callable[..., None] = _LOGGER.warning,
+    *,
+    records: bool = False,
+) -> bytes | None:
     """Run the host's side in the connection's handler thread (a slow client delays nobody else).
 
-    False (logged) if the client does not know the key or left meanwhile.
+    Returns the transcript, or None (logged through ``warn``) if the client does not know the key,
+    did not finish by ``deadline``, or left meanwhile.
     """
     try:
-        host_handshake(sock, key, channel)
+        return host_handshake(sock, key, channel, deadline, records=records)
     except AuthenticationError as exc:
-        _LOGGER.warning("refused a connection: %s", exc)
-        return False
+        warn("refused a connection: %s", exc)
     except OSError as exc:
         _LOGGER.debug("channel %r: a client left during the handshake: %s", channel, exc)
-        return False
-    return True
+    return None
 
 
-def client_handshake(sock: Stream, key: bytes, channel: str) -> None:
-    """Answer the host's challenge and check the host's proof; raise AuthenticationError on failure."""
-    sock.settimeout(HANDSHAKE_TIMEOUT)
+def client_handshake(
+    sock: Stream, key: bytes, channel: str, deadline: Deadline | None = None, *, records: bool = False
+) -> bytes:
+    """Answer the host's challenge and check the host's proof; return the transcript.
+
+    :raises AuthenticationError: the keys differ, the host is not one, or it took longer than ``deadline``.
+    """
+    deadline = Deadline(HANDSHAKE_TIMEOUT) if deadline is None else deadline
     try:
-        challenge = _recv_exactly(sock, len(_CHALLENGE) + _NONCE, channel, "authentication challenge")
-        if not challenge.startswith(_CHALLENGE):
+        size = len(_CHALLENGE) + NONCE
+        challenge = _recv_exactly(sock, size, channel, "authentication challenge", deadline)
+        expected, other = (_CHALLENGE_RECORDS, _CHALLENGE) if records else (_CHALLENGE, _CHALLENGE_RECORDS)
+        if challenge.startswith(other):
+            raise AuthenticationError(
+                channel,
+                "the host runs another ipchannel version (with or without authenticated records "
+                "after the handshake); run the same version in every process",
+            )
+        if not challenge.startswith(expected):
             raise AuthenticationError(channel, "the host did not send an authentication challenge")
-        nonce = os.urandom(_NONCE)
-        sock.sendall(_mac(key, b"client", challenge[len(_CHALLENGE) :]) + nonce)
-        verdict = _recv_exactly(sock, len(_WELCOME), channel, "host's verdict")
+        nonce = os.urandom(NONCE)
+        _send(sock, _mac(key, b"client", challenge[len(_CHALLENGE) :]) + nonce, channel, deadline)
+        verdict = _recv_exactly(sock, len(_WELCOME), channel, "host's verdict", deadline)
         if verdict == _FAILURE:
             raise AuthenticationError(channel, "the host refused our authkey (the keys differ)")
-        proof = _recv_exactly(sock, _DIGEST, channel, "host's proof")
+        proof = _recv_exactly(sock, _DIGEST, channel, "host's proof", deadline)
         if verdict != _WELCOME or not hmac.compare_digest(proof, _mac(key, b"host", nonce)):
             raise AuthenticationError(channel, "the host could not prove it knows the authkey")
     finally:
         sock.settimeout(None)
+    return challenge[len(_CHALLENGE) :] + nonce
 
 
 def check_auth_matches(channel: str, host_requires_key: bool, authkey: bytes | None) -> None:

@@ -35,6 +35,7 @@ from ipchannel import CoordinatorUnavailable, CoordinatorURLError, MissingExtraE
 from ipchannel._auth import client_handshake
 from ipchannel._core.port import port_of
 from ipchannel._framing import FrameReader
+from ipchannel._remote.records import RecordSession, RecordSocket
 from ipchannel._remote.tcp import split_address
 from ipchannel._requests.wire import REQUEST, build_frame
 
@@ -175,8 +176,9 @@ def test_graceful_close_hands_over_in_under_half_a_second(machines: Machines) ->
 
 def _raw_client(address: str) -> tuple[socket.socket, FrameReader]:
     """A connection that speaks the request protocol itself, so it stays on the host it dialed."""
-    sock = socket.create_connection(split_address(address), timeout=5)
-    client_handshake(sock, KEY, "jobs")
+    raw = socket.create_connection(split_address(address), timeout=5)
+    transcript = client_handshake(raw, KEY, "jobs", records=True)
+    sock = RecordSocket(raw, RecordSession(KEY, transcript, host=False, channel="jobs"))  # as TCP carries it
     assert len(sock.recv(8)) == 8  # the host's hello: its generation
     return sock, FrameReader(sock)
 

@@ -5,11 +5,10 @@ selectors all work). When its connection is lost (EOF, reset, broken pipe) it
 asks its owner (the channel's connector, through ``SocketOwner``) to recover:
 
 - still serving: the handler closed the connection; plain socket behaviour;
-- not serving, and ``auto_reconnect``: the channel finds the new host and the
-  new connection is ``dup2``-ed onto the same file descriptor, so the object
-  and its ``fileno()`` stay the same (a TLS session moves with it). ``send``/``sendall`` then deliver to the
-  new host; ``recv``/``recv_into`` raise ``HostChanged`` (what the old host had
-  not answered is lost).
+- not serving, and ``auto_reconnect``: the channel finds the new host and the new connection is
+  ``dup2``-ed onto the same file descriptor, so the object and its ``fileno()`` stay the same (a
+  session, TLS or authenticated records, moves with it). ``send``/``sendall`` then deliver to the
+  new host; ``recv``/``recv_into`` raise ``HostChanged`` (what the old host had not answered is lost).
 
 Only ``recv``, ``recv_into``, ``send`` and ``sendall`` (and ``makefile()``, built
 on them) take part; ``sendfile``, ``recvmsg`` and friends behave as on a plain socket.
@@ -117,10 +116,9 @@ class ChannelSocket(socket.socket):
     ) -> None:
         super().__init__(family, type, proto, fileno)
         self._owner, self._record, self._timeout, self._session = _owner, _record, _timeout, _session
-        self._epoch = 0
+        self._epoch, self._channel_closed = 0, False
         self._stale = False  # set in a forked child: reconnect before first use
         self._peer_closed = self._kicked = False  # its host's handler ended the connection / the channel did
-        self._channel_closed = False
         self._unusual = False  # _stale or _channel_closed: the one flag the I/O calls test
         self._recover_lock = threading.Lock()
 
@@ -143,10 +141,7 @@ class ChannelSocket(socket.socket):
     _raw_sendall = socket.socket.sendall
 
     def pending(self) -> int:
-        """Bytes already received and decrypted, waiting in the socket (TLS); 0 for a plain socket.
-
-        Check it before ``select()``/``poll()``: such bytes do not make the descriptor readable.
-        """
+        """Bytes received and decoded but unread (a session's; 0 if plain): check before ``select()``."""
         return 0
 
     # These four are on every message's path, so the common case is kept to attribute reads.
@@ -329,7 +324,7 @@ class ChannelSocket(socket.socket):
 
 
 class SessionChannelSocket(ChannelSocket):
-    """A ChannelSocket whose bytes pass through a session (TLS): its four I/O calls go through it."""
+    """A ChannelSocket whose bytes pass through a session (TLS, records): its four I/O calls go through it."""
 
     def pending(self) -> int:
         session = self._session
@@ -340,7 +335,12 @@ class SessionChannelSocket(ChannelSocket):
             session = self._session
             if session is None:
                 return 0
-            count = session.read_into(buffer, nbytes, flags)
+            try:
+                count = session.read_into(buffer, nbytes, flags)
+            except ConnectionAbortedError:  # the session refused what came (a record that failed its tag)
+                with contextlib.suppress(OSError):
+                    socket.socket.shutdown(self, socket.SHUT_RDWR)
+                raise
             if count is not None:
                 return count
             session.flush(self)
@@ -354,22 +354,21 @@ class SessionChannelSocket(ChannelSocket):
 
     def _raw_recv(self, bufsize: int, flags: int = 0) -> bytes:
         buffer = bytearray(bufsize)
-        count = self._raw_recv_into(buffer, bufsize, flags)
-        return bytes(buffer[:count])
+        return bytes(buffer[: self._raw_recv_into(buffer, bufsize, flags)])
 
     def _raw_send(self, data: ReadableBuffer, flags: int = 0) -> int:  # noqa: ARG002 - as TLS sockets do
-        view = memoryview(data).cast("B")
-        self._raw_sendall(view)
+        self._raw_sendall(view := memoryview(data).cast("B"))
         return view.nbytes
 
     def _raw_sendall(self, data: ReadableBuffer, flags: int = 0) -> None:
-        session = self._session
-        if session is None:
-            raise BrokenPipeError("no TLS connection")
+        if (session := self._session) is None:
+            raise BrokenPipeError("no connection")
         session.sendall(self, data, flags)
 
     def _not_through_session(self, *args: object, **kwargs: object) -> NoReturn:  # noqa: ARG002
-        raise ChannelError("this call bypasses TLS on a channel socket; use recv/send/sendall or makefile()")
+        raise ChannelError(
+            "this call bypasses the session (TLS, records); use recv/send/sendall or makefile()"
+        )
 
     sendfile = recvmsg = recvmsg_into = sendmsg = _not_through_session
     recvfrom = recvfrom_into = sendto = dup = _not_through_session

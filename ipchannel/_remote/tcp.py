@@ -21,18 +21,21 @@ import socket
 import struct
 from typing import TYPE_CHECKING
 
-from .. import _platform
-from .._auth import HANDSHAKE_TIMEOUT, Stream, check_auth_matches, client_handshake, host_admits
+from .. import _auth, _platform
+from .._auth import Stream, check_auth_matches, client_handshake, host_admits
 from .._errors import AuthenticationError, ChannelError
 from .._seams.base import Connection, plain_socket
-from .tls import TlsSession, TlsStream
+from .._timing import Deadline
+from .admission import Admission
+from .records import RecordSession, RecordSocket
+from .tls import SessionStream, TlsSession
 
 if TYPE_CHECKING:
     import ssl
     from collections.abc import Callable
 
     from .._options import TlsConfig
-    from .._seams.base import SocketMaker
+    from .._seams.base import Session, SocketMaker
     from .._seams.record import HostRecord
 
 __all__ = ["TcpListener", "TcpTransport", "format_address", "split_address"]
@@ -94,39 +97,43 @@ class TcpTransport:
             return None  # refused, unreachable or slow: asked again once the record says more
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         _platform.keep_alive(raw, *KEEPALIVE)
-        session = (
-            None if self._tls is None else TlsSession(self._tls.client, self._tls.server_name(host), host)
-        )
+        tls = None if self._tls is None else TlsSession(self._tls.client, self._tls.server_name(host), host)
         try:
-            generation = self._greet(raw, session)
+            generation, session = self._greet(raw, tls)
         except ChannelError:  # TLS or the authkey refused us: clear, and not a host change
             raw.close()
             raise
         except (OSError, ValueError):
-            generation = None
+            generation = session = None
         if generation != record.generation:
             raw.close()
             return None  # nobody answered, or not the host the record names (a newer one took its port)
         raw.settimeout(None)
         return make(raw.family, raw.type, raw.proto, raw.detach(), session), session
 
-    def _greet(self, raw: socket.socket, session: TlsSession | None) -> int | None:
-        """TLS, the authkey handshake and the host's hello: its generation, or None if it said nothing."""
+    def _greet(self, raw: socket.socket, tls: TlsSession | None) -> tuple[int | None, Session | None]:
+        """TLS, the authkey handshake and the host's hello: its generation (None if it said nothing).
+
+        Returns the connection's session too: TLS's, or without TLS the authenticated records.
+        """
         stream: Stream = raw
-        if session is not None:
-            session.handshake(raw, self._name, timeout=CONNECT_TIMEOUT)
-            stream = TlsStream(raw, session)
+        if tls is not None:
+            tls.handshake(raw, self._name, timeout=CONNECT_TIMEOUT)
+            stream = SessionStream(raw, tls)
         elif not select.select([raw], [], [], CONNECT_TIMEOUT)[0]:
-            return None  # it accepts but says nothing: frozen (its kernel accepts for it)
+            return None, None  # it accepts but says nothing: frozen (its kernel accepts for it)
         elif not raw.recv(1, socket.MSG_PEEK):
-            return None  # closed before a word (a proxy or balancer whose host is gone): not a refusal
+            return None, None  # closed before a word (a proxy or balancer whose host is gone): not a refusal
         try:
-            client_handshake(stream, self._authkey, self._name)
+            transcript = client_handshake(stream, self._authkey, self._name, records=tls is None)
         except AuthenticationError:
             raise
         except OSError:
-            return None  # the host went away mid-handshake: look again
-        return _read_hello(stream)
+            return None, None  # the host went away mid-handshake: look again
+        if tls is not None:
+            return _read_hello(stream), tls  # TLS authenticates every record already
+        records = RecordSession(self._authkey, transcript, host=False, channel=self._name)
+        return _read_hello(SessionStream(raw, records)), records
 
     def reachable(self, record: HostRecord) -> bool:
         """Tell a crashed host from a handler that closed its connection: a live host greets a new one.
@@ -161,6 +168,7 @@ class TcpListener:
     ) -> None:
         self._name, self._authkey, self._tls, self._gate = name, authkey, tls, gate
         self.generation = 0  # set by publish(): until then we are not host, and say nothing
+        self._admission = Admission(name)
         self._sock = _bound(name, bind)
         host, port = str(self._sock.getsockname()[0]), int(self._sock.getsockname()[1])
         if advertise is not None:
@@ -182,34 +190,66 @@ class TcpListener:
     def verify(self, conn: socket.socket) -> bool:
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         _platform.keep_alive(conn, *KEEPALIVE)
+        self._admission.enter(conn)  # a place among the unauthenticated; the oldest may make room
         return True  # who it is, the authkey handshake tells (in its handler thread)
 
     def admit(self, conn: socket.socket, track: Callable[[socket.socket], None]) -> socket.socket | None:
-        sock = conn if self._tls is None else self._start_tls(conn, track)
-        if sock is None or not host_admits(sock, self._authkey, self._name):
-            return None
-        if not self.generation or not self._gate():
-            return None  # not (or no longer) host: say nothing, and the client looks elsewhere
+        """TLS, the authkey handshake and the hello, all within one deadline (``HANDSHAKE_TIMEOUT``)."""
+        fileno, deadline = conn.fileno(), Deadline(_auth.HANDSHAKE_TIMEOUT)
         try:
-            sock.sendall(_HELLO.pack(self.generation))
-        except OSError:
-            return None
+            sock = conn if self._tls is None else self._start_tls(conn, track, deadline)
+            if sock is None:
+                return None
+            warn, records = self._admission.warn, self._tls is None
+            transcript = host_admits(sock, self._authkey, self._name, deadline, warn, records=records)
+            if transcript is None:
+                return None
+            if self._tls is None:  # TLS authenticates every record already; else our records do
+                sock = self._in_records(sock, transcript, track)
+            if not self.generation or not self._gate():
+                return None  # not (or no longer) host: say nothing, and the client looks elsewhere
+            try:
+                sock.settimeout(max(deadline.remaining(), 0.001))
+                sock.sendall(_HELLO.pack(self.generation))
+                sock.settimeout(None)
+            except OSError:
+                return None
+            return sock
+        finally:
+            self._admission.leave(fileno)
+
+    def _in_records(
+        self, conn: socket.socket, transcript: bytes, track: Callable[[socket.socket], None]
+    ) -> socket.socket:
+        """Return ``conn`` as a socket whose every byte travels in authenticated records."""
+        where = ""
+        with contextlib.suppress(OSError, IndexError):
+            where = " from " + format_address(*conn.getpeername()[:2])
+        session = RecordSession(self._authkey, transcript, host=True, channel=self._name, where=where)
+        sock = RecordSocket(conn, session)
+        self._admission.replace(conn, sock)
+        track(sock)
         return sock
 
-    def _start_tls(self, raw: socket.socket, track: Callable[[socket.socket], None]) -> socket.socket | None:
-        """Wrap ``raw`` and run the TLS handshake (host side); None if it failed."""
+    def _start_tls(
+        self, raw: socket.socket, track: Callable[[socket.socket], None], deadline: Deadline
+    ) -> socket.socket | None:
+        """Wrap ``raw`` and run the TLS handshake (host side) by ``deadline``; None if it failed."""
         assert self._tls is not None
-        raw.settimeout(HANDSHAKE_TIMEOUT)
+        raw.settimeout(max(deadline.remaining(), 0.001))  # do_handshake() keeps one deadline for it
         try:
             sock = self._tls.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
         except (OSError, ValueError) as exc:
-            _LOGGER.warning("channel %r: refused a connection: TLS failed: %s", self._name, exc)
+            self._admission.warn("channel %r: refused a connection: TLS failed: %s", self._name, exc)
             return None
+        self._admission.replace(raw, sock)
         track(sock)  # from here on, ending hosting shuts the TLS socket
         try:
             sock.do_handshake()
         except (OSError, ValueError) as exc:
-            _LOGGER.warning("channel %r: refused a connection: TLS handshake failed: %s", self._name, exc)
+            self._admission.warn(
+                "channel %r: refused a connection: TLS handshake failed: %s", self._name, exc
+            )
             return None
         sock.settimeout(None)
         return sock
@@ -278,7 +318,7 @@ def _bound(name: str, bind: tuple[str, int]) -> socket.socket:
 
 
 def _read_hello(stream: Stream) -> int | None:
-    stream.settimeout(HANDSHAKE_TIMEOUT)
+    stream.settimeout(_auth.HANDSHAKE_TIMEOUT)
     data = b""
     while len(data) < _HELLO.size:
         chunk = stream.recv(_HELLO.size - len(data))

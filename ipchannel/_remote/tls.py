@@ -14,7 +14,7 @@ from __future__ import annotations
 import socket
 import ssl
 import threading
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 from .._auth import HANDSHAKE_TIMEOUT
 from .._errors import ChannelError
@@ -22,7 +22,7 @@ from .._errors import ChannelError
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer, WriteableBuffer
 
-__all__ = ["CHUNK", "TlsSession", "TlsStream"]
+__all__ = ["CHUNK", "SessionStream", "TlsSession"]
 
 CHUNK = 65536  # bytes read from the wire at a time
 
@@ -115,10 +115,18 @@ class TlsSession:
         return True
 
 
-class TlsStream:
+class _Stepping(Protocol):
+    """A session that can step through a socket not yet given to a channel socket (TLS, the records)."""
+
+    def recv_into(self, sock: socket.socket, buffer: WriteableBuffer, nbytes: int) -> int: ...
+
+    def sendall(self, sock: socket.socket, data: ReadableBuffer, flags: int) -> None: ...
+
+
+class SessionStream:
     """A socket and its session seen as one stream (``recv``/``sendall``), for the handshakes on it."""
 
-    def __init__(self, sock: socket.socket, session: TlsSession) -> None:
+    def __init__(self, sock: socket.socket, session: _Stepping) -> None:
         self._sock, self._session = sock, session
 
     def recv(self, size: int) -> bytes:

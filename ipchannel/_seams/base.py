@@ -164,7 +164,7 @@ class Coordinator(Protocol):
 
 
 class Session(Protocol):
-    """The per-connection state of a client connection whose bytes are transformed on the way (TLS).
+    """The per-connection state of a client connection whose bytes are transformed on the way (TLS, records).
 
     It is not tied to a descriptor: the socket that owns the connection now reads the wire
     and ``feed``-s the session, so a connection moved onto another socket object's descriptor
@@ -172,7 +172,10 @@ class Session(Protocol):
     """
 
     def read_into(self, buffer: WriteableBuffer, nbytes: int, flags: int) -> int | None:
-        """Decode into ``buffer`` what was fed: a count (0: the host closed it), or None for more bytes."""
+        """Decode into ``buffer`` what was fed: a count (0: the host closed it), or None for more bytes.
+
+        Raises ``ConnectionAbortedError`` if it refuses what was fed (the socket ends the connection).
+        """
 
     def feed(self, data: bytes) -> None:
         """Take ``data`` received from the wire."""
