@@ -63,9 +63,8 @@ class Channel:
     :param runtime_dir: where the lock, host record and socket live; default ``IPCHANNEL_DIR``,
         else ``$XDG_RUNTIME_DIR/ipchannel``, else ``<tempdir>/ipchannel-<uid>``.
     :param auto_reconnect: follow the host across failover (see ``connect()``).
-    :param may_host: False keeps this process out of elections: it only ever connects to a host
-        another process runs, waiting (within its timeouts) while there is none. Settable later
-        as the ``may_host`` attribute.
+    :param may_host: False keeps this process out of elections: it only connects to a host another
+        process runs, waiting (within its timeouts) while there is none. Settable (``may_host``).
     :param authkey: if given (bytes, e.g. ``os.urandom(32)`` shared by your processes), every
         connection first proves in both directions that it knows the key (HMAC challenge-response,
         as ``multiprocessing.connection``); a process with another key, or none, gets
@@ -81,7 +80,7 @@ class Channel:
     :param ttl: seconds a host's claim outlives its last renewal (default 5, at least 1): the
         failover time after a crash. The host renews every ttl/3 and stops serving a margin before.
     :param ssl_context: TLS for the TCP transport: a pair ``(host_side, client_side)`` of
-        ``ssl.SSLContext`` (or one for both); None is plain TCP (the authkey still applies).
+        ``ssl.SSLContext``; None is plain TCP (the authkey still authenticates every byte).
     :param server_hostname: the name hosts' certificates carry (default: the recorded address;
         None reads ``IPCHANNEL_SERVER_HOSTNAME``). ``ssl_verify=False`` lets a client side that
         does not verify it pass (refused by default: anyone on the path could pose as the host).

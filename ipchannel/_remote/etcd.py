@@ -57,6 +57,26 @@ def _first(response: dict[str, Any]) -> dict[str, Any] | None:
     return cast("dict[str, Any]", kvs[0]) if kvs else None
 
 
+def _post(client: Etcd3Client, path: str, payload: dict[str, Any], url: CoordinatorURL) -> dict[str, Any]:
+    """POST once, authenticating first (``USER:PASSWORD@``) if etcd says the token is missing or stale.
+
+    etcd3gw has no authentication of its own: etcd's gateway takes the token of
+    ``/v3/auth/authenticate`` in the ``Authorization`` header, on the client's session. The
+    CA goes with every request (``EtcdEngine.ca_file``).
+    """
+    target = client.get_url(path)
+    try:
+        return cast("dict[str, Any]", client.post(target, json=payload, verify=url.ca_file))
+    except Etcd3Exception as exc:
+        if url.username is None or not any(sign in str(exc.detail_text) for sign in _AUTH_NEEDED):
+            raise
+    login = {"name": url.username, "password": url.password or ""}
+    client.session.headers.pop("Authorization", None)  # etcd refuses a login that shows a stale token
+    token = client.post(client.get_url("/auth/authenticate"), json=login, verify=url.ca_file)["token"]
+    client.session.headers["Authorization"] = token
+    return cast("dict[str, Any]", client.post(target, json=payload, verify=url.ca_file))
+
+
 class EtcdEngine:
     """etcd through ``etcd3gw.Etcd3Client``, one per endpoint, shared by the channels of a process."""
 
@@ -94,29 +114,11 @@ class EtcdEngine:
         for _ in self._clients:
             client = self._clients[self._index]
             try:
-                return self._post(client, path, payload)
+                return _post(client, path, payload, self._url)
             except Etcd3Exception as exc:
                 problems.append(f"{client.host}:{client.port}: {type(exc).__name__} {exc.detail_text or exc}")
                 self._index = (self._index + 1) % len(self._clients)
         raise EngineUnavailable("; ".join(problems))
-
-    def _post(self, client: Etcd3Client, path: str, payload: dict[str, Any]) -> dict[str, Any]:
-        """POST once, authenticating first (``USER:PASSWORD@``) if etcd says the token is missing or stale.
-
-        etcd3gw has no authentication of its own: etcd's gateway takes the token of
-        ``/v3/auth/authenticate`` in the ``Authorization`` header, on the client's session.
-        """
-        url = client.get_url(path)
-        try:
-            return cast("dict[str, Any]", client.post(url, json=payload, verify=self.ca_file))
-        except Etcd3Exception as exc:
-            if self._url.username is None or not any(sign in str(exc.detail_text) for sign in _AUTH_NEEDED):
-                raise
-        login = {"name": self._url.username, "password": self._url.password or ""}
-        client.session.headers.pop("Authorization", None)  # etcd refuses a login that shows a stale token
-        token = client.post(client.get_url("/auth/authenticate"), json=login, verify=self.ca_file)["token"]
-        client.session.headers["Authorization"] = token
-        return cast("dict[str, Any]", client.post(url, json=payload, verify=self.ca_file))
 
     @property
     def ca_file(self) -> str | None:
