@@ -418,7 +418,7 @@ def across_channel(
 def across_host(conn: Connection, name: str, coordinator: str, machine: tuple[str, str]) -> None:
     """Host an echo RequestChannel across machines (the first to open it, so this process is elected)."""
     channel = across_channel(name, on_request, coordinator, machine)
-    channel.request("elect me")
+    channel.request("elect me", timeout=30)  # the first claim on a new engine holds off up to a ttl
     conn.send({"pid": os.getpid(), "is_host": channel.channel.is_host})
     _wait_for_stop(conn)
     channel.close()
@@ -428,7 +428,12 @@ def across_dict(conn: Connection, name: str, coordinator: str, machine: tuple[st
     """One machine with a replica of a SharedDict across machines (the first opened hosts it); idle."""
     address, runtime_dir = machine
     shared = ipchannel.SharedDict(
-        name, coordinator=coordinator, authkey=ACROSS_AUTHKEY, listen=f"{address}:0", runtime_dir=runtime_dir
+        name,
+        coordinator=coordinator,
+        authkey=ACROSS_AUTHKEY,
+        listen=f"{address}:0",
+        runtime_dir=runtime_dir,
+        timeout=30,  # the first claim on a new engine holds off up to a ttl
     )
     conn.send({"pid": os.getpid(), "is_host": shared.channel.is_host})
     _wait_for_stop(conn)
