@@ -549,3 +549,58 @@ def test_a_client_facing_a_host_without_records_is_told_the_versions_differ() ->
         host_end.sendall(b"#IPCHANNEL-AUTH#" + bytes(_auth.NONCE))  # an older host's challenge
         with pytest.raises(ipchannel.AuthenticationError, match="another ipchannel version"):
             _auth.client_handshake(client_end, KEY, "unit", records=True)
+
+
+# -- what a handler or client does with its socket: non-blocking and timed-out writes -------------
+
+
+def _send_without_blocking(sock: socket.socket, data: bytes, deadline: float) -> None:
+    """Send ``data`` as code on a non-blocking socket does: ``send``, and wait whenever it would block."""
+    view = memoryview(data)
+    while view.nbytes:
+        assert time.monotonic() < deadline, f"{view.nbytes} bytes still unsent"
+        try:
+            view = view[sock.send(view) :]
+        except BlockingIOError:
+            select.select([], [sock], [], 0.5)
+
+
+@pytest.mark.timeout(60)
+def test_a_handler_sending_on_a_non_blocking_socket_delivers_every_byte_once(redis_url: str) -> None:
+    big = os.urandom(3 << 20)  # more than the socket buffers take: some sends would block halfway
+
+    def handler(conn: socket.socket) -> None:
+        conn.recv(1)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)  # so that sends do block halfway
+        conn.settimeout(0.0)
+        _send_without_blocking(conn, big, time.monotonic() + 30)
+        conn.settimeout(None)
+        conn.recv(1)  # until the client has it all
+
+    with _hosted_through_a_relay(redis_url, functools.partial(ipchannel.Channel, "relay", handler)) as (
+        channel,
+        _,
+    ):
+        sock = channel.connect(timeout=10)
+        sock.sendall(b"?")
+        got = bytearray()
+        sock.settimeout(10)
+        while len(got) < len(big):
+            chunk = sock.recv(1 << 20)
+            assert chunk, f"closed after {len(got)} bytes"
+            got += chunk
+        assert got == big
+        sock.sendall(b".")
+
+
+@pytest.mark.timeout(60)
+def test_a_client_sending_on_a_non_blocking_socket_delivers_every_byte_once(redis_url: str) -> None:
+    big = os.urandom(3 << 20)
+    handler = _Handler()
+    with _hosting(redis_url, handler) as (channel, _):
+        sock = channel.connect(timeout=10)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+        sock.settimeout(0.0)
+        _send_without_blocking(sock, big, time.monotonic() + 30)
+        wait_until(lambda: handler.ended.is_set() or len(handler.seen()) >= len(big), timeout=20)
+        assert handler.seen() == big

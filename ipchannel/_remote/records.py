@@ -155,17 +155,39 @@ class RecordSession:
     # -- sending --------------------------------------------------------------------
 
     def sendall(self, sock: socket.socket, data: ReadableBuffer, flags: int) -> None:
-        """Seal ``data`` into records and send them through ``sock``'s descriptor, in order."""
+        """Seal ``data`` into records and send them through ``sock``'s descriptor, in order.
+
+        On a non-blocking socket, or one whose timeout ran out, the records may be cut halfway:
+        the rest waits here, ``BlockingIOError``/``TimeoutError`` is raised, and sending the same
+        ``data`` again finishes them (what code on a plain socket does after either).
+        """
         _no_flags(flags)
         with memoryview(data) as view, view.cast("B") as payload, self._send_lock:
             if self._tail:  # what a half-written send owes goes first, and carries ``data`` if it is that
-                tail, owed, self._tail, self._owed = self._tail, self._owed, b"", b""
-                socket.socket.sendall(sock, tail)
+                tail, owed, self._tail = self._tail, self._owed, b""
+                self._write(sock, tail)  # on a would-block, ``_owed`` stays: the rest is still owed
+                self._owed = b""
                 if payload == owed:
                     return
             step = MAX_RECORD * _BATCH
             for offset in range(0, payload.nbytes, step):
-                socket.socket.sendall(sock, self._seal(payload[offset : offset + step]))
+                try:
+                    self._write(sock, self._seal(payload[offset : offset + step]))
+                except (BlockingIOError, TimeoutError):  # the records are numbered: the rest must follow
+                    self._tail += self._seal(payload[offset + step :])
+                    self._owed = bytes(payload)
+                    raise
+
+    def _write(self, sock: socket.socket, out: bytes) -> None:
+        """Send ``out`` whole; if the socket stops taking it, keep the rest in ``_tail`` and raise."""
+        sent = 0
+        try:
+            with memoryview(out) as view:
+                while sent < view.nbytes:
+                    sent += socket.socket.send(sock, view[sent:])  # the descriptor itself, not an override
+        except (BlockingIOError, TimeoutError):
+            self._tail = out[sent:]
+            raise
 
     def send_nowait(self, sock: socket.socket, data: ReadableBuffer) -> int:
         """Send ``data`` without blocking: all of it (its length), or 0: then send it again.
