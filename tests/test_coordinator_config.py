@@ -84,6 +84,23 @@ def test_tls_files_and_credentials_come_from_the_query_and_the_userinfo() -> Non
     assert (redis.ca_file, redis.cert_file, redis.key_file, redis.db) == ("/ca.pem", "/c.pem", "/k.pem", 1)
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "rediss://cache.internal:6380?ssl_ca_certs=/etc/ssl/ops@site/ca.pem",  # no password at all
+        "etcds://app:pw@etcd1:2379?cacert=/etc/ssl/etcd@prod/ca.pem",
+    ],
+)
+def test_an_at_sign_in_a_tls_file_s_path_is_refused_not_read_as_credentials(url: str) -> None:
+    # split at the last '@', the host would be "site/ca.pem" or "prod/ca.pem", the CA file lost
+    # and, for Redis, the real host taken for a password
+    with pytest.raises(CoordinatorURLError, match="%40"):
+        parse_url(url)
+    escaped = parse_url(url.replace("ops@", "ops%40").replace("etcd@", "etcd%40"))
+    assert escaped.endpoints[0][0] in {"cache.internal", "etcd1"}
+    assert escaped.ca_file in {"/etc/ssl/ops@site/ca.pem", "/etc/ssl/etcd@prod/ca.pem"}
+
+
 _PASSWORD = st.text(alphabet=string.ascii_letters + string.digits + "/?#:[]@%,.!$&'()*+;=", min_size=1).map(
     lambda body: f"Xq7{body}"  # a start no message has by chance
 )
