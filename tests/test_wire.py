@@ -554,13 +554,13 @@ def test_a_client_facing_a_host_without_records_is_told_the_versions_differ() ->
 # -- what a handler or client does with its socket: non-blocking and timed-out writes -------------
 
 
-def _send_without_blocking(sock: socket.socket, data: bytes, deadline: float) -> None:
+def _send_without_blocking(sock: socket.socket, data: bytes, deadline: float, flags: int = 0) -> None:
     """Send ``data`` as code on a non-blocking socket does: ``send``, and wait whenever it would block."""
     view = memoryview(data)
     while view.nbytes:
         assert time.monotonic() < deadline, f"{view.nbytes} bytes still unsent"
         try:
-            view = view[sock.send(view) :]
+            view = view[sock.send(view, flags) :]
         except BlockingIOError:
             select.select([], [sock], [], 0.5)
 
@@ -577,6 +577,11 @@ def test_a_handler_sending_on_a_non_blocking_socket_delivers_every_byte_once(red
         conn.settimeout(None)
         conn.recv(1)  # until the client has it all
 
+    _receive_from(redis_url, handler, big)
+
+
+def _receive_from(redis_url: str, handler: Callable[[socket.socket], None], big: bytes) -> None:
+    """Connect to a host running ``handler``, ask with a byte, and check that ``big`` arrives whole."""
     with _hosted_through_a_relay(redis_url, functools.partial(ipchannel.Channel, "relay", handler)) as (
         channel,
         _,
@@ -604,3 +609,18 @@ def test_a_client_sending_on_a_non_blocking_socket_delivers_every_byte_once(redi
         _send_without_blocking(sock, big, time.monotonic() + 30)
         wait_until(lambda: handler.ended.is_set() or len(handler.seen()) >= len(big), timeout=20)
         assert handler.seen() == big
+
+
+@pytest.mark.timeout(60)
+def test_a_handler_sending_more_than_a_batch_with_msg_dontwait_delivers_every_byte_once(
+    redis_url: str,
+) -> None:
+    big = os.urandom(6 << 20)  # more than one write's batch of records (16 x 256 KiB)
+
+    def handler(conn: socket.socket) -> None:
+        conn.recv(1)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+        _send_without_blocking(conn, big, time.monotonic() + 30, socket.MSG_DONTWAIT)
+        conn.recv(1)
+
+    _receive_from(redis_url, handler, big)
