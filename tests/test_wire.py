@@ -624,3 +624,17 @@ def test_a_handler_sending_more_than_a_batch_with_msg_dontwait_delivers_every_by
         conn.recv(1)
 
     _receive_from(redis_url, handler, big)
+
+
+@pytest.mark.timeout(30)
+def test_a_zero_byte_read_returns_at_once_and_a_negative_size_is_refused_as_on_a_plain_socket() -> None:
+    host, client_end, client = _record_pair()
+    with host, client_end:
+        host.settimeout(5)
+        started = time.monotonic()
+        assert host.recv(0) == b""  # a plain socket's answer, at once: not a wait for the next record
+        assert time.monotonic() - started < 1.0
+        client.sendall(client_end, b"data", 0)
+        with pytest.raises(ValueError, match="negative"):
+            host.recv_into(bytearray(4), -1)
+        assert host.recv(64) == b"data"  # nothing lost to either

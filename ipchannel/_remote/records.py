@@ -93,6 +93,10 @@ class RecordSession:
         :raises RefusedRecord: a record failed its tag (logged; every later read raises it too).
         """
         _no_flags(flags)
+        if nbytes < 0:
+            raise ValueError("negative buffersize in recv_into")
+        if not (nbytes or memoryview(buffer).nbytes):
+            return 0  # nothing asked: nothing to wait for, as on a plain socket
         with self._recv_lock:
             plain = self._plain
             if not plain:
