@@ -638,3 +638,43 @@ def test_a_zero_byte_read_returns_at_once_and_a_negative_size_is_refused_as_on_a
         with pytest.raises(ValueError, match="negative"):
             host.recv_into(bytearray(4), -1)
         assert host.recv(64) == b"data"  # nothing lost to either
+
+
+@pytest.mark.timeout(60)
+def test_two_threads_reading_one_client_socket_split_the_stream_and_lose_nothing(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # as on a plain socket: each gets some of the bytes; the records must not take the two readers'
+    # chunks, fed in another order than read, for an attack
+    caplog.set_level(logging.WARNING, logger="ipchannel")
+    block, blocks = os.urandom(1 << 20), 16
+
+    def stream(conn: socket.socket) -> None:
+        conn.recv(1)
+        for _ in range(blocks):
+            conn.sendall(block)
+
+    with _hosted_through_a_relay(redis_url, functools.partial(ipchannel.Channel, "relay", stream)) as (
+        channel,
+        _,
+    ):
+        sock = channel.connect(timeout=10)
+        sock.settimeout(10)
+        got, errors = [0, 0], []
+
+        def read(index: int) -> None:
+            try:
+                while sum(got) < len(block) * blocks and (chunk := sock.recv(70_000)):
+                    got[index] += len(chunk)
+            except OSError as exc:
+                errors.append(exc)
+
+        readers = [threading.Thread(target=read, args=(i,), name=f"test-reader-{i}") for i in range(2)]
+        for reader in readers:
+            reader.start()
+        sock.sendall(b"?")
+        for reader in readers:
+            reader.join(30)
+        assert not errors, errors
+        assert sum(got) == len(block) * blocks
+    assert REFUSED not in caplog.text
