@@ -400,7 +400,16 @@ def test_tls_options_are_checked_by_type_and_by_what_they_need(pki: Pki) -> None
     pair = (_host_side(pki), ssl.create_default_context(cafile=pki.ca))
     with pytest.raises(TypeError, match="ssl_verify must be a bool"):
         ipchannel.Channel("jobs", print, coordinator="redis://h", authkey=KEY, ssl_context=pair, ssl_verify=0)  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="server_hostname must be a non-empty str"):
+    with pytest.raises(TypeError, match="server_hostname must be a str"):
+        ipchannel.Channel(
+            "jobs",
+            print,
+            coordinator="redis://h",
+            authkey=KEY,
+            ssl_context=pair,
+            server_hostname=b"a.test",  # type: ignore[arg-type]
+        )
+    with pytest.raises(ValueError, match="server_hostname must not be empty"):  # a str: the right type
         ipchannel.Channel(
             "jobs", print, coordinator="redis://h", authkey=KEY, ssl_context=pair, server_hostname=""
         )
