@@ -119,6 +119,8 @@ def _tls_files(text: str, scheme: str, query: str) -> tuple[str | None, str | No
             raise CoordinatorURLError(text, f"unknown parameter {key!r} (accepted: {', '.join(accepted)})")
         if not value:
             raise CoordinatorURLError(text, f"the parameter {key!r} names no file")
+        if key in given:
+            raise CoordinatorURLError(text, f"the parameter {key!r} is given twice: which file is meant?")
         given[key] = value
     if given and scheme not in ("etcds", "rediss"):
         raise CoordinatorURLError(text, f"TLS files ({', '.join(given)}) need TLS: use {scheme}s://")

@@ -101,6 +101,11 @@ def test_an_at_sign_in_a_tls_file_s_path_is_refused_not_read_as_credentials(url:
     assert escaped.ca_file in {"/etc/ssl/ops@site/ca.pem", "/etc/ssl/etcd@prod/ca.pem"}
 
 
+def test_a_tls_parameter_given_twice_is_refused_not_the_last_one_taken() -> None:
+    with pytest.raises(CoordinatorURLError, match="'cacert' is given twice"):
+        parse_url("etcds://h?cacert=/etc/ssl/staging-ca.pem&cacert=/etc/ssl/prod-ca.pem")
+
+
 _PASSWORD = st.text(alphabet=string.ascii_letters + string.digits + "/?#:[]@%,.!$&'()*+;=", min_size=1).map(
     lambda body: f"Xq7{body}"  # a start no message has by chance
 )
