@@ -280,7 +280,11 @@ def test_without_the_right_password_an_etcd_with_authentication_is_unavailable_n
 # -- what a host advertises ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("advertise", ["0.0.0.0:7700", "[::]:0", "0.0.0.0:0"])
+@pytest.mark.parametrize(
+    "advertise",
+    # the short forms (what inet_aton and so getaddrinfo read as 0.0.0.0) and the mapped one too
+    ["0.0.0.0:7700", "[::]:0", "0.0.0.0:0", "0:7700", "0.0:7700", "0x0:7700", "[::ffff:0.0.0.0]:7700"],
+)
 def test_a_wildcard_advertise_is_refused_naming_the_rule(advertise: str) -> None:
     with pytest.raises(ValueError, match="advertise must be an address other machines can dial"):
         ipchannel.Channel("jobs", print, coordinator="redis://h", authkey=KEY, advertise=advertise)
