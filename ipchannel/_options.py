@@ -16,6 +16,7 @@ import ipaddress
 import math
 import os
 import re
+import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,13 +159,22 @@ def parse_address(value: object, name: str) -> tuple[str, int]:
     return host, port
 
 
+def _is_wildcard(host: str) -> bool:
+    """Tell whether ``host`` is the any-interface address, in any spelling (``0``, ``::ffff:0.0.0.0``)."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        try:  # the short forms (``0``, ``0.0``, ``0x0``): inet_aton, and so getaddrinfo, read them
+            return socket.inet_aton(host) == bytes(4)
+        except OSError:
+            return False  # a name: whatever it resolves to, it is not the wildcard
+    mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+    return ip.is_unspecified or (mapped is not None and mapped.is_unspecified)
+
+
 def _dialable(address: tuple[str, int]) -> tuple[str, int]:
     """Return ``address`` if others can dial it; ValueError for a wildcard, which is only for ``listen``."""
-    try:
-        wildcard = ipaddress.ip_address(address[0]).is_unspecified
-    except ValueError:
-        wildcard = False  # a name: whatever it resolves to, it is not the wildcard
-    if wildcard:
+    if _is_wildcard(address[0]):
         raise ValueError(
             f"advertise must be an address other machines can dial, not {address[0]!r} (any interface: "
             "an address to listen on): give this machine's address on the network they share (e.g. "

@@ -37,11 +37,13 @@ def validate_tls(value: object, server_hostname: object, ssl_verify: object) -> 
     """Return the TLS configuration (None: plain TCP), or raise TypeError/ValueError naming the option."""
     if not isinstance(ssl_verify, bool):
         raise TypeError(f"ssl_verify must be a bool, not {type(ssl_verify).__name__}")
-    if server_hostname is not None and (not isinstance(server_hostname, str) or not server_hostname):
+    if server_hostname is not None and not isinstance(server_hostname, str):
         raise TypeError(
-            "server_hostname must be a non-empty str (the name in the hosts' certificates) or None, "
-            f"not {server_hostname!r}"
+            "server_hostname must be a str (the name in the hosts' certificates) or None, "
+            f"not {type(server_hostname).__name__}"
         )
+    if server_hostname == "":
+        raise ValueError("server_hostname must not be empty: the name in the hosts' certificates, or None")
     if value is None:
         if server_hostname is not None or not ssl_verify:
             raise ValueError("server_hostname and ssl_verify apply only with ssl_context (TLS)")

@@ -9,7 +9,8 @@ URLs (credentials and TLS files named as each engine's own tools name them)::
 
 The credentials are everything between ``://`` and the last ``@``, so a ``/``, ``?`` or ``:``
 in a password needs no escaping (``%XX`` escapes are decoded); nothing of them ever reaches
-a message: ``text`` and ``repr`` show ``***``.
+a message: ``text`` and ``repr`` show ``***``. An ``@`` in the query (a file's path) must be
+``%40``: a URL whose credentials would hold ``?cacert=`` (or another TLS parameter) is refused.
 """
 
 from __future__ import annotations
@@ -73,6 +74,11 @@ def parse_url(url: object) -> CoordinatorURL:
         raise CoordinatorURLError(text, "it has no scheme")
     if scheme not in _DEFAULT_PORTS:
         raise CoordinatorURLError(text, f"unknown scheme {scheme!r}")
+    if at and _has_query(scheme, credentials):
+        raise CoordinatorURLError(
+            text,
+            "an '@' follows the query (in a file's path?): write it %40 there, or the URL's end is misread",
+        )
     username, password = _credentials(text, scheme, credentials) if at else (None, None)
     location, _, query = public.partition("?")
     netloc, _, path = location.partition("/")
@@ -84,6 +90,12 @@ def parse_url(url: object) -> CoordinatorURL:
     return CoordinatorURL(
         scheme, endpoints, prefix, db, username, password, text, ca_file, cert_file, key_file
     )
+
+
+def _has_query(scheme: str, credentials: str) -> bool:
+    """Tell whether the credentials hold ``?NAME=`` of a TLS parameter: the query, cut by an '@' in it."""
+    names = _TLS_PARAMETERS["etcd" if scheme.startswith("etcd") else "redis"]
+    return any(f"?{name}=" in credentials for name in names)
 
 
 def _credentials(text: str, scheme: str, credentials: str) -> tuple[str | None, str]:
@@ -107,6 +119,8 @@ def _tls_files(text: str, scheme: str, query: str) -> tuple[str | None, str | No
             raise CoordinatorURLError(text, f"unknown parameter {key!r} (accepted: {', '.join(accepted)})")
         if not value:
             raise CoordinatorURLError(text, f"the parameter {key!r} names no file")
+        if key in given:
+            raise CoordinatorURLError(text, f"the parameter {key!r} is given twice: which file is meant?")
         given[key] = value
     if given and scheme not in ("etcds", "rediss"):
         raise CoordinatorURLError(text, f"TLS files ({', '.join(given)}) need TLS: use {scheme}s://")

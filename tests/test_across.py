@@ -467,6 +467,19 @@ def test_tls_requests_and_shared_dict_follow_a_host_kill(
     assert sorted(v for p in dicts for v in p.finish_call(timeout=30)["values"]) == list(range(1, 21))
 
 
+@pytest.mark.timeout(90)
+def test_a_tls_reply_of_several_tls_records_is_read_at_once(
+    machines: Machines, certificate: tuple[str, str]
+) -> None:
+    # a TLS record holds 16 KiB: the client reads one, and the rest of the reply waits decrypted-to-be
+    # in its session while the socket reads as idle; it must not wait for bytes that already came
+    host, (peer,) = machines.boot_served(2, tls=certificate)
+    for size in (20_000, 60_000, 1_000_000):
+        answer = peer.call("request", timeout=30, message="w" * size, wait=8)
+        assert answer["reply"] == {"pid": host.pid, "m": "w" * size}
+        assert answer["took"] < 3.0, (size, answer["took"])
+
+
 def test_tls_with_an_untrusted_certificate_is_refused_clearly(
     machines: Machines, certificate: tuple[str, str], tmp_path: Path
 ) -> None:

@@ -84,6 +84,28 @@ def test_tls_files_and_credentials_come_from_the_query_and_the_userinfo() -> Non
     assert (redis.ca_file, redis.cert_file, redis.key_file, redis.db) == ("/ca.pem", "/c.pem", "/k.pem", 1)
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "rediss://cache.internal:6380?ssl_ca_certs=/etc/ssl/ops@site/ca.pem",  # no password at all
+        "etcds://app:pw@etcd1:2379?cacert=/etc/ssl/etcd@prod/ca.pem",
+    ],
+)
+def test_an_at_sign_in_a_tls_file_s_path_is_refused_not_read_as_credentials(url: str) -> None:
+    # split at the last '@', the host would be "site/ca.pem" or "prod/ca.pem", the CA file lost
+    # and, for Redis, the real host taken for a password
+    with pytest.raises(CoordinatorURLError, match="%40"):
+        parse_url(url)
+    escaped = parse_url(url.replace("ops@", "ops%40").replace("etcd@", "etcd%40"))
+    assert escaped.endpoints[0][0] in {"cache.internal", "etcd1"}
+    assert escaped.ca_file in {"/etc/ssl/ops@site/ca.pem", "/etc/ssl/etcd@prod/ca.pem"}
+
+
+def test_a_tls_parameter_given_twice_is_refused_not_the_last_one_taken() -> None:
+    with pytest.raises(CoordinatorURLError, match="'cacert' is given twice"):
+        parse_url("etcds://h?cacert=/etc/ssl/staging-ca.pem&cacert=/etc/ssl/prod-ca.pem")
+
+
 _PASSWORD = st.text(alphabet=string.ascii_letters + string.digits + "/?#:[]@%,.!$&'()*+;=", min_size=1).map(
     lambda body: f"Xq7{body}"  # a start no message has by chance
 )
@@ -258,7 +280,11 @@ def test_without_the_right_password_an_etcd_with_authentication_is_unavailable_n
 # -- what a host advertises ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("advertise", ["0.0.0.0:7700", "[::]:0", "0.0.0.0:0"])
+@pytest.mark.parametrize(
+    "advertise",
+    # the short forms (what inet_aton and so getaddrinfo read as 0.0.0.0) and the mapped one too
+    ["0.0.0.0:7700", "[::]:0", "0.0.0.0:0", "0:7700", "0.0:7700", "0x0:7700", "[::ffff:0.0.0.0]:7700"],
+)
 def test_a_wildcard_advertise_is_refused_naming_the_rule(advertise: str) -> None:
     with pytest.raises(ValueError, match="advertise must be an address other machines can dial"):
         ipchannel.Channel("jobs", print, coordinator="redis://h", authkey=KEY, advertise=advertise)
@@ -383,7 +409,16 @@ def test_tls_options_are_checked_by_type_and_by_what_they_need(pki: Pki) -> None
     pair = (_host_side(pki), ssl.create_default_context(cafile=pki.ca))
     with pytest.raises(TypeError, match="ssl_verify must be a bool"):
         ipchannel.Channel("jobs", print, coordinator="redis://h", authkey=KEY, ssl_context=pair, ssl_verify=0)  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="server_hostname must be a non-empty str"):
+    with pytest.raises(TypeError, match="server_hostname must be a str"):
+        ipchannel.Channel(
+            "jobs",
+            print,
+            coordinator="redis://h",
+            authkey=KEY,
+            ssl_context=pair,
+            server_hostname=b"a.test",  # type: ignore[arg-type]
+        )
+    with pytest.raises(ValueError, match="server_hostname must not be empty"):  # a str: the right type
         ipchannel.Channel(
             "jobs", print, coordinator="redis://h", authkey=KEY, ssl_context=pair, server_hostname=""
         )

@@ -549,3 +549,132 @@ def test_a_client_facing_a_host_without_records_is_told_the_versions_differ() ->
         host_end.sendall(b"#IPCHANNEL-AUTH#" + bytes(_auth.NONCE))  # an older host's challenge
         with pytest.raises(ipchannel.AuthenticationError, match="another ipchannel version"):
             _auth.client_handshake(client_end, KEY, "unit", records=True)
+
+
+# -- what a handler or client does with its socket: non-blocking and timed-out writes -------------
+
+
+def _send_without_blocking(sock: socket.socket, data: bytes, deadline: float, flags: int = 0) -> None:
+    """Send ``data`` as code on a non-blocking socket does: ``send``, and wait whenever it would block."""
+    view = memoryview(data)
+    while view.nbytes:
+        assert time.monotonic() < deadline, f"{view.nbytes} bytes still unsent"
+        try:
+            view = view[sock.send(view, flags) :]
+        except BlockingIOError:
+            select.select([], [sock], [], 0.5)
+
+
+@pytest.mark.timeout(60)
+def test_a_handler_sending_on_a_non_blocking_socket_delivers_every_byte_once(redis_url: str) -> None:
+    big = os.urandom(3 << 20)  # more than the socket buffers take: some sends would block halfway
+
+    def handler(conn: socket.socket) -> None:
+        conn.recv(1)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)  # so that sends do block halfway
+        conn.settimeout(0.0)
+        _send_without_blocking(conn, big, time.monotonic() + 30)
+        conn.settimeout(None)
+        conn.recv(1)  # until the client has it all
+
+    _receive_from(redis_url, handler, big)
+
+
+def _receive_from(redis_url: str, handler: Callable[[socket.socket], None], big: bytes) -> None:
+    """Connect to a host running ``handler``, ask with a byte, and check that ``big`` arrives whole."""
+    with _hosted_through_a_relay(redis_url, functools.partial(ipchannel.Channel, "relay", handler)) as (
+        channel,
+        _,
+    ):
+        sock = channel.connect(timeout=10)
+        sock.sendall(b"?")
+        got = bytearray()
+        sock.settimeout(10)
+        while len(got) < len(big):
+            chunk = sock.recv(1 << 20)
+            assert chunk, f"closed after {len(got)} bytes"
+            got += chunk
+        assert got == big
+        sock.sendall(b".")
+
+
+@pytest.mark.timeout(60)
+def test_a_client_sending_on_a_non_blocking_socket_delivers_every_byte_once(redis_url: str) -> None:
+    big = os.urandom(3 << 20)
+    handler = _Handler()
+    with _hosting(redis_url, handler) as (channel, _):
+        sock = channel.connect(timeout=10)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+        sock.settimeout(0.0)
+        _send_without_blocking(sock, big, time.monotonic() + 30)
+        wait_until(lambda: handler.ended.is_set() or len(handler.seen()) >= len(big), timeout=20)
+        assert handler.seen() == big
+
+
+@pytest.mark.timeout(60)
+def test_a_handler_sending_more_than_a_batch_with_msg_dontwait_delivers_every_byte_once(
+    redis_url: str,
+) -> None:
+    big = os.urandom(6 << 20)  # more than one write's batch of records (16 x 256 KiB)
+
+    def handler(conn: socket.socket) -> None:
+        conn.recv(1)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+        _send_without_blocking(conn, big, time.monotonic() + 30, socket.MSG_DONTWAIT)
+        conn.recv(1)
+
+    _receive_from(redis_url, handler, big)
+
+
+@pytest.mark.timeout(30)
+def test_a_zero_byte_read_returns_at_once_and_a_negative_size_is_refused_as_on_a_plain_socket() -> None:
+    host, client_end, client = _record_pair()
+    with host, client_end:
+        host.settimeout(5)
+        started = time.monotonic()
+        assert host.recv(0) == b""  # a plain socket's answer, at once: not a wait for the next record
+        assert time.monotonic() - started < 1.0
+        client.sendall(client_end, b"data", 0)
+        with pytest.raises(ValueError, match="negative"):
+            host.recv_into(bytearray(4), -1)
+        assert host.recv(64) == b"data"  # nothing lost to either
+
+
+@pytest.mark.timeout(60)
+def test_two_threads_reading_one_client_socket_split_the_stream_and_lose_nothing(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # as on a plain socket: each gets some of the bytes; the records must not take the two readers'
+    # chunks, fed in another order than read, for an attack
+    caplog.set_level(logging.WARNING, logger="ipchannel")
+    block, blocks = os.urandom(1 << 20), 16
+
+    def stream(conn: socket.socket) -> None:
+        conn.recv(1)
+        for _ in range(blocks):
+            conn.sendall(block)
+
+    with _hosted_through_a_relay(redis_url, functools.partial(ipchannel.Channel, "relay", stream)) as (
+        channel,
+        _,
+    ):
+        sock = channel.connect(timeout=10)
+        sock.settimeout(10)
+        got, errors = [0, 0], []
+
+        def read(index: int) -> None:
+            try:
+                while sum(got) < len(block) * blocks and (chunk := sock.recv(70_000)):
+                    got[index] += len(chunk)
+            except OSError as exc:
+                errors.append(exc)
+
+        readers = [threading.Thread(target=read, args=(i,), name=f"test-reader-{i}") for i in range(2)]
+        for reader in readers:
+            reader.start()
+        sock.sendall(b"?")
+        for reader in readers:
+            reader.join(30)
+        assert not errors, errors
+        assert sum(got) == len(block) * blocks
+    assert REFUSED not in caplog.text

@@ -120,7 +120,7 @@ class ChannelSocket(socket.socket):
         self._stale = False  # set in a forked child: reconnect before first use
         self._peer_closed = self._kicked = False  # its host's handler ended the connection / the channel did
         self._unusual = False  # _stale or _channel_closed: the one flag the I/O calls test
-        self._recover_lock = threading.Lock()
+        self._recover_lock, self._read_lock = threading.Lock(), threading.Lock()
 
     @property
     def host_generation(self) -> int | None:
@@ -315,7 +315,7 @@ class ChannelSocket(socket.socket):
             os.dup2(placeholder.fileno(), self.fileno())
         finally:
             placeholder.close()
-        self._recover_lock = threading.Lock()
+        self._recover_lock, self._read_lock = threading.Lock(), threading.Lock()
         self._session = None
         self._stale = self._unusual = True
 
@@ -331,26 +331,27 @@ class SessionChannelSocket(ChannelSocket):
         return 0 if session is None else session.pending()
 
     def _raw_recv_into(self, buffer: WriteableBuffer, nbytes: int = 0, flags: int = 0) -> int:
-        while True:
-            session = self._session
-            if session is None:
-                return 0
-            try:
-                count = session.read_into(buffer, nbytes, flags)
-            except ConnectionAbortedError:  # the session refused what came (a record that failed its tag)
-                with contextlib.suppress(OSError):
-                    socket.socket.shutdown(self, socket.SHUT_RDWR)
-                raise
-            if count is not None:
-                return count
-            session.flush(self)
-            data = socket.socket.recv(self, _CHUNK)  # the descriptor itself, not our override
-            if not data:
-                return 0
-            # Another thread may have moved us meanwhile: these are the new connection's bytes.
-            if (current := self._session) is None:
-                return 0
-            current.feed(data)
+        with self._read_lock:  # one reader at a time: two would feed the session chunks out of order
+            while True:
+                session = self._session
+                if session is None:
+                    return 0
+                try:
+                    count = session.read_into(buffer, nbytes, flags)
+                except ConnectionAbortedError:  # the session refused what came (a record failed its tag)
+                    with contextlib.suppress(OSError):
+                        socket.socket.shutdown(self, socket.SHUT_RDWR)
+                    raise
+                if count is not None:
+                    return count
+                session.flush(self)
+                data = socket.socket.recv(self, _CHUNK)  # the descriptor itself, not our override
+                if not data:
+                    return 0
+                # Another thread may have moved us meanwhile: these are the new connection's bytes.
+                if (current := self._session) is None:
+                    return 0
+                current.feed(data)
 
     def _raw_recv(self, bufsize: int, flags: int = 0) -> bytes:
         buffer = bytearray(bufsize)

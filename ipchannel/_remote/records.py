@@ -93,6 +93,10 @@ class RecordSession:
         :raises RefusedRecord: a record failed its tag (logged; every later read raises it too).
         """
         _no_flags(flags)
+        if nbytes < 0:
+            raise ValueError("negative buffersize in recv_into")
+        if not (nbytes or memoryview(buffer).nbytes):
+            return 0  # nothing asked: nothing to wait for, as on a plain socket
         with self._recv_lock:
             plain = self._plain
             if not plain:
@@ -155,20 +159,27 @@ class RecordSession:
     # -- sending --------------------------------------------------------------------
 
     def sendall(self, sock: socket.socket, data: ReadableBuffer, flags: int) -> None:
-        """Seal ``data`` into records and send them through ``sock``'s descriptor, in order."""
+        """Seal ``data`` into records and send them through ``sock``'s descriptor, in order.
+
+        On a non-blocking socket, or one whose timeout ran out, the records may be cut halfway:
+        the rest waits here, ``BlockingIOError``/``TimeoutError`` is raised, and sending the same
+        ``data`` again finishes them (what code on a plain socket does after either).
+        """
         _no_flags(flags)
-        with memoryview(data) as view, view.cast("B") as payload, self._send_lock:
-            if self._tail:  # what a half-written send owes goes first, and carries ``data`` if it is that
-                tail, owed, self._tail, self._owed = self._tail, self._owed, b"", b""
-                socket.socket.sendall(sock, tail)
-                if payload == owed:
-                    return
+        with memoryview(data) as view, view.cast("B") as whole, self._send_lock:
+            payload = self._settle(sock, whole, blocking=True)
+            assert payload is not None  # blocking: what was left went, or it raised
             step = MAX_RECORD * _BATCH
             for offset in range(0, payload.nbytes, step):
-                socket.socket.sendall(sock, self._seal(payload[offset : offset + step]))
+                try:
+                    self._write(sock, self._seal(payload[offset : offset + step]))
+                except (BlockingIOError, TimeoutError):  # the records are numbered: the rest must follow
+                    self._tail += self._seal(payload[offset + step :])
+                    self._owed = bytes(whole)  # all of it, as the caller gave it, is sent again
+                    raise
 
     def send_nowait(self, sock: socket.socket, data: ReadableBuffer) -> int:
-        """Send ``data`` without blocking: all of it (its length), or 0: then send it again.
+        """Send ``data`` without blocking: how much of it went (all, or its first batch of records), or 0.
 
         Records cannot be cut: if the socket takes only part of them, 0 is returned and the rest
         waits here; it goes out first on the next send, and a send of the same ``data`` again is
@@ -177,27 +188,53 @@ class RecordSession:
 
         :raises BlockingIOError: the socket takes nothing now (nothing was sent).
         """
-        with memoryview(data) as view, view.cast("B") as payload, self._send_lock:
-            if self._tail:
-                self._tail = self._tail[socket.socket.send(sock, self._tail, _DONTWAIT) :]
-                if self._tail:
-                    return 0
-                owed, self._owed = self._owed, b""
-                if payload == owed:
-                    return payload.nbytes
-            if payload.nbytes > MAX_RECORD * _BATCH:
-                return 0  # sent by ``sendall``, from the caller's own thread
+        with memoryview(data) as view, view.cast("B") as whole, self._send_lock:
+            payload = self._settle(sock, whole, blocking=False)
+            if payload is None:
+                return 0
+            if payload.nbytes < whole.nbytes:
+                return whole.nbytes - payload.nbytes  # what the finished records carried
+            part = payload[: MAX_RECORD * _BATCH]  # a batch at a time: the caller sends the rest again
             seq = self._send_seq
-            out = self._seal(payload)
+            out = self._seal(part)
             try:
                 sent = socket.socket.send(sock, out, _DONTWAIT)
             except BlockingIOError:
                 self._send_seq = seq  # nothing left: those records were never sent
                 raise
             if sent == len(out):
-                return payload.nbytes
-            self._tail, self._owed = out[sent:], bytes(payload)
+                return part.nbytes
+            self._tail, self._owed = out[sent:], bytes(part)
             return 0
+
+    def _settle(self, sock: socket.socket, payload: memoryview, *, blocking: bool) -> memoryview | None:
+        """Send what a cut send left (call with the send lock); return what of ``payload`` is still to send.
+
+        If ``payload`` begins with the data those records carry (it is sent again), that much is
+        done. None: the socket would not take all of the rest now (``blocking`` False).
+        """
+        if not self._tail:
+            return payload
+        if blocking:
+            self._write(sock, self._tail)  # on a would-block, ``_owed`` stays: the rest is still owed
+        else:
+            self._tail = self._tail[socket.socket.send(sock, self._tail, _DONTWAIT) :]
+            if self._tail:
+                return None
+        owed, self._tail, self._owed = self._owed, b"", b""
+        return payload[len(owed) :] if payload[: len(owed)] == owed else payload
+
+    def _write(self, sock: socket.socket, out: bytes) -> None:
+        """Send ``out`` whole; if the socket stops taking it, keep the rest in ``_tail`` and raise."""
+        sent = 0
+        try:
+            with memoryview(out) as view:
+                while sent < view.nbytes:
+                    sent += socket.socket.send(sock, view[sent:])  # the descriptor itself, not an override
+        except (BlockingIOError, TimeoutError):
+            self._tail = out[sent:]
+            raise
+        self._tail = b""
 
     def _seal(self, payload: memoryview) -> bytes:
         """Return ``payload`` as records (call with the send lock)."""

@@ -38,6 +38,8 @@ class TlsSession:
         )
         self._server_hostname, self._address = server_hostname, address or server_hostname
         self._tls_lock = threading.Lock()  # the SSLObject and its BIOs; never held across socket I/O
+        self._ahead = b""  # decrypted by ``pending()``, not yet read
+        self._ahead_end: ssl.SSLError | None = None  # what ``pending()`` met instead of a record (EOF...)
         self._send_lock = threading.Lock()  # keeps TLS records in order on the wire
 
     def handshake(self, sock: socket.socket, channel: str, timeout: float = HANDSHAKE_TIMEOUT) -> None:
@@ -68,12 +70,38 @@ class TlsSession:
             sock.settimeout(previous)
 
     def pending(self) -> int:
-        return self._tls.pending()
+        """Return the bytes readable without the descriptor, counting whole records not yet decrypted.
+
+        A read returns one TLS record (16 KiB at most), and ``SSLObject.pending()`` counts only
+        the rest of that one: records already fed wait undecrypted while the descriptor is idle,
+        so the next one is decrypted here (or its EOF noticed), and counted.
+        """
+        with self._tls_lock:
+            if (
+                not self._ahead
+                and self._ahead_end is None
+                and not self._tls.pending()
+                and self._incoming.pending
+            ):
+                try:
+                    self._ahead = self._tls.read(CHUNK)
+                except ssl.SSLWantReadError:
+                    pass  # part of a record: the descriptor says when the rest comes
+                except ssl.SSLError as exc:  # EOF or a broken record: what the next read returns or raises
+                    self._ahead_end = exc
+            return len(self._ahead) + self._tls.pending() + (self._ahead_end is not None)
 
     def read_into(self, buffer: WriteableBuffer, nbytes: int, flags: int) -> int | None:
         _no_flags(flags)
         try:
             with self._tls_lock:
+                if self._ahead:  # what ``pending()`` decrypted comes first
+                    with memoryview(buffer) as whole, whole.cast("B") as view:
+                        count = min(nbytes or view.nbytes, view.nbytes, len(self._ahead))
+                        view[:count], self._ahead = self._ahead[:count], self._ahead[count:]
+                    return count
+                if self._ahead_end is not None:
+                    raise self._ahead_end
                 return cast("int", self._tls.read(nbytes or memoryview(buffer).nbytes, buffer))  # a count
         except ssl.SSLWantReadError:
             return None
