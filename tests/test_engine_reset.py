@@ -254,3 +254,31 @@ def test_a_redis_that_keeps_nothing_on_disk_is_warned_of(
     finally:
         client.close()
         server.stop()
+
+
+@pytest.mark.timeout(90)
+def test_replicas_apply_the_writes_of_a_host_elected_after_the_engine_restarted_empty(
+    server: EngineServer, pool: Machines
+) -> None:
+    # The engine numbers claims from scratch after it (Redis's counter, etcd's revisions): before
+    # the fix the new host could carry the old host's generation in the new epoch, and replicas
+    # at (that generation, 90) dropped its changes (1, 2, ...) as applied already: [90, 90] for good.
+    peers = pool.boot(3, kind="dict", name="counts")
+    old = pool.host(peers)
+    survivors = [p for p in peers if p is not old]
+    for peer in peers:
+        peer.call("incr", key="n", times=30, timeout=30)  # the old host's term reaches sequence 90
+    wait_until(lambda: all(p.call("get", key="n")["value"] == 90 for p in peers), timeout=10)
+    old.kill()
+    restart_empty(server)
+    wait_until(lambda: any(p.call("info")["may_serve"] for p in survivors), timeout=20)
+    pool.host(survivors)
+    values = [v for p in survivors for v in p.call("incr", key="n", times=5, timeout=30)["values"]]
+    assert sorted(values) == list(range(91, 101))
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        read = [p.call("get", key="n")["value"] for p in survivors]
+        if read == [100, 100]:
+            return
+        time.sleep(0.05)
+    pytest.fail(f"10 s after the last acknowledged write (100), the replicas read {read}")
