@@ -20,7 +20,7 @@ import pytest
 from _proxy import PartitioningProxy
 from _servers import EngineServer, RedisServer, free_ports, start_etcd, start_redis
 from conftest import wait_until
-from test_across import Machines, served_by
+from test_across import Machines, freeze, served_by, with_cont
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -282,3 +282,28 @@ def test_replicas_apply_the_writes_of_a_host_elected_after_the_engine_restarted_
             return
         time.sleep(0.05)
     pytest.fail(f"10 s after the last acknowledged write (100), the replicas read {read}")
+
+
+@pytest.mark.timeout(60)
+def test_a_host_that_wakes_to_find_another_elected_steps_down_without_crying_tampering(
+    pool: Machines, tmp_path: Path
+) -> None:
+    # Frozen past its ttl, the host wakes to find its key expired and claimed by another: an
+    # ordinary takeover. Its renewal finds another record there (another generation), which is
+    # not "changed by someone else": before the fix it logged that ERROR, sending the operator
+    # after an intruder in the engine after every freeze or partition.
+    log = tmp_path / "host.log"
+    (old,) = pool.boot(1, monitor_interval=30.0)  # its renewal, not its monitor, meets the new record
+    (new,) = pool.boot(1)
+    assert served_by(new) == old.pid
+    old.call("log_to", path=str(log))
+    freeze(old.pid)
+    try:
+        wait_until(lambda: new.call("info")["is_host"], timeout=15)
+    finally:
+        with_cont(old.pid)
+    wait_until(lambda: not old.call("info")["is_host"], timeout=10)
+    lines = log.read_text().splitlines()
+    assert any("steps down" in line for line in lines), lines
+    errors = [line for line in lines if " ERROR " in line]
+    assert not errors, errors

@@ -274,7 +274,9 @@ class EtcdEngine:
         )
         if not checked.get("succeeded"):
             kv = _first((checked.get("responses") or [{}])[0])
-            return Renewal(ours=False, found=None if kv is None else base64.b64decode(kv.get("value", "")))
+            if kv is None or int(kv.get("create_revision", 0)) != created:  # expired, then another's claim
+                return Renewal(ours=False)
+            return Renewal(ours=False, found=base64.b64decode(kv.get("value", "")))  # ours, rewritten
         result = self._call("/lease/keepalive", {"ID": lease_id})
         if "result" not in result:  # a streamed error (no leader, say): it says nothing of our lease
             raise EngineUnavailable(f"keepalive: {result.get('error', result)}")

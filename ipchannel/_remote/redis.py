@@ -204,7 +204,10 @@ class RedisEngine:
         reply = self.run(self._renew, keys=[_key(name)], args=[claim.value, max(1, round(ttl * 1000))])
         if int(reply[0]):
             return Renewal(ours=True)
-        return Renewal(ours=False, found=bytes(reply[1]) if len(reply) > 1 else None)
+        found = bytes(reply[1]) if len(reply) > 1 else None
+        if found is None or _parse(found).generation != claim.generation:  # expired, then another's claim
+            return Renewal(ours=False)
+        return Renewal(ours=False, found=found)  # our claim, its record rewritten
 
     def release(self, name: str, claim: Claimed) -> None:
         self.run(self._release, keys=[_key(name)], args=[claim.value])
