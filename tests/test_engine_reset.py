@@ -307,3 +307,32 @@ def test_a_host_that_wakes_to_find_another_elected_steps_down_without_crying_tam
     assert any("steps down" in line for line in lines), lines
     errors = [line for line in lines if " ERROR " in line]
     assert not errors, errors
+
+
+@pytest.mark.timeout(90)
+def test_a_subscriber_asleep_through_a_reset_gets_what_a_newcomer_host_replays(
+    server: EngineServer, pool: Machines
+) -> None:
+    # A host started after the engine restarted empty has followed nothing: it numbers from
+    # scratch and can carry the generation of the host before it, in a new epoch. A subscriber
+    # frozen meanwhile resumed with (that generation, its last number 50): before the fix the new
+    # host took it for a subscriber of its own term, replayed nothing of what it had published
+    # (1 message) and reported nothing missed: the message was lost silently.
+    (old,) = pool.boot(1)
+    subscriber, publisher = pool.boot(2)
+    for peer in (subscriber, publisher):
+        peer.call("may_host", value=False)
+    subscriber.call("subscribe")
+    for n in range(50):
+        publisher.call("publish", message=n)
+    wait_until(lambda: len(subscriber.call("received")["messages"]) == 50, timeout=10)
+    freeze(subscriber.pid)
+    try:
+        old.kill()
+        restart_empty(server)
+        (newcomer,) = pool.boot(1)
+        wait_until(lambda: newcomer.call("info")["may_serve"], timeout=10)
+        publisher.call("publish", message="after the reset", wait=10)
+    finally:
+        with_cont(subscriber.pid)
+    wait_until(lambda: "after the reset" in subscriber.call("received")["messages"], timeout=10)
