@@ -20,7 +20,7 @@ import pytest
 from _proxy import PartitioningProxy
 from _servers import EngineServer, RedisServer, free_ports, start_etcd, start_redis
 from conftest import wait_until
-from test_across import Machines, served_by
+from test_across import Machines, freeze, served_by, with_cont
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -254,3 +254,85 @@ def test_a_redis_that_keeps_nothing_on_disk_is_warned_of(
     finally:
         client.close()
         server.stop()
+
+
+@pytest.mark.timeout(90)
+def test_replicas_apply_the_writes_of_a_host_elected_after_the_engine_restarted_empty(
+    server: EngineServer, pool: Machines
+) -> None:
+    # The engine numbers claims from scratch after it (Redis's counter, etcd's revisions): before
+    # the fix the new host could carry the old host's generation in the new epoch, and replicas
+    # at (that generation, 90) dropped its changes (1, 2, ...) as applied already: [90, 90] for good.
+    peers = pool.boot(3, kind="dict", name="counts")
+    old = pool.host(peers)
+    survivors = [p for p in peers if p is not old]
+    for peer in peers:
+        peer.call("incr", key="n", times=30, timeout=30)  # the old host's term reaches sequence 90
+    wait_until(lambda: all(p.call("get", key="n")["value"] == 90 for p in peers), timeout=10)
+    old.kill()
+    restart_empty(server)
+    wait_until(lambda: any(p.call("info")["may_serve"] for p in survivors), timeout=20)
+    pool.host(survivors)
+    values = [v for p in survivors for v in p.call("incr", key="n", times=5, timeout=30)["values"]]
+    assert sorted(values) == list(range(91, 101))
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        read = [p.call("get", key="n")["value"] for p in survivors]
+        if read == [100, 100]:
+            return
+        time.sleep(0.05)
+    pytest.fail(f"10 s after the last acknowledged write (100), the replicas read {read}")
+
+
+@pytest.mark.timeout(60)
+def test_a_host_that_wakes_to_find_another_elected_steps_down_without_crying_tampering(
+    pool: Machines, tmp_path: Path
+) -> None:
+    # Frozen past its ttl, the host wakes to find its key expired and claimed by another: an
+    # ordinary takeover. Its renewal finds another record there (another generation), which is
+    # not "changed by someone else": before the fix it logged that ERROR, sending the operator
+    # after an intruder in the engine after every freeze or partition.
+    log = tmp_path / "host.log"
+    (old,) = pool.boot(1, monitor_interval=30.0)  # its renewal, not its monitor, meets the new record
+    (new,) = pool.boot(1)
+    assert served_by(new) == old.pid
+    old.call("log_to", path=str(log))
+    freeze(old.pid)
+    try:
+        wait_until(lambda: new.call("info")["is_host"], timeout=15)
+    finally:
+        with_cont(old.pid)
+    wait_until(lambda: not old.call("info")["is_host"], timeout=10)
+    lines = log.read_text().splitlines()
+    assert any("steps down" in line for line in lines), lines
+    errors = [line for line in lines if " ERROR " in line]
+    assert not errors, errors
+
+
+@pytest.mark.timeout(90)
+def test_a_subscriber_asleep_through_a_reset_gets_what_a_newcomer_host_replays(
+    server: EngineServer, pool: Machines
+) -> None:
+    # A host started after the engine restarted empty has followed nothing: it numbers from
+    # scratch and can carry the generation of the host before it, in a new epoch. A subscriber
+    # frozen meanwhile resumed with (that generation, its last number 50): before the fix the new
+    # host took it for a subscriber of its own term, replayed nothing of what it had published
+    # (1 message) and reported nothing missed: the message was lost silently.
+    (old,) = pool.boot(1)
+    subscriber, publisher = pool.boot(2)
+    for peer in (subscriber, publisher):
+        peer.call("may_host", value=False)
+    subscriber.call("subscribe")
+    for n in range(50):
+        publisher.call("publish", message=n)
+    wait_until(lambda: len(subscriber.call("received")["messages"]) == 50, timeout=10)
+    freeze(subscriber.pid)
+    try:
+        old.kill()
+        restart_empty(server)
+        (newcomer,) = pool.boot(1)
+        wait_until(lambda: newcomer.call("info")["may_serve"], timeout=10)
+        publisher.call("publish", message="after the reset", wait=10)
+    finally:
+        with_cont(subscriber.pid)
+    wait_until(lambda: "after the reset" in subscriber.call("received")["messages"], timeout=10)

@@ -1,8 +1,7 @@
 """The socket ``connect()`` returns, and what its reads and writes do when the host changes.
 
-A ``ChannelSocket`` is a real ``socket.socket`` (``makefile()``, ``settimeout()``,
-selectors all work). When its connection is lost (EOF, reset, broken pipe) it
-asks its owner (the channel's connector, through ``SocketOwner``) to recover:
+A ``ChannelSocket`` is a real ``socket.socket`` (``makefile()``, ``settimeout()``, selectors all work).
+When its connection is lost (EOF, reset, broken pipe) it asks its owner (``SocketOwner``) to recover:
 
 - still serving: the handler closed the connection; plain socket behaviour;
 - not serving, and ``auto_reconnect``: the channel finds the new host and the new connection is
@@ -96,11 +95,7 @@ class SocketOwner(Protocol):
 
 
 class ChannelSocket(socket.socket):
-    """A connected socket that follows its channel's host across failover.
-
-    Returned by ``Channel.connect()``; not meant to be created directly. A socket
-    made by ``dup()`` is a plain copy that does not follow the host.
-    """
+    """A connected socket (``Channel.connect()``) that follows its host across failover (a ``dup()``: not)."""
 
     def __init__(
         self,
@@ -126,6 +121,11 @@ class ChannelSocket(socket.socket):
     def host_generation(self) -> int | None:
         """Generation of the host this socket is connected to."""
         return None if self._record is None else self._record.generation
+
+    @property
+    def host_epoch(self) -> str | None:
+        """The engine's epoch of that generation (its data reset, numbering starts again in a new one)."""
+        return None if self._record is None else self._record.epoch
 
     @property
     def reconnects(self) -> int:

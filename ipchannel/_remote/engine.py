@@ -82,7 +82,11 @@ class Claimed(NamedTuple):
 
 
 class Renewal(NamedTuple):
-    """What a renewal found: ``ours`` (renewed), else the key's value (None: gone) instead of our record."""
+    """What a renewal found: ``ours`` (renewed), else what someone rewrote our claim's record to.
+
+    ``found`` is None when the key is gone or holds another claim (expired, then taken: an
+    ordinary takeover); a value only when our claim itself (its generation) holds another record.
+    """
 
     ours: bool
     found: bytes | None = None

@@ -3,14 +3,16 @@
 A channel's record is the key ``PREFIX/NAME/host``, bound to a lease of ``ttl``
 seconds (etcd leases have whole seconds: rounded up). Claiming is one
 transaction that puts the key only if its ``create_revision`` is 0 (and the
-channel's epoch ``PREFIX/NAME/epoch`` if it has none); the transaction's revision,
-the key's create revision, is the generation, and etcd's revisions only grow in
-a cluster's life. Renewing is a transaction that checks the key still holds our
-record, then a lease keep-alive; releasing revokes the lease, which deletes the
-key at once. Waiting is a watch from the revision
-after the last read, streamed over the gateway, so no change is missed between
-a read and the watch. Several endpoints (``etcd://h1,h2,h3``): a call that gets
-no answer tries the next.
+channel's epoch ``PREFIX/NAME/epoch`` if it has none); the key's create revision
+is the generation, and etcd's revisions only grow in a cluster's life. A new
+cluster counts from 1 again: an epoch made by a claimant that followed generation
+G is ``TOKEN+G`` and adds G to every create revision in it (``_offset``), so no
+host after a reset reuses a number seen before it (a term is known by its number).
+Renewing is a transaction that checks the key still holds our record, then a lease
+keep-alive; releasing revokes the lease, which deletes the key at once. Waiting is
+a watch from the revision after the last read, streamed over the gateway, so no
+change is missed between a read and the watch. Several endpoints
+(``etcd://h1,h2,h3``): a call that gets no answer tries the next.
 """
 
 from __future__ import annotations
@@ -49,6 +51,12 @@ YOUNG = 60  # seconds etcd's clock tells the age of its data for (``_age``); old
 def _text(kv: dict[str, Any] | None) -> str | None:
     """Return a key-value's value as text (an epoch), or None for no key."""
     return None if kv is None else base64.b64decode(kv.get("value", "")).decode("latin-1")
+
+
+def _offset(epoch: str | None) -> int:
+    """Return what ``epoch`` adds to a create revision to make a generation (``TOKEN+OFFSET``; else 0)."""
+    _, plus, offset = (epoch or "").partition("+")
+    return int(offset) if plus and offset.isdigit() else 0
 
 
 def _first(response: dict[str, Any]) -> dict[str, Any] | None:
@@ -97,7 +105,7 @@ class EtcdEngine:
             for host, port in url.endpoints
         ]
         self._index = 0
-        self._leases: dict[tuple[str, int], int] = {}
+        self._leases: dict[tuple[str, int], tuple[int, int]] = {}  # (name, generation) -> lease, revision
         self._kept: dict[tuple[str, str], int] = {}  # (name, leaf) -> lease of a key ``present`` keeps
         self._lock = threading.Lock()
 
@@ -151,7 +159,8 @@ class EtcdEngine:
         )
         if kv is None:
             return Snapshot(None, 0, revision, current)
-        return Snapshot(base64.b64decode(kv.get("value", "")), int(kv["create_revision"]), revision, current)
+        generation = int(kv["create_revision"]) + _offset(current)
+        return Snapshot(base64.b64decode(kv.get("value", "")), generation, revision, current)
 
     def claim(self, name: str, value: Callable[[str], bytes], ttl: float, seen: Seen) -> Claimed | None:
         lease_id = int(self._call("/lease/grant", {"TTL": math.ceil(ttl)})["ID"])
@@ -164,7 +173,7 @@ class EtcdEngine:
             self._revoke(lease_id)
             return None
         with self._lock:
-            self._leases[(name, claimed.generation)] = lease_id
+            self._leases[(name, claimed.generation)] = (lease_id, claimed.generation - _offset(claimed.epoch))
         return claimed
 
     def _claim(
@@ -180,7 +189,8 @@ class EtcdEngine:
         epoch = seen.epoch
         for _ in range(_CLAIM_TRIES):
             new = epoch is None
-            epoch = secrets.token_hex(8) if epoch is None else epoch
+            if epoch is None:  # numbered above what the claimant followed: a term is known by its number
+                epoch = secrets.token_hex(8) + (f"+{seen.generation}" if seen.generation > 0 else "")
             record = value(epoch)
             compare: list[dict[str, Any]] = [
                 {"key": host, "result": "EQUAL", "target": "CREATE", "create_revision": 0},
@@ -195,11 +205,12 @@ class EtcdEngine:
             result = self._call("/kv/txn", {"compare": compare, "success": success, "failure": ranges})
             revision = int(result["header"]["revision"])
             if result.get("succeeded"):
+                generation = revision + _offset(epoch)
                 if epoch == seen.epoch and revision < seen.revision:  # a restore, under our eyes
-                    return Claimed(revision, epoch, record, ttl)
+                    return Claimed(generation, epoch, record, ttl)
                 if new and seen.epoch:  # the epoch it followed is gone: a reset ("": from before epochs)
-                    return Claimed(revision, epoch, record, ttl)
-                return Claimed(revision, epoch, record, max(0.0, ttl - self._age()) if new else 0.0)
+                    return Claimed(generation, epoch, record, ttl)
+                return Claimed(generation, epoch, record, max(0.0, ttl - self._age()) if new else 0.0)
             kv, epoch_kv = (_first(response) for response in result.get("responses") or [{}, {}])
             if kv is not None:
                 return None
@@ -248,12 +259,13 @@ class EtcdEngine:
 
     def renew(self, name: str, claim: Claimed, ttl: float) -> Renewal:  # noqa: ARG002 - the lease has it
         with self._lock:
-            lease_id = self._leases.get((name, claim.generation))
-        if lease_id is None:
+            held = self._leases.get((name, claim.generation))
+        if held is None:
             return Renewal(ours=False)
+        lease_id, created = held
         key = b64(self._key(name))
         compare = [
-            {"key": key, "result": "EQUAL", "target": "CREATE", "create_revision": claim.generation},
+            {"key": key, "result": "EQUAL", "target": "CREATE", "create_revision": created},
             {"key": key, "result": "EQUAL", "target": "VALUE", "value": b64(claim.value)},
             {"key": key, "result": "EQUAL", "target": "LEASE", "lease": lease_id},
         ]
@@ -262,7 +274,9 @@ class EtcdEngine:
         )
         if not checked.get("succeeded"):
             kv = _first((checked.get("responses") or [{}])[0])
-            return Renewal(ours=False, found=None if kv is None else base64.b64decode(kv.get("value", "")))
+            if kv is None or int(kv.get("create_revision", 0)) != created:  # expired, then another's claim
+                return Renewal(ours=False)
+            return Renewal(ours=False, found=base64.b64decode(kv.get("value", "")))  # ours, rewritten
         result = self._call("/lease/keepalive", {"ID": lease_id})
         if "result" not in result:  # a streamed error (no leader, say): it says nothing of our lease
             raise EngineUnavailable(f"keepalive: {result.get('error', result)}")
@@ -270,9 +284,9 @@ class EtcdEngine:
 
     def release(self, name: str, claim: Claimed) -> None:
         with self._lock:
-            lease_id = self._leases.pop((name, claim.generation), None)
-        if lease_id is not None:
-            self._revoke(lease_id, quiet=False)
+            held = self._leases.pop((name, claim.generation), None)
+        if held is not None:
+            self._revoke(held[0], quiet=False)
 
     def _revoke(self, lease_id: int, *, quiet: bool = True) -> None:
         try:
@@ -287,13 +301,17 @@ class EtcdEngine:
         return EtcdWatch(self, self._key(name))
 
     def put_if_claimed(self, name: str, generation: int, leaf: str, value: bytes) -> bool:
+        with self._lock:
+            held = self._leases.get((name, generation))
+        if held is None:  # not a claim of this process's (released, or another's)
+            return False
         txn = {
             "compare": [
                 {
                     "key": b64(self._key(name)),
                     "result": "EQUAL",
                     "target": "CREATE",
-                    "create_revision": generation,
+                    "create_revision": held[1],
                 }
             ],
             "success": [
@@ -343,9 +361,12 @@ class EtcdEngine:
         end = prefix[:-1] + chr(ord(prefix[-1]) + 1)
         result = self._call("/kv/range", {"key": b64(prefix), "range_end": b64(end)})
         found = []
-        for kv in result.get("kvs") or []:
-            key = base64.b64decode(kv["key"]).decode()
-            name, _, leaf = key[len(prefix) :].partition("/")
+        kvs = [
+            (base64.b64decode(kv["key"]).decode()[len(prefix) :].partition("/"), kv)
+            for kv in result.get("kvs") or []
+        ]
+        offsets = {name: _offset(_text(kv)) for (name, _, leaf), kv in kvs if leaf == "epoch"}
+        for (name, _, leaf), kv in kvs:
             if leaf != "host":
                 continue
             left: float | None = None
@@ -353,7 +374,8 @@ class EtcdEngine:
                 ttl = self._call("/kv/lease/timetolive", {"ID": int(kv["lease"])})
                 left = float(ttl.get("TTL", 0))  # whole seconds; protobuf's JSON omits a 0
                 left = None if left < 0 else left
-            snapshot = Snapshot(base64.b64decode(kv.get("value", "")), int(kv["create_revision"]))
+            generation = int(kv["create_revision"]) + offsets.get(name, 0)
+            snapshot = Snapshot(base64.b64decode(kv.get("value", "")), generation)
             found.append((name, snapshot, left))
         return found
 

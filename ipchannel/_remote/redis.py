@@ -48,7 +48,10 @@ _WAKING_EVENTS = {b"set", b"del", b"expired", b"evicted", b"rename_from", b"rena
 
 # KEYS: host, counter, epoch. ARGV: record, px, floor, the floor's epoch, the record's epoch, a fresh epoch.
 # Returns {0}: claimed already; {-1, epoch}: build the record in that epoch and try again;
-# {generation, reset, raised}: claimed (reset: the counter was missing; raised: below the floor).
+# {generation, reset, raised}: claimed (reset: the counter was missing; raised: below the floor in
+# the floor's epoch). A claim is numbered above the floor in any epoch: a term is known by its
+# generation (a SharedDict's changes are numbered by it), so the host after a reset must not
+# reuse the number of one its claimant followed before.
 _CLAIM = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return {0} end
 local epoch = redis.call('GET', KEYS[3])
@@ -62,10 +65,10 @@ end
 redis.call('SET', KEYS[3], ARGV[5])
 local generation = redis.call('INCR', KEYS[2])
 local raised = 0
-if reset == 0 and ARGV[4] == ARGV[5] and generation <= tonumber(ARGV[3]) then
+if generation <= tonumber(ARGV[3]) then
     generation = tonumber(ARGV[3]) + 1
     redis.call('SET', KEYS[2], generation)
-    raised = 1
+    if reset == 0 and ARGV[4] == ARGV[5] then raised = 1 end
 end
 redis.call('SET', KEYS[1], generation .. ' ' .. ARGV[1], 'PX', ARGV[2])
 return {generation, reset, raised}
@@ -201,7 +204,10 @@ class RedisEngine:
         reply = self.run(self._renew, keys=[_key(name)], args=[claim.value, max(1, round(ttl * 1000))])
         if int(reply[0]):
             return Renewal(ours=True)
-        return Renewal(ours=False, found=bytes(reply[1]) if len(reply) > 1 else None)
+        found = bytes(reply[1]) if len(reply) > 1 else None
+        if found is None or _parse(found).generation != claim.generation:  # expired, then another's claim
+            return Renewal(ours=False)
+        return Renewal(ours=False, found=found)  # our claim, its record rewritten
 
     def release(self, name: str, claim: Claimed) -> None:
         self.run(self._release, keys=[_key(name)], args=[claim.value])

@@ -84,6 +84,7 @@ class Subscriber:
         self._sock: ChannelSocket | None = None  # the connection that thread reads
         self._ending: list[threading.Thread] = []  # threads told to stop, joined by ``join``
         self.generation: int | None = None  # of the host our subscription is attached to
+        self.epoch: str | None = None  # of that generation: a host of another (a reset) numbers anew, from 1
         self._last = 0  # number of the last message that host sent us
         self._cut = False  # the subscription ended without a host change: what came meanwhile is unknown
         self.inbox.forget()
@@ -114,7 +115,7 @@ class Subscriber:
             self._ending = [thread for thread in self._ending if thread.is_alive()]
             self._ending.append(self._thread)
             stop, sock = self._stop, self._sock
-            self._thread, self.generation, self._last = None, None, 0
+            self._thread, self.generation, self.epoch, self._last = None, None, None, 0
         stop.set()
         if sock is not None:
             with contextlib.suppress(OSError):
@@ -122,10 +123,7 @@ class Subscriber:
         return True
 
     def ensure_running(self, deadline: Deadline) -> None:
-        """Subscribe again if this process has callbacks but no live subscriber thread (fork, lost link).
-
-        Waits for another thread doing the same no longer than ``deadline``.
-        """
+        """Subscribe again if there are callbacks but no subscriber thread (fork, lost link), by deadline."""
         remaining = deadline.remaining()
         if not self._lock.acquire(timeout=-1 if math.isinf(remaining) else remaining):
             raise self._timeout_error(deadline, "another thread is still subscribing")
@@ -136,10 +134,7 @@ class Subscriber:
             self._lock.release()
 
     def resume_after_fork(self) -> None:
-        """In a forked child with callbacks: subscribe again in the background, now, not at first use.
-
-        A gunicorn ``--preload`` worker that only listens must get messages too.
-        """
+        """In a forked child with callbacks: subscribe again now, in the background (a listening worker)."""
         if self.inbox.callbacks:
             threading.Thread(
                 target=self._resume, name=f"ipchannel-subscriber:{self._channel.name}", daemon=True
@@ -206,7 +201,8 @@ class Subscriber:
     def _subscribe(self, sock: ChannelSocket, reader: FrameReader, *, resume: bool) -> None:
         """Send SUBSCRIBE and wait for its ACK; messages arriving before it are delivered."""
         reader.clear()  # after a host change: a partial frame from the old host is worthless
-        where = SUBSCRIBER.pack(os.getpid(), self.generation or 0, self._last)
+        term = (self.generation or 0, self._last) if sock.host_epoch == self.epoch else (0, 0)  # all of it
+        where = SUBSCRIBER.pack(os.getpid(), *term)
         where += b"" if self._confirmer is None else self._confirmer.member()
         sock.sendall(build_frame(SUBSCRIBE, 1, (b"\x01" if resume else b"\x00") + where))
         _LOGGER.debug(
@@ -217,20 +213,21 @@ class Subscriber:
         while True:
             kind, ident, payload = parse_frame(reader.read())
             if kind == ACK:
-                self._attached(sock.host_generation, payload)
+                self._attached(sock.host_generation, sock.host_epoch, payload)
                 if self._confirmer is not None:  # a new connection: the host knows us from our CONFIRM
                     self._confirmer.confirm(sock, self.generation, again=True)
                 return
             self._deliver(ident, payload)
 
-    def _attached(self, generation: int | None, ack: bytes) -> None:
+    def _attached(self, generation: int | None, epoch: str | None, ack: bytes) -> None:
         """Follow the numbers of the host that acknowledged us; report what is lost for good."""
         (missed,) = SUBSCRIBED.unpack(ack) if len(ack) == SUBSCRIBED.size else (0,)
-        if self._cut and self.generation is not None and generation != self.generation:
+        another = (generation, epoch) != (self.generation, self.epoch)  # a new host term
+        if self._cut and self.generation is not None and another:
             missed = -1  # cut off from the old host, which may have published more before it went
-        moved = self.generation is not None and generation != self.generation
-        if generation != self.generation:
-            self.generation, self._last = generation, 0
+        moved = self.generation is not None and another
+        if another:
+            self.generation, self.epoch, self._last = generation, epoch, 0
         self._cut = False
         if missed:
             self.inbox.missed(None if missed < 0 else missed)
