@@ -4,7 +4,9 @@ Each caller thread borrows a connection of its own (kept for reuse),
 so at most one request is in flight per connection and the host answers it in
 that connection's handler thread: no thread hand-off on either side. If the
 connection moves to a new host before the answer came, the frame is sent
-again: at-least-once.
+again: at-least-once. A connection the host ends before it answers (a host that is going
+away ends its connections before another may host) is dropped, and the frame is sent
+again on a new one, a few times, within the caller's deadline.
 
 The subscription is ``subscriber``'s.
 """
@@ -21,6 +23,7 @@ from typing import TYPE_CHECKING
 from .._core.socket import ChannelSocket, reconnect_within
 from .._errors import ChannelError, ChannelTimeout, HostChanged
 from .._framing import FrameReader
+from .resend import Ended, with_resends
 from .wire import ENVELOPE, build_frame, parse_frame
 
 if TYPE_CHECKING:
@@ -79,6 +82,15 @@ class Requester:
             )
         ident = next(self._ids)
         frame = build_frame(kind, ident, payload)
+        return with_resends(
+            lambda: self._call_once(ident, frame, deadline),
+            deadline,
+            self._channel.name,
+            "request connection",
+        )
+
+    def _call_once(self, ident: int, frame: bytes, deadline: Deadline) -> tuple[int, bytes] | None:
+        """Send ``frame`` on a connection and return the answer; ``Ended`` if the host ended it first."""
         with self._lock:
             conn = self._idle.pop() if self._idle else None
         if conn is None:
@@ -90,6 +102,8 @@ class Requester:
         except OSError as exc:
             if isinstance(exc, ChannelError):  # ChannelTimeout, RuntimeDirError...: already clear
                 raise
+            if isinstance(exc, ConnectionError):  # reset, broken pipe: by a host that is going away
+                raise Ended(str(exc)) from exc
             name = self._channel.name
             raise ChannelError(f"channel {name!r}: the request connection failed: {exc}") from exc
         finally:
@@ -148,5 +162,4 @@ class Requester:
                 epoch = sock.reconnects
                 sock.sendall(frame)
             except EOFError:  # the host itself closed our connection
-                name = self._channel.name
-                raise ChannelError(f"the host of channel {name!r} closed the request connection") from None
+                raise Ended("it closed the connection before answering") from None

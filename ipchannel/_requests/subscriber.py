@@ -26,6 +26,7 @@ from .._framing import FrameReader, FrameTooLarge
 from .._timing import Deadline
 from .confirm import Confirmer
 from .inbox import Inbox
+from .resend import Ended, with_resends
 from .wire import (
     ACK,
     ENVELOPE,
@@ -56,10 +57,8 @@ _RETRY_PAUSE = 0.1  # after a re-subscription that failed with an error, before 
 class Subscriber:
     """The subscriber connection of this process and the thread that runs the callbacks.
 
-    Every published message carries its publisher's id and number (``PUBLISH_ID``);
-    the last ``DEDUP_WINDOW`` ids seen are remembered, so a message resent after
-    a failover (the old host fanned it out, then died before acknowledging) or
-    replayed to a resuming subscriber is delivered once.
+    Published messages carry their publisher's id and number (``PUBLISH_ID``): the last ``DEDUP_WINDOW``
+    ids seen are kept, so a message resent after a failover or replayed to a resuming one is delivered once.
     """
 
     def __init__(
@@ -111,8 +110,7 @@ class Subscriber:
             self.inbox.callbacks.remove(callback)
             if self.inbox.callbacks or self._thread is None:
                 return True
-            # the threads of ended subscriptions that ended already are let go: no growth over a long life
-            self._ending = [thread for thread in self._ending if thread.is_alive()]
+            self._ending = [thread for thread in self._ending if thread.is_alive()]  # no growth: let ended go
             self._ending.append(self._thread)
             stop, sock = self._stop, self._sock
             self._thread, self.generation, self.epoch, self._last = None, None, None, 0
@@ -154,13 +152,9 @@ class Subscriber:
             return
 
     def _start(self, deadline: Deadline, *, resume: bool = False) -> None:
-        sock = self._channel.connect(timeout=deadline.remaining())
-        reader = FrameReader(sock, self._max_size + SLACK)
-        try:
-            self._subscribe_within(sock, reader, deadline, resume=resume)
-        except BaseException:
-            sock.close()
-            raise
+        sock, reader = with_resends(
+            lambda: self._connected(deadline, resume=resume), deadline, self._channel.name, "subscription"
+        )
         self._stop, self._sock = threading.Event(), sock
         self._thread = threading.Thread(
             target=self._run,
@@ -169,6 +163,17 @@ class Subscriber:
             daemon=True,
         )
         self._thread.start()
+
+    def _connected(self, deadline: Deadline, *, resume: bool) -> tuple[ChannelSocket, FrameReader]:
+        """Connect and subscribe; ``Ended`` if the host ended the connection before acknowledging."""
+        sock = self._channel.connect(timeout=deadline.remaining())
+        reader = FrameReader(sock, self._max_size + SLACK)
+        try:
+            self._subscribe_within(sock, reader, deadline, resume=resume)
+        except BaseException:
+            sock.close()
+            raise
+        return sock, reader
 
     def _subscribe_within(
         self, sock: ChannelSocket, reader: FrameReader, deadline: Deadline, *, resume: bool
@@ -193,9 +198,8 @@ class Subscriber:
             raise
         except TimeoutError:
             raise self._timeout_error(deadline, "the host did not acknowledge the subscription") from None
-        except EOFError as exc:
-            name = self._channel.name
-            raise ChannelError(f"channel {name!r}: the host closed the subscription connection") from exc
+        except (EOFError, ConnectionError) as exc:  # not a ChannelError (above): ended by a host going away
+            raise Ended(str(exc) or "it closed the connection before acknowledging") from exc
         sock.settimeout(None)
 
     def _subscribe(self, sock: ChannelSocket, reader: FrameReader, *, resume: bool) -> None:
