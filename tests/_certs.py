@@ -38,7 +38,8 @@ def _signed(directory: Path, name: str, ca: tuple[str, str], extensions: str) ->
     """Make a key and a certificate for ``name`` signed by ``ca`` (cert, key), with ``extensions``."""
     key, request, cert = (directory / f"{name}{suffix}" for suffix in ("-key.pem", ".csr", "-cert.pem"))
     extfile = directory / f"{name}.ext"
-    extfile.write_text(extensions)
+    # and of a certificate it signed: the authority's key identifier (VERIFY_X509_STRICT, Python 3.13)
+    extfile.write_text(extensions + "authorityKeyIdentifier=keyid,issuer\nsubjectKeyIdentifier=hash\n")
     _openssl("req", "-new", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
              "-keyout", str(key), "-out", str(request))  # fmt: skip
     _openssl("x509", "-req", "-in", str(request), "-CA", ca[0], "-CAkey", ca[1], "-CAcreateserial",
@@ -50,8 +51,11 @@ def make_pki(directory: Path, server_names: str = "IP:127.0.0.1,DNS:localhost") 
     """Make a CA in ``directory`` and a server (``server_names``) and a client certificate it signs."""
     directory.mkdir(parents=True, exist_ok=True)
     ca, ca_key = directory / "ca-cert.pem", directory / "ca-key.pem"
+    # what Python 3.13's default contexts (VERIFY_X509_STRICT) require of a CA: critical basic constraints
     _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test-ca",
-             "-keyout", str(ca_key), "-out", str(ca))  # fmt: skip
+             "-addext", "basicConstraints=critical,CA:TRUE",
+             "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+             "-addext", "subjectKeyIdentifier=hash", "-keyout", str(ca_key), "-out", str(ca))  # fmt: skip
     authority = (str(ca), str(ca_key))
     # clientAuth too: etcd's own gateway dials etcd with the server's certificate
     server = _signed(
