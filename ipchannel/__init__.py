@@ -37,6 +37,7 @@ from ._errors import CoordinatorError as CoordinatorError
 from ._errors import CoordinatorUnavailable as CoordinatorUnavailable
 from ._errors import CoordinatorURLError as CoordinatorURLError
 from ._errors import HostChanged as HostChanged
+from ._errors import JournalError as JournalError
 from ._errors import MissingExtraError as MissingExtraError
 from ._errors import ProtocolError as ProtocolError
 from ._errors import RemoteError as RemoteError
@@ -61,6 +62,7 @@ __all__ = [
     "CoordinatorUnavailable",
     "HostChanged",
     "HostJob",
+    "JournalError",
     "MissingExtraError",
     "ProtocolError",
     "RemoteError",

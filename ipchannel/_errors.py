@@ -7,6 +7,7 @@ One root, with builtin mix-ins so ``except TimeoutError`` and friends work::
     ├── HostChanged      (also ConnectionResetError)  the host died; the socket now talks to a new one
     ├── ChannelClosed                                  *your* code closed the channel
     ├── RuntimeDirError  (also OSError)                the runtime directory cannot be used safely
+    ├── JournalError     (also OSError)                a durable SharedDict's journal cannot be used
     ├── AuthenticationError (also PermissionError)    the other side does not share the authkey
     ├── ProtocolError                                  bytes on the wire are not a valid frame
     ├── RemoteError                                    the host's request handler raised
@@ -36,6 +37,7 @@ __all__ = [
     "CoordinatorURLError",
     "CoordinatorUnavailable",
     "HostChanged",
+    "JournalError",
     "MissingExtraError",
     "ProtocolError",
     "RemoteError",
@@ -135,6 +137,31 @@ class RuntimeDirError(ChannelError, OSError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return type(self), (self.path, self.problem, self.hint)
+
+
+class JournalError(ChannelError, OSError):
+    """A durable SharedDict's journal cannot be written or read; ``path`` says where.
+
+    A write refused with it was applied nowhere; reads keep answering from memory. ``problem``
+    says what failed, ``hint`` what to do about it, and ``errno`` is the system's error
+    number when one caused it (``errno.ENOSPC``: the disk is full).
+    """
+
+    def __init__(self, path: str, problem: str, hint: str = "", code: int | None = None) -> None:
+        if code is None:
+            super().__init__(problem)
+        else:
+            super().__init__(code, problem)
+        self.path = path
+        self.problem = problem
+        self.hint = hint
+
+    def __str__(self) -> str:
+        text = f"journal {self.path}: {self.problem}"
+        return f"{text}; {self.hint}" if self.hint else text
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.path, self.problem, self.hint, self.errno)
 
 
 class AuthenticationError(ChannelError, PermissionError):

@@ -29,11 +29,13 @@ from .._codecs import is_builtin, resolve_codec
 from .._core.port import port_of
 from .._errors import ChannelError
 from .._framing import DEFAULT_MAX_SIZE
+from .._options import Options
 from .._requests.channel import RequestChannel, publish_changes
 from .._requests.confirm import Confirmations
 from .._requests.outbox import DEFAULT_LIMITS
 from .._timing import validate_timeout
 from . import ops
+from .durability import durable_journal
 from .members import Members
 from .replica import Replica
 from .store import Store
@@ -47,7 +49,6 @@ if TYPE_CHECKING:
 
     from .._codecs import Codec
     from .._core.channel import Channel
-    from .._options import Options
 
 __all__ = ["SharedDict"]
 
@@ -74,7 +75,19 @@ class SharedDict(MutableMapping[Any, Any]):
         (stopped, swapped out, cut off) before the host cuts it off; it resyncs once it runs.
     :param coordinator, listen, advertise, ttl, ssl_context, server_hostname, ssl_verify: as for
         ``Channel``: across machines.
+    :param appendonly: keep the state in a journal (as Redis's ``appendonly yes``), so it survives
+        every process exiting (gracefully or killed): the host appends each batch of writes
+        before applying and acknowledging it, and the next host replays it. One machine only.
+    :param appendfsync: when the journal is synced to disk, as Redis's option of that name:
+        ``"always"`` (before each write is acknowledged), ``"everysec"`` (the default: at most
+        about a second of acknowledged writes lost on a power cut, none when processes die) or
+        ``"no"`` (left to the OS). Only with ``appendonly=True``.
+    :param journal_dir: where the journal lives (``<journal_dir>/<name>.journal/``): the runtime
+        directory by default, which is usually emptied at reboot; name a directory on disk for the
+        journal to survive one. Only with ``appendonly=True``.
     :raises TypeError: (from a write) a key or value the codec would not bring back equal.
+    :raises JournalError: (from a write of a durable dict) the journal cannot be written, say the disk
+        is full: the write was applied nowhere; reads go on from memory.
     :raises ChannelClosed: any read or write after ``close()``.
     """
 
@@ -96,10 +109,25 @@ class SharedDict(MutableMapping[Any, Any]):
         ssl_context: ssl.SSLContext | tuple[ssl.SSLContext, ssl.SSLContext] | None = None,
         server_hostname: str | None = None,
         ssl_verify: bool = True,
+        appendonly: bool = False,
+        appendfsync: str | None = None,
+        journal_dir: str | os.PathLike[str] | None = None,
         _options: Options | None = None,
     ) -> None:
         self._timeout = validate_timeout(timeout)
         self._codec = resolve_codec(codec)
+        options = _options or Options.build(
+            runtime_dir=runtime_dir,
+            authkey=authkey,
+            coordinator=coordinator,
+            listen=listen,
+            advertise=advertise,
+            ttl=ttl,
+            ssl_context=ssl_context,
+            server_hostname=server_hostname,
+            ssl_verify=ssl_verify,
+        )
+        journal = durable_journal(name, options, self._codec, appendonly, appendfsync, journal_dir)
         # a custom codec may have neither: then nothing is checked in the caller
         self._check_key: Callable[[Any], None] | None = getattr(self._codec, "check_key", None)
         self._check_value: Callable[[Any], None] | None = getattr(self._codec, "check_value", None)
@@ -109,29 +137,21 @@ class SharedDict(MutableMapping[Any, Any]):
         self._members = Members(
             name, None, max_lag, lambda: not self._port.may_serve(), lambda: self.position
         )
+        self._members.durable = journal is not None
         self._store = Store(
-            name, self._replica, self._generation, self._subscribed, self._publish, self._members
+            name, self._replica, self._generation, self._subscribed, self._publish, self._members, journal
         )
         self._requests = RequestChannel(
             name,
             self._store.on_request,
             codec=self._codec,
-            runtime_dir=runtime_dir,
-            authkey=authkey,
             # Out of elections until the replica holds the state: a newcomer elected with an empty
             # replica while others hold the data would make everyone resync to nothing.
             may_host=False,
             max_message_size=max_message_size,
             max_backlog=max_backlog,
             max_lag=max_lag,
-            coordinator=coordinator,
-            listen=listen,
-            advertise=advertise,
-            ttl=ttl,
-            ssl_context=ssl_context,
-            server_hostname=server_hostname,
-            ssl_verify=ssl_verify,
-            _options=_options,
+            _options=options,
             _kind="SharedDict",  # errors name the class the user holds
             _confirmations=Confirmations(
                 self._confirmation,
@@ -142,9 +162,12 @@ class SharedDict(MutableMapping[Any, Any]):
             ),
         )
         self._port = port_of(self._requests.channel)
+        self._requests.channel.on_demoted(self._store.end_term)  # before the next host may start
         self._members.membership = self._port.membership
         self._port.set_campaign_gate(self._members.may_campaign)
-        self._sync = Sync(name, self._requests, self._replica, self._port, self._timeout, self._confirmation)
+        self._sync = Sync(
+            name, self._requests, self._replica, self._port, self._timeout, self._confirmation, self._store
+        )
         self._resync = self._sync.resync
         self._writes = Writes(
             name,

@@ -60,6 +60,7 @@ class Members:
     ) -> None:
         self._name, self.membership, self._max_lag = name, membership, max_lag
         self._handing_over, self._position = handing_over, position
+        self.durable = False  # a journal holds every acknowledged write (set by SharedDict)
         self.after_fork()
 
     def after_fork(self) -> None:
@@ -213,6 +214,13 @@ class Members:
             return
         self._told_lost = recorded
         position, members = self._position(), ", ".join(recorded.members)
+        if self.durable:  # the journal holds every acknowledged write: the next host replays it
+            _LOGGER.info(
+                "shared dict %r: every process that held it is gone (%s); the next host replays its journal",
+                self._name,
+                members,
+            )
+            return
         if position == (0, 0):  # it holds nothing: every write acknowledged is gone
             _LOGGER.warning(
                 "shared dict %r: every process that held it is gone (exited, or, across machines, its"

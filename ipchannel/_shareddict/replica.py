@@ -54,10 +54,14 @@ class Replica:
         with self.cond:
             return self._data.copy()
 
-    def snapshot(self) -> tuple[dict[Any, Any], dict[str, list[Any]]]:
-        """Return copies of the data and of the writers' last writes (a new host term starts from them)."""
+    def snapshot(self) -> tuple[dict[Any, Any], dict[str, list[Any]], tuple[int, int]]:
+        """Return copies of the data and of the writers' last writes, and the position they are at.
+
+        A new host term starts from them (or from a durable dict's journal, if that is ahead).
+        """
         with self.cond:
-            return dict(self._data), {client: list(last) for client, last in self.applied.items()}
+            applied = {client: list(last) for client, last in self.applied.items()}
+            return dict(self._data), applied, (self.gen, self.seq)
 
     def confirmable(self) -> tuple[int, int] | None:
         """Return the position to confirm to the host (``members``): applied, in step; None mid-resync."""

@@ -17,20 +17,21 @@ writes keep coming, on ``ipchannel-commit:NAME``.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 from typing import TYPE_CHECKING, Any
 
 from .. import _hooks, _platform
-from .._errors import ChannelClosed, RemoteError
+from .._errors import ChannelClosed, JournalError
 from .._requests.host import Deferred
-from .ops import PROTOCOL, apply, prepare
+from . import history
+from .ops import PROTOCOL
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from .journal import Journal
     from .members import Members
     from .replica import Replica
 
@@ -62,14 +63,20 @@ class Store:
         subscribed: Callable[[], int | None],
         publish: Callable[[Any], None],
         members: Members,
+        journal: Journal | None,
     ) -> None:
         self._name, self._replica = name, replica
         self._generation, self._subscribed, self._publish = generation, subscribed, publish
-        self._members = members
+        self._members, self._journal = members, journal
         self.after_fork()
 
     def after_fork(self) -> None:
-        """Empty, with new locks and no committer thread (also in a forked child: none is ours)."""
+        """Empty, with new locks and no committer thread (also in a forked child: none is ours).
+
+        A journal's descriptors in a forked child are the parent's: closed here, never unlocked.
+        """
+        if self._journal is not None:
+            self._journal.after_fork()
         self._store_lock = threading.Lock()
         self._term = 0
         self._store: dict[Any, Any] = {}
@@ -106,6 +113,7 @@ class Store:
                     # a copy: the answer is encoded after the lock is released, and must not hold
                     # a later write's entry without that write's data
                     "applied": {client: list(last) for client, last in self._applied.items()},
+                    "d": self.durability(),
                 }
         writes = message.get("w")
         if not isinstance(writes, list):  # refused here, not in a batch with other processes' writes
@@ -174,17 +182,32 @@ class Store:
             item.answer.resolve(answer)
 
     def commit(self, batch: list[_Queued]) -> list[dict[str, Any]]:
-        """Apply a batch of requests to the store, publish its changes as one message; return the answers."""
+        """Apply a batch of requests to the store, publish its changes as one message; return the answers.
+
+        A durable dict journals the batch's prepared writes first: if that fails, the batch
+        is applied nowhere and each of its writes is refused (``["journal", ...]``).
+        """
         changes: list[list[Any]] = []
         with self._store_lock:
             self._start_term()
             generation = self._term
             first = self._seq + 1
-            answers = [
-                {"g": generation, "r": [self._apply_write(write, changes) for write in item.writes]}
-                for item in batch
-            ]
+            prepared, outcomes = history.prepare([item.writes for item in batch], self._applied)
+            refusal = self._journal_batch(generation, prepared)
+            for write in prepared:
+                if refusal is not None:
+                    outcome = refusal
+                else:
+                    self._seq, outcome = history.apply(self._store, self._applied, self._seq, write.record())
+                    if outcome[0] == "ok":
+                        changes.append(write.record())  # no result: every replica gets it by applying op
+                        if write.rewritten:
+                            outcome.append(write.op)  # the writer applies this op, not the one it sent
+                outcomes[write.slot[0]][write.slot[1]] = outcome
             last = self._seq
+            if changes and self._journal is not None:
+                self._journal.compact_if_due(self._store, self._applied, (generation, last))
+        answers = [{"g": generation, "r": outcome} for outcome in outcomes]
         if changes:
             # outside the store lock: snapshots never wait for a fan-out (a replica skips what it holds)
             published = {"v": PROTOCOL, "g": generation, "s": first, "ch": changes}
@@ -196,6 +219,17 @@ class Store:
             writers = {item.member for item in batch}
             self._members.wait(generation, last, exempt=writers.pop() if len(writers) == 1 else "")
         return answers
+
+    def _journal_batch(self, generation: int, prepared: list[history.Prepared]) -> list[Any] | None:
+        """Journal the prepared writes (durable dicts); return the refusal every write gets if it failed."""
+        if self._journal is None or not prepared:
+            return None
+        try:
+            self._journal.append(generation, self._seq, [write.record() for write in prepared])
+        except JournalError as exc:
+            _LOGGER.error("shared dict %r: %s", self._name, exc)  # noqa: TRY400 - the message says it all
+            return ["journal", exc.path, exc.problem, exc.hint, exc.errno]
+        return None
 
     def _publish_split(self, message: dict[str, Any]) -> None:
         """Publish a batch of changes; one too large for a message goes as several, in order."""
@@ -209,33 +243,11 @@ class Store:
             self._publish_split({**message, "ch": changes[:half]})
             self._publish_split({**message, "s": message["s"] + half, "ch": changes[half:]})
 
-    def _apply_write(self, write: list[Any], changes: list[list[Any]]) -> list[Any]:
-        """Apply one write to the store (call with _store_lock); return its outcome for the writer.
-
-        ``["ok", result, seq]`` (``["ok", result, seq, op]`` if its operation's prepare step
-        rewrote the op), ``["dup", result]`` (applied before, maybe in an earlier term) or
-        ``["err", info]`` (the operation refused it; nothing changed).
-        """
-        try:
-            op, client, number = write
-            last = self._applied.get(client)
-            if last is not None and number <= last[0]:  # sent again after a failover: already applied
-                return ["dup", last[1] if number == last[0] else None]  # older: its writer gave up on it
-            rewritten = prepare(op)  # stamped here, once: every replica applies the op as rewritten
-            if rewritten is not None:
-                op = rewritten
-            result = apply(self._store, op)
-        except Exception as exc:  # noqa: BLE001 - the writer gets it as RemoteError; the batch goes on
-            return ["err", json.loads(RemoteError.encode(exc))]
-        self._seq += 1
-        self._applied[client] = [number, result, self._seq]
-        changes.append([op, client, number])  # no result: every replica gets it by applying op
-        if rewritten is not None:
-            return ["ok", result, self._seq, op]  # the writer applies this op, not the one it sent
-        return ["ok", result, self._seq]
-
     def _start_term(self) -> None:
-        """On the first request of a new term: start from the replica, once it has caught up."""
+        """On the first request of a new term: start from the replica, once it has caught up.
+
+        A durable dict starts from its journal instead, unless the replica is ahead of it.
+        """
         generation = self._generation()
         if generation is None:  # stopped hosting while this request was on its way: answered by nobody
             raise ChannelClosed(self._name, "SharedDict")
@@ -248,12 +260,26 @@ class Store:
             _LOGGER.warning(
                 "shared dict %r: starting host term %d before the replica caught up", self._name, generation
             )
-        self._store, self._applied = self._replica.snapshot()
+        store, applied, position = self._replica.snapshot()
+        if self._journal is not None:
+            self._journal.close()  # a term of ours that ended without our noticing (say, a step down)
+            store, applied = self._journal.start(store, applied, position)
+        self._store, self._applied = store, applied
         self._term, self._seq = generation, 0
         self._members.start_term(generation)
         _LOGGER.info(
             "shared dict %r: host term %d starts with %d keys", self._name, generation, len(self._store)
         )
+
+    def end_term(self, _generation: int = 0) -> None:
+        """Sync and let go of a durable dict's journal: this process stops hosting (``on_demoted``)."""
+        if self._journal is not None:
+            self._journal.close()
+
+    def durability(self) -> list[str] | None:
+        """Return what a snapshot tells replicas of this dict's journal: [appendfsync, directory], or None."""
+        journal = self._journal
+        return None if journal is None else [journal.policy, str(journal.path)]
 
     def close(self) -> None:
         """Stop the committer thread and wait for it (the dict closes)."""
@@ -263,3 +289,4 @@ class Store:
             self._queue_cond.notify_all()
         if committer is not None and committer is not threading.current_thread():
             committer.join(_JOIN_TIMEOUT)
+        self.end_term()

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from .. import _platform
 from .._errors import ChannelClosed, ChannelError, ChannelTimeout
 from . import ops
+from .durability import check_same
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from .._core.port import Port
     from .._requests.channel import RequestChannel
     from .replica import Replica
+    from .store import Store
 
 __all__ = ["Sync"]
 
@@ -43,9 +45,10 @@ class Sync:
         port: Port,
         timeout: float | None,
         confirmation: Callable[[], tuple[str, int, int] | None],
+        store: Store,
     ) -> None:
         self._name, self._requests, self._replica, self._port = name, requests, replica, port
-        self._confirmation = confirmation
+        self._confirmation, self._store = confirmation, store
         self._timeout = timeout
         self._may_host_after_fork = True  # what a forked child's channel goes back to once synced
 
@@ -73,7 +76,7 @@ class Sync:
     def _first_sync(self) -> None:
         """Take the first snapshot; if its host went away and nobody took over in time, we are alone."""
         try:
-            self.resync()
+            self.resync(check=True)
         except ChannelTimeout:
             # Survivors holding the data elect one of themselves within milliseconds; a whole
             # timeout without a host means there are none (say, every other process is exiting).
@@ -81,13 +84,23 @@ class Sync:
                 "shared dict %r: the host left while this replica opened; opening as the first", self._name
             )
             self._requests.channel.may_host = True
-            self.resync()
+            self.resync(check=True)
 
-    def resync(self, most: float | None = None) -> None:
-        """Replace the replica by the host's snapshot (``Replica.resync``); ``most``: a shorter wait."""
+    def resync(self, most: float | None = None, *, check: bool = False) -> None:
+        """Replace the replica by the host's snapshot (``Replica.resync``); ``most``: a shorter wait.
+
+        ``check``: first make sure the host journals the dict as this process would (on opening).
+        """
         wait = self._timeout if most is None else most
         request = self._requests.request
-        self._replica.resync(lambda: request({"v": ops.PROTOCOL, "op": "snapshot"}, timeout=wait))
+
+        def snapshot() -> Any:
+            answer = request({"v": ops.PROTOCOL, "op": "snapshot"}, timeout=wait)
+            if check and isinstance(answer, dict):
+                check_same(self._name, answer.get("d"), self._store.durability())
+            return answer
+
+        self._replica.resync(snapshot)
         confirmable = self._confirmation()
         if confirmable is None:  # another resync began meanwhile: it says so itself
             return

@@ -19,7 +19,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from .._errors import ChannelError, ChannelTimeout, RemoteError
+from .._errors import ChannelError, ChannelTimeout, JournalError, RemoteError
 from .._timing import Deadline
 from .ops import PROTOCOL
 
@@ -199,6 +199,8 @@ class Writes:
         if kind == "err":
             info = outcome[1]
             raise RemoteError(self._name, info["type"], info["message"], info["traceback"], info.get("pid"))
+        if kind == "journal":  # a durable dict's host could not journal it: applied nowhere
+            raise JournalError(*outcome[1:])
         deadline = Deadline(self._timeout)
         replica = self._replica
         if kind == "dup":  # applied before a failover, and answered now: make sure we have it

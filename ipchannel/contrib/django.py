@@ -50,6 +50,9 @@ _DICT_OPTIONS: dict[str, tuple[type, ...]] = {
     "ssl_context": (object,),
     "server_hostname": (str, type(None)),
     "ssl_verify": (bool,),
+    "appendonly": (bool,),
+    "appendfsync": (str, type(None)),
+    "journal_dir": (str, os.PathLike, type(None)),
 }
 _CACHE_OPTIONS = {"MAX_ENTRIES": 1, "CULL_FREQUENCY": 0}  # BaseCache's own, with their least value
 
@@ -176,7 +179,8 @@ def _check_options(options: object) -> dict[str, Any]:
             if value < _CACHE_OPTIONS[name]:
                 raise ValueError(f"SharedDictCache OPTIONS[{name!r}] must be >= {_CACHE_OPTIONS[name]}")
         elif name in _DICT_OPTIONS:
-            if not isinstance(value, _DICT_OPTIONS[name]) or isinstance(value, bool):
+            accepted = _DICT_OPTIONS[name]
+            if not isinstance(value, accepted) or (isinstance(value, bool) and bool not in accepted):
                 raise TypeError(f"SharedDictCache OPTIONS[{name!r}] has the wrong type: {value!r}")
             if name in {"timeout", "ttl"} and isinstance(value, (int, float)) and value <= 0:
                 raise ValueError(f"SharedDictCache OPTIONS[{name!r}] must be > 0, not {value!r}")
