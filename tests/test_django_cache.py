@@ -351,6 +351,23 @@ def test_bad_options_raise_naming_the_option(make_cache: Callable[..., SharedDic
     make_cache("same", OPTIONS={"timeout": 5})
     with pytest.raises(ValueError, match="already open here with other OPTIONS"):
         make_cache("same", OPTIONS={"timeout": 6})
+    with pytest.raises(TypeError, match="appendonly"):
+        make_cache("durable", OPTIONS={"appendonly": "yes"})
+    with pytest.raises(ValueError, match="appendfsync applies only with appendonly=True"):
+        make_cache("durable", OPTIONS={"appendfsync": "always"})
+    # a bool where the option is a bool: ssl_verify=False was refused as "the wrong type"
+    with pytest.raises(ValueError, match="ssl_verify applies only with a coordinator"):
+        make_cache("verify", OPTIONS={"ssl_verify": False})
+
+
+def test_a_durable_cache_outlives_every_process_closing_it(
+    make_cache: Callable[..., SharedDictCache], tmp_path: Path
+) -> None:
+    options = {"appendonly": True, "appendfsync": "always", "journal_dir": str(tmp_path)}
+    cache = make_cache("durable", OPTIONS=options)
+    cache.set("a", {"x": 1}, timeout=None)
+    close_all()  # the last (only) process lets go: a non-durable cache would be empty now
+    assert make_cache("durable", OPTIONS=options).get("a") == {"x": 1}
 
 
 @pytest.mark.usefixtures("runtime_dir")

@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Any
 from .. import _fork
 from .._codecs import is_builtin, resolve_codec
 from .._core.port import port_of
-from .._errors import ChannelError
 from .._framing import DEFAULT_MAX_SIZE
 from .._options import Options
 from .._requests.channel import RequestChannel, publish_changes
@@ -66,28 +65,19 @@ class SharedDict(MutableMapping[Any, Any]):
         counters.get("mode")
 
     :param name: the channel name (same rule as ``Channel``).
-    :param codec: as for ``RequestChannel``.
-    :param runtime_dir: as for ``Channel``.
-    :param authkey: as for ``Channel``.
+    :param codec: as for ``RequestChannel``; runtime_dir, authkey: as for ``Channel``.
     :param timeout: seconds a write (and opening) may wait for a host; None waits forever.
     :param max_message_size: as for ``RequestChannel``: the largest encoded write.
     :param max_backlog, max_lag: as for ``RequestChannel``: how far one replica may fall behind
         (stopped, swapped out, cut off) before the host cuts it off; it resyncs once it runs.
     :param coordinator, listen, advertise, ttl, ssl_context, server_hostname, ssl_verify: as for
         ``Channel``: across machines.
-    :param appendonly: keep the state in a journal (as Redis's ``appendonly yes``), so it survives
-        every process exiting (gracefully or killed): the host appends each batch of writes
-        before applying and acknowledging it, and the next host replays it. One machine only.
-    :param appendfsync: when the journal is synced to disk, as Redis's option of that name:
-        ``"always"`` (before each write is acknowledged), ``"everysec"`` (the default: at most
-        about a second of acknowledged writes lost on a power cut, none when processes die) or
-        ``"no"`` (left to the OS). Only with ``appendonly=True``.
-    :param journal_dir: where the journal lives (``<journal_dir>/<name>.journal/``): the runtime
-        directory by default, which is usually emptied at reboot; name a directory on disk for the
-        journal to survive one. Only with ``appendonly=True``.
+    :param appendonly: keep the state in a journal that the next host replays, so it outlives every
+        process (as Redis's ``appendonly yes``; one machine only).
+    :param appendfsync: ``"always"``, ``"everysec"`` (the default) or ``"no"``, as Redis's option.
+    :param journal_dir: the journal's directory (default: the runtime directory, emptied at reboot).
     :raises TypeError: (from a write) a key or value the codec would not bring back equal.
-    :raises JournalError: (from a write of a durable dict) the journal cannot be written, say the disk
-        is full: the write was applied nowhere; reads go on from memory.
+    :raises JournalError: (a durable dict's write) the journal cannot take it: applied nowhere.
     :raises ChannelClosed: any read or write after ``close()``.
     """
 
@@ -158,7 +148,7 @@ class SharedDict(MutableMapping[Any, Any]):
                 self._members.confirmed,
                 self._members.gone,
                 lambda: self._replica.on_missed(self._resync),  # moved: the old host may have cut us off
-                self._member_name,
+                self._members.my_name,
             ),
         )
         self._port = port_of(self._requests.channel)
@@ -285,7 +275,7 @@ class SharedDict(MutableMapping[Any, Any]):
 
     def _request(self, message: Any, timeout: float | None) -> Any:
         if "w" in message:  # writes say whose they are: the host need not wait for us (``members``)
-            message["m"] = self._member_name()
+            message["m"] = self._members.my_name()
         return self._requests.request(message, timeout=timeout)
 
     def _publish(self, message: dict[str, Any]) -> None:
@@ -308,19 +298,8 @@ class SharedDict(MutableMapping[Any, Any]):
         if self._own_batch or self._requests.channel.is_host:  # not waited for: nothing to say
             return None
         position = self._replica.confirmable()
-        member = self._member_name()
+        member = self._members.my_name()
         return (member, *position) if position is not None and member else None
-
-    def _member_name(self) -> str:
-        """Return this process's member name; "" if there is none now (the engine does not answer)."""
-        membership = self._members.membership
-        if membership is None:
-            return ""
-        try:
-            return membership.me()
-        except ChannelError as exc:
-            _LOGGER.debug("shared dict %r: no member name for now: %s", self.channel.name, exc)
-            return ""
 
     # -- lifetime ---------------------------------------------------------------------------------
 

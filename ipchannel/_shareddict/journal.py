@@ -15,7 +15,6 @@ The files and their format: ``journal_files``.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import threading
@@ -221,25 +220,9 @@ class Journal:
     def _take_lock(self) -> None:
         assert self._dir is not None
         try:
-            self._lock_fd = self._dir.open_file("lock", os.O_RDWR | os.O_CREAT)
+            self._lock_fd = self._dir.lock(_LOCK_WAIT)
         except OSError as exc:
             raise self._error("cannot open its lock file", exc) from exc
-        deadline = time.monotonic() + _LOCK_WAIT
-        while True:
-            try:
-                fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    holder = _platform.flock_holder(str(self._dir.path / "lock"))
-                    raise JournalError(
-                        str(self._dir.path),
-                        f"is being written by another process (pid {holder})",
-                        "two dicts with the same name may not share a journal directory: give each its own"
-                        " journal_dir=",
-                    ) from None
-                time.sleep(0.01)
-            else:
-                return
 
     def _open_log(self, existing: tuple[str, int] | None) -> None:
         """Append to ``existing`` (name, size), or start ``log.<next record>`` (call with _lock)."""
@@ -272,28 +255,11 @@ class Journal:
         assert directory is not None
         state = {"n": number, "g": generation, "s": seq, "items": items, "applied": applied}
         blob = header(self._codec_name) + frame(self._codec.dumps(state))
-        temporary = f"snapshot.{number}.tmp"
         try:
-            fd = directory.open_file(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-            try:
-                write_all(fd, blob)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            directory.rename(temporary, f"snapshot.{number}")
-            directory.sync()
+            directory.replace(f"snapshot.{number}", blob)
         except OSError as exc:
-            directory.remove(temporary)
             raise self._error("cannot write a snapshot", exc) from exc
-        for name in directory.names():
-            kind, _, suffix = name.partition(".")
-            if (
-                suffix.isdigit()
-                and int(suffix) <= number
-                and name != f"snapshot.{number}"
-                and kind in {"log", "snapshot"}
-            ):
-                directory.remove(name)
+        directory.remove_covered(number)
         return len(blob)
 
     def _run(self) -> None:

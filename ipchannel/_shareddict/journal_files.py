@@ -15,12 +15,15 @@ first frame that is torn (the file ends inside it) or does not match its checksu
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import stat
 import struct
+import time
 import zlib
 from typing import TYPE_CHECKING
 
+from .. import _platform
 from .._errors import JournalError
 
 if TYPE_CHECKING:
@@ -131,6 +134,51 @@ class Directory:
 
     def rename(self, old: str, new: str) -> None:
         os.rename(old, new, src_dir_fd=self.fd, dst_dir_fd=self.fd)
+
+    def lock(self, wait: float) -> int:
+        """Return ``lock`` opened and flock-ed; JournalError if another process holds it past ``wait``."""
+        fd = self.open_file("lock", os.O_RDWR | os.O_CREAT)
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if time.monotonic() < deadline:
+                    time.sleep(0.01)
+                    continue
+                os.close(fd)
+                holder = _platform.flock_holder(str(self.path / "lock"))
+                raise JournalError(
+                    str(self.path),
+                    f"is being written by another process (pid {holder})",
+                    "two dicts with the same name may not share a journal directory: give each its own"
+                    " journal_dir=",
+                ) from None
+            return fd
+
+    def replace(self, name: str, blob: bytes) -> None:
+        """Make ``name`` hold ``blob``, whole or not at all: written aside, synced, renamed in place."""
+        temporary = f"{name}.tmp"
+        try:
+            fd = self.open_file(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            try:
+                write_all(fd, blob)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self.rename(temporary, name)
+            self.sync()
+        except OSError:
+            self.remove(temporary)
+            raise
+
+    def remove_covered(self, number: int) -> None:
+        """Remove the logs and snapshots that ``snapshot.<number>`` makes unnecessary."""
+        for name in self.names():
+            kind, _, suffix = name.partition(".")
+            covered = kind in {"log", "snapshot"} and suffix.isdigit() and int(suffix) <= number
+            if covered and name != f"snapshot.{number}":
+                self.remove(name)
 
     def sync(self) -> None:
         """Make the directory's entries (a new or renamed file) survive a power cut."""

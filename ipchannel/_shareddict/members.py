@@ -188,6 +188,17 @@ class Members:
 
     # -- every process ---------------------------------------------------------------------------
 
+    def my_name(self) -> str:
+        """Return this process's member name; "" if there is none now (the engine does not answer)."""
+        membership = self.membership
+        if membership is None:
+            return ""
+        try:
+            return membership.me()
+        except ChannelError as exc:
+            _LOGGER.debug("shared dict %r: no member name for now: %s", self._name, exc)
+            return ""
+
     def may_campaign(self) -> bool:
         """Tell whether this process may become host: a member, or no member may be alive (the gate).
 
@@ -214,6 +225,13 @@ class Members:
             return
         self._told_lost = recorded
         position, members = self._position(), ", ".join(recorded.members)
+        if self.durable:  # the journal holds every acknowledged write: the next host replays it
+            _LOGGER.info(
+                "shared dict %r: every process that held it is gone (%s); the next host replays its journal",
+                self._name,
+                members,
+            )
+            return
         if self.durable:  # the journal holds every acknowledged write: the next host replays it
             _LOGGER.info(
                 "shared dict %r: every process that held it is gone (%s); the next host replays its journal",

@@ -17,7 +17,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from .. import _hooks
-from .._errors import ChannelClosed, ChannelError, ChannelTimeout
+from .._errors import ChannelClosed, ChannelError, ChannelTimeout, JournalError
 from .ops import PROTOCOL, apply, check_protocol
 
 if TYPE_CHECKING:
@@ -103,7 +103,7 @@ class Replica:
                 resync()  # a gap, a new host, or a failed resync: start again from a snapshot
             except ChannelClosed:
                 return  # closed meanwhile: this replica has nothing left to catch up with
-            except ChannelTimeout as exc:  # no host for now (say, every other process is exiting)
+            except (ChannelTimeout, JournalError) as exc:  # no host for now, or it cannot replay the journal
                 _LOGGER.warning(
                     "shared dict %r: cannot catch up with the host for now (%s); the next change tries again",
                     self._name,

@@ -104,7 +104,10 @@ class Store:
             return {"v": PROTOCOL}
         if message.get("op") == "snapshot":
             with self._store_lock:
-                self._start_term()
+                try:
+                    self._start_term()
+                except JournalError as exc:  # raised in the replica that asked, as itself
+                    return {"v": PROTOCOL, "journal": _refusal(exc)[1:]}
                 return {
                     "v": PROTOCOL,
                     "g": self._term,
@@ -189,7 +192,10 @@ class Store:
         """
         changes: list[list[Any]] = []
         with self._store_lock:
-            self._start_term()
+            try:
+                self._start_term()
+            except JournalError as exc:  # it cannot be replayed: refused, and tried again at the next one
+                return [{"g": 0, "r": [_refusal(exc)] * len(item.writes)} for item in batch]
             generation = self._term
             first = self._seq + 1
             prepared, outcomes = history.prepare([item.writes for item in batch], self._applied)
@@ -228,7 +234,7 @@ class Store:
             self._journal.append(generation, self._seq, [write.record() for write in prepared])
         except JournalError as exc:
             _LOGGER.error("shared dict %r: %s", self._name, exc)  # noqa: TRY400 - the message says it all
-            return ["journal", exc.path, exc.problem, exc.hint, exc.errno]
+            return _refusal(exc)
         return None
 
     def _publish_split(self, message: dict[str, Any]) -> None:
@@ -290,3 +296,8 @@ class Store:
         if committer is not None and committer is not threading.current_thread():
             committer.join(_JOIN_TIMEOUT)
         self.end_term()
+
+
+def _refusal(exc: JournalError) -> list[Any]:
+    """Return how a write refused for ``exc`` is answered: the writer raises JournalError as it is."""
+    return ["journal", exc.path, exc.problem, exc.hint, exc.errno]

@@ -13,7 +13,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from .. import _platform
-from .._errors import ChannelClosed, ChannelError, ChannelTimeout
+from .._errors import ChannelClosed, ChannelError, ChannelTimeout, JournalError
 from . import ops
 from .durability import check_same
 
@@ -96,6 +96,8 @@ class Sync:
 
         def snapshot() -> Any:
             answer = request({"v": ops.PROTOCOL, "op": "snapshot"}, timeout=wait)
+            if isinstance(answer, dict) and "journal" in answer:  # the host cannot replay the journal
+                raise JournalError(*answer["journal"])
             if check and isinstance(answer, dict):
                 check_same(self._name, answer.get("d"), self._store.durability())
             return answer
