@@ -123,21 +123,21 @@ class Journal:
     ) -> tuple[dict[Any, Any], dict[str, list[Any]]]:
         assert self._dir is not None
         self._number, self._snapshot_size = found.number, found.snapshot_size
-        if found.number and found.position >= position:
+        if found.found and found.position >= position:
             _LOGGER.info(
                 "shared dict %r: replayed journal %s to record %d (%d keys)",
                 self._name, self._dir.path, found.number, len(found.data),
             )  # fmt: skip
             self._open_log(found.log)
             return found.data, found.applied
-        if found.number:
+        if found.found:
             _LOGGER.warning(
                 "shared dict %r: journal %s is behind this process's replica (%s < %s): a host did not"
                 " journal (every process must open the dict with the same appendonly); starting from the"
                 " replica and rewriting the journal",
                 self._name, self._dir.path, found.position, position,
             )  # fmt: skip
-        if data or found.number:
+        if data or found.found:
             items = list(data.items())
             self._snapshot_size = self._write_snapshot(self._number, items, *position, applied)
         self._open_log(None)

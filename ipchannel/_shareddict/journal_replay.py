@@ -40,6 +40,8 @@ class Replayed(NamedTuple):
     #: (name, size) of the log to append to, or None to start a new one
     log: tuple[str, int] | None
     snapshot_size: int
+    #: the journal holds a state (a snapshot, or a record): else nothing was ever journaled
+    found: bool
 
 
 def _numbered(names: list[str], kind: str) -> list[int]:
@@ -98,7 +100,8 @@ def replay(directory: Directory, name: str, codec: Codec, codec_name: str) -> Re
             break
         log = (file, len(blob))
     position = (state.generation, state.seq)
-    return Replayed(state.data, state.applied, position, state.number, log, snapshot_size)
+    found = bool(snapshots) or state.number > 0
+    return Replayed(state.data, state.applied, position, state.number, log, snapshot_size, found)
 
 
 def _replay_log(state: _State, blob: bytes, start: int | None, codec: Codec) -> tuple[int, str]:
