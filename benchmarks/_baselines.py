@@ -1,7 +1,8 @@
 """What a user would pick instead of SharedDict: a redis-server of our own, and diskcache.
 
 redis-server is the distribution's binary, started here on a Unix socket in a temporary
-directory with persistence off, and killed by pid and reaped on the way out. diskcache (a
+directory with persistence off (or its append-only file on, for the journal's benchmarks), and
+killed by pid and reaped on the way out. diskcache (a
 SQLite-backed dict in a directory, shared by processes) comes with the ``bench`` extra. Either
 one missing is a skip with a printed note, never a failure: CI's smoke run may have neither.
 """
@@ -62,22 +63,77 @@ class RedisServer:
     version: str
 
 
+#: ``appendfsync`` of a redis-server with its append-only file on (None: persistence off)
+POLICIES = ("always", "everysec", "no")
+
+
 @contextlib.contextmanager
-def redis_server(tmp: str) -> Iterator[RedisServer]:
-    """Start redis-server on a Unix socket in ``tmp``; yield once it answers PING; kill and reap it after."""
+def redis_server(tmp: str, appendfsync: str | None = None) -> Iterator[RedisServer]:
+    """Start redis-server on a Unix socket in ``tmp``; yield once it answers PING; kill and reap it after.
+
+    ``appendfsync`` None: persistence off. One of POLICIES: the append-only file on, in ``tmp``,
+    synced as that policy says (as ``--appendonly yes --appendfsync POLICY``).
+    """
     binary = _redis_binary()
     assert binary is not None
+    with _running(binary, tmp, appendfsync) as (proc, path, log):
+        _wait_for_ping(proc, path, log)
+        yield RedisServer(proc.pid, path, _version_line(binary, appendfsync))
+
+
+def redis_reload(tmp: str, key: str | None) -> tuple[int, bytes | None]:
+    """Start redis-server with its append-only file on, on the files already in ``tmp``; kill it after.
+
+    Return the nanoseconds from just before its start to the first ``GET key`` answered (with a
+    value, unless ``key`` is None: then any answer, as on an empty directory), and that value.
+    Asked again at once while the socket is absent or the server answers LOADING.
+    """
+    import redis  # noqa: PLC0415 - an optional extra
+    from redis.backoff import NoBackoff  # noqa: PLC0415
+    from redis.retry import Retry  # noqa: PLC0415
+
+    binary = _redis_binary()
+    assert binary is not None
+    start = time.monotonic_ns()
+    with _running(binary, tmp, "no") as (proc, path, log):
+        client = redis.Redis(unix_socket_path=path, socket_timeout=1, retry=Retry(NoBackoff(), 0))
+        deadline = time.monotonic() + REDIS_START * 6  # a large file loads for a while
+        try:
+            while True:
+                with contextlib.suppress(redis.ConnectionError):  # no socket yet, or LOADING
+                    value: bytes | None = client.get(key or "absent")  # type: ignore[assignment]
+                    if key is None or value is not None:
+                        return time.monotonic_ns() - start, value
+                if proc.poll() is not None:
+                    raise RuntimeError(
+                        f"redis-server exited with {proc.returncode}: {log.read_text()[-2000:]}"
+                    )
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"redis-server did not answer GET within {REDIS_START * 6:g} s")
+                time.sleep(0.0002)
+        finally:
+            client.close()
+
+
+@contextlib.contextmanager
+def _running(
+    binary: str, tmp: str, appendfsync: str | None
+) -> Iterator[tuple[subprocess.Popen[bytes], str, Path]]:
+    """Run redis-server in ``tmp`` (see ``redis_server``); yield (process, socket, log); kill and reap it."""
     path = os.path.join(tmp, "redis.sock")
-    args = ["--port", "0", "--unixsocket", path, "--unixsocketperm", "700"]
-    args += ["--save", "", "--appendonly", "no", "--dir", tmp]
+    args = ["--port", "0", "--unixsocket", path, "--unixsocketperm", "700", "--save", ""]
+    if appendfsync is None:
+        args += ["--appendonly", "no"]
+    else:
+        args += ["--appendonly", "yes", "--appendfsync", appendfsync]
+    args += ["--dir", tmp]
     log = Path(tmp, "redis-server.log")
     previous = signal.signal(signal.SIGTERM, _exit)  # `kill`, `timeout`: leave through the finally below
-    with log.open("wb") as out:
+    with log.open("ab") as out:
         # its own session: a Ctrl-C in the terminal reaches only us, and the finally stops the server
         proc = subprocess.Popen([binary, *args], stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        _wait_for_ping(proc, path, log)
-        yield RedisServer(proc.pid, path, _version_line(binary))
+        yield proc, path, log
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(proc.pid, signal.SIGKILL)
@@ -105,12 +161,13 @@ def _wait_for_ping(proc: subprocess.Popen[bytes], path: str, log: Path) -> None:
         client.close()
 
 
-def _version_line(binary: str) -> str:
+def _version_line(binary: str, appendfsync: str | None = None) -> str:
     out = subprocess.run(
         [binary, "--version"], capture_output=True, text=True, timeout=10, check=False
     ).stdout
     server = next((p[2:] for p in out.split() if p.startswith("v=")), "?")
-    return f"redis-server {server} on a Unix socket, persistence off; redis-py {version('redis')}"
+    persistence = "persistence off" if appendfsync is None else f"appendonly yes, appendfsync {appendfsync}"
+    return f"redis-server {server} on a Unix socket, {persistence}; redis-py {version('redis')}"
 
 
 def _exit(signum: int, frame: object) -> None:

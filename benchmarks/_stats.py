@@ -17,6 +17,7 @@ _SCALE = {
     "ops/s": 1.0,
     "wake-ups/s": 1.0,
     "MB": 1.0,
+    "kB": 1e3,  # samples in bytes
     "count": 1.0,
 }
 HOLDS = 0.25  # a ratio "holds" over runs when every run is within this fraction of the runs' median
