@@ -833,9 +833,15 @@ def machine() -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks import across, djcache  # noqa: PLC0415 - they import this module
+    from benchmarks import across, djcache, journal, replay  # noqa: PLC0415 - they import this module
 
-    scenarios = {**SCENARIOS, **across.SCENARIOS, **djcache.SCENARIOS}
+    scenarios = {
+        **SCENARIOS,
+        **across.SCENARIOS,
+        **djcache.SCENARIOS,
+        **journal.SCENARIOS,
+        **replay.SCENARIOS,
+    }
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run, about a minute on 2 cores")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
