@@ -20,10 +20,11 @@ from benchmarks import _workers as w
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
 
-#: the journal module's compaction threshold (bytes of log before a snapshot); set high in a writer
-#: process only, to leave an uncompacted journal of every write
-COMPACT_MODULE, COMPACT_CONSTANT = "ipchannel._shareddict.journal", "_COMPACT_MIN_BYTES"
-NO_COMPACTION = 1 << 62
+#: the journal module's compaction threshold (a log is compacted once larger than it and than the
+#: last snapshot); set in a writer process only: high, to keep every write in the log; 0, to compact
+#: whenever the log outgrows the last snapshot
+COMPACT_MODULE, COMPACT_CONSTANT = "ipchannel._shareddict.journal", "COMPACT_MIN_BYTES"
+NO_COMPACTION, EAGER_COMPACTION = 1 << 62, 0
 OPEN_TIMEOUT = 120.0  # seconds a replaying host may take before it serves
 
 
@@ -98,23 +99,23 @@ def journal_writer(conn: Connection, name: str, runtime_dir: str, journal_dir: s
 
 
 def journal_reader(conn: Connection) -> None:
-    """On ``(name, runtime_dir, journal_dir, key, expected)``: time a durable SharedDict's open, first read.
+    """On ``(name, runtime_dir, journal_dir, want)``: time a SharedDict's open and first read in this process.
 
-    From ``SharedDict(...)`` to ``d.get(key) == expected`` (the host replaying its journal, in this
-    fresh process); ``key`` None times the open alone. Then check every key against the writes.
+    From ``SharedDict(...)`` (durable on ``journal_dir``; None: not durable) to ``d.get(key) ==
+    value`` for ``want`` = (key, value): the host replaying its journal, in this fresh process;
+    ``want`` None times the open alone. Report the time, what was read, and the dict's size.
     """
     conn.send({"pid": os.getpid()})
-    name, runtime_dir, journal_dir, key, expected = conn.recv()
+    name, runtime_dir, journal_dir, want = conn.recv()
+    options = {} if journal_dir is None else {"appendonly": True, "journal_dir": journal_dir}
     try:
         start = time.monotonic_ns()
-        shared = ipchannel.SharedDict(
-            name, runtime_dir=runtime_dir, timeout=OPEN_TIMEOUT, appendonly=True, journal_dir=journal_dir
-        )
+        shared = ipchannel.SharedDict(name, runtime_dir=runtime_dir, timeout=OPEN_TIMEOUT, **options)
         deadline = time.monotonic() + OPEN_TIMEOUT
-        while key is not None and shared.get(key) != expected and time.monotonic() < deadline:
+        while want is not None and shared.get(want[0]) != want[1] and time.monotonic() < deadline:
             time.sleep(0)
         ns = time.monotonic_ns() - start
-        found = shared.get(key) if key is not None else None
+        found = None if want is None else shared.get(want[0])
         report = {
             "ns": ns,
             "is_host": shared.channel.is_host,

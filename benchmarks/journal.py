@@ -72,12 +72,16 @@ def bench_journal_write(cfg: Config, rd: str) -> list[Result]:
         _where(here, there),
         f"one writer; the variants interleaved sample by sample, {n} rounds in shuffled order",
         f"journals, append-only files and SQLite files in one directory: {filesystem(tmp)}",
-        *(s.version for s in servers.values()),
-        *([_baselines.diskcache_version().split(" (")[0]] if caches else []),
-        *skipped,
     ]
+    ends = [_baselines.diskcache_version().split(" (")[0]] if caches else []
+    ends += skipped
     return [
-        _result(series, op, policy, notes, fsync if policy == "always" else None)
+        _result(
+            series,
+            (op, policy),
+            [*notes, *([servers[policy].version] if policy in servers else []), *ends],
+            fsync if policy == "always" else None,
+        )
         for op in OPS
         for policy in POLICIES
     ]
@@ -165,9 +169,10 @@ def _fsync_floor(stack: contextlib.ExitStack, tmp: str) -> tuple[Series, Op]:
 
 
 def _result(
-    series: dict[tuple[str, str], Series], op: str, policy: str, notes: list[str], floor: Series | None
+    series: dict[tuple[str, str], Series], which: tuple[str, str], notes: list[str], floor: Series | None
 ) -> Result:
-    """One policy's table for ``op``: ours, then redis and diskcache with it, no journal, the floor."""
+    """One (op, policy)'s table: ours, then redis and diskcache with that policy, no journal, the floor."""
+    op, policy = which
     ours = [series[f"ours {policy}", op]]
     others = [f"redis {policy}", f"diskcache {policy}", "ours memory"]
     baselines = [series[v, op] for v in others if (v, op) in series] + ([floor] if floor else [])
@@ -176,7 +181,7 @@ def _result(
         "everysec": "synced once a second",
         "no": "sync left to the OS",
     }[policy]
-    return Result(f"journal: {op}, appendfsync={policy} ({what})", ours, baselines, "report", list(notes))
+    return Result(f"journal: {op}, appendfsync={policy} ({what})", ours, baselines, "report", notes)
 
 
 SCENARIOS = {"journal": bench_journal_write}

@@ -17,6 +17,7 @@ items encoded (``len(json.dumps(list(d.items())))``), redis's append-only files,
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import random
 import shutil
@@ -37,68 +38,76 @@ KEYS = 1000
 WRITER_THREADS = 4
 NAME = "replay"
 AOF_DIR = "appendonlydir"  # redis-server's default appenddirname
-KINDS = {"held off": jw.NO_COMPACTION, "compacted": None}  # the writer's compaction threshold
 REDIS = {"redis written": "as written", "redis rewritten": "after BGREWRITEAOF"}  # its files, each
+FULL_WRITES = 100_000
+
+
+def _kinds(writes: int) -> dict[str, int | None]:
+    """Each journal's compaction threshold in its writer: held off, and the library's own.
+
+    With fewer writes than FULL_WRITES (``--quick``) the library's is scaled down alike, so
+    that the journal is compacted at the same point of the writes.
+    """
+    default = getattr(importlib.import_module(jw.COMPACT_MODULE), jw.COMPACT_CONSTANT)
+    return {
+        "held off": jw.NO_COMPACTION,
+        "compacted": None if writes >= FULL_WRITES else default * writes // FULL_WRITES,
+    }
 
 
 def bench_journal_replay(cfg: Config, rd: str) -> list[Result]:
     """Replay time of a journal of WRITES increments beside redis's AOF load and diskcache's open; sizes."""
-    writes, trials = (5_000, 3) if cfg.quick else (100_000, 10)
+    writes, trials = (5_000, 3) if cfg.quick else (FULL_WRITES, 10)
     tmp = tempfile.mkdtemp(prefix="replay-", dir=rd)  # rd is under /tmp, as every file here
     last, count = f"k{KEYS - 1}", len(range(KEYS - 1, writes, KEYS))  # the last key, and its count
+    kinds = _kinds(writes)
     journals, written = {}, {}
-    for kind, compaction in KINDS.items():
+    for kind, compaction in kinds.items():
         journals[kind], written[kind] = _write_journal(rd, tmp, kind, writes, compaction)
     redis_dirs = {} if _baselines.redis_missing() else _redis_files(tmp, writes)
     cache_dir = None if _baselines.diskcache_missing() else _diskcache_files(tmp, writes)
-    sizes = {kind: _size(_journal(jd)) for kind, jd in journals.items()}
-    files = {kind: _listing(_journal(jd)) for kind, jd in journals.items()}
-
-    series = {
-        **{kind: Series(f"SharedDict(...) -> first read, journal {kind}", unit="ms") for kind in KINDS},
-        "empty": Series("SharedDict(...) -> open, appendonly, empty journal dir (floor)", unit="ms"),
+    empty = os.path.join(tmp, "empty")
+    os.mkdir(empty)
+    variants: dict[str, tuple[str, Callable[[str], int]]] = {
         **{
-            kind: Series(f"redis-server start -> first GET, AOF {REDIS[kind]}", unit="ms")
-            for kind in redis_dirs
+            kind: (
+                f"SharedDict(...) -> first read, journal {kind}",
+                _ours(rd, jd, (last, count), written[kind]),
+            )
+            for kind, jd in journals.items()
         },
-        **(
-            {"redis empty": Series("redis-server start -> first GET, empty dir (floor)", unit="ms")}
-            if redis_dirs
-            else {}
-        ),
-        **({"diskcache": Series("diskcache Cache(dir) -> first get", unit="ms")} if cache_dir else {}),
+        "empty": ("SharedDict(...) -> open, appendonly, empty journal dir (floor)", _ours(rd, empty)),
+        "memory": ("SharedDict(...) -> open, not durable (floor)", _ours(rd, None)),
+        **{
+            kind: (f"redis-server start -> first GET, AOF {REDIS[kind]}", _theirs(where, last, count))
+            for kind, where in redis_dirs.items()
+        },
     }
-    measure: dict[str, Callable[[str], int]] = {
-        **{kind: _ours(rd, jd, last, count, written[kind]) for kind, jd in journals.items()},
-        "empty": _ours(rd, os.path.join(tmp, "empty"), None, None, None),
-        **{kind: _theirs(where, last, count) for kind, where in redis_dirs.items()},
-        **({"redis empty": _theirs(os.path.join(tmp, "empty"), None, None)} if redis_dirs else {}),
-        **({"diskcache": _diskcache(cache_dir, last, count)} if cache_dir else {}),
-    }
-    os.mkdir(os.path.join(tmp, "empty"))
-    reopened: dict[str, int] = {}
-    for trial in range(trials):
-        progress(f"journal replay: trial {trial + 1} of {trials}")
-        order = list(measure)
-        random.Random(trial).shuffle(order)  # noqa: S311 - an order, not a secret
-        for variant in order:
-            copy = os.path.join(tmp, f"trial-{variant}")
-            series[variant].samples.append(measure[variant](copy))
-            if variant in journals:
-                reopened[variant] = _size(_journal(copy))
-            shutil.rmtree(copy, ignore_errors=True)
-    took = ", ".join(f"{report['ns'] / 1e9:.1f} s ({kind})" for kind, report in written.items())
+    if redis_dirs:
+        variants["redis empty"] = ("redis-server start -> first GET, empty dir (floor)", _theirs(empty))
+    if cache_dir:
+        variants["diskcache"] = ("diskcache Cache(dir) -> first get", _diskcache(cache_dir, last, count))
+    series = _trials(trials, tmp, variants)
+    took = ", ".join(f"{writes / (r['ns'] / 1e9):,.0f}/s ({kind})" for kind, r in written.items())
+    module = f"{jw.COMPACT_MODULE}.{jw.COMPACT_CONSTANT}"
     how = f"{writes:,} incr over {KEYS:,} keys from {WRITER_THREADS} threads of one process (the host)"
     notes = [
-        f"{how}, appendfsync 'no', written in {took}",
-        f"compaction held off: {jw.COMPACT_MODULE}.{jw.COMPACT_CONSTANT} = {jw.NO_COMPACTION}, writer only",
-        *(f"journal {kind}: {listing}" for kind, listing in files.items()),
+        f"{how}, appendfsync 'no', written at {took}",
+        *(
+            f"journal {kind} ({module} = {'its default' if value is None else f'{value:,}'} in the writer):"
+            f" {_listing(_journal(journals[kind]))}"
+            for kind, value in kinds.items()
+        ),
         f"each trial a fresh process and a fresh copy of the files, page cache warm; {filesystem(tmp)}",
     ]
     if redis_dirs:
         notes.append(f"redis: {writes:,} INCR pipelined 1,000 at a time, SIGKILL; rewritten by BGREWRITEAOF")
     notes += [n for n in (_baselines.redis_missing(), _baselines.diskcache_missing()) if n]
-    floors = [series[k] for k in ("empty", "redis empty") if k in series]
+    floors = [series[k] for k in ("empty", "memory", "redis empty") if k in series]
+    net = ", ".join(
+        f"{kind} {(series[kind].median() - series['empty'].median()) / 1e6:.1f} ms" for kind in journals
+    )
+    notes.insert(1, f"the replay itself (median less the empty journal's open): {net}")
     return [
         Result(
             f"journal replay: {writes:,} writes, compaction held off",
@@ -108,38 +117,56 @@ def bench_journal_replay(cfg: Config, rd: str) -> list[Result]:
             notes,
         ),
         Result(
-            f"journal replay: {writes:,} writes, as the library compacts",
+            f"journal replay: {writes:,} writes, compacted",
             [series["compacted"]],
             [series[k] for k in ("redis rewritten", "diskcache") if k in series] + floors,
             "report",
             list(notes),
         ),
-        _sizes(writes, (sizes, reopened), written["compacted"], (redis_dirs, cache_dir), notes[0]),
+        _sizes(writes, journals, written["compacted"], (redis_dirs, cache_dir), notes[:3]),
     ]
+
+
+def _trials(
+    trials: int, tmp: str, variants: dict[str, tuple[str, Callable[[str], int]]]
+) -> dict[str, Series]:
+    """Run each variant once per trial, in an order shuffled each trial; each on a fresh copy of its files."""
+    series = {variant: Series(label, unit="ms") for variant, (label, _) in variants.items()}
+    for trial in range(trials):
+        progress(f"journal replay: trial {trial + 1} of {trials}")
+        order = list(variants)
+        random.Random(trial).shuffle(order)  # noqa: S311 - an order, not a secret
+        for variant in order:
+            copy = os.path.join(tmp, f"trial-{variant}")
+            series[variant].samples.append(variants[variant][1](copy))
+            shutil.rmtree(copy, ignore_errors=True)
+    return series
 
 
 def _sizes(
     writes: int,
-    journals: tuple[dict[str, int], dict[str, int]],
+    journals: dict[str, str],
     written: dict[str, Any],
     theirs: tuple[dict[str, str], str | None],
-    note: str,
+    notes: list[str],
 ) -> Result:
-    """Journal bytes on disk (as written; after a replay) against the dict's items, redis, diskcache."""
-    sizes, reopened = journals
+    """Journal bytes on disk (as written; the compacted one's snapshot) beside the dict, redis, diskcache."""
     redis_dirs, cache_dir = theirs
 
     def one(name: str, size: int) -> Series:
         return Series(name, [float(size)], unit="kB")
 
-    ours = [one(f"journal {kind}, as the writer left it", size) for kind, size in sizes.items()]
-    ours += [one(f"journal {kind}, after one replay and close", size) for kind, size in reopened.items()]
+    ours = [one(f"journal {kind}: {NAME}.journal/", _size(_journal(jd))) for kind, jd in journals.items()]
+    compacted = _journal(journals["compacted"])
+    snapshots = [n for n in os.listdir(compacted) if n.startswith("snapshot.")]
+    if snapshots:
+        ours.append(one("journal compacted: its snapshot alone", _size(compacted, snapshots)))
     baselines = [one("the dict: len(json.dumps(list(d.items())))", written["size"])]
     for kind, where in redis_dirs.items():
         baselines.append(one(f"redis AOF {REDIS[kind]} ({AOF_DIR})", _size(os.path.join(where, AOF_DIR))))
     if cache_dir:
         baselines.append(one("diskcache directory (SQLite) after the same incr", _size(cache_dir)))
-    return Result(f"journal size: {writes:,} writes over {KEYS:,} keys", ours, baselines, "report", [note])
+    return Result(f"journal size: {writes:,} writes over {KEYS:,} keys", ours, baselines, "report", notes)
 
 
 def _write_journal(
@@ -171,22 +198,29 @@ def _close(worker: Worker) -> None:
 
 
 def _ours(
-    rd: str, journal_dir: str, key: str | None, count: int | None, written: dict[str, Any] | None
+    rd: str,
+    journal_dir: str | None,
+    want: tuple[str, int] | None = None,
+    written: dict[str, Any] | None = None,
 ) -> Callable[[str], int]:
-    """A trial of ours: copy ``journal_dir`` to the trial's path; time a fresh process opening it; check."""
+    """A trial of ours: a fresh process opens the dict on a copy of ``journal_dir`` (None: not durable).
+
+    Timed until ``want`` (key, value) is read (None: the open alone); then every key is checked.
+    """
 
     def trial(copy: str) -> int:
         with workers() as started:
             reader = Worker(jw.journal_reader)
             started.append(reader)
-            shutil.copytree(journal_dir, copy, symlinks=True)
+            if journal_dir is not None:
+                shutil.copytree(journal_dir, copy, symlinks=True)
             runtime_dir = tempfile.mkdtemp(prefix="reader-", dir=rd)
-            reader.send((NAME, runtime_dir, copy, key, count))
+            reader.send((NAME, runtime_dir, None if journal_dir is None else copy, want))
             report = reader.recv(jw.OPEN_TIMEOUT + 30)
             if "error" in report:
                 raise RuntimeError(f"replay failed in {reader.pid}:\n{report['error']}")
-            if key is not None and report["found"] != count:
-                raise RuntimeError(f"{key} is {report['found']!r} after replay, not {count}")
+            if want is not None and report["found"] != want[1]:
+                raise RuntimeError(f"{want[0]} is {report['found']!r} after replay, not {want[1]}")
             if written is not None and (report["size"], report["keys"]) != (written["size"], written["keys"]):
                 raise RuntimeError(f"replayed {report['keys']} keys ({report['size']} B), wrote {written}")
             if not report["is_host"]:
@@ -198,7 +232,7 @@ def _ours(
     return trial
 
 
-def _theirs(where: str, key: str | None, count: int | None) -> Callable[[str], int]:
+def _theirs(where: str, key: str | None = None, count: int | None = None) -> Callable[[str], int]:
     """A trial of redis-server: start it on a copy of ``where``'s append-only files; time its first GET."""
 
     def trial(copy: str) -> int:
@@ -285,13 +319,15 @@ def _journal(journal_dir: str) -> str:
     return path
 
 
-def _size(directory: str) -> int:
-    """Bytes of every file under ``directory`` (st_size)."""
+def _size(directory: str, only: list[str] | None = None) -> int:
+    """Bytes of every file under ``directory`` (st_size), or of the files ``only`` names in it."""
     total = 0
     for top, _dirs, names in os.walk(directory):
-        for name in names:
+        for name in names if only is None else only:
             with contextlib.suppress(FileNotFoundError):
                 total += os.lstat(os.path.join(top, name)).st_size
+        if only is not None:
+            break
     return total
 
 
