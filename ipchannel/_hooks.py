@@ -9,6 +9,8 @@ process sets it to ``pause(point, detail)``, which may block; the points are:
   none (``detail``: the request's payload);
 - ``"requests.fanned_out"``: the host sent a published message to every
   subscriber and has not acknowledged it yet (``detail``: the payload);
+- ``"shareddict.journaled"``: a durable SharedDict's host journaled a batch of writes and
+  has neither applied nor published it yet (``detail``: the writes, as journaled);
 - ``"shareddict.published"``: the host applied and published a batch of SharedDict
   writes and has not answered the writers yet (``detail``: the batch);
 - ``"shareddict.resyncing"``: a replica is about to ask the host for a snapshot

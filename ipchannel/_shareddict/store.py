@@ -200,6 +200,8 @@ class Store:
             first = self._seq + 1
             prepared, outcomes = history.prepare([item.writes for item in batch], self._applied)
             refusal = self._journal_batch(generation, prepared)
+            if _hooks.pause is not None and refusal is None and self._journal is not None and prepared:
+                _hooks.pause("shareddict.journaled", [write.record() for write in prepared])
             for write in prepared:
                 if refusal is not None:
                     outcome = refusal
