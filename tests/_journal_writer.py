@@ -41,7 +41,8 @@ def _open(name: str, runtime_dir: str, journal_dir: str) -> ipchannel.SharedDict
     )
 
 
-def _writer(name: str, runtime_dir: str, journal_dir: str, proc: str, out: str, stop: str) -> None:
+def _writer(args: list[str]) -> None:
+    name, runtime_dir, journal_dir, proc, out, stop = args
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     pid = os.getpid()
 
@@ -59,14 +60,17 @@ def _writer(name: str, runtime_dir: str, journal_dir: str, proc: str, out: str, 
     while not os.path.exists(stop):
         i += 1
         key = f"{proc}.{pid}-{i}"
-        for what, call in ((f"set:{key}", lambda k=key, v=i: d.__setitem__(k, v)), ("incr", d.incr)):
+        for what in (f"set:{key}", "incr"):
             say("try", what)
             try:
-                result = call("n") if what == "incr" else call()
+                if what == "incr":
+                    result = d.incr("n")
+                else:
+                    d[key] = result = i
             except Exception as exc:  # noqa: BLE001 - not acknowledged: reported as such
                 say("err", what, type(exc).__name__)
                 continue
-            say("ack", what, i if result is None else result)
+            say("ack", what, result)
     say("try", "close")
     d.close()
     say("ack", "close")
@@ -101,7 +105,7 @@ def main() -> None:
         filename=f"{log}.log", level=logging.INFO, format="%(asctime)s %(process)d %(threadName)s %(message)s"
     )
     if mode == "write":
-        _writer(*args)
+        _writer(args)
     elif mode == "fork":
         _fork(*args)
     else:
