@@ -9,6 +9,7 @@ starting from part of the state would pass for all of it, so it raises JournalEr
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import time
@@ -75,7 +76,29 @@ class _State:
 
 
 def replay(directory: Directory, name: str, codec: Codec, codec_name: str) -> Replayed:
-    """Return the state ``directory``'s journal holds, cutting a damaged log tail (see the module)."""
+    """Return the state ``directory``'s journal holds, cutting a damaged log tail (see the module).
+
+    JournalError if a file cannot be read or cut: one replaced by a symlink, say, which is
+    never followed (it could point anywhere, and what it points to would become the state).
+    """
+    try:
+        return _replay(directory, name, codec, codec_name)
+    except JournalError:
+        raise
+    except OSError as exc:
+        file = directory.path / exc.filename if isinstance(exc.filename, str) else directory.path
+        if exc.errno == errno.ELOOP:
+            raise JournalError(
+                str(file),
+                "is a symlink, which is never followed: it could point anywhere",
+                "put the file it points to in its place, if that is this journal's; else move it away",
+            ) from None
+        raise JournalError(
+            str(file), f"cannot be read or cut: {exc.strerror or exc}", "check its permissions", exc.errno
+        ) from exc
+
+
+def _replay(directory: Directory, name: str, codec: Codec, codec_name: str) -> Replayed:
     names = directory.names()
     for leftover in names:
         if leftover.endswith(".tmp"):  # a snapshot that was being written when its host died
