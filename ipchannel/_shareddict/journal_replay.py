@@ -23,10 +23,10 @@ if TYPE_CHECKING:
     from .._codecs import Codec
     from .journal_files import Directory
 
-__all__ = ["Replayed", "replay"]
+__all__ = ["Replayed", "keep_aside", "replay"]
 
 _LOGGER = logging.getLogger("ipchannel")
-_CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL
 
 
 class Replayed(NamedTuple):
@@ -178,6 +178,28 @@ def _load_snapshot(
     return codec.loads(frames[0][1]), len(blob)
 
 
+def _aside(directory: Directory, file: str) -> str:
+    """Return a free name for what is kept aside from ``file``: never one an earlier cut kept."""
+    names, base = set(directory.names()), f"{file}.dropped-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+    kept, count = base, 0
+    while kept in names:
+        count += 1
+        kept = f"{base}-{count}"
+    return kept
+
+
+def keep_aside(directory: Directory, file: str, data: bytes) -> str:
+    """Write ``data``, cut from ``file``, beside it (synced); return the name it is kept under."""
+    kept = _aside(directory, file)
+    fd = directory.open_file(kept, _CREATE)
+    try:
+        write_all(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return kept
+
+
 def _cut(  # noqa: PLR0913, PLR0917 - what one cut needs
     directory: Directory,
     name: str,
@@ -189,14 +211,7 @@ def _cut(  # noqa: PLR0913, PLR0917 - what one cut needs
     later: list[str],
 ) -> None:
     """Cut ``file`` at ``end`` and drop the ``later`` logs, keeping what is dropped beside them."""
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    kept = f"{file}.dropped-{stamp}"
-    fd = directory.open_file(kept, _CREATE)
-    try:
-        write_all(fd, blob[end:])
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    kept = keep_aside(directory, file, blob[end:])
     if end:
         truncate = directory.open_file(file, os.O_WRONLY)
         try:
@@ -207,7 +222,7 @@ def _cut(  # noqa: PLR0913, PLR0917 - what one cut needs
     else:
         directory.remove(file)
     for other in later:
-        directory.rename(other, f"{other}.dropped-{stamp}")
+        directory.rename(other, _aside(directory, other))
     directory.sync()
     _LOGGER.warning(
         "shared dict %r: journal %s: %s at byte %d of %s; dropped every record from number %d on"
