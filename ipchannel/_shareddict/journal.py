@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from .. import _platform
 from .._errors import ChannelClosed, JournalError
 from .journal_files import Directory, frame, header, write_all
-from .journal_replay import Replayed, replay
+from .journal_replay import Replayed, keep_aside, replay
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -152,10 +152,12 @@ class Journal:
                 self._retry_sync()
             record = frame(self._codec.dumps([self._number + 1, generation, seq, writes]))
             try:
-                if self._good_size != self._log_size:  # a failed append left part of a record
-                    os.ftruncate(self._log_fd, self._good_size)
-                    self._log_size = self._good_size
-                write_all(self._log_fd, record)
+                self._trim()
+            except OSError as exc:
+                raise self._error("cannot cut the log back to its last record", exc) from exc
+            try:
+                # at its offset, not appended: bytes someone appends meanwhile cannot come before it
+                write_all(self._log_fd, record, self._good_size)
                 self._log_size += len(record)
                 if self.policy == "always":
                     _sync_data(self._log_fd)
@@ -167,6 +169,27 @@ class Journal:
             if self.policy == "everysec" and not self._dirty:
                 self._dirty = True
                 self._cond.notify()
+
+    def _trim(self) -> None:
+        """Cut the log back to its last good record (call with _lock): what follows is not ours.
+
+        Part of a record whose append failed, or bytes someone else appended: those are kept
+        aside, with a WARNING, as a replay keeps a damaged tail; left there, they would come
+        before every later record, and the next replay would cut those.
+        """
+        assert self._log_fd is not None
+        assert self._dir is not None
+        if os.fstat(self._log_fd).st_size > self._good_size:
+            if self._log_size == self._good_size:  # not a failed append of ours
+                foreign = self._dir.read(self._log_name)[self._good_size :]
+                kept = keep_aside(self._dir, self._log_name, foreign)
+                _LOGGER.warning(
+                    "shared dict %r: journal %s: %d bytes this host did not write at byte %d of %s;"
+                    " cut, and kept in %s",
+                    self._name, self._dir.path, len(foreign), self._good_size, self._log_name, kept,
+                )  # fmt: skip
+            os.ftruncate(self._log_fd, self._good_size)
+        self._log_size = self._good_size
 
     def compact_if_due(
         self, data: dict[Any, Any], applied: dict[str, list[Any]], position: tuple[int, int]
@@ -230,10 +253,10 @@ class Journal:
         try:
             if existing is not None:
                 self._log_name, self._log_size = existing
-                self._log_fd = self._dir.open_file(existing[0], os.O_WRONLY | os.O_APPEND)
+                self._log_fd = self._dir.open_file(existing[0], os.O_WRONLY)
             else:
                 name = f"log.{self._number + 1}"
-                fd = self._dir.open_file(name, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_TRUNC)
+                fd = self._dir.open_file(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
                 try:
                     first = header(self._codec_name)
                     write_all(fd, first)

@@ -79,11 +79,13 @@ def scan(data: bytes, start: int) -> tuple[list[tuple[int, bytes]], int, str]:
     return frames, offset, ""
 
 
-def write_all(fd: int, data: bytes) -> None:
-    """Write all of ``data`` (``os.write`` may write less, say on a nearly full disk)."""
+def write_all(fd: int, data: bytes, offset: int | None = None) -> None:
+    """Write all of ``data``, at ``offset`` if given (a write may write less, say on a nearly full disk)."""
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view) :]
+        written = os.write(fd, view) if offset is None else os.pwrite(fd, view, offset)
+        view = view[written:]
+        offset = None if offset is None else offset + written
 
 
 class Directory:
