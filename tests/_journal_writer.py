@@ -2,7 +2,8 @@
 
 ``python _journal_writer.py write NAME RUNTIME_DIR JOURNAL_DIR PROC OUT STOP`` opens
 ``SharedDict(NAME, appendonly=True, appendfsync="always")`` and, until the file STOP exists,
-sets a key of its own (``PROC.PID-I`` to I) and increments ``n``, in turn. Each event is one
+sets a key of its own (``PROC.PID-I`` to I) and increments ``n``, in turn (compacting the
+journal often: ``COMPACT_MIN_BYTES``). Each event is one
 line appended to OUT with one ``write``, after the call returned or raised (a SIGKILL never
 leaves half a line): ``TIME PID try|ack|err WHAT [VALUE]``, TIME on the system-wide monotonic
 clock. ``try`` comes before the call, ``ack`` once it returned (the write is acknowledged),
@@ -26,8 +27,12 @@ import sys
 import time
 
 import ipchannel
+from ipchannel._shareddict import journal
 
 TIMEOUT = 4.0  # the dict's: how long a write waits for a host
+#: compact once a log is larger than this (and than the snapshot): a compaction every second or so,
+#: so kills land in one too (the library's threshold, 8 MiB, is never reached in a test)
+journal.COMPACT_MIN_BYTES = 32 << 10
 
 
 def _open(name: str, runtime_dir: str, journal_dir: str) -> ipchannel.SharedDict:
