@@ -4,12 +4,12 @@ Used by the host only, from the start of its term (``start``: take the journal's
 replay it, cut a damaged tail) to its end (``close``). Each batch of prepared writes is one
 record ``[number, generation, sequence before, writes]``, appended (and, with
 ``appendfsync="always"``, synced) before the batch is applied, published or answered: a
-write the journal refused was applied nowhere. Records are numbered without gaps across
-terms and restarts; replay applies them with ``history.apply``, which gives the results
-the host gave. When a log outgrows the last snapshot (and ``COMPACT_MIN_BYTES``), a new
-log starts and ``ipchannel-journal:NAME`` writes a snapshot of the state at that point,
-then removes what it covers. That thread also syncs once a second under ``"everysec"``.
-The files and their format: ``journal_files``.
+write the journal refused was applied nowhere; each term opens with an empty one. Records
+are numbered without gaps across terms and restarts; replay applies them with
+``history.apply``, which gives the results the host gave. When a log outgrows the last
+snapshot (and ``COMPACT_MIN_BYTES``), a new log starts and ``ipchannel-journal:NAME``
+writes a snapshot of the state at that point, then removes what it covers. That thread
+also syncs once a second under ``"everysec"``. The files and their format: ``journal_files``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from .. import _platform
 from .._errors import ChannelClosed, JournalError
 from .journal_files import Directory, frame, header, write_all
-from .journal_replay import Replayed, keep_aside, replay
+from .journal_replay import Replayed, keep_foreign, replay
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -88,9 +88,9 @@ class Journal:
     # -- a term: start, append, compact, close ---------------------------------------------------
 
     def start(
-        self, data: dict[Any, Any], applied: dict[str, list[Any]], position: tuple[int, int]
+        self, data: dict[Any, Any], applied: dict[str, list[Any]], position: tuple[int, int], generation: int
     ) -> tuple[dict[Any, Any], dict[str, list[Any]]]:
-        """Open the journal for a new host term; return the state to start from (call once per term).
+        """Open the journal for host term ``generation``; return the state to start from (once per term).
 
         The journal's state, unless this process's replica (``data`` at ``position``) is
         ahead of it: then a host did not journal (a process opened the dict without
@@ -107,6 +107,7 @@ class Journal:
             except BaseException:
                 self._close_files()
                 raise
+            self._mark_term(generation)
             self._stopping = False
             self._thread = threading.Thread(
                 target=self._run, name=f"ipchannel-journal:{self._name}", daemon=True
@@ -143,32 +144,47 @@ class Journal:
         self._open_log(None)
         return data, applied
 
+    def _mark_term(self, generation: int) -> None:
+        """Journal an empty batch opening term ``generation``, where its replicas start (call with _lock).
+
+        If this host dies before it writes, the next finds the journal level with its replica,
+        not behind. Not written (a full disk): the term starts all the same.
+        """
+        try:
+            self._append(generation, 0, [])
+        except JournalError as exc:
+            _LOGGER.warning("shared dict %r: %s", self._name, exc)
+
     def append(self, generation: int, seq: int, writes: list[list[Any]]) -> None:
         """Journal one batch of prepared writes before it is applied; JournalError if it cannot be."""
         with self._lock:
             if self._log_fd is None:  # the term ended (the host is leaving): the next host gets it
                 raise ChannelClosed(self._name, "SharedDict")
-            if self._sync_failed is not None:
-                self._retry_sync()
-            record = frame(self._codec.dumps([self._number + 1, generation, seq, writes]))
-            try:
-                self._trim()
-            except OSError as exc:
-                raise self._error("cannot cut the log back to its last record", exc) from exc
-            try:
-                # at its offset, not appended: bytes someone appends meanwhile cannot come before it
-                write_all(self._log_fd, record, self._good_size)
-                self._log_size += len(record)
-                if self.policy == "always":
-                    _sync_data(self._log_fd)
-            except OSError as exc:
-                self._log_size = self._good_size + len(record)  # unknown: cut back before the next one
-                raise self._error("cannot append to the log", exc) from exc
-            self._good_size = self._log_size
-            self._number += 1
-            if self.policy == "everysec" and not self._dirty:
-                self._dirty = True
-                self._cond.notify()
+            self._append(generation, seq, writes)
+
+    def _append(self, generation: int, seq: int, writes: list[list[Any]]) -> None:
+        assert self._log_fd is not None
+        if self._sync_failed is not None:
+            self._retry_sync()
+        record = frame(self._codec.dumps([self._number + 1, generation, seq, writes]))
+        try:
+            self._trim()
+        except OSError as exc:
+            raise self._error("cannot cut the log back to its last record", exc) from exc
+        try:
+            # at its offset, not appended: bytes someone appends meanwhile cannot come before it
+            write_all(self._log_fd, record, self._good_size)
+            self._log_size += len(record)
+            if self.policy == "always":
+                _sync_data(self._log_fd)
+        except OSError as exc:
+            self._log_size = self._good_size + len(record)  # unknown: cut back before the next one
+            raise self._error("cannot append to the log", exc) from exc
+        self._good_size = self._log_size
+        self._number += 1
+        if self.policy == "everysec" and not self._dirty:
+            self._dirty = True
+            self._cond.notify()
 
     def _trim(self) -> None:
         """Cut the log back to its last good record (call with _lock): what follows is not ours.
@@ -181,13 +197,7 @@ class Journal:
         assert self._dir is not None
         if os.fstat(self._log_fd).st_size > self._good_size:
             if self._log_size == self._good_size:  # not a failed append of ours
-                foreign = self._dir.read(self._log_name)[self._good_size :]
-                kept = keep_aside(self._dir, self._log_name, foreign)
-                _LOGGER.warning(
-                    "shared dict %r: journal %s: %d bytes this host did not write at byte %d of %s;"
-                    " cut, and kept in %s",
-                    self._name, self._dir.path, len(foreign), self._good_size, self._log_name, kept,
-                )  # fmt: skip
+                keep_foreign(self._dir, self._name, self._log_name, self._good_size)
             os.ftruncate(self._log_fd, self._good_size)
         self._log_size = self._good_size
 

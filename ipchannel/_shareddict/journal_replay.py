@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from .._codecs import Codec
     from .journal_files import Directory
 
-__all__ = ["Replayed", "keep_aside", "replay"]
+__all__ = ["Replayed", "keep_foreign", "replay"]
 
 _LOGGER = logging.getLogger("ipchannel")
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL
@@ -198,6 +198,16 @@ def keep_aside(directory: Directory, file: str, data: bytes) -> str:
     finally:
         os.close(fd)
     return kept
+
+
+def keep_foreign(directory: Directory, name: str, file: str, size: int) -> None:
+    """Keep aside, with a WARNING, what follows byte ``size`` of ``file``: bytes its host did not write."""
+    foreign = directory.read(file)[size:]
+    kept = keep_aside(directory, file, foreign)
+    _LOGGER.warning(
+        "shared dict %r: journal %s: %d bytes this host did not write at byte %d of %s; cut, and kept in %s",
+        name, directory.path, len(foreign), size, file, kept,
+    )  # fmt: skip
 
 
 def _cut(  # noqa: PLR0913, PLR0917 - what one cut needs

@@ -271,7 +271,7 @@ class Store:
         store, applied, position = self._replica.snapshot()
         if self._journal is not None:
             self._journal.close()  # a term of ours that ended without our noticing (say, a step down)
-            store, applied = self._journal.start(store, applied, position)
+            store, applied = self._journal.start(store, applied, position, generation)
         self._store, self._applied = store, applied
         self._term, self._seq = generation, 0
         self._members.start_term(generation)
