@@ -132,7 +132,7 @@ def test_a_journal_file_replaced_by_a_symlink_is_never_followed_and_named_in_a_j
     file.rename(elsewhere)  # a valid journal: following the link would "work"
     content = _content(elsewhere)
     file.symlink_to(elsewhere)
-    with pytest.raises(ipchannel.JournalError, match=r"symlink|symbolic link") as raised:
+    with pytest.raises(ipchannel.JournalError, match="is a symlink") as raised:
         ipchannel.SharedDict("test", appendonly=True, journal_dir=journal_dir)
     assert file.name in str(raised.value)
     assert file.is_symlink()

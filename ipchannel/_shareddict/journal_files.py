@@ -102,6 +102,7 @@ class Directory:
         _check(base, "the journal directory")
         path = base / f"{name}.journal"
         _make(path)
+        _check(path, "the journal's directory")  # says what is wrong; the descriptor's check is the safe one
         try:
             fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | _OPEN)
         except OSError as exc:
