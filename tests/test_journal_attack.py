@@ -379,3 +379,32 @@ def test_a_host_killed_before_it_wrote_leaves_its_successor_no_false_alarm(
     text = log.read_text()
     assert "behind" not in text  # the journal holds all it has: no warning, no rewrite
     assert list(_files(journal_dir).glob("snapshot.*")) == []
+
+
+# -- a replica cut off while frozen, the only survivor ---------------------------------------------
+
+
+@pytest.mark.timeout(90)
+def test_a_replica_cut_off_while_frozen_that_outlives_every_member_takes_over_from_the_journal(
+    peers: Peers, journal_dir: Path, tmp_path: Path
+) -> None:
+    log = tmp_path / "ipchannel.log"
+    holder, writer, stale = peers.start_dicts(3, log=str(log), **_ALWAYS, journal_dir=str(journal_dir))
+    assert _host([holder, writer, stale]) is holder
+    writer.call("incr", key="n", times=10)
+    stale.call("wait_position", position=writer.call("info")["position"])
+    os.kill(stale.pid, signal.SIGSTOP)
+    try:
+        writer.call("incr", key="n", times=10)  # waits max_lag (2 s) for the stale one, then cuts it off
+        wait_until(lambda: "did not confirm" in log.read_text())
+        writer.call("incr", key="n", times=100)
+        holder.kill()  # every member is gone; the stale replica holds 10 of the 120 acknowledged
+        writer.kill()
+    finally:
+        os.kill(stale.pid, signal.SIGCONT)
+    wait_until(lambda: stale.call("info")["is_host"], timeout=20)
+    # it hosts from the journal, not from its replica; and its replica, which reads answer from, catches up
+    wait_until(lambda: stale.call("copy")["items"] == [("n", 120)])
+    assert stale.call("incr", key="n", times=1)["results"] == [121]
+    stale.kill()
+    assert _reopen(journal_dir) == {"n": 121}

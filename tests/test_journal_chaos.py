@@ -2,11 +2,13 @@
 
 Four plain scripts (``_journal_writer.py``) write to ``SharedDict(appendonly=True,
 appendfsync="always")`` and report every write they sent and every one acknowledged.
-For a dozen seconds the test SIGKILLs the host (most often), another process, or every
-process at once, freezes the host or another process with SIGSTOP for up to 1.5 s, and
-restarts what it killed. Then it stops them, opens the dict in a fresh process (which
-replays the journal) and checks the whole history: every acknowledged write is there,
-nothing is counted twice, nothing was made up, and no process got stuck in a call.
+In a seeded random order (``_ACTIONS``, about 14 s), the test SIGKILLs the host (most
+often), another process, or every process at once; freezes the host or another process
+with SIGSTOP for up to 1.5 s; freezes a process until the host cut it off and kills all
+the others meanwhile (it wakes up alone, behind the journal); and restarts what it killed.
+Then it stops them, opens the dict in a fresh process (which replays the journal) and
+checks the whole history: every acknowledged write is there, nothing is counted twice,
+nothing was made up, and no process got stuck in a call.
 
 The seed is printed, and named in every failure: ``IPCHANNEL_CHAOS_SEED=<seed>`` replays it.
 """
@@ -38,11 +40,11 @@ if TYPE_CHECKING:
 _SCRIPT = Path(__file__).resolve().parent / "_journal_writer.py"
 _NAME = "chaos"
 _PROCESSES = 4
-_CHAOS_SECONDS = 12.0
 _MAX_FREEZE = 1.5
+_LONG_FREEZE = 3.0  # of a replica, until the host cut it off (max_lag, 2 s)
 #: the longest a call may take: a write waits up to TIMEOUT for the host, then as long for its
 #: replica; freezes of its own process or of the host add to that
-_LONGEST_CALL = 2 * TIMEOUT + 2 * _MAX_FREEZE + 3.0
+_LONGEST_CALL = 2 * TIMEOUT + _MAX_FREEZE + _LONG_FREEZE + 3.0
 
 
 @dataclass
@@ -70,7 +72,7 @@ class _Writers:
         self.stop = base / "stop"
         self.runs: list[_Incarnation] = []
         self.current: dict[str, _Incarnation] = {}
-        self.kills = Counter[str]()
+        self.done = Counter[str]()
 
     def start(self, proc: str) -> None:
         out = self.base / f"out-{proc}-{len(self.runs)}"
@@ -122,35 +124,56 @@ def writers(tmp_path: Path) -> Iterator[_Writers]:
         pool.close()
 
 
+#: what the chaos does, each this many times, in a seeded random order (about 14 s in all)
+_ACTIONS = {"kill the host": 6, "kill everyone": 2, "kill another": 2, "outlive": 1, "freeze the host": 3,
+            "freeze another": 3}  # fmt: skip
+
+
 def _chaos(writers: _Writers, rng: random.Random) -> None:
-    """Kill, freeze and restart for ``_CHAOS_SECONDS``; every process killed is restarted."""
+    """Kill, freeze and restart (``_ACTIONS``); every process killed is restarted."""
     procs = [f"p{i}" for i in range(_PROCESSES)]
     for proc in procs:
         writers.start(proc)
-    end = time.monotonic() + _CHAOS_SECONDS
-    while time.monotonic() < end:
+    actions = [action for action, times in _ACTIONS.items() for _ in range(times)]
+    rng.shuffle(actions)
+    for action in actions:
         time.sleep(rng.uniform(0.15, 0.6))
-        host, action = writers.host(), rng.random()
-        others = [r for r in writers.current.values() if r is not host]
-        if action < 0.4 and host is not None:
-            writers.kills["host"] += 1
+        host = writers.host() or wait_until(writers.host, timeout=15)
+        others = [run for run in writers.current.values() if run is not host]
+        writers.done[action] += 1
+        if action == "kill the host":
             writers.kill(host)
-        elif action < 0.43:
-            writers.kills["everyone"] += 1
+        elif action == "kill everyone":
             for run in list(writers.current.values()):
                 writers.kill(run)
-        elif action < 0.53 and others:
-            writers.kills["other"] += 1
+        elif action == "kill another":
             writers.kill(rng.choice(others))
-        elif action < 0.75 and host is not None:
-            writers.freeze(host, rng.uniform(0.1, _MAX_FREEZE))
-        elif action < 0.95 and others:
-            writers.freeze(rng.choice(others), rng.uniform(0.1, _MAX_FREEZE))
+        elif action == "outlive":
+            _outlive(writers, rng.choice(others), rng)
+        else:
+            writers.freeze(
+                host if action == "freeze the host" else rng.choice(others), rng.uniform(0.1, _MAX_FREEZE)
+            )
         if rng.random() < 0.5:
             time.sleep(rng.uniform(0, 0.3))  # the survivors elect a host before the dead come back
         for proc in procs:
             if proc not in writers.current:
                 writers.start(proc)
+
+
+def _outlive(writers: _Writers, stale: _Incarnation, rng: random.Random) -> None:
+    """Freeze ``stale`` until the host cut it off (``max_lag``, 2 s), then kill every other process.
+
+    It wakes up as the only survivor with a replica behind the journal, and hosts.
+    """
+    os.kill(stale.pid, signal.SIGSTOP)
+    try:
+        time.sleep(rng.uniform(2.3, _LONG_FREEZE))
+        for run in list(writers.current.values()):
+            if run is not stale:
+                writers.kill(run)
+    finally:
+        os.kill(stale.pid, signal.SIGCONT)
 
 
 def _finish(writers: _Writers) -> list[str]:
@@ -242,10 +265,10 @@ def test_random_kills_and_freezes_lose_no_acknowledged_write_and_count_none_twic
     if "behind this process's replica" in said:  # every host journals: the journal is never behind
         problems.append("a host found the journal behind its replica")
     files = sorted(path.name for path in (writers.journal_dir / f"{_NAME}.journal").iterdir())
-    print(f"kills {dict(writers.kills)}, {len(writers.runs)} runs, {acks} calls acknowledged, n={final['n']}")
+    print(f"{len(writers.runs)} runs, {acks} calls acknowledged, n={final['n']}")
     print(f"journal files: {files}; tails cut: {said.count('dropped every record')}")
     assert problems == [], f"seed {seed}: {problems}"
-    assert writers.kills["host"] + writers.kills["everyone"] >= 3, f"seed {seed}: {writers.kills}"
+    assert writers.done == Counter(_ACTIONS)
     assert acks > 100, f"seed {seed}: only {acks} calls acknowledged"
     assert any(name.startswith("snapshot.") for name in files), f"seed {seed}: never compacted: {files}"
     wait_until(lambda: all(run.process.poll() is not None for run in writers.runs))
