@@ -189,15 +189,16 @@ class Journal:
     def _trim(self) -> None:
         """Cut the log back to its last good record (call with _lock): what follows is not ours.
 
-        Part of a record whose append failed, or bytes someone else appended: those are kept
-        aside, with a WARNING, as a replay keeps a damaged tail; left there, they would come
-        before every later record, and the next replay would cut those.
+        Part of a failed append, or bytes someone else appended (kept aside, with a WARNING, as
+        a replay keeps a damaged tail): left there, they would hide every later record from replay.
         """
         assert self._log_fd is not None
         assert self._dir is not None
-        if os.fstat(self._log_fd).st_size > self._good_size:
-            if self._log_size == self._good_size:  # not a failed append of ours
-                keep_foreign(self._dir, self._name, self._log_name, self._good_size)
+        size = os.fstat(self._log_fd).st_size
+        if size > self._good_size:
+            if self._log_size == self._good_size:  # not a failed append of ours: read from our file
+                foreign = os.pread(self._log_fd, size - self._good_size, self._good_size)
+                keep_foreign(self._dir, self._name, self._log_name, self._good_size, foreign)
             os.ftruncate(self._log_fd, self._good_size)
         self._log_size = self._good_size
 
@@ -263,10 +264,10 @@ class Journal:
         try:
             if existing is not None:
                 self._log_name, self._log_size = existing
-                self._log_fd = self._dir.open_file(existing[0], os.O_WRONLY)
+                self._log_fd = self._dir.open_file(existing[0], os.O_RDWR)
             else:
                 name = f"log.{self._number + 1}"
-                fd = self._dir.open_file(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+                fd = self._dir.open_file(name, os.O_RDWR | os.O_CREAT | os.O_TRUNC)
                 try:
                     first = header(self._codec_name)
                     write_all(fd, first)

@@ -200,9 +200,8 @@ def keep_aside(directory: Directory, file: str, data: bytes) -> str:
     return kept
 
 
-def keep_foreign(directory: Directory, name: str, file: str, size: int) -> None:
-    """Keep aside, with a WARNING, what follows byte ``size`` of ``file``: bytes its host did not write."""
-    foreign = directory.read(file)[size:]
+def keep_foreign(directory: Directory, name: str, file: str, size: int, foreign: bytes) -> None:
+    """Keep aside, with a WARNING, what followed byte ``size`` of ``file``: bytes its host did not write."""
     kept = keep_aside(directory, file, foreign)
     _LOGGER.warning(
         "shared dict %r: journal %s: %d bytes this host did not write at byte %d of %s; cut, and kept in %s",
