@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from .. import _platform
 from .._errors import ChannelClosed, JournalError
 from .journal_files import Directory, frame, header, write_all
-from .journal_replay import Replayed, keep_foreign, replay
+from .journal_replay import Replayed, cut_back, replay
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -107,7 +107,10 @@ class Journal:
             except BaseException:
                 self._close_files()
                 raise
-            self._mark_term(generation)
+            try:  # an empty batch opens the term where its replicas start: if this host dies before it
+                self._append(generation, 0, [])  # writes, the next finds the journal level with them
+            except JournalError as exc:  # the term starts all the same
+                _LOGGER.warning("shared dict %r: %s", self._name, exc)
             self._stopping = False
             self._thread = threading.Thread(
                 target=self._run, name=f"ipchannel-journal:{self._name}", daemon=True
@@ -144,17 +147,6 @@ class Journal:
         self._open_log(None)
         return data, applied
 
-    def _mark_term(self, generation: int) -> None:
-        """Journal an empty batch opening term ``generation``, where its replicas start (call with _lock).
-
-        If this host dies before it writes, the next finds the journal level with its replica,
-        not behind. Not written (a full disk): the term starts all the same.
-        """
-        try:
-            self._append(generation, 0, [])
-        except JournalError as exc:
-            _LOGGER.warning("shared dict %r: %s", self._name, exc)
-
     def append(self, generation: int, seq: int, writes: list[list[Any]]) -> None:
         """Journal one batch of prepared writes before it is applied; JournalError if it cannot be."""
         with self._lock:
@@ -164,13 +156,16 @@ class Journal:
 
     def _append(self, generation: int, seq: int, writes: list[list[Any]]) -> None:
         assert self._log_fd is not None
+        assert self._dir is not None
         if self._sync_failed is not None:
             self._retry_sync()
         record = frame(self._codec.dumps([self._number + 1, generation, seq, writes]))
-        try:
-            self._trim()
+        try:  # ours: what follows the last good record is an append of ours that failed
+            ours = self._log_size != self._good_size
+            cut_back(self._dir, self._name, (self._log_name, self._log_fd), self._good_size, ours=ours)
         except OSError as exc:
             raise self._error("cannot cut the log back to its last record", exc) from exc
+        self._log_size = self._good_size
         try:
             # at its offset, not appended: bytes someone appends meanwhile cannot come before it
             write_all(self._log_fd, record, self._good_size)
@@ -185,22 +180,6 @@ class Journal:
         if self.policy == "everysec" and not self._dirty:
             self._dirty = True
             self._cond.notify()
-
-    def _trim(self) -> None:
-        """Cut the log back to its last good record (call with _lock): what follows is not ours.
-
-        Part of a failed append, or bytes someone else appended (kept aside, with a WARNING, as
-        a replay keeps a damaged tail): left there, they would hide every later record from replay.
-        """
-        assert self._log_fd is not None
-        assert self._dir is not None
-        size = os.fstat(self._log_fd).st_size
-        if size > self._good_size:
-            if self._log_size == self._good_size:  # not a failed append of ours: read from our file
-                foreign = os.pread(self._log_fd, size - self._good_size, self._good_size)
-                keep_foreign(self._dir, self._name, self._log_name, self._good_size, foreign)
-            os.ftruncate(self._log_fd, self._good_size)
-        self._log_size = self._good_size
 
     def compact_if_due(
         self, data: dict[Any, Any], applied: dict[str, list[Any]], position: tuple[int, int]

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from .._codecs import Codec
     from .journal_files import Directory
 
-__all__ = ["Replayed", "keep_foreign", "replay"]
+__all__ = ["Replayed", "cut_back", "replay"]
 
 _LOGGER = logging.getLogger("ipchannel")
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL
@@ -200,13 +200,25 @@ def keep_aside(directory: Directory, file: str, data: bytes) -> str:
     return kept
 
 
-def keep_foreign(directory: Directory, name: str, file: str, size: int, foreign: bytes) -> None:
-    """Keep aside, with a WARNING, what followed byte ``size`` of ``file``: bytes its host did not write."""
-    kept = keep_aside(directory, file, foreign)
-    _LOGGER.warning(
-        "shared dict %r: journal %s: %d bytes this host did not write at byte %d of %s; cut, and kept in %s",
-        name, directory.path, len(foreign), size, file, kept,
-    )  # fmt: skip
+def cut_back(directory: Directory, name: str, log: tuple[str, int], good: int, *, ours: bool) -> None:
+    """Cut ``log`` (its name and descriptor) back to byte ``good``, where its host's last record ends.
+
+    What follows is part of an append of the host's that failed (``ours``), or bytes someone
+    else appended: those are kept aside, with a WARNING, as a damaged tail is; left there,
+    they would hide every later record from the next replay.
+    """
+    file, fd = log
+    size = os.fstat(fd).st_size
+    if size <= good:
+        return
+    if not ours:
+        kept = keep_aside(directory, file, os.pread(fd, size - good, good))  # from the file written
+        _LOGGER.warning(
+            "shared dict %r: journal %s: %d bytes this host did not write at byte %d of %s; cut, and kept"
+            " in %s",
+            name, directory.path, size - good, good, file, kept,
+        )  # fmt: skip
+    os.ftruncate(fd, good)
 
 
 def _cut(  # noqa: PLR0913, PLR0917 - what one cut needs
