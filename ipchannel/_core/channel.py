@@ -57,9 +57,8 @@ class Channel:
             sock.sendall(b"hi"); print(sock.recv(1024))
 
     :param name: 1-64 characters of letters, digits, ``.``, ``_`` and ``-``, not starting with ``.``.
-    :param handler: a callable ``handler(conn: socket.socket)``, called in a server thread of
-        the host process for each connection (closed when it returns), or a
-        ``socketserver.BaseRequestHandler`` subclass used as it is.
+    :param handler: a callable ``handler(conn: socket.socket)``, called in a server thread of the host
+        for each connection (closed when it returns), or a ``socketserver.BaseRequestHandler`` subclass.
     :param runtime_dir: where the lock, host record and socket live; default ``IPCHANNEL_DIR``,
         else ``$XDG_RUNTIME_DIR/ipchannel``, else ``<tempdir>/ipchannel-<uid>``.
     :param auto_reconnect: follow the host across failover (see ``connect()``).
@@ -141,6 +140,7 @@ class Channel:
         self._monitor: Monitor | None = None
         self._port = Port(
             self._hosting.may_serve,
+            self._hosting.serving,
             self._hosting.claim_problem,
             self._connector.timeout_error,
             self._recorded_host,

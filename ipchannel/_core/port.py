@@ -22,6 +22,8 @@ class Port:
 
     #: True while this process may answer as host (``Hosting.may_serve``)
     may_serve: Callable[[], bool]
+    #: the generation of the term this process hosts while it may serve it, else None (``Hosting.serving``)
+    serving: Callable[[], int | None]
     #: why this process's claim (of its term, or of the one it is handing over) can have lapsed; "" while
     #: it surely holds it (``Hosting.claim_problem``): what a job run still going asks at a step-down
     claim_problem: Callable[[], str]

@@ -99,6 +99,11 @@ class Hosting:
         """True while this process stands by to host next."""
         return self._standby is not None
 
+    def serving(self) -> int | None:
+        """Return the generation of the term this process hosts while it may serve it, else None."""
+        term = self.term
+        return term[1].generation if term is not None and self.may_serve() else None
+
     def may_serve(self) -> bool:
         """Tell whether this process may answer as host: its term is on and the coordinator's fence holds.
 

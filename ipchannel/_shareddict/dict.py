@@ -282,7 +282,8 @@ class SharedDict(MutableMapping[Any, Any]):
         publish_changes(self._requests, message, self._timeout)
 
     def _generation(self) -> int | None:
-        return self._requests.channel.generation
+        """Return the host term the store serves: our own, None once we may not serve (``Store``)."""
+        return self._port.serving()
 
     def _subscribed(self) -> int | None:
         return self._requests.subscribed_generation

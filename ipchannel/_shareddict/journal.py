@@ -119,11 +119,7 @@ class Journal:
             return data, applied
 
     def _choose(
-        self,
-        found: Replayed,
-        data: dict[Any, Any],
-        applied: dict[str, list[Any]],
-        position: tuple[int, int],
+        self, found: Replayed, data: dict[Any, Any], applied: dict[str, list[Any]], position: tuple[int, int]
     ) -> tuple[dict[Any, Any], dict[str, list[Any]]]:
         assert self._dir is not None
         self._number, self._snapshot_size = found.number, found.snapshot_size
@@ -142,8 +138,7 @@ class Journal:
                 self._name, self._dir.path, found.position, position,
             )  # fmt: skip
         if data or found.found:
-            items = list(data.items())
-            self._snapshot_size = self._write_snapshot(self._number, items, *position, applied)
+            self._snapshot_size = self._write_snapshot(self._number, list(data.items()), *position, applied)
         self._open_log(None)
         return data, applied
 
@@ -174,6 +169,9 @@ class Journal:
                 _sync_data(self._log_fd)
         except OSError as exc:
             self._log_size = self._good_size + len(record)  # unknown: cut back before the next one
+            with contextlib.suppress(OSError):  # now: a refused record must not be replayed after a crash
+                os.ftruncate(self._log_fd, self._good_size)
+                self._log_size = self._good_size
             raise self._error("cannot append to the log", exc) from exc
         self._good_size = self._log_size
         self._number += 1
