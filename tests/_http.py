@@ -73,6 +73,7 @@ class Gunicorn:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
+            start_new_session=True,  # its own process group: a test may kill master and workers at once
         )
         self.master = psutil.Process(self.process.pid)
         self.seen: set[int] = set()  # every worker pid we saw, to check they are all gone at the end
@@ -90,8 +91,10 @@ class Gunicorn:
         return err
 
     def kill_all(self) -> None:
-        if self.process.poll() is None:
+        """SIGKILL whatever is left, all at once (a master killed alone would start new workers); reap it."""
+        if self.process.poll() is None:  # not reaped: its process group is still this gunicorn's
             self.workers()  # the current ones too
+            os.killpg(self.process.pid, signal.SIGKILL)
         for pid in [*self.seen, self.process.pid]:
             reap(pid, timeout=1)
         self.process.wait(5)

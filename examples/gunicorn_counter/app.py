@@ -7,9 +7,16 @@ and the new host starts from fresh state, since the state lived in the old host.
 For state that must outlive its host, keep a replica in every worker or a file
 (see the README's "Guarantees and limits").
 
+The SharedDict ``stats`` (``/hits``, ``/record``) has a replica in every worker, so it
+outlives any one worker, but not all of them exiting at once (``max_requests``
+recycling them together, a restart, the OOM killer) unless it is durable:
+``COUNTER_APPENDONLY=always|everysec|no`` opens it with ``appendonly=True`` and that
+``appendfsync``, journaled in the runtime directory or in ``COUNTER_JOURNAL_DIR``.
+
     cd examples/gunicorn_counter
     gunicorn -c gunicorn.conf.py app:app            # or -c gunicorn_preload.conf.py
     curl --unix-socket /tmp/gunicorn-counter.sock http://localhost/count
+    COUNTER_APPENDONLY=always gunicorn -c gunicorn.conf.py app:app     # /hits survives restarts
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import threading
 import time
 from collections import defaultdict, deque
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
 
 from ipchannel import ChannelTimeout, RequestChannel, SharedDict
 
@@ -60,24 +68,40 @@ channel = RequestChannel("gunicorn-counter", on_request)
 
 # A SharedDict opens (and writes) at import: with --preload the master opens it and hosts it, and
 # every forked worker gets a replica and a writer identity of its own.
-stats = SharedDict("gunicorn-stats")
+_appendfsync = os.environ.get("COUNTER_APPENDONLY")  # see the docstring above
+if _appendfsync:  # durable: journaled, replayed by the next host even after every process exited
+    _journal_dir = os.environ.get("COUNTER_JOURNAL_DIR")
+    stats = SharedDict("gunicorn-stats", appendonly=True, appendfsync=_appendfsync, journal_dir=_journal_dir)
+else:  # the default: lost once every process that has it exited
+    stats = SharedDict("gunicorn-stats")
 stats.setdefault("hits", 0)
 
 
 def app(environ: dict[str, Any], start_response: Callable[..., object]) -> Iterable[bytes]:
-    """``/count``: the shared counter; ``/limited``: the shared rate limiter; ``/hits``: a SharedDict."""
+    """``/count``: the shared counter; ``/limited``: the shared rate limiter; ``/hits``: a SharedDict.
+
+    ``/record?key=K`` records the event K with the number it got; ``/records``: them all.
+    """
     path = environ.get("PATH_INFO", "/")
     try:
         if path == "/count":
             status, body = "200 OK", {"count": channel.request({"op": "incr"}, timeout=5)}
         elif path == "/hits":
             status, body = "200 OK", {"count": stats.incr("hits")}
+        elif path == "/record":
+            key = parse_qs(environ.get("QUERY_STRING", "")).get("key", [""])[0]
+            number = stats.incr("records")  # answered once the host applied (and journaled) it
+            stats[f"record:{key}"] = number
+            status, body = "200 OK", {"number": number}
+        elif path == "/records":
+            records = {key[7:]: value for key, value in stats.items() if key.startswith("record:")}
+            status, body = "200 OK", {"count": stats.get("records", 0), "records": records}
         elif path == "/limited":
             key = environ.get("REMOTE_ADDR") or "local"
             allowed = channel.request({"op": "allow", "key": key}, timeout=5)
             status, body = ("200 OK", {"allowed": True}) if allowed else ("429 Too Many Requests", {})
         else:
-            status, body = "404 Not Found", {"paths": ["/count", "/limited", "/hits"]}
+            status, body = "404 Not Found", {"paths": ["/count", "/limited", "/hits", "/record", "/records"]}
     except ChannelTimeout as exc:
         status, body = "503 Service Unavailable", {"error": str(exc)}
     body |= {"worker": os.getpid(), "host": channel.channel.host_pid}
