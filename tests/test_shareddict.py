@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 import pytest
-from conftest import reap, wait_until
+from conftest import reap, spawned, wait_until
 
 import ipchannel
 from ipchannel import _hooks
@@ -646,3 +646,27 @@ def test_sigterm_handled_by_sys_exit_while_nine_threads_write_ends_the_process(
         assert code == 0, f"trial {trial}: exit code {code} (None: still running 10 s after SIGTERM)"
         # before the fix, also: "interrupted writer-loop SystemExit" (another thread's interrupt)
         assert script.seen + script.rest() == [], f"trial {trial}"
+
+
+@pytest.mark.timeout(60)
+def test_a_newcomer_whose_host_leaves_while_it_opens_opens_without_waiting_its_timeout(
+    runtime_dir: Path,
+) -> None:
+    # The holder closes between the newcomer's subscription and its first snapshot request: nobody
+    # is left to host, and the newcomer, still out of elections, waited its whole timeout (30 s).
+    import _opening  # noqa: PLC0415 - spawn targets
+
+    with spawned(_opening.holder, str(runtime_dir)) as (_holder, holder):
+        assert holder.poll(20)
+        assert holder.recv() == "ready"  # the newcomer starts only now: it must find a host
+        with spawned(_opening.newcomer, str(runtime_dir)) as (_newcomer, newcomer):
+            assert newcomer.poll(20)
+            assert newcomer.recv() == "at snapshot"
+            holder.send("close")
+            assert holder.poll(20)
+            assert holder.recv() == "closed"
+            newcomer.send("go on")
+            assert newcomer.poll(40)
+            report = newcomer.recv()
+    assert report["opened"] < 10, report  # the survivors' grace, not the 30 s timeout
+    assert report["items"] == {"after": 1}  # the only holder closed: it starts empty, as documented

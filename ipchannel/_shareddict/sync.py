@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 from .. import _platform
@@ -32,6 +33,7 @@ _ALONE_GRACE = 0.05  # with no host record, how long to wait for a host before b
 _SURVIVOR_GRACE = 0.5  # with a dead host's record, how long to give survivors to elect one of them
 _RETRY_PAUSE = 0.05  # between two background resyncs of a forked child while no host answers
 _FORK_TRY = 1.0  # how long a forked child's resync waits for a host before it may host itself
+_WATCH_EVERY = 0.05  # how often an opening replica looks at the host record while its snapshot waits
 
 
 class Sync:
@@ -74,17 +76,48 @@ class Sync:
             self._requests.subscribe(on_change, timeout=self._timeout)
 
     def _first_sync(self) -> None:
-        """Take the first snapshot; if its host went away and nobody took over in time, we are alone."""
+        """Take the first snapshot; if its host went away and nobody took over in time, we are alone.
+
+        While it waits, ``ipchannel-open:NAME`` watches the host record: once no host is
+        recorded alive for ``_SURVIVOR_GRACE`` (survivors elect one of themselves within
+        milliseconds), there are none, say every other process is exiting, and this process
+        takes part in elections, so the snapshot comes from its own term. A process that is
+        not a member still cannot host while a member may be alive (``members.may_campaign``).
+        """
+        done = threading.Event()
+        watcher = threading.Thread(
+            target=self._host_if_alone, args=(done,), name=f"ipchannel-open:{self._name}", daemon=True
+        )
+        watcher.start()
         try:
             self.resync(check=True)
         except ChannelTimeout:
-            # Survivors holding the data elect one of themselves within milliseconds; a whole
-            # timeout without a host means there are none (say, every other process is exiting).
             _LOGGER.info(
                 "shared dict %r: the host left while this replica opened; opening as the first", self._name
             )
             self._requests.channel.may_host = True
             self.resync(check=True)
+        finally:
+            done.set()
+            watcher.join()
+
+    def _host_if_alone(self, done: threading.Event) -> None:
+        _platform.leave_signals_to_the_application()
+        gone_since: float | None = None
+        while not done.wait(_WATCH_EVERY):
+            if self._port.recorded_host() == "maybe alive":
+                gone_since = None
+                continue
+            gone_since = time.monotonic() if gone_since is None else gone_since
+            if time.monotonic() - gone_since >= _SURVIVOR_GRACE:
+                _LOGGER.info(
+                    "shared dict %r: the host left while this replica opened, and nobody took over within"
+                    " %.2f s; opening as the first",
+                    self._name,
+                    _SURVIVOR_GRACE,
+                )
+                self._requests.channel.may_host = True
+                return
 
     def resync(self, most: float | None = None, *, check: bool = False) -> None:
         """Replace the replica by the host's snapshot (``Replica.resync``); ``most``: a shorter wait.
