@@ -247,6 +247,8 @@ def _journal_fds(directory: Path) -> list[str]:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/fd")
+# The fork is the point (as gunicorn --preload forks its master); the child only looks and _exits.
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 @pytest.mark.usefixtures("runtime_dir")
 def test_a_forked_child_drops_the_journal_and_the_parent_keeps_it(tmp_path: Path) -> None:
     options = _durable(tmp_path)

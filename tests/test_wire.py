@@ -265,6 +265,8 @@ class _Relay:
         self.links[index].server.sendall(data)
 
     def close(self) -> None:
+        with contextlib.suppress(OSError):  # wakes the accept() under way: close() alone does not
+            self._listener.shutdown(socket.SHUT_RDWR)
         self._listener.close()
         for link in self.links:
             for sock in (link.client, link.server):

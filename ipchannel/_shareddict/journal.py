@@ -42,7 +42,10 @@ _SYNC_EVERY = 1.0  # appendfsync="everysec"
 _sync_data = getattr(os, "fdatasync", os.fsync)
 #: what a compaction snapshots: record number, items, generation, sequence, each writer's last write
 _Snapshot = tuple[int, list[Any], int, int, dict[str, list[Any]]]
-_FREE_SPACE = "free space on that filesystem: writes go on by themselves once the journal can be written"
+_FREE_SPACE = (
+    "the write was applied nowhere (reads still answer from memory); free space on that filesystem:"
+    " writes go on by themselves once the journal can be written"
+)
 
 
 class Journal:
@@ -194,7 +197,7 @@ class Journal:
             try:
                 self._open_log(None)
             except JournalError as exc:  # the batch is applied: compaction waits for a later one
-                _LOGGER.warning("shared dict %r: cannot compact the journal now: %s", self._name, exc)
+                _LOGGER.warning("shared dict %r: journal not compacted now: %s", self._name, exc.problem)
                 return
             try:
                 if self.policy != "no":
@@ -319,19 +322,13 @@ class Journal:
         try:
             size = self._write_snapshot(*pending)
         except JournalError as exc:
-            _LOGGER.warning("shared dict %r: journal not compacted: %s", self._name, exc)
+            _LOGGER.warning("shared dict %r: journal %s not compacted: %s", self._name, exc.path, exc.problem)
             return
         with self._lock:
             self._snapshot_size = size
 
     def _error(self, what: str, exc: OSError) -> JournalError:
-        return JournalError(
-            str(self.path),
-            f"{what}: {exc.strerror or exc}; writes are refused, and applied nowhere, until it can"
-            " (reads still answer from memory)",
-            _FREE_SPACE,
-            exc.errno,
-        )
+        return JournalError(str(self.path), f"{what}: {exc.strerror or exc}", _FREE_SPACE, exc.errno)
 
     def _close_files(self) -> None:
         """Close what is open, letting go of the lock (call with _lock)."""
