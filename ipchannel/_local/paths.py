@@ -14,7 +14,7 @@ import stat
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .. import _platform
+from .. import _platform, _private_dir
 from .._errors import RuntimeDirError
 
 if TYPE_CHECKING:
@@ -74,22 +74,16 @@ def _create(path: Path) -> None:
 
 def _check(path: Path, st: os.stat_result) -> None:
     fix = "pass runtime_dir= (or set IPCHANNEL_DIR to) a private directory: yours, mode 0700, not a symlink"
-    if stat.S_ISLNK(st.st_mode):
-        raise RuntimeDirError(str(path), "is a symlink, which could point anywhere", fix)
-    if not stat.S_ISDIR(st.st_mode):
-        raise RuntimeDirError(str(path), "is not a directory", fix)
-    if st.st_uid != os.geteuid():
-        raise RuntimeDirError(str(path), f"is owned by uid {st.st_uid}, not by you (uid {os.geteuid()})", fix)
-    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        # Never "chmod it": it may be /tmp, or a directory others rely on being shared.
-        if st.st_mode & stat.S_ISVTX:  # sticky, as /tmp: nobody else can move a subdirectory of ours
+    if wrong := _private_dir.problem(st):
+        # Never "chmod it": it may be /tmp, or a directory others rely on being shared. Ours but
+        # writable by others and sticky, as /tmp: nobody else can move a subdirectory of ours.
+        ours = stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid()
+        if ours and st.st_mode & stat.S_ISVTX:
             fix = (
                 f"use a private subdirectory instead, such as {path / f'ipchannel-{os.geteuid()}'} "
                 "(ipchannel creates it with mode 0700), as runtime_dir= or IPCHANNEL_DIR"
             )
-        raise RuntimeDirError(
-            str(path), f"is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})", fix
-        )
+        raise RuntimeDirError(str(path), wrong, fix)
     if not os.access(path, os.W_OK | os.X_OK):
         raise RuntimeDirError(str(path), "is not writable by you", fix)
 

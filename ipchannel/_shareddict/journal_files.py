@@ -17,13 +17,12 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import stat
 import struct
 import time
 import zlib
 from typing import TYPE_CHECKING
 
-from .. import _platform
+from .. import _platform, _private_dir
 from .._errors import JournalError
 
 if TYPE_CHECKING:
@@ -210,13 +209,5 @@ def _check(path: Path, what: str) -> None:
 
 def _check_stat(path: Path, st: os.stat_result, what: str) -> None:
     """Refuse a directory another user could write to or swap: a journal is replayed as the state."""
-    if stat.S_ISLNK(st.st_mode):
-        raise JournalError(str(path), f"{what} is a symlink, which could point anywhere", _FIX)
-    if not stat.S_ISDIR(st.st_mode):
-        raise JournalError(str(path), f"{what} is not a directory", _FIX)
-    if st.st_uid != os.geteuid():
-        raise JournalError(str(path), f"{what} is owned by uid {st.st_uid}, not by you", _FIX)
-    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise JournalError(
-            str(path), f"{what} is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})", _FIX
-        )
+    if wrong := _private_dir.problem(st):
+        raise JournalError(str(path), f"{what} {wrong}", _FIX)
