@@ -55,6 +55,9 @@ class Journal:
         self._name, self._base, self._create_base = name, base, create_base
         self._codec, self.policy = codec, policy
         self._codec_name = str(getattr(codec, "name", type(codec).__qualname__))
+        self._dir: Directory | None = None
+        self._lock_fd: int | None = None
+        self._log_fd: int | None = None
         self.after_fork()
 
     @property
@@ -63,20 +66,13 @@ class Journal:
         return self._base / f"{self._name}.journal"
 
     def after_fork(self) -> None:
-        """Start closed, with new locks and no thread (in a forked child: close the parent's descriptors)."""
-        for fd in (getattr(self, "_lock_fd", None), getattr(self, "_log_fd", None)):
-            if fd is not None:
-                with contextlib.suppress(OSError):  # never unlock: the lock is the parent's open file's
-                    os.close(fd)
-        directory = getattr(self, "_dir", None)
-        if directory is not None:
-            with contextlib.suppress(OSError):
-                directory.close()
+        """Start closed, with new locks and no thread (in a forked child: close the parent's descriptors).
+
+        Closing our copy never unlocks: the flock belongs to the open file the parent still holds.
+        """
+        self._close_files()
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
-        self._dir: Directory | None = None
-        self._lock_fd: int | None = None
-        self._log_fd: int | None = None
         self._log_name = ""
         self._log_size = self._good_size = 0
         self._number = 0  # the last record written
@@ -331,11 +327,12 @@ class Journal:
         return JournalError(str(self.path), f"{what}: {exc.strerror or exc}", _FREE_SPACE, exc.errno)
 
     def _close_files(self) -> None:
-        """Close what is open, letting go of the lock (call with _lock)."""
+        """Close what is open (call with _lock; ours: the lock goes with it; a forked copy: it does not)."""
         for fd in (self._log_fd, self._lock_fd):
             if fd is not None:
                 with contextlib.suppress(OSError):
                     os.close(fd)
         if self._dir is not None:
-            self._dir.close()
+            with contextlib.suppress(OSError):
+                self._dir.close()
         self._dir, self._lock_fd, self._log_fd = None, None, None
