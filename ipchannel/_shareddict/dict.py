@@ -32,7 +32,7 @@ from .._options import Options
 from .._requests.channel import RequestChannel, publish_changes
 from .._requests.confirm import Confirmations
 from .._requests.outbox import DEFAULT_LIMITS
-from .._timing import validate_timeout
+from .._timing import Deadline, validate_timeout
 from . import ops
 from .durability import durable_journal
 from .members import Members
@@ -48,8 +48,9 @@ if TYPE_CHECKING:
 
     from .._codecs import Codec
     from .._core.channel import Channel
+    from .._seams.base import Membership
 
-__all__ = ["SharedDict"]
+__all__ = ["SharedDict", "membership_of"]
 
 _LOGGER = logging.getLogger("ipchannel")
 
@@ -197,6 +198,16 @@ class SharedDict(MutableMapping[Any, Any]):
     def copy(self) -> dict[Any, Any]:
         """Return a plain dict copy of the local replica."""
         return self._replica.copy()
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float | None = None) -> bool:
+        """Wait until ``predicate()`` is true: checked now and after each change the replica applies.
+
+        As ``threading.Condition.wait_for``: returns the predicate's last result (False at
+        the timeout). It runs in the calling thread, holding the replica's lock: it may read
+        the dict, never write it. Raises ChannelClosed once the dict is closed.
+        """
+        deadline = Deadline(validate_timeout(timeout))
+        return self._replica.wait(predicate, deadline)
 
     @property
     def position(self) -> tuple[int, int]:
@@ -354,3 +365,8 @@ class SharedDict(MutableMapping[Any, Any]):
             _LOGGER.warning(
                 "shared dict %r: cannot take this process out of the members: %s", self.channel.name, exc
             )
+
+
+def membership_of(shared: SharedDict) -> Membership | None:
+    """Return who ``shared``'s processes are and which of them live (``Membership``), for ``contrib``."""
+    return shared._members.membership  # noqa: SLF001 - the one door to it for the layers above

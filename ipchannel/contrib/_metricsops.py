@@ -1,0 +1,137 @@
+"""The metrics' shared state: what every worker sends, how the host folds it in, what a scrape reads.
+
+Kept in one SharedDict (``ipchannel.contrib.prometheus``), as flat keys whose values are
+never changed in place (a new value replaces the old one, so no two copies share one):
+
+- ``c:SERIES`` -> float: the total of a counter, histogram bucket or summary sample over every
+  worker that ever ran (workers send what they added since their last send).
+- ``g:SERIES`` -> {worker: [value, time, pid]}: a gauge's value in each worker; ``~`` holds
+  what the workers that died left behind, folded by the gauge's mode (sum, min, max, newest).
+- ``m:METRIC`` -> [type, help, gauge mode]: what a metric is, as the first worker said.
+- ``i:METRIC`` -> [time, type, help, samples]: an Info's or Enum's samples, as the worker that
+  changed them last set them.
+- ``w:WORKER`` -> [pid, scrape]: a worker that sent something, and the last scrape it answered.
+- ``scrape`` -> int: the number of the last scrape asked for.
+
+``SERIES`` is ``json.dumps([metric, sample name, sorted labels])``. No prometheus_client here:
+the operations are registered in every process that imports this module.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import TYPE_CHECKING, Any
+
+from ipchannel._shareddict import ops
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = ["FORGET", "PUSH", "SCRAPE", "gauge_samples", "is_live_mode", "series_key", "split_series"]
+
+#: The worker that stands for every worker that died, in a gauge's values (folded by mode).
+RETIRED = "~"
+#: Gauge modes whose dead workers' values go on counting (as prometheus_client's multiprocess mode).
+_FOLD: dict[str, Callable[[list[Any], list[Any]], list[Any]]] = {
+    "sum": lambda old, new: [old[0] + new[0], max(old[1], new[1]), 0],
+    "max": lambda old, new: old if old[0] >= new[0] else new,
+    "min": lambda old, new: old if old[0] <= new[0] else new,
+    "mostrecent": lambda old, new: old if old[1] >= new[1] else new,
+}
+
+
+def series_key(metric: str, name: str, labels: dict[str, str]) -> str:
+    """Return the key of one series: the same in every worker for the same metric, sample and labels."""
+    return json.dumps([metric, name, sorted(labels.items())], separators=(",", ":"))
+
+
+def split_series(key: str) -> tuple[str, str, dict[str, str]]:
+    """Return (metric, sample name, labels) of a series key."""
+    metric, name, labels = json.loads(key)
+    return metric, name, dict(labels)
+
+
+def is_live_mode(mode: str) -> bool:
+    """Tell whether a gauge of ``mode`` shows only live workers (``liveall``, ``livesum``, ...)."""
+    return mode.startswith("live")
+
+
+def _push(  # noqa: PLR0913, PLR0917 - one op: who, which scrape, and each kind of change
+    data: dict[str, Any],
+    worker: str,
+    pid: int,
+    scrape: int,
+    metas: list[list[Any]],
+    counts: list[list[Any]],
+    gauges: list[list[Any]],
+    infos: list[list[Any]],
+) -> None:
+    """Fold one worker's changes in: counts added, gauges and infos replaced; its scrape answered."""
+    known = data.get("w:" + worker)
+    data["w:" + worker] = [pid, max(scrape, known[1] if known else 0)]
+    for metric, kind, text, mode in metas:
+        data.setdefault("m:" + metric, [kind, text, mode])
+    for key, amount in counts:
+        data["c:" + key] = data.get("c:" + key, 0.0) + amount
+    for key, value, at in gauges:
+        values = dict(data.get("g:" + key, {}))
+        values[worker] = [value, at, pid]
+        data["g:" + key] = values
+    for metric, at, kind, text, samples in infos:
+        old = data.get("i:" + metric)
+        if old is None or old[0] <= at:
+            data["i:" + metric] = [at, kind, text, samples]
+
+
+def _scrape(data: dict[str, Any]) -> int:
+    """Ask every worker for what it has not sent yet: the new scrape number is the result."""
+    data["scrape"] = number = data.get("scrape", 0) + 1
+    return int(number)
+
+
+def _forget(data: dict[str, Any], workers: list[str]) -> None:
+    """Drop workers that died: live gauges lose them, other modes fold them into ``~``; ``all`` keeps them."""
+    gone = {worker for worker in workers if data.pop("w:" + worker, None) is not None}
+    if not gone:
+        return
+    for key in [key for key in data if key.startswith("g:")]:
+        values = data[key]
+        if gone.isdisjoint(values):
+            continue
+        mode = data.get("m:" + split_series(key[2:])[0], ["gauge", "", "all"])[2]
+        if mode == "all":
+            continue  # one series per process, alive or dead, as prometheus_client's multiprocess mode
+        values = dict(values)
+        fold = _FOLD.get(mode)
+        for worker in gone & values.keys():
+            left = values.pop(worker)
+            if fold is not None:
+                retired = values.get(RETIRED)
+                values[RETIRED] = left if retired is None else fold(retired, left)
+        if values:
+            data[key] = values
+        else:
+            del data[key]
+
+
+def gauge_samples(mode: str, values: dict[str, list[Any]]) -> list[tuple[float, str | None]]:
+    """Return a gauge series' samples as (value, pid label or None), by its mode over the workers' values."""
+    if mode in {"all", "liveall"}:
+        return [(value, str(pid)) for worker, (value, _at, pid) in values.items() if worker != RETIRED]
+    entries = list(values.values())
+    if not entries:
+        return []
+    base = mode.removeprefix("live")
+    if base == "sum":
+        return [(math.fsum(entry[0] for entry in entries), None)]
+    if base == "max":
+        return [(max(entry[0] for entry in entries), None)]
+    if base == "min":
+        return [(min(entry[0] for entry in entries), None)]
+    return [(max(entries, key=lambda entry: entry[1])[0], None)]  # mostrecent
+
+
+PUSH = ops.register("metrics.push", _push)
+SCRAPE = ops.register("metrics.scrape", _scrape)
+FORGET = ops.register("metrics.forget", _forget)
