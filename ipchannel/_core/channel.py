@@ -138,6 +138,7 @@ class Channel:
         )
         self._connector.hosting = self._hosting
         self._monitor: Monitor | None = None
+        self._exit_registered = False  # close() is an atexit handler (once: see ``_start``)
         self._port = Port(
             self._hosting.may_serve,
             self._hosting.serving,
@@ -288,7 +289,11 @@ class Channel:
                 connector.stopping,
             )
             self._monitor.start()
-        atexit.register(self.close)
+            registered, self._exit_registered = self._exit_registered, True
+        if not registered:
+            # once, in creation order: a forked child keeps its parent's place (SharedDict's _leave,
+            # contrib's last sends are registered later, so they run first at exit)
+            atexit.register(self.close)
 
     def close(self) -> None:
         """Close the channel: stop the monitor, hand hosting over, close this process's sockets.
@@ -309,6 +314,7 @@ class Channel:
         self._backend.coordinator.close()
         connector.close()
         atexit.unregister(self.close)
+        self._exit_registered = False
 
     def __enter__(self) -> Channel:
         return self
@@ -343,7 +349,6 @@ class Channel:
             self._monitor = None
         self._backend.coordinator.after_fork()
         self._connector.after_fork()
-        atexit.unregister(self.close)
 
 
 def _check_callback(callback: Callable[[int], object]) -> Callable[[int], object]:

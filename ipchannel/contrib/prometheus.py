@@ -253,7 +253,7 @@ class _Sharing:
         with self._lock:
             if self._dict is None:
                 self._dict = self._open_dict()
-                atexit.register(self.close)  # after the dict's own: at exit, runs before they close it
+                atexit.register(self.close)  # after the dict's and its channel's: at exit, runs first
             return self._dict
 
     def _changed(self) -> None:
@@ -269,10 +269,13 @@ class _Sharing:
 
     def _run(self) -> None:
         _platform.leave_signals_to_the_application()
+        joined = False  # the first send, at once, makes this worker one that scrapes wait for
         while not self._stop.is_set():
             try:
                 shared = self.shared()
-                shared.wait_for(self._asked, self._interval)
+                if joined:
+                    shared.wait_for(self._asked, self._interval)
+                joined = True
                 if not self._stop.is_set():
                     self.send(infos=shared.get("scrape", 0) != self._answered)
             except ChannelClosed:

@@ -1,0 +1,116 @@
+"""Child-process side of the metrics tests: a worker that shares prometheus_client metrics (spawned).
+
+``main`` enables ``ipchannel.contrib.prometheus``, creates the metrics below, and obeys
+commands over its Pipe (as ``_peers``): count, observe, set gauges, scrape, fork a child.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
+
+MODES = (
+    "all",
+    "liveall",
+    "sum",
+    "livesum",
+    "max",
+    "livemax",
+    "min",
+    "livemin",
+    "mostrecent",
+    "livemostrecent",
+)
+
+
+def parse(text: str) -> dict[str, float]:
+    """Return a scrape's samples by ``name{labels}`` (labels sorted), leaving out the process's own."""
+    from prometheus_client.parser import text_string_to_metric_families  # noqa: PLC0415
+
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name.startswith(("process_", "python_")):
+                continue
+            labels = ",".join(f"{key}={value}" for key, value in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}"] = sample.value
+    return samples
+
+
+def _joined(deadline: float) -> None:
+    """Wait until this worker's sender has sent once: from then on every scrape waits for it.
+
+    Its first change starts the sender, which opens the dict and sends at once: tens of ms
+    during which a scrape does not know this worker yet (what it counted shows at the next).
+    """
+    from ipchannel._shareddict.dict import membership_of  # noqa: PLC0415
+    from ipchannel.contrib import prometheus  # noqa: PLC0415
+
+    while time.monotonic() < deadline:
+        shared = prometheus._sharing._dict if prometheus._sharing else None  # noqa: SLF001
+        membership = membership_of(shared) if shared is not None else None
+        if shared is not None and membership is not None and "w:" + membership.me() in shared:
+            return
+        time.sleep(0.005)
+    raise TimeoutError("the sender did not send within 10 s")
+
+
+def main(conn: Connection, name: str, runtime_dir: str, options: dict[str, Any]) -> None:  # noqa: PLR0912
+    """Share metrics as a worker does, then obey commands until "exit"."""
+    import prometheus_client  # noqa: PLC0415
+
+    from ipchannel.contrib import prometheus  # noqa: PLC0415
+
+    prometheus.enable(name, runtime_dir=runtime_dir, **options)
+    requests = prometheus_client.Counter("requests", "Requests served", ["path"])
+    latency = prometheus_client.Histogram("latency_seconds", "Latency", buckets=(0.1, 1.0))
+    summary = prometheus_client.Summary("payload_bytes", "Payload sizes")
+    gauges = {mode: prometheus_client.Gauge(f"g_{mode}", mode, multiprocess_mode=mode) for mode in MODES}  # type: ignore[arg-type]
+    info = prometheus_client.Info("build", "The build")
+    state = prometheus_client.Enum("state", "The state", states=["starting", "serving"])
+    conn.send({"ready": os.getpid()})
+    while True:
+        cmd, args = conn.recv()
+        try:
+            reply: dict[str, Any] = {"ok": True}
+            if cmd == "count":
+                for _ in range(args["n"]):
+                    requests.labels(path=args.get("path", "/")).inc()
+                    latency.observe(args.get("seconds", 0.05))
+                    summary.observe(args.get("size", 10))
+                _joined(time.monotonic() + 10)
+            elif cmd == "set":
+                for mode in MODES:
+                    gauges[mode].set(args["value"])
+                _joined(time.monotonic() + 10)
+            elif cmd == "info":
+                info.info(args["labels"])
+                state.state(args["state"])
+                _joined(time.monotonic() + 10)
+            elif cmd == "scrape":
+                reply["samples"] = parse(prometheus_client.generate_latest().decode())
+            elif cmd == "fork_counts":  # a child counts ``n`` and exits (its values start at 0)
+                pid = os.fork()
+                if pid == 0:
+                    for _ in range(args["n"]):
+                        requests.labels(path="/child").inc()
+                    atexit._run_exitfuncs()  # noqa: SLF001 - as exiting does: the child sends what it counted
+                    os._exit(0)  # not up through the parent's stack (multiprocessing's bootstrap)
+                _, status = os.waitpid(pid, 0)
+                reply["status"] = status
+            elif cmd == "host":
+                from ipchannel.contrib.prometheus import _sharing  # noqa: PLC0415
+
+                assert _sharing is not None
+                reply["is_host"] = _sharing.shared().channel.is_host
+            elif cmd == "exit":
+                conn.send(reply)
+                return  # atexit sends what is left
+            conn.send(reply)
+        except Exception as exc:  # noqa: BLE001 - reported to the test
+            conn.send({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
