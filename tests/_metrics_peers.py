@@ -60,7 +60,7 @@ def _joined(deadline: float) -> None:
     raise TimeoutError("the sender did not send within 10 s")
 
 
-def main(conn: Connection, name: str, runtime_dir: str, options: dict[str, Any]) -> None:  # noqa: PLR0912
+def main(conn: Connection, name: str, runtime_dir: str, options: dict[str, Any]) -> None:  # noqa: PLR0912, PLR0915
     """Share metrics as a worker does, then obey commands until "exit"."""
     import prometheus_client  # noqa: PLC0415
 
@@ -71,6 +71,7 @@ def main(conn: Connection, name: str, runtime_dir: str, options: dict[str, Any])
     latency = prometheus_client.Histogram("latency_seconds", "Latency", buckets=(0.1, 1.0))
     summary = prometheus_client.Summary("payload_bytes", "Payload sizes")
     gauges = {mode: prometheus_client.Gauge(f"g_{mode}", mode, multiprocess_mode=mode) for mode in MODES}  # type: ignore[arg-type]
+    jobs = prometheus_client.Gauge("jobs", "Jobs running", ["job"], multiprocess_mode="livesum")
     info = prometheus_client.Info("build", "The build")
     state = prometheus_client.Enum("state", "The state", states=["starting", "serving"])
     conn.send({"ready": os.getpid()})
@@ -92,6 +93,12 @@ def main(conn: Connection, name: str, runtime_dir: str, options: dict[str, Any])
                 info.info(args["labels"])
                 state.state(args["state"])
                 _joined(time.monotonic() + 10)
+            elif cmd == "job":
+                jobs.labels(job=args["job"]).set(args["value"])
+                _joined(time.monotonic() + 10)
+            elif cmd == "remove":  # a labelled counter's and gauge's series
+                requests.remove(args["path"])
+                jobs.remove(args["job"])
             elif cmd == "scrape":
                 reply["samples"] = parse(prometheus_client.generate_latest().decode())
             elif cmd == "fork_counts":  # a child counts ``n`` and exits (its values start at 0)

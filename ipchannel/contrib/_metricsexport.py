@@ -43,6 +43,8 @@ class _Families:
 def families(data: dict[str, Any]) -> dict[str, Metric]:
     """Return every metric of the shared state ``data`` (a replica's copy) by name, in first-seen order."""
     built = _Families(data)
+    for metric in built.metas:  # every shared metric, even with no series left (all removed)
+        built.get(metric)
     buckets: Buckets = {}
     for key, value in data.items():
         prefix, rest = key[:2], key[2:]

@@ -66,10 +66,22 @@ def _push(  # noqa: PLR0913, PLR0917 - one op: who, which scrape, and each kind 
     counts: list[list[Any]],
     gauges: list[list[Any]],
     infos: list[list[Any]],
+    removed: list[list[Any]],
 ) -> None:
-    """Fold one worker's changes in: counts added, gauges and infos replaced; its scrape answered."""
-    known = data.get("w:" + worker)
-    data["w:" + worker] = [pid, max(scrape, known[1] if known else 0)]
+    """Fold one worker's changes in: counts added, gauges and infos replaced; its scrape answered.
+
+    ``removed``: series it dropped (``remove()``): a counter's total goes, a gauge loses its value.
+    """
+    data["w:" + worker] = [pid, scrape]
+    for key, gauge in removed:
+        if not gauge:
+            data.pop("c:" + key, None)
+        elif worker in data.get("g:" + key, {}):
+            values = {other: value for other, value in data["g:" + key].items() if other != worker}
+            if values:
+                data["g:" + key] = values
+            else:
+                del data["g:" + key]
     for metric, kind, text, mode in metas:
         data.setdefault("m:" + metric, [kind, text, mode])
     for key, amount in counts:

@@ -7,12 +7,16 @@ prometheus_client's ``MutexValue`` does; the first change after a send also puts
 ``Pending``'s list, so sending costs nothing for values that did not change. The sender
 (``ipchannel-metrics:NAME``) takes what each listed value added (counters) or is (gauges).
 
+A value that is dropped (``remove()`` or ``clear()`` of a labelled metric) takes its series out
+of the shared view at the next send: a gauge's value of this worker, a counter's total.
+
 Per-process state: a forked child starts with every value at 0 and nothing to send (what the
 parent counted is the parent's to send), as multiprocess mode starts a child from an empty file.
 """
 
 from __future__ import annotations
 
+import collections
 import threading
 import time
 import weakref
@@ -43,6 +47,7 @@ class Pending:
         self._changed: list[SharedValueBase] = []
         self._metas: dict[str, list[str]] = {}  # metric -> [type, help, gauge mode]
         self._unsent: list[str] = []
+        self._removed: collections.deque[tuple[str, bool]] = collections.deque()  # (key, gauge)
         for value in list(self.values):
             value.reset()
             self._changed.append(value)  # in the child too, every series exists from the start
@@ -61,23 +66,36 @@ class Pending:
             self._metas[metric] = [kind, text, mode]
             self._unsent.append(metric)
 
+    def removed(self, key: str, gauge: bool) -> None:
+        """Take a value that is gone (``remove()``, ``clear()``): its series leaves the shared view.
+
+        Called by the value's finalizer, in whatever thread dropped it (even inside a lock): no lock.
+        """
+        self._removed.append((key, gauge))
+
     def changed(self, value: SharedValueBase) -> None:
         """Put ``value`` on the list (its first change since the last send; called with its lock)."""
         with self.lock:
             self._changed.append(value)
         self._on_first_change()
 
-    def take(self) -> tuple[list[list[Any]], list[Change]]:
-        """Return the metrics to describe and every listed value's change; the list starts anew."""
+    def take(self) -> tuple[list[list[Any]], list[Change], list[list[Any]]]:
+        """Return the metrics to describe, every listed value's change and the series removed."""
         with self.lock:
             changed, self._changed = self._changed, []
             unsent, self._unsent = self._unsent, []
         metas = [[metric, *self._metas[metric]] for metric in unsent]
-        return metas, [value.take() for value in changed]
+        changes = [value.take() for value in changed]
+        removed = []
+        while self._removed:
+            key, gauge = self._removed.popleft()
+            removed.append([key, gauge])
+        return metas, changes, removed
 
-    def give_back(self, metas: list[list[Any]], changes: list[Change]) -> None:
+    def give_back(self, metas: list[list[Any]], changes: list[Change], removed: list[list[Any]]) -> None:
         """Put back what a send that failed took, to go with the next one."""
         by_key = {value.key: value for value in list(self.values)}
+        self._removed.extendleft((key, gauge) for key, gauge in reversed(removed))
         with self.lock:
             self._unsent[:0] = [meta[0] for meta in metas]
         for key, counted, gauge, at in changes:
@@ -110,6 +128,8 @@ class SharedValueBase:
         self._exemplar: Any = None
         self.reset()
         self._pending.created(self)
+        # gone with its child (``remove()``, ``clear()``): not at exit, where everything goes
+        weakref.finalize(self, self._pending.removed, self.key, self._gauge).atexit = False
 
     def reset(self) -> None:
         """At 0, nothing to send (a new value, or one a forked child inherited)."""

@@ -18,7 +18,12 @@ exporters' views) then shows the totals over every worker, those that exited inc
 - A scrape first asks every live worker for what it has not sent (one write that every replica
   sees), waits up to ``scrape_timeout`` for their answers, then shows its own replica of the
   totals (``_metricsexport``), in multiprocess mode's format: a request counted before the
-  scrape began is in it. A frozen worker delays a scrape by ``scrape_timeout`` at most.
+  scrape began is in it. A worker frozen (SIGSTOP, a debugger) delays a scrape by
+  ``max_lag`` (as it delays any SharedDict write, until the host cuts it off) plus
+  ``scrape_timeout`` at most; what it has not sent shows in a later scrape.
+- A worker joins the scrapes with its first send, made as soon as its first change (or, in a
+  child forked from a process with metrics, its start) has opened the dict: a scrape in those
+  first tens of milliseconds does not wait for it yet.
 - The totals are a SharedDict: they survive the hosting worker's death like any other
   failover, and, with ``appendonly`` (the default on one machine), every worker's exit.
 
@@ -156,9 +161,9 @@ def enable(  # noqa: PLR0913 - keyword-only options, as SharedDict has
                 **dict_options,
             )
 
-        _sharing = _Sharing(name, open_dict, interval, waited)
-        _values.ValueClass = value_class(_sharing.pending)
         original = registry.collect
+        _sharing = _Sharing(name, open_dict, interval, waited, original)
+        _values.ValueClass = value_class(_sharing.pending)
         setattr(registry, "collect", lambda: _sharing_collect(original))  # noqa: B010 - mypy: a method
 
 
@@ -220,13 +225,18 @@ class _Sharing:
     """One process's side: open the dict, send what changed, run a scrape (see the module)."""
 
     def __init__(
-        self, name: str, open_dict: Callable[[], SharedDict], interval: float, scrape_timeout: float
+        self,
+        name: str,
+        open_dict: Callable[[], SharedDict],
+        interval: float,
+        scrape_timeout: float,
+        collect_here: Callable[[], Iterable[Metric]],
     ) -> None:
         self.name, self._open_dict = name, open_dict
         self._interval, self._scrape_timeout = interval, scrape_timeout
         self.pending = Pending(self._changed)
         self._dict: SharedDict | None = None
-        self._collect_here: Callable[[], Iterable[Metric]] = REGISTRY.collect
+        self._collect_here = collect_here  # the registry's own collect: this process's Info and Enum
         self._reset()
         _fork.register(self)
 
@@ -296,18 +306,18 @@ class _Sharing:
         shared = self.shared()
         with self._send_lock:
             scrape = shared.get("scrape", 0)
-            metas, changes = self.pending.take()
+            metas, changes, removed = self.pending.take()
             info_list = self._changed_infos() if infos else []
-            if not (metas or changes or info_list) and scrape == self._answered:
+            if not (metas or changes or info_list or removed) and scrape == self._answered:
                 return
             counts = [[key, counted] for key, counted, _gauge, _at in changes if counted is not None]
             gauges = [[key, gauge, at] for key, _counted, gauge, at in changes if gauge is not None]
             membership = membership_of(shared)
             worker = membership.me() if membership is not None else f"pid {os.getpid()}"
             try:
-                shared.perform(PUSH, worker, os.getpid(), scrape, metas, counts, gauges, info_list)
+                shared.perform(PUSH, worker, os.getpid(), scrape, metas, counts, gauges, info_list, removed)
             except BaseException:
-                self.pending.give_back(metas, changes)
+                self.pending.give_back(metas, changes, removed)
                 raise
             self._answered = scrape
             for metric, _at, _kind, _text, samples in info_list:
