@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 import pytest
+from _http import UnixHTTPConnection
 from _http import get_json as _get
 from conftest import reap, wait_until
 
@@ -139,6 +140,9 @@ def test_four_uvicorn_workers_share_one_counter(uvicorn: Uvicorn) -> None:
     assert len({body["worker"] for body in load.answered()}) >= 2  # several workers answered from it
     (host,) = {body["host"] for body in load.answered()}
     assert host in uvicorn.workers()
+    # prometheus_client's /metrics, from whichever worker answers: every worker's count, summed
+    for _ in range(3):
+        assert f"counter_requests_total {float(len(counts))}" in _metrics(uvicorn.address)
     assert uvicorn.stop() == 0, uvicorn.output()
     assert "Traceback" not in uvicorn.output(), uvicorn.output()
 
@@ -178,7 +182,19 @@ def test_the_hosting_worker_killed_under_load_requests_succeed_again_within_2_s(
     assert uvicorn.stop() == 0, uvicorn.output()
     wait_until(lambda: not any(psutil.pid_exists(pid) for pid in uvicorn.seen - {host}), timeout=10)
     leftovers = sorted(p.name for p in runtime_dir.iterdir() if not p.name.endswith(".lock"))
-    assert leftovers == [], leftovers  # no socket, record or temporary file
+    # no socket, record or temporary file; the metrics' journal stays (appendonly: durable totals)
+    assert leftovers == ["uvicorn-metrics.journal"], leftovers
+
+
+def _metrics(address: str) -> str:
+    conn = UnixHTTPConnection(address, 10.0)
+    try:
+        conn.request("GET", "/metrics/")
+        response = conn.getresponse()
+        assert response.status == 200
+        return response.read().decode()
+    finally:
+        conn.close()
 
 
 def _first_answer_after(load: _Load, killed: float) -> float | None:

@@ -5,12 +5,14 @@ Every worker opens the same ``AsyncRequestChannel`` and ``AsyncSharedDict``
 blocks on the channel, not even while the hosting worker dies and another takes
 over. ``/count`` is kept in the host's memory (it starts again from 0 when the
 host dies); ``/hits`` is a SharedDict counter, replicated in every worker, which
-survives the host.
+survives the host. ``/metrics`` is prometheus_client's ASGI app: any worker shows
+the requests every worker served (``ipchannel.contrib.prometheus``).
 
     cd examples/uvicorn_counter
     uvicorn app:app --workers 4 --uds /tmp/uvicorn-counter.sock
     curl --unix-socket /tmp/uvicorn-counter.sock http://localhost/count
     curl --unix-socket /tmp/uvicorn-counter.sock http://localhost/hits
+    curl --unix-socket /tmp/uvicorn-counter.sock http://localhost/metrics/
 """
 
 from __future__ import annotations
@@ -23,10 +25,17 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from ipchannel import ChannelTimeout
 from ipchannel.aio import AsyncRequestChannel, AsyncSharedDict
+from ipchannel.contrib import prometheus
+
+prometheus.enable("uvicorn-metrics")  # before the first metric: every worker's counts add up
+
+import prometheus_client  # noqa: E402 - after enable(), as the metrics below
+
+COUNTED = prometheus_client.Counter("counter_requests", "Requests /count answered, by every worker")
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -58,7 +67,10 @@ hits = AsyncSharedDict("uvicorn-hits")
 
 async def count(_request: Request) -> JSONResponse:
     """Count in the host, through whichever worker answers the HTTP request."""
-    return await _answer(lambda: channel.request({"op": "incr"}, timeout=5), channel.channel)
+    response = await _answer(lambda: channel.request({"op": "incr"}, timeout=5), channel.channel)
+    if response.status_code == 200:
+        COUNTED.inc()  # local and cheap; a scrape of /metrics in any worker sums every worker's
+    return response
 
 
 async def hit(_request: Request) -> JSONResponse:
@@ -82,6 +94,15 @@ async def lifespan(_app: Starlette) -> AsyncIterator[None]:
     sys.setswitchinterval(0.001)
     async with channel, hits:
         yield
+    # uvicorn's workers exit by re-raising the SIGTERM they caught, without atexit: send what is left
+    prometheus.shutdown()
 
 
-app = Starlette(routes=[Route("/count", count), Route("/hits", hit)], lifespan=lifespan)
+app = Starlette(
+    routes=[
+        Route("/count", count),
+        Route("/hits", hit),
+        Mount("/metrics", prometheus_client.make_asgi_app()),
+    ],
+    lifespan=lifespan,
+)

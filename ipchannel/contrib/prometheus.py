@@ -68,7 +68,7 @@ if TYPE_CHECKING:
 
     from prometheus_client.metrics_core import Metric
 
-__all__ = ["SharedCollector", "enable"]
+__all__ = ["SharedCollector", "enable", "shutdown"]
 
 _LOGGER = logging.getLogger("ipchannel")
 _CHANNEL_OPTIONS = frozenset(
@@ -167,6 +167,17 @@ def enable(  # noqa: PLR0913 - keyword-only options, as SharedDict has
         setattr(registry, "collect", lambda: _sharing_collect(original))  # noqa: B010 - mypy: a method
 
 
+def shutdown() -> None:
+    """Send what this process counted since its last send, then stop sharing (idempotent).
+
+    Exiting does it (atexit). Call it where a worker exits without running atexit handlers:
+    uvicorn's workers end by re-raising the SIGTERM they caught, so call it in the lifespan's
+    shutdown. Changes made afterwards stay in this process.
+    """
+    if _sharing is not None:
+        _sharing.close()
+
+
 def _seconds(option: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{option} must be a number of seconds, not {type(value).__name__}")
@@ -262,6 +273,8 @@ class _Sharing:
         """Return the dict, opened at the first need in this process."""
         with self._lock:
             if self._dict is None:
+                if self._stop.is_set():
+                    raise ChannelClosed(self.name, "SharedDict")  # after shutdown(): not again
                 self._dict = self._open_dict()
                 atexit.register(self.close)  # after the dict's and its channel's: at exit, runs first
             return self._dict
