@@ -302,3 +302,15 @@ def test_a_dead_worker_s_gauge_is_folded_by_mode_and_dropped_by_the_live_modes()
     assert samples("mostrecent") == [(2.0, None)]  # set at 10.0, after w2's 5.0: it stays the newest
     assert sorted(samples("all")) == [(2.0, "11"), (5.0, "12")]
     assert "w:w1" not in data
+
+
+def test_a_push_of_another_shape_is_refused_whole_in_the_host() -> None:
+    from ipchannel._shareddict import ops  # noqa: PLC0415
+
+    good = ["metrics.push", "w", 1, 0, [], [["k", 1]], [], [], []]
+    assert ops.prepare(good) == good
+    for bad in (good[:8], [*good[:5], [["k", "1"]], *good[6:]], [*good[:4], [["m"]], *good[5:]]):
+        with pytest.raises(TypeError, match=r"not in the format of this ipchannel version|not a number"):
+            ops.prepare(bad)
+    with pytest.raises(TypeError, match="metrics forget"):
+        ops.prepare(["metrics.forget", "w"])

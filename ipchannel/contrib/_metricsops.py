@@ -144,6 +144,34 @@ def gauge_samples(mode: str, values: dict[str, list[Any]]) -> list[tuple[float, 
     return [(max(entries, key=lambda entry: entry[1])[0], None)]  # mostrecent
 
 
-PUSH = ops.register("metrics.push", _push)
+def _checked(op: list[Any]) -> list[Any]:
+    """In the host, before a push is applied: refuse one of another shape (another ipchannel version).
+
+    An operation must not raise halfway once applied (the replicas would differ): a push that
+    is not as this version makes it is refused whole, and its sender gets the error.
+    """
+    shapes = {"metas": 4, "counts": 2, "gauges": 3, "infos": 5, "removed": 2}
+    if len(op) != 9 or not isinstance(op[1], str) or not all(isinstance(arg, int) for arg in op[2:4]):
+        raise TypeError("metrics push: not in the format of this ipchannel version")
+    for (part, size), entries in zip(shapes.items(), op[4:], strict=True):
+        if not isinstance(entries, list) or not all(
+            isinstance(entry, list) and len(entry) == size and isinstance(entry[0], str) for entry in entries
+        ):
+            raise TypeError(f"metrics push: its {part} are not in the format of this ipchannel version")
+    for entry in op[5] + op[6]:
+        if not all(isinstance(number, (int, float)) for number in entry[1:]):
+            raise TypeError("metrics push: a value that is not a number")
+    return op
+
+
+PUSH = ops.register("metrics.push", _push, _checked)
 SCRAPE = ops.register("metrics.scrape", _scrape)
-FORGET = ops.register("metrics.forget", _forget)
+
+
+def _checked_forget(op: list[Any]) -> list[Any]:
+    if len(op) != 2 or not isinstance(op[1], list) or not all(isinstance(worker, str) for worker in op[1]):
+        raise TypeError("metrics forget: not in the format of this ipchannel version")
+    return op
+
+
+FORGET = ops.register("metrics.forget", _forget, _checked_forget)
