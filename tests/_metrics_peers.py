@@ -60,6 +60,27 @@ def _joined(deadline: float) -> None:
     raise TimeoutError("the sender did not send within 10 s")
 
 
+def _views() -> dict[str, str]:
+    """Return what prometheus_client's WSGI app (text and OpenMetrics) and its Django view serve."""
+    import django  # noqa: PLC0415
+    import prometheus_client  # noqa: PLC0415
+    from django.conf import settings  # noqa: PLC0415
+
+    if not settings.configured:
+        settings.configure(ALLOWED_HOSTS=["*"])
+        django.setup()
+    from django.test import RequestFactory  # noqa: PLC0415
+    from prometheus_client.django import PrometheusDjangoView  # noqa: PLC0415
+
+    texts = {}
+    app = prometheus_client.make_wsgi_app()
+    for name, accept in (("wsgi", "text/plain"), ("openmetrics", "application/openmetrics-text")):
+        environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/metrics", "HTTP_ACCEPT": accept}
+        texts[name] = b"".join(app(environ, lambda _status, _headers: None)).decode()
+    texts["django"] = PrometheusDjangoView.as_view()(RequestFactory().get("/metrics")).content.decode()
+    return texts
+
+
 def main(conn: Connection, name: str, runtime_dir: str, options: dict[str, Any]) -> None:  # noqa: PLR0912, PLR0915
     """Share metrics as a worker does, then obey commands until "exit"."""
     import prometheus_client  # noqa: PLC0415
@@ -99,6 +120,8 @@ def main(conn: Connection, name: str, runtime_dir: str, options: dict[str, Any])
             elif cmd == "remove":  # a labelled counter's and gauge's series
                 requests.remove(args["path"])
                 jobs.remove(args["job"])
+            elif cmd == "views":  # what the exporters' views serve: WSGI (both formats), Django
+                reply["texts"] = _views()
             elif cmd == "scrape":
                 reply["samples"] = parse(prometheus_client.generate_latest().decode())
             elif cmd == "fork_counts":  # a child counts ``n`` and exits (its values start at 0)

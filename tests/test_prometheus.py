@@ -88,6 +88,26 @@ def test_a_scrape_in_any_worker_shows_every_worker_s_counts_even_those_not_sent_
 
 
 @pytest.mark.timeout(60)
+def test_the_wsgi_app_in_both_formats_and_the_django_view_serve_the_totals(workers: Workers) -> None:
+    from prometheus_client.openmetrics.parser import (  # noqa: PLC0415
+        text_string_to_metric_families as openmetrics_families,
+    )
+
+    first, second = workers.start(2, **SLOW)
+    first.call("count", n=2)
+    second.call("count", n=3)
+    texts = first.call("views", timeout=20)["texts"]
+    assert _total(_metrics_peers.parse(texts["wsgi"])) == 5
+    assert _total(_metrics_peers.parse(texts["django"])) == 5
+    counted = {
+        (sample.name, sample.labels.get("path")): sample.value
+        for family in openmetrics_families(texts["openmetrics"])  # type: ignore[no-untyped-call] # a valid OpenMetrics exposition
+        for sample in family.samples
+    }
+    assert counted["requests_total", "/"] == 5
+
+
+@pytest.mark.timeout(60)
 def test_gauges_follow_their_mode_and_a_dead_worker_leaves_only_the_live_modes(workers: Workers) -> None:
     peers = workers.start(3, **SLOW)
     for value, peer in zip((1.0, 5.0, 3.0), peers, strict=True):
