@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
     from .._codecs import Codec
     from .._core.channel import Channel
+    from .._shareddict.ops import Operation
 
 __all__ = ["AsyncSharedDict"]
 
@@ -218,6 +219,10 @@ class AsyncSharedDict(Mapping[Any, Any]):
     async def clear(self) -> None:
         """Remove every key, in one change."""
         await self._write(SharedDict.clear)
+
+    async def perform(self, operation: Operation, *args: Any) -> Any:
+        """``SharedDict.perform``: a registered operation (``ipchannel.contrib``) through the host."""
+        return await self._write(SharedDict.perform, operation, *args)
 
     async def _write(self, method: Any, *args: Any) -> Any:
         deadline = Deadline(self._timeout)
