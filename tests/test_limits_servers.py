@@ -137,7 +137,18 @@ class _Uvicorn:
             )
         self.master = psutil.Process(self.process.pid)
         self.seen: set[int] = set()
+        self.ready()
+
+    def ready(self) -> None:
+        """Wait until 4 workers run and each has opened the dicts (its lifespan): all hold the counts.
+
+        A count held by the host alone dies with it (SharedDict's rule); the first requests
+        after a start, or after uvicorn replaced a killed worker, could meet one not open yet.
+        """
         wait_until(lambda: len(self.workers()) == 4 and Path(self.address).exists(), timeout=30)
+        wait_until(
+            lambda: self.log.read_text().count("Application startup complete.") >= len(self.seen), timeout=30
+        )
 
     def workers(self) -> list[int]:
         pids = []
@@ -184,6 +195,7 @@ def uvicorn(module_dir: Path) -> Iterator[_Uvicorn]:
     ids=["slowapi-steady", "slowapi-host-killed", "aio-host-killed"],
 )
 def test_slowapi_under_uvicorn_allows_5_of_20(uvicorn: _Uvicorn, url: str, channel: str, kill: bool) -> None:
+    uvicorn.ready()
     answers = _twenty_with_a_kill(
         uvicorn.address,
         url,
