@@ -32,8 +32,9 @@ echo "import site; site.addsitedir('$site')" > "$own/zz-tested-environment.pth" 
 export IPCHANNEL_DIR="$work/run"
 mkdir -m 700 "$IPCHANNEL_DIR"
 cd "$src"
-# limits itself from site-packages, not from the sdist's source tree (the one ipchannel was tested with)
-PYTHONPATH="$here" "$work/venv/bin/python" -P -m pytest -p limits_plugin -p no:cacheprovider \
+# limits itself from site-packages, not from the sdist's source tree (PYTHONSAFEPATH: Python 3.11+;
+# on 3.10 the tree is the same version)
+PYTHONSAFEPATH=1 PYTHONPATH="$here" "$work/venv/bin/python" -m pytest -p limits_plugin -p no:cacheprovider \
     -o addopts= -o asyncio_mode=auto -o asyncio_default_fixture_loop_scope=function -rfEs -q \
     -k ipchannel \
     tests/test_storage.py tests/test_strategy.py tests/aio/test_storage.py tests/aio/test_strategy.py \
