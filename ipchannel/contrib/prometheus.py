@@ -262,6 +262,8 @@ class _Sharing:
             return
         with self._lock:
             if self._thread is None and not self._stop.is_set():
+                atexit.register(self.close)  # again once the dict opened (after its own); this one
+                # sends at an exit before it opened: a worker recycled right after booting
                 self._thread = threading.Thread(
                     target=self._run, name=f"ipchannel-metrics:{self.name}", daemon=True
                 )
@@ -370,7 +372,7 @@ class _Sharing:
         atexit.unregister(self.close)
         self._stop.set()
         try:
-            if self._dict is not None:  # never opened: nothing was ever counted here
+            if self._dict is not None or self._thread is not None:  # opened, or its sender opens it
                 self.send()
         except ChannelError as exc:
             _LOGGER.warning(
