@@ -26,6 +26,8 @@ import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app, multiprocess
+
 MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 if not MULTIPROCESS:  # before the first metric is created: every value is made to be shared
     from ipchannel.contrib import prometheus
@@ -36,8 +38,6 @@ if not MULTIPROCESS:  # before the first metric is created: every value is made 
         flush_interval=float(os.environ.get("METRICS_FLUSH_INTERVAL", "1")),
     )
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app, multiprocess
-
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
@@ -45,12 +45,16 @@ REQUESTS = Counter("app_requests", "Requests served (/work)")
 LATENCY = Histogram("app_request_seconds", "Time to serve /work")
 #: requests this worker served, in every mode that folds numbers (all: one series per worker pid)
 SERVED = {
-    mode: Gauge(f"app_served_{mode}", f"Requests served by a worker, multiprocess_mode={mode}", multiprocess_mode=mode)
+    mode: Gauge(
+        f"app_served_{mode}", f"Requests served by a worker, multiprocess_mode={mode}", multiprocess_mode=mode
+    )
     for mode in ("all", "liveall", "sum", "livesum", "max", "livemax", "min", "livemin")
 }
 #: the ``seq`` of the last request: the newest set wins
 LAST_SEQ = {
-    mode: Gauge(f"app_last_seq_{mode}", f"seq of the last request, multiprocess_mode={mode}", multiprocess_mode=mode)
+    mode: Gauge(
+        f"app_last_seq_{mode}", f"seq of the last request, multiprocess_mode={mode}", multiprocess_mode=mode
+    )
     for mode in ("mostrecent", "livemostrecent")
 }
 _served = 0  # by this worker (sync workers: one request at a time)
