@@ -262,8 +262,9 @@ class _Sharing:
             return
         with self._lock:
             if self._thread is None and not self._stop.is_set():
-                atexit.register(self.close)  # again once the dict opened (after its own); this one
-                # sends at an exit before it opened: a worker recycled right after booting
+                # at exit, before every atexit handler (the dict's channel closes in one): sends
+                # also when the process exits while the dict still opens (recycled right after boot)
+                threading._register_atexit(self.close)  # type: ignore[attr-defined] # noqa: SLF001
                 self._thread = threading.Thread(
                     target=self._run, name=f"ipchannel-metrics:{self.name}", daemon=True
                 )
@@ -370,6 +371,8 @@ class _Sharing:
     def close(self) -> None:
         """Send what is left and stop (at exit: a worker that exits loses nothing it counted)."""
         atexit.unregister(self.close)
+        if self._stop.is_set():
+            return  # closed already (also at exit: it is registered twice)
         self._stop.set()
         try:
             if self._dict is not None or self._thread is not None:  # opened, or its sender opens it
