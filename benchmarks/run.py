@@ -833,13 +833,14 @@ def machine() -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks import across, djcache, journal, replay  # noqa: PLC0415 - they import this module
+    from benchmarks import across, djcache, journal, prometheus, replay  # noqa: PLC0415 - they import this module
 
     scenarios = {
         **SCENARIOS,
         **across.SCENARIOS,
         **djcache.SCENARIOS,
         **journal.SCENARIOS,
+        **prometheus.SCENARIOS,
         **replay.SCENARIOS,
     }
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
