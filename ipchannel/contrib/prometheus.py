@@ -31,6 +31,7 @@ died. ``Info`` and ``Enum`` show what the worker that changed them last set.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import math
 import os
@@ -264,7 +265,8 @@ class _Sharing:
             if self._thread is None and not self._stop.is_set():
                 # at exit, before every atexit handler (the dict's channel closes in one): sends
                 # also when the process exits while the dict still opens (recycled right after boot)
-                threading._register_atexit(self.close)  # type: ignore[attr-defined] # noqa: SLF001
+                with contextlib.suppress(RuntimeError):  # exiting already: the atexit one sends
+                    threading._register_atexit(self.close)  # type: ignore[attr-defined] # noqa: SLF001
                 self._thread = threading.Thread(
                     target=self._run, name=f"ipchannel-metrics:{self.name}", daemon=True
                 )
