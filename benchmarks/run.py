@@ -833,7 +833,7 @@ def machine() -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks import across, djcache, journal, limits, replay  # noqa: PLC0415 - they import this module
+    from benchmarks import across, djcache, journal, limits, prometheus, replay  # noqa: PLC0415 - they import this module
 
     scenarios = {
         **SCENARIOS,
@@ -841,6 +841,7 @@ def main(argv: list[str] | None = None) -> int:
         **djcache.SCENARIOS,
         **journal.SCENARIOS,
         **limits.SCENARIOS,
+        **prometheus.SCENARIOS,
         **replay.SCENARIOS,
     }
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])

@@ -95,6 +95,10 @@ def main(conn: Connection, name: str, runtime_dir: str, options: dict[str, Any])
     jobs = prometheus_client.Gauge("jobs", "Jobs running", ["job"], multiprocess_mode="livesum")
     info = prometheus_client.Info("build", "The build")
     state = prometheus_client.Enum("state", "The state", states=["starting", "serving"])
+    # a first change starts the sender, which sends at once: from then on every scrape waits for this
+    # worker, and what it counts below stays unsent until a scrape asks (or flush_interval passes)
+    prometheus_client.Counter("started", "Workers started").inc()
+    _joined(time.monotonic() + 10)
     conn.send({"ready": os.getpid()})
     while True:
         cmd, args = conn.recv()
@@ -105,18 +109,14 @@ def main(conn: Connection, name: str, runtime_dir: str, options: dict[str, Any])
                     requests.labels(path=args.get("path", "/")).inc()
                     latency.observe(args.get("seconds", 0.05))
                     summary.observe(args.get("size", 10))
-                _joined(time.monotonic() + 10)
             elif cmd == "set":
                 for mode in MODES:
                     gauges[mode].set(args["value"])
-                _joined(time.monotonic() + 10)
             elif cmd == "info":
                 info.info(args["labels"])
                 state.state(args["state"])
-                _joined(time.monotonic() + 10)
             elif cmd == "job":
                 jobs.labels(job=args["job"]).set(args["value"])
-                _joined(time.monotonic() + 10)
             elif cmd == "remove":  # a labelled counter's and gauge's series
                 requests.remove(args["path"])
                 jobs.remove(args["job"])

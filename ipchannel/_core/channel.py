@@ -138,7 +138,6 @@ class Channel:
         )
         self._connector.hosting = self._hosting
         self._monitor: Monitor | None = None
-        self._exit_registered = False  # close() is an atexit handler (once: see ``_start``)
         self._port = Port(
             self._hosting.may_serve,
             self._hosting.serving,
@@ -149,6 +148,8 @@ class Channel:
             self._set_campaign_gate,
         )
         _fork.register(self)
+        # at exit in creation order, after what is built on it (registered later), also in a child
+        atexit.register(self.close)
 
     # -- public properties -------------------------------------------------------
 
@@ -289,11 +290,6 @@ class Channel:
                 connector.stopping,
             )
             self._monitor.start()
-            registered, self._exit_registered = self._exit_registered, True
-        if not registered:
-            # once, in creation order: a forked child keeps its parent's place (SharedDict's _leave,
-            # contrib's last sends are registered later, so they run first at exit)
-            atexit.register(self.close)
 
     def close(self) -> None:
         """Close the channel: stop the monitor, hand hosting over, close this process's sockets.
@@ -314,7 +310,6 @@ class Channel:
         self._backend.coordinator.close()
         connector.close()
         atexit.unregister(self.close)
-        self._exit_registered = False
 
     def __enter__(self) -> Channel:
         return self

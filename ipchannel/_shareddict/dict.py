@@ -50,7 +50,7 @@ if TYPE_CHECKING:
     from .._core.channel import Channel
     from .._seams.base import Membership
 
-__all__ = ["SharedDict", "membership_of"]
+__all__ = ["SharedDict", "membership_of", "wait_for"]
 
 _LOGGER = logging.getLogger("ipchannel")
 
@@ -198,16 +198,6 @@ class SharedDict(MutableMapping[Any, Any]):
     def copy(self) -> dict[Any, Any]:
         """Return a plain dict copy of the local replica."""
         return self._replica.copy()
-
-    def wait_for(self, predicate: Callable[[], bool], timeout: float | None = None) -> bool:
-        """Wait until ``predicate()`` is true: checked now and after each change the replica applies.
-
-        As ``threading.Condition.wait_for``: returns the predicate's last result (False at
-        the timeout). It runs in the calling thread, holding the replica's lock: it may read
-        the dict, never write it. Raises ChannelClosed once the dict is closed.
-        """
-        deadline = Deadline(validate_timeout(timeout))
-        return self._replica.wait(predicate, deadline)
 
     @property
     def position(self) -> tuple[int, int]:
@@ -370,3 +360,12 @@ class SharedDict(MutableMapping[Any, Any]):
 def membership_of(shared: SharedDict) -> Membership | None:
     """Return who ``shared``'s processes are and which of them live (``Membership``), for ``contrib``."""
     return shared._members.membership  # noqa: SLF001 - the one door to it for the layers above
+
+
+def wait_for(shared: SharedDict, predicate: Callable[[], bool], timeout: float | None) -> bool:
+    """Wait until ``predicate()``, checked now and after each change ``shared`` applies, is true.
+
+    As ``threading.Condition.wait_for`` (False at the timeout). ``predicate`` runs holding the
+    replica's lock: it may read the dict, never write it. ChannelClosed once closed. For ``contrib``.
+    """
+    return shared._replica.wait(predicate, Deadline(validate_timeout(timeout)))  # noqa: SLF001 - as above

@@ -46,10 +46,11 @@ def families(data: dict[str, Any]) -> dict[str, Metric]:
     for metric in built.metas:  # every shared metric, even with no series left (all removed)
         built.get(metric)
     buckets: Buckets = {}
+    sums: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
     for key, value in data.items():
         prefix, rest = key[:2], key[2:]
         if prefix == "c:":
-            _count(built, buckets, rest, float(value))
+            _count(built, buckets, sums, rest, float(value))
         elif prefix == "g:":
             metric, name, labels = split_series(rest)
             for sample, pid in gauge_samples(built.mode(metric), value):
@@ -59,22 +60,41 @@ def families(data: dict[str, Any]) -> dict[str, Metric]:
             target = built.get(rest, kind, text)
             for name, labels, sample in samples:
                 target.add_sample(name, labels, float(sample))
+    _histograms(built, buckets, sums)
+    return built.built
+
+
+def _histograms(
+    built: _Families, buckets: Buckets, sums: dict[tuple[str, tuple[tuple[str, str], ...]], float]
+) -> None:
+    """Add each histogram's series together (OpenMetrics): its sum, its buckets made cumulative, its count."""
     for (metric, label_items), bounds in buckets.items():
         labels, target, total = dict(label_items), built.get(metric), 0.0
+        if (metric, label_items) in sums:
+            target.add_sample(metric + "_sum", labels, sums[metric, label_items])
         for bound in sorted(bounds):
             total += bounds[bound]
             le = floatToGoString(bound)  # type: ignore[no-untyped-call] # as prometheus_client writes it
             target.add_sample(metric + "_bucket", {**labels, "le": le}, total)
         target.add_sample(metric + "_count", labels, total)
-    return built.built
 
 
-def _count(built: _Families, buckets: Buckets, series: str, value: float) -> None:
-    """Add a counted series: a histogram's bucket waits to be made cumulative; the rest as it is."""
+def _count(
+    built: _Families,
+    buckets: Buckets,
+    sums: dict[tuple[str, tuple[tuple[str, str], ...]], float],
+    series: str,
+    value: float,
+) -> None:
+    """Add a counted series: a histogram's bucket and sum wait to go out together; the rest as it is."""
     metric, name, labels = split_series(series)
     if built.get(metric).type == "histogram" and name == metric + "_bucket":
         bound = float(labels.pop("le"))
         bounds = buckets.setdefault((metric, tuple(sorted(labels.items()))), {})
         bounds[bound] = bounds.get(bound, 0.0) + value
+    elif built.get(metric).type == "histogram" and name == metric + "_sum":
+        group = (metric, tuple(sorted(labels.items())))
+        buckets.setdefault(group, {})
+        sums[group] = value
     else:
         built.get(metric).add_sample(name, labels, value)

@@ -54,11 +54,15 @@ class Pending:
             self._describe(value.meta)
 
     def created(self, value: SharedValueBase) -> None:
-        """Take a new value: it exists (at 0) for the scrape from now on, as in one process."""
+        """Take a new value: it exists (at 0) from the next send on, as in one process.
+
+        Listed, but the sender is not started for it: a gunicorn ``--preload`` master creates
+        metrics at import and must fork no thread; a change (or, in a forked child, its start) does.
+        """
         with self.lock:
             self.values.add(value)
             self._describe(value.meta)
-        self.changed(value)
+            self._changed.append(value)
 
     def _describe(self, meta: tuple[str, str, str, str]) -> None:
         metric, kind, text, mode = meta
@@ -137,7 +141,7 @@ class SharedValueBase:
         self._value = 0.0
         self._counted = 0.0  # added since the last send (not gauges)
         self._at = 0.0  # when a gauge was last set (mostrecent)
-        self._listed = True  # on the pending list (``created`` lists every new value)
+        self._listed = False  # listed by a change (``created`` lists it too, starting nothing)
 
     def inc(self, amount: float) -> None:
         with self._lock:

@@ -35,12 +35,10 @@ died. ``Info`` and ``Enum`` show what the worker that changed them last set.
 
 from __future__ import annotations
 
-import atexit
 import logging
 import math
 import os
 import threading
-import time
 from typing import TYPE_CHECKING, Any
 
 try:
@@ -52,16 +50,13 @@ except ImportError as exc:  # pragma: no cover - tested in a process without pro
         "install it with: pip install 'ipchannel[prometheus]'"
     ) from exc
 
-from ipchannel import _fork, _platform
 from ipchannel._codecs import resolve_codec
-from ipchannel._errors import ChannelClosed, ChannelError
 from ipchannel._options import Options, validate_name
-from ipchannel._shareddict.dict import SharedDict, membership_of
+from ipchannel._shareddict.dict import SharedDict
 from ipchannel._shareddict.durability import durable_journal
 from ipchannel._timing import validate_timeout
-from ipchannel.contrib._metricsexport import families
-from ipchannel.contrib._metricsops import FORGET, PUSH, SCRAPE
-from ipchannel.contrib._metricsvalue import Pending, value_class
+from ipchannel.contrib._metricssharing import Sharing
+from ipchannel.contrib._metricsvalue import value_class
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
@@ -88,7 +83,7 @@ _DICT_OPTIONS = frozenset({"timeout", "max_message_size", "max_backlog", "max_la
 #: What prometheus_client's default registry holds before any metric: not to be shared.
 _DEFAULT_FAMILIES = ("process_", "python_gc_", "python_info")
 
-_sharing: _Sharing | None = None
+_sharing: Sharing | None = None
 _enable_lock = threading.Lock()
 
 
@@ -162,7 +157,7 @@ def enable(  # noqa: PLR0913 - keyword-only options, as SharedDict has
             )
 
         original = registry.collect
-        _sharing = _Sharing(name, open_dict, interval, waited, original)
+        _sharing = Sharing(name, open_dict, interval, waited, original)
         _values.ValueClass = value_class(_sharing.pending)
         setattr(registry, "collect", lambda: _sharing_collect(original))  # noqa: B010 - mypy: a method
 
@@ -230,187 +225,3 @@ class SharedCollector:
         """Return every shared metric, after every live worker sent what it had (a scrape)."""
         assert _sharing is not None
         return iter(_sharing.gather().values())
-
-
-class _Sharing:
-    """One process's side: open the dict, send what changed, run a scrape (see the module)."""
-
-    def __init__(
-        self,
-        name: str,
-        open_dict: Callable[[], SharedDict],
-        interval: float,
-        scrape_timeout: float,
-        collect_here: Callable[[], Iterable[Metric]],
-    ) -> None:
-        self.name, self._open_dict = name, open_dict
-        self._interval, self._scrape_timeout = interval, scrape_timeout
-        self.pending = Pending(self._changed)
-        self._dict: SharedDict | None = None
-        self._collect_here = collect_here  # the registry's own collect: this process's Info and Enum
-        self._reset()
-        _fork.register(self)
-
-    def _reset(self) -> None:
-        self._lock = threading.Lock()  # opening the dict, starting the sender
-        self._send_lock = threading.Lock()  # one send at a time: each says the scrape it answers
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._answered = 0  # the scrape the last send answered
-        self._infos: dict[str, list[Any]] = {}  # Info and Enum samples as last sent
-
-    def _reset_after_fork(self) -> None:
-        """In a forked child: its values at 0, nothing sent, no sender (its parent's is not ours)."""
-        self._reset()
-        self.pending.after_fork()
-
-    def _resume_after_fork(self) -> None:
-        """In a forked child: the sender starts, so its series exist from its start (as multiprocess mode)."""
-        if self.pending.values:
-            self._changed()
-
-    def shared(self) -> SharedDict:
-        """Return the dict, opened at the first need in this process."""
-        with self._lock:
-            if self._dict is None:
-                if self._stop.is_set():
-                    raise ChannelClosed(self.name, "SharedDict")  # after shutdown(): not again
-                self._dict = self._open_dict()
-                atexit.register(self.close)  # after the dict's and its channel's: at exit, runs first
-            return self._dict
-
-    def _changed(self) -> None:
-        """Start the sender, unless running (a value changed for the first time since the last send)."""
-        if self._thread is not None:
-            return
-        with self._lock:
-            if self._thread is None and not self._stop.is_set():
-                self._thread = threading.Thread(
-                    target=self._run, name=f"ipchannel-metrics:{self.name}", daemon=True
-                )
-                self._thread.start()
-
-    def _run(self) -> None:
-        _platform.leave_signals_to_the_application()
-        joined = False  # the first send, at once, makes this worker one that scrapes wait for
-        while not self._stop.is_set():
-            try:
-                shared = self.shared()
-                if joined:
-                    shared.wait_for(self._asked, self._interval)
-                joined = True
-                if not self._stop.is_set():
-                    self.send(infos=shared.get("scrape", 0) != self._answered)
-            except ChannelClosed:
-                return
-            except Exception as exc:  # noqa: BLE001 - kept for the next send; the thread goes on
-                _LOGGER.warning(
-                    "metrics %r: cannot send this process's changes (kept for later): %s", self.name, exc
-                )
-                self._stop.wait(self._interval)
-
-    def _asked(self) -> bool:
-        """Tell whether to send now: closing, or a scrape not answered yet (under the replica's lock)."""
-        shared = self._dict
-        return self._stop.is_set() or shared is None or shared.get("scrape", 0) != self._answered
-
-    def send(self, *, infos: bool = False) -> None:
-        """Send what changed (and, for a scrape, the Info and Enum samples), answering the last scrape."""
-        shared = self.shared()
-        with self._send_lock:
-            scrape = shared.get("scrape", 0)
-            metas, changes, removed = self.pending.take()
-            info_list = self._changed_infos() if infos else []
-            if not (metas or changes or info_list or removed) and scrape == self._answered:
-                return
-            counts = [[key, counted] for key, counted, _gauge, _at in changes if counted is not None]
-            gauges = [[key, gauge, at] for key, _counted, gauge, at in changes if gauge is not None]
-            membership = membership_of(shared)
-            worker = membership.me() if membership is not None else f"pid {os.getpid()}"
-            try:
-                shared.perform(PUSH, worker, os.getpid(), scrape, metas, counts, gauges, info_list, removed)
-            except BaseException:
-                self.pending.give_back(metas, changes, removed)
-                raise
-            self._answered = scrape
-            for metric, _at, _kind, _text, samples in info_list:
-                self._infos[metric] = samples
-
-    def _changed_infos(self) -> list[list[Any]]:
-        """Return this process's Info and Enum metrics whose samples changed since they were last sent."""
-        changed = []
-        for family in self._collect_here():
-            if family.type not in {"info", "stateset"}:
-                continue
-            samples = [[sample.name, sample.labels, sample.value] for sample in family.samples]
-            known = self._infos.get(family.name)
-            if known != samples:
-                # first seen here: as made, not set, unless nobody said more (a set anywhere wins)
-                at = 0.0 if known is None else time.time()
-                changed.append([family.name, at, family.type, family.documentation, samples])
-        return changed
-
-    def gather(self) -> dict[str, Metric]:
-        """Run a scrape: every live worker sends what it has, then the totals as metric families."""
-        shared = self.shared()
-        try:
-            self.send(infos=True)
-            number = shared.perform(SCRAPE)
-            waiting = self._live_workers(shared)
-            if not shared.wait_for(
-                lambda: all(_has_answered(shared, w, number) for w in waiting), self._scrape_timeout
-            ):
-                late = [
-                    str(shared.get("w:" + w, ["?"])[0])
-                    for w in waiting
-                    if not _has_answered(shared, w, number)
-                ]
-                _LOGGER.warning(
-                    "metrics %r: no answer within %.1f s from worker pid %s (stopped?): this scrape shows"
-                    " what they sent before",
-                    self.name,
-                    self._scrape_timeout,
-                    ", ".join(late),
-                )
-        except ChannelError as exc:
-            _LOGGER.warning(
-                "metrics %r: this scrape shows the totals as this process last saw them: %s", self.name, exc
-            )
-        return families(shared.copy())
-
-    def _live_workers(self, shared: SharedDict) -> list[str]:
-        """Return the other workers that sent something and live; forget those that died."""
-        membership = membership_of(shared)
-        workers = [key[2:] for key in shared if isinstance(key, str) and key.startswith("w:")]
-        if membership is None:
-            return []
-        me = membership.me()
-        alive = {worker: membership.alive(worker) for worker in workers if worker != me}
-        dead = [worker for worker, lives in alive.items() if not lives]
-        if dead:
-            shared.perform(FORGET, dead)
-        return [worker for worker, lives in alive.items() if lives]
-
-    def close(self) -> None:
-        """Send what is left and stop (at exit: a worker that exits loses nothing it counted)."""
-        atexit.unregister(self.close)
-        self._stop.set()
-        try:
-            if self._dict is not None:  # never opened: nothing was ever counted here
-                self.send()
-        except ChannelError as exc:
-            _LOGGER.warning(
-                "metrics %r: what this process counted since its last send is lost: %s", self.name, exc
-            )
-        with self._lock:
-            shared, self._dict = self._dict, None
-        if shared is not None:
-            shared.close()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join()
-
-
-def _has_answered(shared: SharedDict, worker: str, number: int) -> bool:
-    """Tell whether ``worker`` answered scrape ``number`` (or was forgotten meanwhile: it died)."""
-    entry = shared.get("w:" + worker)
-    return entry is None or entry[1] >= number
