@@ -101,3 +101,59 @@ class Gunicorn:
         if self.process.stderr is not None:
             self.process.stderr.close()
         Path(self.address).unlink(missing_ok=True)
+
+
+class Uvicorn:
+    """A real ``uvicorn app:app --workers 4`` serving ``examples/EXAMPLE`` on a Unix socket (log: a file)."""
+
+    def __init__(self, example: str, runtime_dir: Path) -> None:
+        self.address = str(runtime_dir.parent / f"{runtime_dir.name}-http.sock")
+        self.log = runtime_dir.parent / f"{runtime_dir.name}-uvicorn.log"
+        env = {**os.environ, "IPCHANNEL_DIR": str(runtime_dir)}
+        command = [sys.executable, "-m", "uvicorn", "app:app", "--workers", "4", "--uds", self.address]
+        with self.log.open("w") as log:
+            self.process = subprocess.Popen(
+                command, cwd=EXAMPLES / example, env=env, stdout=log, stderr=subprocess.STDOUT, text=True
+            )
+        self.master = psutil.Process(self.process.pid)
+        self.seen: set[int] = set()  # every worker pid we saw, to check they are all gone at the end
+        self.ready()
+
+    def ready(self) -> None:
+        """Wait until 4 workers run and each finished its lifespan's start (the app opened what it opens).
+
+        A SharedDict write held by the host alone dies with it; the first requests after a
+        start, or after uvicorn replaced a killed worker, could meet a worker not open yet.
+        """
+        wait_until(lambda: len(self.workers()) == 4 and Path(self.address).exists(), timeout=30)
+        wait_until(lambda: self.output().count("Application startup complete.") >= len(self.seen), timeout=30)
+
+    def workers(self) -> list[int]:
+        pids = []
+        for child in self.master.children():
+            try:
+                if "spawn_main" in " ".join(child.cmdline()) and child.status() != psutil.STATUS_ZOMBIE:
+                    pids.append(child.pid)
+            except psutil.NoSuchProcess:
+                continue
+        self.seen.update(pids)
+        return pids
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def stop(self) -> int:
+        """SIGTERM the master (it stops its workers, which close their channels); return its exit code."""
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(30)
+
+    def kill_all(self) -> None:
+        """SIGKILL the master first (it would replace killed workers), then every worker; reap them all."""
+        if self.process.poll() is None:
+            self.workers()  # the current ones too
+            self.process.kill()
+        for pid in [self.process.pid, *self.seen]:
+            reap(pid, timeout=0)
+        self.process.wait(5)
+        Path(self.address).unlink(missing_ok=True)
+        self.log.unlink(missing_ok=True)

@@ -12,8 +12,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 import pytest
-from _http import EXAMPLES, Gunicorn, UnixHTTPConnection
-from conftest import reap, wait_until
+from _http import Gunicorn, UnixHTTPConnection, Uvicorn
+from conftest import wait_until
 
 from ipchannel._backends import local_status
 
@@ -123,60 +121,9 @@ def test_flask_limiter_under_gunicorn_allows_5_of_20(
     _check(answers)
 
 
-class _Uvicorn:
-    """``uvicorn app:app --workers 4`` serving examples/slowapi_limits on a Unix socket."""
-
-    def __init__(self, runtime_dir: Path) -> None:
-        self.address = str(runtime_dir.parent / f"{runtime_dir.name}-http.sock")
-        self.log = runtime_dir.parent / f"{runtime_dir.name}-uvicorn.log"
-        env = {**os.environ, "IPCHANNEL_DIR": str(runtime_dir)}
-        command = [sys.executable, "-m", "uvicorn", "app:app", "--workers", "4", "--uds", self.address]
-        with self.log.open("w") as log:
-            self.process = subprocess.Popen(
-                command, cwd=EXAMPLES / "slowapi_limits", env=env, stdout=log, stderr=subprocess.STDOUT
-            )
-        self.master = psutil.Process(self.process.pid)
-        self.seen: set[int] = set()
-        self.ready()
-
-    def ready(self) -> None:
-        """Wait until 4 workers run and each has opened the dicts (its lifespan): all hold the counts.
-
-        A count held by the host alone dies with it (SharedDict's rule); the first requests
-        after a start, or after uvicorn replaced a killed worker, could meet one not open yet.
-        """
-        wait_until(lambda: len(self.workers()) == 4 and Path(self.address).exists(), timeout=30)
-        wait_until(
-            lambda: self.log.read_text().count("Application startup complete.") >= len(self.seen), timeout=30
-        )
-
-    def workers(self) -> list[int]:
-        pids = []
-        for child in self.master.children():
-            try:
-                if "spawn_main" in " ".join(child.cmdline()) and child.status() != psutil.STATUS_ZOMBIE:
-                    pids.append(child.pid)
-            except psutil.NoSuchProcess:
-                continue
-        self.seen.update(pids)
-        return pids
-
-    def kill_all(self) -> None:
-        """SIGKILL the master first (it would replace killed workers), then every worker; reap them all."""
-        if self.process.poll() is None:
-            self.workers()
-            self.process.kill()
-        for pid in [*self.seen, self.process.pid]:
-            if psutil.pid_exists(pid):
-                os.kill(pid, signal.SIGKILL)
-            reap(pid, timeout=1)
-        self.process.wait(5)
-        Path(self.address).unlink(missing_ok=True)
-
-
 @pytest.fixture(scope="module")
-def uvicorn(module_dir: Path) -> Iterator[_Uvicorn]:
-    server = _Uvicorn(module_dir / "uvicorn")
+def uvicorn(module_dir: Path) -> Iterator[Uvicorn]:
+    server = Uvicorn("slowapi_limits", module_dir / "uvicorn")
     _SERVERS.add(server.master.pid)
     try:
         yield server
@@ -194,7 +141,7 @@ def uvicorn(module_dir: Path) -> Iterator[_Uvicorn]:
     ],
     ids=["slowapi-steady", "slowapi-host-killed", "aio-host-killed"],
 )
-def test_slowapi_under_uvicorn_allows_5_of_20(uvicorn: _Uvicorn, url: str, channel: str, kill: bool) -> None:
+def test_slowapi_under_uvicorn_allows_5_of_20(uvicorn: Uvicorn, url: str, channel: str, kill: bool) -> None:
     uvicorn.ready()
     answers = _twenty_with_a_kill(
         uvicorn.address,

@@ -5,23 +5,20 @@ from __future__ import annotations
 import http.client
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psutil
 import pytest
-from _http import UnixHTTPConnection
+from _http import UnixHTTPConnection, Uvicorn
 from _http import get_json as _get
-from conftest import reap, wait_until
+from conftest import wait_until
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from pathlib import Path
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "uvicorn_counter"
 RECOVERY = 2.0  # seconds from the host's SIGKILL to requests succeeding again
 
 
@@ -33,62 +30,9 @@ def _try_get(address: str, url: str, timeout: float = 1.0) -> dict[str, Any] | N
     return body if status == 200 else None
 
 
-class Uvicorn:
-    """A real ``uvicorn --workers 4`` serving the example on a Unix socket; its log goes to a file."""
-
-    def __init__(self, runtime_dir: Path) -> None:
-        self.address = str(runtime_dir.parent / f"{runtime_dir.name}-http.sock")
-        self.log = runtime_dir.parent / f"{runtime_dir.name}-uvicorn.log"
-        env = {**os.environ, "IPCHANNEL_DIR": str(runtime_dir)}
-        command = [sys.executable, "-m", "uvicorn", "app:app", "--workers", "4", "--uds", self.address]
-        with self.log.open("w") as log:
-            self.process = subprocess.Popen(
-                command, cwd=EXAMPLE, env=env, stdout=log, stderr=subprocess.STDOUT, text=True
-            )
-        self.master = psutil.Process(self.process.pid)
-        self.seen: set[int] = set()  # every worker pid we saw, to check they are all gone at the end
-        self.probes = 0  # readiness GETs of /hits: each may have counted
-        wait_until(lambda: len(self.workers()) == 4, timeout=30)
-        wait_until(self._probe, timeout=30)
-
-    def _probe(self) -> bool:
-        self.probes += 1
-        return _try_get(self.address, "/hits") is not None
-
-    def workers(self) -> list[int]:
-        pids = []
-        for child in self.master.children():
-            try:
-                if "spawn_main" in " ".join(child.cmdline()) and child.status() != psutil.STATUS_ZOMBIE:
-                    pids.append(child.pid)
-            except psutil.NoSuchProcess:
-                continue
-        self.seen.update(pids)
-        return pids
-
-    def output(self) -> str:
-        return self.log.read_text()
-
-    def stop(self) -> int:
-        """SIGTERM the master (it stops its workers, which close their channels); return its exit code."""
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(30)
-
-    def kill_all(self) -> None:
-        """SIGKILL the master first (it would replace killed workers), then every worker; reap them all."""
-        if self.process.poll() is None:
-            self.workers()  # the current ones too
-            self.process.kill()
-        for pid in [self.process.pid, *self.seen]:
-            reap(pid, timeout=0)
-        self.process.wait(5)
-        Path(self.address).unlink(missing_ok=True)
-        self.log.unlink(missing_ok=True)
-
-
 @pytest.fixture
 def uvicorn(runtime_dir: Path) -> Iterator[Uvicorn]:
-    server = Uvicorn(runtime_dir)
+    server = Uvicorn("uvicorn_counter", runtime_dir)
     try:
         yield server
     finally:
@@ -173,7 +117,7 @@ def test_the_hosting_worker_killed_under_load_requests_succeed_again_within_2_s(
     assert len(values) == len(set(values))  # exactly-once: no value handed out twice
     final = _try_get(uvicorn.address, "/hits")
     assert final is not None
-    sent = len(load.outcomes) + uvicorn.probes + 1
+    sent = len(load.outcomes) + 1
     assert len(values) < final["count"] <= sent  # answered ones, the odd lost answer, none twice
 
     # uvicorn replaces the killed worker; the new one joins as a client; a clean stop leaves no file.

@@ -19,13 +19,12 @@ import pickle
 import threading
 from typing import TYPE_CHECKING, Any
 
+from ipchannel.contrib._extras import missing
+
 try:
     from django.core.cache.backends.base import DEFAULT_TIMEOUT, BaseCache
 except ImportError as exc:  # pragma: no cover - tested in a process without Django
-    raise ImportError(
-        "ipchannel.contrib.django needs Django, which is not installed; "
-        "install it with: pip install 'ipchannel[django]'"
-    ) from exc
+    raise missing("ipchannel.contrib.django", "Django", "django") from exc
 
 from ipchannel import _fork
 from ipchannel._shareddict.dict import SharedDict

@@ -26,6 +26,8 @@ import threading
 import urllib.parse
 from typing import TYPE_CHECKING, Any
 
+from ipchannel.contrib._extras import missing
+
 try:
     from limits.aio.storage import MovingWindowSupport as AsyncMovingWindowSupport
     from limits.aio.storage import SlidingWindowCounterSupport as AsyncSlidingWindowCounterSupport
@@ -33,10 +35,7 @@ try:
     from limits.storage import MovingWindowSupport, SlidingWindowCounterSupport, Storage
     from limits.storage.base import TimestampedSlidingWindow
 except ImportError as exc:  # pragma: no cover - tested in a process without limits
-    raise ImportError(
-        "ipchannel.contrib.limits needs the limits library, which is not installed; "
-        "install it with: pip install 'ipchannel[limits]'"
-    ) from exc
+    raise missing("ipchannel.contrib.limits", "the limits library", "limits") from exc
 
 from ipchannel import _fork
 from ipchannel._aio.dict import AsyncSharedDict

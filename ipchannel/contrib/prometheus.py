@@ -41,14 +41,13 @@ import os
 import threading
 from typing import TYPE_CHECKING, Any
 
+from ipchannel.contrib._extras import missing
+
 try:
     from prometheus_client import values as _values
     from prometheus_client.registry import REGISTRY, CollectorRegistry
 except ImportError as exc:  # pragma: no cover - tested in a process without prometheus_client
-    raise ImportError(
-        "ipchannel.contrib.prometheus needs prometheus_client, which is not installed; "
-        "install it with: pip install 'ipchannel[prometheus]'"
-    ) from exc
+    raise missing("ipchannel.contrib.prometheus", "prometheus_client", "prometheus") from exc
 
 from ipchannel._codecs import resolve_codec
 from ipchannel._options import Options, validate_name
