@@ -11,6 +11,8 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
+import _peers
+
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
 
@@ -60,6 +62,33 @@ def _joined(deadline: float) -> None:
     raise TimeoutError("the sender did not send within 10 s")
 
 
+def _record_pushes(path: str) -> None:
+    """Append ``try NUMBER AMOUNT`` before each push and ``ok NUMBER AMOUNT`` once the host applied it.
+
+    AMOUNT is what the push adds to ``requests_total{path="/"}``: a test bounds the total by them
+    (at least every ``ok``, at most every push number once) even for a worker SIGKILLed mid-send.
+    """
+    from ipchannel.contrib import prometheus  # noqa: PLC0415
+
+    sharing = prometheus._sharing  # noqa: SLF001
+    assert sharing is not None
+    push_once = sharing._push  # noqa: SLF001
+    key = '["requests","requests_total",[["path","/"]]]'
+
+    def log(line: str) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        os.write(fd, line.encode())
+        os.close(fd)
+
+    def push(shared: Any, args: list[Any]) -> None:
+        amount = sum(counted for series, counted in args[5] if series == key)
+        log(f"try {args[2]} {amount}\n")
+        push_once(shared, args)
+        log(f"ok {args[2]} {amount}\n")
+
+    sharing._push = push  # type: ignore[method-assign,assignment] # noqa: SLF001 - the test's record, around the real push
+
+
 def _views() -> dict[str, str]:
     """Return what prometheus_client's WSGI app (text and OpenMetrics) and its Django view serve."""
     import django  # noqa: PLC0415
@@ -104,7 +133,9 @@ def main(conn: Connection, name: str, runtime_dir: str, options: dict[str, Any])
         cmd, args = conn.recv()
         try:
             reply: dict[str, Any] = {"ok": True}
-            if cmd == "count":
+            if cmd in _peers._HOOK_COMMANDS:  # noqa: SLF001 - widen a race window (pause_at, log_to)
+                _peers._HOOK_COMMANDS[cmd](**args)  # noqa: SLF001
+            elif cmd == "count":
                 for _ in range(args["n"]):
                     requests.labels(path=args.get("path", "/")).inc()
                     latency.observe(args.get("seconds", 0.05))
@@ -120,6 +151,13 @@ def main(conn: Connection, name: str, runtime_dir: str, options: dict[str, Any])
             elif cmd == "remove":  # a labelled counter's and gauge's series
                 requests.remove(args["path"])
                 jobs.remove(args["job"])
+            elif cmd == "record_pushes":
+                _record_pushes(args["path"])
+            elif cmd == "push":  # a push as another version (or a bug) might make it, raw
+                from ipchannel.contrib._metricsops import PUSH  # noqa: PLC0415
+
+                assert prometheus._sharing is not None  # noqa: SLF001
+                prometheus._sharing.shared().perform(PUSH, *args["push"])  # noqa: SLF001
             elif cmd == "views":  # what the exporters' views serve: WSGI (both formats), Django
                 reply["texts"] = _views()
             elif cmd == "scrape":

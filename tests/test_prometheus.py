@@ -303,12 +303,12 @@ def test_without_prometheus_client_the_import_error_names_the_pip_line() -> None
 
 def test_a_dead_worker_s_gauge_is_folded_by_mode_and_dropped_by_the_live_modes() -> None:
     data: dict[str, Any] = {}
-    for mode in ("sum", "livesum", "max", "mostrecent", "all"):
+    for number, mode in enumerate(("sum", "livesum", "max", "mostrecent", "all"), start=1):
         key = _metricsops.series_key(f"g_{mode}", f"g_{mode}", {})
         _metricsops.PUSH.apply(
-            data, "w1", 11, 0, [[f"g_{mode}", "gauge", "", mode]], [], [[key, 2.0, 10.0]], [], []
+            data, "w1", 11, number, 0, [[f"g_{mode}", "gauge", "", mode]], [], [[key, 2.0, 10.0]], [], []
         )
-        _metricsops.PUSH.apply(data, "w2", 12, 0, [], [], [[key, 5.0, 5.0]], [], [])
+        _metricsops.PUSH.apply(data, "w2", 12, number, 0, [], [], [[key, 5.0, 5.0]], [], [])
     _metricsops.FORGET.apply(data, ["w1"])
     _metricsops.FORGET.apply(data, ["w1"])  # forgotten twice (two scrapes at once): no change
 
@@ -327,9 +327,10 @@ def test_a_dead_worker_s_gauge_is_folded_by_mode_and_dropped_by_the_live_modes()
 def test_a_push_of_another_shape_is_refused_whole_in_the_host() -> None:
     from ipchannel._shareddict import ops  # noqa: PLC0415
 
-    good = ["metrics.push", "w", 1, 0, [], [["k", 1]], [], [], []]
+    key = _metricsops.series_key("k", "k_total", {})
+    good = ["metrics.push", "w", 1, 1, 0, [], [[key, 1]], [], [], []]
     assert ops.prepare(good) == good
-    for bad in (good[:8], [*good[:5], [["k", "1"]], *good[6:]], [*good[:4], [["m"]], *good[5:]]):
+    for bad in (good[:9], [*good[:6], [[key, "1"]], *good[7:]], [*good[:5], [["m"]], *good[6:]]):
         with pytest.raises(TypeError, match=r"not in the format of this ipchannel version|not a number"):
             ops.prepare(bad)
     with pytest.raises(TypeError, match="metrics forget"):

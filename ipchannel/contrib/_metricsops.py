@@ -10,7 +10,8 @@ never changed in place (a new value replaces the old one, so no two copies share
 - ``m:METRIC`` -> [type, help, gauge mode]: what a metric is, as the first worker said.
 - ``i:METRIC`` -> [time, type, help, samples]: an Info's or Enum's samples, as the worker that
   changed them last set them.
-- ``w:WORKER`` -> [pid, scrape]: a worker that sent something, and the last scrape it answered.
+- ``w:WORKER`` -> [pid, scrape, number]: a worker that sent something, the last scrape it
+  answered and the number of its last push applied (a push sent again is applied once).
 - ``scrape`` -> int: the number of the last scrape asked for.
 
 ``SERIES`` is ``json.dumps([metric, sample name, sorted labels])``. No prometheus_client here:
@@ -61,6 +62,7 @@ def _push(  # noqa: PLR0913, PLR0917 - one op: who, which scrape, and each kind 
     data: dict[str, Any],
     worker: str,
     pid: int,
+    number: int,
     scrape: int,
     metas: list[list[Any]],
     counts: list[list[Any]],
@@ -70,18 +72,15 @@ def _push(  # noqa: PLR0913, PLR0917 - one op: who, which scrape, and each kind 
 ) -> None:
     """Fold one worker's changes in: counts added, gauges and infos replaced; its scrape answered.
 
+    ``number`` counts the worker's pushes: one it sends again because the answer never came
+    (the host was frozen past the write's timeout, say) is not applied twice.
     ``removed``: series it dropped (``remove()``): a counter's total goes, a gauge loses its value.
     """
-    data["w:" + worker] = [pid, scrape]
-    for key, gauge in removed:
-        if not gauge:
-            data.pop("c:" + key, None)
-        elif worker in data.get("g:" + key, {}):
-            values = {other: value for other, value in data["g:" + key].items() if other != worker}
-            if values:
-                data["g:" + key] = values
-            else:
-                del data["g:" + key]
+    known = data.get("w:" + worker)
+    if known is not None and number <= known[2]:
+        return  # applied already: its answer was lost
+    data["w:" + worker] = [pid, scrape, number]
+    _remove(data, worker, removed)
     for metric, kind, text, mode in metas:
         data.setdefault("m:" + metric, [kind, text, mode])
     for key, amount in counts:
@@ -94,6 +93,19 @@ def _push(  # noqa: PLR0913, PLR0917 - one op: who, which scrape, and each kind 
         old = data.get("i:" + metric)
         if old is None or old[0] <= at:
             data["i:" + metric] = [at, kind, text, samples]
+
+
+def _remove(data: dict[str, Any], worker: str, removed: list[list[Any]]) -> None:
+    """Take out the series ``worker`` dropped: a counter's total, or its value of a gauge."""
+    for key, gauge in removed:
+        if not gauge:
+            data.pop("c:" + key, None)
+        elif worker in data.get("g:" + key, {}):
+            values = {other: value for other, value in data["g:" + key].items() if other != worker}
+            if values:
+                data["g:" + key] = values
+            else:
+                del data["g:" + key]
 
 
 def _scrape(data: dict[str, Any]) -> int:
@@ -144,23 +156,76 @@ def gauge_samples(mode: str, values: dict[str, list[Any]]) -> list[tuple[float, 
     return [(max(entries, key=lambda entry: entry[1])[0], None)]  # mostrecent
 
 
+#: What a push may say a metric is (prometheus_client's types), and a gauge's mode ("" for the rest).
+_KINDS = frozenset(
+    {"counter", "gauge", "summary", "histogram", "gaugehistogram", "unknown", "info", "stateset"}
+)
+_MODES = frozenset(
+    {"", *(f"{live}{mode}" for live in ("", "live") for mode in ("all", "sum", "max", "min", "mostrecent"))}
+)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float))
+
+
+def _is_labels(labels: Any) -> bool:
+    return isinstance(labels, dict) and all(isinstance(x, str) for item in labels.items() for x in item)
+
+
+def _is_series(key: str, *, counted: bool = False) -> bool:
+    """Tell whether ``key`` is a series key (``series_key``); a counted bucket needs a number as bound."""
+    try:
+        metric, name, labels = split_series(key)
+        if counted and name == metric + "_bucket":
+            float(labels["le"])  # as the scrape makes buckets cumulative
+    except (TypeError, ValueError, KeyError):
+        return False
+    return isinstance(metric, str) and bool(metric) and isinstance(name, str) and _is_labels(labels)
+
+
 def _checked(op: list[Any]) -> list[Any]:
     """In the host, before a push is applied: refuse one of another shape (another ipchannel version).
 
-    An operation must not raise halfway once applied (the replicas would differ): a push that
-    is not as this version makes it is refused whole, and its sender gets the error.
+    An operation must not raise halfway once applied (the replicas would differ), and what it
+    keeps must not break a scrape (the journal would keep it): a push that is not as this
+    version makes it is refused whole, and its sender gets the error.
     """
     shapes = {"metas": 4, "counts": 2, "gauges": 3, "infos": 5, "removed": 2}
-    if len(op) != 9 or not isinstance(op[1], str) or not all(isinstance(arg, int) for arg in op[2:4]):
+    if len(op) != 10 or not isinstance(op[1], str) or not all(isinstance(arg, int) for arg in op[2:5]):
         raise TypeError("metrics push: not in the format of this ipchannel version")
-    for (part, size), entries in zip(shapes.items(), op[4:], strict=True):
+    for (part, size), entries in zip(shapes.items(), op[5:], strict=True):
         if not isinstance(entries, list) or not all(
-            isinstance(entry, list) and len(entry) == size and isinstance(entry[0], str) for entry in entries
+            isinstance(entry, list) and len(entry) == size and isinstance(entry[0], str) and entry[0]
+            for entry in entries
         ):
             raise TypeError(f"metrics push: its {part} are not in the format of this ipchannel version")
-    for entry in op[5] + op[6]:
-        if not all(isinstance(number, (int, float)) for number in entry[1:]):
-            raise TypeError("metrics push: a value that is not a number")
+    metas, counts, gauges, infos, removed = op[5:]
+    right = (
+        all(
+            kind in _KINDS and isinstance(text, str) and mode in _MODES for _metric, kind, text, mode in metas
+        )
+        and all(_is_series(key, counted=True) and _is_number(amount) for key, amount in counts)
+        and all(_is_series(key) and _is_number(value) and _is_number(at) for key, value, at in gauges)
+        and all(
+            _is_number(at)
+            and kind in {"info", "stateset"}
+            and isinstance(text, str)
+            and isinstance(samples, list)
+            and all(
+                isinstance(sample, list)
+                and len(sample) == 3
+                and isinstance(sample[0], str)
+                and _is_labels(sample[1])
+                and _is_number(sample[2])
+                for sample in samples
+            )
+            for _metric, at, kind, text, samples in infos
+        )
+        and all(_is_series(key) and isinstance(gauge, bool) for key, gauge in removed)
+    )
+    if not right:
+        raise TypeError("metrics push: not in the format of this ipchannel version")
     return op
 
 

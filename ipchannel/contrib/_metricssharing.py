@@ -20,7 +20,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ipchannel import _fork, _platform
-from ipchannel._errors import ChannelClosed, ChannelError
+from ipchannel._errors import ChannelClosed, ChannelError, RemoteError
 from ipchannel._shareddict.dict import SharedDict, membership_of, wait_for
 from ipchannel.contrib._metricsexport import families
 from ipchannel.contrib._metricsops import FORGET, PUSH, SCRAPE
@@ -62,6 +62,8 @@ class Sharing:
         self._closed = False  # shutdown() or exit: the dict is not opened again
         self._thread: threading.Thread | None = None
         self._answered = 0  # the scrape the last send answered
+        self._number = 0  # of this process's last push
+        self._unanswered: list[Any] | None = None  # a push that got no answer: it may have been applied
         self._infos: dict[str, list[Any]] = {}  # Info and Enum samples as last sent
 
     def _reset_after_fork(self) -> None:
@@ -124,9 +126,15 @@ class Sharing:
         return self._stop.is_set() or shared is None or shared.get("scrape", 0) != self._answered
 
     def send(self, *, infos: bool = False) -> None:
-        """Send what changed (and, for a scrape, the Info and Enum samples), answering the last scrape."""
+        """Send what changed (and, for a scrape, the Info and Enum samples), answering the last scrape.
+
+        A push whose answer did not come (the host froze past the write's timeout, or died) may
+        have been applied: it goes again first, as it was, under its number (applied once).
+        """
         shared = self.shared()
         with self._send_lock:
+            if self._unanswered is not None:
+                self._push(shared, self._unanswered)
             scrape = shared.get("scrape", 0)
             metas, changes, removed = self.pending.take()
             info_list = self._changed_infos() if infos else []
@@ -136,14 +144,26 @@ class Sharing:
             gauges = [[key, gauge, at] for key, _counted, gauge, at in changes if gauge is not None]
             membership = membership_of(shared)
             worker = membership.me() if membership is not None else f"pid {os.getpid()}"
-            try:
-                shared.perform(PUSH, worker, os.getpid(), scrape, metas, counts, gauges, info_list, removed)
-            except BaseException:
-                self.pending.give_back(metas, changes, removed)
-                raise
-            self._answered = scrape
-            for metric, _at, _kind, _text, samples in info_list:
-                self._infos[metric] = samples
+            self._number += 1
+            self._push(
+                shared, [worker, os.getpid(), self._number, scrape, metas, counts, gauges, info_list, removed]
+            )
+
+    def _push(self, shared: SharedDict, push: list[Any]) -> None:
+        """Perform one push; keep it to send again unless the host answered (applied, or refused it)."""
+        self._unanswered = push
+        try:
+            shared.perform(PUSH, *push)
+        except (RemoteError, TypeError, ValueError) as exc:  # refused, and would be each time: not kept
+            self._unanswered = None
+            _LOGGER.error(  # noqa: TRY400 - the message says it all
+                "metrics %r: the host refused this process's changes, which are lost: %s", self.name, exc
+            )
+            raise
+        self._unanswered = None
+        self._answered = push[3]
+        for metric, _at, _kind, _text, samples in push[7]:
+            self._infos[metric] = samples
 
     def _changed_infos(self) -> list[list[Any]]:
         """Return this process's Info and Enum metrics whose samples changed since they were last sent."""

@@ -89,23 +89,12 @@ class Pending:
             changed, self._changed = self._changed, []
             unsent, self._unsent = self._unsent, []
         metas = [[metric, *self._metas[metric]] for metric in unsent]
-        changes = [value.take() for value in changed]
+        changes = [value.take() for value in dict.fromkeys(changed)]  # listed as created, then changed
         removed = []
         while self._removed:
             key, gauge = self._removed.popleft()
             removed.append([key, gauge])
         return metas, changes, removed
-
-    def give_back(self, metas: list[list[Any]], changes: list[Change], removed: list[list[Any]]) -> None:
-        """Put back what a send that failed took, to go with the next one."""
-        by_key = {value.key: value for value in list(self.values)}
-        self._removed.extendleft((key, gauge) for key, gauge in reversed(removed))
-        with self.lock:
-            self._unsent[:0] = [meta[0] for meta in metas]
-        for key, counted, gauge, at in changes:
-            value = by_key.get(key)
-            if value is not None:
-                value.give_back(counted, gauge, at)
 
 
 class SharedValueBase:
@@ -181,16 +170,6 @@ class SharedValueBase:
             if self._gauge:
                 return (self.key, None, self._value, self._at)
             return (self.key, counted, None, self._at)
-
-    def give_back(self, counted: float | None, gauge: float | None, at: float) -> None:
-        """Count again what a failed send took (a gauge keeps its newer value if set meanwhile)."""
-        del gauge, at
-        with self._lock:
-            if counted is not None:
-                self._counted += counted
-            if not self._listed:
-                self._listed = True
-                self._pending.changed(self)
 
 
 def value_class(pending: Pending) -> type[SharedValueBase]:

@@ -74,6 +74,7 @@ class _Simulation:
 
     def __init__(self, runtime_dir: str) -> None:
         self.shared = SharedDict(f"upstream-{next(_names)}", runtime_dir=runtime_dir)
+        self._numbers = itertools.count(1)  # of the pushes (each worker's grow, as in _Sharing)
         self.processes: list[_Process] = []
 
     def value_class(self, pid_of: Callable[[], int] = os.getpid) -> type[SharedValueBase]:
@@ -105,7 +106,10 @@ class _Simulation:
         metas, changes, removed = process.pending.take()
         counts = [[key, counted] for key, counted, _gauge, _at in changes if counted is not None]
         gauges = [[key, gauge, at] for key, _counted, gauge, at in changes if gauge is not None]
-        self.shared.perform(PUSH, f"sim {process.pid}", process.pid, 0, metas, counts, gauges, [], removed)
+        number = next(self._numbers)
+        self.shared.perform(
+            PUSH, f"sim {process.pid}", process.pid, number, 0, metas, counts, gauges, [], removed
+        )
 
     def collect(self) -> list[Metric]:
         for process in self.processes:
