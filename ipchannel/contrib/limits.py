@@ -185,7 +185,9 @@ class SharedDictStorage(Storage, MovingWindowSupport, SlidingWindowCounterSuppor
     Opens the SharedDict ``NAME`` at its first use (one per name in a process). A hit is one write
     through the host, atomic across processes; reads are local.
 
-    :raises TypeError, ValueError: an option that is unknown, or of a wrong type or value.
+    :raises TypeError, ValueError: an option that is unknown, or of a wrong type or value; in each
+        method, before anything is sent, a key that is not a str or an expiry, amount or limit it
+        cannot count with (``_limitsops.check``: a negative amount would give slots back).
     """
 
     STORAGE_SCHEME = ["ipchannel"]  # noqa: RUF012 - limits' registry reads it, as its own storages have it
@@ -213,14 +215,17 @@ class SharedDictStorage(Storage, MovingWindowSupport, SlidingWindowCounterSuppor
 
     def incr(self, key: str, expiry: float, amount: int = 1) -> int:
         """Add ``amount`` to the counter of ``key``; a new one expires in ``expiry`` s (host clock)."""
+        _limitsops.check(key, expiry, amount)
         return int(self._write(_limitsops.INCR, key, expiry, amount))
 
     def get(self, key: str) -> int:
         """Return the counter of ``key`` in the local replica (0: none or expired)."""
+        _limitsops.check(key)
         return _limitsops.count(self.shared, key, _limitsops.now())
 
     def get_expiry(self, key: str) -> float:
         """Return when the counter of ``key`` expires (now, if it does not exist)."""
+        _limitsops.check(key)
         return _limitsops.expiry(self.shared, key, _limitsops.now())
 
     def check(self) -> bool:
@@ -237,26 +242,32 @@ class SharedDictStorage(Storage, MovingWindowSupport, SlidingWindowCounterSuppor
 
     def clear(self, key: str) -> None:
         """Remove the counter and moving window of ``key``."""
+        _limitsops.check(key)
         self._write(_limitsops.CLEAR, key)
 
     def acquire_entry(self, key: str, limit: int, expiry: float, amount: int = 1) -> bool:
         """Take ``amount`` entries of a moving window of ``limit`` per ``expiry`` s, unless full."""
+        _limitsops.check(key, expiry, amount, limit)
         return amount <= limit and bool(self._write(_limitsops.ACQUIRE_MOVING, key, limit, expiry, amount))
 
-    def get_moving_window(self, key: str, limit: int, expiry: float) -> tuple[float, int]:  # noqa: ARG002 - limits' API
+    def get_moving_window(self, key: str, limit: int, expiry: float) -> tuple[float, int]:
         """Return (start of the moving window of ``key``, entries in it), from the local replica."""
+        _limitsops.check(key, expiry, 0, limit)
         return _limitsops.moving_window(self.shared, key, expiry, _limitsops.now())
 
     def acquire_sliding_window_entry(self, key: str, limit: int, expiry: float, amount: int = 1) -> bool:
         """Take ``amount`` of a sliding window counter, unless the weighted count would pass ``limit``."""
+        _limitsops.check(key, expiry, amount, limit)
         return amount <= limit and bool(self._write(_limitsops.ACQUIRE_SLIDING, key, limit, expiry, amount))
 
     def get_sliding_window(self, key: str, expiry: float) -> tuple[int, float, int, float]:
         """Return (previous count, previous ttl, current count, current ttl), from the local replica."""
+        _limitsops.check(key, expiry)
         return _limitsops.sliding_window(self.shared, key, expiry, _limitsops.now())
 
     def clear_sliding_window(self, key: str, expiry: float) -> None:
         """Remove both windows of a sliding window counter (which ones: on the host's clock)."""
+        _limitsops.check(key, expiry)
         self._write(_limitsops.CLEAR_SLIDING, key, expiry)
 
 
@@ -292,14 +303,17 @@ class AsyncSharedDictStorage(
 
     async def incr(self, key: str, expiry: float, amount: int = 1) -> int:
         """As ``SharedDictStorage.incr``."""
+        _limitsops.check(key, expiry, amount)
         return int(await self._write(_limitsops.INCR, key, expiry, amount))
 
     async def get(self, key: str) -> int:
         """As ``SharedDictStorage.get``."""
+        _limitsops.check(key)
         return _limitsops.count(await self._data(), key, _limitsops.now())
 
     async def get_expiry(self, key: str) -> float:
         """As ``SharedDictStorage.get_expiry``."""
+        _limitsops.check(key)
         return _limitsops.expiry(await self._data(), key, _limitsops.now())
 
     async def check(self) -> bool:
@@ -316,30 +330,36 @@ class AsyncSharedDictStorage(
 
     async def clear(self, key: str) -> None:
         """As ``SharedDictStorage.clear``."""
+        _limitsops.check(key)
         await self._write(_limitsops.CLEAR, key)
 
     async def acquire_entry(self, key: str, limit: int, expiry: float, amount: int = 1) -> bool:
         """As ``SharedDictStorage.acquire_entry``."""
+        _limitsops.check(key, expiry, amount, limit)
         return amount <= limit and bool(
             await self._write(_limitsops.ACQUIRE_MOVING, key, limit, expiry, amount)
         )
 
-    async def get_moving_window(self, key: str, limit: int, expiry: float) -> tuple[float, int]:  # noqa: ARG002 - limits' API
+    async def get_moving_window(self, key: str, limit: int, expiry: float) -> tuple[float, int]:
         """As ``SharedDictStorage.get_moving_window``."""
+        _limitsops.check(key, expiry, 0, limit)
         return _limitsops.moving_window(await self._data(), key, expiry, _limitsops.now())
 
     async def acquire_sliding_window_entry(
         self, key: str, limit: int, expiry: float, amount: int = 1
     ) -> bool:
         """As ``SharedDictStorage.acquire_sliding_window_entry``."""
+        _limitsops.check(key, expiry, amount, limit)
         return amount <= limit and bool(
             await self._write(_limitsops.ACQUIRE_SLIDING, key, limit, expiry, amount)
         )
 
     async def get_sliding_window(self, key: str, expiry: float) -> tuple[int, float, int, float]:
         """As ``SharedDictStorage.get_sliding_window``."""
+        _limitsops.check(key, expiry)
         return _limitsops.sliding_window(await self._data(), key, expiry, _limitsops.now())
 
     async def clear_sliding_window(self, key: str, expiry: float) -> None:
         """As ``SharedDictStorage.clear_sliding_window``."""
+        _limitsops.check(key, expiry)
         await self._write(_limitsops.CLEAR_SLIDING, key, expiry)
