@@ -58,6 +58,21 @@ def test_bad_uris_and_options_raise_naming_the_option(runtime_dir: Path) -> None
     assert not [t for t in __import__("threading").enumerate() if t.name.startswith("ipchannel-")]  # lazy
 
 
+@pytest.mark.parametrize(
+    ("uri", "match"),
+    [
+        ("ipchannel://x?runtime_dir=", "option 'runtime_dir' has no value in the URI's query"),
+        ("ipchannel://x?appendfsync=always", "appendfsync applies only with appendonly=True"),
+        ("ipchannel://x?coordinator=redis://h:6379", "authkey is required with a coordinator"),
+        ("async+ipchannel://x?listen=127.0.0.1:0", "listen applies only with a coordinator"),
+    ],
+)
+def test_options_that_cannot_work_raise_when_the_storage_is_made(uri: str, match: str) -> None:
+    """At the app's start (Limiter(storage_uri=...)), not at its first request, where it would 500."""
+    with pytest.raises(ValueError, match=match):
+        storage_from_string(uri)
+
+
 def test_importing_without_limits_names_the_extra() -> None:
     code = "import sys; sys.modules['limits'] = None; import ipchannel.contrib.limits"
     proc = subprocess.run(
@@ -89,12 +104,16 @@ def test_fixed_moving_and_sliding_windows_count_and_expire(storage: contrib_limi
     assert len(storage.shared) == 0
 
 
-def test_expired_entries_are_swept_by_later_writes(storage: contrib_limits.SharedDictStorage) -> None:
+def test_expired_entries_are_swept_by_later_writes(
+    storage: contrib_limits.SharedDictStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr(_limitsops, "_clock", lambda: clock[0])  # this process hosts: it stamps too
     storage.incr("lasting", 3600)
     for i in range(200):
-        storage.incr(f"short-{i}", 0.05)
+        storage.incr(f"short-{i}", 5)
     assert len(storage.shared) == 201
-    time.sleep(0.1)  # every short entry expires (no write sweeps meanwhile)
+    clock[0] = 1005.0  # every short entry expires (at 1005: no write swept meanwhile)
     for _ in range(60):  # 60 writes look at 4 entries each: every entry once
         storage.incr("again", 3600)
     assert sorted(storage.shared) == ["c/again", "c/lasting"]

@@ -40,9 +40,11 @@ except ImportError as exc:  # pragma: no cover - tested in a process without lim
 
 from ipchannel import _fork
 from ipchannel._aio.dict import AsyncSharedDict
+from ipchannel._codecs import resolve_codec
 from ipchannel._errors import ChannelError
-from ipchannel._options import validate_name
+from ipchannel._options import Options, validate_name
 from ipchannel._shareddict.dict import SharedDict
+from ipchannel._shareddict.durability import durable_journal
 from ipchannel.contrib import _limitsops
 
 if TYPE_CHECKING:
@@ -102,7 +104,24 @@ def parse_uri(uri: str, options: dict[str, Any], kind: str) -> tuple[str, dict[s
             raise ValueError(f"{kind}: option {option!r} must be > 0 seconds, not {value!r}")
     if kind == "AsyncSharedDictStorage" and (sync_only := sorted(set(_SYNC_ONLY) & set(result))):
         raise ValueError(f"{kind}: option {sync_only[0]!r} is for ipchannel:// only (a durable SharedDict)")
+    _check_together(name, result)
     return name, result
+
+
+def _check_together(name: str, options: dict[str, Any]) -> None:
+    """Check the options as the dict will check them when it opens (nothing is opened or made).
+
+    So an option that cannot work raises as the app makes its limiter, not at its first request.
+    """
+    built = Options.build(**{k: v for k, v in options.items() if k != "timeout" and k not in _SYNC_ONLY})
+    durable_journal(
+        name,
+        built,
+        resolve_codec("json"),
+        options.get("appendonly", False),
+        options.get("appendfsync"),
+        options.get("journal_dir"),
+    )
 
 
 def _from_query(query: str, kind: str) -> dict[str, Any]:
@@ -111,6 +130,8 @@ def _from_query(query: str, kind: str) -> dict[str, Any]:
         convert, _ = _known(option, kind)
         if convert is None or len(texts) != 1:
             raise ValueError(f"{kind}: option {option!r} cannot be given (once) in the URI's query")
+        if not texts[0]:  # runtime_dir= would be the current directory
+            raise ValueError(f"{kind}: option {option!r} has no value in the URI's query")
         try:
             result[option] = convert(texts[0])
         except (KeyError, ValueError):
