@@ -58,6 +58,21 @@ def test_bad_uris_and_options_raise_naming_the_option(runtime_dir: Path) -> None
     assert not [t for t in __import__("threading").enumerate() if t.name.startswith("ipchannel-")]  # lazy
 
 
+@pytest.mark.parametrize(
+    ("uri", "match"),
+    [
+        ("ipchannel://x?runtime_dir=", "option 'runtime_dir' has no value in the URI's query"),
+        ("ipchannel://x?appendfsync=always", "appendfsync applies only with appendonly=True"),
+        ("ipchannel://x?coordinator=redis://h:6379", "authkey is required with a coordinator"),
+        ("async+ipchannel://x?listen=127.0.0.1:0", "listen applies only with a coordinator"),
+    ],
+)
+def test_options_that_cannot_work_raise_when_the_storage_is_made(uri: str, match: str) -> None:
+    """At the app's start (Limiter(storage_uri=...)), not at its first request, where it would 500."""
+    with pytest.raises(ValueError, match=match):
+        storage_from_string(uri)
+
+
 def test_importing_without_limits_names_the_extra() -> None:
     code = "import sys; sys.modules['limits'] = None; import ipchannel.contrib.limits"
     proc = subprocess.run(
@@ -89,16 +104,81 @@ def test_fixed_moving_and_sliding_windows_count_and_expire(storage: contrib_limi
     assert len(storage.shared) == 0
 
 
-def test_expired_entries_are_swept_by_later_writes(storage: contrib_limits.SharedDictStorage) -> None:
+def test_expired_entries_are_swept_by_later_writes(
+    storage: contrib_limits.SharedDictStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr(_limitsops, "_clock", lambda: clock[0])  # this process hosts: it stamps too
     storage.incr("lasting", 3600)
     for i in range(200):
-        storage.incr(f"short-{i}", 0.05)
+        storage.incr(f"short-{i}", 5)
     assert len(storage.shared) == 201
-    time.sleep(0.1)  # every short entry expires (no write sweeps meanwhile)
+    clock[0] = 1005.0  # every short entry expires (at 1005: no write swept meanwhile)
     for _ in range(60):  # 60 writes look at 4 entries each: every entry once
         storage.incr("again", 3600)
     assert sorted(storage.shared) == ["c/again", "c/lasting"]
     assert storage.get("lasting") == 1
+
+
+class _CountingDict(dict[str, list[Any]]):
+    """A replica's data that counts the keys a write iterates over."""
+
+    looked_at = 0
+
+    def __iter__(self) -> Iterator[str]:
+        for name in super().__iter__():
+            self.looked_at += 1
+            yield name
+
+
+def test_a_write_looks_at_a_few_entries_however_many_there_are() -> None:
+    data = _CountingDict({f"c/client-{i}": [2000.0, 1] for i in range(10_000)})
+    _limitsops._incr(data, 1000.0, "hot", 60, 1)  # noqa: SLF001 - the op as host and replicas apply it
+    _limitsops._acquire_moving(data, 1000.0, "hot", 5, 60, 1)  # noqa: SLF001
+    assert data.looked_at == 2 * _limitsops.SWEEP
+
+
+def test_an_op_that_raises_changes_nothing() -> None:
+    data = {f"c/old-{i}": [500.0, 1] for i in range(3)} | {"c/live": [2000.0, 1]}
+    before = list(data.items())
+    for bad in ([5, 10, 1], ["k", "10", 1], ["live", 10, "2"]):  # sent with perform, past check()
+        with pytest.raises(TypeError):
+            _limitsops._incr(data, 1000.0, *bad)  # noqa: SLF001
+    with pytest.raises(TypeError):
+        _limitsops._acquire_moving(data, 1000.0, "k", 5, 10, 1.5)  # type: ignore[arg-type] # noqa: SLF001
+    assert list(data.items()) == before  # not swept either: the replicas, which never apply it, agree
+
+
+def test_bad_arguments_raise_before_anything_is_sent(storage: contrib_limits.SharedDictStorage) -> None:
+    with pytest.raises(TypeError, match="key must be a str, not int"):
+        storage.incr(5, 10)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="amount must be an int, not float"):
+        storage.acquire_entry("k", 5, 10, amount=1.5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"expiry must be a number of seconds \(int or float\), not str"):
+        storage.acquire_sliding_window_entry("k", 5, "10")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="amount must be >= 0, not -3"):
+        storage.incr("k", 10, amount=-3)  # would give 3 slots back
+    with pytest.raises(ValueError, match="expiry must be a finite number of seconds > 0, not nan"):
+        storage.acquire_entry("k", 5, float("nan"))
+    with pytest.raises(TypeError, match="limit must be an int, not str"):
+        storage.get_moving_window("k", "5", 10)  # type: ignore[arg-type]
+    assert len(storage.shared) == 0
+
+
+def test_a_moving_window_counts_an_entry_until_its_expiry_inclusive(
+    storage: contrib_limits.SharedDictStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As limits' memory and redis storages: an entry at t still counts at t + expiry, swept or not."""
+    clock = [1000.0]
+    monkeypatch.setattr(_limitsops, "_clock", lambda: clock[0])  # this process hosts: it stamps too
+    assert storage.acquire_entry("m", 1, 10)
+    clock[0] = 1010.0
+    storage.incr("other", 5)  # a write that sweeps every entry at the boundary
+    assert storage.get_moving_window("m", 1, 10) == (1000.0, 1)
+    assert not storage.acquire_entry("m", 1, 10)
+    clock[0] = 1010.5
+    assert storage.get_moving_window("m", 1, 10) == (1010.5, 0)
+    assert storage.acquire_entry("m", 1, 10)
 
 
 def test_the_host_clock_decides_expiry(

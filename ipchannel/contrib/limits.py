@@ -39,9 +39,11 @@ except ImportError as exc:  # pragma: no cover - tested in a process without lim
 
 from ipchannel import _fork
 from ipchannel._aio.dict import AsyncSharedDict
+from ipchannel._codecs import resolve_codec
 from ipchannel._errors import ChannelError
-from ipchannel._options import validate_name
+from ipchannel._options import Options, validate_name
 from ipchannel._shareddict.dict import SharedDict
+from ipchannel._shareddict.durability import durable_journal
 from ipchannel.contrib import _limitsops
 
 if TYPE_CHECKING:
@@ -101,7 +103,24 @@ def parse_uri(uri: str, options: dict[str, Any], kind: str) -> tuple[str, dict[s
             raise ValueError(f"{kind}: option {option!r} must be > 0 seconds, not {value!r}")
     if kind == "AsyncSharedDictStorage" and (sync_only := sorted(set(_SYNC_ONLY) & set(result))):
         raise ValueError(f"{kind}: option {sync_only[0]!r} is for ipchannel:// only (a durable SharedDict)")
+    _check_together(name, result)
     return name, result
+
+
+def _check_together(name: str, options: dict[str, Any]) -> None:
+    """Check the options as the dict will check them when it opens (nothing is opened or made).
+
+    So an option that cannot work raises as the app makes its limiter, not at its first request.
+    """
+    built = Options.build(**{k: v for k, v in options.items() if k != "timeout" and k not in _SYNC_ONLY})
+    durable_journal(
+        name,
+        built,
+        resolve_codec("json"),
+        options.get("appendonly", False),
+        options.get("appendfsync"),
+        options.get("journal_dir"),
+    )
 
 
 def _from_query(query: str, kind: str) -> dict[str, Any]:
@@ -110,6 +129,8 @@ def _from_query(query: str, kind: str) -> dict[str, Any]:
         convert, _ = _known(option, kind)
         if convert is None or len(texts) != 1:
             raise ValueError(f"{kind}: option {option!r} cannot be given (once) in the URI's query")
+        if not texts[0]:  # runtime_dir= would be the current directory
+            raise ValueError(f"{kind}: option {option!r} has no value in the URI's query")
         try:
             result[option] = convert(texts[0])
         except (KeyError, ValueError):
@@ -184,7 +205,9 @@ class SharedDictStorage(Storage, MovingWindowSupport, SlidingWindowCounterSuppor
     Opens the SharedDict ``NAME`` at its first use (one per name in a process). A hit is one write
     through the host, atomic across processes; reads are local.
 
-    :raises TypeError, ValueError: an option that is unknown, or of a wrong type or value.
+    :raises TypeError, ValueError: an option that is unknown, or of a wrong type or value; in each
+        method, before anything is sent, a key that is not a str or an expiry, amount or limit it
+        cannot count with (``_limitsops.check``: a negative amount would give slots back).
     """
 
     STORAGE_SCHEME = ["ipchannel"]  # noqa: RUF012 - limits' registry reads it, as its own storages have it
@@ -212,14 +235,17 @@ class SharedDictStorage(Storage, MovingWindowSupport, SlidingWindowCounterSuppor
 
     def incr(self, key: str, expiry: float, amount: int = 1) -> int:
         """Add ``amount`` to the counter of ``key``; a new one expires in ``expiry`` s (host clock)."""
+        _limitsops.check(key, expiry, amount)
         return int(self._write(_limitsops.INCR, key, expiry, amount))
 
     def get(self, key: str) -> int:
         """Return the counter of ``key`` in the local replica (0: none or expired)."""
+        _limitsops.check(key)
         return _limitsops.count(self.shared, key, _limitsops.now())
 
     def get_expiry(self, key: str) -> float:
         """Return when the counter of ``key`` expires (now, if it does not exist)."""
+        _limitsops.check(key)
         return _limitsops.expiry(self.shared, key, _limitsops.now())
 
     def check(self) -> bool:
@@ -236,26 +262,32 @@ class SharedDictStorage(Storage, MovingWindowSupport, SlidingWindowCounterSuppor
 
     def clear(self, key: str) -> None:
         """Remove the counter and moving window of ``key``."""
+        _limitsops.check(key)
         self._write(_limitsops.CLEAR, key)
 
     def acquire_entry(self, key: str, limit: int, expiry: float, amount: int = 1) -> bool:
         """Take ``amount`` entries of a moving window of ``limit`` per ``expiry`` s, unless full."""
+        _limitsops.check(key, expiry, amount, limit)
         return amount <= limit and bool(self._write(_limitsops.ACQUIRE_MOVING, key, limit, expiry, amount))
 
-    def get_moving_window(self, key: str, limit: int, expiry: float) -> tuple[float, int]:  # noqa: ARG002 - limits' API
+    def get_moving_window(self, key: str, limit: int, expiry: float) -> tuple[float, int]:
         """Return (start of the moving window of ``key``, entries in it), from the local replica."""
+        _limitsops.check(key, expiry, 0, limit)
         return _limitsops.moving_window(self.shared, key, expiry, _limitsops.now())
 
     def acquire_sliding_window_entry(self, key: str, limit: int, expiry: float, amount: int = 1) -> bool:
         """Take ``amount`` of a sliding window counter, unless the weighted count would pass ``limit``."""
+        _limitsops.check(key, expiry, amount, limit)
         return amount <= limit and bool(self._write(_limitsops.ACQUIRE_SLIDING, key, limit, expiry, amount))
 
     def get_sliding_window(self, key: str, expiry: float) -> tuple[int, float, int, float]:
         """Return (previous count, previous ttl, current count, current ttl), from the local replica."""
+        _limitsops.check(key, expiry)
         return _limitsops.sliding_window(self.shared, key, expiry, _limitsops.now())
 
     def clear_sliding_window(self, key: str, expiry: float) -> None:
         """Remove both windows of a sliding window counter (which ones: on the host's clock)."""
+        _limitsops.check(key, expiry)
         self._write(_limitsops.CLEAR_SLIDING, key, expiry)
 
 
@@ -291,14 +323,17 @@ class AsyncSharedDictStorage(
 
     async def incr(self, key: str, expiry: float, amount: int = 1) -> int:
         """As ``SharedDictStorage.incr``."""
+        _limitsops.check(key, expiry, amount)
         return int(await self._write(_limitsops.INCR, key, expiry, amount))
 
     async def get(self, key: str) -> int:
         """As ``SharedDictStorage.get``."""
+        _limitsops.check(key)
         return _limitsops.count(await self._data(), key, _limitsops.now())
 
     async def get_expiry(self, key: str) -> float:
         """As ``SharedDictStorage.get_expiry``."""
+        _limitsops.check(key)
         return _limitsops.expiry(await self._data(), key, _limitsops.now())
 
     async def check(self) -> bool:
@@ -315,30 +350,36 @@ class AsyncSharedDictStorage(
 
     async def clear(self, key: str) -> None:
         """As ``SharedDictStorage.clear``."""
+        _limitsops.check(key)
         await self._write(_limitsops.CLEAR, key)
 
     async def acquire_entry(self, key: str, limit: int, expiry: float, amount: int = 1) -> bool:
         """As ``SharedDictStorage.acquire_entry``."""
+        _limitsops.check(key, expiry, amount, limit)
         return amount <= limit and bool(
             await self._write(_limitsops.ACQUIRE_MOVING, key, limit, expiry, amount)
         )
 
-    async def get_moving_window(self, key: str, limit: int, expiry: float) -> tuple[float, int]:  # noqa: ARG002 - limits' API
+    async def get_moving_window(self, key: str, limit: int, expiry: float) -> tuple[float, int]:
         """As ``SharedDictStorage.get_moving_window``."""
+        _limitsops.check(key, expiry, 0, limit)
         return _limitsops.moving_window(await self._data(), key, expiry, _limitsops.now())
 
     async def acquire_sliding_window_entry(
         self, key: str, limit: int, expiry: float, amount: int = 1
     ) -> bool:
         """As ``SharedDictStorage.acquire_sliding_window_entry``."""
+        _limitsops.check(key, expiry, amount, limit)
         return amount <= limit and bool(
             await self._write(_limitsops.ACQUIRE_SLIDING, key, limit, expiry, amount)
         )
 
     async def get_sliding_window(self, key: str, expiry: float) -> tuple[int, float, int, float]:
         """As ``SharedDictStorage.get_sliding_window``."""
+        _limitsops.check(key, expiry)
         return _limitsops.sliding_window(await self._data(), key, expiry, _limitsops.now())
 
     async def clear_sliding_window(self, key: str, expiry: float) -> None:
         """As ``SharedDictStorage.clear_sliding_window``."""
+        _limitsops.check(key, expiry)
         await self._write(_limitsops.CLEAR_SLIDING, key, expiry)
