@@ -56,8 +56,9 @@ class Sharing:
         _fork.register(self)
 
     def _reset(self) -> None:
-        self._lock = threading.Lock()  # opening the dict, starting the sender
+        self._lock = threading.Lock()  # opening the dict (and closing it)
         self._send_lock = threading.Lock()  # one send at a time: each says the scrape it answers
+        self._start_lock = threading.Lock()  # starting the sender
         self._stop = threading.Event()
         self._closed = False  # shutdown() or exit: the dict is not opened again
         self._thread: threading.Thread | None = None
@@ -90,7 +91,7 @@ class Sharing:
         """Start the sender, unless running (a value changed for the first time since the last send)."""
         if self._thread is not None:
             return
-        with self._lock:
+        with self._start_lock:  # not the opening lock: an inc() never waits for a dict to open
             if self._thread is None and not self._stop.is_set():
                 # at exit, before every atexit handler (the dict's channel closes in one): sends
                 # also when the process exits while the dict still opens (recycled right after boot)
