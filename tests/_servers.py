@@ -12,6 +12,7 @@ Test modules import what they need::
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import http.client
 import json
@@ -266,6 +267,23 @@ class EtcdServer(EngineServer):
             with _HTTP.open(request, timeout=5) as resp:
                 resp.read()
 
+    def age_data(self) -> None:
+        """Make its data look older than a new claim waits for: as an etcd that has been up a while.
+
+        A claim that makes a channel's epoch on data younger than a ttl holds off (it cannot tell
+        a fresh etcd from one reset under a live host: ``EtcdEngine._age``), so each test's first
+        host would wait out a ttl. ``born`` without ``young`` is data older than ``YOUNG``.
+        """
+        born = base64.b64encode(b"/ipchannel/.data/born").decode()
+        request = urllib.request.Request(  # noqa: S310 - our own server, on loopback
+            f"{self.client_url}/v3/kv/put",
+            data=json.dumps({"key": born, "value": base64.b64encode(b"1").decode()}).encode(),
+            method="POST",
+        )
+        opener = _HTTP if self.pki is None else _https_opener(self._health_context())
+        with opener.open(request, timeout=5) as resp:
+            resp.read()
+
     def _healthy(self) -> bool:
         try:
             opener = _HTTP if self.pki is None else _https_opener(self._health_context())
@@ -364,16 +382,30 @@ def _start_fresh(make: Callable[[list[int]], EngineServer], n_ports: int) -> Eng
 
 
 def start_etcd(
-    tmp_dir: Path, timeout: float = 20.0, pki: Pki | None = None, flags: tuple[str, ...] = ()
+    tmp_dir: Path,
+    timeout: float = 20.0,
+    pki: Pki | None = None,
+    flags: tuple[str, ...] = (),
+    *,
+    aged: bool = False,
 ) -> EngineServer:
     """Start a one-member etcd on free loopback ports, data in ``tmp_dir``; return it once healthy.
 
     With ``pki`` (``_certs.make_pki``) it serves HTTPS with its server certificate and asks every
     client for a certificate the CA signed (``--client-cert-auth``); its ``url`` names the client's.
-    ``flags`` are added to etcd's command line.
+    ``flags`` are added to etcd's command line. ``aged``: its data looks old (``age_data``), so the
+    first claim does not hold off; the tests of engine resets leave it fresh.
     """
     binary = require_binary("etcd")
-    return _start_fresh(lambda ports: EtcdServer(binary, tmp_dir, ports, timeout, pki=pki, flags=flags), 2)
+    server = _start_fresh(lambda ports: EtcdServer(binary, tmp_dir, ports, timeout, pki=pki, flags=flags), 2)
+    if aged:
+        assert isinstance(server, EtcdServer)
+        try:
+            server.age_data()
+        except BaseException:
+            server.stop()
+            raise
+    return server
 
 
 def _https_opener(context: ssl.SSLContext | None) -> urllib.request.OpenerDirector:

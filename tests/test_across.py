@@ -53,7 +53,7 @@ def _no_handler(conn: socket.socket) -> None:
 
 @pytest.fixture(params=["etcd", "redis"])
 def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[EngineServer]:
-    server = start_etcd(tmp_path) if request.param == "etcd" else start_redis(tmp_path)
+    server = start_etcd(tmp_path, aged=True) if request.param == "etcd" else start_redis(tmp_path)
     try:
         yield server
     finally:

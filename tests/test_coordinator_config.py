@@ -148,7 +148,7 @@ def pki(tmp_path: Path) -> Pki:
 
 @pytest.fixture
 def tls_etcd(tmp_path: Path, pki: Pki) -> Iterator[EngineServer]:
-    server = start_etcd(tmp_path, pki=pki)
+    server = start_etcd(tmp_path, pki=pki, aged=True)
     try:
         yield server
     finally:
@@ -221,7 +221,8 @@ _ROOT_PASSWORD = "se/cr:et@x"  # noqa: S105 - a test server's; a '/', a ':' and 
 
 @pytest.fixture
 def auth_etcd(tmp_path: Path) -> Iterator[EngineServer]:
-    server = start_etcd(tmp_path, flags=("--auth-token-ttl", "1"))  # a token unused for 1 s expires
+    # a token unused for 1 s expires
+    server = start_etcd(tmp_path, flags=("--auth-token-ttl", "1"), aged=True)
     try:
         server.enable_auth(_ROOT_PASSWORD)  # type: ignore[attr-defined]
         yield server

@@ -52,7 +52,7 @@ class Proxied(Peers):
 
 @pytest.fixture(params=["etcd", "redis"])
 def proxied(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Proxied]:
-    server = start_etcd(tmp_path) if request.param == "etcd" else start_redis(tmp_path)
+    server = start_etcd(tmp_path, aged=True) if request.param == "etcd" else start_redis(tmp_path)
     try:
         pool = Proxied(server, tmp_path)
         try:
