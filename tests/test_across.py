@@ -14,7 +14,6 @@ import itertools
 import json
 import os
 import random
-import shutil
 import signal
 import socket
 import ssl
@@ -42,9 +41,10 @@ from ipchannel._requests.wire import REQUEST, build_frame
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+    from _certs import Certificates
+
 KEY = b"k" * 32
 TTL = 1.0
-OPENSSL = shutil.which("openssl") or "/usr/bin/openssl"
 
 
 def _no_handler(conn: socket.socket) -> None:
@@ -418,39 +418,9 @@ def test_a_forked_child_uses_its_own_engine_client_and_leaves_the_parents_claim(
     assert served_by(parent) == parent.pid
 
 
-def _self_signed(directory: Path, name: str, addresses: str = "") -> tuple[str, str]:
-    """Make a self-signed certificate (with these subjectAltName addresses) and its key in ``directory``."""
-    directory.mkdir(exist_ok=True)
-    cert, key = directory / f"{name}-cert.pem", directory / f"{name}-key.pem"
-    extension = ["-addext", f"subjectAltName={addresses}"] if addresses else []
-    subprocess.run(
-        [
-            OPENSSL,
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            f"/CN={name}",
-            *extension,
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=30,
-    )
-    return str(cert), str(key)
-
-
 @pytest.fixture
-def certificate(tmp_path: Path) -> tuple[str, str]:
-    return _self_signed(tmp_path, "ipchannel-test", ",".join(f"IP:127.0.0.{i}" for i in range(2, 10)))
+def certificate(certificates: Certificates) -> tuple[str, str]:
+    return certificates.self_signed("ipchannel-test", ",".join(f"IP:127.0.0.{i}" for i in range(2, 10)))
 
 
 def test_tls_requests_and_shared_dict_follow_a_host_kill(
@@ -481,11 +451,11 @@ def test_a_tls_reply_of_several_tls_records_is_read_at_once(
 
 
 def test_tls_with_an_untrusted_certificate_is_refused_clearly(
-    machines: Machines, certificate: tuple[str, str], tmp_path: Path
+    machines: Machines, certificate: tuple[str, str], certificates: Certificates
 ) -> None:
     (host,) = machines.boot(1, tls=certificate)
     assert served_by(host) == host.pid
-    (client,) = machines.boot(1, tls=_self_signed(tmp_path / "other", "other"))
+    (client,) = machines.boot(1, tls=certificates.self_signed("other"))
     reply = client.try_call("request", timeout=15, message="hi", wait=3)
     assert not reply["ok"]
     assert "TLS with the host" in reply["message"], reply

@@ -16,7 +16,6 @@ import warnings
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from _certs import Pki, make_pki
 from _servers import EngineServer, start_etcd, start_redis
 from conftest import wait_until
 from hypothesis import given, settings
@@ -32,6 +31,8 @@ from ipchannel._url import parse_url
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
+
+    from _certs import Certificates, Pki
 
 KEY = b"k" * 32
 TTL = 1.0
@@ -142,8 +143,8 @@ def test_an_unreadable_tls_file_is_named_before_any_connection(tmp_path: Path) -
 
 
 @pytest.fixture
-def pki(tmp_path: Path) -> Pki:
-    return make_pki(tmp_path / "pki")
+def pki(certificates: Certificates) -> Pki:
+    return certificates.pki()
 
 
 @pytest.fixture
@@ -460,8 +461,10 @@ def _serve_and_ask(server: EngineServer, tmp_path: Path, **tls: Any) -> Any:
 
 
 @pytest.mark.timeout(60)
-def test_the_opt_in_accepts_a_client_that_does_not_verify(redis: EngineServer, tmp_path: Path) -> None:
-    pki = make_pki(tmp_path / "pki", "DNS:nothing.test")
+def test_the_opt_in_accepts_a_client_that_does_not_verify(
+    redis: EngineServer, tmp_path: Path, certificates: Certificates
+) -> None:
+    pki = certificates.pki("DNS:nothing.test")
     context = _legacy_context()
     context.load_cert_chain(pki.server_cert, pki.server_key)
     assert _serve_and_ask(redis, tmp_path, ssl_context=context, ssl_verify=False) == "over TLS"
@@ -469,9 +472,9 @@ def test_the_opt_in_accepts_a_client_that_does_not_verify(redis: EngineServer, t
 
 @pytest.mark.timeout(60)
 def test_a_pinned_server_name_is_checked_instead_of_the_recorded_ip(
-    redis: EngineServer, tmp_path: Path
+    redis: EngineServer, tmp_path: Path, certificates: Certificates
 ) -> None:
-    pki = make_pki(tmp_path / "pki", "DNS:channel.internal")  # no IP: the record's 127.0.0.2 is not in it
+    pki = certificates.pki("DNS:channel.internal")  # no IP: the record's 127.0.0.2 is not in it
     pair = (_host_side(pki), ssl.create_default_context(cafile=pki.ca))
     assert _serve_and_ask(redis, tmp_path, ssl_context=pair, server_hostname="channel.internal") == "over TLS"
 
@@ -479,9 +482,9 @@ def test_a_pinned_server_name_is_checked_instead_of_the_recorded_ip(
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("pinned", [None, "other.internal"])
 def test_a_host_whose_certificate_lacks_the_name_is_refused(
-    redis: EngineServer, tmp_path: Path, pinned: str | None
+    redis: EngineServer, tmp_path: Path, certificates: Certificates, pinned: str | None
 ) -> None:
-    pki = make_pki(tmp_path / "pki", "DNS:channel.internal")
+    pki = certificates.pki("DNS:channel.internal")
     pair = (_host_side(pki), ssl.create_default_context(cafile=pki.ca))
     with pytest.raises(ipchannel.ChannelError, match=r"TLS with the host at 127\.0\.0\.2 failed") as caught:
         _serve_and_ask(redis, tmp_path, ssl_context=pair, server_hostname=pinned)

@@ -26,7 +26,7 @@ import psutil
 import pytest
 from _servers import free_ports, start_redis
 from conftest import wait_until
-from test_across import Machines, _self_signed, served_by
+from test_across import Machines, served_by
 
 import ipchannel
 from ipchannel import _auth
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from pathlib import Path
 
+    from _certs import Certificates
     from conftest import Peer
 
 
@@ -139,8 +140,8 @@ def test_a_client_that_drips_a_byte_at_a_time_is_cut_off_at_the_handshake_deadli
 
 
 @pytest.fixture
-def certificate(tmp_path: Path) -> tuple[str, str]:
-    return _self_signed(tmp_path, "ipchannel-test", ",".join(f"IP:127.0.0.{i}" for i in range(2, 10)))
+def certificate(certificates: Certificates) -> tuple[str, str]:
+    return certificates.self_signed("ipchannel-test", ",".join(f"IP:127.0.0.{i}" for i in range(2, 10)))
 
 
 def _drip_tls_then_the_answer(address: tuple[str, int], cafile: str, deadline: float) -> float | None:
