@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
     from pathlib import Path
 
     from _certs import Pki
@@ -347,6 +347,23 @@ class RedisServer(EngineServer):
             "--tls-ca-cert-file", self.pki.ca,
         ]  # fmt: skip
 
+    def emptied(self) -> RedisServer:
+        """Return this server with no data (FLUSHALL), as a new one but up for longer.
+
+        For a server shared by a module's tests (``shared_redis``): a claim on a server up for
+        less than a ttl holds off (``RedisEngine._hold``), so a new server per test cost each
+        test's first host up to a ttl.
+        """
+        assert self.pki is None, self  # plain TCP only
+        assert self.alive, self  # a test that faults a server starts its own
+        with socket.create_connection((self.bind, self.port), timeout=5) as sock:
+            sock.sendall(b"FLUSHALL\r\n")
+            reply = b""
+            while not reply.endswith(b"\r\n") and (chunk := sock.recv(256)):
+                reply += chunk
+        assert reply == b"+OK\r\n", reply
+        return self
+
     def _healthy(self) -> bool:
         try:
             with contextlib.ExitStack() as stack:
@@ -434,3 +451,17 @@ def start_redis(
         ),
         1,
     )
+
+
+def shared_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A Redis for a module's tests (a module-scoped fixture's body); each test takes it ``emptied()``.
+
+    Started before the first test's leak baseline (a fixture of a wider scope), stopped after
+    the last; a test that kills or restarts its server, or needs other options, starts its own.
+    """
+    server = start_redis(tmp_path_factory.mktemp("redis"))
+    assert isinstance(server, RedisServer)
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import _machines
 import pytest
 from _proxy import PartitioningProxy
-from _servers import EngineServer, free_ports, start_etcd, start_redis
+from _servers import EngineServer, RedisServer, free_ports, shared_redis, start_etcd, start_redis
 from conftest import Peer, Peers, wait_until
 
 import ipchannel
@@ -51,8 +51,29 @@ def _no_handler(conn: socket.socket) -> None:
     """A handler for channels these tests never connect through."""
 
 
+@pytest.fixture(scope="module")
+def module_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    yield from shared_redis(tmp_path_factory)
+
+
 @pytest.fixture(params=["etcd", "redis"])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[EngineServer]:
+def engine(
+    request: pytest.FixtureRequest, tmp_path: Path, module_redis: RedisServer
+) -> Iterator[EngineServer]:
+    """etcd (of the test's own), or the module's Redis emptied (``shared_redis``)."""
+    if request.param == "redis":
+        yield module_redis.emptied()
+        return
+    server = start_etcd(tmp_path, aged=True)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=["etcd", "redis"])
+def own_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[EngineServer]:
+    """A server of the test's own, for a test that kills and restarts it."""
     server = start_etcd(tmp_path, aged=True) if request.param == "etcd" else start_redis(tmp_path)
     try:
         yield server
@@ -232,7 +253,15 @@ def _raw_client_accepted(address: str) -> bool:
     return True
 
 
-def test_engine_killed_and_restarted_under_load(machines: Machines) -> None:
+def test_engine_killed_and_restarted_under_load(own_engine: EngineServer, tmp_path: Path) -> None:
+    machines = Machines(own_engine, tmp_path)
+    try:
+        _kill_and_restart_the_engine_under_load(machines)
+    finally:
+        machines.close_all()
+
+
+def _kill_and_restart_the_engine_under_load(machines: Machines) -> None:
     peers = machines.boot(3)
     host = machines.host(peers)
     a, b = (p for p in peers if p is not host)

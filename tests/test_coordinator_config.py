@@ -16,7 +16,7 @@ import warnings
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from _servers import EngineServer, start_etcd, start_redis
+from _servers import EngineServer, RedisServer, shared_redis, start_etcd, start_redis
 from conftest import wait_until
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -433,13 +433,15 @@ def test_tls_options_are_checked_by_type_and_by_what_they_need(pki: Pki) -> None
         )  # fmt: skip
 
 
+@pytest.fixture(scope="module")
+def module_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    yield from shared_redis(tmp_path_factory)
+
+
 @pytest.fixture
-def redis(tmp_path: Path) -> Iterator[EngineServer]:
-    server = start_redis(tmp_path)
-    try:
-        yield server
-    finally:
-        server.stop()
+def redis(module_redis: RedisServer) -> EngineServer:
+    """The module's Redis, emptied (``shared_redis``)."""
+    return module_redis.emptied()
 
 
 def _serve_and_ask(server: EngineServer, tmp_path: Path, **tls: Any) -> Any:

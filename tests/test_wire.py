@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import psutil
 import pytest
-from _servers import free_ports, start_redis
+from _servers import RedisServer, free_ports, shared_redis
 from conftest import wait_until
 from test_across import Machines, served_by
 
@@ -43,15 +43,18 @@ if TYPE_CHECKING:
     from conftest import Peer
 
 
+@pytest.fixture(scope="module")
+def module_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    yield from shared_redis(tmp_path_factory)
+
+
 @pytest.fixture
-def machines(tmp_path: Path) -> Iterator[Machines]:
-    server = start_redis(tmp_path)
-    pool = Machines(server, tmp_path)
+def machines(tmp_path: Path, module_redis: RedisServer) -> Iterator[Machines]:
+    pool = Machines(module_redis.emptied(), tmp_path)
     try:
         yield pool
     finally:
         pool.close_all()
-        server.stop()
 
 
 def _address(host: Peer) -> tuple[str, int]:
@@ -291,12 +294,8 @@ def _flip(data: bytes, at: int) -> bytes:
 
 
 @pytest.fixture
-def redis_url(tmp_path: Path) -> Iterator[str]:
-    server = start_redis(tmp_path)
-    try:
-        yield server.url
-    finally:
-        server.stop()
+def redis_url(module_redis: RedisServer) -> str:
+    return module_redis.emptied().url
 
 
 @contextlib.contextmanager
