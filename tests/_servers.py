@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import copy
 import http.client
 import json
 import os
@@ -267,14 +268,14 @@ class EtcdServer(EngineServer):
             with _HTTP.open(request, timeout=5) as resp:
                 resp.read()
 
-    def age_data(self) -> None:
-        """Make its data look older than a new claim waits for: as an etcd that has been up a while.
+    def age_data(self, prefix: str = "/ipchannel") -> None:
+        """Make its data (under ``prefix``) look older than a new claim waits for, as if up a while.
 
         A claim that makes a channel's epoch on data younger than a ttl holds off (it cannot tell
         a fresh etcd from one reset under a live host: ``EtcdEngine._age``), so each test's first
         host would wait out a ttl. ``born`` without ``young`` is data older than ``YOUNG``.
         """
-        born = base64.b64encode(b"/ipchannel/.data/born").decode()
+        born = base64.b64encode(f"{prefix}/.data/born".encode()).decode()
         request = urllib.request.Request(  # noqa: S310 - our own server, on loopback
             f"{self.client_url}/v3/kv/put",
             data=json.dumps({"key": born, "value": base64.b64encode(b"1").decode()}).encode(),
@@ -283,6 +284,19 @@ class EtcdServer(EngineServer):
         opener = _HTTP if self.pki is None else _https_opener(self._health_context())
         with opener.open(request, timeout=5) as resp:
             resp.read()
+
+    def under_prefix(self, prefix: str) -> EtcdServer:
+        """This server, as a test's own: its ``url`` names the key prefix ``prefix``, data aged.
+
+        For a server shared by a module's tests (``shared_etcd``): each test's channels live
+        under a prefix no other test uses, as on a server of their own that has been up a while.
+        """
+        assert self.pki is None, self  # plain HTTP only
+        assert self.alive, self  # a test that faults a server starts its own
+        view = copy.copy(self)
+        view.url = f"{self.url}{prefix}"
+        view.age_data(prefix)
+        return view
 
     def _healthy(self) -> bool:
         try:
@@ -461,6 +475,19 @@ def shared_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     """
     server = start_redis(tmp_path_factory.mktemp("redis"))
     assert isinstance(server, RedisServer)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def shared_etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
+    """An etcd for a module's tests (a module-scoped fixture's body); each test takes ``under_prefix``.
+
+    As ``shared_redis``: started before the first test's leak baseline, stopped after the last.
+    """
+    server = start_etcd(tmp_path_factory.mktemp("etcd"))
+    assert isinstance(server, EtcdServer)
     try:
         yield server
     finally:

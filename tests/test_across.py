@@ -2,8 +2,9 @@
 
 Every peer is a real process with its own runtime directory (no local lock can
 help) and its own loopback address (127.0.0.2, .3, ...); the engines are started
-on free ports with their data in the test's directory and killed by pid.
-Each test runs against both engines, with ttl 1 s.
+on free ports and killed by pid. Each test runs against both engines, with ttl 1 s:
+one etcd and one Redis for the module, each test under a key prefix of its own (etcd)
+or on the emptied server (Redis); a test that kills or restarts one starts its own.
 """
 
 from __future__ import annotations
@@ -26,7 +27,16 @@ from typing import TYPE_CHECKING, Any
 import _machines
 import pytest
 from _proxy import PartitioningProxy
-from _servers import EngineServer, RedisServer, free_ports, shared_redis, start_etcd, start_redis
+from _servers import (
+    EngineServer,
+    EtcdServer,
+    RedisServer,
+    free_ports,
+    shared_etcd,
+    shared_redis,
+    start_etcd,
+    start_redis,
+)
 from conftest import Peer, Peers, wait_until
 
 import ipchannel
@@ -56,19 +66,22 @@ def module_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     yield from shared_redis(tmp_path_factory)
 
 
+@pytest.fixture(scope="module")
+def module_etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
+    yield from shared_etcd(tmp_path_factory)
+
+
+_TESTS = itertools.count()
+
+
 @pytest.fixture(params=["etcd", "redis"])
 def engine(
-    request: pytest.FixtureRequest, tmp_path: Path, module_redis: RedisServer
-) -> Iterator[EngineServer]:
-    """etcd (of the test's own), or the module's Redis emptied (``shared_redis``)."""
+    request: pytest.FixtureRequest, module_etcd: EtcdServer, module_redis: RedisServer
+) -> EngineServer:
+    """The module's etcd under a prefix of the test's own, or its Redis emptied (``_servers``)."""
     if request.param == "redis":
-        yield module_redis.emptied()
-        return
-    server = start_etcd(tmp_path, aged=True)
-    try:
-        yield server
-    finally:
-        server.stop()
+        return module_redis.emptied()
+    return module_etcd.under_prefix(f"/test{next(_TESTS)}")
 
 
 @pytest.fixture(params=["etcd", "redis"])
