@@ -304,8 +304,22 @@ def pause_at(point: str, marker: str, flag: str, release: str | None = None) -> 
     _hooks.pause = pause
 
 
+def handshake_timeout(seconds: float) -> None:
+    """Give this process's host a shorter deadline for a whole handshake (``_auth.HANDSHAKE_TIMEOUT``).
+
+    As test_security does in its own process: a test that waits the deadline out waits less.
+    """
+    from ipchannel import _auth  # noqa: PLC0415 - read by the host at each accepted connection
+
+    _auth.HANDSHAKE_TIMEOUT = seconds
+
+
 #: Commands every RequestChannel and SharedDict peer obeys, to widen a race window or watch its log.
-_HOOK_COMMANDS: dict[str, Callable[..., None]] = {"log_to": log_to, "pause_at": pause_at}
+_HOOK_COMMANDS: dict[str, Callable[..., None]] = {
+    "log_to": log_to,
+    "pause_at": pause_at,
+    "handshake_timeout": handshake_timeout,
+}
 
 
 def on_request(message: Any) -> Any:

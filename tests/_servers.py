@@ -12,7 +12,9 @@ Test modules import what they need::
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import copy
 import http.client
 import json
 import os
@@ -30,7 +32,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
     from pathlib import Path
 
     from _certs import Pki
@@ -266,6 +268,36 @@ class EtcdServer(EngineServer):
             with _HTTP.open(request, timeout=5) as resp:
                 resp.read()
 
+    def age_data(self, prefix: str = "/ipchannel") -> None:
+        """Make its data (under ``prefix``) look older than a new claim waits for, as if up a while.
+
+        A claim that makes a channel's epoch on data younger than a ttl holds off (it cannot tell
+        a fresh etcd from one reset under a live host: ``EtcdEngine._age``), so each test's first
+        host would wait out a ttl. ``born`` without ``young`` is data older than ``YOUNG``.
+        """
+        born = base64.b64encode(f"{prefix}/.data/born".encode()).decode()
+        request = urllib.request.Request(  # noqa: S310 - our own server, on loopback
+            f"{self.client_url}/v3/kv/put",
+            data=json.dumps({"key": born, "value": base64.b64encode(b"1").decode()}).encode(),
+            method="POST",
+        )
+        opener = _HTTP if self.pki is None else _https_opener(self._health_context())
+        with opener.open(request, timeout=5) as resp:
+            resp.read()
+
+    def under_prefix(self, prefix: str) -> EtcdServer:
+        """This server, as a test's own: its ``url`` names the key prefix ``prefix``, data aged.
+
+        For a server shared by a module's tests (``shared_etcd``): each test's channels live
+        under a prefix no other test uses, as on a server of their own that has been up a while.
+        """
+        assert self.pki is None, self  # plain HTTP only
+        assert self.alive, self  # a test that faults a server starts its own
+        view = copy.copy(self)
+        view.url = f"{self.url}{prefix}"
+        view.age_data(prefix)
+        return view
+
     def _healthy(self) -> bool:
         try:
             opener = _HTTP if self.pki is None else _https_opener(self._health_context())
@@ -329,6 +361,23 @@ class RedisServer(EngineServer):
             "--tls-ca-cert-file", self.pki.ca,
         ]  # fmt: skip
 
+    def emptied(self) -> RedisServer:
+        """Return this server with no data (FLUSHALL), as a new one but up for longer.
+
+        For a server shared by a module's tests (``shared_redis``): a claim on a server up for
+        less than a ttl holds off (``RedisEngine._hold``), so a new server per test cost each
+        test's first host up to a ttl.
+        """
+        assert self.pki is None, self  # plain TCP only
+        assert self.alive, self  # a test that faults a server starts its own
+        with socket.create_connection((self.bind, self.port), timeout=5) as sock:
+            sock.sendall(b"FLUSHALL\r\n")
+            reply = b""
+            while not reply.endswith(b"\r\n") and (chunk := sock.recv(256)):
+                reply += chunk
+        assert reply == b"+OK\r\n", reply
+        return self
+
     def _healthy(self) -> bool:
         try:
             with contextlib.ExitStack() as stack:
@@ -364,16 +413,30 @@ def _start_fresh(make: Callable[[list[int]], EngineServer], n_ports: int) -> Eng
 
 
 def start_etcd(
-    tmp_dir: Path, timeout: float = 20.0, pki: Pki | None = None, flags: tuple[str, ...] = ()
+    tmp_dir: Path,
+    timeout: float = 20.0,
+    pki: Pki | None = None,
+    flags: tuple[str, ...] = (),
+    *,
+    aged: bool = False,
 ) -> EngineServer:
     """Start a one-member etcd on free loopback ports, data in ``tmp_dir``; return it once healthy.
 
     With ``pki`` (``_certs.make_pki``) it serves HTTPS with its server certificate and asks every
     client for a certificate the CA signed (``--client-cert-auth``); its ``url`` names the client's.
-    ``flags`` are added to etcd's command line.
+    ``flags`` are added to etcd's command line. ``aged``: its data looks old (``age_data``), so the
+    first claim does not hold off; the tests of engine resets leave it fresh.
     """
     binary = require_binary("etcd")
-    return _start_fresh(lambda ports: EtcdServer(binary, tmp_dir, ports, timeout, pki=pki, flags=flags), 2)
+    server = _start_fresh(lambda ports: EtcdServer(binary, tmp_dir, ports, timeout, pki=pki, flags=flags), 2)
+    if aged:
+        assert isinstance(server, EtcdServer)
+        try:
+            server.age_data()
+        except BaseException:
+            server.stop()
+            raise
+    return server
 
 
 def _https_opener(context: ssl.SSLContext | None) -> urllib.request.OpenerDirector:
@@ -402,3 +465,30 @@ def start_redis(
         ),
         1,
     )
+
+
+def shared_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A Redis for a module's tests (a module-scoped fixture's body); each test takes it ``emptied()``.
+
+    Started before the first test's leak baseline (a fixture of a wider scope), stopped after
+    the last; a test that kills or restarts its server, or needs other options, starts its own.
+    """
+    server = start_redis(tmp_path_factory.mktemp("redis"))
+    assert isinstance(server, RedisServer)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def shared_etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
+    """An etcd for a module's tests (a module-scoped fixture's body); each test takes ``under_prefix``.
+
+    As ``shared_redis``: started before the first test's leak baseline, stopped after the last.
+    """
+    server = start_etcd(tmp_path_factory.mktemp("etcd"))
+    assert isinstance(server, EtcdServer)
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import _peers
 import psutil
 import pytest
+from _certs import Certificates
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -194,6 +195,12 @@ def peers(runtime_dir: Path) -> Iterator[Peers]:
         yield pool
     finally:
         pool.close_all()
+
+
+@pytest.fixture(scope="session")
+def certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
+    """Test certificates, each made once per session (generating their keys is slow)."""
+    return Certificates(lambda: tmp_path_factory.mktemp("certs"))
 
 
 def _ipchannel_threads() -> set[threading.Thread]:

@@ -2,8 +2,9 @@
 
 Every peer is a real process with its own runtime directory (no local lock can
 help) and its own loopback address (127.0.0.2, .3, ...); the engines are started
-on free ports with their data in the test's directory and killed by pid.
-Each test runs against both engines, with ttl 1 s.
+on free ports and killed by pid. Each test runs against both engines, with ttl 1 s:
+one etcd and one Redis for the module, each test under a key prefix of its own (etcd)
+or on the emptied server (Redis); a test that kills or restarts one starts its own.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import itertools
 import json
 import os
 import random
-import shutil
 import signal
 import socket
 import ssl
@@ -27,7 +27,16 @@ from typing import TYPE_CHECKING, Any
 import _machines
 import pytest
 from _proxy import PartitioningProxy
-from _servers import EngineServer, free_ports, start_etcd, start_redis
+from _servers import (
+    EngineServer,
+    EtcdServer,
+    RedisServer,
+    free_ports,
+    shared_etcd,
+    shared_redis,
+    start_etcd,
+    start_redis,
+)
 from conftest import Peer, Peers, wait_until
 
 import ipchannel
@@ -42,18 +51,43 @@ from ipchannel._requests.wire import REQUEST, build_frame
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+    from _certs import Certificates
+
 KEY = b"k" * 32
 TTL = 1.0
-OPENSSL = shutil.which("openssl") or "/usr/bin/openssl"
 
 
 def _no_handler(conn: socket.socket) -> None:
     """A handler for channels these tests never connect through."""
 
 
+@pytest.fixture(scope="module")
+def module_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    yield from shared_redis(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def module_etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
+    yield from shared_etcd(tmp_path_factory)
+
+
+_TESTS = itertools.count()
+
+
 @pytest.fixture(params=["etcd", "redis"])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[EngineServer]:
-    server = start_etcd(tmp_path) if request.param == "etcd" else start_redis(tmp_path)
+def engine(
+    request: pytest.FixtureRequest, module_etcd: EtcdServer, module_redis: RedisServer
+) -> EngineServer:
+    """The module's etcd under a prefix of the test's own, or its Redis emptied (``_servers``)."""
+    if request.param == "redis":
+        return module_redis.emptied()
+    return module_etcd.under_prefix(f"/test{next(_TESTS)}")
+
+
+@pytest.fixture(params=["etcd", "redis"])
+def own_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[EngineServer]:
+    """A server of the test's own, for a test that kills and restarts it."""
+    server = start_etcd(tmp_path, aged=True) if request.param == "etcd" else start_redis(tmp_path)
     try:
         yield server
     finally:
@@ -232,7 +266,15 @@ def _raw_client_accepted(address: str) -> bool:
     return True
 
 
-def test_engine_killed_and_restarted_under_load(machines: Machines) -> None:
+def test_engine_killed_and_restarted_under_load(own_engine: EngineServer, tmp_path: Path) -> None:
+    machines = Machines(own_engine, tmp_path)
+    try:
+        _kill_and_restart_the_engine_under_load(machines)
+    finally:
+        machines.close_all()
+
+
+def _kill_and_restart_the_engine_under_load(machines: Machines) -> None:
     peers = machines.boot(3)
     host = machines.host(peers)
     a, b = (p for p in peers if p is not host)
@@ -418,39 +460,9 @@ def test_a_forked_child_uses_its_own_engine_client_and_leaves_the_parents_claim(
     assert served_by(parent) == parent.pid
 
 
-def _self_signed(directory: Path, name: str, addresses: str = "") -> tuple[str, str]:
-    """Make a self-signed certificate (with these subjectAltName addresses) and its key in ``directory``."""
-    directory.mkdir(exist_ok=True)
-    cert, key = directory / f"{name}-cert.pem", directory / f"{name}-key.pem"
-    extension = ["-addext", f"subjectAltName={addresses}"] if addresses else []
-    subprocess.run(
-        [
-            OPENSSL,
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            f"/CN={name}",
-            *extension,
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=30,
-    )
-    return str(cert), str(key)
-
-
 @pytest.fixture
-def certificate(tmp_path: Path) -> tuple[str, str]:
-    return _self_signed(tmp_path, "ipchannel-test", ",".join(f"IP:127.0.0.{i}" for i in range(2, 10)))
+def certificate(certificates: Certificates) -> tuple[str, str]:
+    return certificates.self_signed("ipchannel-test", ",".join(f"IP:127.0.0.{i}" for i in range(2, 10)))
 
 
 def test_tls_requests_and_shared_dict_follow_a_host_kill(
@@ -481,11 +493,11 @@ def test_a_tls_reply_of_several_tls_records_is_read_at_once(
 
 
 def test_tls_with_an_untrusted_certificate_is_refused_clearly(
-    machines: Machines, certificate: tuple[str, str], tmp_path: Path
+    machines: Machines, certificate: tuple[str, str], certificates: Certificates
 ) -> None:
     (host,) = machines.boot(1, tls=certificate)
     assert served_by(host) == host.pid
-    (client,) = machines.boot(1, tls=_self_signed(tmp_path / "other", "other"))
+    (client,) = machines.boot(1, tls=certificates.self_signed("other"))
     reply = client.try_call("request", timeout=15, message="hi", wait=3)
     assert not reply["ok"]
     assert "TLS with the host" in reply["message"], reply

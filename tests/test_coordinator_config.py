@@ -16,8 +16,7 @@ import warnings
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from _certs import Pki, make_pki
-from _servers import EngineServer, start_etcd, start_redis
+from _servers import EngineServer, RedisServer, shared_redis, start_etcd, start_redis
 from conftest import wait_until
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -32,6 +31,8 @@ from ipchannel._url import parse_url
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
+
+    from _certs import Certificates, Pki
 
 KEY = b"k" * 32
 TTL = 1.0
@@ -142,13 +143,13 @@ def test_an_unreadable_tls_file_is_named_before_any_connection(tmp_path: Path) -
 
 
 @pytest.fixture
-def pki(tmp_path: Path) -> Pki:
-    return make_pki(tmp_path / "pki")
+def pki(certificates: Certificates) -> Pki:
+    return certificates.pki()
 
 
 @pytest.fixture
 def tls_etcd(tmp_path: Path, pki: Pki) -> Iterator[EngineServer]:
-    server = start_etcd(tmp_path, pki=pki)
+    server = start_etcd(tmp_path, pki=pki, aged=True)
     try:
         yield server
     finally:
@@ -221,7 +222,8 @@ _ROOT_PASSWORD = "se/cr:et@x"  # noqa: S105 - a test server's; a '/', a ':' and 
 
 @pytest.fixture
 def auth_etcd(tmp_path: Path) -> Iterator[EngineServer]:
-    server = start_etcd(tmp_path, flags=("--auth-token-ttl", "1"))  # a token unused for 1 s expires
+    # a token unused for 1 s expires
+    server = start_etcd(tmp_path, flags=("--auth-token-ttl", "1"), aged=True)
     try:
         server.enable_auth(_ROOT_PASSWORD)  # type: ignore[attr-defined]
         yield server
@@ -431,13 +433,15 @@ def test_tls_options_are_checked_by_type_and_by_what_they_need(pki: Pki) -> None
         )  # fmt: skip
 
 
+@pytest.fixture(scope="module")
+def module_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    yield from shared_redis(tmp_path_factory)
+
+
 @pytest.fixture
-def redis(tmp_path: Path) -> Iterator[EngineServer]:
-    server = start_redis(tmp_path)
-    try:
-        yield server
-    finally:
-        server.stop()
+def redis(module_redis: RedisServer) -> EngineServer:
+    """The module's Redis, emptied (``shared_redis``)."""
+    return module_redis.emptied()
 
 
 def _serve_and_ask(server: EngineServer, tmp_path: Path, **tls: Any) -> Any:
@@ -459,8 +463,10 @@ def _serve_and_ask(server: EngineServer, tmp_path: Path, **tls: Any) -> Any:
 
 
 @pytest.mark.timeout(60)
-def test_the_opt_in_accepts_a_client_that_does_not_verify(redis: EngineServer, tmp_path: Path) -> None:
-    pki = make_pki(tmp_path / "pki", "DNS:nothing.test")
+def test_the_opt_in_accepts_a_client_that_does_not_verify(
+    redis: EngineServer, tmp_path: Path, certificates: Certificates
+) -> None:
+    pki = certificates.pki("DNS:nothing.test")
     context = _legacy_context()
     context.load_cert_chain(pki.server_cert, pki.server_key)
     assert _serve_and_ask(redis, tmp_path, ssl_context=context, ssl_verify=False) == "over TLS"
@@ -468,9 +474,9 @@ def test_the_opt_in_accepts_a_client_that_does_not_verify(redis: EngineServer, t
 
 @pytest.mark.timeout(60)
 def test_a_pinned_server_name_is_checked_instead_of_the_recorded_ip(
-    redis: EngineServer, tmp_path: Path
+    redis: EngineServer, tmp_path: Path, certificates: Certificates
 ) -> None:
-    pki = make_pki(tmp_path / "pki", "DNS:channel.internal")  # no IP: the record's 127.0.0.2 is not in it
+    pki = certificates.pki("DNS:channel.internal")  # no IP: the record's 127.0.0.2 is not in it
     pair = (_host_side(pki), ssl.create_default_context(cafile=pki.ca))
     assert _serve_and_ask(redis, tmp_path, ssl_context=pair, server_hostname="channel.internal") == "over TLS"
 
@@ -478,9 +484,9 @@ def test_a_pinned_server_name_is_checked_instead_of_the_recorded_ip(
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("pinned", [None, "other.internal"])
 def test_a_host_whose_certificate_lacks_the_name_is_refused(
-    redis: EngineServer, tmp_path: Path, pinned: str | None
+    redis: EngineServer, tmp_path: Path, certificates: Certificates, pinned: str | None
 ) -> None:
-    pki = make_pki(tmp_path / "pki", "DNS:channel.internal")
+    pki = certificates.pki("DNS:channel.internal")
     pair = (_host_side(pki), ssl.create_default_context(cafile=pki.ca))
     with pytest.raises(ipchannel.ChannelError, match=r"TLS with the host at 127\.0\.0\.2 failed") as caught:
         _serve_and_ask(redis, tmp_path, ssl_context=pair, server_hostname=pinned)

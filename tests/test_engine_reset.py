@@ -31,7 +31,8 @@ _HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 @pytest.fixture(params=["redis", "etcd"])
 def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[EngineServer]:
-    started = start_etcd(tmp_path) if request.param == "etcd" else start_redis(tmp_path)
+    # etcd's data as a server up for a while (a reset below makes it fresh again, as the tests mean)
+    started = start_etcd(tmp_path, aged=True) if request.param == "etcd" else start_redis(tmp_path)
     try:
         yield started
     finally:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import _machines
 import pytest
 from _proxy import PartitioningProxy
-from _servers import EngineServer, free_ports, start_etcd, start_redis
+from _servers import EngineServer, RedisServer, free_ports, shared_redis, start_etcd
 from conftest import Peer, Peers, wait_until
 
 import ipchannel
@@ -50,9 +50,15 @@ class Proxied(Peers):
         return peer
 
 
+@pytest.fixture(scope="module")
+def module_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    yield from shared_redis(tmp_path_factory)
+
+
 @pytest.fixture(params=["etcd", "redis"])
-def proxied(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Proxied]:
-    server = start_etcd(tmp_path) if request.param == "etcd" else start_redis(tmp_path)
+def proxied(request: pytest.FixtureRequest, tmp_path: Path, module_redis: RedisServer) -> Iterator[Proxied]:
+    """Machines on etcd (of the test's own) or on the module's Redis emptied (``shared_redis``)."""
+    server = start_etcd(tmp_path, aged=True) if request.param == "etcd" else module_redis.emptied()
     try:
         pool = Proxied(server, tmp_path)
         try:
@@ -61,7 +67,8 @@ def proxied(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Proxied]
             pool.close_all()
             pool.proxy.close()
     finally:
-        server.stop()
+        if server is not module_redis:
+            server.stop()
 
 
 def _rows(path: Path) -> list[list[str]]:

@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import psutil
 import pytest
-from _servers import free_ports, start_redis
+from _servers import RedisServer, free_ports, shared_redis
 from conftest import wait_until
-from test_across import Machines, _self_signed, served_by
+from test_across import Machines, served_by
 
 import ipchannel
 from ipchannel import _auth
@@ -39,18 +39,22 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from pathlib import Path
 
+    from _certs import Certificates
     from conftest import Peer
 
 
+@pytest.fixture(scope="module")
+def module_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    yield from shared_redis(tmp_path_factory)
+
+
 @pytest.fixture
-def machines(tmp_path: Path) -> Iterator[Machines]:
-    server = start_redis(tmp_path)
-    pool = Machines(server, tmp_path)
+def machines(tmp_path: Path, module_redis: RedisServer) -> Iterator[Machines]:
+    pool = Machines(module_redis.emptied(), tmp_path)
     try:
         yield pool
     finally:
         pool.close_all()
-        server.stop()
 
 
 def _address(host: Peer) -> tuple[str, int]:
@@ -121,11 +125,12 @@ def test_a_client_that_drips_a_byte_at_a_time_is_cut_off_at_the_handshake_deadli
     machines: Machines,
 ) -> None:
     host = machines.boot_served(1)[0]
+    host.call("handshake_timeout", seconds=(deadline := 2.0))  # not 5 s: a byte every 0.5 s beats any recv's
     with socket.create_connection(_address(host), timeout=5) as drip:
         started = time.monotonic()
         assert len(drip.recv(48)) == 48  # the challenge
         closed = None
-        while time.monotonic() - started < _auth.HANDSHAKE_TIMEOUT + 4:
+        while time.monotonic() - started < deadline + 4:
             try:
                 drip.sendall(b"x")  # a byte every 0.5 s: each recv of the host's gets one in time
                 if select.select([drip], [], [], 0.5)[0] and not drip.recv(64):
@@ -134,13 +139,13 @@ def test_a_client_that_drips_a_byte_at_a_time_is_cut_off_at_the_handshake_deadli
             except OSError:
                 closed = time.monotonic() - started
                 break
-    assert closed is not None, "still held by the host after 9 s"
-    assert closed < _auth.HANDSHAKE_TIMEOUT + 1.5
+    assert closed is not None, f"still held by the host after {deadline + 4} s"
+    assert closed < deadline + 1.5
 
 
 @pytest.fixture
-def certificate(tmp_path: Path) -> tuple[str, str]:
-    return _self_signed(tmp_path, "ipchannel-test", ",".join(f"IP:127.0.0.{i}" for i in range(2, 10)))
+def certificate(certificates: Certificates) -> tuple[str, str]:
+    return certificates.self_signed("ipchannel-test", ",".join(f"IP:127.0.0.{i}" for i in range(2, 10)))
 
 
 def _drip_tls_then_the_answer(address: tuple[str, int], cafile: str, deadline: float) -> float | None:
@@ -181,9 +186,11 @@ def test_one_deadline_covers_tls_and_the_authkey_handshake(
     machines: Machines, certificate: tuple[str, str]
 ) -> None:
     host = machines.boot_served(1, tls=certificate)[0]
-    closed = _drip_tls_then_the_answer(_address(host), certificate[0], _auth.HANDSHAKE_TIMEOUT + 4)
-    assert closed is not None, "still held by the host after 9 s"
-    assert closed < _auth.HANDSHAKE_TIMEOUT + 1.5
+    # not 5 s: TLS (2.5 s of drips) then the answer; a deadline of each would end after 6 s, not 3.5
+    host.call("handshake_timeout", seconds=(deadline := 3.5))
+    closed = _drip_tls_then_the_answer(_address(host), certificate[0], deadline + 4)
+    assert closed is not None, f"still held by the host after {deadline + 4} s"
+    assert closed < deadline + 1.5
 
 
 # -- a relay on the path, that knows no key ---------------------------------------------------
@@ -290,12 +297,8 @@ def _flip(data: bytes, at: int) -> bytes:
 
 
 @pytest.fixture
-def redis_url(tmp_path: Path) -> Iterator[str]:
-    server = start_redis(tmp_path)
-    try:
-        yield server.url
-    finally:
-        server.stop()
+def redis_url(module_redis: RedisServer) -> str:
+    return module_redis.emptied().url
 
 
 @contextlib.contextmanager
