@@ -18,6 +18,7 @@ send their writes again to the next host.
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import sys
@@ -44,6 +45,8 @@ def _widen(point: str, detail: object) -> None:  # noqa: ARG001 - the hook's sig
 def main(runtime_dir: str, out: str, stop: str) -> None:
     """Hit until STOP exists; see the module's docstring."""
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    # ipchannel's warnings, for the test: a loss SharedDict reports (every holder of a write died)
+    logging.basicConfig(filename=f"{out}.log", level=logging.WARNING, format="%(message)s")
     _hooks.pause = _widen
     storage = SharedDictStorage(f"ipchannel://{NAME}?runtime_dir={runtime_dir}&timeout={TIMEOUT}")
     limiter, item = MovingWindowRateLimiter(storage), RateLimitItemPerSecond(LIMIT, WINDOW)

@@ -264,6 +264,8 @@ def test_bad_options_are_refused_naming_the_option_before_anything_changes() -> 
         prometheus.enable("m", registry=registry)
     assert prometheus_client.values.ValueClass is before
     assert prometheus._sharing is None  # noqa: SLF001
+    with pytest.raises(RuntimeError, match=r"call prometheus.enable\(\) before prometheus.start\(\)"):
+        prometheus.start()
 
 
 def _run(code: str, **env: str) -> subprocess.CompletedProcess[str]:

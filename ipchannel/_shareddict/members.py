@@ -232,13 +232,6 @@ class Members:
                 members,
             )
             return
-        if self.durable:  # the journal holds every acknowledged write: the next host replays it
-            _LOGGER.info(
-                "shared dict %r: every process that held it is gone (%s); the next host replays its journal",
-                self._name,
-                members,
-            )
-            return
         if position == (0, 0):  # it holds nothing: every write acknowledged is gone
             _LOGGER.warning(
                 "shared dict %r: every process that held it is gone (exited, or, across machines, its"

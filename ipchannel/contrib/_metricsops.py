@@ -29,7 +29,7 @@ from ipchannel._shareddict import ops
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["FORGET", "PUSH", "SCRAPE", "gauge_samples", "is_live_mode", "series_key", "split_series"]
+__all__ = ["FORGET", "PUSH", "SCRAPE", "gauge_samples", "series_key", "split_series"]
 
 #: The worker that stands for every worker that died, in a gauge's values (folded by mode).
 RETIRED = "~"
@@ -51,11 +51,6 @@ def split_series(key: str) -> tuple[str, str, dict[str, str]]:
     """Return (metric, sample name, labels) of a series key."""
     metric, name, labels = json.loads(key)
     return metric, name, dict(labels)
-
-
-def is_live_mode(mode: str) -> bool:
-    """Tell whether a gauge of ``mode`` shows only live workers (``liveall``, ``livesum``, ...)."""
-    return mode.startswith("live")
 
 
 def _push(  # noqa: PLR0913, PLR0917 - one op: who, which scrape, and each kind of change

@@ -87,6 +87,18 @@ class Sharing:
                 atexit.register(self.close)  # after the dict's and its channel's: at exit, runs first
             return self._dict
 
+    def start(self) -> None:
+        """Open the dict and send in the calling thread, then start the sender (``prometheus.start``).
+
+        Only opening may raise: a send that fails is the sender's to make again.
+        """
+        self.shared()
+        try:
+            self.send()
+        except ChannelError as exc:
+            _LOGGER.warning("metrics %r: the first send failed (the sender tries again): %s", self.name, exc)
+        self._changed()
+
     def _changed(self) -> None:
         """Start the sender, unless running (a value changed for the first time since the last send)."""
         if self._thread is not None:
@@ -155,8 +167,10 @@ class Sharing:
         self._unanswered = push
         try:
             shared.perform(PUSH, *push)
-        except (RemoteError, TypeError, ValueError) as exc:  # refused, and would be each time: not kept
-            self._unanswered = None
+        except (RemoteError, TypeError, ValueError) as exc:
+            if not _refused(exc):  # a host that failed otherwise (exiting, say): sent again, applied once
+                raise
+            self._unanswered = None  # refused, and would be each time: not kept
             _LOGGER.error(  # noqa: TRY400 - the message says it all
                 "metrics %r: the host refused this process's changes, which are lost: %s", self.name, exc
             )
@@ -247,3 +261,14 @@ def _has_answered(shared: SharedDict, worker: str, number: int) -> bool:
     """Tell whether ``worker`` answered scrape ``number`` (or was forgotten meanwhile: it died)."""
     entry = shared.get("w:" + worker)
     return entry is None or entry[1] >= number
+
+
+def _refused(exc: BaseException) -> bool:
+    """Tell whether a push failed for what it is (this process cannot encode it, the host's check refused it).
+
+    Such a push would fail each time; any other failure of the host (one exiting cannot start a
+    thread, say) is a reason to send it again.
+    """
+    if isinstance(exc, RemoteError):
+        return exc.type_name == "TypeError" and exc.message.startswith("metrics push:")
+    return True

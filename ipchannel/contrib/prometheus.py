@@ -62,7 +62,7 @@ if TYPE_CHECKING:
 
     from prometheus_client.metrics_core import Metric
 
-__all__ = ["SharedCollector", "enable", "shutdown"]
+__all__ = ["SharedCollector", "enable", "shutdown", "start"]
 
 _LOGGER = logging.getLogger("ipchannel")
 _CHANNEL_OPTIONS = frozenset(
@@ -159,6 +159,23 @@ def enable(  # noqa: PLR0913 - keyword-only options, as SharedDict has
         _sharing = Sharing(name, open_dict, interval, waited, original)
         _values.ValueClass = value_class(_sharing.pending)
         setattr(registry, "collect", lambda: _sharing_collect(original))  # noqa: B010 - mypy: a method
+
+
+def start() -> None:
+    """Join now: open the shared dict in this thread, send once, and start the sender.
+
+    Call it where a worker starts (gunicorn's ``post_worker_init``, a Starlette lifespan).
+    Without it, the first change does the same in the background: a scrape in the next tens
+    of milliseconds misses the worker, and a worker that exits in them must open the dict at
+    exit, which Python 3.12 cannot (it starts no thread then): its counts would be lost there.
+
+    :raises RuntimeError: ``enable()`` was not called.
+    :raises ChannelError: the dict cannot be opened (``ChannelTimeout``: no host within ``timeout``).
+        In gunicorn's ``post_worker_init``, catch it: an exception there stops every worker.
+    """
+    if _sharing is None:
+        raise RuntimeError("call prometheus.enable() before prometheus.start()")
+    _sharing.start()
 
 
 def shutdown() -> None:
