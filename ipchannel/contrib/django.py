@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import threading
 from typing import TYPE_CHECKING, Any
 
 from ipchannel.contrib._extras import missing
@@ -26,9 +25,9 @@ try:
 except ImportError as exc:  # pragma: no cover - tested in a process without Django
     raise missing("ipchannel.contrib.django", "Django", "django") from exc
 
-from ipchannel import _fork
 from ipchannel._shareddict.dict import SharedDict
 from ipchannel.contrib import _cacheops
+from ipchannel.contrib._opened import Opened
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
@@ -74,7 +73,15 @@ class SharedDictCache(BaseCache):  # type: ignore[misc] # Django ships no type i
         if not location:
             raise ValueError("SharedDictCache needs a LOCATION: the name of the channel the workers share")
         super().__init__(params)
-        self._shared = _registry.open(location, options)
+        self._shared = _registry.open(
+            location,
+            options,
+            lambda: SharedDict(location, codec="pickle", **options),
+            lambda opened: (
+                f"SharedDictCache LOCATION {location!r} is already open here with other "
+                f"OPTIONS ({sorted(opened)}); one LOCATION, one set of channel options"
+            ),
+        )
 
     @property
     def shared(self) -> SharedDict:
@@ -189,40 +196,7 @@ def _check_options(options: object) -> dict[str, Any]:
     return {name: value for name, value in options.items() if name in _DICT_OPTIONS}
 
 
-class _Registry:
-    """The shared dicts this process opened, one per LOCATION: every backend object of it shares one."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._open: dict[str, tuple[dict[str, Any], SharedDict]] = {}
-
-    def open(self, location: str, options: dict[str, Any]) -> SharedDict:
-        with self._lock:
-            if location in self._open:
-                opened, shared = self._open[location]
-                if opened != options:
-                    raise ValueError(
-                        f"SharedDictCache LOCATION {location!r} is already open here with other "
-                        f"OPTIONS ({sorted(opened)}); one LOCATION, one set of channel options"
-                    )
-                return shared
-            shared = SharedDict(location, codec="pickle", **options)
-            self._open[location] = (options, shared)
-            return shared
-
-    def close_all(self) -> None:
-        with self._lock:
-            opened, self._open = self._open, {}
-        for _, shared in opened.values():
-            shared.close()
-
-    def _reset_after_fork(self) -> None:
-        """In a forked child: a new lock (a parent thread may have held it); the dicts reset themselves."""
-        self._lock = threading.Lock()
-
-
-_registry = _Registry()
-_fork.register(_registry)
+_registry: Opened[SharedDict] = Opened()  # LOCATION -> its SharedDict: every backend object of it shares one
 
 
 def close_all() -> None:

@@ -22,7 +22,6 @@ each worker starts, or a count held by one worker alone dies with it (or use ``a
 from __future__ import annotations
 
 import os
-import threading
 import urllib.parse
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +36,6 @@ try:
 except ImportError as exc:  # pragma: no cover - tested in a process without limits
     raise missing("ipchannel.contrib.limits", "the limits library", "limits") from exc
 
-from ipchannel import _fork
 from ipchannel._aio.dict import AsyncSharedDict
 from ipchannel._codecs import resolve_codec
 from ipchannel._errors import ChannelError
@@ -45,6 +43,7 @@ from ipchannel._options import Options, validate_name
 from ipchannel._shareddict.dict import SharedDict
 from ipchannel._shareddict.durability import durable_journal
 from ipchannel.contrib import _limitsops
+from ipchannel.contrib._opened import Opened
 
 if TYPE_CHECKING:
     from ipchannel._shareddict.ops import Operation
@@ -153,42 +152,14 @@ def _known(option: str, kind: str) -> tuple[Any, tuple[type, ...]]:
     return _OPTIONS[option]
 
 
-class _Registry:
-    """The shared dicts this process opened for rate limits, one per channel name."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._open: dict[tuple[str, str], tuple[dict[str, Any], Any]] = {}
-
-    def open(self, kind: str, name: str, options: dict[str, Any]) -> Any:
-        """Return the dict of ``kind`` ("sync"/"async") named ``name``; open it on first use."""
-        with self._lock:
-            if (kind, name) in self._open:
-                opened, shared = self._open[kind, name]
-                if opened != options:
-                    raise ValueError(
-                        f"rate limit storage {name!r} is already open here with other options "
-                        f"({sorted(opened)}); one channel name, one set of options"
-                    )
-                return shared
-            made = SharedDict if kind == "sync" else AsyncSharedDict
-            shared = made(name, **options)
-            self._open[kind, name] = (options, shared)
-            return shared
-
-    def close_all(self) -> None:
-        with self._lock:
-            opened, self._open = self._open, {}
-        for _, shared in opened.values():
-            shared.close()
-
-    def _reset_after_fork(self) -> None:
-        """In a forked child: a new lock (a parent thread may have held it); the dicts reset themselves."""
-        self._lock = threading.Lock()
+_registry: Opened[Any] = Opened()  # (kind, name) -> its SharedDict or AsyncSharedDict
 
 
-_registry = _Registry()
-_fork.register(_registry)
+def _conflict(name: str, opened: dict[str, Any]) -> str:
+    return (
+        f"rate limit storage {name!r} is already open here with other options "
+        f"({sorted(opened)}); one channel name, one set of options"
+    )
 
 
 def close_all() -> None:
@@ -226,7 +197,12 @@ class SharedDictStorage(Storage, MovingWindowSupport, SlidingWindowCounterSuppor
     def shared(self) -> SharedDict:
         """The SharedDict under this storage (opened now if it is not yet); ``.channel`` says who hosts."""
         if self._shared is None:
-            self._shared = _registry.open("sync", self._name, self._options)
+            self._shared = _registry.open(
+                ("sync", self._name),
+                self._options,
+                lambda: SharedDict(self._name, **self._options),
+                lambda opened: _conflict(self._name, opened),
+            )
         return self._shared
 
     def _write(self, operation: Operation, *args: Any) -> Any:
@@ -312,7 +288,12 @@ class AsyncSharedDictStorage(
         return ChannelError
 
     async def _dict(self) -> AsyncSharedDict:
-        shared: AsyncSharedDict = _registry.open("async", self._name, self._options)
+        shared: AsyncSharedDict = _registry.open(
+            ("async", self._name),
+            self._options,
+            lambda: AsyncSharedDict(self._name, **self._options),
+            lambda opened: _conflict(self._name, opened),
+        )
         return await shared.open()
 
     async def _write(self, operation: Operation, *args: Any) -> Any:
