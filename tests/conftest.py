@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import _metrics_peers
 import _peers
 import psutil
 import pytest
@@ -201,6 +202,35 @@ def peers(runtime_dir: Path) -> Iterator[Peers]:
 def certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
     """Test certificates, each made once per session (generating their keys is slow)."""
     return Certificates(lambda: tmp_path_factory.mktemp("certs"))
+
+
+class Workers:
+    """Spawned workers sharing prometheus_client metrics (``_metrics_peers``), reaped at the end."""
+
+    def __init__(self, runtime_dir: Path) -> None:
+        self._runtime_dir = runtime_dir
+        self.started: list[Peer] = []
+
+    def start(self, n: int, **options: Any) -> list[Peer]:
+        new = [Peer("metrics", self._runtime_dir, _metrics_peers.main, (options,)) for _ in range(n)]
+        self.started.extend(new)
+        return new
+
+    def host(self) -> Peer:
+        hosts = [peer for peer in self.started if peer.alive and peer.call("host")["is_host"]]
+        assert len(hosts) == 1
+        return hosts[0]
+
+
+@pytest.fixture
+def workers(runtime_dir: Path) -> Iterator[Workers]:
+    pool = Workers(runtime_dir)
+    try:
+        yield pool
+    finally:
+        for peer in pool.started:
+            if not peer._conn.closed:  # noqa: SLF001
+                peer.kill()
 
 
 def _ipchannel_threads() -> set[threading.Thread]:

@@ -13,50 +13,16 @@ import signal
 import subprocess
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import _metrics_peers
 import prometheus_client
 import pytest
-from conftest import Peer, wait_until
+from conftest import Peer, Workers, wait_until
 
 from ipchannel.contrib import _metricsops
 
-if TYPE_CHECKING:
-    from collections.abc import Iterator
-    from pathlib import Path
-
-NAME = "metrics"
 SLOW = {"flush_interval": 60.0}
-
-
-class Workers:
-    """Spawned metric workers, killed and reaped at the end of the test."""
-
-    def __init__(self, runtime_dir: Path) -> None:
-        self._runtime_dir = runtime_dir
-        self.started: list[Peer] = []
-
-    def start(self, n: int, **options: Any) -> list[Peer]:
-        new = [Peer(NAME, self._runtime_dir, _metrics_peers.main, (options,)) for _ in range(n)]
-        self.started.extend(new)
-        return new
-
-    def host(self) -> Peer:
-        hosts = [peer for peer in self.started if peer.alive and peer.call("host")["is_host"]]
-        assert len(hosts) == 1
-        return hosts[0]
-
-
-@pytest.fixture
-def workers(runtime_dir: Path) -> Iterator[Workers]:
-    pool = Workers(runtime_dir)
-    try:
-        yield pool
-    finally:
-        for peer in pool.started:
-            if not peer._conn.closed:  # noqa: SLF001
-                peer.kill()
 
 
 def _scrape(peer: Peer) -> dict[str, float]:

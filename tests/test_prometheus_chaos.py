@@ -9,25 +9,13 @@ import time
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import pytest
-from conftest import Peer, wait_until
-from test_prometheus import SLOW, Workers, _run, _scrape, _total
+from conftest import Peer, Workers, wait_until
+from test_prometheus import SLOW, _run, _scrape, _total
 
 from ipchannel.contrib import _metricsops
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
     from pathlib import Path
-
-
-@pytest.fixture
-def workers(runtime_dir: Path) -> Iterator[Workers]:
-    pool = Workers(runtime_dir)
-    try:
-        yield pool
-    finally:
-        for peer in pool.started:
-            if not peer._conn.closed:  # noqa: SLF001
-                peer.kill()
 
 
 @pytest.mark.timeout(60)
