@@ -8,7 +8,9 @@ recycled every 20 and one SIGKILLed, ``/metrics`` of any worker shows the same n
 ways. What differs is what a user does not see in the numbers: multiprocess mode keeps one
 file per metric type and worker pid that ever ran (the pile-up of client_python #367), and it
 loses nothing to a SIGKILL (its writes go to a shared mmap), where ipchannel loses what the
-killed worker had not sent yet, at most its last ``flush_interval``.
+killed worker had not sent yet, at most its last ``flush_interval``. And a multiprocess scrape
+can fail while a worker boots (client_python #1199): the client scrapes again, as Prometheus
+would, and the test checks that each 500 was that and that ipchannel gave none.
 
 Requests are sequential (a new connection each: sync workers close it), so ``seq`` orders
 the gauges' sets in time, and each answer names its worker (``X-Worker-Pid``): every expected
@@ -42,6 +44,8 @@ _REQUESTS = 500
 _MAX_REQUESTS = 20
 _FLUSH_INTERVAL = 0.2  # ipchannel's, in the example (METRICS_FLUSH_INTERVAL): the most a SIGKILL loses
 _SLACK = 0.3  # a send's own time and a loaded machine's scheduling, on top of the interval
+#: how multiprocess mode's collector fails on a file a booting worker has created but not sized yet
+_ISSUE_1199 = "struct.error: unpack_from requires a buffer of at least 4 bytes"
 Scrape = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
@@ -55,8 +59,16 @@ class _Client:
     last_seq: dict[int, int] = field(default_factory=dict)
     times: dict[int, list[float]] = field(default_factory=dict)  # when each /work answer came
     seq: int = 0
+    failed: int = 0  # 500s: answered by a worker the client cannot name
+    tolerate_failed_scrapes: bool = False  # multiprocess mode's client_python #1199, see scrape()
 
     def get(self, url: str) -> tuple[int, bytes]:
+        pid, body = self._get(url)
+        assert pid is not None, body
+        return pid, body
+
+    def _get(self, url: str) -> tuple[int | None, bytes]:
+        """One request; the pid that answered, None for gunicorn's own 500 (the app raised)."""
         conn = UnixHTTPConnection(self.address, 30)
         try:
             conn.request("GET", url)
@@ -64,6 +76,9 @@ class _Client:
             body = response.read()
         finally:
             conn.close()
+        if response.status == 500 and "X-Worker-Pid" not in response.headers:
+            self.failed += 1  # a request all the same: it counts toward its worker's max_requests
+            return None, body
         assert response.status == 200, body
         pid = int(response.headers["X-Worker-Pid"])
         self.answered[pid] += 1
@@ -80,12 +95,23 @@ class _Client:
         return pid
 
     def scrape(self) -> Scrape:
-        _pid, body = self.get("/metrics")
+        """``/metrics``, parsed. Under multiprocess mode a scrape fails while a worker boots
+        (client_python #1199, open: a new worker's file exists empty for a moment, and reading
+        it raises ``struct.error``); Prometheus would scrape again, and so does this.
+        """
+        if self.tolerate_failed_scrapes:
+            body: bytes = wait_until(self._scraped, timeout=10, interval=0.01)
+        else:
+            _pid, body = self.get("/metrics")
         return {
             (sample.name, frozenset(sample.labels.items())): sample.value
             for family in text_string_to_metric_families(body.decode())
             for sample in family.samples
         }
+
+    def _scraped(self) -> bytes | None:
+        pid, body = self._get("/metrics")
+        return None if pid is None else body
 
 
 def _gauge(scrape: Scrape, name: str) -> float:
@@ -173,7 +199,7 @@ def _kill_after_serving(mode: str, server: Gunicorn, client: _Client) -> None:
         pid = client.work()
         now = time.monotonic()
         old = [t for t in client.times[pid] if started <= t < now - window - 0.1]
-        if old and client.answered[pid] < _MAX_REQUESTS - 1:  # it will not exit by itself
+        if old and client.answered[pid] + client.failed < _MAX_REQUESTS - 1:  # it will not exit by itself
             os.kill(pid, signal.SIGKILL)
             killed_at = time.monotonic()
             break
@@ -211,7 +237,7 @@ def test_500_requests_with_recycling_and_a_sigkill_show_the_same_totals_both_way
         )
     server = _start(mode, runtime_dir, tmp_path)
     try:
-        client = _Client(server.address)
+        client = _Client(server.address, tolerate_failed_scrapes=mode == "multiprocess")
         for _ in range(_REQUESTS // 2):
             client.work()
         client.scrape()  # every live worker sends what it has: the host has nothing unsent
@@ -234,7 +260,9 @@ def test_500_requests_with_recycling_and_a_sigkill_show_the_same_totals_both_way
         _kill_after_serving(mode, server, client)
         err = server.stop()
         assert server.process.returncode == 0, err
-        assert "Traceback" not in err, err
+        # every traceback is a failed scrape of client_python #1199, under multiprocess mode only
+        assert err.count("Traceback") == err.count(_ISSUE_1199) == client.failed, err
+        assert mode == "multiprocess" or client.failed == 0, err
     finally:
         server.kill_all()
 
