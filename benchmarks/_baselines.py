@@ -5,6 +5,12 @@ directory with persistence off (or its append-only file on, for the journal's be
 killed by pid and reaped on the way out. diskcache (a
 SQLite-backed dict in a directory, shared by processes) comes with the ``bench`` extra. Either
 one missing is a skip with a printed note, never a failure: CI's smoke run may have neither.
+
+redis-py parses replies with hiredis (C) once hiredis is installed, for every connection that
+does not name its parser. So each redis-py client here names it (``redis_client``): "plain" is
+redis-py's own parser in Python, what it uses without hiredis (``_RESP2Parser``, which a RESP3
+connection, redis-py 8's default, turns into ``_RESP3Parser``); "hiredis" is hiredis's, a row
+of its own beside plain, skipped with a note where hiredis is not installed.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from dataclasses import dataclass
 from importlib.metadata import version
 from importlib.util import find_spec
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -41,6 +47,59 @@ def redis_missing() -> str | None:
     if find_spec("redis") is None:
         return f"redis baseline skipped: redis-py is not installed ({BENCH_EXTRA})"
     return None
+
+
+def hiredis_missing() -> str | None:
+    """Why the redis-py + hiredis rows cannot run here (a skip note), or None."""
+    if find_spec("hiredis") is None:
+        return f"redis-py + hiredis rows skipped: hiredis is not installed ({BENCH_EXTRA})"
+    return None
+
+
+#: redis-py's reply parsers, as named in the rows: its own in Python, and hiredis's
+PLAIN, HIREDIS = "plain", "hiredis"
+WHO = {PLAIN: "redis-py", HIREDIS: "redis-py + hiredis"}
+
+
+def redis_parsers() -> list[str]:
+    """The parsers to measure here: plain always (if redis-py is installed), hiredis if installed."""
+    return [PLAIN] if hiredis_missing() else [PLAIN, HIREDIS]
+
+
+def parsers_note(*, hiredis: bool = True) -> str:
+    """The note of a table with redis-py rows: which parser each row's connections use.
+
+    ``hiredis``: the table has hiredis rows too (where hiredis is installed).
+    """
+    plain = "redis-py rows: its parser in Python, as without hiredis (_RESP3Parser on RESP3, or _RESP2Parser)"
+    if not hiredis or hiredis_missing():
+        return plain
+    return f"{plain}; + hiredis rows: hiredis {version('hiredis')}"
+
+
+def parser_class(parser: str, *, asyncio: bool = False) -> type:
+    """redis-py's class of ``parser`` (PLAIN, HIREDIS), for its sync or its asyncio connections."""
+    from redis import _parsers  # noqa: PLC0415 - an optional extra; where redis-py 5+ keeps its parsers
+
+    if parser not in WHO:
+        raise ValueError(f"parser must be one of {sorted(WHO)}, not {parser!r}")
+    if asyncio:
+        return _parsers._AsyncHiredisParser if parser == HIREDIS else _parsers._AsyncRESP2Parser  # noqa: SLF001
+    return _parsers._HiredisParser if parser == HIREDIS else _parsers._RESP2Parser  # noqa: SLF001
+
+
+def redis_client(path: str, parser: str, *, asyncio: bool = False) -> Any:
+    """A redis-py client on the Unix socket ``path`` whose connections parse with ``parser`` (PLAIN, HIREDIS).
+
+    ``asyncio``: a ``redis.asyncio`` client (make it inside the event loop that uses it).
+    """
+    import redis  # noqa: PLC0415 - an optional extra
+    import redis.asyncio  # noqa: PLC0415
+
+    chosen = parser_class(parser, asyncio=asyncio)
+    if asyncio:
+        return redis.asyncio.Redis.from_url(f"unix://{path}", parser_class=chosen)
+    return redis.Redis.from_url(f"unix://{path}", parser_class=chosen)
 
 
 def diskcache_missing() -> str | None:

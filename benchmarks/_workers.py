@@ -360,11 +360,14 @@ def dict_load(conn: Connection, name: str, runtime_dir: str, threads: int) -> No
     shared.close()
 
 
-def redis_load(conn: Connection, path: str, threads: int) -> None:
-    """redis-py INCR of one key from ``threads`` threads, a client (so a connection) per thread."""
-    import redis  # noqa: PLC0415 - an optional extra
+def redis_load(conn: Connection, path: str, threads: int, parser: str) -> None:
+    """redis-py INCR of one key from ``threads`` threads, a client (so a connection) per thread.
 
-    clients = [redis.Redis(unix_socket_path=path) for _ in range(threads)]
+    ``parser``: the replies' parser, ``_baselines.PLAIN`` (redis-py's own) or ``HIREDIS``.
+    """
+    from benchmarks._baselines import redis_client  # noqa: PLC0415 - it needs redis-py, an optional extra
+
+    clients = [redis_client(path, parser) for _ in range(threads)]
     for client in clients:
         client.incr("load")  # connect now, not in the first round
     _load_rounds(conn, [functools.partial(c.incr, "load") for c in clients])

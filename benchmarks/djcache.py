@@ -2,7 +2,8 @@
 
 SharedDictCache (its host in another process, as for a gunicorn worker that does not host) beside
 LocMemCache (one cache per process: the floor), Django's RedisCache on our own redis-server (Unix
-socket, ``_baselines``), and diskcache's DjangoCache if installed. ``get`` and ``set`` of one key,
+socket, ``_baselines``; redis-py's own parser, and hiredis's in a row of its own if installed), and
+diskcache's DjangoCache if installed. ``get`` and ``set`` of one key,
 the variants interleaved sample by sample in shuffled order (``run._interleave``); a get's time is
 a batch's over its size. Client and servers pinned to one CPU, as the shared dict scenario.
 """
@@ -14,6 +15,7 @@ import itertools
 import os
 from typing import TYPE_CHECKING, Any
 
+from benchmarks import _baselines
 from benchmarks import _workers as w
 from benchmarks._stats import Result, Series
 from benchmarks.run import Config, Worker, _interleave, _others, _where, pinned, placements, progress, workers
@@ -25,7 +27,15 @@ if TYPE_CHECKING:
 LOCATION = "bench-djcache"
 VALUE = {"id": 1234, "name": "a cached row", "tags": ["a", "b"]}  # a small pickled value, as views cache
 #: batch sizes of a get (one local get is below the clock's resolution; a round trip is not)
-BATCH = {"SharedDictCache": 100, "LocMemCache": 100, "RedisCache": 1, "diskcache DjangoCache": 10}
+BATCH = {
+    "SharedDictCache": 100,
+    "LocMemCache": 100,
+    "RedisCache": 1,
+    "RedisCache + hiredis": 1,
+    "diskcache DjangoCache": 10,
+}
+#: Django's RedisCache by redis-py's parser (``_baselines``): its own in Python, and hiredis's
+REDIS = {_baselines.PLAIN: "RedisCache", _baselines.HIREDIS: "RedisCache + hiredis"}
 
 
 def _ours(rd: str) -> Any:
@@ -55,11 +65,13 @@ def bench_django_cache(cfg: Config, rd: str) -> list[Result]:
         started.append(Worker(cache_host, rd))
         backends: dict[str, Any] = {"SharedDictCache": _ours(rd), "LocMemCache": LocMemCache("bench", {})}
         stack.callback(close_all)
-        if others.redis:
+        for parser in _baselines.redis_parsers() if others.redis else []:
             from django.core.cache.backends.redis import RedisCache  # noqa: PLC0415
 
-            backends["RedisCache"] = RedisCache(f"unix://{others.redis.path}", {})
-            stack.callback(backends["RedisCache"].close)
+            assert others.redis is not None
+            options = {"OPTIONS": {"parser_class": _baselines.parser_class(parser)}}
+            backends[REDIS[parser]] = RedisCache(f"unix://{others.redis.path}", options)
+            stack.callback(backends[REDIS[parser]].close)
         if others.cache_dir:
             from diskcache import DjangoCache  # noqa: PLC0415 - an optional extra
 
@@ -72,7 +84,7 @@ def bench_django_cache(cfg: Config, rd: str) -> list[Result]:
     notes = [
         _where(here, there),
         "SharedDictCache: its host is another process (the client is not the host), values pickled",
-        f"a get's time: a batch's over its size ({BATCH})",
+        f"a get's time: a batch's over its size ({ {name: BATCH[name] for name in backends} })",
         *others.notes(),
     ]
     return [

@@ -75,11 +75,12 @@ def bench_journal_write(cfg: Config, rd: str) -> list[Result]:
     ]
     ends = [_baselines.diskcache_version().split(" (")[0]] if caches else []
     ends += skipped
+    parsers = _baselines.parsers_note(hiredis=False)
     return [
         _result(
             series,
             (op, policy),
-            [*notes, *([servers[policy].version] if policy in servers else []), *ends],
+            [*notes, *([servers[policy].version, parsers] if policy in servers else []), *ends],
             fsync if policy == "always" else None,
         )
         for op in OPS
@@ -91,14 +92,13 @@ def _redis(stack: contextlib.ExitStack, tmp: str) -> tuple[dict[str, Any], dict[
     """One redis-server per policy (each in its own directory) and a client of each; none if missing."""
     if _baselines.redis_missing():
         return {}, {}
-    import redis  # noqa: PLC0415 - an optional extra
-
     servers, clients = {}, {}
     for policy in POLICIES:
         where = os.path.join(tmp, f"redis-{policy}")
         os.mkdir(where)
         servers[policy] = stack.enter_context(_baselines.redis_server(where, policy))
-        clients[policy] = stack.enter_context(redis.Redis(unix_socket_path=servers[policy].path))
+        client = _baselines.redis_client(servers[policy].path, _baselines.PLAIN)  # redis-py's own parser
+        clients[policy] = stack.enter_context(client)
     return servers, clients
 
 

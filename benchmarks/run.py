@@ -561,7 +561,7 @@ class _Others:
     skipped: list[str]
 
     def notes(self) -> list[str]:
-        here = [self.redis.version] if self.redis else []
+        here = [self.redis.version, _baselines.parsers_note()] if self.redis else []
         return here + ([_baselines.diskcache_version()] if self.cache_dir else []) + self.skipped
 
 
@@ -570,6 +570,8 @@ def _others(rd: str) -> Iterator[_Others]:
     """Start what is installed of the SharedDict baselines; note what is not."""
     tmp = tempfile.mkdtemp(prefix="sd-", dir=rd)
     skipped = [n for n in (_baselines.redis_missing(), _baselines.diskcache_missing()) if n]
+    if not _baselines.redis_missing() and (hiredis := _baselines.hiredis_missing()):
+        skipped.append(hiredis)
     for note in skipped:
         progress(f"shared dict: {note}")
     cache_dir = None if _baselines.diskcache_missing() else os.path.join(tmp, "diskcache")
@@ -635,12 +637,11 @@ def _dict_latency(
         (incr[0], lambda: shared.incr("n"), 1),
     ]
     with contextlib.ExitStack() as stack:
-        if others.redis:
-            import redis  # noqa: PLC0415 - an optional extra
-
-            r = stack.enter_context(redis.Redis(unix_socket_path=others.redis.path))
+        for parser in _baselines.redis_parsers() if others.redis else []:
+            assert others.redis is not None
+            r = stack.enter_context(_baselines.redis_client(others.redis.path, parser))
             r.set("k", "v")
-            ops += _pairs((read, write, incr), "redis-py", (r.get, r.set, r.incr), 1)
+            ops += _pairs((read, write, incr), _baselines.WHO[parser], (r.get, r.set, r.incr), 1)
         if others.cache_dir:
             import diskcache  # noqa: PLC0415 - an optional extra
 
@@ -689,7 +690,8 @@ def _pairs(
 ) -> list[tuple[Series, Callable[[], object], int]]:
     """A baseline's get, set and incr as ``_interleave`` ops; their series go to the read/write/incr lists."""
     get, set_, incr = calls
-    names = ("GET", "SET", "INCR") if who == "redis-py" else ("get(key)", "set(key, value)", "incr(key)")
+    redis = who.startswith("redis-py")
+    names = ("GET", "SET", "INCR") if redis else ("get(key)", "set(key, value)", "incr(key)")
     series = (
         Series(f"{who} {names[0]}"),
         Series(f"{who} {names[1]}"),
@@ -711,9 +713,10 @@ def _dict_throughput(cfg: Config, rd: str, others: _Others, started: list[Worker
     shape = "4 processes x 2 threads"
     ours = Series(f"SharedDict.incr(), {shape}", unit="ops/s")
     variants = [(ours, spawn_many(started, 4, w.dict_load, "sd", rd, 2))]
-    if others.redis:
-        who = Series(f"redis-py INCR, {shape}, a connection per thread", unit="ops/s")
-        variants.append((who, spawn_many(started, 4, w.redis_load, others.redis.path, 2)))
+    for parser in _baselines.redis_parsers() if others.redis else []:
+        assert others.redis is not None
+        who = Series(f"{_baselines.WHO[parser]} INCR, {shape}, a connection per thread", unit="ops/s")
+        variants.append((who, spawn_many(started, 4, w.redis_load, others.redis.path, 2, parser)))
     if others.cache_dir:
         who = Series(f"diskcache Cache.incr(), {shape}", unit="ops/s")
         variants.append((who, spawn_many(started, 4, w.diskcache_load, others.cache_dir, 2)))
@@ -833,10 +836,11 @@ def machine() -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks import across, djcache, journal, limits, prometheus, replay  # noqa: PLC0415 - they import this module
+    from benchmarks import across, aio, djcache, journal, limits, prometheus, replay  # noqa: PLC0415 - they import this module
 
     scenarios = {
         **SCENARIOS,
+        **aio.SCENARIOS,
         **across.SCENARIOS,
         **djcache.SCENARIOS,
         **journal.SCENARIOS,
