@@ -6,6 +6,12 @@ one line per event for the test (``tests/test_shareddict.py``) to wait on:
 
 - ``loop``: eight writer threads and the main thread increment until SIGTERM; the main thread's
   ``finally`` stops the writers, and the process must then exit (atexit closes the dict).
+- ``locked-replica``, ``locked-subscription``, ``locked-connection``: SIGTERM is handled as the
+  main thread gets a lock its write takes (the replica's, to apply the answer; the subscription's
+  or the new connection's, before the request), which another thread held meanwhile; then eight
+  writer threads start, as in ``loop``. The signal goes to the holding thread (``pthread_kill``):
+  the main thread, blocked, runs the handler only once it holds the lock, the moment a ``with``
+  or a ``try`` must not lose.
 - ``queued``, ``sending``: the host holds the writes of two threads (``"slow"``); the main thread's
   write waits to be sent next, with two more threads' writes (``"carried"``) behind it. SIGTERM
   comes while the main thread waits (``queued``) or while it sends all three (``sending``). The
@@ -14,12 +20,13 @@ one line per event for the test (``tests/test_shareddict.py``) to wait on:
 
 from __future__ import annotations
 
+import inspect
 import os
 import signal
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import ipchannel
 
@@ -88,6 +95,54 @@ def loop(d: ipchannel.SharedDict) -> None:
         stop.set()
 
 
+def locked(d: ipchannel.SharedDict, which: str) -> None:
+    """SIGTERM handled as the main thread, writing, gets a lock another thread held (``which``)."""
+    requests = d._requests  # noqa: SLF001 - the locks the main thread's write takes
+    # the lock, and the function and line where the main thread waits for it
+    places: dict[str, tuple[Any, Callable[..., Any], str]] = {
+        "replica": (d._replica.cond, type(d._writes)._request_writes, "with replica."),  # noqa: SLF001
+        "subscription": (requests._subscriber._lock, type(requests._subscriber).ensure_running, "if not"),  # noqa: SLF001
+        "connection": (requests._requester._opening, type(requests._requester)._open, "if not"),  # noqa: SLF001
+    }
+    lock, function, start = places[which]
+    source, first = inspect.getsourcelines(function)
+    (at,) = [first + i for i, line in enumerate(source) if line.lstrip().startswith(start)]
+    main = threading.get_ident()
+
+    def waits_there() -> bool:  # blocked in the acquire at that line (maybe inside Condition.__enter__)
+        frame = sys._current_frames().get(main)  # noqa: SLF001 - where the main thread is
+        while frame is not None and frame.f_code is not function.__code__:
+            frame = frame.f_back
+        return frame is not None and frame.f_lineno == at
+
+    stop = threading.Event()
+    writers = [Writer(d, which, stop) for _ in range(8)]
+    opened = []  # "connection": the idle ones, kept out, so that the main thread opens one
+
+    def hold() -> None:
+        with lock:  # taken before the main thread writes: it cannot go past the acquire
+            if which == "connection":
+                with requests._requester._lock:  # noqa: SLF001
+                    opened.extend(requests._requester._idle)  # noqa: SLF001
+                    requests._requester._idle.clear()  # noqa: SLF001
+            started.set()
+            wait_for(waits_there, f"the main thread at the {which} lock")
+            time.sleep(0.2)  # blocked in the acquire, not on its way there
+            for writer in writers:
+                writer.start()
+            signal.pthread_kill(threading.get_ident(), signal.SIGTERM)  # the main thread's handler runs later
+            time.sleep(0.2)
+            say("signalled")
+
+    started = threading.Event()
+    threading.Thread(target=hold, daemon=True).start()
+    started.wait()
+    try:
+        d.incr("main")
+    finally:
+        stop.set()
+
+
 def carry(d: ipchannel.SharedDict, mode: str) -> None:
     writes = d._writes  # noqa: SLF001 - when the outbox is as the test needs it
     slow = [Writer(d, "slow"), Writer(d, "slow")]
@@ -125,6 +180,8 @@ def main() -> None:
     say("opened", os.getpid())
     if mode == "loop":
         loop(d)
+    elif mode.startswith("locked-"):
+        locked(d, mode.removeprefix("locked-"))
     else:
         carry(d, mode)
 

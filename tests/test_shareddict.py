@@ -650,6 +650,24 @@ def test_sigterm_handled_by_sys_exit_while_nine_threads_write_ends_the_process(
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("lock", ["replica", "subscription", "connection"])
+def test_sigterm_handled_as_the_main_thread_gets_a_lock_ends_the_process(
+    peers: Peers, scripts: _Scripts, lock: str
+) -> None:
+    peers.start_dicts(1)
+    script = scripts.start(f"locked-{lock}")  # SIGTERM comes while the main thread waits for the lock
+    script.expect("signalled")
+    try:
+        code = script.process.wait(10)
+    except subprocess.TimeoutExpired:
+        code = None  # before the fix ("replica"): it stayed held, and the writers the exit joins waited
+    assert code == 0, f"exit code {code} (None: still running 10 s after SIGTERM)"
+    # before the fix, the others: eight "error writer-... ChannelTimeout ... no answer to the request"
+    # (the lock stayed held: each writer waited its whole timeout for it)
+    assert script.seen + script.rest() == []
+
+
+@pytest.mark.timeout(60)
 def test_a_newcomer_whose_host_leaves_while_it_opens_opens_without_waiting_its_timeout(
     runtime_dir: Path,
 ) -> None:

@@ -68,7 +68,7 @@ class Requester:
     def reset(self) -> None:
         """Start afresh (also in a forked child, where the parent's lock may be held)."""
         self._lock = threading.Lock()
-        self._opening = threading.Lock()  # one new connection at a time, see _open
+        self._opening = threading.RLock()  # one new connection at a time, see _open (released if held)
         self._idle: list[_Connection] = []
         self._ids = itertools.count(1)
 
@@ -122,15 +122,18 @@ class Requester:
         this process late (``ipchannel.aio``). One at a time, the others sleep meanwhile.
         """
         remaining = deadline.remaining()
-        if not self._opening.acquire(timeout=-1 if math.isinf(remaining) else remaining):
-            raise self._timeout_error(deadline, "no request connection could be opened")
-        try:
+        try:  # taken inside: an interrupt as acquire returns (SIGTERM's sys.exit) must not keep it
+            if not self._opening.acquire(timeout=-1 if math.isinf(remaining) else remaining):
+                raise self._timeout_error(deadline, "no request connection could be opened")
             with self._lock:
                 if self._idle:
                     return self._idle.pop()
             return _Connection(self._channel.connect(timeout=deadline.remaining()), self._max_size)
         finally:
-            self._opening.release()
+            try:  # noqa: SIM105 - no Python frame (suppress) before the release: an interrupt there keeps it
+                self._opening.release()
+            except RuntimeError:  # not held: it timed out, or was interrupted before it took it
+                pass
 
     def _exchange(
         self, conn: _Connection, ident: int, frame: bytes, deadline: Deadline

@@ -77,7 +77,7 @@ class Subscriber:
 
     def reset(self) -> None:
         """Start afresh; callbacks are kept (a forked child subscribes again, see ``resume_after_fork``)."""
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # an RLock: releasing it when not held raises (ensure_running)
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()  # of the thread running now: set, it ends (``remove``)
         self._sock: ChannelSocket | None = None  # the connection that thread reads
@@ -123,13 +123,16 @@ class Subscriber:
     def ensure_running(self, deadline: Deadline) -> None:
         """Subscribe again if there are callbacks but no subscriber thread (fork, lost link), by deadline."""
         remaining = deadline.remaining()
-        if not self._lock.acquire(timeout=-1 if math.isinf(remaining) else remaining):
-            raise self._timeout_error(deadline, "another thread is still subscribing")
-        try:
+        try:  # taken inside: an interrupt as acquire returns (SIGTERM's sys.exit) must not keep it
+            if not self._lock.acquire(timeout=-1 if math.isinf(remaining) else remaining):
+                raise self._timeout_error(deadline, "another thread is still subscribing")
             if self.inbox.callbacks and (self._thread is None or not self._thread.is_alive()):
                 self._start(deadline, resume=self._thread is not None)
         finally:
-            self._lock.release()
+            try:  # noqa: SIM105 - no Python frame (suppress) before the release: an interrupt there keeps it
+                self._lock.release()
+            except RuntimeError:  # not held: it timed out, or was interrupted before it took it
+                pass
 
     def resume_after_fork(self) -> None:
         """In a forked child with callbacks: subscribe again now, in the background (a listening worker)."""

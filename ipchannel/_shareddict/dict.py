@@ -202,7 +202,7 @@ class SharedDict(MutableMapping[Any, Any]):
     @property
     def position(self) -> tuple[int, int]:
         """(generation, sequence) of the last change the local replica applied."""
-        with self._replica.cond:
+        with self._replica.lock:
             return self._replica.gen, self._replica.seq
 
     def _show(self, data: dict[Any, Any]) -> None:
@@ -326,7 +326,7 @@ class SharedDict(MutableMapping[Any, Any]):
 
     def __repr__(self) -> str:
         replica = self._replica
-        with replica.cond:
+        with replica.lock:
             keys = "closed" if replica.closed else f"{len(self._data)} keys"
             return f"<SharedDict {self.channel.name!r} {keys} at {replica.gen}:{replica.seq}>"
 

@@ -40,8 +40,16 @@ class Replica:
         self.reset()
 
     def reset(self, data: dict[Any, Any] | None = None, position: tuple[int, int] = (0, 0)) -> None:
-        """Start from ``data`` at ``position`` (not synced), with new locks (none held by a lost thread)."""
-        self.cond = threading.Condition()
+        """Start from ``data`` at ``position`` (not synced), with new locks (none held by a lost thread).
+
+        Callers hold ``lock`` with ``with`` and use ``cond`` only to wait and notify: the
+        C lock's ``__enter__``/``__exit__`` take and give it with no Python frame around them,
+        where ``Condition``'s are Python functions, and an exception a signal handler raises
+        there (SIGTERM turned into ``sys.exit`` in the main thread, a KeyboardInterrupt) left
+        the lock held for good: every other thread, and so the process's exit, hung on it.
+        """
+        self.lock = threading.RLock()
+        self.cond = threading.Condition(self.lock)
         self._data: dict[Any, Any] = {} if data is None else data
         self._show(self._data)
         self.gen, self.seq = position
@@ -51,7 +59,7 @@ class Replica:
         self._resync_lock = threading.Lock()
 
     def copy(self) -> dict[Any, Any]:
-        with self.cond:
+        with self.lock:
             return self._data.copy()
 
     def snapshot(self) -> tuple[dict[Any, Any], dict[str, list[Any]], tuple[int, int]]:
@@ -59,13 +67,13 @@ class Replica:
 
         A new host term starts from them (or from a durable dict's journal, if that is ahead).
         """
-        with self.cond:
+        with self.lock:
             applied = {client: list(last) for client, last in self.applied.items()}
             return dict(self._data), applied, (self.gen, self.seq)
 
     def confirmable(self) -> tuple[int, int] | None:
         """Return the position to confirm to the host (``members``): applied, in step; None mid-resync."""
-        with self.cond:
+        with self.lock:
             return (self.gen, self.seq) if self.synced and not self.closed else None
 
     # -- the change stream -----------------------------------------------------------------------
@@ -81,7 +89,7 @@ class Replica:
                 PROTOCOL,
             )
             return
-        with self.cond:
+        with self.lock:
             if self.closed:
                 return
             if self.synced and self.apply_in_order(batch):
@@ -91,7 +99,7 @@ class Replica:
 
     def on_missed(self, resync: Callable[[], None]) -> None:
         """Resync from a snapshot: the stream lost changes for good (the host cut this process off)."""
-        with self.cond:
+        with self.lock:
             if self.closed:
                 return
             self.synced = False
@@ -111,7 +119,7 @@ class Replica:
                 )
 
     def apply_in_order(self, batch: dict[str, Any]) -> bool:
-        """Apply a published batch if it comes next; True if applied or already held (call with ``cond``).
+        """Apply a published batch if it comes next; True if applied or already held (call holding ``lock``).
 
         A batch that starts inside what the replica holds (a snapshot taken while it
         was being published) is applied from the first change the replica lacks.
@@ -135,13 +143,13 @@ class Replica:
         """Replace the replica by the host's snapshot, then apply what arrived meanwhile, in order."""
         with self._resync_lock:
             for _attempt in range(3):
-                with self.cond:
+                with self.lock:
                     self.synced = False
                 if _hooks.pause is not None:
                     _hooks.pause("shareddict.resyncing", self._name)
                 snapshot = request_snapshot()
                 check_protocol(snapshot, self._name)
-                with self.cond:
+                with self.lock:
                     if self.closed:
                         raise ChannelClosed(self._name, "SharedDict")
                     self._data = dict(snapshot["items"])
@@ -158,7 +166,7 @@ class Replica:
     # -- this process's own writes -----------------------------------------------------------------
 
     def apply_own(self, generation: int, op: list[Any], client: str, number: int, outcome: list[Any]) -> None:
-        """Apply this process's write from the host's answer if it is the next change (call with ``cond``).
+        """Apply this process's write from the host's answer if it is the next change (call holding ``lock``).
 
         Usually the replica is just behind it: then it need not wait for the stream.
         """
@@ -174,7 +182,7 @@ class Replica:
     def wait(self, condition: Callable[[], bool], deadline: Deadline, most: float | None = None) -> bool:
         """Wait (at most ``most`` seconds) for ``condition``; raise ChannelClosed if closed meanwhile."""
         limit = deadline.remaining() if most is None else min(most, deadline.remaining())
-        with self.cond:
+        with self.lock:
             met = self.cond.wait_for(lambda: self.closed or condition(), None if math.isinf(limit) else limit)
             if self.closed:
                 raise ChannelClosed(self._name, "SharedDict")
@@ -197,7 +205,7 @@ class Replica:
 
     def close(self) -> None:
         """From now on every read raises ChannelClosed, and so does a write waiting for its change."""
-        with self.cond:
+        with self.lock:
             self.closed = True
             self._data = ClosedReplica(self._name)
             self._show(self._data)

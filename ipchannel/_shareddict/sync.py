@@ -171,7 +171,7 @@ class Sync:
                 # Survivors holding the data elect one of themselves within milliseconds; a whole
                 # try without a host means there are none: this replica is what there is.
                 channel.may_host = self._may_host_after_fork
-                with replica.cond:
+                with replica.lock:
                     replica.cond.wait_for(lambda: replica.closed, _RETRY_PAUSE)
                 continue
             except Exception:

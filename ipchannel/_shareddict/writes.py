@@ -184,7 +184,7 @@ class Writes:
                 write.error = exc
             return
         generation, replica = answer["g"], self._replica
-        with replica.cond:  # usually our replica is just behind these: apply them here, now
+        with replica.lock:  # usually our replica is just behind these: apply them here, now
             for write, outcome in zip(batch, answer["r"], strict=True):
                 write.generation, write.outcome = generation, outcome
                 if outcome[0] == "ok" and self._local_apply:
