@@ -131,6 +131,20 @@ class Replica:
         self.cond.notify_all()
         return True
 
+    def take(self, batch: dict[str, Any]) -> bool:
+        """In the host, as it fans ``batch`` out: apply it here if it comes next; True if applied.
+
+        Its objects are the host store's own: taken only if every argument is immutable (a
+        reader here must not change the host's state through a value); else, or if this replica
+        is not in step, the batch comes on the subscription as to every other replica.
+        """
+        with self.cond:
+            if self.closed or not self.synced or (batch["g"], batch["s"]) != (self.gen, self.seq + 1):
+                return False
+            if not all(_immutable(op) for op, _client, _number in batch["ch"]):
+                return False
+            return self.apply_in_order(batch)
+
     def resync(self, request_snapshot: Callable[[], Any]) -> None:
         """Replace the replica by the host's snapshot, then apply what arrived meanwhile, in order."""
         with self._resync_lock:
@@ -208,6 +222,14 @@ class Replica:
         closed = self.closed
         self.reset(self._data, (self.gen, self.seq))
         self.closed = closed
+
+
+_SCALARS = frozenset({str, int, float, bool, type(None), bytes})
+
+
+def _immutable(op: list[Any]) -> bool:
+    """Tell whether every argument of ``op`` is a str, number, bool, None or bytes (shareable as is)."""
+    return all(type(argument) in _SCALARS for argument in op[1:])
 
 
 class ClosedReplica(dict[Any, Any]):

@@ -61,7 +61,7 @@ class Store:
         replica: Replica,
         generation: Callable[[], int | None],
         subscribed: Callable[[], int | None],
-        publish: Callable[[Any], None],
+        publish: Callable[[Any, Callable[[], bool]], None],
         members: Members,
         journal: Journal | None,
     ) -> None:
@@ -240,9 +240,13 @@ class Store:
         return None
 
     def _publish_split(self, message: dict[str, Any]) -> None:
-        """Publish a batch of changes; one too large for a message goes as several, in order."""
+        """Publish a batch of changes; one too large for a message goes as several, in order.
+
+        This process's replica takes it as it is fanned out, not from its own subscription
+        (``Replica.take``): no frame to itself, nothing to decode.
+        """
         try:
-            self._publish(message)
+            self._publish(message, lambda: self._replica.take(message))
         except ValueError:  # over max_message_size (each change alone fits: no larger than its request)
             changes = message["ch"]
             if len(changes) == 1:
