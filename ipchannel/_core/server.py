@@ -228,8 +228,14 @@ class _Accepting(socketserver.BaseServer):
 class Server:
     """A host's (or standby's) server on a listener, and the thread that runs it."""
 
-    def __init__(self, name: str, listener: Listener, handler: type[socketserver.BaseRequestHandler]) -> None:
-        self._name, self._listener = name, listener
+    def __init__(
+        self,
+        name: str,
+        listener: Listener,
+        handler: type[socketserver.BaseRequestHandler],
+        died: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._name, self._listener, self._died = name, listener, died
         self._server = _Accepting(name, listener, handler)
         self._thread: threading.Thread | None = None
         self._stopped = False
@@ -261,6 +267,9 @@ class Server:
             self._server.serve_forever(poll_interval=_SERVE_POLL)
         except Exception:
             _LOGGER.exception("channel %r: server thread died", self._name)
+        finally:
+            if not self._stopped:
+                self._died()  # the monitor restarts it now, not at a tick (a host ticks rarely)
 
     def serve_connection(self, conn: socket.socket) -> None:
         """Serve a connection accepted elsewhere (a standby's side socket), as if accepted here."""

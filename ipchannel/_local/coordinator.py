@@ -41,10 +41,17 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
 
-    from .._seams.base import Evidence
+    from .._seams.base import Evidence, FileChange
     from .paths import ChannelPaths
 
-__all__ = ["LocalCoordinator", "PidExitNotices", "read_record", "remove_record", "write_record"]
+__all__ = [
+    "FileTermNotices",
+    "LocalCoordinator",
+    "PidExitNotices",
+    "read_record",
+    "remove_record",
+    "write_record",
+]
 
 _LOGGER = logging.getLogger("ipchannel")
 # Start times are compared, not wall-clock create times: psutil adds the boot time, which
@@ -203,6 +210,23 @@ class PidExitNotices:
         # answered, or the election read it), and should its pid be reused meanwhile, the next
         # tick's assess() still finds the host gone.
         return _platform.exit_notice(record.pid)
+
+
+class FileTermNotices:
+    """Notices of changes to a local host's lock file, record and socket file (inotify, on Linux).
+
+    What ``fence(thorough=True)`` and ``still_published`` look at: any of them removed,
+    replaced or rewritten wakes the host's monitor at once, instead of at its next look.
+    """
+
+    def __init__(self, paths: ChannelPaths) -> None:
+        self._paths = paths
+
+    def open(self, record: HostRecord) -> FileChange | None:  # noqa: ARG002 - the files are the channel's
+        paths = self._paths
+        return _platform.file_notice(
+            str(paths.directory), [paths.lock.name, paths.record.name, paths.sock.name]
+        )
 
 
 def _running(record: HostRecord) -> bool | None:
