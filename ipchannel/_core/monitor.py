@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from .. import _platform
 from .._errors import ChannelClosed
+from .._wakeup import SOON
 
 if TYPE_CHECKING:
     from .._seams.base import Backend, FileChange
@@ -182,7 +183,9 @@ class Monitor:
             timeout = max(self._interval, IDLE_INTERVAL) if armed else self._interval
             if settle_until is not None:
                 timeout = max(0.0, settle_until - time.monotonic())
+            self._wakeup.soon = timeout <= SOON
             events = self._poll.poll(timeout * 1000)
+            self._wakeup.soon = False
             if not events:
                 return
             for fd, _events in events:
