@@ -27,6 +27,7 @@ import random
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -288,6 +289,18 @@ def bench_connect(cfg: Config, rd: str) -> list[Result]:
                 joining.samples.append(a)
                 raw_then.samples.append(b)
                 thread_start.samples.append(c)
+        progress("connect: first in a fresh process")
+        first = Series("first connect in a fresh process (host up)")
+        first_raw, first_thread = (
+            Series("raw socket()+connect(), same process"),
+            Series("Thread().start(), same"),
+        )
+        for _ in range(min(cfg.cold_starts, 30)):
+            out = subprocess.run(
+                [sys.executable, "-c", _FIRST_CONNECT, rd, path], capture_output=True, check=True, text=True
+            ).stdout.split()
+            for series, value in zip((first, first_raw, first_thread), out, strict=True):
+                series.samples.append(int(value))
         progress("connect: cold start")
         cold = Series("cold start (election + server)", unit="ms")
         for i in range(cfg.cold_starts):
@@ -303,8 +316,31 @@ def bench_connect(cfg: Config, rd: str) -> list[Result]:
             "p50 <= 150 us",
             ["it includes starting the channel's monitor thread: the second baseline is that alone"],
         ),
+        Result(
+            "first connect in a process",
+            [first],
+            [first_raw, first_thread],
+            "p50 <= 150 us",
+            ["each sample a new interpreter: its first connect(), then a raw connect and a Thread.start()"],
+        ),
         Result("cold start", [cold], [], "p50 <= 5 ms"),
     ]
+
+
+_FIRST_CONNECT = """
+import socket, sys, threading, time
+import ipchannel
+channel = ipchannel.Channel("conn", lambda conn: None, runtime_dir=sys.argv[1])
+start = time.perf_counter_ns(); channel.connect().close(); ours = time.perf_counter_ns() - start
+raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+start = time.perf_counter_ns(); raw.connect(sys.argv[2]); connect = time.perf_counter_ns() - start
+raw.close()
+thread = threading.Thread(target=time.sleep, args=(0,))
+start = time.perf_counter_ns(); thread.start(); started = time.perf_counter_ns() - start
+thread.join()
+channel.close()
+print(ours, connect, started)
+"""
 
 
 def bench_round_trip_raw(cfg: Config, rd: str) -> list[Result]:

@@ -6,15 +6,21 @@ Wake-ups are voluntary context switches of every thread of the process
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sys
+import threading
 import time
 from typing import TYPE_CHECKING
 
+import _peers
 import pytest
 from conftest import wait_until
 
+import ipchannel
+
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from pathlib import Path
 
     from conftest import Peer, Peers
@@ -79,3 +85,41 @@ def test_an_idle_host_steps_down_at_once_when_its_file_goes(
     took = time.monotonic() - start
     assert took < 0.5, f"the host stepped down {took:.2f} s after its {removed} was removed"
     wait_until(lambda: (client.call("info")["generation"] or 0) > generation, timeout=10)  # a new term
+
+
+@pytest.mark.timeout(60)
+def test_processes_trying_the_lock_do_not_wake_the_host(
+    channel_host: ipchannel.Channel, runtime_dir: Path
+) -> None:
+    # what a process campaigning for the lock does to the lock file: open it for writing, fail the
+    # flock, close it; only a name that comes or goes, or the record written, is news to the host
+    monitor = next(t for t in threading.enumerate() if t.name == "ipchannel-monitor:test")
+    assert monitor.native_id is not None
+    time.sleep(0.3)  # the term's first look is behind us
+    before, start = _thread_wakeups(monitor.native_id), time.monotonic()
+    for _ in range(300):
+        fd = os.open(runtime_dir / "test.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(fd)
+        time.sleep(0.001)  # one attempt at a time, as processes in a backoff make them
+    took = time.monotonic() - start
+    woke = _thread_wakeups(monitor.native_id) - before
+    assert channel_host.is_host
+    # at most its 2 s ticks meanwhile (a wake-up per attempt would be 300)
+    assert woke <= 1 + took / 2, f"the host's monitor woke {woke} times in {took:.2f} s of 300 lock attempts"
+
+
+@pytest.fixture
+def channel_host(runtime_dir: Path) -> Iterator[ipchannel.Channel]:
+    with ipchannel.Channel("test", _peers.echo_handler, runtime_dir=runtime_dir) as channel:
+        channel.connect().close()
+        assert channel.is_host
+        yield channel
+
+
+def _thread_wakeups(native_id: int) -> int:
+    with open(f"/proc/self/task/{native_id}/status", encoding="ascii") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("voluntary_ctxt_switches:"))

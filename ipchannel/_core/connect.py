@@ -290,9 +290,7 @@ class Connector:
         if not changed:
             return
         self.last_host_pid = record.pid
-        # the monitor watches this host's exit notice from now on: poked, unless it looks again soon
-        # anyway (a joining connect() then wakes no thread: the monitor it just started sleeps on)
-        self._wakeup.send(b"w", urgent=False)
+        self._wakeup.send(b"w", urgent=False)  # the monitor arms its exit notice now (or looks soon anyway)
         if record.pid != os.getpid():
             _LOGGER.info(
                 "channel %r: connected to host pid %d (generation %d)",

@@ -176,8 +176,8 @@ class Monitor:
         while True:
             if self._hosting.is_host:
                 armed, fresh = self._arm_term()
-                if fresh:
-                    return  # look once now: a change before the notice was armed is not in it
+                if fresh and settle_until is None:  # a change before it was armed is not in it: look
+                    settle_until = time.monotonic() + SETTLE  # soon, off the new term's first moments
             else:
                 armed = self._arm()
             timeout = max(self._interval, IDLE_INTERVAL) if armed else self._interval

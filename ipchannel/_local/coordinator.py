@@ -224,9 +224,8 @@ class FileTermNotices:
 
     def open(self, record: HostRecord) -> FileChange | None:  # noqa: ARG002 - the files are the channel's
         paths = self._paths
-        return _platform.file_notice(
-            str(paths.directory), [paths.lock.name, paths.record.name, paths.sock.name]
-        )
+        names = [paths.lock.name, paths.record.name, paths.sock.name]
+        return _platform.file_notice(str(paths.directory), names, contents=[paths.record.name])
 
 
 def _running(record: HostRecord) -> bool | None:

@@ -10,8 +10,8 @@ Every platform module defines the same names:
 - ``process_exiting(pid)``: True while the process is tearing itself down (or is gone).
 - ``process_gone(pid)``: True once the process is a zombie or gone: all its descriptors are closed.
 - ``exit_notice(pid)``: a descriptor that polls readable once the process has exited, or None.
-- ``file_notice(directory, names)``: a notice (``.fd`` to poll, ``touched()``, ``close()``) of changes
-  to those files of the directory (Linux: inotify), or None.
+- ``file_notice(directory, names, contents)``: a notice (``.fd`` to poll, ``touched()``, ``close()``)
+  of those names coming or going in the directory, and of those files being written (Linux: inotify), or None.
 - ``start_time(pid)``: when the process started, on a clock no wall-clock step moves (Linux:
   seconds since boot), or None once it is gone; equal for the same process in every process.
 - ``lock_holders(path)``: pids that have the file open, or ``None`` if unknown.

@@ -74,7 +74,7 @@ def exit_notice(pid: int) -> int | None:  # noqa: ARG001 - kqueue's EVFILT_PROC 
     return None
 
 
-def file_notice(directory: str, names: list[str]) -> None:  # noqa: ARG001 - same signature on every platform
+def file_notice(directory: str, names: list[str], contents: list[str]) -> None:  # noqa: ARG001 - same signature on every platform
     """Return None: no notice of file changes here; the host looks every tick."""
     return
 

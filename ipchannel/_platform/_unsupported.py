@@ -70,7 +70,7 @@ def exit_notice(pid: int) -> int | None:  # noqa: ARG001 - same signature on eve
     return None
 
 
-def file_notice(directory: str, names: list[str]) -> None:  # noqa: ARG001 - same signature on every platform
+def file_notice(directory: str, names: list[str], contents: list[str]) -> None:  # noqa: ARG001 - same signature on every platform
     """Return None."""
     return
 
