@@ -271,8 +271,10 @@ class Server:
         try:
             try:
                 self._server.start_ready_threads(ready)
-            except RuntimeError:  # Python 3.12 starts no thread once the main thread has ended
-                _LOGGER.debug("channel %r: no handler thread started ahead", self._name, exc_info=True)
+            except Exception:  # serve all the same (a thread per connection): shutdown() waits for it
+                exiting = not threading.main_thread().is_alive()  # 3.12+ starts no thread then
+                level = logging.DEBUG if exiting else logging.WARNING
+                _LOGGER.log(level, "channel %r: no handler thread started ahead", self._name, exc_info=True)
             self._server.serve_forever(poll_interval=_SERVE_POLL)
         except Exception:
             _LOGGER.exception("channel %r: server thread died", self._name)
