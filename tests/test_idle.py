@@ -123,3 +123,42 @@ def channel_host(runtime_dir: Path) -> Iterator[ipchannel.Channel]:
 def _thread_wakeups(native_id: int) -> int:
     with open(f"/proc/self/task/{native_id}/status", encoding="ascii") as status:
         return next(int(line.split()[1]) for line in status if line.startswith("voluntary_ctxt_switches:"))
+
+
+@pytest.mark.timeout(60)
+def test_a_process_waiting_for_a_host_sleeps_and_connects_as_soon_as_one_publishes(
+    peers: Peers, runtime_dir: Path
+) -> None:
+    waiting = ipchannel.Channel("test", _peers.echo_handler, runtime_dir=runtime_dir, may_host=False)
+    got: list[object] = []
+    ids: list[int] = []
+
+    def connect() -> None:
+        ids.append(threading.get_native_id())
+        try:
+            got.append(waiting.connect(timeout=30))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            got.append(exc)
+
+    waiter = threading.Thread(target=connect, name="waiter")
+    waiter.start()
+    try:
+        wait_until(lambda: ids and waiting.state == "connecting")
+        time.sleep(0.2)
+        before, start = _thread_wakeups(ids[0]), time.monotonic()
+        time.sleep(1.0)
+        rate = (_thread_wakeups(ids[0]) - before) / (time.monotonic() - start)
+        # it sleeps on the directory's and the stop Event's notices, not every 0.5 ms (was ~1,500/s)
+        assert rate <= 200, f"a process waiting for a host woke {rate:.0f} times a second"
+        (host,) = peers.start(1)
+        host.call("connect")
+        published = time.monotonic()
+        waiter.join(10)
+        assert not waiter.is_alive()
+        took = time.monotonic() - published
+        assert isinstance(got[0], ipchannel.ChannelSocket), got
+        assert took < 0.5, f"connected {took:.2f} s after the host answered its own connect()"
+        got[0].close()
+    finally:
+        waiting.close()
+        waiter.join(10)

@@ -343,6 +343,23 @@ class TermNotices(Protocol):
         """Return a notice for ``record``'s term, or None (then the monitor looks every tick)."""
 
 
+class Waiting(Protocol):
+    """What a process waiting in the election sleeps on (``ElectionNotices.open``)."""
+
+    def wait(self, timeout: float) -> bool:
+        """Sleep up to ``timeout`` seconds; True if something that can move the election on happened."""
+
+    def close(self) -> None:
+        """Close its descriptors."""
+
+
+class ElectionNotices(Protocol):
+    """Descriptors that wake a process waiting for a host (a capability: local, by inotify and pidfd)."""
+
+    def open(self, dead: HostRecord | None) -> Waiting | None:
+        """Return what turns when a host publishes itself, or ``dead``'s host exits; None: poll instead."""
+
+
 class Membership(Protocol):
     """Who holds every acknowledged write of the host's state (a SharedDict), kept where elections are.
 
@@ -377,4 +394,5 @@ class Backend:
     standby: Standby | None = None
     exit_notices: ExitNotices | None = None
     term_notices: TermNotices | None = None
+    election_notices: ElectionNotices | None = None
     membership: Membership | None = None
