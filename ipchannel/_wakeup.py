@@ -11,9 +11,7 @@ import contextlib
 import os
 import threading
 
-__all__ = ["SOON", "Wakeup"]
-
-SOON = 0.1  # seconds: a sleeper that wakes within this needs no poke that only asks it to look again
+__all__ = ["Wakeup"]
 
 
 class Wakeup:
@@ -22,8 +20,8 @@ class Wakeup:
     def __init__(self) -> None:
         self._lock = threading.Lock()  # writers never write to a closed (maybe reused) descriptor
         self._read = self._write = -1
-        #: set by the sleeper: it looks again within ``SOON`` seconds anyway, so a byte that only
-        #: asks it to look again (``send(urgent=False)``) is not sent: no thread woken for nothing
+        #: set while the sleeper is sure to look soon anyway (the monitor, until its first look), so a
+        #: byte that only asks it to look again (``send(urgent=False)``) is not sent: nobody woken for nothing
         self.soon = False
 
     def open(self) -> int:

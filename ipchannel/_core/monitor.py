@@ -36,7 +36,6 @@ from typing import TYPE_CHECKING, Protocol
 
 from .. import _platform
 from .._errors import ChannelClosed
-from .._wakeup import SOON
 
 if TYPE_CHECKING:
     from .._seams.base import Backend, FileChange
@@ -114,7 +113,8 @@ class Monitor:
         self._thread = threading.Thread(target=self._run, name=f"ipchannel-monitor:{name}", daemon=True)
 
     def start(self) -> None:
-        """Start the thread."""
+        """Start the thread: it first looks ``SETTLE`` later (the first host is adopted by then: no poke)."""
+        self._wakeup.soon = True
         self._thread.start()
 
     def join(self) -> None:
@@ -140,14 +140,16 @@ class Monitor:
     def _run(self) -> None:
         _platform.leave_signals_to_the_application()
         warm = False
+        first = True
         while True:
             try:
-                self._wait()  # first: the connect() that started us goes on meanwhile, holding the GIL
+                self._wait(first)  # first: the connect() that started us goes on meanwhile, holding the GIL
             except Exception:
                 _LOGGER.exception("%s: waiting for the next tick failed", self._thread.name)
                 self._disarm()
                 self._disarm_term()
                 self._stopping.wait(self._interval)
+            self._wakeup.soon = first = False  # from now on, a new host is worth a poke
             if self._stopping.is_set():
                 return
             if not warm:
@@ -165,14 +167,14 @@ class Monitor:
                     name = self._thread.name
                     _LOGGER.debug("%s: monitor tick failed as the interpreter exits", name, exc_info=True)
 
-    def _wait(self) -> None:
+    def _wait(self, first: bool = False) -> None:
         """Sleep until poked, the watched host exits, or the interval (longer with an exit notice) ends.
 
         When the host exits, the standby ticks at once; other processes ``SETTLE`` seconds later,
         off the failover path (their sockets reconnect on their own, through the standby).
         """
         wake_fd = self._wakeup.open()
-        settle_until: float | None = None
+        settle_until = time.monotonic() + SETTLE if first else None
         while True:
             if self._hosting.is_host:
                 armed, fresh = self._arm_term()
@@ -183,9 +185,7 @@ class Monitor:
             timeout = max(self._interval, IDLE_INTERVAL) if armed else self._interval
             if settle_until is not None:
                 timeout = max(0.0, settle_until - time.monotonic())
-            self._wakeup.soon = timeout <= SOON
             events = self._poll.poll(timeout * 1000)
-            self._wakeup.soon = False
             if not events:
                 return
             for fd, _events in events:

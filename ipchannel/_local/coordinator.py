@@ -247,9 +247,9 @@ class FileElectionNotices:
         files = _platform.file_notice(str(paths.directory), [paths.record.name, paths.sock.name], [])
         if files is None:
             return None
+        # None if gone already (reaped: nothing left to wait for) or not ours to watch: the
+        # caller's look every STOP_CHECK tells
         exit_fd = None if dead is None else _platform.exit_notice(dead.pid)
-        if dead is not None and exit_fd is None and _platform.EXIT_NOTICES:
-            exit_fd = -1  # gone already (or not ours to watch): the election can move on now
         return _ElectionWait(files, exit_fd)
 
 
@@ -258,12 +258,10 @@ class _ElectionWait:
         self._files, self._exit_fd = files, exit_fd
         self._poll = select.poll()
         self._poll.register(files.fd, select.POLLIN)
-        if exit_fd is not None and exit_fd >= 0:
+        if exit_fd is not None:
             self._poll.register(exit_fd, select.POLLIN)
 
     def wait(self, timeout: float) -> bool:
-        if self._exit_fd == -1:
-            return True
         fired = False
         for fd, _events in self._poll.poll(timeout * 1000):
             if fd == self._exit_fd:
@@ -275,7 +273,7 @@ class _ElectionWait:
 
     def close(self) -> None:
         self._files.close()
-        if self._exit_fd is not None and self._exit_fd >= 0:
+        if self._exit_fd is not None:
             with contextlib.suppress(OSError):
                 os.close(self._exit_fd)
 
