@@ -179,7 +179,7 @@ class Monitor:
             if self._hosting.is_host:
                 armed, fresh = self._arm_term()
                 if fresh and settle_until is None:  # a change before it was armed is not in it: look
-                    settle_until = time.monotonic() + SETTLE  # soon, off the new term's first moments
+                    settle_until = time.monotonic() + self._interval  # as before: off a failover's path
             else:
                 armed = self._arm()
             timeout = max(self._interval, IDLE_INTERVAL) if armed else self._interval
