@@ -27,6 +27,7 @@ import random
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -288,6 +289,16 @@ def bench_connect(cfg: Config, rd: str) -> list[Result]:
                 joining.samples.append(a)
                 raw_then.samples.append(b)
                 thread_start.samples.append(c)
+        progress("connect: first in a fresh process")
+        first = Series("first connect() in a fresh process (host up)")
+        first_raw = Series("raw socket()+connect(), first in a fresh process")
+        first_thread = Series("threading.Thread().start(), first in a fresh process")
+        for _ in range(min(cfg.cold_starts, 30)):
+            for series, mode in ((first, "ours"), (first_raw, "raw"), (first_thread, "thread")):
+                out = subprocess.run(
+                    [sys.executable, "-c", _FIRST_CONNECT, rd, path, mode], capture_output=True, check=True
+                )
+                series.samples.append(int(out.stdout))
         progress("connect: cold start")
         cold = Series("cold start (election + server)", unit="ms")
         for i in range(cfg.cold_starts):
@@ -303,8 +314,41 @@ def bench_connect(cfg: Config, rd: str) -> list[Result]:
             "p50 <= 150 us",
             ["it includes starting the channel's monitor thread: the second baseline is that alone"],
         ),
+        Result(
+            "first connect in a process",
+            [first],
+            [first_raw, first_thread],
+            "p50 <= 150 us",
+            ["each sample of each row a new interpreter that imported ipchannel: its first such call"],
+        ),
         Result("cold start", [cold], [], "p50 <= 5 ms"),
     ]
+
+
+_FIRST_CONNECT = """
+import socket, sys, threading, time
+import ipchannel
+rd, path, mode = sys.argv[1:]
+if mode == "ours":
+    channel = ipchannel.Channel("conn", lambda conn: None, runtime_dir=rd)
+    start = time.perf_counter_ns()
+    channel.connect().close()
+    took = time.perf_counter_ns() - start
+    channel.close()
+elif mode == "raw":
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    start = time.perf_counter_ns()
+    sock.connect(path)
+    took = time.perf_counter_ns() - start
+    sock.close()
+else:
+    thread = threading.Thread(target=time.sleep, args=(0,))
+    start = time.perf_counter_ns()
+    thread.start()
+    took = time.perf_counter_ns() - start
+    thread.join()
+print(took)
+"""
 
 
 def bench_round_trip_raw(cfg: Config, rd: str) -> list[Result]:

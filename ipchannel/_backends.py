@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _platform
 from ._errors import ChannelError
-from ._local.coordinator import LocalCoordinator, PidExitNotices
+from ._local.coordinator import FileElectionNotices, FileTermNotices, LocalCoordinator, PidExitNotices
 from ._local.members import LocalMembership
 from ._local.paths import ChannelPaths, ensure_runtime_dir
 from ._local.standby import LocalStandby
@@ -51,6 +51,8 @@ def _local_backend(name: str, options: Options) -> Backend:
         UnixTransport(name, paths, options.authkey),
         standby=LocalStandby(name, paths, options.authkey, coordinator),
         exit_notices=PidExitNotices() if _platform.EXIT_NOTICES else None,
+        term_notices=FileTermNotices(paths),
+        election_notices=FileElectionNotices(paths),
         membership=LocalMembership(paths.members),
     )
 

@@ -55,20 +55,27 @@ class Backoff:
     ``sleep(changed)`` also ends early, checking every ``POLL`` seconds, once
     ``changed()`` says the election can move on (a new host published itself, or
     the dead one's lock is free): waiters act within half a millisecond of it
-    instead of at their next backoff step.
+    instead of at their next backoff step; with ``events``, at once, and asleep meanwhile.
     """
 
     FIRST = 0.001
     CAP = 0.05
     POLL = 0.0005
+    STOP_CHECK = 0.01  # with ``events``: how often the stop Event (and ``changed()``) is looked at
 
     def __init__(self, deadline: Deadline, wait: Callable[[float], bool], first: float = FIRST) -> None:
         self._deadline = deadline
         self._wait = wait
         self._delay = first
 
-    def sleep(self, changed: Callable[[], bool] | None = None) -> bool:
-        """Wait for the next attempt. Return False if the deadline has passed or the wait was interrupted."""
+    def sleep(
+        self, changed: Callable[[], bool] | None = None, events: Callable[[float], bool] | None = None
+    ) -> bool:
+        """Wait for the next attempt. Return False if the deadline has passed or the wait was interrupted.
+
+        ``events(seconds)``: sleep on descriptors that turn when ``changed()`` may have (it is
+        asked then, and every ``STOP_CHECK``), instead of asking it every ``POLL``.
+        """
         remaining = self._deadline.remaining()
         if remaining <= 0:
             return False
@@ -76,6 +83,13 @@ class Backoff:
         self._delay = min(self._delay * 2, self.CAP)
         end = time.monotonic() + delay
         while (left := end - time.monotonic()) > 0:
+            if events is not None and changed is not None:
+                if changed():
+                    break
+                events(min(left, self.STOP_CHECK))
+                if self._wait(0.0):
+                    return False
+                continue
             if self._wait(left if changed is None else min(left, self.POLL)):
                 return False
             if changed is not None and changed():

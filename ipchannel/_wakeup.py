@@ -20,6 +20,9 @@ class Wakeup:
     def __init__(self) -> None:
         self._lock = threading.Lock()  # writers never write to a closed (maybe reused) descriptor
         self._read = self._write = -1
+        #: set while the sleeper is sure to look soon anyway (the monitor, until its first look), so a
+        #: byte that only asks it to look again (``send(urgent=False)``) is not sent: nobody woken for nothing
+        self.soon = False
 
     def open(self) -> int:
         """Make the pipe (if not made yet) and return the descriptor to poll."""
@@ -30,8 +33,10 @@ class Wakeup:
                 os.set_blocking(self._write, False)
             return self._read
 
-    def send(self, byte: bytes) -> None:
-        """Wake the sleeper, if there is one, telling it ``byte``."""
+    def send(self, byte: bytes, *, urgent: bool = True) -> None:
+        """Wake the sleeper, if there is one, telling it ``byte`` (unless not ``urgent``: it wakes soon)."""
+        if not urgent and self.soon:
+            return
         with self._lock, contextlib.suppress(OSError):  # full (BlockingIOError): a wake-up is coming
             if self._write != -1:
                 os.write(self._write, byte)
@@ -54,4 +59,5 @@ class Wakeup:
     def abandon_after_fork(self) -> None:
         """In a forked child: close the copies of the parent's descriptors (its sleeper is not here)."""
         self._lock = threading.Lock()  # a parent thread may have held it at fork time
+        self.soon = False
         self.close()

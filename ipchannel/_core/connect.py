@@ -30,6 +30,7 @@ from .._errors import ChannelClosed, ChannelError, ChannelTimeout, CoordinatorUn
 from .._seams.base import LostClaim, plain_socket
 from .._timing import Backoff, Deadline
 from .socket import ChannelSocket, socket_maker, tell
+from .waits import ElectionWaits
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -72,7 +73,7 @@ class Connector:
     ) -> None:
         self._name, self._wakeup, self._start = name, wakeup, start
         self._coordinator, self._transport = backend.coordinator, backend.transport
-        self._standby = backend.standby
+        self._standby, self._election_notices = backend.standby, backend.election_notices
         self.auto_reconnect, self.may_host = auto_reconnect, may_host
         #: asked before campaigning or standing by: False keeps this process out for now (SharedDict)
         self.campaign_gate: Callable[[], bool] | None = None
@@ -189,30 +190,31 @@ class Connector:
         self, deadline: Deadline, avoid: HostRecord | None, make: Callable[[HostRecord], SocketMaker] | None
     ) -> tuple[Connection, HostRecord]:
         """Run the election loop of ``open``: until connected to a live host, or the deadline."""
-        # A lost lock race means another process is starting to host: its publication (watched every
-        # 0.5 ms) wakes us, so the timer only matters if it died too; no need to retry the lock soon.
+        # A lost lock race means another process is starting to host: its publication (a notice, or
+        # looked at every 0.5 ms) wakes us, so the timer only matters if it died too: no quick retry.
         backoff = Backoff(deadline, self.stopping.wait, first=Backoff.FIRST if avoid is None else 0.005)
         failure, checked = "", time.monotonic()
-        while True:
-            changed = self._coordinator.watch(avoid)
-            record = self.record
-            if avoid is not None and time.monotonic() - checked > _AVOID_RECHECK:
-                checked, avoid = time.monotonic(), _unless_serving(self._coordinator, avoid)
-            if record is None or record == avoid:
-                record, failure = _elect(self, avoid, failure, for_a_socket=make is None)
-            if record is not None and record != avoid:
-                connection = self._transport.connect(record, plain_socket if make is None else make(record))
-                if connection is not None:
-                    self.adopt(record)
-                    return connection, record
-                if not (state := self._coordinator.assess(record, after="refused")).serving:
-                    avoid = _avoided(record, state)
-                    self.forget(record)
-                    continue  # straight to the lock: the host is gone, or handed over and lives on
-            if not backoff.sleep(changed=changed):
-                if self.stopping.is_set():
-                    raise ChannelClosed(self._name)
-                raise self.timeout_error(deadline, failure)
+        with ElectionWaits(self._election_notices) as waits:
+            while True:
+                changed = self._coordinator.watch(avoid)
+                record = self.record
+                if avoid is not None and time.monotonic() - checked > _AVOID_RECHECK:
+                    checked, avoid = time.monotonic(), _unless_serving(self._coordinator, avoid)
+                if record is None or record == avoid:
+                    record, failure = _elect(self, avoid, failure, for_a_socket=make is None)
+                if record is not None and record != avoid:
+                    found = self._transport.connect(record, plain_socket if make is None else make(record))
+                    if found is not None:
+                        self.adopt(record)
+                        return found, record
+                    if not (state := self._coordinator.assess(record, after="refused")).serving:
+                        avoid = _avoided(record, state)
+                        self.forget(record)
+                        continue  # straight to the lock: the host is gone, or handed over and lives on
+                if not backoff.sleep(changed=changed, events=waits.events(avoid)):
+                    if self.stopping.is_set():
+                        raise ChannelClosed(self._name)
+                    raise self.timeout_error(deadline, failure)
 
     def _via_standby(
         self, dead: HostRecord, state: HostState | None, deadline: Deadline
@@ -290,7 +292,7 @@ class Connector:
         if not changed:
             return
         self.last_host_pid = record.pid
-        self._wakeup.send(b"w")  # the monitor watches this host's exit notice from now on
+        self._wakeup.send(b"w", urgent=False)  # the monitor arms its exit notice now (or looks soon anyway)
         if record.pid != os.getpid():
             _LOGGER.info(
                 "channel %r: connected to host pid %d (generation %d)",

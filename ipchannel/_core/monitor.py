@@ -5,7 +5,10 @@ is set; a tick that raises is logged and the loop goes on. It ticks every
 interval, except in a process that only connects while the coordinator gives an
 exit notice of the host (a pidfd): then it sleeps in ``poll()`` on that notice
 and ticks the moment the host exits, else every ``IDLE_INTERVAL`` (an idle
-client wakes less than once a second). Each tick, in this order of concern:
+client wakes less than once a second). Likewise in the host, where the backend
+gives a notice of changes to what its term rests on (its files, by inotify): it
+ticks when one changes, when its server thread dies, else every ``IDLE_INTERVAL``.
+Each tick, in this order of concern:
 
 - in the host: ``Hosting.check``: restart a server thread that died; step down if
   the host no longer holds what makes it host (the coordinator's fence, the
@@ -35,7 +38,7 @@ from .. import _platform
 from .._errors import ChannelClosed
 
 if TYPE_CHECKING:
-    from .._seams.base import Backend
+    from .._seams.base import Backend, FileChange
     from .._seams.record import HostRecord
     from .._wakeup import Wakeup
     from .term import Term
@@ -45,7 +48,7 @@ __all__ = ["Monitor"]
 _LOGGER = logging.getLogger("ipchannel")
 _JOIN_TIMEOUT = 5.0
 STUCK_WARNING_AFTER = 2.0  # seconds the election may stay stuck (no live host, lock held) before we say so
-IDLE_INTERVAL = 2.0  # seconds between ticks while the host's exit notice is armed
+IDLE_INTERVAL = 2.0  # seconds between ticks while the host's exit notice (or our term's) is armed
 SETTLE = 0.02  # seconds a process that does not stand by leaves a dead host to the standby before it ticks
 
 
@@ -104,10 +107,14 @@ class Monitor:
         self._poll.register(wakeup.open(), select.POLLIN)  # a byte there ends the wait at once
         self._notice: tuple[HostRecord, int] | None = None  # the host watched, its exit notice
         self._notice_fired = False
+        self._term_notices = backend.term_notices
+        self._term_notice: tuple[HostRecord, FileChange] | None = None  # our term watched, its notice
+        self._quiet_rearm = False  # the next term notice follows a tick: no extra look once armed
         self._thread = threading.Thread(target=self._run, name=f"ipchannel-monitor:{name}", daemon=True)
 
     def start(self) -> None:
-        """Start the thread."""
+        """Start the thread: it first looks ``SETTLE`` later (the first host is adopted by then: no poke)."""
+        self._wakeup.soon = True
         self._thread.start()
 
     def join(self) -> None:
@@ -121,28 +128,36 @@ class Monitor:
             _LOGGER.warning("%s did not stop within %.1f s", self._thread.name, _JOIN_TIMEOUT)
             return  # it may still poll them: leave its descriptors open
         self._disarm()
+        self._disarm_term()
         self._wakeup.close()
 
     def abandon_after_fork(self) -> None:
         """In a forked child: close the copies of the parent monitor's descriptors (its thread is gone)."""
         self._disarm()
+        self._disarm_term()
         self._wakeup.abandon_after_fork()
 
     def _run(self) -> None:
         _platform.leave_signals_to_the_application()
-        try:
-            self._coordinator.warm_up()  # off the failover path: what becoming host needs
-        except Exception:
-            _LOGGER.exception("%s: start-up work failed", self._thread.name)
+        warm = False
+        first = True
         while True:
             try:
-                self._wait()
+                self._wait(first)  # first: the connect() that started us goes on meanwhile, holding the GIL
             except Exception:
                 _LOGGER.exception("%s: waiting for the next tick failed", self._thread.name)
                 self._disarm()
+                self._disarm_term()
                 self._stopping.wait(self._interval)
+            self._wakeup.soon = first = False  # from now on, a new host is worth a poke
             if self._stopping.is_set():
                 return
+            if not warm:
+                warm = True
+                try:
+                    self._coordinator.warm_up()  # off the failover path: what becoming host needs
+                except Exception:
+                    _LOGGER.exception("%s: start-up work failed", self._thread.name)
             try:
                 self.tick()
             except Exception:
@@ -152,16 +167,21 @@ class Monitor:
                     name = self._thread.name
                     _LOGGER.debug("%s: monitor tick failed as the interpreter exits", name, exc_info=True)
 
-    def _wait(self) -> None:
+    def _wait(self, first: bool = False) -> None:
         """Sleep until poked, the watched host exits, or the interval (longer with an exit notice) ends.
 
         When the host exits, the standby ticks at once; other processes ``SETTLE`` seconds later,
         off the failover path (their sockets reconnect on their own, through the standby).
         """
         wake_fd = self._wakeup.open()
-        settle_until: float | None = None
+        settle_until = time.monotonic() + SETTLE if first else None
         while True:
-            armed = self._arm()
+            if self._hosting.is_host:
+                armed, fresh = self._arm_term()
+                if fresh and settle_until is None:  # a change before it was armed is not in it: look
+                    settle_until = time.monotonic() + self._interval  # as before: off a failover's path
+            else:
+                armed = self._arm()
             timeout = max(self._interval, IDLE_INTERVAL) if armed else self._interval
             if settle_until is not None:
                 timeout = max(0.0, settle_until - time.monotonic())
@@ -169,21 +189,34 @@ class Monitor:
             if not events:
                 return
             for fd, _events in events:
-                if fd == wake_fd:
-                    got = self._wakeup.drain()
-                    if b"!" in got:
-                        return
-                    if got and settle_until is None:  # a new host: tick soon (stand by?), not on its way in
-                        settle_until = time.monotonic() + SETTLE
-                elif self._notice is not None and fd == self._notice[1]:
-                    self._notice_fired = True  # readable for good: poll it no more
-                    self._poll.unregister(fd)
-                    if self._hosting.standing_by:
-                        return
+                settle = self._event(fd, wake_fd)
+                if settle is None:
+                    return
+                if settle and settle_until is None:
                     settle_until = time.monotonic() + SETTLE
+
+    def _event(self, fd: int, wake_fd: int) -> bool | None:
+        """Handle one readable descriptor: None to tick now, True to tick ``SETTLE`` from now, else False."""
+        if fd == wake_fd:
+            got = self._wakeup.drain()
+            if b"!" in got:
+                return None
+            return bool(got)  # a new host: tick soon (stand by?), not on its way in
+        if self._term_notice is not None and fd == self._term_notice[1].fd:
+            if not self._term_notice[1].touched():
+                return False
+            self._disarm_term()  # a new watch next (the directory's may be gone)
+            self._quiet_rearm = True  # the tick that follows looks after it was armed
+            return None  # a file our term rests on changed: look now
+        if self._notice is not None and fd == self._notice[1]:
+            self._notice_fired = True  # readable for good: poll it no more
+            self._poll.unregister(fd)
+            return None if self._hosting.standing_by else True
+        return False
 
     def _arm(self) -> bool:
         """Watch the exit notice of the host we connect to; True if one is armed and not yet fired."""
+        self._disarm_term()
         record = self._connector.record
         if self._exit_notices is None or self._hosting.is_host or record is None:
             self._disarm()
@@ -196,6 +229,33 @@ class Monitor:
             self._notice, self._notice_fired = (record, fd), False
             self._poll.register(fd, select.POLLIN)
         return not self._notice_fired
+
+    def _arm_term(self) -> tuple[bool, bool]:
+        """As host: watch what our term rests on (its files); return (armed, just armed: look once now)."""
+        self._disarm()  # no host to watch the exit of: we are it
+        term = self._hosting.term
+        if self._term_notices is None or term is None:
+            self._disarm_term()
+            return False, False
+        record = term[1]
+        if self._term_notice is not None and self._term_notice[0] == record:
+            return True, False
+        self._disarm_term()
+        notice = self._term_notices.open(record)
+        if notice is None:
+            return False, False
+        self._term_notice = (record, notice)
+        self._poll.register(notice.fd, select.POLLIN)
+        fresh, self._quiet_rearm = not self._quiet_rearm, False
+        return True, fresh
+
+    def _disarm_term(self) -> None:
+        if self._term_notice is not None:
+            _record, notice = self._term_notice
+            self._term_notice = None
+            with contextlib.suppress(KeyError, ValueError):
+                self._poll.unregister(notice.fd)
+            notice.close()
 
     def _disarm(self) -> None:
         if self._notice is not None:

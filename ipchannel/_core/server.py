@@ -152,6 +152,8 @@ class _Accepting(socketserver.BaseServer):
             target=self._handler_loop, args=(job,), name=f"ipchannel-handler:{self.channel_name}", daemon=True
         )
         with self._tracked_lock:
+            if job is None and self._retired:
+                return  # the server stopped while its thread started them: none would be told to exit
             self._handler_threads.add(thread)
             if job is None:
                 self._idle += 1
@@ -228,8 +230,14 @@ class _Accepting(socketserver.BaseServer):
 class Server:
     """A host's (or standby's) server on a listener, and the thread that runs it."""
 
-    def __init__(self, name: str, listener: Listener, handler: type[socketserver.BaseRequestHandler]) -> None:
-        self._name, self._listener = name, listener
+    def __init__(
+        self,
+        name: str,
+        listener: Listener,
+        handler: type[socketserver.BaseRequestHandler],
+        died: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._name, self._listener, self._died = name, listener, died
         self._server = _Accepting(name, listener, handler)
         self._thread: threading.Thread | None = None
         self._stopped = False
@@ -248,19 +256,31 @@ class Server:
         return self._listener.still_published()
 
     def start(self, ready: int = READY_THREADS) -> None:
-        """Start (or restart) ``serve_forever`` on a named daemon thread, with ``ready`` handler threads."""
-        self._server.start_ready_threads(ready)
+        """Start (or restart) ``serve_forever`` on a named daemon thread, with ``ready`` handler threads.
+
+        That thread starts them, before it accepts anything (so the first clients still start
+        none): the caller, becoming host, waits for one thread start instead of ``ready + 1``.
+        """
         self._thread = threading.Thread(
-            target=self._serve, name=f"ipchannel-server:{self._name}", daemon=True
+            target=self._serve, args=(ready,), name=f"ipchannel-server:{self._name}", daemon=True
         )
         self._thread.start()
 
-    def _serve(self) -> None:
+    def _serve(self, ready: int) -> None:
         _platform.leave_signals_to_the_application()
         try:
+            try:
+                self._server.start_ready_threads(ready)
+            except Exception:  # serve all the same (a thread per connection): shutdown() waits for it
+                exiting = not threading.main_thread().is_alive()  # 3.12+ starts no thread then
+                level = logging.DEBUG if exiting else logging.WARNING
+                _LOGGER.log(level, "channel %r: no handler thread started ahead", self._name, exc_info=True)
             self._server.serve_forever(poll_interval=_SERVE_POLL)
         except Exception:
             _LOGGER.exception("channel %r: server thread died", self._name)
+        finally:
+            if not self._stopped:
+                self._died()  # the monitor restarts it now, not at a tick (a host ticks rarely)
 
     def serve_connection(self, conn: socket.socket) -> None:
         """Serve a connection accepted elsewhere (a standby's side socket), as if accepted here."""

@@ -184,7 +184,7 @@ class Hosting:
     def _start_server(self, ready: int) -> Server:
         listener = self._transport.listen(self.may_serve)
         try:
-            server = Server(self._name, listener, self._handler)
+            server = Server(self._name, listener, self._handler, lambda: self._wakeup.send(b"s"))
             server.start(ready)
         except BaseException as exc:
             listener.close()

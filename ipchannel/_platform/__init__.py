@@ -10,6 +10,8 @@ Every platform module defines the same names:
 - ``process_exiting(pid)``: True while the process is tearing itself down (or is gone).
 - ``process_gone(pid)``: True once the process is a zombie or gone: all its descriptors are closed.
 - ``exit_notice(pid)``: a descriptor that polls readable once the process has exited, or None.
+- ``file_notice(directory, names, contents)``: a notice (``.fd`` to poll, ``touched()``, ``close()``)
+  of those names coming or going in the directory, and of those files being written (Linux: inotify), or None.
 - ``start_time(pid)``: when the process started, on a clock no wall-clock step moves (Linux:
   seconds since boot), or None once it is gone; equal for the same process in every process.
 - ``lock_holders(path)``: pids that have the file open, or ``None`` if unknown.
@@ -33,6 +35,7 @@ if sys.platform.startswith("linux"):
         SHUTDOWN_WAKES_LISTENER,
         SUN_PATH_MAX,
         exit_notice,
+        file_notice,
         flock_holder,
         keep_alive,
         leave_signals_to_the_application,
@@ -48,6 +51,7 @@ elif sys.platform == "darwin" or "bsd" in sys.platform:
         SHUTDOWN_WAKES_LISTENER,
         SUN_PATH_MAX,
         exit_notice,
+        file_notice,
         flock_holder,
         keep_alive,
         leave_signals_to_the_application,
@@ -63,6 +67,7 @@ else:
         SHUTDOWN_WAKES_LISTENER,
         SUN_PATH_MAX,
         exit_notice,
+        file_notice,
         flock_holder,
         keep_alive,
         leave_signals_to_the_application,
@@ -79,6 +84,7 @@ __all__ = [
     "SUN_PATH_MAX",
     "claim_clock",
     "exit_notice",
+    "file_notice",
     "flock_holder",
     "keep_alive",
     "leave_signals_to_the_application",

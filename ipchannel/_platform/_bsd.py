@@ -17,6 +17,7 @@ __all__ = [
     "SHUTDOWN_WAKES_LISTENER",
     "SUN_PATH_MAX",
     "exit_notice",
+    "file_notice",
     "flock_holder",
     "keep_alive",
     "leave_signals_to_the_application",
@@ -71,6 +72,11 @@ def flock_holder(path: str) -> int | None:  # noqa: ARG001 - same signature on e
 def exit_notice(pid: int) -> int | None:  # noqa: ARG001 - kqueue's EVFILT_PROC is not pollable
     """Return None: no pollable exit notice here; the monitor polls instead."""
     return None
+
+
+def file_notice(directory: str, names: list[str], contents: list[str]) -> None:  # noqa: ARG001 - same signature on every platform
+    """Return None: no notice of file changes here; the host looks every tick."""
+    return
 
 
 def start_time(pid: int) -> float | None:

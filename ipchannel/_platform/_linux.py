@@ -7,6 +7,7 @@ import socket
 import struct
 from pathlib import Path
 
+from ._inotify import file_notice
 from ._posix import keep_alive, leave_signals_to_the_application
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "SHUTDOWN_WAKES_LISTENER",
     "SUN_PATH_MAX",
     "exit_notice",
+    "file_notice",
     "flock_holder",
     "keep_alive",
     "leave_signals_to_the_application",

@@ -13,6 +13,7 @@ __all__ = [
     "SHUTDOWN_WAKES_LISTENER",
     "SUN_PATH_MAX",
     "exit_notice",
+    "file_notice",
     "flock_holder",
     "keep_alive",
     "leave_signals_to_the_application",
@@ -67,6 +68,11 @@ def flock_holder(path: str) -> int | None:
 def exit_notice(pid: int) -> int | None:  # noqa: ARG001 - same signature on every platform
     """Return None."""
     return None
+
+
+def file_notice(directory: str, names: list[str], contents: list[str]) -> None:  # noqa: ARG001 - same signature on every platform
+    """Return None."""
+    return
 
 
 def start_time(pid: int) -> float | None:

@@ -320,6 +320,46 @@ class ExitNotices(Protocol):
         """Return a descriptor readable once ``record``'s host has exited, or None; the caller closes it."""
 
 
+class FileChange(Protocol):
+    """A descriptor that polls readable when something may have changed (``TermNotices``)."""
+
+    fd: int
+
+    def touched(self) -> bool:
+        """Read what happened; tell whether it concerns what is watched (then look: a tick)."""
+
+    def close(self) -> None:
+        """Close the descriptor."""
+
+
+class TermNotices(Protocol):
+    """Notices of changes to what a host's term rests on (a capability: a local host's files, by inotify).
+
+    With one, the host's monitor looks at its term when told (and every ``IDLE_INTERVAL``),
+    instead of every tick; without, every ``Channel.monitor_interval``.
+    """
+
+    def open(self, record: HostRecord) -> FileChange | None:
+        """Return a notice for ``record``'s term, or None (then the monitor looks every tick)."""
+
+
+class Waiting(Protocol):
+    """What a process waiting in the election sleeps on (``ElectionNotices.open``)."""
+
+    def wait(self, timeout: float) -> bool:
+        """Sleep up to ``timeout`` seconds; True if something that can move the election on happened."""
+
+    def close(self) -> None:
+        """Close its descriptors."""
+
+
+class ElectionNotices(Protocol):
+    """Descriptors that wake a process waiting for a host (a capability: local, by inotify and pidfd)."""
+
+    def open(self, dead: HostRecord | None) -> Waiting | None:
+        """Return what turns when a host publishes itself, or ``dead``'s host exits; None: poll instead."""
+
+
 class Membership(Protocol):
     """Who holds every acknowledged write of the host's state (a SharedDict), kept where elections are.
 
@@ -353,4 +393,6 @@ class Backend:
     transport: Transport
     standby: Standby | None = None
     exit_notices: ExitNotices | None = None
+    term_notices: TermNotices | None = None
+    election_notices: ElectionNotices | None = None
     membership: Membership | None = None

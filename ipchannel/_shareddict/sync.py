@@ -29,7 +29,6 @@ if TYPE_CHECKING:
 __all__ = ["Sync"]
 
 _LOGGER = logging.getLogger("ipchannel")
-_ALONE_GRACE = 0.05  # with no host record, how long to wait for a host before becoming the first
 _SURVIVOR_GRACE = 0.5  # with a dead host's record, how long to give survivors to elect one of them
 _RETRY_PAUSE = 0.05  # between two background resyncs of a forked child while no host answers
 _FORK_TRY = 1.0  # how long a forked child's resync waits for a host before it may host itself
@@ -67,7 +66,13 @@ class Sync:
         # A dead host's record: survivors, if any, elect one of themselves within a tick or two.
         # A live host's: connecting to it is immediate.
         recorded = self._port.recorded_host()  # the coordinator's view
-        wait = {"none": _ALONE_GRACE, "dead": _SURVIVOR_GRACE}.get(recorded, self._timeout)
+        if recorded == "none":
+            # Nobody hosts: waiting for a host that may come (it used to be 50 ms of election
+            # backoff, most of an open) protects nothing the members gate does not already. A
+            # process that may hold writes others lack is a member, and while one may be alive
+            # nobody else campaigns (``members.may_campaign``); without one, whoever wins is as good.
+            self._requests.channel.may_host = True
+        wait = {"dead": _SURVIVOR_GRACE}.get(recorded, self._timeout)
         try:
             self._requests.subscribe(on_change, timeout=wait)
         except ChannelTimeout:

@@ -1,0 +1,106 @@
+"""What opening costs: no wait where nobody hosts, few thread starts in the caller, cheap thread set-up."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from typing import TYPE_CHECKING
+
+import _peers
+import pytest
+
+import ipchannel
+from ipchannel import _platform
+from ipchannel._wakeup import Wakeup
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+@pytest.mark.timeout(30)
+def test_the_first_shared_dict_hosts_without_backing_off(
+    runtime_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="ipchannel")
+    start = time.monotonic()
+    with ipchannel.SharedDict("first", runtime_dir=runtime_dir, timeout=10) as shared:
+        shared["k"] = 1
+        opened = time.monotonic() - start
+        assert shared.channel.is_host
+    retries = [r.getMessage() for r in caplog.records if "retrying after" in r.getMessage()]
+    # nobody to wait for: no host recorded, no member alive; the election is won at the first try
+    assert not retries, f"opened in {opened * 1000:.1f} ms after {len(retries)} backoff sleeps: {retries}"
+
+
+@pytest.mark.timeout(30)
+def test_becoming_host_starts_two_threads_in_the_caller(
+    runtime_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Thread.start() waits until the new thread runs: each one the caller starts is on its path
+    started: list[tuple[str, str]] = []
+    real_start = threading.Thread.start
+
+    def start(thread: threading.Thread) -> None:
+        started.append((threading.current_thread().name, thread.name))
+        real_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    with ipchannel.Channel("cold", _peers.echo_handler, runtime_dir=runtime_dir) as channel:
+        channel.connect().close()
+        assert channel.is_host
+        by_caller = sorted(name for starter, name in started if starter == threading.current_thread().name)
+        assert by_caller == ["ipchannel-monitor:cold", "ipchannel-server:cold"], started
+        # the ready handler threads are there all the same, started by the server thread before it accepts
+        handlers = [starter for starter, name in started if name == "ipchannel-handler:cold"]
+        assert handlers, started
+        assert set(handlers) == {"ipchannel-server:cold"}, started
+
+
+def test_library_threads_block_signals_in_a_few_microseconds() -> None:
+    # every thread ipchannel starts does this first (a joining connect() waits for the monitor's)
+    costs: list[float] = []
+
+    def run() -> None:
+        for _ in range(200):
+            begin = time.thread_time()
+            _platform.leave_signals_to_the_application()
+            costs.append(time.thread_time() - begin)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    mean = sum(costs) / len(costs)
+    assert mean < 30e-6, f"{mean * 1e6:.0f} us of CPU a call"  # the public pthread_sigmask: 115-230 us
+    # and they still block what they must
+    blocked = set()
+
+    def check() -> None:
+        _platform.leave_signals_to_the_application()
+        blocked.update(signal.pthread_sigmask(signal.SIG_BLOCK, []))
+
+    thread = threading.Thread(target=check)
+    thread.start()
+    thread.join()
+    assert signal.SIGTERM in blocked
+    assert signal.SIGINT in blocked
+    assert signal.SIGSEGV not in blocked
+
+
+def test_a_poke_that_only_asks_to_look_again_is_not_sent_to_a_sleeper_that_looks_soon() -> None:
+    wakeup = Wakeup()
+    fd = wakeup.open()
+    try:
+        wakeup.soon = True
+        wakeup.send(b"w", urgent=False)
+        assert wakeup.drain() == b""
+        wakeup.send(b"!")  # urgent: always
+        assert wakeup.drain() == b"!"
+        wakeup.soon = False
+        wakeup.send(b"w", urgent=False)
+        assert wakeup.drain() == b"w"
+        assert os.get_blocking(fd) is False
+    finally:
+        wakeup.close()
