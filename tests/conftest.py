@@ -41,6 +41,25 @@ def wait_until(predicate: Callable[[], object], timeout: float = 5.0, interval: 
         time.sleep(interval)
 
 
+def freeze(pid: int) -> None:
+    """SIGSTOP ``pid`` and return once every thread of it is stopped.
+
+    The signal lands asynchronously: ``kill`` wakes one thread, which stops the others
+    once it runs; under load the others go on for milliseconds (a replica applies and
+    confirms the next change meanwhile). A test that writes "while it is stopped" waits here.
+    """
+    os.kill(pid, signal.SIGSTOP)
+
+    def all_stopped() -> bool:
+        states = []
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                states.append((task / "stat").read_text().rpartition(")")[2].split()[0])
+        return all(state in {"T", "t"} for state in states)
+
+    wait_until(all_stopped, timeout=5)
+
+
 @contextlib.contextmanager
 def spawned(
     target: Callable[..., None], *args: Any, daemon: bool = True

@@ -21,7 +21,6 @@ import ssl
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import _machines
@@ -37,7 +36,7 @@ from _servers import (
     start_etcd,
     start_redis,
 )
-from conftest import Peer, Peers, wait_until
+from conftest import Peer, Peers, freeze, wait_until
 
 import ipchannel
 from ipchannel import CoordinatorUnavailable, CoordinatorURLError, MissingExtraError
@@ -50,6 +49,7 @@ from ipchannel._requests.wire import REQUEST, build_frame
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from pathlib import Path
 
     from _certs import Certificates
 
@@ -136,20 +136,6 @@ class Machines(Peers):
             if not peer._conn.closed:  # noqa: SLF001
                 with_cont(peer.pid)  # a test may have left it stopped
         super().close_all()
-
-
-def freeze(pid: int) -> None:
-    """SIGSTOP ``pid`` and return once every thread of it is stopped (the signal lands asynchronously)."""
-    os.kill(pid, signal.SIGSTOP)
-
-    def all_stopped() -> bool:
-        states = []
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            with contextlib.suppress(FileNotFoundError):
-                states.append((task / "stat").read_text().rpartition(")")[2].split()[0])
-        return all(state in {"T", "t"} for state in states)
-
-    wait_until(all_stopped, timeout=5)
 
 
 def with_cont(pid: int) -> None:

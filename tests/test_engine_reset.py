@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from _proxy import PartitioningProxy
 from _servers import EngineServer, RedisServer, free_ports, start_etcd, start_redis
-from conftest import wait_until
-from test_across import Machines, freeze, served_by, with_cont
+from conftest import freeze, wait_until
+from test_across import Machines, served_by, with_cont
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

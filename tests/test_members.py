@@ -15,22 +15,28 @@ import time
 from typing import TYPE_CHECKING
 
 import pytest
-from conftest import Peer, Peers, wait_until
+from conftest import Peer, Peers, freeze, wait_until
 
 if TYPE_CHECKING:
     from pathlib import Path
 
 
-def _stale_replica(peers: Peers, log: Path) -> tuple[Peer, Peer, Peer]:
+def _recorded(runtime_dir: Path, name: str = "test") -> list[str]:
+    return list(json.loads((runtime_dir / f".{name}.members").read_text())["members"])
+
+
+def _stale_replica(peers: Peers, log: Path, runtime_dir: Path) -> tuple[Peer, Peer, Peer]:
     """Host, up-to-date writer, and a replica stopped while the writer's five writes were acknowledged.
 
-    The stale one is left stopped.
+    The stale one is left stopped. It is a member holding v0 when it stops (recorded after v0
+    was acknowledged: so it confirmed v0), and stopped whole before v1 is written (``freeze``).
     """
     host, writer, stale = group = peers.start_dicts(3, log=str(log), max_lag=0.5, timeout=2.0)
     assert peers.host(group) is host
     writer.call("set_then_get", key="k", value="v0")
     stale.call("wait_position", position=host.call("info")["position"])
-    os.kill(stale.pid, signal.SIGSTOP)
+    wait_until(lambda: any(member.startswith(f"pid {stale.pid}@") for member in _recorded(runtime_dir)))
+    freeze(stale.pid)
     for i in range(1, 6):  # the first waits for the stopped one (max_lag), which is then recorded out
         assert writer.call("set_then_get", key="k", value=f"v{i}")["got"] == f"v{i}"
     assert f"member pid {stale.pid}@" in log.read_text()
@@ -39,11 +45,11 @@ def _stale_replica(peers: Peers, log: Path) -> tuple[Peer, Peer, Peer]:
 
 @pytest.mark.timeout(60)
 def test_a_replica_cut_off_while_stopped_does_not_host_while_a_member_lives(
-    peers: Peers, tmp_path: Path
+    peers: Peers, tmp_path: Path, runtime_dir: Path
 ) -> None:
     log = tmp_path / "ipchannel.log"
-    host, writer, stale = _stale_replica(peers, log)
-    os.kill(writer.pid, signal.SIGSTOP)  # the one that holds every write cannot take over for now
+    host, writer, stale = _stale_replica(peers, log, runtime_dir)
+    freeze(writer.pid)  # the one that holds every write cannot take over for now
     try:
         host.kill()
         os.kill(stale.pid, signal.SIGCONT)
@@ -63,11 +69,11 @@ def test_a_replica_cut_off_while_stopped_does_not_host_while_a_member_lives(
 
 @pytest.mark.timeout(60)
 def test_once_every_member_is_dead_a_stale_replica_takes_over_and_says_what_is_lost(
-    peers: Peers, tmp_path: Path
+    peers: Peers, tmp_path: Path, runtime_dir: Path
 ) -> None:
     log = tmp_path / "ipchannel.log"
-    host, writer, stale = _stale_replica(peers, log)
-    os.kill(writer.pid, signal.SIGSTOP)  # killed after the host: it dies a member, not recorded out
+    host, writer, stale = _stale_replica(peers, log, runtime_dir)
+    freeze(writer.pid)  # killed after the host: it dies a member, not recorded out
     host.kill()
     writer.kill()
     os.kill(stale.pid, signal.SIGCONT)
@@ -79,10 +85,6 @@ def test_once_every_member_is_dead_a_stale_replica_takes_over_and_says_what_is_l
     assert "ERROR" in lost[0]
     assert f"pid {writer.pid}@" in lost[0]
     assert f"pid {host.pid}@" in lost[0]
-
-
-def _recorded(runtime_dir: Path, name: str = "test") -> list[str]:
-    return list(json.loads((runtime_dir / f".{name}.members").read_text())["members"])
 
 
 @pytest.mark.timeout(60)
