@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 from _peers import read_line
-from conftest import Peers, wait_until
+from conftest import Peers, freeze, wait_until
 
 import ipchannel
 from ipchannel.aio import AsyncRequestChannel, AsyncSharedDict
@@ -52,7 +52,7 @@ def test_the_failover_path_runs_in_four_modules_above_the_leaves(peers: Peers) -
             wait_until(lambda: ("_local/standby.py", "await_hello") in called, timeout=20)
             os.kill(standby.pid, signal.SIGCONT)
 
-        os.kill(standby.pid, signal.SIGSTOP)  # frozen: it cannot host before the client is at its door
+        freeze(standby.pid)  # frozen: it cannot host before the client is at its door
         resumer = threading.Thread(target=resume_once_waiting)
         resumer.start()
         host.kill()

@@ -12,7 +12,7 @@ import time
 from typing import TYPE_CHECKING
 
 import pytest
-from conftest import Peer, Peers, wait_until
+from conftest import Peer, Peers, freeze, wait_until
 
 from ipchannel._core.monitor import SETTLE
 
@@ -179,7 +179,7 @@ def test_clients_of_a_dead_host_wait_at_the_standby_until_it_holds_the_lock(
 def test_a_frozen_standby_does_not_hold_the_failover_up(peers: Peers) -> None:
     group, host, standby = _started_with_a_standby(peers, 4)
     clients = [p for p in group if p not in (host, standby)]
-    os.kill(standby.pid, signal.SIGSTOP)
+    freeze(standby.pid)
     try:
         host.kill()
         replies = {c.call("request", text="after", timeout=5.0)["reply"].split()[0] for c in clients}

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import _peers
 import pytest
-from conftest import SPAWN, Peers, reap, spawned, wait_until
+from conftest import SPAWN, Peers, freeze, reap, spawned, wait_until
 
 import ipchannel
 from ipchannel import _hooks
@@ -136,7 +136,7 @@ def test_a_request_in_a_forked_child_keeps_its_timeout_while_the_subscription_co
     with spawned(_peers.fork_request_timeout_main, "test", str(runtime_dir)) as (_proc, conn):
         assert conn.poll(30)
         assert "subscribed" in conn.recv()
-        os.kill(host.pid, signal.SIGSTOP)  # the host accepts connections but answers nothing
+        freeze(host.pid)  # the host accepts connections but answers nothing
         try:
             conn.send("fork")
             assert conn.poll(20), "the child's request did not return"  # before the fix: it hung

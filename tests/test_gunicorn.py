@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import signal
@@ -83,7 +84,9 @@ def test_four_sync_workers_share_one_counter_and_survive_the_host_kill(
     err = gunicorn.stop()
     assert gunicorn.process.returncode == 0, err
     assert "Traceback" not in err, err
-    wait_until(lambda: not any(psutil.pid_exists(pid) for pid in gunicorn.seen), timeout=10)
+    with contextlib.suppress(pytest.fail.Exception):  # on failure, say which worker is left and how
+        wait_until(lambda: not _left(gunicorn.seen), timeout=10)
+    assert _left(gunicorn.seen) == []
     leftovers = sorted(p.name for p in runtime_dir.iterdir() if not p.name.endswith(".lock"))
     assert leftovers == [], leftovers  # no socket, record or temporary file
 
@@ -127,3 +130,13 @@ def test_max_requests_recycling_hands_hosting_over_without_failing_a_request(run
         assert "Traceback" not in err, err
     finally:
         server.kill_all()
+
+
+def _left(pids: set[int]) -> list[str]:
+    """The processes of ``pids`` still there (a zombie too): pid, state, parent, threads."""
+    found = []
+    for pid in sorted(pids):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process = psutil.Process(pid)
+            found.append(f"{pid} {process.status()} ppid={process.ppid()} threads={process.num_threads()}")
+    return found

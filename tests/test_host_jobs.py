@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import _peers
 import pytest
-from conftest import spawned, wait_until
+from conftest import freeze, spawned, wait_until
 
 import ipchannel
 
@@ -207,7 +207,7 @@ def test_a_run_that_outlives_stop_timeout_is_an_error_and_the_next_host_waits_ti
 
 def _freeze(pid: int) -> None:
     """SIGSTOP ``pid`` and return once every thread of it is stopped."""
-    os.kill(pid, signal.SIGSTOP)
+    freeze(pid)
 
     def stopped() -> bool:
         states = []

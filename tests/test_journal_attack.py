@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from conftest import reap, wait_until
+from conftest import freeze, reap, wait_until
 
 import ipchannel
 from ipchannel._codecs import resolve_codec
@@ -321,7 +321,7 @@ def test_writers_of_a_frozen_host_time_out_and_once_it_runs_again_nothing_is_los
     assert _host([holder, writer]) is holder
     writer.call("count", key="n", threads=2)
     wait_until(lambda: writer.call("copy")["items"] and writer.call("copy")["items"][0][1] > 50)
-    os.kill(holder.pid, signal.SIGSTOP)
+    freeze(holder.pid)
     try:
         time.sleep(3.5)  # longer than a write waits: the writers' calls raise, they do not hang
         during = writer.call("stop_count", timeout=10)
@@ -393,7 +393,7 @@ def test_a_replica_cut_off_while_frozen_that_outlives_every_member_takes_over_fr
     assert _host([holder, writer, stale]) is holder
     writer.call("incr", key="n", times=10)
     stale.call("wait_position", position=writer.call("info")["position"])
-    os.kill(stale.pid, signal.SIGSTOP)
+    freeze(stale.pid)
     try:
         writer.call("incr", key="n", times=10)  # waits max_lag (2 s) for the stale one, then cuts it off
         wait_until(lambda: "did not confirm" in log.read_text())

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 from _journal_writer import TIMEOUT
-from conftest import wait_until
+from conftest import freeze, wait_until
 
 from ipchannel._local.coordinator import read_record
 
@@ -166,7 +166,7 @@ def _outlive(writers: _Writers, stale: _Incarnation, rng: random.Random) -> None
 
     It wakes up as the only survivor with a replica behind the journal, and hosts.
     """
-    os.kill(stale.pid, signal.SIGSTOP)
+    freeze(stale.pid)
     try:
         time.sleep(rng.uniform(2.3, _LONG_FREEZE))
         for run in list(writers.current.values()):

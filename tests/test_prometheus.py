@@ -18,7 +18,7 @@ from typing import Any
 import _metrics_peers
 import prometheus_client
 import pytest
-from conftest import Peer, Workers, wait_until
+from conftest import Peer, Workers, freeze, wait_until
 
 from ipchannel.contrib import _metricsops
 
@@ -161,7 +161,7 @@ def test_a_frozen_worker_delays_a_scrape_by_max_lag_and_scrape_timeout_only(work
         frozen, others = others[0], [frozen, others[1]]
     for peer in (frozen, *others):
         peer.call("count", n=2)
-    os.kill(frozen.pid, signal.SIGSTOP)
+    freeze(frozen.pid)
     try:
         started = time.monotonic()
         samples = _scrape(others[0])

@@ -8,7 +8,6 @@ import json
 import operator
 import os
 import pickle
-import signal
 import socket
 import struct
 import threading
@@ -17,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import _peers
 import pytest
-from conftest import Peer, Peers, reap, spawned, wait_until
+from conftest import Peer, Peers, freeze, reap, spawned, wait_until
 
 import ipchannel
 from ipchannel._framing import FrameReader
@@ -478,7 +477,7 @@ def test_a_first_subscription_whose_host_dies_before_acknowledging_goes_to_the_n
     host, survivor = peers.start_requests(2)
     host.call("request", message="elect me")
     survivor.call("request", message="a client, ready to take over")
-    os.kill(host.pid, signal.SIGSTOP)
+    freeze(host.pid)
     (newcomer,) = peers.start_requests(1)
     log = tmp_path / "newcomer.log"
     newcomer.call("log_to", path=str(log))

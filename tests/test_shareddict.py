@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 import pytest
-from conftest import reap, spawned, wait_until
+from conftest import freeze, reap, spawned, wait_until
 
 import ipchannel
 from ipchannel import _hooks
@@ -118,7 +118,7 @@ def test_sigkill_of_the_host_mid_run_keeps_every_acknowledged_increment(peers: P
 def test_a_process_opening_while_the_host_dies_cannot_take_over_with_an_empty_replica(peers: Peers) -> None:
     holder, replica = peers.start_dicts(2)  # holder hosts, replica follows
     replica.call("incr", key="n", times=50)
-    os.kill(replica.pid, signal.SIGSTOP)  # the only survivor with the data cannot take over yet...
+    freeze(replica.pid)  # the only survivor with the data cannot take over yet...
     os.kill(holder.pid, signal.SIGKILL)  # ...when the host dies (left a zombie: its record looks alive)
     opened: list[Peer] = []
     opener = threading.Thread(target=lambda: opened.extend(peers.start_dicts(1)))
@@ -196,7 +196,7 @@ def test_a_shared_dict_opening_while_the_host_dies_syncs_through_the_next_host(
     survivor.call("incr", key="n", times=5)
     log = tmp_path / "newcomer.log"
     log.touch()
-    os.kill(holder.pid, signal.SIGSTOP)  # the newcomer's first sync waits on a host that never answers
+    freeze(holder.pid)  # the newcomer's first sync waits on a host that never answers
     opened: list[Peer] = []
     opener = threading.Thread(target=lambda: opened.extend(peers.start_dicts(1, log=str(log))))
     opener.start()

@@ -14,7 +14,7 @@ import time
 from typing import TYPE_CHECKING
 
 import pytest
-from conftest import Peer, Peers, wait_until
+from conftest import Peer, Peers, freeze, wait_until
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -29,7 +29,7 @@ class _Stopped:
         self._peer = peer
 
     def __enter__(self) -> None:
-        os.kill(self._peer.pid, signal.SIGSTOP)
+        freeze(self._peer.pid)
 
     def __exit__(self, *_exc: object) -> None:
         os.kill(self._peer.pid, signal.SIGCONT)

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from .._core.socket import ChannelSocket, reconnect_within
 from .._errors import ChannelError, ChannelTimeout, HostChanged
 from .._framing import FrameReader
+from .._locks import release_if_held
 from .resend import Ended, with_resends
 from .wire import ENVELOPE, build_frame, parse_frame
 
@@ -122,7 +123,7 @@ class Requester:
         this process late (``ipchannel.aio``). One at a time, the others sleep meanwhile.
         """
         remaining = deadline.remaining()
-        try:  # taken inside: an interrupt as acquire returns (SIGTERM's sys.exit) must not keep it
+        try:  # taken inside, see _locks
             if not self._opening.acquire(timeout=-1 if math.isinf(remaining) else remaining):
                 raise self._timeout_error(deadline, "no request connection could be opened")
             with self._lock:
@@ -130,10 +131,7 @@ class Requester:
                     return self._idle.pop()
             return _Connection(self._channel.connect(timeout=deadline.remaining()), self._max_size)
         finally:
-            try:  # noqa: SIM105 - no Python frame (suppress) before the release: an interrupt there keeps it
-                self._opening.release()
-            except RuntimeError:  # not held: it timed out, or was interrupted before it took it
-                pass
+            release_if_held(self._opening)
 
     def _exchange(
         self, conn: _Connection, ident: int, frame: bytes, deadline: Deadline

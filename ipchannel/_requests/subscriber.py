@@ -23,6 +23,7 @@ from .. import _platform
 from .._core.socket import ChannelSocket, reconnect_within
 from .._errors import ChannelClosed, ChannelError, ChannelTimeout, HostChanged, ProtocolError
 from .._framing import FrameReader, FrameTooLarge
+from .._locks import release_if_held
 from .._timing import Deadline
 from .confirm import Confirmer
 from .inbox import Inbox
@@ -123,16 +124,13 @@ class Subscriber:
     def ensure_running(self, deadline: Deadline) -> None:
         """Subscribe again if there are callbacks but no subscriber thread (fork, lost link), by deadline."""
         remaining = deadline.remaining()
-        try:  # taken inside: an interrupt as acquire returns (SIGTERM's sys.exit) must not keep it
+        try:  # taken inside, see _locks
             if not self._lock.acquire(timeout=-1 if math.isinf(remaining) else remaining):
                 raise self._timeout_error(deadline, "another thread is still subscribing")
             if self.inbox.callbacks and (self._thread is None or not self._thread.is_alive()):
                 self._start(deadline, resume=self._thread is not None)
         finally:
-            try:  # noqa: SIM105 - no Python frame (suppress) before the release: an interrupt there keeps it
-                self._lock.release()
-            except RuntimeError:  # not held: it timed out, or was interrupted before it took it
-                pass
+            release_if_held(self._lock)
 
     def resume_after_fork(self) -> None:
         """In a forked child with callbacks: subscribe again now, in the background (a listening worker)."""
