@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 import os
 import signal
 import threading
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import _peers
@@ -20,6 +18,7 @@ import ipchannel
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from pathlib import Path
 
     from conftest import Peer, Peers
 
@@ -205,20 +204,6 @@ def test_a_run_that_outlives_stop_timeout_is_an_error_and_the_next_host_waits_ti
         assert start >= end, f"a run in {who_b} started {end - start:.2f} s before one in {who_a} ended"
 
 
-def _freeze(pid: int) -> None:
-    """SIGSTOP ``pid`` and return once every thread of it is stopped."""
-    freeze(pid)
-
-    def stopped() -> bool:
-        states = []
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            with contextlib.suppress(FileNotFoundError):
-                states.append((task / "stat").read_text().rpartition(")")[2].split()[0])
-        return all(state in {"T", "t"} for state in states)
-
-    wait_until(stopped, timeout=5)
-
-
 def _runs(path: Path) -> list[tuple[float, float, int]]:
     rows = [line.split() for line in path.read_text().splitlines()] if path.exists() else []
     return sorted((float(start), float(end), int(pid)) for pid, start, end in rows)
@@ -237,7 +222,7 @@ def test_a_local_host_frozen_mid_run_then_resumed_never_runs_it_next_to_another(
         p.call("run_on_host", path=str(log), every=0.05, duration=0.3)
     wait_until(lambda: len(_runs(log)) >= 2)
     host = peers.host(group)
-    _freeze(host.pid)  # most likely mid-run: it runs 0.3 s of every 0.35 s
+    freeze(host.pid)  # most likely mid-run: it runs 0.3 s of every 0.35 s
     try:
         before = len(_runs(log))
         deadline = time.monotonic() + 3.0
