@@ -158,6 +158,17 @@ class Peer:
         return not self._conn.closed and self.process.is_alive()
 
 
+def kill_all(started: list[Peer]) -> None:
+    """Kill every peer still running, and check that each was reaped (``Peers``, ``Workers``)."""
+    for peer in started:
+        if not peer._conn.closed:  # noqa: SLF001
+            peer.kill()
+    for peer in started:
+        assert not psutil.pid_exists(peer.pid) or psutil.Process(peer.pid).ppid() != os.getpid(), (
+            f"peer {peer.pid} was not reaped"
+        )
+
+
 class Peers:
     """Starts peers and guarantees they are killed and reaped."""
 
@@ -199,13 +210,7 @@ class Peers:
         return hosts[0]
 
     def close_all(self) -> None:
-        for peer in self.started:
-            if not peer._conn.closed:  # noqa: SLF001
-                peer.kill()
-        for peer in self.started:
-            assert not psutil.pid_exists(peer.pid) or psutil.Process(peer.pid).ppid() != os.getpid(), (
-                f"peer {peer.pid} was not reaped"
-            )
+        kill_all(self.started)
 
 
 @pytest.fixture
@@ -247,9 +252,7 @@ def workers(runtime_dir: Path) -> Iterator[Workers]:
     try:
         yield pool
     finally:
-        for peer in pool.started:
-            if not peer._conn.closed:  # noqa: SLF001
-                peer.kill()
+        kill_all(pool.started)
 
 
 def _ipchannel_threads() -> set[threading.Thread]:
