@@ -26,8 +26,7 @@ _PARAMETRIZED = ("all_storage", "moving_window_storage", "sliding_window_counter
 def pytest_configure(config: pytest.Config) -> None:
     """Extend limits' storage parameters before its test modules import them."""
     config.addinivalue_line("markers", "ipchannel: ipchannel.contrib.limits storages")
-    # limits' own runs retry these (pytest-rerunfailures); here each runs once, with no retry
-    config.addinivalue_line("markers", "flaky: a test limits reruns on failure (not rerun here)")
+    # @pytest.mark.flaky: the flaky plugin, which run_limits_tests.sh installs as limits' runs do
     sys.path.insert(0, str(config.rootpath))
     lf = importlib.import_module("pytest_lazy_fixtures").lf  # a dependency of limits' tests only
 
