@@ -5,6 +5,8 @@ process sets it to ``pause(point, detail)``, which may block; the points are:
 
 - ``"channel.resigning"``: a host has begun to give hosting up (``close()``, stepping
   down) and still has its record and listener (``detail``: the channel name);
+- ``"members.locked"``: a process took the flock of a SharedDict's local members record
+  and has not changed the record yet (``detail``: the lock file's path);
 - ``"requests.answered"``: the host sent its answer to a request, or decided to send
   none (``detail``: the request's payload);
 - ``"requests.fanned_out"``: the host sent a published message to every

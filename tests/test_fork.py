@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import signal
 import threading
@@ -9,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import _peers
 import pytest
-from conftest import SPAWN, Peers, freeze, reap, spawned, wait_until
+from conftest import SPAWN, Peer, Peers, freeze, reap, spawned, wait_until
 
 import ipchannel
 from ipchannel import _hooks
@@ -179,3 +181,88 @@ def test_a_forked_child_stays_out_of_elections_until_its_replica_has_synced(
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
         assert d.channel.may_host  # the parent's own switch is untouched
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_child_forked_after_its_parent_wrote_becomes_a_member(peers: Peers, runtime_dir: Path) -> None:
+    # The parent's last batch was its own writes alone, which it need not confirm. A child that
+    # kept that flag confirmed nothing until someone else wrote: never a member while all was quiet.
+    (host,) = peers.start_dicts(1)
+    with ipchannel.SharedDict("test", runtime_dir=runtime_dir) as d:
+        wait_until(lambda: host.call("info")["is_host"])
+        d["k"] = "v"  # applied here as a batch of this process's writes alone
+        members = runtime_dir / ".test.members"
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child reports through its exit code
+            code = 1
+            try:
+                mine = f"pid {os.getpid()}@"
+                joined = wait_until(
+                    lambda: any(m.startswith(mine) for m in json.loads(members.read_text())["members"]),
+                    timeout=10,
+                )
+                code = 0 if joined else 2
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_child_forked_while_a_thread_holds_the_members_lock_does_not_keep_it(
+    peers: Peers, runtime_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The host records a new member under the flock of .test.members.lock. A child forked then
+    # has a copy of that descriptor; closing the parent's alone left the lock held while the child
+    # lived, and every later change of the record (a member joining or leaving) waited for it.
+    parent, locked, forked = os.getpid(), threading.Event(), threading.Event()
+
+    def hold_the_lock_until_forked(point: str, _detail: object) -> None:
+        if point == "members.locked" and os.getpid() == parent and not forked.is_set():
+            locked.set()
+            forked.wait(20)
+
+    with ipchannel.SharedDict("test", runtime_dir=runtime_dir) as d:
+        d["k"] = "v"  # hosting, with its own term recorded
+        monkeypatch.setattr(_hooks, "pause", hold_the_lock_until_forked)
+        started: list[Peer] = []  # a replica joins: the host records it, holding the flock
+        starting = threading.Thread(target=lambda: started.extend(peers.start_dicts(1)))
+        starting.start()  # its start returns once it is in: after the fork, here
+        wait_until(locked.is_set, timeout=10)
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - lives until told; says whether it kept a copy of the lock
+            lock = str(runtime_dir / ".test.members.lock")
+            kept = [fd for fd in os.listdir("/proc/self/fd") if _links_to(f"/proc/self/fd/{fd}", lock)]
+            os.read(read_end, 1)
+            os._exit(3 if kept else 0)
+        try:
+            forked.set()
+            starting.join(30)
+            (replica,) = started
+            wait_until(lambda: any(m.startswith(f"pid {replica.pid}@") for m in _members(runtime_dir)))
+            fd = os.open(runtime_dir / ".test.members.lock", os.O_RDWR)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # before the fix: BlockingIOError
+            finally:
+                os.close(fd)
+            replica.exit(timeout=10)  # leaves the members: takes the lock, as any process would
+        finally:
+            os.write(write_end, b"x")
+            os.close(write_end)
+            os.close(read_end)
+            status = os.waitpid(pid, 0)[1]
+        assert os.waitstatus_to_exitcode(status) == 0  # 3: the child kept the parent's descriptor open
+
+
+def _links_to(link: str, target: str) -> bool:
+    try:
+        return os.readlink(link) == target
+    except OSError:  # the descriptor listdir itself had open
+        return False
+
+
+def _members(runtime_dir: Path) -> list[str]:
+    return list(json.loads((runtime_dir / ".test.members").read_text())["members"])

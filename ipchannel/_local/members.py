@@ -22,7 +22,7 @@ import os
 import secrets
 from typing import TYPE_CHECKING
 
-from .. import _platform
+from .. import _fork, _hooks, _platform
 from .._seams.record import Recorded, decode_members
 
 if TYPE_CHECKING:
@@ -42,6 +42,8 @@ class LocalMembership:
         self._lock_path = path.with_name(f"{path.name}.lock")
         self._me: tuple[int, str] | None = None  # (pid, name): looked up again in a forked child
         self._ignored = ""  # why the record was last ignored (said once)
+        self._held: set[int] = set()  # descriptors of the flock, while a thread holds it
+        _fork.register(self)
 
     def me(self) -> str:
         pid = os.getpid()
@@ -83,11 +85,26 @@ class LocalMembership:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        self._held.add(fd)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
+            if _hooks.pause is not None:
+                _hooks.pause("members.locked", str(self._lock_path))
             yield
         finally:
-            os.close(fd)  # releases the flock
+            # unlocked, not just closed: a child forked meanwhile holds a copy of the descriptor,
+            # and the flock would last while that copy is open (as long as the child lives)
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            self._held.discard(fd)
+            os.close(fd)
+
+    def _reset_after_fork(self) -> None:
+        """In a forked child: close the copies of a flock a parent thread held, without unlocking it."""
+        for fd in self._held:
+            with contextlib.suppress(OSError):
+                os.close(fd)  # not LOCK_UN: that would free the parent's lock too, under its feet
+        self._held = set()
 
     def members(self) -> Recorded | None:
         try:

@@ -123,7 +123,6 @@ class SharedDict(MutableMapping[Any, Any]):
         self._check_key: Callable[[Any], None] | None = getattr(self._codec, "check_key", None)
         self._check_value: Callable[[Any], None] | None = getattr(self._codec, "check_value", None)
         self._data: dict[Any, Any] = {}
-        self._own_batch = False  # the last batch applied was this dict's writes alone
         self._replica = Replica(name, self._show)
         self._members = Members(
             name, None, max_lag, lambda: not self._port.may_serve(), lambda: self.position
@@ -293,11 +292,11 @@ class SharedDict(MutableMapping[Any, Any]):
         """Apply one published batch (runs on ``ipchannel-subscriber:NAME``)."""
         self._replica.on_change(batch, self._resync)
         # the host does not wait for us on a batch of our own writes alone: nothing to confirm
-        self._own_batch = self._writes.ours(batch)
+        self._writes.applied(batch)
 
     def _confirmation(self) -> tuple[str, int, int] | None:
         """Return what this replica holds, for the host (``members``; on ``ipchannel-subscriber:NAME``)."""
-        if self._own_batch or self._requests.channel.is_host:  # not waited for: nothing to say
+        if self._writes.last_batch_ours or self._requests.channel.is_host:  # not waited for: nothing to say
             return None
         position = self._replica.confirmable()
         member = self._members.my_name()

@@ -80,12 +80,14 @@ class Writes:
         self._outbox_lock = threading.Lock()
         self._outbox: list[_Write] = []
         self._senders = 0  # requests of this process's writes out now
+        # the last batch applied was this dict's writes alone (a child's parent's are not its own)
+        self.last_batch_ours = False
 
-    def ours(self, batch: Any) -> bool:
-        """Tell whether every change of a published batch is one of this dict's writes."""
+    def applied(self, batch: Any) -> None:
+        """Note whether every change of a batch just applied is one of this dict's writes."""
         prefix = self._client + "-"
         changes = batch.get("ch") if isinstance(batch, dict) else None
-        return (
+        self.last_batch_ours = (
             isinstance(changes, list) and bool(changes) and all(str(c[1]).startswith(prefix) for c in changes)
         )
 
