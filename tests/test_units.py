@@ -306,7 +306,13 @@ def test_a_snapshot_holds_no_writer_entry_of_a_later_write() -> None:
 
     alone = Members("t", None, 2.0, lambda: False, lambda: (0, 0))  # no replica to wait for
     store = Store(
-        "t", Replica("t", lambda _data: None), lambda: 1, lambda: 1, lambda _message: None, alone, None
+        "t",
+        Replica("t", lambda _data: None),
+        lambda: 1,
+        lambda: 1,
+        lambda _message, _taken, _alone: None,
+        alone,
+        None,
     )
     store.commit([_queued(["set", "a", 1], "w", 1)])
     snapshot = store.on_request({"v": PROTOCOL, "op": "snapshot"})

@@ -173,7 +173,14 @@ class RequestChannel:
         """
         self._publish(message, Deadline(validate_timeout(timeout)), self._max_size)
 
-    def _publish(self, message: Any, deadline: Deadline, limit: int) -> None:
+    def _publish(
+        self,
+        message: Any,
+        deadline: Deadline,
+        limit: int,
+        taken_here: Callable[[], bool] | None = None,
+        alone: str = "",
+    ) -> None:
         payload = PUBLISH_ID.pack(self._publisher, next(self._publish_numbers)) + self._encode(message)
         if ENVELOPE.size + len(payload) > limit:
             raise ValueError(
@@ -185,7 +192,7 @@ class RequestChannel:
         # subscribers must not get what the real host never sent. It sends it as anyone would.
         if self._port.may_serve():
             self._check_open()
-            self._host.wait_taken(self._host.fan_out(payload))
+            self._host.wait_taken(self._host.fan_out(payload, taken_here, alone))
             if self._port.may_serve():
                 return
             # stopped serving meanwhile: the message may not have reached everyone; send it to the new host
@@ -318,9 +325,14 @@ def _new_publisher_id() -> int:
     return int.from_bytes(os.urandom(8), "big")
 
 
-def publish_changes(channel: RequestChannel, message: Any, timeout: float | None) -> None:
-    """Publish what the host made of requests (a SharedDict's changes): ``SLACK`` bytes over the limit."""
-    channel._publish(message, Deadline(timeout), channel._max_size + SLACK)  # noqa: SLF001 - the host's own
+def publish_changes(
+    channel: RequestChannel, message: Any, timeout: float | None, taken_here: Callable[[], bool], alone: str
+) -> None:
+    """Publish what the host made of requests (a SharedDict's changes): ``SLACK`` bytes over the limit.
+
+    ``taken_here``, ``alone``: as for ``RequestHost.fan_out`` (who applies it without the frame).
+    """
+    channel._publish(message, Deadline(timeout), channel._max_size + SLACK, taken_here, alone)  # noqa: SLF001 - the host's own
 
 
 def ensure_subscribed(channel: RequestChannel, deadline: Deadline) -> None:

@@ -238,12 +238,15 @@ class RequestHost:
         if not self._handing_over():  # else resent to the next host, and subscribers drop the copy
             peer.send(build_frame(ACK, ident))
 
-    def fan_out(self, payload: bytes) -> int:
+    def fan_out(self, payload: bytes, taken_here: Callable[[], bool] | None = None, alone: str = "") -> int:
         """Queue a published message for every subscriber (and keep it for resuming ones); its number.
 
         Never blocks; under the lock, so every subscriber gets the term's messages in the order
         of their numbers. A message larger than every subscriber reads is refused (ValueError).
-        Acknowledge it only after ``wait_taken``.
+        Acknowledge it only after ``wait_taken``. ``taken_here`` (a SharedDict's own changes):
+        called under the lock; True if this process's own subscription took the message
+        already, in its place in the order, so it is not sent to it (nor decoded there).
+        ``alone``: the member (``Confirmations``) that takes it from the answers to its requests.
         """
         if ENVELOPE.size + len(payload) > self._max_size + SLACK:
             raise ValueError(f"a published message of {len(payload)} bytes is over max_message_size")
@@ -251,11 +254,21 @@ class RequestHost:
             self._start_term()
             self._number += 1
             frame = build_frame(MESSAGE, self._number, payload)
-            self._replay.append((self._number, frame))
+            self._replay.append((self._number, frame))  # replayed to our own too, if it resumes: held
+            own = self._own_subscription(taken_here)
             for subscriber in list(self._subscribers):
+                if subscriber.member and subscriber.member in (own, alone):
+                    continue
                 if not subscriber.outbox.put(frame, self._number):
                     self._subscribers.discard(subscriber)
             return self._number
+
+    def _own_subscription(self, taken_here: Callable[[], bool] | None) -> str:
+        """Return the member name of this process's own subscription if it took the message (else "")."""
+        if taken_here is None or self._confirmations is None:
+            return ""
+        own = self._confirmations.member()  # what our own SUBSCRIBE said (``Subscriber._subscribe``)
+        return own if own and taken_here() else ""
 
     def wait_taken(self, number: int) -> None:
         """Return once every subscriber's socket has message ``number``, or it was cut off (``max_lag``).
