@@ -553,6 +553,29 @@ def test_library_threads_leave_signals_to_the_application(channel: ipchannel.Cha
     assert not _blocked_signals(threading.main_thread().native_id or 0) & sigterm
 
 
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads /proc/self/task")
+def test_threads_of_a_host_elected_by_its_monitor_leave_signals_to_the_application(
+    channel: ipchannel.Channel, peers: Peers
+) -> None:
+    # The monitor starts the server thread here, and that one its handler threads: each inherits the
+    # mask of the thread that started it (leave_signals_to_the_application(inherited=True)).
+    host = peers.start(1)[0]
+    host.call("connect")
+    channel.connect()
+    assert channel.host_pid == host.pid
+    host.kill()
+    wait_until(lambda: channel.is_host, timeout=10)
+    sock = channel.connect()
+    sock.sendall(b"x\n")
+    _peers.read_line(sock)
+    ours = [t for t in threading.enumerate() if t.name.startswith(("ipchannel-server", "ipchannel-handler"))]
+    assert {t.name.split(":")[0] for t in ours} == {"ipchannel-server", "ipchannel-handler"}
+    sigterm = 1 << (signal.SIGTERM - 1)
+    for thread in ours:
+        assert thread.native_id is not None
+        assert _blocked_signals(thread.native_id) & sigterm, thread.name
+
+
 # -- what the refactoring into seams must keep (each test failed on a first version of it) ----------
 
 

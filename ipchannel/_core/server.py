@@ -149,7 +149,10 @@ class _Accepting(socketserver.BaseServer):
 
     def _start_handler_thread(self, job: tuple[Any, Any] | None) -> None:
         thread = threading.Thread(
-            target=self._handler_loop, args=(job,), name=f"ipchannel-handler:{self.channel_name}", daemon=True
+            target=self._handler_loop,
+            args=(job, _platform.signals_left()),
+            name=f"ipchannel-handler:{self.channel_name}",
+            daemon=True,
         )
         with self._tracked_lock:
             if job is None and self._retired:
@@ -166,9 +169,9 @@ class _Accepting(socketserver.BaseServer):
                     self._idle -= 1
             raise
 
-    def _handler_loop(self, job: tuple[Any, Any] | None) -> None:
+    def _handler_loop(self, job: tuple[Any, Any] | None, inherited: bool) -> None:
         """Serve one connection after another: ``job``, then what ``process_request`` queues."""
-        _platform.leave_signals_to_the_application()
+        _platform.leave_signals_to_the_application(inherited=inherited)  # started by the server thread
         try:
             while True:
                 if job is None:
@@ -262,12 +265,15 @@ class Server:
         none): the caller, becoming host, waits for one thread start instead of ``ready + 1``.
         """
         self._thread = threading.Thread(
-            target=self._serve, args=(ready,), name=f"ipchannel-server:{self._name}", daemon=True
+            target=self._serve,
+            args=(ready, _platform.signals_left()),  # the monitor, on a failover
+            name=f"ipchannel-server:{self._name}",
+            daemon=True,
         )
         self._thread.start()
 
-    def _serve(self, ready: int) -> None:
-        _platform.leave_signals_to_the_application()
+    def _serve(self, ready: int, inherited: bool) -> None:
+        _platform.leave_signals_to_the_application(inherited=inherited)
         try:
             try:
                 self._server.start_ready_threads(ready)

@@ -17,7 +17,8 @@ Every platform module defines the same names:
 - ``lock_holders(path)``: pids that have the file open, or ``None`` if unknown.
 - ``flock_holder(path)``: the pid that took the exclusive flock held on the file, or ``None``
   (nobody holds one, or the system cannot tell).
-- ``leave_signals_to_the_application()``: block asynchronous signals in the calling (library) thread.
+- ``leave_signals_to_the_application(inherited=False)``: block asynchronous signals in the calling
+  (library) thread; ``signals_left()``: whether it does (a thread it starts inherits its mask).
 - ``keep_alive(sock, idle, interval, count)``: TCP keepalive (and ``TCP_USER_TIMEOUT``) on ``sock``.
 
 And, for every platform: ``claim_clock()``, seconds on a clock that keeps counting while the
@@ -43,6 +44,7 @@ if sys.platform.startswith("linux"):
         peer_credentials,
         process_exiting,
         process_gone,
+        signals_left,
         start_time,
     )
 elif sys.platform == "darwin" or "bsd" in sys.platform:
@@ -59,6 +61,7 @@ elif sys.platform == "darwin" or "bsd" in sys.platform:
         peer_credentials,
         process_exiting,
         process_gone,
+        signals_left,
         start_time,
     )
 else:
@@ -75,6 +78,7 @@ else:
         peer_credentials,
         process_exiting,
         process_gone,
+        signals_left,
         start_time,
     )
 
@@ -92,6 +96,7 @@ __all__ = [
     "peer_credentials",
     "process_exiting",
     "process_gone",
+    "signals_left",
     "start_time",
 ]
 

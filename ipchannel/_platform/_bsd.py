@@ -10,7 +10,7 @@ import psutil
 if TYPE_CHECKING:
     import socket
 
-from ._posix import keep_alive, leave_signals_to_the_application
+from ._posix import keep_alive, leave_signals_to_the_application, signals_left
 
 __all__ = [
     "EXIT_NOTICES",
@@ -25,6 +25,7 @@ __all__ = [
     "peer_credentials",
     "process_exiting",
     "process_gone",
+    "signals_left",
     "start_time",
 ]
 

@@ -8,7 +8,7 @@ import struct
 from pathlib import Path
 
 from ._inotify import file_notice
-from ._posix import keep_alive, leave_signals_to_the_application
+from ._posix import keep_alive, leave_signals_to_the_application, signals_left
 
 __all__ = [
     "EXIT_NOTICES",
@@ -23,6 +23,7 @@ __all__ = [
     "peer_credentials",
     "process_exiting",
     "process_gone",
+    "signals_left",
     "start_time",
 ]
 

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import importlib
 import signal
 import socket
-from typing import TYPE_CHECKING
+import threading
 
-if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
-
-__all__ = ["keep_alive", "leave_signals_to_the_application"]
+__all__ = ["keep_alive", "leave_signals_to_the_application", "signals_left"]
 
 # Signals the kernel sends to the thread that caused them: blocking these would hide a crash.
 _SYNCHRONOUS = {
@@ -25,34 +21,32 @@ _SYNCHRONOUS = {
     signal.SIGSTOP,
 }
 
-# Computed once, as plain ints: ``valid_signals()`` and the public ``pthread_sigmask``, which turns
-# the previous mask into ``Signals`` members one by one, cost 120-230 us a call, in every thread we
-# start (a joining connect()). The C function takes and gives ints: 3 us.
+# Computed once, as plain ints (``valid_signals()`` itself costs ~100 us a call).
 _ASYNCHRONOUS = frozenset(int(number) for number in signal.valid_signals() - _SYNCHRONOUS)
 
-
-def _raw_sigmask() -> Callable[[int, Iterable[int]], object]:
-    try:
-        module = importlib.import_module("_signal")  # CPython's C functions behind ``signal``
-    except ImportError:
-        return signal.pthread_sigmask
-    function: Callable[[int, Iterable[int]], object] = getattr(
-        module, "pthread_sigmask", signal.pthread_sigmask
-    )
-    return function
+_thread = threading.local()  # ``left``: this thread blocks them (a thread it starts inherits its mask)
 
 
-_pthread_sigmask = _raw_sigmask()
-
-
-def leave_signals_to_the_application() -> None:
+def leave_signals_to_the_application(*, inherited: bool = False) -> None:
     """Block asynchronous signals (SIGTERM, SIGINT, SIGCHLD...) in the calling thread.
 
     The kernel hands a process-directed signal to any thread that does not block it. If one of
     ours took it, CPython would only note it, while the main thread stayed blocked in a read and
     never ran its handler: a gunicorn worker or script could sleep through SIGTERM.
+
+    ``inherited``: the thread that started this one blocked them (``signals_left()`` there), and a
+    new thread starts with its creator's mask, so nothing is left to do. ``pthread_sigmask`` turns
+    the previous mask into ``Signals`` members one by one: a few us where it was empty, ~100 us
+    where it was full, which a host would pay for each handler thread it starts.
     """
-    _pthread_sigmask(signal.SIG_BLOCK, _ASYNCHRONOUS)
+    if not inherited:
+        signal.pthread_sigmask(signal.SIG_BLOCK, _ASYNCHRONOUS)
+    _thread.left = True
+
+
+def signals_left() -> bool:
+    """Tell whether the calling thread blocks them (``leave_signals_to_the_application``)."""
+    return bool(getattr(_thread, "left", False))
 
 
 def keep_alive(sock: socket.socket, idle: float, interval: float, count: int) -> None:

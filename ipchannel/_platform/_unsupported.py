@@ -21,6 +21,7 @@ __all__ = [
     "peer_credentials",
     "process_exiting",
     "process_gone",
+    "signals_left",
     "start_time",
 ]
 
@@ -40,7 +41,12 @@ def process_exiting(pid: int) -> bool:
     raise NotImplementedError(_MESSAGE)
 
 
-def leave_signals_to_the_application() -> None:
+def leave_signals_to_the_application(*, inherited: bool = False) -> None:
+    """Raise NotImplementedError."""
+    raise NotImplementedError(_MESSAGE)
+
+
+def signals_left() -> bool:
     """Raise NotImplementedError."""
     raise NotImplementedError(_MESSAGE)
 
