@@ -8,6 +8,9 @@ calls their ``_reset_after_fork()`` in creation order, so a Channel is reset
 before the RequestChannel built on it, and that before the SharedDict on top.
 Only then, in a second pass, objects that have one run ``_resume_after_fork()``:
 background work (a subscription, a resync) starts once nothing is left half reset.
+
+A child that ``spawn`` or ``forkserver`` starts inherits nothing: it opens its own by name.
+``ProcessBound`` objects refuse to be pickled (sent to it) and say so.
 """
 
 from __future__ import annotations
@@ -16,9 +19,9 @@ import itertools
 import logging
 import os
 import weakref
-from typing import Protocol
+from typing import NoReturn, Protocol, SupportsIndex
 
-__all__ = ["register"]
+__all__ = ["ProcessBound", "register"]
 
 _LOGGER = logging.getLogger("ipchannel")
 
@@ -30,6 +33,21 @@ class _Resettable(Protocol):
 _order = itertools.count()
 #: Every registered object of this process, by registration order (weak: a closed, dropped one goes).
 _registered: weakref.WeakValueDictionary[int, _Resettable] = weakref.WeakValueDictionary()
+
+
+class ProcessBound:
+    """A base for what belongs to the process that opened it (connections, threads, a replica)."""
+
+    __slots__ = ()
+
+    def __reduce_ex__(self, protocol: SupportsIndex) -> NoReturn:
+        """Refuse to be pickled, as when sent to a ``spawn`` or ``forkserver`` child, and say why."""
+        name = type(self).__name__
+        raise TypeError(
+            f"cannot send a {name} to another process (pickle it): it belongs to the process that "
+            f"opened it; open it there instead, by name: {name}(name, ...) in the child's target "
+            "or in a Pool's initializer"
+        )
 
 
 def register(obj: _Resettable) -> None:

@@ -68,7 +68,7 @@ def time_left(channel: Channel, deadline: Deadline) -> float | None:
     return remaining
 
 
-class AsyncRequestChannel:
+class AsyncRequestChannel(_fork.ProcessBound):
     """Request/reply and publish/subscribe for asyncio code; the loop never blocks on the channel.
 
     ::

@@ -38,7 +38,7 @@ __all__ = ["AsyncSharedDict"]
 _MISSING = object()
 
 
-class AsyncSharedDict(Mapping[Any, Any]):
+class AsyncSharedDict(_fork.ProcessBound, Mapping[Any, Any]):
     """A dict shared by every process that opens it: ``await`` the writes, read it like a dict.
 
     ::

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 __all__ = ["Channel", "open_channel"]
 
 
-class Channel:
+class Channel(_fork.ProcessBound):
     """One shared service among peer processes: one of them hosts it, all connect to it.
 
     Every process runs the same code::

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 __all__ = ["RequestChannel", "ensure_subscribed", "publish_changes"]
 
 
-class RequestChannel:
+class RequestChannel(_fork.ProcessBound):
     """Request/reply and publish/subscribe among peer processes, surviving the death of the host.
 
     ::

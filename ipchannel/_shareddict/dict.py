@@ -55,7 +55,7 @@ __all__ = ["SharedDict", "membership_of", "wait_for"]
 _LOGGER = logging.getLogger("ipchannel")
 
 
-class SharedDict(MutableMapping[Any, Any]):
+class SharedDict(_fork.ProcessBound, MutableMapping[Any, Any]):
     """A dict shared by every process that opens it: local reads, writes through the host.
 
     ::
