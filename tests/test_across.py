@@ -517,6 +517,18 @@ def test_status_lists_the_channels_of_a_coordinator(machines: Machines) -> None:
     ).stdout
     assert str(host.pid) in text
     assert "jobs" in text
+    # where the channels find it, status finds it too: IPCHANNEL_COORDINATOR, unless --dir is given
+    environment = {**os.environ, "IPCHANNEL_COORDINATOR": machines.server.url}
+    listed = subprocess.run(
+        [sys.executable, "-m", "ipchannel", "status", "--json"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=environment,
+    ).stdout
+    assert json.loads(listed) == {**json.loads(listed), "coordinator": machines.server.url}
+    assert [c["pid"] for c in json.loads(listed)["channels"]] == [host.pid]
 
 
 @pytest.fixture

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+
+import ipchannel
 
 if TYPE_CHECKING:
     from conftest import Peers
@@ -32,6 +35,16 @@ def test_help_exits_zero() -> None:
     assert "status" in result.stdout
     assert _run("demo", "--help").returncode == 0
     assert _run("status", "--help").returncode == 0
+
+
+def test_help_names_every_environment_variable_the_library_reads(runtime_dir: Path) -> None:
+    source = "\n".join(p.read_text() for p in Path(ipchannel.__file__).parent.rglob("*.py"))
+    read = set(re.findall(r"\"(IPCHANNEL_[A-Z_]+)\"", source))
+    assert {"IPCHANNEL_DIR", "IPCHANNEL_COORDINATOR"} <= read
+    top = _run("--help").stdout
+    assert {name for name in read if name not in top} == set()
+    # and status says which directory it would read, here
+    assert str(runtime_dir) in " ".join(_run("status", "--help").stdout.split())
 
 
 def test_bad_usage_exits_two() -> None:
