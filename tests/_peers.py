@@ -798,3 +798,36 @@ def aio_fork_main(conn: Connection, name: str, runtime_dir: str) -> None:
     conn.recv()  # the test's go-ahead to close
     channel.close()
     shared.close()
+
+
+def fork_warning_main(conn: Connection, runtime_dir: str) -> None:
+    """Fork after only making ipchannel objects, then after opening a SharedDict; report Python's warnings.
+
+    Run in a fresh process, so no thread of another test is there to cause the warning.
+    """
+    import warnings  # noqa: PLC0415
+
+    from ipchannel.aio import AsyncRequestChannel, AsyncSharedDict  # noqa: PLC0415
+
+    def fork_and_record() -> list[str]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - does nothing in the child
+                os._exit(0)
+            os.waitpid(pid, 0)
+        return [str(w.message) for w in caught if issubclass(w.category, DeprecationWarning)]
+
+    made: list[Any] = [
+        ipchannel.Channel("made-channel", echo_handler, runtime_dir=runtime_dir),
+        ipchannel.RequestChannel("made-requests", on_request, runtime_dir=runtime_dir),
+        AsyncRequestChannel("made-aio", on_request, runtime_dir=runtime_dir),
+        AsyncSharedDict("made-aio-dict", runtime_dir=runtime_dir),
+    ]
+    only_made = fork_and_record()
+    with ipchannel.SharedDict("opened", runtime_dir=runtime_dir) as d:
+        d["k"] = 1
+        opened = fork_and_record()
+    for obj in made:
+        obj.close()
+    conn.send({"only_made": only_made, "opened": opened})

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import fcntl
+import gc
 import json
 import os
 import signal
+import sys
 import threading
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import _peers
@@ -266,3 +269,49 @@ def _links_to(link: str, target: str) -> bool:
 
 def _members(runtime_dir: Path) -> list[str]:
     return list(json.loads((runtime_dir / ".test.members").read_text())["members"])
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_forked_child_leaves_no_resource_warning_behind(runtime_dir: Path) -> None:
+    # A child drops the parent's connections: dropped without close(), each one is a ResourceWarning
+    # (seen under python -X dev in every gunicorn --preload worker).
+    with (
+        ipchannel.RequestChannel("requests", _peers.on_request, runtime_dir=runtime_dir) as channel,
+        ipchannel.SharedDict("dict", runtime_dir=runtime_dir) as d,
+    ):
+        channel.subscribe(lambda _message: None)
+        channel.request("warm")  # an idle request connection to copy
+        d["k"] = 1
+        read_end, write_end = os.pipe()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - reports through the pipe
+                try:
+                    channel.request("again", timeout=10)
+                    d["k"] = 2
+                    gc.collect()
+                    report = [f"{w.category.__name__}: {w.message}" for w in caught]
+                    os.write(write_end, json.dumps(report).encode())
+                finally:
+                    os._exit(0)
+        os.close(write_end)
+        with os.fdopen(read_end) as pipe:
+            report = json.loads(pipe.read() or '["no report"]')
+        reap(pid)
+        assert [w for w in report if "multi-threaded" not in w] == []
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="Python warns of fork() with threads from 3.12")
+def test_python_warns_of_a_fork_with_ipchannel_threads_only_once_something_is_open(runtime_dir: Path) -> None:
+    # Not needlessly: making a Channel, RequestChannel or an ipchannel.aio object starts no thread
+    # (a --preload master that only defines them forks quietly). Not hidden: with a SharedDict open,
+    # Python's own warning reaches the application as it would for any thread.
+    with spawned(_peers.fork_warning_main, str(runtime_dir)) as (_, conn):
+        assert conn.poll(30), "no report"
+        report = conn.recv()
+    assert report["only_made"] == []
+    assert len(report["opened"]) == 1, report
+    assert "is multi-threaded, use of fork() may lead to deadlocks" in report["opened"][0]

@@ -13,6 +13,7 @@ The subscription is ``subscriber``'s.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import math
@@ -67,7 +68,14 @@ class Requester:
         self.reset()
 
     def reset(self) -> None:
-        """Start afresh (also in a forked child, where the parent's lock may be held)."""
+        """Start afresh (also in a forked child, where the parent's lock may be held).
+
+        A child closes its copies of the parent's idle connections (the channel has already put
+        a placeholder in their place): dropped unclosed, each was a ResourceWarning.
+        """
+        for conn in getattr(self, "_idle", ()):
+            with contextlib.suppress(OSError):
+                conn.sock.close()
         self._lock = threading.Lock()
         self._opening = threading.RLock()  # one new connection at a time, see _open (released if held)
         self._idle: list[_Connection] = []
