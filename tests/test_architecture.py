@@ -27,8 +27,18 @@ if TYPE_CHECKING:
     from types import FrameType
 
 PACKAGE = Path(ipchannel.__file__).parent
-#: The leaves and the seams: helpers every layer may use, which decide nothing of a failover.
-LEAVES = ("_seams/", "_platform/", "_timing.py", "_auth.py", "_errors.py", "_wakeup.py", "_framing.py")
+#: The leaves and the seams: helpers every layer may use, which decide nothing of a failover
+#: (``_core/sockets.py``: the channel's set of sockets, which it tells of a lost host).
+LEAVES = (
+    "_seams/",
+    "_platform/",
+    "_timing.py",
+    "_auth.py",
+    "_errors.py",
+    "_wakeup.py",
+    "_framing.py",
+    "_core/sockets.py",
+)
 
 
 @pytest.mark.timeout(60)

@@ -481,3 +481,50 @@ def test_a_batch_of_one_process_s_writes_does_not_wait_for_that_process() -> Non
     members.wait(1, 1, exempt="w")
     assert time.monotonic() - started < 1.0
     assert membership.recorded.members == ["a", "h", "w"]  # still a member
+
+
+def test_a_channel_s_sockets_are_told_in_full_while_another_thread_connects() -> None:
+    # A WeakSet listed while another thread adds to it raises RuntimeError: a "kick" or close()
+    # stopped half done (found by review). The window is held open on purpose: the listing thread
+    # stops inside WeakSet.__iter__, after its first socket, until the other thread's add is done.
+    import weakref  # noqa: PLC0415
+
+    from ipchannel._core.sockets import Sockets  # noqa: PLC0415
+
+    class FakeSocket:
+        def __init__(self) -> None:
+            self.told: list[str] = []
+
+        def _on_channel(self, event: str, _record: object = None) -> None:
+            self.told.append(event)
+
+    sockets, held = Sockets(), [FakeSocket() for _ in range(3)]
+    for sock in held:
+        sockets.add(sock)  # type: ignore[arg-type]
+    added, paused = threading.Event(), threading.Event()
+    late = FakeSocket()
+
+    def pause_inside_the_listing(frame: Any, event: str, _arg: object) -> Any:
+        code = weakref.WeakSet.__iter__.__code__
+        past_the_first_yield = frame.f_code is code and frame.f_lineno > code.co_firstlineno + 4
+        if past_the_first_yield and event == "line" and not paused.is_set():
+            paused.set()
+            added.wait(0.5)  # the add waits for the lock instead, once there is one
+        return pause_inside_the_listing
+
+    def add_late() -> None:
+        paused.wait(5)
+        sockets.add(late)  # type: ignore[arg-type]
+        added.set()
+
+    adder = threading.Thread(target=add_late)
+    adder.start()
+    sys.settrace(pause_inside_the_listing)
+    try:
+        sockets.tell("kick")  # before the fix: RuntimeError: Set changed size during iteration
+    finally:
+        sys.settrace(None)
+        adder.join(5)
+    assert paused.is_set()
+    assert [sock.told for sock in held] == [["kick"]] * 3
+    assert len(sockets) == 4

@@ -1,15 +1,15 @@
 """Connecting: finding the host (electing one if needed), following it, recovering a lost connection.
 
-``Connector`` keeps what this process knows of the host (the record it follows, the
-channel's phase) and opens connections to it:
+``Connector`` keeps what this process knows of the host (the record it follows, the channel's phase)
+and opens connections to it:
 
-- ``open``: the known host (the warm path); else, when the host just died, the
-  standby's side socket (``Standby.wait``); else the election loop: one election step
-  (``elect``: the recorded host if it serves, else try to become host, ``Hosting.become``),
-  connect, back off until the coordinator says something changed;
-- ``recover``: a socket's connection ended. Is its host still serving (``assess``, asked
-  at the source)? Then its handler closed it. Else forget it and ``open`` the next one;
-  one socket of the channel at a time, the others then take the warm path;
+- ``open``: the known host (the warm path); else, when the host just died, the standby's side
+  socket (``Standby.wait``); else the election loop: one election step (``elect``: the recorded
+  host if it serves, else try to become host, ``Hosting.become``), connect, back off until the
+  coordinator says something changed;
+- ``recover``: a socket's connection ended. Is its host still serving (``assess``, asked at the
+  source)? Then its handler closed it. Else forget it and ``open`` the next one; one socket of the
+  channel at a time, the others then take the warm path;
 - ``still_there``: the monitor's look at the known host.
 
 Whether a host serves is the coordinator's to say (``Coordinator.assess``), nowhere here.
@@ -23,13 +23,13 @@ import logging
 import os
 import threading
 import time
-import weakref
 from typing import TYPE_CHECKING, Literal, Protocol
 
 from .._errors import ChannelClosed, ChannelError, ChannelTimeout, CoordinatorUnavailable
 from .._seams.base import LostClaim, plain_socket
 from .._timing import Backoff, Deadline
-from .socket import ChannelSocket, socket_maker, tell
+from .socket import ChannelSocket, socket_maker
+from .sockets import Sockets
 from .waits import ElectionWaits
 
 if TYPE_CHECKING:
@@ -78,7 +78,7 @@ class Connector:
         #: asked before campaigning or standing by: False keeps this process out for now (SharedDict)
         self.campaign_gate: Callable[[], bool] | None = None
         self.hosting: Campaign | None = None  # set once, right after construction
-        self.sockets: weakref.WeakSet[ChannelSocket] = weakref.WeakSet()
+        self.sockets = Sockets()
         self.last_host_pid: int | None = None
         self.reset("initiated")
 
@@ -102,11 +102,11 @@ class Connector:
         """Forget the host and close every socket this channel made (a blocked call raises): it closed."""
         with self.state_lock:
             self.record = None
-        tell(self.sockets, "close")
+        self.sockets.tell("close")
 
     def after_fork(self) -> None:
         """In a forked child: sockets reconnect on first use; nothing of the parent's host is known."""
-        tell(self.sockets, "fork")
+        self.sockets.tell("fork")
         closed = self.phase == "closed"
         self.reset("closed" if closed else "initiated")
         if closed:
@@ -312,7 +312,7 @@ class Connector:
         _LOGGER.info(
             "channel %r: host pid %d (generation %d) lost", self._name, record.pid, record.generation
         )
-        tell(self.sockets, "kick", record)  # a host that lost its claim may still hold them open
+        self.sockets.tell("kick", record)  # a host that lost its claim may still hold them open
 
     def still_there(self, record: HostRecord) -> bool:
         """Tell whether the known host serves (the monitor); else forget it, unless its state is unknown."""

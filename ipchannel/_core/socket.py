@@ -26,8 +26,6 @@ from typing import TYPE_CHECKING, Literal, NoReturn, Protocol, cast
 from .._errors import ChannelClosed, ChannelError, HostChanged
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
-
     from _typeshed import ReadableBuffer, WriteableBuffer
 
     from .._seams.base import Connection, Session, SocketMaker
@@ -40,7 +38,6 @@ __all__ = [
     "SocketOwner",
     "reconnect_within",
     "socket_maker",
-    "tell",
 ]
 
 _LOGGER = logging.getLogger("ipchannel")
@@ -392,9 +389,3 @@ def _new_socket(  # noqa: PLR0913, PLR0917 - the owner's three (bound by socket_
 ) -> ChannelSocket:
     kind = ChannelSocket if session is None else SessionChannelSocket
     return kind(family, type, proto, fileno, _owner=owner, _record=record, _timeout=timeout, _session=session)
-
-
-def tell(sockets: Iterable[ChannelSocket], event: Event, record: HostRecord | None = None) -> None:
-    """Tell every socket of a channel what happened to it (``Event``)."""
-    for sock in list(sockets):
-        sock._on_channel(event, record)  # noqa: SLF001 - the one door out: what the channel tells them

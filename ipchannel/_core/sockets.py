@@ -1,0 +1,49 @@
+"""The sockets a channel made (``connect()``), so it can tell each one what happened to its host."""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from .._seams.record import HostRecord
+    from .socket import ChannelSocket, Event
+
+__all__ = ["Sockets"]
+
+
+class Sockets:
+    """A weak set of a channel's sockets, added to and listed under one lock.
+
+    A ``WeakSet`` listed while another thread adds to it raises RuntimeError ("Set changed
+    size during iteration"): a host change's "kick" or ``close()`` would stop half done.
+    Threads: ``add`` in any caller of ``connect()``; ``tell`` in the monitor, a recovering
+    socket's thread or the closing one.
+    """
+
+    def __init__(self) -> None:
+        self._sockets: weakref.WeakSet[ChannelSocket] = weakref.WeakSet()
+        self._lock = threading.Lock()
+
+    def add(self, sock: ChannelSocket) -> None:
+        with self._lock:
+            self._sockets.add(sock)
+
+    def tell(self, event: Event, record: HostRecord | None = None) -> None:
+        """Tell every socket what happened to it (``Event``)."""
+        if event == "fork":  # one thread left, and the lock may be one a lost thread held
+            self._lock = threading.Lock()
+        with self._lock:
+            listed = list(self._sockets)
+        for sock in listed:
+            sock._on_channel(event, record)  # noqa: SLF001 - the one door out: what the channel tells them
+
+    def __iter__(self) -> Iterator[ChannelSocket]:
+        with self._lock:
+            return iter(list(self._sockets))
+
+    def __len__(self) -> int:
+        return len(self._sockets)
