@@ -528,3 +528,35 @@ def test_a_channel_s_sockets_are_told_in_full_while_another_thread_connects() ->
     assert paused.is_set()
     assert [sock.told for sock in held] == [["kick"]] * 3
     assert len(sockets) == 4
+
+
+def test_threads_asking_a_new_member_name_at_once_get_the_same_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The name has a random part: two threads asking first (a forked child's subscriber and its
+    # writer) each made one, and one went out in a SUBSCRIBE the host then waited on in vain. The
+    # window is the start-time read, widened here.
+    from ipchannel import _platform  # noqa: PLC0415
+    from ipchannel._local.members import LocalMembership  # noqa: PLC0415
+
+    real = _platform.start_time
+
+    def slow_start_time(pid: int) -> float | None:
+        time.sleep(0.05)
+        return real(pid)
+
+    monkeypatch.setattr(_platform, "start_time", slow_start_time)
+    membership, names = LocalMembership(tmp_path / ".test.members"), []
+    barrier = threading.Barrier(4)
+
+    def ask() -> None:
+        barrier.wait()
+        names.append(membership.me())
+
+    threads = [threading.Thread(target=ask) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(5)
+    assert len(names) == 4
+    assert len(set(names)) == 1, names

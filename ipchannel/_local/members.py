@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import secrets
+import threading
 from typing import TYPE_CHECKING
 
 from .. import _fork, _hooks, _platform
@@ -43,14 +44,16 @@ class LocalMembership:
         self._me: tuple[int, str] | None = None  # (pid, name): looked up again in a forked child
         self._ignored = ""  # why the record was last ignored (said once)
         self._held: set[int] = set()  # descriptors of the flock, while a thread holds it
+        self._me_lock = threading.Lock()
         _fork.register(self)
 
     def me(self) -> str:
         pid = os.getpid()
-        if self._me is None or self._me[0] != pid:
-            # one name per dict opened, so a dict opened again in this process is a new member
-            self._me = (pid, f"pid {pid}@{_platform.start_time(pid)!r}#{secrets.token_hex(3)}")
-        return self._me[1]
+        with self._me_lock:  # two threads asking first would each make a name, and one would go out
+            if self._me is None or self._me[0] != pid:
+                # one name per dict opened, so a dict opened again in this process is a new member
+                self._me = (pid, f"pid {pid}@{_platform.start_time(pid)!r}#{secrets.token_hex(3)}")
+            return self._me[1]
 
     def record(self, generation: int, members: Iterable[str]) -> None:
         """Record ``members``, less those that took themselves out (``leave``): never in again."""
@@ -105,6 +108,7 @@ class LocalMembership:
             with contextlib.suppress(OSError):
                 os.close(fd)  # not LOCK_UN: that would free the parent's lock too, under its feet
         self._held = set()
+        self._me_lock = threading.Lock()  # a parent thread may have held it
 
     def members(self) -> Recorded | None:
         try:
