@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import threading
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from conftest import wait_until
+from conftest import freeze, wait_until
 
 import ipchannel
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from conftest import Peers
 
 
@@ -120,3 +125,32 @@ def test_answers_and_the_stream_in_any_order_leave_every_replica_equal(peers: Pe
             if tuple(theirs["position"]) == shared.position:
                 assert theirs["items"] == mine
         assert len(resyncs) <= 1, f"{len(resyncs)} resyncs: gaps the answers should have filled"
+
+
+@pytest.mark.timeout(90)
+def test_a_lone_write_that_timed_out_here_but_was_applied_reaches_this_replica(
+    peers: Peers, runtime_dir: Path
+) -> None:
+    # A write whose request times out here (the host waits for a stopped member before it
+    # answers) is still applied by the host, and every other replica gets it on the stream.
+    # A batch of this process's writes alone is no longer sent on this process's stream: its
+    # answer is the only way here, and it is never read. Nothing else brings it while nobody
+    # else writes: this replica keeps the old value, unlike every other one.
+    host, stopped = peers.start_dicts(2, name="test", max_lag=4.0)
+    with ipchannel.SharedDict("test", timeout=1.0) as shared:
+        assert not shared.channel.is_host
+        shared["k"] = "old"
+        members = runtime_dir / ".test.members"
+        mine = f"pid {stopped.pid}@"
+        wait_until(lambda: any(m.startswith(mine) for m in json.loads(members.read_text())["members"]))
+        stopped.call("wait_position", position=list(shared.position))
+        freeze(stopped.pid)  # the host waits for it (max_lag) before it answers a write
+        try:
+            with pytest.raises(ipchannel.ChannelTimeout):
+                shared["k"] = "new"
+        finally:
+            os.kill(stopped.pid, signal.SIGCONT)
+        assert wait_until(lambda: host.call("copy")["items"] == [("k", "new")], timeout=20)
+        assert wait_until(lambda: stopped.call("copy")["items"] == [("k", "new")], timeout=20)
+        # every other replica has it: this one must too, without another write
+        assert wait_until(lambda: shared.get("k") == "new", timeout=10), shared.get("k")
