@@ -310,7 +310,7 @@ def test_a_snapshot_holds_no_writer_entry_of_a_later_write() -> None:
         Replica("t", lambda _data: None),
         lambda: 1,
         lambda: 1,
-        lambda _message, _taken, _alone: None,
+        lambda _message, _taken: None,
         alone,
         None,
     )

@@ -174,12 +174,7 @@ class RequestChannel(_fork.ProcessBound):
         self._publish(message, Deadline(validate_timeout(timeout)), self._max_size)
 
     def _publish(
-        self,
-        message: Any,
-        deadline: Deadline,
-        limit: int,
-        taken_here: Callable[[], bool] | None = None,
-        alone: str = "",
+        self, message: Any, deadline: Deadline, limit: int, taken_here: Callable[[], bool] | None = None
     ) -> None:
         payload = PUBLISH_ID.pack(self._publisher, next(self._publish_numbers)) + self._encode(message)
         if ENVELOPE.size + len(payload) > limit:
@@ -192,7 +187,7 @@ class RequestChannel(_fork.ProcessBound):
         # subscribers must not get what the real host never sent. It sends it as anyone would.
         if self._port.may_serve():
             self._check_open()
-            self._host.wait_taken(self._host.fan_out(payload, taken_here, alone))
+            self._host.wait_taken(self._host.fan_out(payload, taken_here))
             if self._port.may_serve():
                 return
             # stopped serving meanwhile: the message may not have reached everyone; send it to the new host
@@ -326,13 +321,13 @@ def _new_publisher_id() -> int:
 
 
 def publish_changes(
-    channel: RequestChannel, message: Any, timeout: float | None, taken_here: Callable[[], bool], alone: str
+    channel: RequestChannel, message: Any, timeout: float | None, taken_here: Callable[[], bool]
 ) -> None:
     """Publish what the host made of requests (a SharedDict's changes): ``SLACK`` bytes over the limit.
 
-    ``taken_here``, ``alone``: as for ``RequestHost.fan_out`` (who applies it without the frame).
+    ``taken_here``: as for ``RequestHost.fan_out`` (the host's own replica applies it itself).
     """
-    channel._publish(message, Deadline(timeout), channel._max_size + SLACK, taken_here, alone)  # noqa: SLF001 - the host's own
+    channel._publish(message, Deadline(timeout), channel._max_size + SLACK, taken_here)  # noqa: SLF001 - the host's own
 
 
 def ensure_subscribed(channel: RequestChannel, deadline: Deadline) -> None:

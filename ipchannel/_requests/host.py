@@ -238,7 +238,7 @@ class RequestHost:
         if not self._handing_over():  # else resent to the next host, and subscribers drop the copy
             peer.send(build_frame(ACK, ident))
 
-    def fan_out(self, payload: bytes, taken_here: Callable[[], bool] | None = None, alone: str = "") -> int:
+    def fan_out(self, payload: bytes, taken_here: Callable[[], bool] | None = None) -> int:
         """Queue a published message for every subscriber (and keep it for resuming ones); its number.
 
         Never blocks; under the lock, so every subscriber gets the term's messages in the order
@@ -246,7 +246,6 @@ class RequestHost:
         Acknowledge it only after ``wait_taken``. ``taken_here`` (a SharedDict's own changes):
         called under the lock; True if this process's own subscription took the message
         already, in its place in the order, so it is not sent to it (nor decoded there).
-        ``alone``: the member (``Confirmations``) that takes it from the answers to its requests.
         """
         if ENVELOPE.size + len(payload) > self._max_size + SLACK:
             raise ValueError(f"a published message of {len(payload)} bytes is over max_message_size")
@@ -257,7 +256,7 @@ class RequestHost:
             self._replay.append((self._number, frame))  # replayed to our own too, if it resumes: held
             own = self._own_subscription(taken_here)
             for subscriber in list(self._subscribers):
-                if subscriber.member and subscriber.member in (own, alone):
+                if own and subscriber.member == own:
                     continue
                 if not subscriber.outbox.put(frame, self._number):
                     self._subscribers.discard(subscriber)

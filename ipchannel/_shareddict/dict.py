@@ -278,8 +278,8 @@ class SharedDict(_fork.ProcessBound, MutableMapping[Any, Any]):
             message["m"] = self._members.my_name()
         return self._requests.request(message, timeout=timeout)
 
-    def _publish(self, message: dict[str, Any], taken_here: Callable[[], bool], alone: str) -> None:
-        publish_changes(self._requests, message, self._timeout, taken_here, alone)
+    def _publish(self, message: dict[str, Any], taken_here: Callable[[], bool]) -> None:
+        publish_changes(self._requests, message, self._timeout, taken_here)
 
     def _generation(self) -> int | None:
         """Return the host term the store serves: our own, None once we may not serve (``Store``)."""

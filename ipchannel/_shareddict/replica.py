@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import math
 import threading
-import time
 from typing import TYPE_CHECKING, Any
 
 from .. import _hooks
@@ -31,7 +30,6 @@ __all__ = ["ClosedReplica", "Replica"]
 _LOGGER = logging.getLogger("ipchannel")
 _DUP_GRACE = 0.05  # how long a write answered as applied before a failover waits for the stream
 _RETRY_PAUSE = 0.05  # between two snapshots that still lack a write the host said it applied
-_OWN_WAIT = 0.5  # how long a change after a gap waits for answers of this process's writes to fill it
 
 
 class Replica:
@@ -59,8 +57,6 @@ class Replica:
         self.synced = self.closed = False
         self._pending: list[dict[str, Any]] = []
         self._resync_lock = threading.Lock()
-        self.own_in_flight = 0  # requests of this process's writes whose answers are still to apply
-        self._own_held: dict[int, tuple[list[Any], str, int, list[Any]]] = {}  # seq -> an answer ahead
 
     def copy(self) -> dict[Any, Any]:
         with self.lock:
@@ -96,24 +92,10 @@ class Replica:
         with self.lock:
             if self.closed:
                 return
-            if self.synced and (self.apply_in_order(batch) or self._after_own_answers(batch)):
+            if self.synced and self.apply_in_order(batch):
                 return
             self._pending.append(batch)  # applied after the snapshot, if it is newer than that
         self._catch_up(resync)
-
-    def _after_own_answers(self, batch: dict[str, Any]) -> bool:
-        """Wait (with ``cond``) for the answers of this process's writes to fill a gap; True once applied.
-
-        The host sends a batch of this process's writes alone in their answer, not on the
-        stream (``Store``): a later batch can come first. Its answer is on its way (sent
-        before that batch, or by then), so this waits for it, briefly; else: resync.
-        """
-        deadline = time.monotonic() + _OWN_WAIT
-        while self.own_in_flight and not self.closed and (remaining := deadline - time.monotonic()) > 0:
-            self.cond.wait(remaining)
-            if self.synced and self.apply_in_order(batch):
-                return True
-        return False
 
     def on_missed(self, resync: Callable[[], None]) -> None:
         """Resync from a snapshot: the stream lost changes for good (the host cut this process off)."""
@@ -154,7 +136,6 @@ class Replica:
                     seq,
                 ]  # the result the host got: same op, same data
         self.seq = max(self.seq, first + len(changes) - 1)
-        self._apply_held()
         self.cond.notify_all()
         return True
 
@@ -185,16 +166,12 @@ class Replica:
                 with self.lock:
                     if self.closed:
                         raise ChannelClosed(self._name, "SharedDict")
-                    if snapshot["g"] != self.gen:  # answers held are of another term's numbers
-                        self._own_held = {}
                     self._data = dict(snapshot["items"])
                     self._show(self._data)
                     self.applied = snapshot["applied"]
                     self.gen, self.seq = snapshot["g"], snapshot["s"]
                     pending, self._pending = self._pending, []
-                    self._own_held = {seq: held for seq, held in self._own_held.items() if seq > self.seq}
                     if all(self.apply_in_order(change) for change in pending):
-                        self._apply_held()
                         self.synced = True
                         self.cond.notify_all()
                         return
@@ -205,35 +182,12 @@ class Replica:
     def apply_own(self, generation: int, op: list[Any], client: str, number: int, outcome: list[Any]) -> None:
         """Apply this process's write from the host's answer if it is the next change (call holding ``lock``).
 
-        Usually the replica is just behind it: then it need not wait for the stream. One
-        further ahead waits here for the changes before it (a batch of this process's
-        writes alone comes only in its answers, which may come in any order).
+        Usually the replica is just behind it: then it need not wait for the stream.
         """
-        if not self.synced or generation != self.gen or outcome[2] <= self.seq:
-            return  # the stream brings it, or a snapshot; or it is here already
-        self._own_held[outcome[2]] = (outcome[3] if outcome[3:] else op, client, number, outcome)
-        self._apply_held()
-
-    def _apply_held(self) -> None:
-        """Apply the answers held for being ahead, as long as the next one is among them (with ``cond``)."""
-        held = self._own_held
-        while held:
-            entry = held.pop(self.seq + 1, None)
-            if entry is None:
-                for seq in [seq for seq in held if seq <= self.seq]:  # the stream brought them
-                    del held[seq]
-                return
-            op, client, number, outcome = entry
-            apply(self._data, op)  # as the host applied it
+        if self.synced and (generation, outcome[2]) == (self.gen, self.seq + 1):
+            apply(self._data, outcome[3] if outcome[3:] else op)  # as the host applied it
             self.applied[client] = [number, outcome[1], outcome[2]]
             self.seq = outcome[2]
-
-    def own_request(self, started: bool) -> None:
-        """Count a request of this process's writes out (``started``) or its answer applied (or failed)."""
-        with self.lock:
-            self.own_in_flight += 1 if started else -1
-            if not started:
-                self.cond.notify_all()  # a change waiting for it resyncs now, if it still lacks one
 
     def holds(self, client: str, number: int) -> bool:
         """Tell whether write ``number`` of ``client`` (or a later one) is applied here."""
@@ -247,23 +201,6 @@ class Replica:
             if self.closed:
                 raise ChannelClosed(self._name, "SharedDict")
         return bool(met)
-
-    def wait_position(
-        self, position: tuple[int, int], deadline: Deadline, resync: Callable[[], None]
-    ) -> bool:
-        """Wait until the replica is at ``position`` (a write of ours the host applied there).
-
-        The stream brings the changes before it, or answers of ours do (``apply_own``); if an
-        answer never comes (its thread was interrupted before it read it), none of them brings
-        it: after ``_OWN_WAIT``, a snapshot does. False at the deadline.
-        """
-        self.wait(lambda: (self.gen, self.seq) >= position, deadline, _OWN_WAIT)
-        while (self.gen, self.seq) < position:
-            if deadline.remaining() <= 0:
-                return False
-            resync()
-            self.wait(lambda: (self.gen, self.seq) >= position, deadline, _RETRY_PAUSE)
-        return True
 
     def wait_applied(self, client: str, number: int, deadline: Deadline, resync: Callable[[], None]) -> bool:
         """Wait until write ``number`` of ``client`` is here: from the stream, else from snapshots.

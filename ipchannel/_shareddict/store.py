@@ -45,11 +45,10 @@ _JOIN_TIMEOUT = 2.0
 class _Queued:
     """The writes of one request, waiting in the host for a batch, and the answer it promised."""
 
-    __slots__ = ("answer", "local", "member", "writes")
+    __slots__ = ("answer", "member", "writes")
 
-    def __init__(self, writes: list[list[Any]], member: str = "", *, local: bool = False) -> None:
+    def __init__(self, writes: list[list[Any]], member: str = "") -> None:
         self.writes, self.member = writes, member  # member: the writing process's name (``members``)
-        self.local = local  # the writer applies its writes from the answer (``Writes``)
         self.answer = Deferred()
 
 
@@ -62,7 +61,7 @@ class Store:
         replica: Replica,
         generation: Callable[[], int | None],
         subscribed: Callable[[], int | None],
-        publish: Callable[[Any, Callable[[], bool], str], None],
+        publish: Callable[[Any, Callable[[], bool]], None],
         members: Members,
         journal: Journal | None,
     ) -> None:
@@ -122,9 +121,9 @@ class Store:
         writes = message.get("w")
         if not isinstance(writes, list):  # refused here, not in a batch with other processes' writes
             raise TypeError(f"a shared dict request carries a list of writes, not {type(writes).__name__}")
-        return self._group_commit(_Queued(writes, str(message.get("m", "")), local=message.get("a") == 1))
+        return self._group_commit(writes, str(message.get("m", "")))
 
-    def _group_commit(self, mine: _Queued) -> Deferred:
+    def _group_commit(self, writes: list[list[Any]], member: str) -> Deferred:
         """Queue a request's writes for the next batch; lead that batch if nobody does. Answered later.
 
         The handler thread that finds nobody applying leads one batch (a lone writer
@@ -132,6 +131,7 @@ class Store:
         handler threads go back to reading. What is queued after that batch is the
         committer thread's, which goes on while writes keep coming.
         """
+        mine = _Queued(writes, member)
         with self._queue_lock:
             self._queue.append(mine)
             lead, self._leading = not self._leading, True
@@ -217,18 +217,15 @@ class Store:
                 self._journal.compact_if_due(self._store, self._applied, (generation, last))
         answers = [{"g": generation, "r": outcome} for outcome in outcomes]
         if changes:
-            # A batch of one process's writes does not wait for that process: its writes return
-            # only once its own replica has them; and if it applies them from the answers, the
-            # batch is not sent on its subscription (one frame less, one wake-up less).
-            writers = {item.member for item in batch}
-            exempt = writers.pop() if len(writers) == 1 else ""
-            alone = exempt if exempt and all(item.local for item in batch) else ""
             # outside the store lock: snapshots never wait for a fan-out (a replica skips what it holds)
             published = {"v": PROTOCOL, "g": generation, "s": first, "ch": changes}
-            self._publish_split(published, alone)
+            self._publish_split(published)
             if _hooks.pause is not None:
                 _hooks.pause("shareddict.published", published)
-            self._members.wait(generation, last, exempt=exempt)  # acknowledged once every member has it
+            # Acknowledged once every member applied it. A batch of one process's writes does not
+            # wait for that process: its writes return only once its own replica has them.
+            writers = {item.member for item in batch}
+            self._members.wait(generation, last, exempt=writers.pop() if len(writers) == 1 else "")
         return answers
 
     def _journal_batch(self, generation: int, prepared: list[history.Prepared]) -> list[Any] | None:
@@ -242,22 +239,21 @@ class Store:
             return _refusal(exc)
         return None
 
-    def _publish_split(self, message: dict[str, Any], alone: str = "") -> None:
+    def _publish_split(self, message: dict[str, Any]) -> None:
         """Publish a batch of changes; one too large for a message goes as several, in order.
 
         This process's replica takes it as it is fanned out, not from its own subscription
-        (``Replica.take``): no frame to itself, nothing to decode. Nor does the subscription
-        of ``alone``, the member whose writes these all are, if it applies them from the answers.
+        (``Replica.take``): no frame to itself, nothing to decode.
         """
         try:
-            self._publish(message, lambda: self._replica.take(message), alone)
+            self._publish(message, lambda: self._replica.take(message))
         except ValueError:  # over max_message_size (each change alone fits: no larger than its request)
             changes = message["ch"]
             if len(changes) == 1:
                 raise
             half = len(changes) // 2
-            self._publish_split({**message, "ch": changes[:half]}, alone)
-            self._publish_split({**message, "s": message["s"] + half, "ch": changes[half:]}, alone)
+            self._publish_split({**message, "ch": changes[:half]})
+            self._publish_split({**message, "s": message["s"] + half, "ch": changes[half:]})
 
     def _start_term(self) -> None:
         """On the first request of a new term: start from the replica, once it has caught up.

@@ -170,13 +170,10 @@ class Writes:
 
     def _request_writes(self, batch: list[_Write]) -> None:
         """One request for ``batch``; each write gets its outcome (or the error), applied locally if next."""
-        message: dict[str, Any] = {"v": PROTOCOL, "w": [[w.op, w.client, w.number] for w in batch]}
-        if self._local_apply:  # a batch of our writes alone may come in the answer only, not on the stream
-            message["a"] = 1
-        replica = self._replica
-        replica.own_request(started=True)
         try:
-            answer = self._request(message, self._timeout)
+            answer = self._request(
+                {"v": PROTOCOL, "w": [[w.op, w.client, w.number] for w in batch]}, self._timeout
+            )
         except (TypeError, ValueError):
             if len(batch) == 1:
                 batch[0].error = sys.exc_info()[1]
@@ -187,13 +184,7 @@ class Writes:
         except Exception as exc:  # noqa: BLE001 - raised in each writer's own thread
             for write in batch:
                 write.error = exc
-        else:
-            self._answered(batch, answer)
-        finally:
-            replica.own_request(started=False)
-
-    def _answered(self, batch: list[_Write], answer: Any) -> None:
-        """Give each write its outcome; apply ours here, now (usually our replica is just behind them)."""
+            return
         generation, replica = answer["g"], self._replica
         with replica.lock:  # usually our replica is just behind these: apply them here, now
             for write, outcome in zip(batch, answer["r"], strict=True):
@@ -218,8 +209,8 @@ class Writes:
             if not replica.wait_applied(write.client, write.number, deadline, resync):
                 raise self._late(deadline)
             return outcome[1]
-        # else the stream brings it, and earlier ones (or answers of ours, or a snapshot)
-        if not replica.wait_position((write.generation, outcome[2]), deadline, resync):
+        position = (write.generation, outcome[2])  # else the stream brings it, and earlier ones
+        if not replica.wait(lambda: (replica.gen, replica.seq) >= position, deadline):
             raise self._late(deadline)
         return outcome[1]
 
