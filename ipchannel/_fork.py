@@ -40,6 +40,18 @@ class ProcessBound:
 
     __slots__ = ()
 
+    def __copy__(self) -> NoReturn:
+        """Refuse to be copied (``copy.copy``, ``deepcopy``): it is this process's handle on shared state."""
+        name = type(self).__name__
+        raise TypeError(
+            f"cannot copy a {name}: it is this process's handle on state shared with others; use it as "
+            "it is (a SharedDict's copy() gives a plain dict of what it holds)"
+        )
+
+    def __deepcopy__(self, memo: object) -> NoReturn:
+        """As ``__copy__``."""
+        self.__copy__()
+
     def __reduce_ex__(self, protocol: SupportsIndex) -> NoReturn:
         """Refuse to be pickled, as when sent to a ``spawn`` or ``forkserver`` child, and say why."""
         name = type(self).__name__

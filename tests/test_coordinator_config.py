@@ -527,3 +527,53 @@ def test_an_expired_etcd_token_is_replaced_by_logging_in_again(auth_etcd: Engine
         assert engine.read("expiring").value == b"v"
     finally:
         engine.close()
+
+
+@pytest.fixture
+def wrong_service() -> Iterator[int]:
+    """A port where another service answers: an HTTP server's 400 to whatever it is sent."""
+    import socket  # noqa: PLC0415
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.1)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(1)
+                try:
+                    conn.recv(65536)
+                    conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+                except OSError:
+                    pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("scheme", ["redis", "etcd"])
+def test_another_service_at_the_coordinator_s_address_is_unavailable_naming_the_url(
+    wrong_service: int, scheme: str, tmp_path: Path
+) -> None:
+    # redis-py raised InvalidResponse ("Protocol Error"), which escaped as itself: a traceback
+    # from `ipchannel status`, and not the ChannelError a caller waits on (found by a helper)
+    url = f"{scheme}://127.0.0.1:{wrong_service}"
+    channel = ipchannel.Channel("wrong", print, coordinator=url, authkey=KEY, ttl=TTL, runtime_dir=tmp_path)
+    try:
+        with pytest.raises(CoordinatorUnavailable) as caught:
+            channel.connect(timeout=2)
+    finally:
+        channel.close()
+    assert url in str(caught.value)

@@ -8,6 +8,7 @@ says so, not with whatever inner lock happened to be found first.
 
 from __future__ import annotations
 
+import copy as copy_module
 import multiprocessing
 import os
 import pickle
@@ -118,5 +119,8 @@ def test_an_opened_object_refuses_to_be_pickled_and_says_what_to_do(runtime_dir:
         for obj, name in ((d, "SharedDict"), (r, "RequestChannel"), (r.channel, "Channel")):
             with pytest.raises(TypeError, match=rf"cannot send a {name} to another process.*open it there"):
                 pickle.dumps(obj)
+            for copy in (copy_module.copy, copy_module.deepcopy):
+                with pytest.raises(TypeError, match=rf"cannot copy a {name}: .* use it as it is"):
+                    copy(obj)
         with pytest.raises(TypeError, match="cannot send a SharedDict"):
             multiprocessing.get_context("spawn").Process(target=print, args=(d,)).start()

@@ -146,11 +146,12 @@ class RedisEngine:
         return self._url.text
 
     def run(self, call: Callable[..., _T], *args: object, **kwargs: object) -> _T:
-        """Call redis-py; EngineUnavailable if the server does not answer, or refuses us."""
+        """Call redis-py; EngineUnavailable if the server does not answer, refuses us, or is not one."""
         try:
             return call(*args, **kwargs)
-        except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
-            # ResponseError: OOM, NOPERM, MISCONF, READONLY...: the server refuses us, say why and wait
+        except redis.RedisError as exc:
+            # ResponseError: OOM, NOPERM, MISCONF, READONLY...: the server refuses us, say why and wait;
+            # InvalidResponse: another service answers at that address
             raise EngineUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
     def read(self, name: str) -> Snapshot:
@@ -245,7 +246,7 @@ class RedisEngine:
             reply = cast("dict[str, str]", self._client.config_get("notify-keyspace-events"))
         except redis.ResponseError:  # CONFIG is disabled (managed Redis): poll
             reply = {}
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except redis.RedisError as exc:  # no answer, or not a Redis server that answers
             raise EngineUnavailable(f"{type(exc).__name__}: {exc}") from exc
         flags = str(reply.get("notify-keyspace-events", ""))
         return "K" in flags and ("A" in flags or {"g", "x", "$"} <= set(flags))
@@ -306,7 +307,7 @@ class _RedisWatch:
             except Exception as exc:
                 if self._cancelled.is_set():  # closed by cancel() from another thread
                     return
-                if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+                if isinstance(exc, redis.RedisError):
                     raise EngineUnavailable(f"keyspace notifications: {exc}") from exc
                 raise
             if message is not None and message.get("data") in _WAKING_EVENTS:
