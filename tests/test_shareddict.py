@@ -689,3 +689,23 @@ def test_a_newcomer_whose_host_leaves_while_it_opens_opens_without_waiting_its_t
             report = newcomer.recv()
     assert report["opened"] < 10, report  # the survivors' grace, not the 30 s timeout
     assert report["items"] == {"after": 1}  # the only holder closed: it starts empty, as documented
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.usefixtures("runtime_dir")
+def test_items_and_values_are_one_snapshot_while_another_process_deletes() -> None:
+    # Mapping's views listed the keys, then looked each one up: a key deleted in between by the
+    # subscriber thread raised KeyError in the middle of `for k, v in d.items()`. The views come
+    # from one copy now. The loop is held open between two pairs while the key goes.
+    with ipchannel.SharedDict("views") as writer, ipchannel.SharedDict("views") as reader:
+        for key in ("a", "b", "c"):
+            writer[key] = key.upper()
+        wait_until(lambda: len(reader) == 3)
+        items, values = iter(reader.items()), iter(reader.values())
+        first_item, first_value = next(items), next(values)
+        for key in ("a", "b", "c"):
+            if key != first_item[0]:
+                del writer[key]
+        wait_until(lambda: len(reader) == 1)
+        assert [first_item, *items] == [("a", "A"), ("b", "B"), ("c", "C")]  # before: KeyError
+        assert [first_value, *values] == ["A", "B", "C"]

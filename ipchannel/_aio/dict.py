@@ -20,6 +20,7 @@ from .._codecs import resolve_codec
 from .._errors import ChannelClosed, ChannelError
 from .._options import Options, validate_name
 from .._shareddict.dict import SharedDict
+from .._shareddict.views import SnapshotViews
 from .._timing import Deadline, validate_timeout
 from .channel import busy_error, time_left
 from .runner import DEFAULT_WORKERS, Runner, validate_workers
@@ -38,7 +39,7 @@ __all__ = ["AsyncSharedDict"]
 _MISSING = object()
 
 
-class AsyncSharedDict(_fork.ProcessBound, Mapping[Any, Any]):
+class AsyncSharedDict(_fork.ProcessBound, SnapshotViews, Mapping[Any, Any]):
     """A dict shared by every process that opens it: ``await`` the writes, read it like a dict.
 
     ::

@@ -39,6 +39,7 @@ from .members import Members
 from .replica import Replica
 from .store import Store
 from .sync import Sync
+from .views import SnapshotViews
 from .writes import Writes
 
 if TYPE_CHECKING:
@@ -55,7 +56,7 @@ __all__ = ["SharedDict", "membership_of", "wait_for"]
 _LOGGER = logging.getLogger("ipchannel")
 
 
-class SharedDict(_fork.ProcessBound, MutableMapping[Any, Any]):
+class SharedDict(_fork.ProcessBound, SnapshotViews, MutableMapping[Any, Any]):
     """A dict shared by every process that opens it: local reads, writes through the host.
 
     ::
