@@ -201,18 +201,11 @@ def test_without_the_ca_or_the_client_certificate_a_tls_engine_is_unavailable_na
     base = tls_engine.url.partition("?")[0]
     ca_parameter = "cacert" if base.startswith("etcd") else "ssl_ca_certs"
     url = base if missing == "everything" else f"{base}?{ca_parameter}={pki.ca}"
-    channel = ipchannel.Channel(
-        "tls-etcd", print, coordinator=url, authkey=KEY, ttl=TTL, runtime_dir=tmp_path
-    )
-    try:
-        with pytest.raises(CoordinatorUnavailable) as caught:
-            channel.connect(timeout=2)
-    finally:
-        channel.close()
-    assert base in str(caught.value)
+    unavailable = _unavailable(url, tmp_path)
+    assert base in str(unavailable)
     # the engine's own words: "certificate verify failed", "certificate required", or under TLS 1.3
     # (Redis refuses after the handshake) sometimes only "EOF occurred in violation of protocol (_ssl.c"
-    assert "ssl" in str(caught.value).lower(), caught.value
+    assert "ssl" in str(unavailable).lower(), unavailable
 
 
 # -- etcd with authentication (user and password) ---------------------------------------------
@@ -570,10 +563,17 @@ def test_another_service_at_the_coordinator_s_address_is_unavailable_naming_the_
     # redis-py raised InvalidResponse ("Protocol Error"), which escaped as itself: a traceback
     # from `ipchannel status`, and not the ChannelError a caller waits on (found by a helper)
     url = f"{scheme}://127.0.0.1:{wrong_service}"
-    channel = ipchannel.Channel("wrong", print, coordinator=url, authkey=KEY, ttl=TTL, runtime_dir=tmp_path)
+    assert url in str(_unavailable(url, tmp_path))
+
+
+def _unavailable(url: str, runtime_dir: Path) -> CoordinatorUnavailable:
+    """Return the error a channel on ``url`` gives when it connects (it must be CoordinatorUnavailable)."""
+    channel = ipchannel.Channel(
+        "unavailable", print, coordinator=url, authkey=KEY, ttl=TTL, runtime_dir=runtime_dir
+    )
     try:
         with pytest.raises(CoordinatorUnavailable) as caught:
             channel.connect(timeout=2)
     finally:
         channel.close()
-    assert url in str(caught.value)
+    return caught.value
