@@ -200,7 +200,8 @@ def peer_main(conn: Connection, name: str, runtime_dir: str) -> None:
     _serve_commands(conn, _Peer(name, runtime_dir))
 
 
-def _fds_pointing_to(path: str) -> list[int]:
+def fds_pointing_to(path: str) -> list[int]:
+    """Return this process's descriptors open on ``path``."""
     found = []
     for fd in os.listdir("/proc/self/fd"):
         with contextlib.suppress(OSError):
@@ -220,7 +221,7 @@ def _forked_child(
             "event": "forked",
             "is_host": channel.is_host,
             "state": channel.state,
-            "lock_fds": _fds_pointing_to(lock_path),
+            "lock_fds": fds_pointing_to(lock_path),
         }
     )
     deadline = time.monotonic() + 20

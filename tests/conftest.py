@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import multiprocessing
 import os
 import shutil
@@ -39,6 +40,16 @@ def wait_until(predicate: Callable[[], object], timeout: float = 5.0, interval: 
         if time.monotonic() > deadline:
             pytest.fail(f"condition not met within {timeout} s: {predicate}")
         time.sleep(interval)
+
+
+def recorded_members(runtime_dir: Path, name: str = "test") -> list[str]:
+    """Return the members the local record of SharedDict ``name`` holds (``.NAME.members``)."""
+    return list(json.loads((runtime_dir / f".{name}.members").read_text())["members"])
+
+
+def is_member(runtime_dir: Path, pid: int, name: str = "test") -> bool:
+    """Tell whether a dict that process ``pid`` opened is a recorded member."""
+    return any(member.startswith(f"pid {pid}@") for member in recorded_members(runtime_dir, name))
 
 
 def freeze(pid: int) -> None:

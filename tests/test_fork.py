@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import _peers
 import pytest
-from conftest import SPAWN, Peer, Peers, freeze, reap, spawned, wait_until
+from conftest import SPAWN, Peer, Peers, freeze, is_member, reap, spawned, wait_until
 
 import ipchannel
 from ipchannel import _hooks
@@ -195,16 +195,11 @@ def test_a_child_forked_after_its_parent_wrote_becomes_a_member(peers: Peers, ru
     with ipchannel.SharedDict("test", runtime_dir=runtime_dir) as d:
         wait_until(lambda: host.call("info")["is_host"])
         d["k"] = "v"  # applied here as a batch of this process's writes alone
-        members = runtime_dir / ".test.members"
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child reports through its exit code
             code = 1
             try:
-                mine = f"pid {os.getpid()}@"
-                joined = wait_until(
-                    lambda: any(m.startswith(mine) for m in json.loads(members.read_text())["members"]),
-                    timeout=10,
-                )
+                joined = wait_until(lambda: is_member(runtime_dir, os.getpid()), timeout=10)
                 code = 0 if joined else 2
             finally:
                 os._exit(code)
@@ -237,15 +232,14 @@ def test_a_child_forked_while_a_thread_holds_the_members_lock_does_not_keep_it(
         read_end, write_end = os.pipe()
         pid = os.fork()
         if pid == 0:  # pragma: no cover - lives until told; says whether it kept a copy of the lock
-            lock = str(runtime_dir / ".test.members.lock")
-            kept = [fd for fd in os.listdir("/proc/self/fd") if _links_to(f"/proc/self/fd/{fd}", lock)]
+            kept = _peers.fds_pointing_to(str(runtime_dir / ".test.members.lock"))
             os.read(read_end, 1)
             os._exit(3 if kept else 0)
         try:
             forked.set()
             starting.join(30)
             (replica,) = started
-            wait_until(lambda: any(m.startswith(f"pid {replica.pid}@") for m in _members(runtime_dir)))
+            wait_until(lambda: is_member(runtime_dir, replica.pid))
             fd = os.open(runtime_dir / ".test.members.lock", os.O_RDWR)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # before the fix: BlockingIOError
@@ -258,17 +252,6 @@ def test_a_child_forked_while_a_thread_holds_the_members_lock_does_not_keep_it(
             os.close(read_end)
             status = os.waitpid(pid, 0)[1]
         assert os.waitstatus_to_exitcode(status) == 0  # 3: the child kept the parent's descriptor open
-
-
-def _links_to(link: str, target: str) -> bool:
-    try:
-        return os.readlink(link) == target
-    except OSError:  # the descriptor listdir itself had open
-        return False
-
-
-def _members(runtime_dir: Path) -> list[str]:
-    return list(json.loads((runtime_dir / ".test.members").read_text())["members"])
 
 
 @pytest.mark.timeout(60)

@@ -8,21 +8,16 @@ what is lost (ERROR).
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
 from typing import TYPE_CHECKING
 
 import pytest
-from conftest import Peer, Peers, freeze, wait_until
+from conftest import Peer, Peers, freeze, is_member, recorded_members, wait_until
 
 if TYPE_CHECKING:
     from pathlib import Path
-
-
-def _recorded(runtime_dir: Path, name: str = "test") -> list[str]:
-    return list(json.loads((runtime_dir / f".{name}.members").read_text())["members"])
 
 
 def _stale_replica(peers: Peers, log: Path, runtime_dir: Path) -> tuple[Peer, Peer, Peer]:
@@ -35,7 +30,7 @@ def _stale_replica(peers: Peers, log: Path, runtime_dir: Path) -> tuple[Peer, Pe
     assert peers.host(group) is host
     writer.call("set_then_get", key="k", value="v0")
     stale.call("wait_position", position=host.call("info")["position"])
-    wait_until(lambda: any(member.startswith(f"pid {stale.pid}@") for member in _recorded(runtime_dir)))
+    wait_until(lambda: is_member(runtime_dir, stale.pid))
     freeze(stale.pid)
     for i in range(1, 6):  # the first waits for the stopped one (max_lag), which is then recorded out
         assert writer.call("set_then_get", key="k", value=f"v{i}")["got"] == f"v{i}"
@@ -94,7 +89,7 @@ def test_a_dict_opened_again_in_a_process_is_a_member_again(peers: Peers, runtim
     again.call("reopen")  # its first dict left the members; the new one must join, not stay out
     position = host.call("fill", key="k", size=10, times=1)["position"]
     again.call("wait_position", position=position)
-    wait_until(lambda: sum(member.startswith(f"pid {again.pid}@") for member in _recorded(runtime_dir)) == 1)
+    wait_until(lambda: sum(m.startswith(f"pid {again.pid}@") for m in recorded_members(runtime_dir)) == 1)
 
 
 @pytest.mark.timeout(60)

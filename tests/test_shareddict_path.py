@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from conftest import freeze, wait_until
+from conftest import freeze, is_member, wait_until
 
 import ipchannel
 
@@ -76,9 +75,7 @@ def test_a_lone_write_that_timed_out_here_but_was_applied_reaches_this_replica(
     with ipchannel.SharedDict("test", timeout=1.0) as shared:
         assert not shared.channel.is_host
         shared["k"] = "old"
-        members = runtime_dir / ".test.members"
-        mine = f"pid {stopped.pid}@"
-        wait_until(lambda: any(m.startswith(mine) for m in json.loads(members.read_text())["members"]))
+        wait_until(lambda: is_member(runtime_dir, stopped.pid))
         stopped.call("wait_position", position=list(shared.position))
         freeze(stopped.pid)  # the host waits for it (max_lag) before it answers a write
         try:
