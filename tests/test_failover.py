@@ -168,8 +168,9 @@ def test_clients_of_a_dead_host_wait_at_the_standby_until_it_holds_the_lock(
         reply = c.finish_call()
         assert reply["reply"] == f"{standby.pid} after", reply
     assert standby.call("info")["is_host"]
-    log = (tmp_path / "standby.log").read_text()
-    assert f"{len(clients)} client(s) waited for this standby to host" in log, log
+    # logged once the standby handed them over, so possibly after they got their answers
+    waited = f"{len(clients)} client(s) waited for this standby to host"
+    wait_until(lambda: waited in (tmp_path / "standby.log").read_text())
     for c in clients:
         c.call("set_may_host", value=True)
     assert _standby(clients) in clients  # the next standby steps up
