@@ -7,6 +7,8 @@ process sets it to ``pause(point, detail)``, which may block; the points are:
   down) and still has its record and listener (``detail``: the channel name);
 - ``"members.locked"``: a process took the flock of a SharedDict's local members record
   and has not changed the record yet (``detail``: the lock file's path);
+- ``"members.written"``: a process wrote the members record's temporary file and has not
+  renamed it into place yet (``detail``: the temporary file's path);
 - ``"requests.answered"``: the host sent its answer to a request, or decided to send
   none (``detail``: the request's payload);
 - ``"requests.fanned_out"``: the host sent a published message to every

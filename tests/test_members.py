@@ -10,11 +10,16 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from typing import TYPE_CHECKING
 
 import pytest
 from conftest import Peer, Peers, freeze, is_member, recorded_members, wait_until
+
+import ipchannel
+from ipchannel import _hooks
+from ipchannel._local.coordinator import read_record
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -102,3 +107,49 @@ def test_a_reader_that_exits_before_any_change_holds_up_no_write(peers: Peers) -
         started = time.monotonic()
         host.call("set_then_get", key="k", value=i + 1)
         assert time.monotonic() - started < 1.5  # not max_lag: its subscription's end took it out
+
+
+@pytest.mark.timeout(60)
+def test_a_new_host_leaves_alone_the_members_change_a_live_process_is_writing(
+    peers: Peers, runtime_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A dict that closes takes itself out of the members record: a temporary file, renamed in.
+    # A new host swept every members temporary file as a dead writer's: one a live process was
+    # writing just then was gone at its rename, so the record kept that process as a member
+    # (seen as "cannot take this process out of the members" when a uvicorn worker stopped).
+    host, other = group = peers.start_dicts(2)
+    assert peers.host(group) is host
+    written, go = threading.Event(), threading.Event()
+
+    def hold_the_written_record(point: str, _detail: object) -> None:
+        if point == "members.written":
+            written.set()
+            go.wait(20)
+
+    d = ipchannel.SharedDict("test", runtime_dir=runtime_dir)
+    try:
+        host.call("set_then_get", key="k", value="v")
+        wait_until(lambda: d.get("k") == "v" and is_member(runtime_dir, os.getpid()), timeout=10)
+        monkeypatch.setattr(_hooks, "pause", hold_the_written_record)
+        closing = threading.Thread(target=d.close)
+        closing.start()
+        try:
+            wait_until(written.is_set, timeout=10)
+            host.kill()  # another process is elected, and clears what dead writers left
+            wait_until(lambda: _host_pid(runtime_dir) in {other.pid, os.getpid()}, timeout=10)
+            temporary = runtime_dir / f".test.members.{os.getpid()}.tmp"
+            assert temporary.exists()  # before the fix: removed by the new host
+        finally:
+            go.set()
+            closing.join(20)
+    finally:
+        d.close()
+    assert "cannot take this process out of the members" not in caplog.text
+    assert not is_member(runtime_dir, os.getpid())
+    other.exit()
+    assert not (runtime_dir / ".test.members").exists()  # the last to close removes it
+
+
+def _host_pid(runtime_dir: Path) -> int | None:
+    record = read_record(runtime_dir / "test.host")
+    return None if record is None else record.pid

@@ -104,6 +104,21 @@ def test_stale_socket_temporaries_are_only_those_of_dead_processes(tmp_path: Pat
     assert sorted(paths.stale_socket_temporaries()) == sorted([mine, gone, paths.bind_path(dead)])
 
 
+def test_stale_record_temporaries_are_only_those_of_dead_processes(tmp_path: Path) -> None:
+    # any live process writes the members record (a dict that closes): its file is not stale
+    paths = ChannelPaths.for_channel("c", tmp_path)
+    dead = 2**22 + 7  # above the default pid_max: no such process
+    live = [paths.directory / f"{paths.members.name}.{pid}.tmp" for pid in (os.getpid(), os.getppid())]
+    gone = [
+        paths.directory / f".{paths.record.name}.{dead}.tmp",
+        paths.directory / f"{paths.members.name}.{dead}.tmp",
+        paths.directory / f".{paths.standby_record.name}.{dead}.tmp",
+    ]
+    for path in (*live, *gone, paths.directory / f"{paths.members.name}.x.tmp"):
+        path.touch()
+    assert sorted(paths.stale_record_temporaries()) == sorted(gone)
+
+
 def test_a_private_socket_this_process_listens_on_is_never_stale(tmp_path: Path) -> None:
     paths = ChannelPaths.for_channel("c", tmp_path)
     sock, identity = listen_privately(paths.standby_path(os.getpid()))  # another channel "c" of ours, say

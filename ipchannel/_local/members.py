@@ -79,6 +79,8 @@ class LocalMembership:
                 os.write(fd, data)
             finally:
                 os.close(fd)
+            if _hooks.pause is not None:
+                _hooks.pause("members.written", str(tmp))
             os.replace(tmp, self._path)
         except BaseException:
             with contextlib.suppress(OSError):

@@ -181,14 +181,19 @@ class ChannelPaths:
             stale.unlink(missing_ok=True)
 
     def stale_record_temporaries(self) -> list[Path]:
-        """Temporary record files that hosts (or standbys) which died mid-write left behind."""
+        """Temporary record files that processes which died mid-write left behind (``.NAME.PID.tmp``).
+
+        Only a dead writer's: any live process writes the members record (a dict that closes
+        takes itself out), and removing its file between write and rename loses that change.
+        """
         heads = (f".{self.record.name}.", f".{self.standby_record.name}.", f"{self.members.name}.")
-        return [
-            self.directory / name
-            for name in self._names()
-            if name.endswith(".tmp")
-            and any(name.startswith(head) and len(name) >= len(head) + 4 for head in heads)
-        ]
+        stale = []
+        for name in self._names():
+            head = next((head for head in heads if name.startswith(head) and name.endswith(".tmp")), None)
+            owner = name[len(head) : -len(".tmp")] if head is not None else ""
+            if owner.isdigit() and _platform.process_gone(int(owner)):
+                stale.append(self.directory / name)
+        return stale
 
     def _names(self) -> list[str]:
         """Return the directory's entries (none if it cannot be listed): one listing, no glob patterns.
