@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from typing import TYPE_CHECKING, Any
 
 import pytest
 from conftest import freeze, is_member, wait_until
 
 import ipchannel
+from ipchannel import _hooks
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -87,3 +89,49 @@ def test_a_lone_write_that_timed_out_here_but_was_applied_reaches_this_replica(
         assert wait_until(lambda: stopped.call("copy")["items"] == [("k", "new")], timeout=20)
         # every other replica has it: this one must too, without another write
         assert wait_until(lambda: shared.get("k") == "new", timeout=10), shared.get("k")
+
+
+@pytest.mark.timeout(90)
+def test_a_writer_whose_changes_are_a_batch_s_only_ones_confirms_unless_the_host_exempted_it(
+    peers: Peers, runtime_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The host waits for every member but a batch's one writer; that writer confirms nothing.
+    # Each side decided alone, from what differed: the host from the requests in the batch, the
+    # writer from whose changes it holds. A request that changes nothing (refused here; a write
+    # sent again after a host change, there) made them disagree, and the write waited max_lag
+    # for a confirmation that never came (uvicorn's host SIGKILLed under load: no answer for 2 s).
+    with ipchannel.SharedDict("test", max_lag=30.0, timeout=40.0) as shared:
+        assert shared.channel.is_host
+        held, go, paused = threading.Event(), threading.Event(), list[str]()
+
+        def hold_the_first_batch(point: str, _detail: object) -> None:
+            if point == "shareddict.published" and not paused:
+                paused.append(point)
+                held.set()
+                go.wait(20)
+
+        changer, refused, first = peers.start_dicts(3, max_lag=30.0, timeout=40.0)
+        first.call("set_then_get", key="list", value=[1])
+        for peer in (changer, refused):
+            peer.call("set_then_get", key=f"{peer.pid}", value=0)
+        wait_until(lambda: all(is_member(runtime_dir, peer.pid) for peer in (changer, refused, first)))
+        monkeypatch.setattr(_hooks, "pause", hold_the_first_batch)
+        outcomes: list[dict[str, Any]] = []
+        try:
+            first.start_call("set_then_get", key="first", value=1)
+            wait_until(held.is_set, timeout=10)  # its batch is being committed: the next two queue
+            changer.start_call("set_then_get", key="changed", value=2)
+            refusing = threading.Thread(
+                target=lambda: outcomes.append(refused.try_call("incr", 40, key="list", times=1))
+            )
+            refusing.start()
+            store = shared._store  # noqa: SLF001 - the host's queue of requests for the next batch
+            wait_until(lambda: len(store._queue) == 2, timeout=10)  # noqa: SLF001
+        finally:
+            go.set()
+        assert first.finish_call(timeout=10)["got"] == 1
+        # one batch: the changer's write, and a refused one of another process (no change)
+        assert changer.finish_call(timeout=10)["got"] == 2  # before the fix: after max_lag (30 s)
+        refusing.join(10)
+        assert not outcomes[0]["ok"]
+        assert "RemoteError" in str(outcomes[0])

@@ -20,6 +20,7 @@ float, bool or None; a change is a list, so an int key stays an int).
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 from collections.abc import Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any
@@ -156,9 +157,8 @@ class SharedDict(_fork.ProcessBound, SnapshotViews, MutableMapping[Any, Any]):
         self._requests.channel.on_demoted(self._store.end_term)  # before the next host may start
         self._members.membership = self._port.membership
         self._port.set_campaign_gate(self._members.may_campaign)
-        self._sync = Sync(
-            name, self._requests, self._replica, self._port, self._timeout, self._confirmation, self._store
-        )
+        synced = functools.partial(self._confirmation, after_snapshot=True)
+        self._sync = Sync(name, self._requests, self._replica, self._port, self._timeout, synced, self._store)
         self._resync = self._sync.resync
         self._writes = Writes(
             name,
@@ -292,15 +292,16 @@ class SharedDict(_fork.ProcessBound, SnapshotViews, MutableMapping[Any, Any]):
     def _on_change(self, batch: dict[str, Any]) -> None:
         """Apply one published batch (runs on ``ipchannel-subscriber:NAME``)."""
         self._replica.on_change(batch, self._resync)
-        # the host does not wait for us on a batch of our own writes alone: nothing to confirm
-        self._writes.applied(batch)
+        self._writes.applied(batch, self._members.my_name())  # whether the host waits for us on it
 
-    def _confirmation(self) -> tuple[str, int, int] | None:
-        """Return what this replica holds, for the host (``members``; on ``ipchannel-subscriber:NAME``)."""
-        if self._writes.last_batch_ours or self._requests.channel.is_host:  # not waited for: nothing to say
-            return None
-        position = self._replica.confirmable()
-        member = self._members.my_name()
+    def _confirmation(self, *, after_snapshot: bool = False) -> tuple[str, int, int] | None:
+        """Return what this replica holds, for the host (``members``; on ``ipchannel-subscriber:NAME``).
+
+        ``after_snapshot``: said whatever the last batch was (a new host waits for its members).
+        """
+        if self._requests.channel.is_host or (self._writes.last_batch_ours and not after_snapshot):
+            return None  # not waited for: nothing to say
+        position, member = self._replica.confirmable(), self._members.my_name()
         return (member, *position) if position is not None and member else None
 
     # -- lifetime ---------------------------------------------------------------------------------

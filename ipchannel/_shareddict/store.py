@@ -217,15 +217,16 @@ class Store:
                 self._journal.compact_if_due(self._store, self._applied, (generation, last))
         answers = [{"g": generation, "r": outcome} for outcome in outcomes]
         if changes:
+            # Acknowledged once every member applied it. A batch of one process's writes does not
+            # wait for that process: its writes return only once its own replica has them. The
+            # batch names it ("x"), so that it, and only it, confirms nothing (``Writes.applied``).
+            exempt = _lone_writer(batch)
             # outside the store lock: snapshots never wait for a fan-out (a replica skips what it holds)
-            published = {"v": PROTOCOL, "g": generation, "s": first, "ch": changes}
+            published = {"v": PROTOCOL, "g": generation, "s": first, "ch": changes, "x": exempt}
             self._publish_split(published)
             if _hooks.pause is not None:
                 _hooks.pause("shareddict.published", published)
-            # Acknowledged once every member applied it. A batch of one process's writes does not
-            # wait for that process: its writes return only once its own replica has them.
-            writers = {item.member for item in batch}
-            self._members.wait(generation, last, exempt=writers.pop() if len(writers) == 1 else "")
+            self._members.wait(generation, last, exempt=exempt)
         return answers
 
     def _journal_batch(self, generation: int, prepared: list[history.Prepared]) -> list[Any] | None:
@@ -307,3 +308,9 @@ class Store:
 def _refusal(exc: JournalError) -> list[Any]:
     """Return how a write refused for ``exc`` is answered: the writer raises JournalError as it is."""
     return ["journal", exc.path, exc.problem, exc.hint, exc.errno]
+
+
+def _lone_writer(batch: list[_Queued]) -> str:
+    """Return the member whose requests are all of ``batch`` ("" if several, or one with no name)."""
+    writers = {item.member for item in batch}
+    return writers.pop() if len(writers) == 1 else ""

@@ -80,16 +80,17 @@ class Writes:
         self._outbox_lock = threading.Lock()
         self._outbox: list[_Write] = []
         self._senders = 0  # requests of this process's writes out now
-        # the last batch applied was this dict's writes alone (a child's parent's are not its own)
+        # the host did not wait for this process on the last batch applied (a child is not its parent)
         self.last_batch_ours = False
 
-    def applied(self, batch: Any) -> None:
-        """Note whether every change of a batch just applied is one of this dict's writes."""
-        prefix = self._client + "-"
-        changes = batch.get("ch") if isinstance(batch, dict) else None
-        self.last_batch_ours = (
-            isinstance(changes, list) and bool(changes) and all(str(c[1]).startswith(prefix) for c in changes)
-        )
+    def applied(self, batch: Any, member: str) -> None:
+        """Note whether the host acknowledges a batch just applied without waiting for ``member`` (us).
+
+        It says so in the batch ("x"): one process's writes alone, sent under that member name.
+        Decided by the host alone, so both sides agree (the writes' own client ids do not say
+        which requests the host counted: a write sent again after a host change is one too).
+        """
+        self.last_batch_ours = bool(member) and isinstance(batch, dict) and batch.get("x") == member
 
     def write(self, op: list[Any], resync: Callable[[], None]) -> Any:
         """Send one write through the host and return its result once the local replica holds it."""
