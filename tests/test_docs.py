@@ -267,3 +267,23 @@ def test_the_files_page_names_every_file_in_the_runtime_directory(
     page = (DOCS / "reference" / "files.rst").read_text()
     undocumented = {n for n in names if f"``{n.rsplit('/', 1)[-1]}" not in page and f"``{n}/``" not in page}
     assert undocumented == set()
+
+
+# -- the README, the landing page --------------------------------------------------------------
+
+
+def test_the_readme_shows_the_tested_example_and_links_to_pages_that_exist() -> None:
+    readme = (ROOT / "README.rst").read_text()
+    example = (DOCS / "examples" / "quickstart.py").read_text().splitlines()[5:]
+    shown = [line.strip() for line in example if line.strip() and line != "channel.close()"]
+    readme_lines = {" ".join(line.split()) for line in readme.splitlines()}
+    assert [line for line in shown if " ".join(line.split()) not in readme_lines] == []
+    # the test command CI runs, verbatim, and the demo
+    assert (
+        "python3 -m venv .venv && .venv/bin/pip install -q '.[test]' && .venv/bin/python -m pytest" in readme
+    )
+    assert ".venv/bin/pip install -q . && .venv/bin/python -m ipchannel demo" in readme
+    links = re.findall(r"<((?:docs/|CHANGELOG)[^>]*)>`_", readme)
+    assert links
+    assert [link for link in links if not (ROOT / link).exists()] == []
+    assert len(readme.splitlines()) <= 160
