@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from _http import Gunicorn, get_json
-from conftest import reap, wait_until
+from conftest import is_member, reap, wait_until
 
 import ipchannel
 from ipchannel import _errors
@@ -136,6 +136,11 @@ def test_the_tutorial_counts_on_after_kill_9_of_the_host(tutorial: Gunicorn, run
     assert f"tutorial-hits: live, host pid {host}, generation 1," in status.stdout
     assert "tutorial-hits: live, host pid 5804, generation 1," in page
 
+    # every worker opened the dict as it booted; the page's kill comes once each holds the counter
+    # (a worker still opening it holds nothing yet: killing the host then would lose what only it had)
+    wait_until(
+        lambda: all(is_member(runtime_dir, pid, "tutorial-hits") for pid in tutorial.workers()), timeout=10
+    )
     os.kill(host, signal.SIGKILL)
     after = [wait_until(lambda: _count(tutorial.address), timeout=10, interval=0.01) for _ in range(3)]
     assert [a["count"] for a in after] == shown[3:]  # no acknowledged write lost
