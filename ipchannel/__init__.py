@@ -21,7 +21,8 @@ Read on:
 - ``run_on_host``: a periodic job run by the host only.
 - ``python -m ipchannel status`` (or ``ipchannel status``): what runs where.
 
-README.rst, the package's long description, has the tutorial, the guarantees and the limits.
+The documentation (docs/ in the source: tutorial, how-to guides, reference, explanation) has the
+guarantees and the limits; README.rst links to its pages.
 """
 
 from __future__ import annotations

@@ -13,8 +13,8 @@
     hits.get("requests")                                   # a local read, no await
 
 The event loop never blocks on the channel: the blocking, failover-tested client
-runs in a few daemon threads per object (``ipchannel-aio:NAME``). See README.rst,
-"asyncio and uvicorn".
+runs in a few daemon threads per object (``ipchannel-aio:NAME``). See the how-to
+guide docs/howto/asyncio.rst.
 """
 
 from __future__ import annotations

@@ -82,10 +82,12 @@ class AsyncRequestChannel(_fork.ProcessBound):
 
     :param workers: threads running this channel's blocking calls (1-256, default 8): at most
         that many requests of this process are in flight at once; more wait for a free one.
-    :param name, on_request, codec, runtime_dir, max_message_size, authkey, may_host,
-        coordinator, listen, advertise, ttl, ssl_context, server_hostname, ssl_verify: as for
-        ``RequestChannel``.
-        ``on_request`` runs in a handler thread of the host, so it must not be a coroutine function.
+    :param on_request: as for ``RequestChannel``: it runs in a handler thread of the host, so it
+        must not be a coroutine function.
+
+    The other parameters (``name``, ``codec``, ``runtime_dir``, ``max_message_size``,
+    ``authkey``, ``may_host``, ``coordinator``, ``listen``, ``advertise``, ``ttl``,
+    ``ssl_context``, ``server_hostname``, ``ssl_verify``) are as for ``RequestChannel``.
     """
 
     _kind = "AsyncRequestChannel"

@@ -54,11 +54,13 @@ class AsyncSharedDict(_fork.ProcessBound, SnapshotViews, Mapping[Any, Any]):
     already sent completes (exactly once, as every SharedDict write) and its result is dropped.
 
     :param workers: threads running the writes (1-256, default 8): writes in flight at once.
-    :param name, codec, runtime_dir, authkey, timeout, coordinator, listen, advertise, ttl,
-        ssl_context, server_hostname, ssl_verify: as for ``SharedDict``: ``timeout`` bounds
-        opening and each write once a worker runs it; a write still waiting for a worker after
-        ``timeout`` raises ``ChannelTimeout`` unsent. Every option is checked here; the runtime
-        directory is made when it opens.
+    :param timeout: as for ``SharedDict``: bounds opening and each write once a worker runs it;
+        a write still waiting for a worker after ``timeout`` raises ``ChannelTimeout`` unsent.
+
+    The other parameters (``name``, ``codec``, ``runtime_dir``, ``authkey``, ``coordinator``,
+    ``listen``, ``advertise``, ``ttl``, ``ssl_context``, ``server_hostname``, ``ssl_verify``) are
+    as for ``SharedDict``. Every option is checked here; the runtime directory is made when it
+    opens.
     """
 
     def __init__(  # noqa: PLR0913 - keyword-only options, as SharedDict has

@@ -67,8 +67,8 @@ class RequestChannel(_fork.ProcessBound):
         replayed if the host still has it, else reported to ``on_missed`` callbacks.
     :param authkey: as for ``Channel``: every process must pass the same key.
     :param may_host: as for ``Channel`` (settable later on ``.channel.may_host``).
-    :param coordinator, listen, advertise, ttl, ssl_context, server_hostname, ssl_verify: as for
-        ``Channel``: across machines.
+    :param coordinator: as for ``Channel``: across machines; so are ``listen``, ``advertise``,
+        ``ttl``, ``ssl_context``, ``server_hostname`` and ``ssl_verify``.
     """
 
     def __init__(  # noqa: PLR0913 - keyword-only options, as Channel has

@@ -71,10 +71,11 @@ class SharedDict(_fork.ProcessBound, SnapshotViews, MutableMapping[Any, Any]):
     :param codec: as for ``RequestChannel``; runtime_dir, authkey: as for ``Channel``.
     :param timeout: seconds a write (and opening) may wait for a host; None waits forever.
     :param max_message_size: as for ``RequestChannel``: the largest encoded write.
-    :param max_backlog, max_lag: as for ``RequestChannel``: how far one replica may fall behind
-        (stopped, swapped out, cut off) before the host cuts it off; it resyncs once it runs.
-    :param coordinator, listen, advertise, ttl, ssl_context, server_hostname, ssl_verify: as for
-        ``Channel``: across machines.
+    :param max_backlog: as for ``RequestChannel``, and so is ``max_lag``: how far one replica may
+        fall behind (stopped, swapped out, cut off) before the host cuts it off; it resyncs once it
+        runs.
+    :param coordinator: as for ``Channel``: across machines; so are ``listen``, ``advertise``,
+        ``ttl``, ``ssl_context``, ``server_hostname`` and ``ssl_verify``.
     :param appendonly: keep the state in a journal that the next host replays, so it outlives every
         process (as Redis's ``appendonly yes``; one machine only).
     :param appendfsync: ``"always"``, ``"everysec"`` (the default) or ``"no"``, as Redis's option.

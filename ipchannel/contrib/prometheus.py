@@ -110,7 +110,8 @@ def enable(  # noqa: PLR0913 - keyword-only options, as SharedDict has
         for another registry, register a ``SharedCollector`` in it.
     :param appendonly: keep the totals in a journal, so they outlive every worker (default: True
         on one machine; a dict elected across machines cannot be durable this way).
-    :param appendfsync, journal_dir, options: as for ``SharedDict`` (runtime_dir, coordinator, ...).
+    :param appendfsync: as for ``SharedDict``, and so is ``journal_dir``.
+    :param options: SharedDict's other keyword options (``runtime_dir``, ``coordinator``, ...).
     :raises ValueError: another name was enabled, or ``PROMETHEUS_MULTIPROC_DIR`` is set.
     :raises RuntimeError: metrics were created before, and would count in their process only.
     """

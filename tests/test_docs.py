@@ -1,0 +1,294 @@
+"""The documentation site cannot drift from the code: it builds, and what it shows is what runs.
+
+- ``sphinx-build -W -n`` (warnings as errors, nitpicky references) builds ``docs/``;
+- every example in ``docs/examples/`` runs, and prints what the page shows (its ``.out`` file);
+- the tutorial runs: its app under real gunicorn, ``status``, ``kill -9`` of the host, the counts;
+- the reference pages list every exception, environment variable, file and help text there is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import importlib.util
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from _http import Gunicorn, get_json
+from conftest import is_member, reap, wait_until
+
+import ipchannel
+from ipchannel import _errors
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+EXAMPLES = sorted((DOCS / "examples").glob("*.py"))
+PAGES = sorted(DOCS.rglob("*.rst"))
+
+
+def _pages_text() -> str:
+    return "\n".join(p.read_text() for p in PAGES if "_build" not in p.parts)
+
+
+# -- the build ---------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(300)
+def test_the_site_builds_with_warnings_as_errors_and_nitpicky_references(tmp_path: Path) -> None:
+    missing = [name for name in ("sphinx", "furo") if importlib.util.find_spec(name) is None]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not installed: pip install '.[docs]' (.ci/run does)")
+    result = subprocess.run(
+        [sys.executable, "-m", "sphinx", "-W", "-n", "-q", "-b", "html", str(DOCS), str(tmp_path / "html")],
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "html" / "index.html").exists()
+
+
+# -- the examples ------------------------------------------------------------------------------
+
+
+def _run_example(path: Path, runtime_dir: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "IPCHANNEL_DIR": str(runtime_dir)}
+    return subprocess.run(
+        [sys.executable, str(path)], capture_output=True, text=True, env=env, timeout=60, check=False
+    )
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("example", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_each_example_runs_and_prints_what_its_page_shows(example: Path, runtime_dir: Path) -> None:
+    expected = example.with_suffix(".out")
+    assert expected.exists(), f"{expected.name}: the output the page shows"
+    shown = f"examples/{example.name}"
+    assert shown in _pages_text(), f"no page includes {shown}"
+    result = _run_example(example, runtime_dir)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == expected.read_text()
+
+
+def test_every_example_file_is_tested_and_included() -> None:
+    outputs = sorted((DOCS / "examples").glob("*.out"))
+    assert [p.stem for p in outputs] == [p.stem for p in EXAMPLES]
+    included = set(re.findall(r"literalinclude:: (?:\.\./)*examples/([\w./-]+)", _pages_text()))
+    assert {f"{p.stem}.out" for p in outputs} <= included
+
+
+# -- the tutorial ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tutorial(runtime_dir: Path) -> Iterator[Gunicorn]:
+    server = Gunicorn(
+        "../docs/examples/tutorial", "counter:app", "gunicorn.conf.py", runtime_dir, bind="TUTORIAL_BIND"
+    )
+    try:
+        yield server
+    finally:
+        server.kill_all()
+
+
+def _count(address: str) -> dict[str, Any] | None:
+    try:
+        status, body = get_json(address, "/", timeout=2.0)
+    except (OSError, http.client.HTTPException):
+        return None  # the killed worker's own connection, or a worker not yet accepting
+    return body if status == 200 else None
+
+
+def _status(runtime_dir: Path, name: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "IPCHANNEL_DIR": str(runtime_dir)}
+    return subprocess.run(
+        [sys.executable, "-m", "ipchannel", "status", name],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+        check=False,
+    )
+
+
+@pytest.mark.timeout(120)
+def test_the_tutorial_counts_on_after_kill_9_of_the_host(tutorial: Gunicorn, runtime_dir: Path) -> None:
+    page = (DOCS / "tutorial.rst").read_text()
+    shown = [int(n) for n in re.findall(r'\{"count": (\d+),', page)]
+    assert shown == [1, 2, 3, 4, 5, 6]
+
+    before = [wait_until(lambda: _count(tutorial.address), timeout=10) for _ in range(3)]
+    assert [b["count"] for b in before] == shown[:3]
+    (host,) = {b["host"] for b in before}
+    assert host in tutorial.workers()
+    status = _status(runtime_dir, "tutorial-hits")
+    assert status.returncode == 0, status.stderr
+    assert f"tutorial-hits: live, host pid {host}, generation 1," in status.stdout
+    assert "tutorial-hits: live, host pid 5804, generation 1," in page
+
+    # every worker opened the dict as it booted; the page's kill comes once each holds the counter
+    # (a worker still opening it holds nothing yet: killing the host then would lose what only it had)
+    wait_until(
+        lambda: all(is_member(runtime_dir, pid, "tutorial-hits") for pid in tutorial.workers()), timeout=10
+    )
+    os.kill(host, signal.SIGKILL)
+    after = [wait_until(lambda: _count(tutorial.address), timeout=10, interval=0.01) for _ in range(3)]
+    assert [a["count"] for a in after] == shown[3:]  # no acknowledged write lost
+    (new_host,) = {a["host"] for a in after}
+    assert new_host not in {None, host}
+    status = _status(runtime_dir, "tutorial-hits")
+    assert status.returncode == 0, status.stderr
+    assert f"tutorial-hits: live, host pid {new_host}, generation 2," in status.stdout
+    assert "tutorial-hits: live, host pid 5809, generation 2," in page
+
+    err = tutorial.stop()
+    assert tutorial.process.returncode == 0, err
+    assert "Traceback" not in err, err
+    # "only the lock files stay" (the page)
+    assert sorted(p.name for p in runtime_dir.iterdir() if not p.name.endswith(".lock")) == []
+
+
+# -- the reference pages -----------------------------------------------------------------------
+
+
+def test_the_exception_page_lists_every_exception_with_its_bases() -> None:
+    page = (DOCS / "reference" / "exceptions.rst").read_text()
+    tree = {m.group(1): m.group(2) or "" for m in re.finditer(r"[├└]── (\w+)\s+(?:\(also (\w+)\))?", page)}
+    for name in _errors.__all__:
+        cls = getattr(_errors, name)
+        assert f".. autoexception:: ipchannel.{name}\n" in page, name
+        assert getattr(ipchannel, name) is cls, f"{name} is not exported by ipchannel"
+        if cls is _errors.ChannelError:
+            continue
+        assert name in tree, f"{name} is not in the tree"
+        builtin = [b.__name__ for b in cls.__bases__ if not issubclass(b, _errors.ChannelError)]
+        ours = [b.__name__ for b in cls.__bases__ if issubclass(b, _errors.ChannelError)]
+        if ours[0] != "ChannelError":  # a second-level one: ChannelTimeout is the other base
+            builtin += ours[1:]
+        assert tree[name] == "".join(builtin), (name, tree[name], builtin)
+    assert set(tree) == set(_errors.__all__) - {"ChannelError"}
+
+
+def test_the_environment_page_names_every_variable_the_library_reads() -> None:
+    source = "\n".join(p.read_text() for p in Path(ipchannel.__file__).parent.rglob("*.py"))
+    read = set(re.findall(r"\"(IPCHANNEL_[A-Z_]+)\"", source))
+    assert {"IPCHANNEL_DIR", "IPCHANNEL_COORDINATOR"} <= read
+    page = (DOCS / "reference" / "environment.rst").read_text()
+    assert {name for name in read if f"``{name}``" not in page} == set()
+
+
+def _help(*args: str) -> str:
+    env = {**os.environ, "COLUMNS": "100", "IPCHANNEL_DIR": "/run/user/1000/ipchannel"}
+    result = subprocess.run(
+        [sys.executable, "-m", "ipchannel", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+        check=True,
+    )
+    return result.stdout
+
+
+@pytest.mark.parametrize(
+    ("page", "args"), [("help", ["--help"]), ("status", ["status", "--help"]), ("demo", ["demo", "--help"])]
+)
+def test_the_cli_page_shows_the_commands_own_help(page: str, args: list[str]) -> None:
+    shown = (DOCS / "reference" / "cli" / f"{page}.txt").read_text()
+    assert " ".join(_help(*args).split()) == " ".join(shown.split())  # wrapping may differ by Python
+
+
+_PROBE = """
+import sys
+from ipchannel import SharedDict
+d = SharedDict("probe", appendonly=True)
+d["x"] = 1
+print("ready", flush=True)
+sys.stdin.read()
+d.close()
+"""
+
+
+@pytest.fixture
+def probes(runtime_dir: Path) -> Iterator[list[subprocess.Popen[str]]]:
+    started: list[subprocess.Popen[str]] = []
+    env = {**os.environ, "IPCHANNEL_DIR": str(runtime_dir)}
+    try:
+        for _ in range(2):  # a host and a replica, which stands by
+            proc = subprocess.Popen(
+                [sys.executable, "-c", _PROBE],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+                env=env,
+            )
+            started.append(proc)
+            assert proc.stdout is not None
+            assert proc.stdout.readline() == "ready\n"
+        yield started
+    finally:
+        for proc in started:
+            with contextlib.suppress(OSError):
+                proc.kill()
+            reap(proc.pid, timeout=1)
+            proc.wait(5)
+            for stream in (proc.stdin, proc.stdout):
+                if stream is not None:
+                    stream.close()
+
+
+def _pattern(name: str, pids: set[int]) -> str:
+    """A file's name as the page writes it: the channel as NAME, a pid as <pid>, a number as <N>."""
+    name = name.replace("probe", "NAME")
+    for pid in pids:
+        name = name.replace(str(pid), "<pid>")
+    return re.sub(r"(log|snapshot)\.\d+", r"\1.<N>", name)
+
+
+@pytest.mark.timeout(60)
+def test_the_files_page_names_every_file_in_the_runtime_directory(
+    probes: list[subprocess.Popen[str]], runtime_dir: Path
+) -> None:
+    wait_until((runtime_dir / "probe.standby").exists, timeout=10)
+    wait_until((runtime_dir / ".probe.members").exists, timeout=10)
+    pids = {p.pid for p in probes}
+    names = {_pattern(str(p.relative_to(runtime_dir)), pids) for p in runtime_dir.rglob("*")}
+    expected = {
+        "NAME.lock", "NAME.host", "NAME.sock", "NAME.standby", ".NAME.standby.lock",
+        ".NAME_<pid>.sock", ".NAME.<pid>.sock", ".NAME.members", ".NAME.members.lock",
+        "NAME.journal", "NAME.journal/lock", "NAME.journal/log.<N>",
+    }  # fmt: skip
+    assert expected <= names, expected - names
+    page = (DOCS / "reference" / "files.rst").read_text()
+    undocumented = {n for n in names if f"``{n.rsplit('/', 1)[-1]}" not in page and f"``{n}/``" not in page}
+    assert undocumented == set()
+
+
+# -- the README, the landing page --------------------------------------------------------------
+
+
+def test_the_readme_shows_the_tested_example_and_links_to_pages_that_exist() -> None:
+    readme = (ROOT / "README.rst").read_text()
+    example = (DOCS / "examples" / "quickstart.py").read_text().splitlines()[5:]
+    shown = [line.strip() for line in example if line.strip() and line != "channel.close()"]
+    readme_lines = {" ".join(line.split()) for line in readme.splitlines()}
+    assert [line for line in shown if " ".join(line.split()) not in readme_lines] == []
+    # the test command CI runs, verbatim, and the demo
+    assert (
+        "python3 -m venv .venv && .venv/bin/pip install -q '.[test]' && .venv/bin/python -m pytest" in readme
+    )
+    assert ".venv/bin/pip install -q . && .venv/bin/python -m ipchannel demo" in readme
+    links = re.findall(r"<((?:docs/|CHANGELOG)[^>]*)>`_", readme)
+    assert links
+    assert [link for link in links if not (ROOT / link).exists()] == []
+    assert len(readme.splitlines()) <= 160
