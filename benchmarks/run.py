@@ -1,4 +1,4 @@
-"""Run the benchmarks: ``python -m benchmarks [--quick] [--json PATH] [--only NAME ...] [--runs N]``.
+"""Run the benchmarks: ``python -m benchmarks [--quick] [--json PATH] [--plot DIR] [--only ...] [--runs N]``.
 
 Each scenario prints a table (median, p99, N, ratio to its baseline measured in the
 same run); ``--json`` writes the same numbers. Timings use ``time.perf_counter_ns``
@@ -880,7 +880,7 @@ def machine() -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks import across, aio, djcache, journal, limits, prometheus, replay  # noqa: PLC0415 - they import this module
+    from benchmarks import across, aio, djcache, journal, limits, plots, prometheus, replay  # noqa: PLC0415 - they import this module
 
     scenarios = {
         **SCENARIOS,
@@ -895,6 +895,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run, about a minute on 2 cores")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument(
+        "--plot", metavar="DIR", help="also draw the results as SVG plots in DIR (matplotlib)"
+    )
     parser.add_argument("--only", nargs="+", choices=sorted(scenarios), help="run only these scenarios")
     parser.add_argument(
         "--runs", type=int, default=1, metavar="N", help="run it all N times; then how much each ratio moved"
@@ -903,6 +906,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be at least 1")
+    if args.plot:
+        plots.require_matplotlib()
     cfg = QUICK if args.quick else MEDIUM if args.medium else FULL
     chosen = {n: f for n, f in scenarios.items() if not args.only or n in args.only}
     runs: list[list[Result]] = []
@@ -921,6 +926,9 @@ def main(argv: list[str] | None = None) -> int:
         results = [{"run": k + 1, **r.to_json()} for k, rs in enumerate(runs) for r in rs]
         report = {"machine": info, "quick": args.quick, "runs": args.runs, "results": results}
         Path(args.json).write_text(json.dumps({**report, "ratios_over_runs": summary}, indent=2))
+    if args.plot:
+        for path in plots.write_plots(runs, Path(args.plot)):
+            print(f"plot: {path}")
     return 0
 
 
