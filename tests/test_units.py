@@ -114,7 +114,10 @@ def test_stale_record_temporaries_are_only_those_of_dead_processes(tmp_path: Pat
         paths.directory / f"{paths.members.name}.{dead}.tmp",
         paths.directory / f".{paths.standby_record.name}.{dead}.tmp",
     ]
-    for path in (*live, *gone, paths.directory / f"{paths.members.name}.x.tmp"):
+    odd = [
+        paths.directory / f"{paths.members.name}.{owner}.tmp" for owner in ("x", "\u00b2")
+    ]  # "²".isdigit()
+    for path in (*live, *gone, *odd):
         path.touch()
     assert sorted(paths.stale_record_temporaries()) == sorted(gone)
 

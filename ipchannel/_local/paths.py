@@ -161,7 +161,7 @@ class ChannelPaths:
                 continue
             path = self.directory / name
             owner = path.name[len(self.sock.stem) + 2 : -len(self.sock.suffix)]
-            if not owner.isdigit():
+            if not (owner.isascii() and owner.isdigit()):
                 continue  # another channel's (a name with a dot in it)
             if int(owner) == os.getpid():
                 if own and not _listened_on(path):
@@ -191,7 +191,8 @@ class ChannelPaths:
         for name in self._names():
             head = next((head for head in heads if name.startswith(head) and name.endswith(".tmp")), None)
             owner = name[len(head) : -len(".tmp")] if head is not None else ""
-            if owner.isdigit() and _platform.process_gone(int(owner)):
+            # exiting, not only gone: a killed writer's lock is free before it is a zombie
+            if owner.isascii() and owner.isdigit() and _platform.process_exiting(int(owner)):
                 stale.append(self.directory / name)
         return stale
 

@@ -27,8 +27,9 @@ class Confirmations:
     """The callbacks of a layer whose subscribers confirm what they hold."""
 
     #: subscriber side, after each message its callbacks took (on ``ipchannel-subscriber:NAME``):
-    #: (member, host generation, position) to confirm, or None for nothing new
-    position: Callable[[], tuple[str, int, int] | None]
+    #: (member, host generation, position) to confirm, or None for nothing new; True: on a new
+    #: connection, said whatever the last message was (the host counts members per connection)
+    position: Callable[[bool], tuple[str, int, int] | None]
     #: host side, for each CONFIRM (on the connection's handler thread): member, generation,
     #: position, and a function that cuts that subscriber off (it subscribes again by itself)
     confirmed: Callable[[str, int, int, Callable[[], None]], None]
@@ -58,7 +59,7 @@ class Confirmer:
         """
         if again:
             self._confirmed = None
-        confirmable = self._confirmations.position()
+        confirmable = self._confirmations.position(again)
         if confirmable is None:
             return
         member, generation, position = confirmable

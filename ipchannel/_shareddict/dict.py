@@ -158,7 +158,7 @@ class SharedDict(_fork.ProcessBound, SnapshotViews, MutableMapping[Any, Any]):
         self._requests.channel.on_demoted(self._store.end_term)  # before the next host may start
         self._members.membership = self._port.membership
         self._port.set_campaign_gate(self._members.may_campaign)
-        synced = functools.partial(self._confirmation, after_snapshot=True)
+        synced = functools.partial(self._confirmation, True)  # noqa: FBT003 - regardless
         self._sync = Sync(name, self._requests, self._replica, self._port, self._timeout, synced, self._store)
         self._resync = self._sync.resync
         self._writes = Writes(
@@ -295,12 +295,12 @@ class SharedDict(_fork.ProcessBound, SnapshotViews, MutableMapping[Any, Any]):
         self._replica.on_change(batch, self._resync)
         self._writes.applied(batch, self._members.my_name())  # whether the host waits for us on it
 
-    def _confirmation(self, *, after_snapshot: bool = False) -> tuple[str, int, int] | None:
+    def _confirmation(self, regardless: bool = False) -> tuple[str, int, int] | None:
         """Return what this replica holds, for the host (``members``; on ``ipchannel-subscriber:NAME``).
 
-        ``after_snapshot``: said whatever the last batch was (a new host waits for its members).
+        ``regardless`` of the last batch: after a snapshot or on a new connection (it is waited for).
         """
-        if self._requests.channel.is_host or (self._writes.last_batch_ours and not after_snapshot):
+        if self._requests.channel.is_host or (self._writes.last_batch_ours and not regardless):
             return None  # not waited for: nothing to say
         position, member = self._replica.confirmable(), self._members.my_name()
         return (member, *position) if position is not None and member else None
