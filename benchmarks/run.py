@@ -876,7 +876,24 @@ def machine() -> dict[str, Any]:
         "ipchannel": ipchannel.__version__,
         "filelock": version("filelock"),
         "psutil": version("psutil"),
+        "baselines": _baseline_versions(),
     }
+
+
+def _baseline_versions() -> str:
+    """The baselines' versions (what is installed), so a table says what it was measured against."""
+    found = []
+    for package in ("redis", "hiredis", "diskcache", "django"):
+        with contextlib.suppress(ImportError, ValueError):
+            found.append(f"{package} {version(package)}")
+    server = shutil.which("redis-server")
+    if server:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            out = subprocess.run(
+                [server, "--version"], capture_output=True, text=True, timeout=5, check=False
+            )
+            found.extend(f"redis-server {word[2:]}" for word in out.stdout.split() if word.startswith("v="))
+    return ", ".join(found)
 
 
 def main(argv: list[str] | None = None) -> int:
