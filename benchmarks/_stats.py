@@ -43,14 +43,18 @@ class Series:
     def scaled(self, value: float) -> float:
         return value / _SCALE[self.unit]
 
-    def summary(self) -> dict[str, Any]:
-        return {
+    def summary(self, *, samples: bool = False) -> dict[str, Any]:
+        """Its summary in its unit; ``samples``: every sample too (what a distribution plot needs)."""
+        summary = {
             "name": self.name,
             "unit": self.unit,
             "n": len(self.samples),
             "median": self.scaled(self.median()),
             "p99": self.scaled(self.p99()),
         }
+        if samples:
+            summary["samples"] = [self.scaled(sample) for sample in self.samples]
+        return summary
 
 
 @dataclass
@@ -87,12 +91,18 @@ class Result:
         return [(s, b, r) for s, b in pairs if (r := self.ratio(s, b)) is not None]
 
     def to_json(self) -> dict[str, Any]:
+        """Its JSON; a failover's samples too, for the plot of their distribution (``plots``)."""
+        keep = "failover" in self.scenario
         return {
             "scenario": self.scenario,
             "target": self.target,
-            "ours": [{**s.summary(), "ratio_to_baseline": self.ratio(s)} for s in self.ours],
+            "higher_is_better": self.higher_is_better,
+            "ours": [{**s.summary(samples=keep), "ratio_to_baseline": self.ratio(s)} for s in self.ours],
             "baselines": [
-                {**b.summary(), "ratio_of_first_series": self.ratio(self.ours[0], b) if self.ours else None}
+                {
+                    **b.summary(samples=keep),
+                    "ratio_of_first_series": self.ratio(self.ours[0], b) if self.ours else None,
+                }
                 for b in self.baselines
             ],
             "notes": self.notes,

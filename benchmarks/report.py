@@ -41,6 +41,22 @@ def _p50s(results: list[dict[str, Any]], scenario: str, side: str, name: str) ->
     return values, unit
 
 
+def _without_baseline(
+    results: list[dict[str, Any]],
+) -> dict[tuple[str, str], tuple[list[float], list[float], str]]:
+    """Each series of a scenario that has no baseline (or shows no ratio): its p50s and p99s over the runs."""
+    found: dict[tuple[str, str], tuple[list[float], list[float], str]] = {}
+    for result in results:
+        if any(s.get("ratio_to_baseline") for s in result["ours"]):
+            continue
+        for series in [*result["ours"], *result["baselines"]]:
+            if series["n"]:
+                entry = found.setdefault((result["scenario"], series["name"]), ([], [], series["unit"]))
+                entry[0].append(series["median"])
+                entry[1].append(series["p99"])
+    return found
+
+
 def table(report: dict[str, Any]) -> str:
     """Return the reStructuredText of ``report`` (what ``--json`` wrote)."""
     results, rows = report["results"], report.get("ratios_over_runs") or []
@@ -71,6 +87,28 @@ def table(report: dict[str, Any]) -> str:
             f"     - {'yes' if row['holds'] else 'no'}",
             f"     - {targets.get(row['scenario'], '')}",
         ]
+    alone = _without_baseline(results)
+    if alone:
+        lines += [
+            "",
+            "Scenarios with no baseline (a count, a latency or a rate of ipchannel alone):",
+            "",
+            ".. list-table::",
+            "   :header-rows: 1",
+            "   :widths: 50 20 20 20",
+            "",
+            "   * - scenario: what",
+            "     - p50",
+            "     - p99",
+            "     - target",
+        ]
+        for (scenario, name), (p50s, p99s, unit) in alone.items():
+            lines += [
+                f"   * - {scenario}: {name}",
+                f"     - {_span(p50s, unit)}",
+                f"     - {_span(p99s, unit)}",
+                f"     - {targets.get(scenario, '')}",
+            ]
     held = sum(row["holds"] for row in rows)
     machine = report["machine"]
     head = (

@@ -939,12 +939,13 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     mode = "--quick" if args.quick else "medium" if args.medium else "full"
     print(f"machine: {info}\nrun: {mode}, {args.runs} x, {time.monotonic() - started:.0f} s")
+    results = [{"run": k + 1, **r.to_json()} for k, rs in enumerate(runs) for r in rs]
+    report = {"machine": info, "quick": args.quick, "runs": args.runs, "results": results}
+    report["ratios_over_runs"] = summary
     if args.json:
-        results = [{"run": k + 1, **r.to_json()} for k, rs in enumerate(runs) for r in rs]
-        report = {"machine": info, "quick": args.quick, "runs": args.runs, "results": results}
-        Path(args.json).write_text(json.dumps({**report, "ratios_over_runs": summary}, indent=2))
+        Path(args.json).write_text(json.dumps(report, indent=2))
     if args.plot:
-        for path in plots.write_plots(runs, Path(args.plot)):
+        for path in plots.write_plots(report, Path(args.plot)):
             print(f"plot: {path}")
     return 0
 
