@@ -2,12 +2,16 @@
 
 - ``sphinx-build -W -n`` (warnings as errors, nitpicky references) builds ``docs/``;
 - every example in ``docs/examples/`` runs, and prints what the page shows (its ``.out`` file);
+- no Python block is left that no test runs: a page includes its code from a file a test runs, or
+  the test that runs the block is named in ``EXECUTED`` (the few that cannot run: ``NOT_RUN``);
+- what ``python -m ipchannel --version`` and ``status`` print is what the pages show;
 - the tutorial runs: its app under real gunicorn, ``status``, ``kill -9`` of the host, the counts;
 - the reference pages list every exception, environment variable, file and help text there is.
 """
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import http.client
 import importlib.util
@@ -16,11 +20,13 @@ import re
 import signal
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 from _http import Gunicorn, get_json
+from _servers import start_etcd, start_redis
 from conftest import is_member, reap, wait_until
 
 import ipchannel
@@ -68,6 +74,11 @@ def _run_example(path: Path, runtime_dir: Path) -> subprocess.CompletedProcess[s
     )
 
 
+def _pids_hidden(output: str) -> str:
+    """The output with each pid written ``pid <pid>``, as a page shows a log line (pids vary by run)."""
+    return re.sub(r"\bpid \d+\b", "pid <pid>", output)
+
+
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("example", EXAMPLES, ids=[p.stem for p in EXAMPLES])
 def test_each_example_runs_and_prints_what_its_page_shows(example: Path, runtime_dir: Path) -> None:
@@ -77,7 +88,7 @@ def test_each_example_runs_and_prints_what_its_page_shows(example: Path, runtime
     assert shown in _pages_text(), f"no page includes {shown}"
     result = _run_example(example, runtime_dir)
     assert result.returncode == 0, result.stderr
-    assert result.stdout == expected.read_text()
+    assert _pids_hidden(result.stdout) == expected.read_text()
 
 
 def test_every_example_file_is_tested_and_included() -> None:
@@ -85,6 +96,134 @@ def test_every_example_file_is_tested_and_included() -> None:
     assert [p.stem for p in outputs] == [p.stem for p in EXAMPLES]
     included = set(re.findall(r"literalinclude:: (?:\.\./)*examples/([\w./-]+)", _pages_text()))
     assert {f"{p.stem}.out" for p in outputs} <= included
+
+
+# -- the code blocks ---------------------------------------------------------------------------
+
+_PYTHON = {"python", "python3", "py", "pycon", "ipython"}
+_DIRECTIVE = re.compile(r"\s*\.\. (?:code-block|sourcecode|code)::\s*(\S*)\s*$")
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip())
+
+
+def _literal_blocks(path: Path) -> Iterator[tuple[int, str, str]]:
+    """Each literal block of a page: (line number, language, text); ``::`` blocks have the language ``::``.
+
+    A ``code-block`` (``code``, ``sourcecode``) directive, or a paragraph ending in ``::``; its text
+    is what follows, indented deeper than the line that opened it (after the directive's options).
+    """
+    lines = path.read_text().splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        directive = _DIRECTIVE.match(line)
+        if not directive and not (line.rstrip().endswith("::") and not line.lstrip().startswith("..")):
+            i += 1
+            continue
+        depth, j = _indent(line), i + 1
+        while j < len(lines) and (not lines[j].strip() or lines[j].lstrip().startswith(":")):
+            if lines[j].strip() and _indent(lines[j]) <= depth:
+                break
+            j += 1
+        body = []
+        while j < len(lines) and (not lines[j].strip() or _indent(lines[j]) > depth):
+            body.append(lines[j])
+            j += 1
+        language = (directive.group(1) or "::") if directive else "::"
+        yield i + 1, language, textwrap.dedent("\n".join(body)).strip()
+        i = j
+
+
+def _is_python(language: str, text: str) -> bool:
+    """A block shown as Python, or a ``::`` block whose text is Python (a shell line or a diagram is not)."""
+    if language in _PYTHON:
+        return True
+    if language != "::" or not text:
+        return False
+    try:
+        ast.parse(text)
+    except SyntaxError:
+        return False
+    return True
+
+
+def _python_blocks() -> dict[tuple[str, str], str]:
+    """Every Python block of the pages and the README: (page, first line) -> text."""
+    found = {}
+    for path in [*PAGES, ROOT / "README.rst"]:
+        for _, language, text in _literal_blocks(path):
+            if _is_python(language, text):
+                found[str(path.relative_to(ROOT)), text.splitlines()[0]] = text
+    return found
+
+
+#: Python blocks a test runs as the page shows them: (page, first line) -> the test that runs it.
+#: Everything else a page shows as code comes from a file a test runs (``literalinclude``).
+EXECUTED = {
+    ("README.rst", "from ipchannel import Channel"): (
+        "test_the_readme_shows_the_tested_example_and_links_to_pages_that_exist"
+    ),
+    ("docs/howto/across-machines.rst", 'channel = RequestChannel("jobs", on_request,'): (
+        "test_the_across_machines_channel_runs_as_the_page_shows_through_a_real_engine"
+    ),
+}
+#: Python blocks that no test runs, each with why. Keep it short: a block belongs here only if it
+#: cannot run as shown and no example file can show it instead.
+NOT_RUN: dict[tuple[str, str], str] = {}
+
+
+def _block(page: str, first_line: str) -> str:
+    assert (page, first_line) in EXECUTED, "name the test that runs it in EXECUTED"
+    return _python_blocks()[page, first_line]
+
+
+def test_every_python_block_of_the_docs_is_run_by_a_test_or_allowed_with_a_reason() -> None:
+    blocks = _python_blocks()
+    unrun = sorted(set(blocks) - set(EXECUTED) - set(NOT_RUN))
+    assert unrun == [], (
+        "Python blocks no test runs: show a file a test runs (literalinclude; a new example in "
+        "docs/examples/ is run by test_each_example_runs_and_prints_what_its_page_shows), or run "
+        "the block in a test and name that test in EXECUTED"
+    )
+    assert sorted((set(EXECUTED) | set(NOT_RUN)) - set(blocks)) == [], "listed, but no page shows it"
+    assert set(EXECUTED) & set(NOT_RUN) == set()
+    tests = {name for name, value in globals().items() if name.startswith("test_") and callable(value)}
+    assert set(EXECUTED.values()) <= tests
+    assert all(reason.strip() for reason in NOT_RUN.values())
+
+
+def _engine(kind: str, tmp_path: Path) -> Any:
+    return start_etcd(tmp_path, aged=True) if kind == "etcd" else start_redis(tmp_path)
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.usefixtures("runtime_dir")
+@pytest.mark.parametrize("engine", ["etcd", "redis"])
+def test_the_across_machines_channel_runs_as_the_page_shows_through_a_real_engine(
+    engine: str, tmp_path: Path
+) -> None:
+    code = _block("docs/howto/across-machines.rst", 'channel = RequestChannel("jobs", on_request,')
+    assert '"etcd://10.0.0.5:2379"' in code
+    server = _engine(engine, tmp_path)
+    try:
+        # the page's block, with this test's engine for the page's 10.0.0.5 ("redis://..." works the same)
+        namespace: dict[str, Any] = {
+            "RequestChannel": ipchannel.RequestChannel,
+            "on_request": lambda message: {"echo": message},
+            "key": b"k" * 32,
+        }
+        exec(compile(code.replace('"etcd://10.0.0.5:2379"', repr(server.url)), "page", "exec"), namespace)  # noqa: S102
+        channel = namespace["channel"]
+        try:
+            assert channel.request("across", timeout=30) == {"echo": "across"}
+            assert channel.channel.is_host
+            assert channel.channel.generation >= 1
+        finally:
+            channel.close()
+    finally:
+        server.stop()
 
 
 # -- the tutorial ------------------------------------------------------------------------------
