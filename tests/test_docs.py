@@ -260,6 +260,40 @@ def _status(runtime_dir: Path, name: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def _shown_output(page: Path, command: str) -> list[str]:
+    """What a page's console blocks show after ``$ command``, up to the next prompt: one list per run."""
+    shown = []
+    for _, language, text in _literal_blocks(page):
+        lines = text.splitlines()
+        if language not in {"console", "::"} or f"$ {command}" not in lines:
+            continue
+        after = lines[lines.index(f"$ {command}") + 1 :]
+        end = next((i for i, line in enumerate(after) if line.startswith("$ ")), len(after))
+        shown.append("\n".join(after[:end]))
+    return shown
+
+
+_UPTIME = r"(?:\d+h\d\dm\d\ds|\d+m\d\ds|\d+\.\ds)"  # as _cli.main._duration writes it
+
+
+def _status_shape(output: str, runtime_dir: str) -> str:
+    """``status`` output with what varies (directory, channel, pid, generation, uptime, command) named."""
+    text = output.replace(runtime_dir, "DIR")
+    text = re.sub(
+        rf"^[\w.-]+: live, host pid \d+, generation \d+, up {_UPTIME}$",
+        "NAME: live, host pid N, generation N, up T",
+        text,
+        flags=re.MULTILINE,
+    )
+    text = re.sub(r"^    socket  DIR/[\w.-]+\.sock$", "    socket  DIR/NAME.sock", text, flags=re.MULTILINE)
+    return re.sub(r"^    command \S.*$", "    command CMD", text, flags=re.MULTILINE)
+
+
+def test_the_version_the_tutorial_shows_is_what_the_command_prints() -> None:
+    (shown,) = _shown_output(DOCS / "tutorial.rst", "python -m ipchannel --version")
+    assert _help("--version").strip() == f"python -m ipchannel {ipchannel.__version__}" == shown
+
+
 @pytest.mark.timeout(120)
 def test_the_tutorial_counts_on_after_kill_9_of_the_host(tutorial: Gunicorn, runtime_dir: Path) -> None:
     page = (DOCS / "tutorial.rst").read_text()
@@ -274,6 +308,16 @@ def test_the_tutorial_counts_on_after_kill_9_of_the_host(tutorial: Gunicorn, run
     assert status.returncode == 0, status.stderr
     assert f"tutorial-hits: live, host pid {host}, generation 1," in status.stdout
     assert "tutorial-hits: live, host pid 5804, generation 1," in page
+    # what the pages show ``status`` print (the tutorial's two, the status page's) is what it prints
+    shape = _status_shape(status.stdout, str(runtime_dir))
+    assert "NAME: live, host pid N, generation N, up T" in shape, status.stdout
+    pages_show = [
+        *_shown_output(DOCS / "tutorial.rst", "python -m ipchannel status"),
+        *_shown_output(DOCS / "tutorial.rst", "python -m ipchannel status tutorial-hits"),
+        *_shown_output(DOCS / "howto" / "status.rst", "python -m ipchannel status"),
+    ]
+    assert len(pages_show) == 3
+    assert [_status_shape(s, "/run/user/1000/ipchannel") for s in pages_show] == [shape.strip()] * 3
 
     # every worker opened the dict as it booted; the page's kill comes once each holds the counter
     # (a worker still opening it holds nothing yet: killing the host then would lose what only it had)
