@@ -14,7 +14,9 @@ from __future__ import annotations
 import ast
 import contextlib
 import http.client
+import importlib
 import importlib.util
+import inspect
 import os
 import re
 import signal
@@ -108,13 +110,13 @@ def _indent(line: str) -> int:
     return len(line) - len(line.lstrip())
 
 
-def _literal_blocks(path: Path) -> Iterator[tuple[int, str, str]]:
-    """Each literal block of a page: (line number, language, text); ``::`` blocks have the language ``::``.
+def _literal_blocks(page: Path | str) -> Iterator[tuple[int, str, str]]:
+    """Each literal block of a page (or a docstring): (line, language, text); ``::`` blocks have ``::``.
 
     A ``code-block`` (``code``, ``sourcecode``) directive, or a paragraph ending in ``::``; its text
     is what follows, indented deeper than the line that opened it (after the directive's options).
     """
-    lines = path.read_text().splitlines()
+    lines = (page.read_text() if isinstance(page, Path) else page).splitlines()
     i = 0
     while i < len(lines):
         line = lines[i]
@@ -149,13 +151,45 @@ def _is_python(language: str, text: str) -> bool:
     return True
 
 
+#: The modules the API page renders (automodule, autoclass :members:), with their public members.
+_API_MODULES = (
+    "ipchannel",
+    "ipchannel.aio",
+    "ipchannel.contrib.django",
+    "ipchannel.contrib.limits",
+    "ipchannel.contrib.prometheus",
+)
+
+
+def _api_docstrings() -> dict[str, str]:
+    """The docstrings reference/api.rst renders: each module's and its public classes' and functions'."""
+    found: dict[str, str] = {}
+    for module_name in _API_MODULES:
+        module = importlib.import_module(module_name)
+        found[module_name] = inspect.getdoc(module) or ""
+        names = getattr(module, "__all__", [n for n in vars(module) if not n.startswith("_")])
+        for name in names:
+            obj = getattr(module, name)
+            if not (inspect.isclass(obj) or inspect.isfunction(obj)):
+                continue
+            if not obj.__module__.startswith("ipchannel"):  # a name it imports, documented elsewhere
+                continue
+            found.setdefault(f"{obj.__module__}.{obj.__qualname__}", inspect.getdoc(obj) or "")
+            for member, value in vars(obj).items() if inspect.isclass(obj) else ():
+                if not member.startswith("_") and (doc := inspect.getdoc(value)):
+                    found.setdefault(f"{obj.__module__}.{obj.__qualname__}.{member}", doc)
+    return found
+
+
 def _python_blocks() -> dict[tuple[str, str], str]:
-    """Every Python block of the pages and the README: (page, first line) -> text."""
+    """Every Python block of the pages, the README and the API docstrings: (where, first line) -> text."""
+    sources: dict[str, Path | str] = {str(p.relative_to(ROOT)): p for p in [*PAGES, ROOT / "README.rst"]}
+    sources |= {f"docstring {name}": doc for name, doc in _api_docstrings().items()}
     found = {}
-    for path in [*PAGES, ROOT / "README.rst"]:
-        for _, language, text in _literal_blocks(path):
+    for where, source in sources.items():
+        for _, language, text in _literal_blocks(source):
             if _is_python(language, text):
-                found[str(path.relative_to(ROOT)), text.splitlines()[0]] = text
+                found[where, text.splitlines()[0]] = text
     return found
 
 
@@ -169,6 +203,117 @@ EXECUTED = {
         "test_the_across_machines_channel_runs_as_the_page_shows_through_a_real_engine"
     ),
 }
+#: The API docstrings' examples, run each in a process of its own (``IPCHANNEL_DIR`` fresh), between
+#: what they take as given (the prelude: imports, an ``on_request``) and a check (the epilogue);
+#: ``async``: the block is the body of a coroutine; then what it prints.
+DOCSTRING_RUNS: dict[tuple[str, str], dict[str, Any]] = {
+    ("docstring ipchannel", "from ipchannel import RequestChannel"): {"out": "{'echo': 'hi'}\n"},
+    (
+        "docstring ipchannel.Channel",
+        "def handler(conn):                  # runs in a server thread of the host process",
+    ): {"prelude": "from ipchannel import Channel", "out": "b'hi'\n"},
+    (
+        "docstring ipchannel.RequestChannel",
+        "def on_request(message):            # runs in the host process, in a handler thread",
+    ): {"prelude": "from ipchannel import RequestChannel", "out": "{'echo': 'hi'}\n"},
+    ("docstring ipchannel.SharedDict", 'counters = SharedDict("counters")'): {
+        "prelude": "from ipchannel import SharedDict",
+        "epilogue": "print(dict(counters.items()))",
+        "out": "{'hits': 1, 'mode': 'fast'}\n",
+    },
+    ("docstring ipchannel.aio", "from ipchannel.aio import AsyncRequestChannel, AsyncSharedDict"): {
+        "prelude": "def on_request(message):\n    return 1",
+        "async": True,
+        "epilogue": (
+            "    print(reply, message, hits.get('requests'))\n"
+            "    await channel.aclose()\n    await hits.aclose()"
+        ),
+        "out": "1 hello 1\n",
+    },
+    (
+        "docstring ipchannel.aio.AsyncRequestChannel",
+        'channel = AsyncRequestChannel("echo", on_request)   # on_request: a plain function, run in the host',
+    ): {
+        "prelude": (
+            "from ipchannel.aio import AsyncRequestChannel\n\ndef on_request(message):\n    return message"
+        ),
+        "async": True,
+        "out": "hi\nhello\n",
+    },
+    ("docstring ipchannel.aio.AsyncSharedDict", 'hits = AsyncSharedDict("hits")     # opens nothing yet'): {
+        "prelude": "from ipchannel.aio import AsyncSharedDict",
+        "async": True,
+        "out": "",
+    },
+    (
+        "docstring ipchannel.contrib.django",
+        'CACHES = {"default": {"BACKEND": "ipchannel.contrib.django.SharedDictCache",',
+    ): {
+        "epilogue": (
+            "import django\nfrom django.conf import settings\nsettings.configure(CACHES=CACHES)\n"
+            "django.setup()\nfrom django.core.cache import cache\ncache.set('greeting', 'hello')\n"
+            "print(cache.get('greeting'), cache.shared.channel.name)"
+        ),
+        "out": "hello myproject-cache\n",
+    },
+    (
+        "docstring ipchannel.contrib.limits",
+        "import ipchannel.contrib.limits  # registers the schemes ipchannel:// and async+ipchannel://",
+    ): {
+        "prelude": (
+            "from flask import Flask\nfrom flask_limiter import Limiter\n"
+            "from flask_limiter.util import get_remote_address\napp = Flask(__name__)"
+        ),
+        "epilogue": "print(type(limiter.storage).__name__)",
+        "out": "SharedDictStorage\n",
+    },
+    ("docstring ipchannel.contrib.prometheus", "from ipchannel.contrib import prometheus"): {
+        "prelude": "import prometheus_client",
+        "epilogue": (
+            "REQUESTS.inc()\nscrape = prometheus_client.generate_latest().decode().splitlines()\n"
+            "print([line for line in scrape if line.startswith('requests_total')])"
+        ),
+        "out": "['requests_total 1.0']\n",
+    },
+    ("docstring ipchannel.contrib.prometheus.SharedCollector", "registry = CollectorRegistry()"): {
+        "prelude": (
+            "from prometheus_client import CollectorRegistry, Counter, generate_latest\n"
+            "from ipchannel.contrib import prometheus\nprometheus.enable('collector')\n"
+            "Counter('jobs', 'Jobs done').inc()"
+        ),
+        "epilogue": (
+            "scrape = generate_latest(registry).decode().splitlines()\n"
+            "print([line for line in scrape if line.startswith('jobs_total')])"
+        ),
+        "out": "['jobs_total 1.0']\n",
+    },
+}
+
+
+def _docstring_script(code: str, run: dict[str, Any]) -> str:
+    if run.get("async"):
+        code = f"import asyncio\n\n\nasync def main():\n{textwrap.indent(code, '    ')}\n"
+        code += f"{run.get('epilogue', '')}\n\n\nasyncio.run(main())\n"
+        return f"{run.get('prelude', '')}\n{code}"
+    return f"{run.get('prelude', '')}\n{code}\n{run.get('epilogue', '')}\n"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("key", list(DOCSTRING_RUNS), ids=[k[0].split()[-1] for k in DOCSTRING_RUNS])
+def test_each_api_docstring_example_runs(key: tuple[str, str], runtime_dir: Path) -> None:
+    run = DOCSTRING_RUNS[key]
+    script = _docstring_script(_block(*key), run)
+    env = {**os.environ, "IPCHANNEL_DIR": str(runtime_dir)}
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=50, check=False
+    )
+    assert result.returncode == 0, f"{script}\n{result.stderr}"
+    assert result.stdout == run["out"], script
+
+
+EXECUTED |= dict.fromkeys(DOCSTRING_RUNS, "test_each_api_docstring_example_runs")
+
+
 #: Python blocks that no test runs, each with why. Keep it short: a block belongs here only if it
 #: cannot run as shown and no example file can show it instead.
 NOT_RUN: dict[tuple[str, str], str] = {}
