@@ -339,6 +339,20 @@ def test_every_python_block_of_the_docs_is_run_by_a_test_or_allowed_with_a_reaso
     assert all(reason.strip() for reason in NOT_RUN.values())
 
 
+def test_every_file_a_page_includes_from_examples_is_one_a_test_runs() -> None:
+    tests = "\n".join(p.read_text() for p in (ROOT / "tests").glob("test_*.py"))
+    included = set()
+    for page in PAGES:
+        for target in re.findall(r"literalinclude:: (\S+)", page.read_text()):
+            path = (page.parent / target).resolve()
+            assert path.exists(), (page, target)
+            if path.is_relative_to(ROOT / "examples"):
+                included.add(path.relative_to(ROOT / "examples").parts[0])
+    assert included  # the gunicorn, Django, uvicorn and Prometheus examples
+    # a test starts it by its directory's name: Gunicorn("gunicorn_counter", ...), examples/...
+    assert {d for d in included if f'"{d}"' not in tests and f"examples/{d}" not in tests} == set()
+
+
 def _engine(kind: str, tmp_path: Path) -> Any:
     return start_etcd(tmp_path, aged=True) if kind == "etcd" else start_redis(tmp_path)
 
