@@ -354,6 +354,8 @@ def test_every_file_a_page_includes_from_examples_is_one_a_test_runs() -> None:
 
 
 def _engine(kind: str, tmp_path: Path) -> Any:
+    """A real engine of its own. On a Redis up for less than a ttl the first claim holds off for the
+    rest of it (``RedisEngine._hold``): the page's ``ttl=5.0`` makes that test last about 5 s."""
     return start_etcd(tmp_path, aged=True) if kind == "etcd" else start_redis(tmp_path)
 
 
