@@ -337,6 +337,9 @@ def test_every_python_block_of_the_docs_is_run_by_a_test_or_allowed_with_a_reaso
     tests = {name for name, value in globals().items() if name.startswith("test_") and callable(value)}
     assert set(EXECUTED.values()) <= tests
     assert all(reason.strip() for reason in NOT_RUN.values())
+    # a doctest block (">>> ") needs no "::", and nothing here runs one (no sphinx.ext.doctest)
+    texts = [p.read_text() for p in [*PAGES, ROOT / "README.rst"]] + list(_api_docstrings().values())
+    assert [line for text in texts for line in text.splitlines() if line.lstrip().startswith(">>>")] == []
 
 
 def test_every_file_a_page_includes_from_examples_is_one_a_test_runs() -> None:
