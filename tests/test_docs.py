@@ -176,7 +176,8 @@ def _api_docstrings() -> dict[str, str]:
                 continue
             found.setdefault(f"{obj.__module__}.{obj.__qualname__}", inspect.getdoc(obj) or "")
             for member, value in vars(obj).items() if inspect.isclass(obj) else ():
-                documented = inspect.isfunction(value) or isinstance(value, (property, classmethod))
+                kinds = (property, classmethod, staticmethod)
+                documented = inspect.isfunction(value) or isinstance(value, kinds)
                 if documented and not member.startswith("_") and (doc := inspect.getdoc(value)):
                     found.setdefault(f"{obj.__module__}.{obj.__qualname__}.{member}", doc)
     return found
