@@ -34,9 +34,12 @@ channel = Channel("failover", handler)
 if ROLE == "host":
     channel.connect(timeout=5)  # the first process to connect hosts
     print("hosting", flush=True)
-    signal.pause()  # until its handler kills it
+    sys.stdin.read()  # until its handler kills it (or the main process is gone: end of input)
 else:
-    host = subprocess.Popen([sys.executable, __file__, "host"], stdout=subprocess.PIPE, text=True)
+    host = subprocess.Popen(
+        [sys.executable, __file__, "host"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert host.stdin is not None
     assert host.stdout is not None
     assert host.stdout.readline() == "hosting\n"
     sock = channel.connect(timeout=5)
@@ -44,5 +47,6 @@ else:
     print(ask(sock, b"charge order 17"))
     print("this process hosts now:", channel.is_host, "generation", channel.generation)
     host.wait()
+    host.stdin.close()
     host.stdout.close()
     channel.close()
