@@ -205,6 +205,7 @@ EXECUTED = {
         "test_the_across_machines_channel_runs_as_the_page_shows_through_a_real_engine"
     ),
 }
+
 #: The API docstrings' examples, run each in a process of its own (``IPCHANNEL_DIR`` fresh), between
 #: what they take as given (the prelude: imports, an ``on_request``) and a check (the epilogue);
 #: ``async``: the block is the body of a coroutine; then what it prints.
