@@ -21,8 +21,8 @@ Read on:
 - ``run_on_host``: a periodic job run by the host only.
 - ``python -m ipchannel status`` (or ``ipchannel status``): what runs where.
 
-The documentation (docs/ in the source: tutorial, how-to guides, reference, explanation) has the
-guarantees and the limits; README.rst links to its pages.
+The documentation is docs/ in the source (docs/index.rst: tutorial, how-to guides, reference,
+explanation); the guarantees and the limits are in docs/explanation/guarantees.rst.
 """
 
 from __future__ import annotations

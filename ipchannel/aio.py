@@ -6,7 +6,10 @@
 
     channel = AsyncRequestChannel("counter", on_request)   # on_request: a plain function
     reply = await channel.request({"op": "incr"})
-    async for message in channel.messages(): ...
+    async with channel.messages() as stream:               # subscribed from here on
+        await channel.publish("hello")
+        async for message in stream:                       # until aclose() or the channel closes
+            break
 
     hits = AsyncSharedDict("hits")
     await hits.incr("requests")

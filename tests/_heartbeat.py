@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 TICK = 0.001
 BOUND = 0.005  # the issue's: no tick later than this by this process's doing (reported)
 GUARD = float(os.environ.get("IPCHANNEL_HEARTBEAT_BOUND", "0.020"))  # asserted
-SWITCH_INTERVAL = 0.001  # sys.setswitchinterval() in the measured process, as the README advises
+SWITCH_INTERVAL = 0.001  # sys.setswitchinterval() in the measured process, as docs/howto/asyncio.rst advises
 STRICT = os.environ.get("IPCHANNEL_STRICT_HEARTBEAT") == "1"
 
 

@@ -1,8 +1,8 @@
 """A script whose threads write to a SharedDict while SIGTERM interrupts its main thread.
 
 ``python _interrupted_writers.py MODE NAME`` (``IPCHANNEL_DIR`` set; another process hosts) handles
-SIGTERM as the README says, ``signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))``, and prints
-one line per event for the test (``tests/test_shareddict.py``) to wait on:
+SIGTERM as docs/reference/files.rst says, ``signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))``,
+and prints one line per event for the test (``tests/test_shareddict.py``) to wait on:
 
 - ``loop``: eight writer threads and the main thread increment until SIGTERM; the main thread's
   ``finally`` stops the writers, and the process must then exit (atexit closes the dict).

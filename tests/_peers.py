@@ -67,7 +67,7 @@ def read_line(sock: socket.socket) -> bytes:
 
 
 def request(sock: socket.socket, text: str, deadline: float) -> tuple[str, int]:
-    """Send a line, return (reply, resends); resend on HostChanged as the README tells users to."""
+    """Send a line, return (reply, resends); resend on HostChanged as docs/explanation/failover.rst says."""
     resends = 0
     while True:
         sock.sendall(text.encode() + b"\n")

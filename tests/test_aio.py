@@ -42,7 +42,7 @@ PACE = 0.002  # each load task's pause between requests: a busy worker, not one 
 
 @pytest.fixture
 def quick_gil_handoff() -> Iterator[None]:
-    """Run the test with a 1 ms GIL switch interval, as the README advises for an asyncio server.
+    """Run the test with a 1 ms GIL switch interval, as docs/howto/asyncio.rst advises for an asyncio server.
 
     With the default 5 ms, a thread that wants the GIL waits up to 5 ms for it, and then any
     waiting thread may take it: the loop thread was late by more in 2 of 12 runs here.

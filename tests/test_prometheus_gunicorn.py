@@ -233,7 +233,8 @@ def test_500_requests_with_recycling_and_a_sigkill_show_the_same_totals_both_way
     if mode == "ipchannel" and sys.version_info[:2] == (3, 12):
         pytest.skip(
             "Python 3.12 starts no thread at exit: a worker recycled while the metrics' host also exits"
-            " can stall its exit, and gunicorn then has no worker to answer (a known defect, see README)"
+            " can stall its exit, and gunicorn then has no worker to answer"
+            " (a known defect, see docs/howto/metrics-and-limits.rst)"
         )
     server = _start(mode, runtime_dir, tmp_path)
     try:

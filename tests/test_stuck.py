@@ -1,8 +1,9 @@
 """A stuck peer holds up nobody: a replica or subscriber stopped (SIGSTOP) is cut off, then catches up.
 
-The README's promise: a slow or stuck client or handler holds only its own thread. The host
-queues what a subscriber has yet to read (``max_backlog`` bytes, ``max_lag`` seconds), never
-waits for it, cuts it off past the bound, and the subscriber comes back by itself once it runs.
+The promise of docs/explanation/guarantees.rst: a slow or stuck client or handler holds only its own
+thread. The host queues what a subscriber has yet to read (``max_backlog`` bytes, ``max_lag``
+seconds), never waits for it, cuts it off past the bound, and the subscriber comes back by itself
+once it runs.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ keeps the state in its memory and answers the others. Kill that worker and
 another one takes over (gunicorn starts a replacement): requests keep working,
 and the new host starts from fresh state, since the state lived in the old host.
 For state that must outlive its host, keep a replica in every worker or a file
-(see the README's "Guarantees and limits").
+(docs/explanation/guarantees.rst, "Guarantees and limits").
 
 The SharedDict ``stats`` (``/hits``, ``/record``) has a replica in every worker, so it
 outlives any one worker, but not all of them exiting at once (``max_requests``

@@ -63,7 +63,10 @@ async def too_many(request: Request, exc: Exception) -> JSONResponse:  # noqa: A
 
 @contextlib.asynccontextmanager
 async def open_storages(_: Starlette) -> AsyncIterator[None]:
-    """Open both shared dicts as the worker starts: every worker then holds the counts (see README)."""
+    """Open both shared dicts as the worker starts: every worker then holds the counts.
+
+    docs/howto/metrics-and-limits.rst, "Rate limits": the hosting worker's death then loses no count.
+    """
     storage_from_string("ipchannel://slowapi-limits").check()  # the dict slowapi's storage uses
     await aio_limiter.storage.check()
     yield

@@ -90,7 +90,7 @@ async def _answer(call: Any, shared: Channel) -> JSONResponse:
 @contextlib.asynccontextmanager
 async def lifespan(_app: Starlette) -> AsyncIterator[None]:
     """Open the dict at start-up; on shutdown close both, handing hosting over at once."""
-    # ipchannel's threads hand the GIL back to the event loop within 1 ms, not 5 (see the README)
+    # ipchannel's threads hand the GIL back to the event loop within 1 ms, not 5 (docs/howto/asyncio.rst)
     sys.setswitchinterval(0.001)
     async with channel, hits:
         yield

@@ -78,7 +78,9 @@ class AsyncRequestChannel(_fork.ProcessBound):
             print(await channel.request("hi"))              # from whichever process hosts
             async with channel.messages() as stream:
                 await channel.publish("hello")
-                async for message in stream: ...
+                async for message in stream:
+                    print(message)                          # hello
+                    break
 
     :param workers: threads running this channel's blocking calls (1-256, default 8): at most
         that many requests of this process are in flight at once; more wait for a free one.

@@ -19,7 +19,7 @@ CACHES = {
 }
 
 # django-ratelimit warns (W001) for every backend it does not list, Django's own RedisCache too;
-# this one's incr is atomic across workers and keeps the entry's expiry (see the README).
+# this one's incr is atomic across workers and keeps the entry's expiry (docs/howto/django.rst).
 SILENCED_SYSTEM_CHECKS = ["django_ratelimit.W001"]
 
 # gunicorn listens on a Unix socket behind a proxy, so REMOTE_ADDR is empty: the client's address is
