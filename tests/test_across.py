@@ -753,9 +753,9 @@ def test_a_write_acknowledged_while_a_replica_is_partitioned_outlives_the_host_m
         proxy.close()
 
 
-#: a run's length: 12 s in the suite (about ten host changes per engine; one run of the suite has to
+#: a run's length: 8 s in the suite (about six host changes per engine; one run of the suite has to
 #: stay under 10 minutes), longer on demand to hunt a rare interleaving
-CHAOS_SECONDS = float(os.environ.get("IPCHANNEL_CHAOS_SECONDS", "12"))
+CHAOS_SECONDS = float(os.environ.get("IPCHANNEL_CHAOS_SECONDS", "8"))
 
 
 def _the_host(peers: list[Peer]) -> Peer:

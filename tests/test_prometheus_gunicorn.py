@@ -177,11 +177,20 @@ def _kill(server: Gunicorn, pid: int) -> None:
 
 
 def _settled(client: _Client, server: Gunicorn) -> tuple[Scrape, set[int]]:
-    """Scrape until every running worker is in ``liveall`` (a booting one has sent its series)."""
+    """Scrape until every running worker is in ``liveall`` and two scrapes in a row agree.
+
+    A worker that served its last request before recycling exits while a scrape reads its
+    series: multiprocess mode's files of it go one by one (CI: ``liveall`` still had it,
+    ``livesum`` no longer). The same workers before and after two equal scrapes is a settled state.
+    """
+    previous: list[Scrape] = []
 
     def ready() -> tuple[Scrape, set[int]] | None:
         live, scrape = set(server.workers()), client.scrape()
-        return (scrape, live) if set(_by_pid(scrape, "app_served_liveall")) == live else None
+        ours = {key: value for key, value in scrape.items() if key[0].startswith("app_")}  # not process_*
+        steady = previous == [ours] and set(server.workers()) == live
+        previous[:] = [ours]
+        return (scrape, live) if steady and set(_by_pid(scrape, "app_served_liveall")) == live else None
 
     found: tuple[Scrape, set[int]] = wait_until(ready, timeout=20, interval=0.05)
     return found
