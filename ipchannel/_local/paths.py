@@ -160,13 +160,13 @@ class ChannelPaths:
             ):
                 continue
             path = self.directory / name
-            owner = path.name[len(self.sock.stem) + 2 : -len(self.sock.suffix)]
-            if not (owner.isascii() and owner.isdigit()):
+            owner = _pid_in(path.name[len(self.sock.stem) + 2 : -len(self.sock.suffix)])
+            if owner is None:
                 continue  # another channel's (a name with a dot in it)
-            if int(owner) == os.getpid():
+            if owner == os.getpid():
                 if own and not _listened_on(path):
                     stale.append(path)
-            elif _platform.process_gone(int(owner)):
+            elif _platform.process_gone(owner):
                 stale.append(path)
         return stale
 
@@ -190,9 +190,9 @@ class ChannelPaths:
         stale = []
         for name in self._names():
             head = next((head for head in heads if name.startswith(head) and name.endswith(".tmp")), None)
-            owner = name[len(head) : -len(".tmp")] if head is not None else ""
+            owner = _pid_in(name[len(head) : -len(".tmp")]) if head is not None else None
             # exiting, not only gone: a killed writer's lock is free before it is a zombie
-            if owner.isascii() and owner.isdigit() and _platform.process_exiting(int(owner)):
+            if owner is not None and _platform.process_exiting(owner):
                 stale.append(self.directory / name)
         return stale
 
@@ -205,3 +205,8 @@ class ChannelPaths:
             return os.listdir(self.directory)
         except OSError:
             return []
+
+
+def _pid_in(text: str) -> int | None:
+    """Return the pid a private file's name carries, None if ``text`` is not one (ASCII digits only)."""
+    return int(text) if text.isascii() and text.isdigit() else None
