@@ -20,6 +20,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -881,3 +882,40 @@ def test_a_forked_child_takes_a_member_name_of_its_own_even_with_the_presence_lo
         assert os.waitstatus_to_exitcode(reaped[1]) == 0
     finally:
         shared.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_change_that_reaches_a_closing_dict_after_it_left_gives_it_no_member_name_again(
+    engine: EngineServer, tmp_path: Path
+) -> None:
+    # A dict that closes first takes itself out of the members (its key, its presence thread),
+    # then stops its subscription. A batch that reaches its subscriber in between asked for its
+    # member name, which made a new one: a new key in the engine, and a presence thread that
+    # nothing stopped, renewing that key for as long as the process lived.
+    machines = [tmp_path / f"machine{i}" for i in range(2)]
+    for machine in machines:
+        machine.mkdir(mode=0o700)
+    options: dict[str, Any] = {"coordinator": engine.url, "authkey": KEY, "ttl": TTL}
+    host = ipchannel.SharedDict("left", listen="127.0.0.2:0", runtime_dir=machines[0], **options)
+    closing = ipchannel.SharedDict("left", listen="127.0.0.3:0", runtime_dir=machines[1], **options)
+    try:
+        closing["a"] = 1
+        wait_until(lambda: host.get("a") == 1)
+        presence = [t for t in threading.enumerate() if t.name == "ipchannel-presence:left"]
+        assert len(presence) == 2, presence
+        requests = closing._requests  # noqa: SLF001 - its close, held open at the window
+        close_requests = requests.close
+
+        def left_then_a_change() -> None:  # runs in close(), after the leave, before the subscription stops
+            requests.close = close_requests  # type: ignore[method-assign]
+            host["b"] = 2
+            wait_until(lambda: closing._replica.copy().get("b") == 2)  # noqa: SLF001
+            close_requests()
+
+        requests.close = left_then_a_change  # type: ignore[method-assign]
+        closing.close()
+        left = [t for t in threading.enumerate() if t.name == "ipchannel-presence:left" and t.is_alive()]
+        assert len(left) == 1, f"the closed dict keeps a presence thread: {left}"
+    finally:
+        closing.close()
+        host.close()

@@ -189,9 +189,14 @@ class Members:
     # -- every process ---------------------------------------------------------------------------
 
     def my_name(self) -> str:
-        """Return this process's member name; "" if there is none now (the engine does not answer)."""
+        """Return this process's member name; "" if there is none now (the engine does not answer).
+
+        Also "" once the dict left (``leave``): asking the membership would make a new name, and
+        across machines a key and a presence thread that nothing would stop. A change that
+        reaches the subscriber between the leave and its stop asks.
+        """
         membership = self.membership
-        if membership is None:
+        if membership is None or self._left:
             return ""
         try:
             return membership.me()
