@@ -1,4 +1,4 @@
-"""The architecture of docs/architecture.md, checked where a test can check it.
+"""The architecture of docs/explanation/architecture.rst, checked where a test can check it.
 
 The import layering is lint-imports' (pyproject.toml); here: the failover path stays in
 four modules above the leaves (traced on a real SIGKILL), modules and classes stay small,

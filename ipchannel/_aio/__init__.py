@@ -1,1 +1,4 @@
-"""_aio: see docs/architecture.md."""
+"""The asyncio layer: AsyncRequestChannel, AsyncSharedDict, message streams, worker threads.
+
+The layers and what each module holds: docs/explanation/architecture.rst.
+"""

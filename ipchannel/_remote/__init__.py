@@ -1,1 +1,4 @@
-"""_remote: see docs/architecture.md."""
+"""The backend across machines: an etcd or Redis coordinator, TCP with the authkey, TLS.
+
+The layers and what each module holds: docs/explanation/architecture.rst.
+"""

@@ -1,1 +1,4 @@
-"""_shareddict: see docs/architecture.md."""
+"""SharedDict: a replicated dict with local reads, its members, and its journal.
+
+The layers and what each module holds: docs/explanation/architecture.rst.
+"""
