@@ -91,10 +91,9 @@ def _threads() -> dict[str, tuple[float, int]]:
 def _process(  # noqa: PLR0917 - one process of the run, started in one place
     runtime_dir: str, threads: int, seconds: float, go: Event, done: Event, out: Queue[Any]
 ) -> None:
-    os.environ["IPCHANNEL_RUNTIME_DIR"] = runtime_dir
     counts = _Counts()
     counts.install()
-    shared = ipchannel.SharedDict("profile")
+    shared = ipchannel.SharedDict("profile", runtime_dir=runtime_dir)
     shared.incr("load")
     counted = [0] * threads
     stop = threading.Event()
