@@ -17,6 +17,7 @@ import multiprocessing
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -27,7 +28,6 @@ import ipchannel
 from ipchannel._local.coordinator import LocalCoordinator
 
 if TYPE_CHECKING:
-    import socket
     from collections.abc import Callable
     from multiprocessing.connection import Connection
 
@@ -605,6 +605,12 @@ class _DictPeer:
             return {"items": sorted(d.copy().items()), "position": d.position}
         if cmd == "wait_position":
             return {"position": self._wait_position(tuple(args["position"]))}
+        if cmd == "end_subscription":  # as if the host had closed it: the subscriber connects again
+            subscriber = d._requests._subscriber  # noqa: SLF001 - the connection a test ends
+            sock = subscriber._sock  # noqa: SLF001
+            assert sock is not None
+            sock.shutdown(socket.SHUT_RDWR)
+            return {}
         if cmd == "count":  # several threads: several writes in flight when the host dies
             for _ in range(args.get("threads", 1)):
                 self._counters.append(threading.Thread(target=self._count, args=(args["key"],), daemon=True))

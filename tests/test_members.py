@@ -153,3 +153,26 @@ def test_a_new_host_leaves_alone_the_members_change_a_live_process_is_writing(
 def _host_pid(runtime_dir: Path) -> int | None:
     record = read_record(runtime_dir / "test.host")
     return None if record is None else record.pid
+
+
+@pytest.mark.timeout(60)
+def test_a_writer_whose_subscription_ends_after_its_own_batch_is_a_member_again_on_its_new_one(
+    peers: Peers, tmp_path: Path, runtime_dir: Path
+) -> None:
+    # The host records a member out when its subscription ends, and counts it in again from its
+    # first confirmation on the next one. A replica whose last batch was all its own writes says
+    # nothing after it (the host did not wait for it); on a new connection it used to say nothing
+    # either, and stayed out of the members until another process wrote.
+    log = tmp_path / "ipchannel.log"
+    group = peers.start_dicts(2, log=str(log))
+    host = peers.host(group)
+    (writer,) = [peer for peer in group if peer is not host]
+    writer.call("incr", key="n", times=3)  # batches of its writes alone: it confirms none of them
+    wait_until(lambda: is_member(runtime_dir, writer.pid))
+    writer.call("end_subscription")
+    wait_until(lambda: f"pid {writer.pid}@" in _out_of_the_members(log), timeout=10)  # recorded out
+    wait_until(lambda: is_member(runtime_dir, writer.pid), timeout=5)  # and in again, with no write
+
+
+def _out_of_the_members(log: Path) -> str:
+    return "\n".join(line for line in log.read_text().splitlines() if "out of the members" in line)

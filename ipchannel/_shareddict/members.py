@@ -129,6 +129,9 @@ class Members:
                     _LOGGER.warning("shared dict %r: cannot record %s out: %s", self._name, member, exc)
                 else:
                     del self._members[member]
+                    _LOGGER.debug(
+                        "shared dict %r: %s is out of the members: its subscription ended", self._name, member
+                    )
             self._cond.notify_all()  # a handover too: ``wait`` gives up
 
     def wait(self, generation: int, position: int, exempt: str = "") -> None:
