@@ -297,10 +297,10 @@ def reap(pid: int, timeout: float = 5.0) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     """Compile ipchannel and the tests' modules to bytecode once, before any peer process starts.
 
-    The suite starts well over a thousand Python processes, each importing ipchannel and a
-    helper module of the tests from this checkout. Where ``PYTHONDONTWRITEBYTECODE`` is set
-    (CI machines often set it) none of them writes its bytecode, so each compiled them all
-    again: about a tenth of a second of CPU per process. Reading bytecode is not affected by
+    The suite starts hundreds of Python processes, each importing ipchannel and a helper
+    module of the tests from this checkout. Where ``PYTHONDONTWRITEBYTECODE`` is set (the
+    machines this suite runs on set it) none of them writes its bytecode, so each compiled them
+    all again: about a tenth of a second of CPU per process. Reading bytecode is not affected by
     that setting, so one compilation here serves them all (``__pycache__`` is git-ignored).
     """
     del config
