@@ -46,6 +46,7 @@ class RemoteMembership:
         self._lock = threading.Lock()
         self._pid = 0  # whose name and thread these are: a forked child makes its own
         self._me = ""
+        self._left = False  # this process left (``leave``): ``me`` keeps the name, and makes no other
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._ignored = ""  # why the record was last ignored (said once)
@@ -55,13 +56,19 @@ class RemoteMembership:
         """In a forked child: no name, no thread, a new lock (the parent's thread may have held it)."""
         self._lock = threading.Lock()
         self._pid, self._me, self._thread, self._stop = 0, "", None, threading.Event()
+        self._left = False
 
     def me(self) -> str:
         """Return this process's name, made (its key, its thread) at the first call in a process.
 
+        Once it left, the name it left as: a new one would be a key and a thread that nothing
+        stops (whatever asks as the dict closes, on another thread, may ask after the leave).
+
         :raises ChannelError: the engine did not answer (the name is made at a later call).
         """
         with self._lock:
+            if self._left and self._pid == os.getpid():
+                return self._me
             if self._pid != os.getpid() or not self._me:
                 name = self._new_name()
                 self._ask(lambda engine: engine.present(self._name, _leaf(name), self._ttl, first=True))
@@ -91,7 +98,7 @@ class RemoteMembership:
                 _LOGGER.debug("channel %r: cannot renew this member's key: %s", self._name, exc)
                 continue
             with self._lock:  # lapsed: others may have counted us dead; a new name, in no record
-                if stop.is_set() or self._me != me:
+                if stop.is_set() or self._me != me or self._left:
                     return
                 self._me = self._new_name()
             _LOGGER.warning(
@@ -135,9 +142,9 @@ class RemoteMembership:
 
     def leave(self, member: str) -> None:
         with self._lock:
-            if member != self._me or self._pid != os.getpid():
+            if member != self._me or self._pid != os.getpid() or self._left:
                 return
-            self._me, stop, thread = "", self._stop, self._thread
+            self._left, stop, thread = True, self._stop, self._thread
             self._thread = None
         stop.set()
         if thread is not None and thread is not threading.current_thread():

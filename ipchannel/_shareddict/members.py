@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from .. import _hooks
 from .._errors import ChannelClosed, ChannelError
 
 if TYPE_CHECKING:
@@ -61,6 +62,9 @@ class Members:
         self._name, self.membership, self._max_lag = name, membership, max_lag
         self._handing_over, self._position = handing_over, position
         self.durable = False  # a journal holds every acknowledged write (set by SharedDict)
+        # this process closed its dict (``leave``): it records nothing more, and takes no new name;
+        # kept in a forked child, whose copy of the dict is closed too
+        self._left, self._left_as = False, ""
         self.after_fork()
 
     def after_fork(self) -> None:
@@ -70,7 +74,6 @@ class Members:
         self._members: dict[str, _Member] = {}  # the others: this process holds what it acknowledges
         self._acknowledged = 0  # the highest position ``wait`` let be acknowledged in the term
         self._told_lost: object = None  # the record whose loss was last reported (``may_campaign``)
-        self._left = False  # this process closed its dict: it records nothing more (``leave``)
 
     # -- the host ----------------------------------------------------------------------------------
 
@@ -79,6 +82,8 @@ class Members:
         membership = self.membership
         if membership is None:
             return
+        if self._left:  # closing: the next host starts the term
+            raise ChannelClosed(self._name, "SharedDict")
         me = membership.me()
         recorded = membership.members()
         # The previous host is not waited for: this process won the election because it is gone
@@ -95,10 +100,12 @@ class Members:
 
         ``cut`` ends its subscription; None when it said so by request, after a resync.
         """
+        if _hooks.pause is not None:
+            _hooks.pause("members.confirmed", member)
         with self._cond:
-            if generation != self._term or self.membership is None or member == self.membership.me():
-                return
             if self._handing_over() or self._left:
+                return
+            if generation != self._term or self.membership is None or member == self.membership.me():
                 return
             known = self._members.get(member)
             if known is None:
@@ -194,13 +201,15 @@ class Members:
     def my_name(self) -> str:
         """Return this process's member name; "" if there is none now (the engine does not answer).
 
-        Also "" once the dict left (``leave``): asking the membership would make a new name, and
-        across machines a key and a presence thread that nothing would stop. A change that
-        reaches the subscriber between the leave and its stop asks.
+        Once the dict left (``leave``), the name it left as: asking the membership would make a
+        new one, and across machines a key and a presence thread that nothing would stop. A
+        change that reaches the subscriber between the leave and its stop asks, and confirms.
         """
         membership = self.membership
-        if membership is None or self._left:
+        if membership is None:
             return ""
+        if self._left:
+            return self._left_as
         try:
             return membership.me()
         except ChannelError as exc:
@@ -215,6 +224,8 @@ class Members:
         membership = self.membership
         if membership is None:
             return True
+        if self._left:  # closing: it hands hosting over, it does not take it
+            return False
         try:
             recorded = membership.members()
             if not recorded or membership.me() in recorded.members:
@@ -266,6 +277,9 @@ class Members:
         a record of its in-memory set would bring back members that left meanwhile.
         """
         with self._cond:
+            if self._left:
+                return
             self._left = True
         if self.membership is not None:
-            self.membership.leave(self.membership.me())
+            self._left_as = self.membership.me()
+            self.membership.leave(self._left_as)
