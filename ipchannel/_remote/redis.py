@@ -140,19 +140,27 @@ class RedisEngine:
         self._put_if_claimed = self._client.register_script(_PUT_IF_CLAIMED)
         self._persistence_checked = False  # warned once if the server keeps no data on disk
         self._uptime_unknown = False  # warned once that INFO is refused
+        self._closed = False  # the last channel using this client closed (``close``)
 
     @property
     def url(self) -> str:
         return self._url.text
 
     def run(self, call: Callable[..., _T], *args: object, **kwargs: object) -> _T:
-        """Call redis-py; EngineUnavailable if the server does not answer, refuses us, or is not one."""
+        """Call redis-py; EngineUnavailable if the server does not answer, refuses us, or is not one.
+
+        A call on another thread as the last channel closes (a subscriber's election, say) may
+        open a connection after ``close`` closed the pool: it closes the pool again once done.
+        """
         try:
             return call(*args, **kwargs)
         except redis.RedisError as exc:
             # ResponseError: OOM, NOPERM, MISCONF, READONLY...: the server refuses us, say why and wait;
             # InvalidResponse: another service answers at that address
             raise EngineUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            if self._closed:
+                self._client.close()
 
     def read(self, name: str) -> Snapshot:
         key = _key(name)
@@ -282,6 +290,7 @@ class RedisEngine:
         return facing_address(self._url.endpoints[0])
 
     def close(self) -> None:
+        self._closed = True
         self._client.close()
 
 
@@ -301,18 +310,23 @@ class _RedisWatch:
             return
         deadline = timeout
         step = min(timeout, 0.5)
-        while deadline > 0 and not self._cancelled.is_set():
-            try:
-                message = self._pubsub.get_message(timeout=step)
-            except Exception as exc:
-                if self._cancelled.is_set():  # closed by cancel() from another thread
+        try:
+            while deadline > 0 and not self._cancelled.is_set():
+                try:
+                    message = self._pubsub.get_message(timeout=step)
+                except Exception as exc:
+                    if self._cancelled.is_set():  # closed by cancel() from another thread
+                        return
+                    if isinstance(exc, redis.RedisError):
+                        raise EngineUnavailable(f"keyspace notifications: {exc}") from exc
+                    raise
+                if message is not None and message.get("data") in _WAKING_EVENTS:
                     return
-                if isinstance(exc, redis.RedisError):
-                    raise EngineUnavailable(f"keyspace notifications: {exc}") from exc
-                raise
-            if message is not None and message.get("data") in _WAKING_EVENTS:
-                return
-            deadline -= step
+                deadline -= step
+        finally:
+            if self._cancelled.is_set():  # redis-py may have connected again after cancel() closed it
+                with contextlib.suppress(Exception):
+                    self._pubsub.close()
 
     def cancel(self) -> None:
         self._cancelled.set()
