@@ -95,6 +95,7 @@ def _process(  # noqa: PLR0917 - one process of the run, started in one place
     counts.install()
     shared = ipchannel.SharedDict("profile", runtime_dir=runtime_dir)
     shared.incr("load")
+    out.put("ready")  # opened, and a member from its first write
     counted = [0] * threads
     stop = threading.Event()
 
@@ -124,40 +125,46 @@ def _process(  # noqa: PLR0917 - one process of the run, started in one place
     shared.close()
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1].strip("`"))
-    parser.add_argument("--seconds", type=float, default=4.0)
-    parser.add_argument("--processes", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args(argv)
+def _run(seconds: float, processes: int, threads: int) -> list[Any]:
+    """Start the processes, let them write for ``seconds``, and return their reports; end them all."""
     context = multiprocessing.get_context("spawn")
     go, done, out = context.Event(), context.Event(), context.Queue()
     with tempfile.TemporaryDirectory() as runtime_dir:
-        processes = [
-            context.Process(target=_process, args=(runtime_dir, args.threads, args.seconds, go, done, out))
-            for _ in range(args.processes)
+        started = [
+            context.Process(target=_process, args=(runtime_dir, threads, seconds, go, done, out))
+            for _ in range(processes)
         ]
-        for process in processes:
-            process.start()
-        time.sleep(2.0)  # every process opened the dict and is a member
-        go.set()
-        reports = [out.get(timeout=60 + args.seconds) for _ in processes]
-        done.set()
-        for process in processes:
-            process.join(30)
-    failed = [process.pid for process in processes if process.exitcode != 0]
+        try:
+            for process in started:
+                process.start()
+            for _ in started:
+                if out.get(timeout=60) != "ready":
+                    raise RuntimeError("a process of the run did not open the dict")
+            go.set()
+            reports = [out.get(timeout=60 + seconds) for _ in started]
+        finally:
+            done.set()  # also if one failed: the others close their dicts and end
+            for process in started:
+                process.join(30)
+                if process.exitcode is None:
+                    process.kill()
+                    process.join()
+    failed = [process.pid for process in started if process.exitcode != 0]
     if failed:
-        print(f"processes {failed} did not end cleanly")
-        return 1
+        raise RuntimeError(f"processes {failed} did not end cleanly")
+    return reports
+
+
+def _print(reports: list[Any], seconds: float, shape: str) -> None:
     total = sum(report[2] for report in reports)
-    print(f"incr: {total / args.seconds:,.0f} ops/s ({args.processes} processes x {args.threads} threads)")
+    print(f"incr: {total / seconds:,.0f} ops/s ({shape})")
     cpu = 0.0
     for pid, hosting, _done, used, counts in sorted(reports, key=lambda report: not report[1]):
         print(f"process {pid}{' (host)' if hosting else ''}:")
-        for kind, (seconds, switches) in sorted(used.items()):
-            if seconds or switches > 20:
-                cpu += seconds
-                print(f"  {kind:<24} {seconds:5.2f} s CPU  {switches:>8,} voluntary switches")
+        for kind, (spent, switches) in sorted(used.items()):
+            if spent or switches > 20:
+                cpu += spent
+                print(f"  {kind:<24} {spent:5.2f} s CPU  {switches:>8,} voluntary switches")
         if counts["batches"]:
             batches, writes = counts["batches"], counts["writes"]
             print(
@@ -165,8 +172,18 @@ def main(argv: list[str] | None = None) -> int:
                 f" committing {counts['committing']:.2f} s, {counts['waiting']:.2f} s of it"
                 f" waiting for members' confirmations ({counts['waiting'] / batches * 1e6:.0f} us a batch)"
             )
-    per_incr = cpu / total * 1e6
-    print(f"CPU: {cpu:.2f} s in {args.seconds:.0f} s ({per_incr:.0f} us per incr, all processes together)")
+    per_incr = cpu / max(total, 1) * 1e6
+    print(f"CPU: {cpu:.2f} s in {seconds:g} s ({per_incr:.0f} us per incr, all processes together)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1].strip("`"))
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--processes", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    reports = _run(args.seconds, args.processes, args.threads)
+    _print(reports, args.seconds, f"{args.processes} processes x {args.threads} threads")
     return 0
 
 
