@@ -847,6 +847,18 @@ def test_a_replica_partitioned_from_the_host_follows_it_again_once_the_link_heal
         proxy.close()
 
 
+def _exit_code(pid: int, doing: str) -> int:
+    """Reap forked child ``pid`` within 20 s and return its exit code; SIGKILL it and fail if it hangs."""
+    deadline = time.monotonic() + 20
+    while (reaped := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if reaped[0] == 0:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail(f"the child hung {doing}")
+    return os.waitstatus_to_exitcode(reaped[1])
+
+
 @pytest.mark.timeout(60)
 @pytest.mark.filterwarnings(
     "ignore:This process .* is multi-threaded:DeprecationWarning"
@@ -872,14 +884,7 @@ def test_a_forked_child_takes_a_member_name_of_its_own_even_with_the_presence_lo
                     code = 0 if membership.me() != parent else 2
                 finally:
                     os._exit(code)
-        deadline = time.monotonic() + 20
-        while (reaped := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        if reaped[0] == 0:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            pytest.fail("the child hung taking its member name (a lock its parent's thread held)")
-        assert os.waitstatus_to_exitcode(reaped[1]) == 0
+        assert _exit_code(pid, "taking its member name (a lock its parent's thread held)") == 0
     finally:
         shared.close()
 
@@ -1045,14 +1050,7 @@ def test_a_forked_child_of_a_process_whose_dict_closed_takes_no_member_name_when
             os._exit(code)
     os.close(write)
     try:
-        deadline = time.monotonic() + 20
-        while (reaped := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        if reaped[0] == 0:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            pytest.fail("the child hung writing to its closed dict")
-        assert os.waitstatus_to_exitcode(reaped[1]) == 0
+        assert _exit_code(pid, "writing to its closed dict") == 0
         assert os.read(read, 100) == b"0", (
             "the child of a closed dict made a member name, and a presence thread"
         )
