@@ -325,8 +325,7 @@ class _RedisWatch:
                 deadline -= step
         finally:
             if self._cancelled.is_set():  # redis-py may have connected again after cancel() closed it
-                with contextlib.suppress(Exception):
-                    self._pubsub.close()
+                self.cancel()
 
     def cancel(self) -> None:
         self._cancelled.set()
