@@ -5,15 +5,18 @@ from __future__ import annotations
 import compileall
 import contextlib
 import ctypes
+import gc
 import importlib.util
 import json
 import multiprocessing
 import os
 import shutil
 import signal
+import socket
 import tempfile
 import threading
 import time
+import types
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -345,10 +348,41 @@ def no_leaks(_session_processes: None) -> Iterator[None]:
         if not (extra_threads or extra_fds or extra_children):
             return
         time.sleep(0.01)
-    fd_targets = {}
-    for fd in extra_fds:
-        try:
-            fd_targets[fd] = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            fd_targets[fd] = "?"
+    fd_targets = {fd: _described_fd(int(fd)) for fd in extra_fds}
     pytest.fail(f"leaked threads {extra_threads}, fds {fd_targets}, child processes {extra_children}")
+
+
+def _described_fd(fd: int) -> str:
+    """Say what ``fd`` is, for a leak report: its target; for a socket, its ends and who holds it."""
+    try:
+        target = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return "?"
+    if not target.startswith("socket:"):
+        return target
+    ends = [f"{c.laddr}->{c.raddr} {c.status}" for c in psutil.Process().net_connections("all") if c.fd == fd]
+    holders = [
+        _holders(thing)
+        for thing in gc.get_objects()
+        if isinstance(thing, socket.socket) and thing.fileno() == fd
+    ]
+    return f"{target} {ends} held by {holders or 'nothing the collector tracks'}"
+
+
+_NOT_OWNERS = (list, tuple, types.CellType, types.FrameType)  # the leak check's own, and closures
+
+
+def _holders(thing: object, depth: int = 4) -> str:
+    """Name the chain of objects that hold ``thing`` (an instance's ``__dict__`` is named by the instance)."""
+    chain = []
+    for _ in range(depth):
+        owners = [r for r in gc.get_referrers(thing) if not isinstance(r, _NOT_OWNERS)]
+        if not owners:
+            break
+        owner = owners[0]
+        if isinstance(owner, dict):
+            instances = [r for r in gc.get_referrers(owner) if getattr(r, "__dict__", None) is owner]
+            owner = instances[0] if instances else owner
+        chain.append(type(owner).__qualname__)
+        thing = owner
+    return " <- ".join(chain) or "nothing"

@@ -25,6 +25,7 @@ import threading
 from typing import TYPE_CHECKING, Any, cast
 
 from .engine import Claimed, EngineUnavailable, Renewal, Snapshot, facing_address
+from .etcd_http import close_on_close
 from .etcd_watch import REQUEST_TIMEOUT, EtcdWatch, b64
 
 if TYPE_CHECKING:
@@ -85,6 +86,12 @@ def _post(client: Etcd3Client, path: str, payload: dict[str, Any], url: Coordina
     return cast("dict[str, Any]", client.post(target, json=payload, verify=url.ca_file))
 
 
+def _closing(client: Etcd3Client) -> Etcd3Client:
+    """Return ``client``, its session's ``close()`` closing its connections at once (``etcd_http``)."""
+    close_on_close(client.session)
+    return client
+
+
 class EtcdEngine:
     """etcd through ``etcd3gw.Etcd3Client``, one per endpoint, shared by the channels of a process."""
 
@@ -92,15 +99,17 @@ class EtcdEngine:
         self._url = url
         protocol = "https" if url.tls else "http"
         self._clients = [
-            Etcd3Client(
-                host=host,
-                port=port,
-                protocol=protocol,
-                ca_cert=url.ca_file,
-                cert_cert=url.cert_file,
-                cert_key=url.key_file,
-                timeout=REQUEST_TIMEOUT,
-                api_path="/v3/",
+            _closing(
+                Etcd3Client(
+                    host=host,
+                    port=port,
+                    protocol=protocol,
+                    ca_cert=url.ca_file,
+                    cert_cert=url.cert_file,
+                    cert_key=url.key_file,
+                    timeout=REQUEST_TIMEOUT,
+                    api_path="/v3/",
+                )
             )
             for host, port in url.endpoints
         ]

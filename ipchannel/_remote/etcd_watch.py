@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, cast
 import requests  # the etcd extra (etcd3gw needs requests); engine.py checks it before importing this
 
 from .engine import EngineUnavailable
+from .etcd_http import new_session
 
 if TYPE_CHECKING:
     from .engine import Snapshot
@@ -37,7 +38,7 @@ class EtcdWatch:
 
     def __init__(self, engine: EtcdEngine, key: str) -> None:
         self._engine, self._key = engine, key
-        self._session = requests.Session()
+        self._session = new_session()
         self._response: requests.Response | None = None
         self._cancelled = threading.Event()
 
