@@ -5,6 +5,8 @@ process sets it to ``pause(point, detail)``, which may block; the points are:
 
 - ``"channel.resigning"``: a host has begun to give hosting up (``close()``, stepping
   down) and still has its record and listener (``detail``: the channel name);
+- ``"channel.connected"``: ``connect()`` made a socket connected to the host and has not
+  listed it among the channel's sockets yet (``detail``: the channel name);
 - ``"members.confirmed"``: the host got a replica's confirmation and has not taken it yet
   (``detail``: the member's name);
 - ``"members.locked"``: a process took the flock of a SharedDict's local members record

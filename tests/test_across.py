@@ -957,9 +957,6 @@ def test_a_change_that_reaches_a_closing_dict_after_it_left_gives_it_no_member_n
 
 
 @pytest.mark.timeout(60)
-# etcd only: on Redis, about 1 run in 12 still ends with a socket of redis-py's that only the
-# garbage collector closes (the closing host's subscriber elects as the last channel closes)
-@pytest.mark.parametrize("engine", ["etcd"], indirect=True)
 def test_a_closing_host_that_gets_a_confirmation_after_it_left_takes_no_member_name(
     engine: EngineServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -21,6 +21,7 @@ import pytest
 from conftest import Peers, reap, wait_until
 
 import ipchannel
+from ipchannel import _hooks
 from ipchannel._core.server import IDLE_THREADS, READY_THREADS, Server
 from ipchannel._local.coordinator import read_record, write_record
 from ipchannel._seams.record import HostRecord
@@ -489,6 +490,48 @@ def test_close_from_another_thread_interrupts_a_waiting_connect(peers: Peers) ->
         assert isinstance(errors[0], ipchannel.ChannelClosed)
     finally:
         reap(sleeper, timeout=0)
+
+
+def test_a_connect_that_overlaps_close_returns_no_socket_and_leaves_none_open(
+    peers: Peers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # connect() checks the channel's phase, then makes its socket: close() in between told every
+    # socket of the channel to close, but not this one, which stayed open with nobody to close it
+    (host,) = peers.start(1)
+    host.call("connect")
+    made, closed = threading.Event(), threading.Event()
+
+    def hold(point: str, detail: object) -> None:  # noqa: ARG001 - on the connecting thread
+        if point == "channel.connected":
+            made.set()
+            closed.wait(10)
+
+    monkeypatch.setattr(_hooks, "pause", hold)
+    ch = ipchannel.Channel("test", _peers.echo_handler)
+    outcome: list[object] = []
+
+    def connecting() -> None:
+        try:
+            outcome.append(ch.connect(timeout=5))
+        except BaseException as exc:  # noqa: BLE001 - the test looks at it
+            outcome.append(exc)
+
+    connector = threading.Thread(target=connecting)
+    connector.start()
+    try:
+        assert made.wait(10), "connect() made no socket"
+        ch.close()
+        closed.set()
+        connector.join(10)
+        assert len(outcome) == 1
+        assert isinstance(outcome[0], ipchannel.ChannelClosed), f"connect() returned {outcome[0]!r}"
+    finally:
+        closed.set()
+        connector.join(10)
+        ch.close()
+        for sock in outcome:
+            if isinstance(sock, socket.socket):
+                sock.close()
 
 
 _CONNECT_AS_NOBODY = """

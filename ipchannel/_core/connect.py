@@ -25,6 +25,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Literal, Protocol
 
+from .. import _hooks
 from .._errors import ChannelClosed, ChannelError, ChannelTimeout, CoordinatorUnavailable
 from .._seams.base import LostClaim, plain_socket
 from .._timing import Backoff, Deadline
@@ -138,7 +139,10 @@ class Connector:
             )
         sock = connection[0]
         assert isinstance(sock, ChannelSocket)  # built by the transport with our maker: never a copy
-        self.sockets.add(sock)
+        if _hooks.pause is not None:
+            _hooks.pause("channel.connected", self._name)
+        if not self.sockets.add(sock):  # closed meanwhile, on another thread: the socket is closed too
+            raise ChannelClosed(self._name)
         return sock
 
     def join(self, deadline: Deadline) -> None:

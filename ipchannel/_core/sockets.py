@@ -27,16 +27,27 @@ class Sockets:
     def __init__(self) -> None:
         self._sockets: weakref.WeakSet[ChannelSocket] = weakref.WeakSet()
         self._lock = threading.Lock()
+        self._closed = False  # told "close": a socket added later is closed at once
 
-    def add(self, sock: ChannelSocket) -> None:
+    def add(self, sock: ChannelSocket) -> bool:
+        """Keep ``sock``; False if the channel closed while it was being made (then it is closed).
+
+        A ``connect()`` on another thread can be past its check of the channel's phase when
+        ``close()`` tells every socket: the one it makes would stay open, with nobody to close it.
+        """
         with self._lock:
-            self._sockets.add(sock)
+            if not self._closed:
+                self._sockets.add(sock)
+                return True
+        sock._on_channel("close")  # noqa: SLF001 - the one door out, as in ``tell``
+        return False
 
     def tell(self, event: Event, record: HostRecord | None = None) -> None:
         """Tell every socket what happened to it (``Event``)."""
         if event == "fork":  # one thread left, and the lock may be one a lost thread held
             self._lock = threading.Lock()
         with self._lock:
+            self._closed = self._closed or event == "close"
             listed = list(self._sockets)
         for sock in listed:
             sock._on_channel(event, record)  # noqa: SLF001 - the one door out: what the channel tells them

@@ -114,26 +114,31 @@ def _parse(value: bytes | None) -> Snapshot:
         return Snapshot(b"", 0)  # not ours: the coordinator logs and ignores it
 
 
+def _new_client(url: CoordinatorURL) -> redis.Redis:
+    """Return a client of the server ``url`` names, with a connection pool of its own."""
+    ((host, port),) = url.endpoints
+    return redis.Redis(
+        host=host,
+        port=port,
+        db=url.db,
+        username=url.username,
+        password=url.password,
+        ssl=url.tls,
+        ssl_ca_certs=url.ca_file,
+        ssl_certfile=url.cert_file,
+        ssl_keyfile=url.key_file,
+        socket_timeout=REQUEST_TIMEOUT,
+        socket_connect_timeout=REQUEST_TIMEOUT,
+        retry=Retry(NoBackoff(), 0),  # an engine that does not answer is the caller's to wait for
+    )
+
+
 class RedisEngine:
     """One ``redis.Redis`` client (a thread-safe connection pool) for the channels of a process."""
 
     def __init__(self, url: CoordinatorURL) -> None:
         self._url = url
-        ((host, port),) = url.endpoints
-        self._client = redis.Redis(
-            host=host,
-            port=port,
-            db=url.db,
-            username=url.username,
-            password=url.password,
-            ssl=url.tls,
-            ssl_ca_certs=url.ca_file,
-            ssl_certfile=url.cert_file,
-            ssl_keyfile=url.key_file,
-            socket_timeout=REQUEST_TIMEOUT,
-            socket_connect_timeout=REQUEST_TIMEOUT,
-            retry=Retry(NoBackoff(), 0),  # an engine that does not answer is the caller's to wait for
-        )
+        self._client = _new_client(url)
         self._claim = self._client.register_script(_CLAIM)
         self._renew = self._client.register_script(_RENEW)
         self._release = self._client.register_script(_RELEASE)
@@ -270,8 +275,14 @@ class RedisEngine:
             )
 
     def pubsub(self) -> redis.client.PubSub:
+        """Return a PubSub on a connection pool of its own, which its watch closes whole.
+
+        Closed from another thread (``cancel``) while its own reads, a PubSub of the shared pool
+        gave its connection back to it while still in use: another caller took it, and one of
+        them read from a closed socket ("Bad file descriptor").
+        """
         # typed from redis-py 8.2 on, untyped before: either way the result is a PubSub
-        pubsub: redis.client.PubSub = self._client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call,unused-ignore]
+        pubsub: redis.client.PubSub = _new_client(self._url).pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call,unused-ignore]
         return pubsub
 
     def channels(self) -> list[tuple[str, Snapshot, float | None]]:
@@ -332,3 +343,4 @@ class _RedisWatch:
         if self._pubsub is not None:
             with contextlib.suppress(Exception):  # a watch that is going away: nothing to report
                 self._pubsub.close()
+            self._pubsub.connection_pool.disconnect()  # its own: a connection made again, in use or not
