@@ -352,6 +352,13 @@ def no_leaks(_session_processes: None) -> Iterator[None]:
     pytest.fail(f"leaked threads {extra_threads}, fds {fd_targets}, child processes {extra_children}")
 
 
+def process_connections(kind: str) -> list[Any]:
+    """Return this process's connections of ``kind`` (psutil 6 renamed the method; we allow 5.9)."""
+    process = psutil.Process()
+    listed = getattr(process, "net_connections", None) or process.connections
+    return list(listed(kind))
+
+
 def _described_fd(fd: int) -> str:
     """Say what ``fd`` is, for a leak report: its target; for a socket, its ends and who holds it."""
     try:
@@ -360,7 +367,7 @@ def _described_fd(fd: int) -> str:
         return "?"
     if not target.startswith("socket:"):
         return target
-    ends = [f"{c.laddr}->{c.raddr} {c.status}" for c in psutil.Process().net_connections("all") if c.fd == fd]
+    ends = [f"{c.laddr}->{c.raddr} {c.status}" for c in process_connections("all") if c.fd == fd]
     holders = [
         _holders(thing)
         for thing in gc.get_objects()

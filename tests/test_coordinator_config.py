@@ -19,18 +19,17 @@ import time
 import warnings
 from typing import TYPE_CHECKING, Any
 
-import psutil
 import pytest
 import requests
 from _servers import EngineServer, RedisServer, shared_redis, start_etcd, start_redis
-from conftest import wait_until
+from conftest import process_connections, wait_until
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import ipchannel
 from ipchannel import CoordinatorError, CoordinatorUnavailable, CoordinatorURLError
 from ipchannel._core.port import port_of
-from ipchannel._remote.engine import Seen, facing_address
+from ipchannel._remote.engine import EngineUnavailable, Seen, facing_address
 from ipchannel._remote.etcd import EtcdEngine
 from ipchannel._remote.etcd_http import new_session
 from ipchannel._url import parse_url
@@ -593,22 +592,29 @@ def _unavailable(url: str, runtime_dir: Path) -> CoordinatorUnavailable:
 
 @pytest.fixture
 def resetting_server() -> Iterator[int]:
-    """A local HTTP/1.1 server that answers the first request of a connection, then resets it at the next."""
+    """A local HTTP/1.1 server that answers the first request of a connection, then resets it at the next.
+
+    Its answer is an etcd gateway's to a read of a key nobody holds (any path, GET or POST).
+    """
 
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         answered = False
 
         def do_GET(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
             if self.answered:
                 self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 self.close_connection = True  # closed with no answer, lingering 0 s: a reset
                 return
             self.answered = True
+            body = b'{"header": {"revision": "1"}}'
             self.send_response(200)
-            self.send_header("Content-Length", "2")
+            self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(b"{}")
+            self.wfile.write(body)
+
+        do_POST = do_GET  # noqa: N815 - http.server names it
 
         def log_message(self, *args: object) -> None:
             pass
@@ -627,14 +633,20 @@ def resetting_server() -> Iterator[int]:
 
 def _connected_to(port: int) -> list[Any]:
     """Return this process's TCP connections to ``port`` (the server's ends have it as their own)."""
-    return [c for c in psutil.Process().net_connections("tcp") if c.raddr and c.raddr.port == port]
+    return [c for c in process_connections("tcp") if c.raddr and c.raddr.port == port]
 
 
 @pytest.mark.timeout(30)
+@pytest.mark.parametrize("way", ["direct", "through a proxy"])
 def test_a_closed_etcd_session_closes_its_connections_while_an_error_holds_its_pool(
-    resetting_server: int,
+    resetting_server: int, way: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     url = f"http://127.0.0.1:{resetting_server}/"
+    if way == "through a proxy":  # requests takes it from the environment: pools of another manager
+        monkeypatch.setenv("HTTP_PROXY", url)
+        for name in ("NO_PROXY", "no_proxy", "http_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        url = "http://etcd.example:2379/"
     session = new_session()
     gc.disable()
     try:
@@ -651,3 +663,23 @@ def test_a_closed_etcd_session_closes_its_connections_while_an_error_holds_its_p
         del reset
     finally:
         gc.enable()
+
+
+@pytest.mark.timeout(30)
+def test_a_closed_etcd_engine_closes_its_connections_after_one_was_reset(resetting_server: int) -> None:
+    engine = EtcdEngine(parse_url(f"etcd://127.0.0.1:{resetting_server}"))
+    gc.disable()  # the reset's exception holds the pool in a reference cycle: nothing collects it
+    try:
+        assert engine.read("reset").value is None
+        with pytest.raises(EngineUnavailable):  # its connection, reused, is reset
+            engine.read("reset")
+        assert engine.read("reset").value is None  # a new connection, kept open
+        assert _connected_to(resetting_server), "the connection is not kept open between calls"
+        engine.close()
+        assert not _connected_to(resetting_server), "a closed engine's connection stays open"
+        with pytest.raises(EngineUnavailable):  # a call overlapping the close opens nothing
+            engine.read("reset")
+        assert not _connected_to(resetting_server)
+    finally:
+        gc.enable()
+        engine.close()

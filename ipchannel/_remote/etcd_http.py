@@ -11,36 +11,41 @@ from __future__ import annotations
 
 import threading
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import requests  # the etcd extra (etcd3gw needs requests); engine.py checks it before importing this
 from requests.adapters import HTTPAdapter
-from urllib3 import PoolManager
 
 if TYPE_CHECKING:
-    from urllib3.connectionpool import HTTPConnectionPool
-    from urllib3.poolmanager import PoolKey
+    from collections.abc import Mapping
+
+    from urllib3.connectionpool import ConnectionPool
 
 __all__ = ["close_on_close", "new_session"]
 
 
-class _ClosingPoolManager(PoolManager):
-    """A pool manager whose ``clear()`` closes every pool it handed out; a closed one hands out closed pools.
+class _ClosingAdapter(HTTPAdapter):
+    """requests' adapter, closing on ``close()`` every pool it handed out, direct or through a proxy.
 
-    A call that overlaps the close (on another thread) then fails with a ClosedPoolError, which
-    requests raises as a ConnectionError: "the engine did not answer", and nothing opens.
+    Once closed it hands out closed pools: a call that overlaps the close (on another thread)
+    fails with a ClosedPoolError, which requests raises as a ConnectionError ("the engine did
+    not answer"), and opens nothing.
     """
 
-    def __init__(self, num_pools: int, **pool_kwargs: object) -> None:
-        super().__init__(num_pools, None, **pool_kwargs)
-        self._handed: weakref.WeakSet[HTTPConnectionPool] = weakref.WeakSet()
+    def __init__(self) -> None:
+        super().__init__()
+        self._handed: weakref.WeakSet[ConnectionPool] = weakref.WeakSet()
         self._handed_lock = threading.Lock()
         self._closed = False
 
-    def connection_from_pool_key(
-        self, pool_key: PoolKey, request_context: dict[str, Any]
-    ) -> HTTPConnectionPool:
-        pool = super().connection_from_pool_key(pool_key, request_context)
+    def get_connection_with_tls_context(  # the hook requests documents for subclasses
+        self,
+        request: requests.PreparedRequest,
+        verify: bool | str | None,
+        proxies: Mapping[str, str] | None = None,
+        cert: tuple[str, str] | str | None = None,
+    ) -> ConnectionPool:
+        pool = super().get_connection_with_tls_context(request, verify, proxies, cert)
         with self._handed_lock:
             self._handed.add(pool)
             closed = self._closed
@@ -48,25 +53,13 @@ class _ClosingPoolManager(PoolManager):
             pool.close()
         return pool
 
-    def clear(self) -> None:
+    def close(self) -> None:
         with self._handed_lock:
             self._closed = True
             pools = list(self._handed)
-        super().clear()
+        super().close()
         for pool in pools:
             pool.close()  # its connections in use are closed as they come back
-
-
-class _ClosingAdapter(HTTPAdapter):
-    """requests' adapter with a ``_ClosingPoolManager`` (``init_poolmanager``, the documented hook)."""
-
-    def init_poolmanager(
-        self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: object
-    ) -> None:
-        super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
-        self.poolmanager = _ClosingPoolManager(
-            num_pools=connections, maxsize=maxsize, block=block, **pool_kwargs
-        )
 
 
 def close_on_close(session: requests.Session) -> requests.Session:
