@@ -6,7 +6,7 @@ process sets it to ``pause(point, detail)``, which may block; the points are:
 - ``"channel.resigning"``: a host has begun to give hosting up (``close()``, stepping
   down) and still has its record and listener (``detail``: the channel name);
 - ``"channel.connected"``: ``connect()`` made a socket connected to the host and has not
-  listed it among the channel's sockets yet (``detail``: the channel name);
+  listed it among the channel's sockets yet (``detail``: the socket);
 - ``"members.confirmed"``: the host got a replica's confirmation and has not taken it yet
   (``detail``: the member's name);
 - ``"members.locked"``: a process took the flock of a SharedDict's local members record

@@ -516,7 +516,7 @@ def test_a_channel_s_sockets_are_told_in_full_while_another_thread_connects() ->
         def _on_channel(self, event: str, _record: object = None) -> None:
             self.told.append(event)
 
-    sockets, held = Sockets(), [FakeSocket() for _ in range(3)]
+    sockets, held = Sockets("units"), [FakeSocket() for _ in range(3)]
     for sock in held:
         sockets.add(sock)  # type: ignore[arg-type]
     added, paused = threading.Event(), threading.Event()

@@ -25,7 +25,6 @@ import threading
 import time
 from typing import TYPE_CHECKING, Literal, Protocol
 
-from .. import _hooks
 from .._errors import ChannelClosed, ChannelError, ChannelTimeout, CoordinatorUnavailable
 from .._seams.base import LostClaim, plain_socket
 from .._timing import Backoff, Deadline
@@ -79,7 +78,7 @@ class Connector:
         #: asked before campaigning or standing by: False keeps this process out for now (SharedDict)
         self.campaign_gate: Callable[[], bool] | None = None
         self.hosting: Campaign | None = None  # set once, right after construction
-        self.sockets = Sockets()
+        self.sockets = Sockets(name)
         self.last_host_pid: int | None = None
         self.reset("initiated")
 
@@ -139,10 +138,7 @@ class Connector:
             )
         sock = connection[0]
         assert isinstance(sock, ChannelSocket)  # built by the transport with our maker: never a copy
-        if _hooks.pause is not None:
-            _hooks.pause("channel.connected", self._name)
-        if not self.sockets.add(sock):  # closed meanwhile, on another thread: the socket is closed too
-            raise ChannelClosed(self._name)
+        self.sockets.add(sock)  # ChannelClosed if it closed meanwhile, on another thread
         return sock
 
     def join(self, deadline: Deadline) -> None:

@@ -6,6 +6,9 @@ import threading
 import weakref
 from typing import TYPE_CHECKING
 
+from .. import _hooks
+from .._errors import ChannelClosed
+
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
@@ -24,23 +27,26 @@ class Sockets:
     socket's thread or the closing one.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, name: str) -> None:
+        self._name = name  # the channel's, for ChannelClosed
         self._sockets: weakref.WeakSet[ChannelSocket] = weakref.WeakSet()
         self._lock = threading.Lock()
         self._closed = False  # told "close": a socket added later is closed at once
 
-    def add(self, sock: ChannelSocket) -> bool:
-        """Keep ``sock``; False if the channel closed while it was being made (then it is closed).
+    def add(self, sock: ChannelSocket) -> None:
+        """Keep ``sock``; ChannelClosed, and ``sock`` closed, if the channel closed while it was made.
 
         A ``connect()`` on another thread can be past its check of the channel's phase when
         ``close()`` tells every socket: the one it makes would stay open, with nobody to close it.
         """
+        if _hooks.pause is not None:
+            _hooks.pause("channel.connected", sock)
         with self._lock:
             if not self._closed:
                 self._sockets.add(sock)
-                return True
+                return
         sock._on_channel("close")  # noqa: SLF001 - the one door out, as in ``tell``
-        return False
+        raise ChannelClosed(self._name)
 
     def tell(self, event: Event, record: HostRecord | None = None) -> None:
         """Tell every socket what happened to it (``Event``)."""

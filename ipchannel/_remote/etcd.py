@@ -86,9 +86,19 @@ def _post(client: Etcd3Client, path: str, payload: dict[str, Any], url: Coordina
     return cast("dict[str, Any]", client.post(target, json=payload, verify=url.ca_file))
 
 
-def _closing(client: Etcd3Client) -> Etcd3Client:
-    """Return ``client``, its session's ``close()`` closing its connections at once (``etcd_http``)."""
-    close_on_close(client.session)
+def _client(url: CoordinatorURL, host: str, port: int) -> Etcd3Client:
+    """Return a client of one endpoint, whose session's ``close()`` closes its connections at once."""
+    client = Etcd3Client(
+        host=host,
+        port=port,
+        protocol="https" if url.tls else "http",
+        ca_cert=url.ca_file,
+        cert_cert=url.cert_file,
+        cert_key=url.key_file,
+        timeout=REQUEST_TIMEOUT,
+        api_path="/v3/",
+    )
+    close_on_close(client.session)  # ``etcd_http``: urllib3 2 leaves them to the garbage collector
     return client
 
 
@@ -97,22 +107,7 @@ class EtcdEngine:
 
     def __init__(self, url: CoordinatorURL) -> None:
         self._url = url
-        protocol = "https" if url.tls else "http"
-        self._clients = [
-            _closing(
-                Etcd3Client(
-                    host=host,
-                    port=port,
-                    protocol=protocol,
-                    ca_cert=url.ca_file,
-                    cert_cert=url.cert_file,
-                    cert_key=url.key_file,
-                    timeout=REQUEST_TIMEOUT,
-                    api_path="/v3/",
-                )
-            )
-            for host, port in url.endpoints
-        ]
+        self._clients = [_client(url, host, port) for host, port in url.endpoints]
         self._index = 0
         self._leases: dict[tuple[str, int], tuple[int, int]] = {}  # (name, generation) -> lease, revision
         self._kept: dict[tuple[str, str], int] = {}  # (name, leaf) -> lease of a key ``present`` keeps
