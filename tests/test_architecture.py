@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 
 PACKAGE = Path(ipchannel.__file__).parent
 #: The leaves and the seams: helpers every layer may use, which decide nothing of a failover
-#: (``_core/sockets.py``: the channel's set of sockets, which it tells of a lost host).
+#: (``_core/sockets.py``: the channel's set of sockets, which it tells of a lost host;
+#: ``_core/reconnect.py``: a thread's bound on its wait for the next host).
 LEAVES = (
     "_seams/",
     "_platform/",
@@ -38,6 +39,7 @@ LEAVES = (
     "_wakeup.py",
     "_framing.py",
     "_core/sockets.py",
+    "_core/reconnect.py",
 )
 
 

@@ -22,6 +22,7 @@ from conftest import Peers, reap, wait_until
 
 import ipchannel
 from ipchannel import _hooks
+from ipchannel._core.connect import Connector
 from ipchannel._core.server import IDLE_THREADS, READY_THREADS, Server
 from ipchannel._local.coordinator import read_record, write_record
 from ipchannel._seams.record import HostRecord
@@ -532,6 +533,59 @@ def test_a_connect_that_overlaps_close_returns_no_socket_and_leaves_none_open(
         for sock in outcome:
             if isinstance(sock, socket.socket):
                 sock.close()
+
+
+def test_a_socket_moving_to_the_next_host_as_the_channel_closes_raises_channel_closed(
+    peers: Peers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the channel closed the socket while it found the next host; it then dup2-ed the new
+    # connection onto the closed descriptor: "Bad file descriptor", or, if the number was taken
+    # again meanwhile, the connection put in place of whatever had it (a file, another socket)
+    a, b = peers.start(2)
+    a.call("connect")
+    b.call("connect")
+    first_host = peers.host([a, b])
+    ch = ipchannel.Channel("test", _peers.echo_handler, may_host=False)
+    sock = ch.connect(timeout=5)
+    sock.sendall(b"hi\n")
+    assert _peers.read_line(sock).endswith(b"hi\n")
+    recover = Connector.recover
+    found, closed = threading.Event(), threading.Event()
+
+    def found_then_held(self: Connector, *args: Any) -> Any:  # on the writing thread
+        result = recover(self, *args)
+        found.set()
+        closed.wait(10)
+        return result
+
+    monkeypatch.setattr(Connector, "recover", found_then_held)
+    outcome: list[object] = []
+
+    def writing() -> None:
+        try:
+            while not found.is_set():
+                sock.sendall(b"x\n")
+                time.sleep(0.01)
+            sock.sendall(b"x\n")
+            outcome.append("sent")
+        except BaseException as exc:  # noqa: BLE001 - the test looks at it
+            outcome.append(exc)
+
+    first_host.kill()
+    writer = threading.Thread(target=writing)
+    writer.start()
+    try:
+        assert found.wait(10), f"no recovery: {outcome}"
+        ch.close()
+        closed.set()
+        writer.join(10)
+        assert len(outcome) == 1
+        assert isinstance(outcome[0], ipchannel.ChannelClosed), f"the write ended with {outcome[0]!r}"
+    finally:
+        closed.set()
+        writer.join(10)
+        ch.close()
+        sock.close()
 
 
 _CONNECT_AS_NOBODY = """

@@ -21,9 +21,10 @@ import logging
 import os
 import socket
 import threading
-from typing import TYPE_CHECKING, Literal, NoReturn, Protocol, cast
+from typing import TYPE_CHECKING, Literal, NoReturn, Protocol
 
 from .._errors import ChannelClosed, ChannelError, HostChanged
+from .reconnect import wait_for_new_host
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer, WriteableBuffer
@@ -36,40 +37,16 @@ __all__ = [
     "Event",
     "SessionChannelSocket",
     "SocketOwner",
-    "reconnect_within",
     "socket_maker",
 ]
 
 _LOGGER = logging.getLogger("ipchannel")
 _LOST = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
-_NO_OVERRIDE = object()
 _CHUNK = 65536  # bytes read from the wire at a time, for a session to decode
-_override = threading.local()
 
 #: What the channel tells its sockets: the host they talk to lost its claim ("kick"), the channel
 #: closed ("close"), or this is a forked child ("fork").
 Event = Literal["kick", "close", "fork"]
-
-
-class reconnect_within:  # noqa: N801 - used like a function: ``with reconnect_within(seconds):``
-    """In this thread, bound a socket's wait for a new host by ``seconds`` instead of its connect timeout.
-
-    Lets a layer with its own deadlines (the request layer) share one socket between threads.
-    A class rather than ``@contextmanager``: it is on every request's path.
-    """
-
-    __slots__ = ("_previous", "_seconds")
-
-    def __init__(self, seconds: float | None) -> None:
-        self._seconds = seconds
-        self._previous: object = _NO_OVERRIDE
-
-    def __enter__(self) -> None:
-        self._previous = getattr(_override, "seconds", _NO_OVERRIDE)
-        _override.seconds = self._seconds
-
-    def __exit__(self, *exc_info: object) -> None:
-        _override.seconds = self._previous
 
 
 class SocketOwner(Protocol):
@@ -113,6 +90,7 @@ class ChannelSocket(socket.socket):
         self._peer_closed = self._kicked = False  # its host's handler ended the connection / the channel did
         self._unusual = False  # _stale or _channel_closed: the one flag the I/O calls test
         self._recover_lock, self._read_lock = threading.Lock(), threading.Lock()
+        self._fd_lock = threading.RLock()  # our descriptor's: closed, or a connection dup2-ed onto it
 
     @property
     def host_generation(self) -> int | None:
@@ -236,8 +214,7 @@ class ChannelSocket(socket.socket):
                 return True  # another thread already moved this socket to the new host
             if self._peer_closed or not owner.auto_reconnect:
                 return False
-            override = getattr(_override, "seconds", _NO_OVERRIDE)
-            timeout = self._timeout if override is _NO_OVERRIDE else cast("float | None", override)
+            timeout = wait_for_new_host(self._timeout)
             old = self._record
             # forked: the parent's host is as good as ever; only our copy of its connection is gone
             found = owner.reopen(timeout) if forked else owner.recover(old, timeout)
@@ -246,7 +223,7 @@ class ChannelSocket(socket.socket):
             if found is None:
                 self._peer_closed = True  # the host serves on: its handler closed the connection
                 return False
-            self._move_to(*found)
+            self._move_to(*found, owner.name)
             _LOGGER.info(
                 "channel %r: socket reconnected to host pid %d (generation %s -> %d)",
                 owner.name,
@@ -256,14 +233,21 @@ class ChannelSocket(socket.socket):
             )
             return True
 
-    def _move_to(self, connection: Connection, record: HostRecord) -> None:
-        """Take ``connection`` over: its descriptor ``dup2``-ed onto ours, its session ours."""
+    def _move_to(self, connection: Connection, record: HostRecord, name: str) -> None:
+        """Take ``connection`` over: its descriptor ``dup2``-ed onto ours, its session ours.
+
+        Not once the channel closed us (ChannelClosed), and never while we close (``_fd_lock``):
+        a closed descriptor's number is free, and whatever opened it since would get the connection.
+        """
         fresh, session = connection
         try:
-            os.dup2(fresh.fileno(), self.fileno())
+            with self._fd_lock:
+                if self._channel_closed:
+                    raise ChannelClosed(name)
+                os.dup2(fresh.fileno(), self.fileno())
+                self.settimeout(self.gettimeout())  # the new description starts blocking; reapply our mode
         finally:
             fresh.close()
-        self.settimeout(self.gettimeout())  # the new description starts blocking; reapply our mode
         self._session, self._record = session, record
         self._stale = self._kicked = False
         self._unusual = self._channel_closed
@@ -298,10 +282,16 @@ class ChannelSocket(socket.socket):
     def _close_for_channel(self) -> None:
         """Wake any blocked call (it raises ChannelClosed) and close: the channel was closed."""
         self._channel_closed = self._unusual = True
-        if self.fileno() >= 0:
-            with contextlib.suppress(OSError):
-                self.shutdown(socket.SHUT_RDWR)
-            self.close()
+        with self._fd_lock:
+            if self.fileno() >= 0:
+                with contextlib.suppress(OSError):
+                    self.shutdown(socket.SHUT_RDWR)
+                self.close()
+
+    def close(self) -> None:
+        """Close the socket; a move to the next host's connection on another thread finishes first."""
+        with self._fd_lock:
+            super().close()
 
     def _detach_after_fork(self) -> None:
         """In a forked child: drop our copy of the parent's connection; reconnect on first use."""
@@ -313,6 +303,7 @@ class ChannelSocket(socket.socket):
         finally:
             placeholder.close()
         self._recover_lock, self._read_lock = threading.Lock(), threading.Lock()
+        self._fd_lock = threading.RLock()
         self._session = None
         self._stale = self._unusual = True
 

@@ -21,7 +21,7 @@ import select
 import threading
 from typing import TYPE_CHECKING
 
-from .._core.socket import ChannelSocket, reconnect_within
+from .._core.reconnect import reconnect_within
 from .._errors import ChannelError, ChannelTimeout, HostChanged
 from .._framing import FrameReader
 from .._locks import release_if_held
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from .._core.channel import Channel
+    from .._core.socket import ChannelSocket
     from .._timing import Deadline
 
 __all__ = ["Requester"]

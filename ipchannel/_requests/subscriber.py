@@ -20,7 +20,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .. import _platform
-from .._core.socket import ChannelSocket, reconnect_within
+from .._core.reconnect import reconnect_within
 from .._errors import ChannelClosed, ChannelError, ChannelTimeout, HostChanged, ProtocolError
 from .._framing import FrameReader, FrameTooLarge
 from .._locks import release_if_held
@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 
     from .._codecs import Codec
     from .._core.channel import Channel
+    from .._core.socket import ChannelSocket
     from .confirm import Confirmations
 
 __all__ = ["Subscriber"]
