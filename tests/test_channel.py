@@ -28,7 +28,7 @@ from ipchannel._local.coordinator import read_record, write_record
 from ipchannel._seams.record import HostRecord
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
 
 @pytest.fixture
@@ -493,6 +493,33 @@ def test_close_from_another_thread_interrupts_a_waiting_connect(peers: Peers) ->
         reap(sleeper, timeout=0)
 
 
+def _closed_while_held(
+    ch: ipchannel.Channel, step: Callable[[], object], held: threading.Event, closed: threading.Event
+) -> object:
+    """Run ``step`` on a thread until a hook holds it (``held``), close ``ch``, then let it go on.
+
+    Returns what ``step`` returned or raised.
+    """
+    outcome: list[object] = []
+
+    def run() -> None:
+        try:
+            outcome.append(step())
+        except BaseException as exc:  # noqa: BLE001 - the test looks at it
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        assert held.wait(10), f"the step was never held: {outcome}"
+    finally:
+        ch.close()
+        closed.set()
+        thread.join(10)
+    assert len(outcome) == 1
+    return outcome[0]
+
+
 def test_a_connect_that_overlaps_close_returns_no_socket_and_leaves_none_open(
     peers: Peers, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -509,30 +536,10 @@ def test_a_connect_that_overlaps_close_returns_no_socket_and_leaves_none_open(
 
     monkeypatch.setattr(_hooks, "pause", hold)
     ch = ipchannel.Channel("test", _peers.echo_handler)
-    outcome: list[object] = []
-
-    def connecting() -> None:
-        try:
-            outcome.append(ch.connect(timeout=5))
-        except BaseException as exc:  # noqa: BLE001 - the test looks at it
-            outcome.append(exc)
-
-    connector = threading.Thread(target=connecting)
-    connector.start()
-    try:
-        assert made.wait(10), "connect() made no socket"
-        ch.close()
-        closed.set()
-        connector.join(10)
-        assert len(outcome) == 1
-        assert isinstance(outcome[0], ipchannel.ChannelClosed), f"connect() returned {outcome[0]!r}"
-    finally:
-        closed.set()
-        connector.join(10)
-        ch.close()
-        for sock in outcome:
-            if isinstance(sock, socket.socket):
-                sock.close()
+    result = _closed_while_held(ch, lambda: ch.connect(timeout=5), made, closed)
+    if isinstance(result, socket.socket):
+        result.close()
+    assert isinstance(result, ipchannel.ChannelClosed), f"connect() returned {result!r}"
 
 
 def test_a_socket_moving_to_the_next_host_as_the_channel_closes_raises_channel_closed(
@@ -559,33 +566,20 @@ def test_a_socket_moving_to_the_next_host_as_the_channel_closes_raises_channel_c
         return result
 
     monkeypatch.setattr(Connector, "recover", found_then_held)
-    outcome: list[object] = []
 
-    def writing() -> None:
-        try:
-            while not found.is_set():
-                sock.sendall(b"x\n")
-                time.sleep(0.01)
+    def writing() -> str:
+        while not found.is_set():
             sock.sendall(b"x\n")
-            outcome.append("sent")
-        except BaseException as exc:  # noqa: BLE001 - the test looks at it
-            outcome.append(exc)
+            time.sleep(0.01)
+        sock.sendall(b"x\n")
+        return "sent"
 
     first_host.kill()
-    writer = threading.Thread(target=writing)
-    writer.start()
     try:
-        assert found.wait(10), f"no recovery: {outcome}"
-        ch.close()
-        closed.set()
-        writer.join(10)
-        assert len(outcome) == 1
-        assert isinstance(outcome[0], ipchannel.ChannelClosed), f"the write ended with {outcome[0]!r}"
+        result = _closed_while_held(ch, writing, found, closed)
     finally:
-        closed.set()
-        writer.join(10)
-        ch.close()
         sock.close()
+    assert isinstance(result, ipchannel.ChannelClosed), f"the write ended with {result!r}"
 
 
 _CONNECT_AS_NOBODY = """
