@@ -123,12 +123,25 @@ def _settled(
         time.sleep(0.05)
 
 
+def _baseline(
+    channel: ipchannel.RequestChannel, answered: list[threading.Event]
+) -> tuple[str, dict[str, Any]]:
+    """Return the first look once every thread had a reply, so each has its connection.
+
+    Not after a guessed delay: a failover can hold a thread's first connection back.
+    """
+    for first in answered:
+        first.wait(30)
+    return _snapshot(channel)
+
+
 def worker(conn: Connection, runtime_dir: str, threads: int) -> None:
     """Request in a loop from ``threads`` threads; report progress every 100 ms until told to stop."""
     channel = ipchannel.RequestChannel(NAME, on_request, runtime_dir=runtime_dir)
     lock, stop = threading.Lock(), threading.Event()
     counts = {"answered": 0, "failed": 0}
     events: list[dict[str, Any]] = []  # host changes seen and failures, sent with the next report
+    answered = [threading.Event() for _ in range(threads)]  # each thread's first reply: its connection
 
     def loop(index: int) -> None:
         last_host = None
@@ -150,6 +163,7 @@ def worker(conn: Connection, runtime_dir: str, threads: int) -> None:
                     events.append({"failed": f"wrong reply {reply!r} to {ident}"})
                     continue
                 counts["answered"] += 1
+                answered[index].set()
                 if reply["host"] != last_host:
                     events.append({"new_host": reply["host"], "at": now, "thread": index})
                     last_host = reply["host"]
@@ -158,8 +172,7 @@ def worker(conn: Connection, runtime_dir: str, threads: int) -> None:
     runners = [threading.Thread(target=loop, args=(i,), daemon=True) for i in range(threads)]
     for t in runners:
         t.start()
-    time.sleep(0.2)  # every thread has its connection: the baseline for growth
-    start_role, start = _snapshot(channel)
+    start_role, start = _baseline(channel, answered)
     conn.send({"pid": os.getpid(), "start": start, "role": start_role})
     while not conn.poll(0.1):
         with lock:

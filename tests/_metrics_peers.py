@@ -171,6 +171,14 @@ def main(conn: Connection, name: str, runtime_dir: str, options: dict[str, Any])
                     os._exit(0)  # not up through the parent's stack (multiprocessing's bootstrap)
                 _, status = os.waitpid(pid, 0)
                 reply["status"] = status
+            elif cmd == "sent":  # nothing counted is unsent: no change listed, no push kept, no send
+                sharing = prometheus._sharing  # noqa: SLF001
+                assert sharing is not None
+                reply["sent"] = (  # the lock last: a send that took the changes holds it until answered
+                    not sharing.pending._changed  # noqa: SLF001
+                    and sharing._unanswered is None  # noqa: SLF001
+                    and not sharing._send_lock.locked()  # noqa: SLF001
+                )
             elif cmd == "host":
                 from ipchannel.contrib.prometheus import _sharing  # noqa: PLC0415
 

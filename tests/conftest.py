@@ -335,7 +335,7 @@ def no_leaks(_session_processes: None) -> Iterator[None]:
     threads, fds = _ipchannel_threads(), _open_fds()
     children = {p.pid for p in psutil.Process().children(recursive=True)}
     yield
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 15  # a monitor's join alone may take 5 s; a pass costs no wait
     while time.monotonic() < deadline:
         extra_threads = _ipchannel_threads() - threads
         extra_fds = _open_fds() - fds

@@ -90,7 +90,7 @@ def no_leaks() -> Iterator[None]:
     """conftest's check, for servers that live as long as the module: no other process is left."""
     before = _outside_servers()
     yield
-    wait_until(lambda: not _outside_servers() - before, timeout=5)
+    wait_until(lambda: not _outside_servers() - before, timeout=15)
 
 
 @pytest.fixture(scope="module")

@@ -125,7 +125,7 @@ def test_the_totals_outlive_the_hosting_worker_and_the_next_scrape_is_complete(w
 def test_a_worker_sends_within_flush_interval_so_a_sigkill_loses_at_most_that(workers: Workers) -> None:
     counter, reader = workers.start(2, flush_interval=0.2)
     counter.call("count", n=25)
-    time.sleep(0.5)  # two flush intervals and more: what it counted was sent without any scrape
+    wait_until(lambda: counter.call("sent")["sent"], timeout=10)  # by its sender, without any scrape
     counter.kill()
     assert _total(_scrape(reader)) == 25
 

@@ -109,7 +109,7 @@ def test_a_stopped_subscriber_holds_up_no_publisher_and_is_told_what_it_missed(p
 def test_a_writer_stopped_while_its_answer_is_sent_holds_up_no_write(peers: Peers) -> None:
     # Its answer (a popped value) was written by the thread that applied the batch, blocking:
     # every write of every process waited behind it, for as long as the writer was stopped.
-    host, stuck, other = group = peers.start_dicts(3)
+    host, stuck, other = group = peers.start_dicts(3, max_lag=1.0)  # 2 s of slack below
     assert peers.host(group) is host
     host.call("fill_keys", prefix="big", size=1_000_000, times=80)
     other.call("count", key="n", threads=3)  # batches keep coming: answers go out from the committer

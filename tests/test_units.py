@@ -404,7 +404,7 @@ def test_a_replica_joins_only_once_it_holds_every_acknowledged_write() -> None:
 
 def test_a_member_that_does_not_confirm_in_time_is_recorded_out_before_the_write_is_acknowledged() -> None:
     membership = _FakeMembership("h", {"h", "a", "b"})
-    members = _members(membership, max_lag=0.2)
+    members = _members(membership, max_lag=1.0)
     members.start_term(1)
     cut: list[str] = []
     members.confirmed("a", 1, 0, lambda: cut.append("a"))
@@ -412,7 +412,7 @@ def test_a_member_that_does_not_confirm_in_time_is_recorded_out_before_the_write
     threading.Timer(0.05, lambda: members.confirmed("a", 1, 1, lambda: cut.append("a"))).start()
     started = time.monotonic()
     members.wait(1, 1)
-    assert 0.2 <= time.monotonic() - started < 2.0
+    assert 1.0 <= time.monotonic() - started < 3.0
     assert membership.recorded.members == ["a", "h"]  # recorded before wait() returned
     assert cut == ["b"]
 

@@ -118,7 +118,8 @@ def test_a_flood_of_silent_connections_keeps_the_host_s_threads_bounded_and_serv
     assert len(warnings) <= 3, warnings[:5]  # a port scanner does not fill the log
     assert reply["reply"]["pid"] == host.pid
     assert reply["took"] < 2.0, reply  # connected and answered during the flood
-    assert peak <= before + MAX_UNAUTHENTICATED + 16, (before, peak)
+    # the bound, and slack for evicted handshakes' threads still ending (sampled every 20 ms)
+    assert peak <= before + MAX_UNAUTHENTICATED + 32, (before, peak)
 
 
 @pytest.mark.timeout(60)
