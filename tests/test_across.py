@@ -13,6 +13,7 @@ import contextlib
 import functools
 import itertools
 import json
+import logging
 import os
 import random
 import signal
@@ -887,6 +888,35 @@ def test_a_forked_child_takes_a_member_name_of_its_own_even_with_the_presence_lo
         assert _exit_code(pid, "taking its member name (a lock its parent's thread held)") == 0
     finally:
         shared.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_dict_opened_after_its_last_holder_closed_reports_no_loss(
+    engine: EngineServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The last holder's name stayed in the members record, and its key went as a dead member's
+    # does: every clean restart across machines warned that every process that held the dict was
+    # gone ("exited, or its lease lapsed"). Its host records, as it closes alone, that none does.
+    (first,) = _open_dicts(engine, tmp_path, "restarted", 1)
+    first["before"] = 1
+    first.close()
+    machine = tmp_path / "later"
+    machine.mkdir(mode=0o700)
+    with caplog.at_level(logging.INFO, logger="ipchannel"):
+        later = ipchannel.SharedDict(
+            "restarted",
+            coordinator=engine.url,
+            authkey=KEY,
+            ttl=TTL,
+            listen="127.0.0.3:0",
+            runtime_dir=machine,
+        )
+        try:
+            later["after"] = 1
+            assert dict(later.items()) == {"after": 1}  # the only holder closed: it starts empty
+        finally:
+            later.close()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
 def _presence(name: str) -> list[threading.Thread]:

@@ -322,7 +322,7 @@ def test_a_snapshot_holds_no_writer_entry_of_a_later_write() -> None:
     from ipchannel._shareddict.replica import Replica  # noqa: PLC0415
     from ipchannel._shareddict.store import Store  # noqa: PLC0415
 
-    alone = Members("t", None, 2.0, lambda: False, lambda: (0, 0))  # no replica to wait for
+    alone = Members("t", None, 2.0, lambda: 1, lambda: (0, 0))  # no replica to wait for
     store = Store(
         "t",
         Replica("t", lambda _data: None),
@@ -372,10 +372,11 @@ class _FakeMembership:
         self.living.discard(member)
 
 
-def _members(membership: _FakeMembership, max_lag: float = 0.2, handing_over: bool = False) -> Any:
+def _members(membership: _FakeMembership, max_lag: float = 0.2, serving: int | None = 1) -> Any:
+    """Members of a process that may serve as host of generation ``serving`` (None: handing over)."""
     from ipchannel._shareddict.members import Members  # noqa: PLC0415 - the unit under test
 
-    return Members("t", membership, max_lag, lambda: handing_over, lambda: (1, 5))
+    return Members("t", membership, max_lag, lambda: serving, lambda: (1, 5))
 
 
 def test_a_new_term_keeps_the_living_members_but_not_the_previous_host() -> None:
@@ -424,8 +425,46 @@ def test_a_member_whose_subscription_ends_leaves_but_not_while_the_host_hands_ov
     members.confirmed("a", 1, 0, lambda: None)
     members.gone("a")
     assert membership.recorded.members == ["h"]
-    closing = _members(_FakeMembership("h", {"h", "a"}), handing_over=True)
+    closing = _members(_FakeMembership("h", {"h", "a"}), serving=None)
     closing.gone("a")  # nothing to record: the next host's set is not ours to write
+
+
+def test_a_host_that_closes_with_no_other_member_records_that_nobody_holds_its_writes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Its name stayed recorded: across machines its key went as a dead member's does, and the next
+    # process to open reported every write lost ("every process that held it is gone").
+    membership = _FakeMembership("h", {"h", "next"})
+    members = _members(membership)
+    members.start_term(1)
+    members.leave()
+    assert membership.recorded.members == []
+    assert "h" not in membership.living
+    after = _members(_FakeMembership("next", {"next"}))
+    after.membership.recorded = membership.recorded
+    with caplog.at_level(logging.DEBUG, logger="ipchannel"):
+        assert after.may_campaign()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+def test_a_closing_process_records_nothing_unless_it_hosts_its_term_alone() -> None:
+    from ipchannel._seams.record import Recorded  # noqa: PLC0415
+    from ipchannel._shareddict.members import Members  # noqa: PLC0415 - the unit under test
+
+    with_member = _FakeMembership("h", {"h", "a"})
+    host = _members(with_member)
+    host.start_term(1)
+    host.confirmed("a", 1, 0, lambda: None)
+    host.leave()  # "a" holds its writes: the next host (a) records its own set
+    assert with_member.recorded.members == ["a", "h"]
+    for now in (None, 2):  # handing over, or hosting a term it has not started: not its set to write
+        serving: list[int | None] = [1]
+        stale = _FakeMembership("h", {"h"})
+        other = Members("t", stale, 0.2, lambda: serving[0], lambda: (1, 5))  # noqa: B023 - run now
+        other.start_term(1)  # host of term 1, alone
+        serving[0], stale.recorded = now, Recorded(2, "next", ["h", "next"])
+        other.leave()
+        assert stale.recorded == Recorded(2, "next", ["h", "next"])
 
 
 def test_only_a_member_may_campaign_while_one_lives_and_the_loss_is_said_once(

@@ -127,9 +127,7 @@ class SharedDict(_fork.ProcessBound, SnapshotViews, MutableMapping[Any, Any]):
         self._check_value: Callable[[Any], None] | None = getattr(self._codec, "check_value", None)
         self._data: dict[Any, Any] = {}
         self._replica = Replica(name, self._show)
-        self._members = Members(
-            name, None, max_lag, lambda: not self._port.may_serve(), lambda: self.position
-        )
+        self._members = Members(name, None, max_lag, self._generation, lambda: self.position)
         self._members.durable = journal is not None
         self._store = Store(
             name, self._replica, self._generation, self._subscribed, self._publish, self._members, journal
@@ -284,7 +282,7 @@ class SharedDict(_fork.ProcessBound, SnapshotViews, MutableMapping[Any, Any]):
         publish_changes(self._requests, message, self._timeout, taken_here)
 
     def _generation(self) -> int | None:
-        """Return the host term the store serves: our own, None once we may not serve (``Store``)."""
+        """Return the host term we serve, None once we may not serve (``Store``, ``Members``)."""
         return self._port.serving()
 
     def _subscribed(self) -> int | None:

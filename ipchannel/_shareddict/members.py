@@ -56,11 +56,12 @@ class Members:
         name: str,
         membership: Membership | None,
         max_lag: float,
-        handing_over: Callable[[], bool],
+        serving: Callable[[], int | None],
         position: Callable[[], tuple[int, int]],
     ) -> None:
+        """Keep track for ``name``; ``serving()`` is the generation this process may serve (None: not now)."""
         self._name, self.membership, self._max_lag = name, membership, max_lag
-        self._handing_over, self._position = handing_over, position
+        self._serving, self._position = serving, position
         self.durable = False  # a journal holds every acknowledged write (set by SharedDict)
         # this process closed its dict (``leave``): it records nothing more, and takes no new name;
         # kept in a forked child, whose copy of the dict is closed too
@@ -184,6 +185,9 @@ class Members:
             if cut is not None:
                 cut()
 
+    def _handing_over(self) -> bool:
+        return self._serving() is None
+
     def _record(self, others: Iterable[str], generation: int | None = None) -> None:
         """Write ``others`` and this process where elections are decided (with the lock); raise if not.
 
@@ -228,7 +232,8 @@ class Members:
             return False
         try:
             recorded = membership.members()
-            if not recorded or membership.me() in recorded.members:
+            # none: its last host closed with no other member (``leave``), or nothing was recorded
+            if not recorded or not recorded.members or membership.me() in recorded.members:
                 return True
             if any(membership.alive(member) for member in recorded.members):
                 return False
@@ -279,7 +284,22 @@ class Members:
         with self._cond:
             if self._left:
                 return
+            self._record_last_out()
             self._left = True
         if self.membership is not None:
             self._left_as = self.membership.me()
             self.membership.leave(self._left_as)
+
+    def _record_last_out(self) -> None:
+        """As the host of its term with no other member, record that nobody holds its writes (with the lock).
+
+        Else whoever opens the dict later finds only this process's name, no longer alive, and
+        reports every write lost, as if it had died (across machines a closed member's key is
+        gone as a dead one's; a local record is removed with the last member anyway).
+        """
+        if self.membership is None or self._members or self._term is None or self._serving() != self._term:
+            return
+        try:
+            self.membership.record(self._term, [])
+        except (ChannelError, OSError) as exc:  # as before: the next opener reports a loss
+            _LOGGER.debug("shared dict %r: cannot record that its last member closed: %s", self._name, exc)
