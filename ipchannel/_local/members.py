@@ -135,7 +135,14 @@ class LocalMembership:
             return False
         return repr(_platform.start_time(number)) == started and not _platform.process_exiting(number)
 
-    def leave(self, member: str) -> None:
+    def leave(self, member: str, alone_in: int | None) -> None:
+        """Take ``member`` out of the record, under the flock; the last to go removes it.
+
+        ``alone_in`` is not needed here: any process may write the record under the flock, so a
+        host alone in its term is simply the last to go (and a stale one, past a lost lock, only
+        takes itself out of its successor's record).
+        """
+        del alone_in
         with self._locked():
             recorded = self.members()
             if recorded is None:

@@ -140,7 +140,12 @@ class RemoteMembership:
     def alive(self, member: str) -> bool:
         return self._ask(lambda engine: engine.get(self._name, _leaf(member))) is not None
 
-    def leave(self, member: str) -> None:
+    def leave(self, member: str, alone_in: int | None) -> None:
+        """Delete ``member``'s key; a host alone in its term records an empty set first.
+
+        Only the host of a generation may write its record, so a member cannot take its own
+        name out; the empty set is refused unless this process's claim of ``alone_in`` holds.
+        """
         with self._lock:
             if member != self._me or self._pid != os.getpid() or self._left:
                 return
@@ -149,6 +154,11 @@ class RemoteMembership:
         stop.set()
         if thread is not None and thread is not threading.current_thread():
             thread.join(_JOIN_TIMEOUT)
+        if alone_in is not None:
+            try:
+                self.record(alone_in, [])
+            except ChannelError as exc:  # as before: the next to open reports every write lost
+                _LOGGER.debug("channel %r: cannot record that its last member closed: %s", self._name, exc)
         self._ask(lambda engine: engine.absent(self._name, _leaf(member)))
 
 

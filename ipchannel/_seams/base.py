@@ -381,8 +381,8 @@ class Membership(Protocol):
     def alive(self, member: str) -> bool:
         """Tell whether ``member`` may still be alive (the same process, not a reused pid)."""
 
-    def leave(self, member: str) -> None:
-        """Let ``member`` (this process, which closes its dict) keep no one out of elections any more."""
+    def leave(self, member: str, alone_in: int | None) -> None:
+        """Let ``member`` (closing its dict) keep no one out; ``alone_in``: the term it hosts alone."""
 
 
 @dataclass(frozen=True)

@@ -232,7 +232,7 @@ class Members:
             return False
         try:
             recorded = membership.members()
-            # none: its last host closed with no other member (``leave``), or nothing was recorded
+            # an empty set: its last host closed with no other member (``Membership.leave``)
             if not recorded or not recorded.members or membership.me() in recorded.members:
                 return True
             if any(membership.alive(member) for member in recorded.members):
@@ -279,27 +279,16 @@ class Members:
 
         Else a process alive but no longer sharing would keep the others out of elections.
         From then on it records nothing (as host, until it hands over, it answers no write):
-        a record of its in-memory set would bring back members that left meanwhile.
+        a record of its in-memory set would bring back members that left meanwhile. A host
+        alone in its term says so: whoever opens the dict later must not report its writes
+        lost, as if it had died.
         """
         with self._cond:
             if self._left:
                 return
-            self._record_last_out()
-            self._left = True
+            self._left = True  # from now on nobody joins: alone stays alone
+            term = self._term
+            alone = not self._members and term is not None and self._serving() == term
         if self.membership is not None:
             self._left_as = self.membership.me()
-            self.membership.leave(self._left_as)
-
-    def _record_last_out(self) -> None:
-        """As the host of its term with no other member, record that nobody holds its writes (with the lock).
-
-        Else whoever opens the dict later finds only this process's name, no longer alive, and
-        reports every write lost, as if it had died (across machines a closed member's key is
-        gone as a dead one's; a local record is removed with the last member anyway).
-        """
-        if self.membership is None or self._members or self._term is None or self._serving() != self._term:
-            return
-        try:
-            self.membership.record(self._term, [])
-        except (ChannelError, OSError) as exc:  # as before: the next opener reports a loss
-            _LOGGER.debug("shared dict %r: cannot record that its last member closed: %s", self._name, exc)
+            self.membership.leave(self._left_as, term if alone else None)

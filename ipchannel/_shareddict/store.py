@@ -277,9 +277,11 @@ class Store:
         if self._journal is not None:
             self._journal.close()  # a term of ours that ended without our noticing (say, a step down)
             store, applied = self._journal.start(store, applied, position, generation)
+        # the members' term first: if it cannot be recorded, the term is not ours yet, and the next
+        # request tries again (taken anyway, its writes were acknowledged without waiting for anyone)
+        self._members.start_term(generation)
         self._store, self._applied = store, applied
         self._term, self._seq = generation, 0
-        self._members.start_term(generation)
         _LOGGER.info(
             "shared dict %r: host term %d starts with %d keys", self._name, generation, len(self._store)
         )
