@@ -20,6 +20,7 @@ and prints one line per event for the test (``tests/test_shareddict.py``) to wai
 
 from __future__ import annotations
 
+import faulthandler
 import inspect
 import os
 import signal
@@ -176,6 +177,7 @@ def carry(d: ipchannel.SharedDict, mode: str) -> None:
 def main() -> None:
     mode, name = sys.argv[1:]
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # the test asks where a slow exit is
     d = ipchannel.SharedDict(name, timeout=_TIMEOUT)
     say("opened", os.getpid())
     if mode == "loop":
