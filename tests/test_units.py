@@ -497,6 +497,28 @@ def test_a_closing_process_says_it_is_alone_only_as_the_host_of_its_term_with_no
         assert stale.alone_in is None
 
 
+def test_a_host_elected_again_writes_nothing_of_its_old_term_before_the_new_one_starts() -> None:
+    # Its old term's set stayed: a member whose subscription ended in between was recorded out
+    # under the old generation, over its predecessor's record, dropping the members that held a
+    # later write (locally nothing refuses an old generation; found by a helper attacking 3c510c5).
+    from ipchannel._seams.record import Recorded  # noqa: PLC0415
+    from ipchannel._shareddict.members import Members  # noqa: PLC0415 - the unit under test
+
+    serving: list[int | None] = [1]
+    membership = _FakeMembership("h", {"h", "a", "b", "d"})
+    members = Members("t", membership, 0.2, lambda: serving[0], lambda: (1, 5))
+    members.start_term(1)
+    members.confirmed("a", 1, 0, lambda: None)
+    serving[0] = None  # stepped down; another host's term 2 records its own set
+    membership.recorded = Recorded(2, "h2", ["d", "h2"])
+    serving[0] = 3  # elected again: term 3, not started yet (its first request has not come)
+    members.gone("a")
+    members.confirmed("b", 1, 0, lambda: None)
+    assert membership.recorded == Recorded(2, "h2", ["d", "h2"])
+    members.start_term(3)  # the term starts: the living members of term 2 stay
+    assert membership.recorded == Recorded(3, "h", ["d", "h"])
+
+
 def test_only_a_member_may_campaign_while_one_lives_and_the_loss_is_said_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -104,7 +104,7 @@ class Members:
         if _hooks.pause is not None:
             _hooks.pause("members.confirmed", member)
         with self._cond:
-            if self._handing_over() or self._left:
+            if not self._in_term() or self._left:
                 return
             if generation != self._term or self.membership is None or member == self.membership.me():
                 return
@@ -128,7 +128,7 @@ class Members:
     def gone(self, member: str) -> None:
         """Let a member whose subscription ended leave (a handler thread): it takes no more writes."""
         with self._cond:
-            if member in self._members and not self._handing_over() and not self._left:
+            if member in self._members and self._in_term() and not self._left:
                 # recorded out first, only then out of what writes wait for; if the record
                 # fails, writes go on waiting for it (``wait`` tries again after max_lag)
                 try:
@@ -188,13 +188,19 @@ class Members:
     def _handing_over(self) -> bool:
         return self._serving() is None
 
+    def _in_term(self) -> bool:
+        """Tell whether this process serves the term its set is of (not an old one, elected again)."""
+        return self._term is not None and self._term == self._serving()
+
     def _record(self, others: Iterable[str], generation: int | None = None) -> None:
         """Write ``others`` and this process where elections are decided (with the lock); raise if not.
 
-        Only while this process may serve: a host that is handing over must not overwrite its
-        successor's set (ChannelClosed: its writes are not acknowledged, their writers ask again).
+        Only while this process may serve that term: a host that is handing over must not
+        overwrite its successor's set, nor a host elected again its predecessor's with its
+        old term's (locally nothing else refuses it); ChannelClosed: its writes are not
+        acknowledged, their writers ask again.
         """
-        if self._handing_over() or self._left:
+        if self._handing_over() or self._left or (generation is None and not self._in_term()):
             raise ChannelClosed(self._name, "SharedDict")
         term = self._term if generation is None else generation
         if self.membership is not None and term is not None:
