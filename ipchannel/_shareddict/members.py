@@ -293,8 +293,7 @@ class Members:
             if self._left:
                 return
             self._left = True  # from now on nobody joins: alone stays alone
-            term = self._term
-            alone = not self._members and term is not None and self._serving() == term
+            alone_in = self._term if self._in_term() and not self._members else None
         if self.membership is not None:
             self._left_as = self.membership.me()
-            self.membership.leave(self._left_as, term if alone else None)
+            self.membership.leave(self._left_as, alone_in)
