@@ -29,8 +29,9 @@ def test_short_soak_loses_nothing_and_never_has_two_hosts(runtime_dir: Path) -> 
     assert len(report.failover.samples) >= report.kills  # the clients did fail over
 
 
-def _resources(*names: str, fds: int = 17) -> dict[str, object]:
-    return {"threads": len(names), "fds": fds, "thread_names": list(names)}
+def _resources(*names: str, fds: int = 17, pidfds: int = 0) -> dict[str, object]:
+    kinds = ["anon_inode:[pidfd]"] * pidfds + ["socket:"] * (fds - pidfds)
+    return {"threads": len(names), "fds": fds, "thread_names": list(names), "fd_kinds": kinds}
 
 
 def test_the_soak_counts_a_standbys_handler_threads_starting_late_as_no_growth() -> None:
@@ -42,6 +43,14 @@ def test_the_soak_counts_a_standbys_handler_threads_starting_late_as_no_growth()
     assert _grew(start, _resources(*finish, "ipchannel-handler"))  # past the bound: growth
     assert _grew(start, _resources(*names, "ipchannel-monitor"))
     assert _grew(start, _resources(*names, fds=18))
+
+
+def test_the_soak_counts_the_monitor_s_pidfd_of_the_next_host_as_no_growth() -> None:
+    # a CI run: a client's first look came between two hosts (no pidfd), its last with one
+    names = ("MainThread", "ipchannel-monitor")
+    assert not _grew(_resources(*names, fds=13), _resources(*names, fds=14, pidfds=1))
+    assert _grew(_resources(*names, fds=13), _resources(*names, fds=15, pidfds=2))  # two: growth
+    assert _grew(_resources(*names, fds=14, pidfds=1), _resources(*names, fds=15, pidfds=1))
 
 
 def test_the_soak_looks_again_before_it_counts_growth() -> None:
