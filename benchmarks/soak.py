@@ -12,7 +12,7 @@ starts a replacement, so ``processes`` stay alive. Reported and checked:
   the standby's: it listens before it hosts, and its side socket tells it apart);
 - after everyone exits, no socket, record or temporary file is left;
 - no thread or descriptor growth in the processes that survive (a server's idle handler threads
-  up to their bound);
+  up to their bound, the monitor's pidfd up to one);
 - failover: from each kill to each client thread's first reply from the new host.
 
 ``run_soak()`` is also what the test suite runs, for a few seconds.
@@ -105,7 +105,7 @@ def _grew(start: dict[str, Any], finish: dict[str, Any]) -> bool:
         return sum(name == "ipchannel-handler" for name in resources["thread_names"])
 
     def pidfds(resources: dict[str, Any]) -> int:
-        return sum(kind == _PIDFD for kind in resources.get("fd_kinds", ()))
+        return sum(kind == _PIDFD for kind in resources["fd_kinds"])
 
     others_grew = finish["threads"] - handlers(finish) > start["threads"] - handlers(start)
     handlers_grew = handlers(finish) > max(handlers(start), IDLE_THREADS)
