@@ -59,8 +59,11 @@ def test_lifecycle_state_threads_and_files(channel: ipchannel.Channel, runtime_d
     assert channel.connected
     assert channel.is_host
     assert channel.host_pid == os.getpid()
-    # the host's own connection is served by one of the handler threads started with the server
-    threads = ["ipchannel-handler:test"] * READY_THREADS + ["ipchannel-monitor:test", "ipchannel-server:test"]
+    # the host's own connection starts a handler thread; the ready ones start after it, off the election
+    threads = ["ipchannel-handler:test"] * (READY_THREADS + 1) + [
+        "ipchannel-monitor:test",
+        "ipchannel-server:test",
+    ]
     wait_until(lambda: _ipc_threads() == threads)
     assert sorted(os.listdir(runtime_dir)) == ["test.host", "test.lock", "test.sock"]
     assert stat.S_IMODE(os.stat(runtime_dir / "test.sock").st_mode) == 0o600
@@ -631,7 +634,10 @@ def test_library_threads_leave_signals_to_the_application(channel: ipchannel.Cha
     sock = channel.connect()
     sock.sendall(b"x\n")
     _peers.read_line(sock)
+    # the ready handler threads start after the first connection: each is looked at once it runs
+    wait_until(lambda: _ipc_threads().count("ipchannel-handler:test") == READY_THREADS + 1)
     ours = [t for t in threading.enumerate() if t.name.startswith("ipchannel-")]
+    wait_until(lambda: all(t.native_id is not None for t in ours))
     assert {t.name.split(":")[0] for t in ours} == {
         "ipchannel-monitor",
         "ipchannel-server",

@@ -11,13 +11,18 @@ from typing import TYPE_CHECKING
 
 import _peers
 import pytest
+from conftest import wait_until
 
 import ipchannel
 from ipchannel import _platform
+from ipchannel._core.server import READY_THREADS
+from ipchannel._local.unix import UnixListener
 from ipchannel._wakeup import Wakeup
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    from ipchannel._seams.record import HostRecord
 
 
 @pytest.mark.timeout(30)
@@ -53,10 +58,40 @@ def test_becoming_host_starts_two_threads_in_the_caller(
         assert channel.is_host
         by_caller = sorted(name for starter, name in started if starter == threading.current_thread().name)
         assert by_caller == ["ipchannel-monitor:cold", "ipchannel-server:cold"], started
-        # the ready handler threads are there all the same, started by the server thread before it accepts
+        # the ready handler threads are there all the same, started by the server thread
+        wait_until(
+            lambda: sum(name == "ipchannel-handler:cold" for _starter, name in started) >= READY_THREADS
+        )
         handlers = [starter for starter, name in started if name == "ipchannel-handler:cold"]
-        assert handlers, started
         assert set(handlers) == {"ipchannel-server:cold"}, started
+
+
+@pytest.mark.timeout(30)
+def test_becoming_host_starts_no_handler_thread_before_its_address_is_published(
+    runtime_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each start contends for the GIL with the caller, which is still on the election's path then:
+    # the ready ones start after the server's first look at its listener (the host's own connection).
+    events: list[str] = []
+    real_start, real_publish = threading.Thread.start, UnixListener.publish
+
+    def start(thread: threading.Thread) -> None:
+        events.append(thread.name)
+        real_start(thread)
+
+    def publish(listener: UnixListener, record: HostRecord) -> None:
+        time.sleep(0.1)  # a wide window for a handler thread started too early to show up in
+        events.append("published")
+        real_publish(listener, record)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    monkeypatch.setattr(UnixListener, "publish", publish)
+    with ipchannel.Channel("cold", _peers.echo_handler, runtime_dir=runtime_dir) as channel:
+        channel.connect().close()
+        assert channel.is_host
+        # (the host's own connection's thread may be idle by then: one of the ready ones)
+        wait_until(lambda: events.count("ipchannel-handler:cold") >= READY_THREADS)
+        assert events.index("published") < events.index("ipchannel-handler:cold"), events
 
 
 def test_library_threads_block_signals_in_a_few_microseconds() -> None:

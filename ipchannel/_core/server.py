@@ -7,9 +7,10 @@ contract (socketserver's pitfalls, handled here):
 - handler threads are daemon threads named ``ipchannel-handler:NAME`` and are
   tracked, with their sockets, so ``close_connections()`` can shut every live
   connection down (clients see EOF at once) and join the threads;
-- a few handler threads wait ready (``READY_THREADS``, started with the server):
-  a new connection goes to an idle one, else to a new thread, so the pool grows on
-  demand; at most ``IDLE_THREADS`` wait idle, blocked without a timeout (no wake-ups);
+- a few handler threads wait ready (``READY_THREADS``, started with the server, or by
+  a host on the election's path just after its first look at the listener): a new
+  connection goes to an idle one, else to a new thread, so the pool grows on demand;
+  at most ``IDLE_THREADS`` wait idle, blocked without a timeout (no wake-ups);
 - each connection is admitted in its handler thread first (``Listener.admit``: TLS,
   the authkey handshake), so a slow client delays nobody else;
 - ``serve_forever`` runs on ``ipchannel-server:NAME``; ``stop_listening()`` wakes it
@@ -84,6 +85,7 @@ class _Accepting(socketserver.BaseServer):
         self._jobs: queue.SimpleQueue[tuple[Any, Any] | None] = queue.SimpleQueue()
         self._idle = 0  # handler threads waiting for a job, minus jobs queued for them
         self._retired = False
+        self.deferred_ready = 0  # handler threads to start after the first look (server thread only)
 
     # -- what socketserver asks of its socket, answered by the listener ----------------------
 
@@ -127,6 +129,12 @@ class _Accepting(socketserver.BaseServer):
             missing = min(count, IDLE_THREADS) - self._idle
         for _ in range(missing):
             self._start_handler_thread(None)
+
+    def service_actions(self) -> None:
+        """After each look at the listener (socketserver's hook): start the deferred ready threads once."""
+        count, self.deferred_ready = self.deferred_ready, 0
+        if count:
+            _ready_threads(self, count)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         with self._tracked_lock:
@@ -258,15 +266,19 @@ class Server:
         """Tell whether the listener still answers at the published address."""
         return self._listener.still_published()
 
-    def start(self, ready: int = READY_THREADS) -> None:
+    def start(self, ready: int = READY_THREADS, *, deferred: bool = False) -> None:
         """Start (or restart) ``serve_forever`` on a named daemon thread, with ``ready`` handler threads.
 
-        That thread starts them, before it accepts anything (so the first clients still start
-        none): the caller, becoming host, waits for one thread start instead of ``ready + 1``.
+        That thread starts them, before it accepts anything (so the first clients start none):
+        the caller waits for one thread start instead of ``ready + 1``. ``deferred``: after its
+        first look at the listener instead, so that they do not contend for the GIL with a
+        process becoming host (publishing, connecting) on the election's path; the first
+        connection (usually the host's own) then starts its own thread.
         """
+        self._server.deferred_ready = ready if deferred else 0
         self._thread = threading.Thread(
             target=self._serve,
-            args=(ready, _platform.signals_left()),  # the monitor, on a failover
+            args=(0 if deferred else ready, _platform.signals_left()),  # the monitor, on a failover
             name=f"ipchannel-server:{self._name}",
             daemon=True,
         )
@@ -275,12 +287,7 @@ class Server:
     def _serve(self, ready: int, inherited: bool) -> None:
         _platform.leave_signals_to_the_application(inherited=inherited)
         try:
-            try:
-                self._server.start_ready_threads(ready)
-            except Exception:  # serve all the same (a thread per connection): shutdown() waits for it
-                exiting = not threading.main_thread().is_alive()  # 3.12+ starts no thread then
-                level = logging.DEBUG if exiting else logging.WARNING
-                _LOGGER.log(level, "channel %r: no handler thread started ahead", self._name, exc_info=True)
+            _ready_threads(self._server, ready)
             self._server.serve_forever(poll_interval=_SERVE_POLL)
         except Exception:
             _LOGGER.exception("channel %r: server thread died", self._name)
@@ -348,3 +355,18 @@ class Server:
                 sock.close()
             except OSError:
                 continue
+
+
+def _ready_threads(server: _Accepting, count: int) -> None:
+    """Start ``count`` ready handler threads on the server thread; serve all the same if that fails.
+
+    Without them every connection starts its own thread, and ``shutdown()`` still waits for it.
+    """
+    if not count:
+        return
+    try:
+        server.start_ready_threads(count)
+    except Exception:
+        exiting = not threading.main_thread().is_alive()  # 3.12+ starts no thread then
+        level = logging.DEBUG if exiting else logging.WARNING
+        _LOGGER.log(level, "channel %r: no handler thread started ahead", server.channel_name, exc_info=True)

@@ -141,7 +141,7 @@ class Hosting:
         record: HostRecord | None = None
         standby, self._standby = self._standby, None
         try:
-            server = standby[1] if standby is not None else self._start_server(READY_THREADS)
+            server = standby[1] if standby is not None else self._start_server(READY_THREADS, deferred=True)
             record = self._coordinator.new_record(server.address, previous, auth=self._auth)
             record = self._coordinator.publish(record)
             self._set_term((server, record))  # before clients can reach it: they must find a host term
@@ -181,11 +181,11 @@ class Hosting:
             self._claimed = None
             self._coordinator.release()
 
-    def _start_server(self, ready: int) -> Server:
+    def _start_server(self, ready: int, *, deferred: bool = False) -> Server:
         listener = self._transport.listen(self.may_serve)
         try:
             server = Server(self._name, listener, self._handler, lambda: self._wakeup.send(b"s"))
-            server.start(ready)
+            server.start(ready, deferred=deferred)
         except BaseException as exc:
             listener.close()
             if isinstance(exc, RuntimeError) and not threading.main_thread().is_alive():
