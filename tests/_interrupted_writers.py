@@ -101,7 +101,7 @@ def locked(d: ipchannel.SharedDict, which: str) -> None:
     requests = d._requests  # noqa: SLF001 - the locks the main thread's write takes
     # the lock, and the function and line where the main thread waits for it
     places: dict[str, tuple[Any, Callable[..., Any], str]] = {
-        "replica": (d._replica.lock, type(d._writes)._request_writes, "with replica."),  # noqa: SLF001
+        "replica": (d._replica.lock, type(d._writes)._request_once, "with replica."),  # noqa: SLF001
         "subscription": (requests._subscriber._lock, type(requests._subscriber).ensure_running, "if not"),  # noqa: SLF001
         "connection": (requests._requester._opening, type(requests._requester)._open, "if not"),  # noqa: SLF001
     }

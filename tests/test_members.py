@@ -8,6 +8,7 @@ what is lost (ERROR).
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import threading
@@ -176,3 +177,50 @@ def test_a_writer_whose_subscription_ends_after_its_own_batch_is_a_member_again_
 
 def _out_of_the_members(log: Path) -> str:
     return "\n".join(line for line in log.read_text().splitlines() if "out of the members" in line)
+
+
+@pytest.mark.timeout(60)
+def test_a_write_resent_to_a_host_that_cannot_record_its_members_yet_is_applied_once_and_returns(
+    peers: Peers, runtime_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A new host whose members record cannot be written yet (a full disk, an engine that does not
+    # answer) applies nothing. It answered each write with that error (RemoteError), also a write
+    # the previous host had applied and the writer sent again: a caller retrying an incr applied
+    # it twice. The writer now sends it again until the term starts; then it is answered "dup".
+    (holder,) = peers.start_dicts(1)
+    refused, full = [], threading.Event()
+
+    def disk_full_while_set(point: str, _detail: object) -> None:
+        if point == "members.written" and full.is_set():
+            refused.append(point)
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    outcome: list[object] = []
+
+    def incr(d: ipchannel.SharedDict) -> None:
+        try:
+            outcome.append(d.incr("n"))
+        except Exception as exc:  # noqa: BLE001 - the test reports it
+            outcome.append(exc)
+
+    with ipchannel.SharedDict("test", runtime_dir=runtime_dir, timeout=30) as d:
+        assert d.incr("n") == 1
+        wait_until(lambda: is_member(runtime_dir, os.getpid()))
+        flag = tmp_path / "published"
+        holder.call("pause_at", point="shareddict.published", marker='"n"', flag=str(flag))
+        monkeypatch.setattr(_hooks, "pause", disk_full_while_set)
+        full.set()
+        writing = threading.Thread(target=incr, args=(d,))
+        writing.start()
+        try:
+            wait_until(flag.exists, timeout=10)  # applied and published by the holder, not answered
+            holder.kill()
+            # this process hosts now, and cannot start its term: the write is refused, again and again
+            wait_until(lambda: len(refused) >= 3, timeout=10)
+            assert outcome == []
+        finally:
+            full.clear()
+            writing.join(30)
+        assert outcome == [2]  # before: RemoteError (OSError), though the holder had applied it
+        assert d["n"] == 2
+        assert d.channel.is_host

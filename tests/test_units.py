@@ -365,6 +365,63 @@ def test_a_term_whose_members_cannot_be_recorded_is_started_again_at_the_next_re
     assert membership.recorded == Recorded(2, "h", ["a", "h"])  # its term, and "a" waited for
 
 
+def test_a_host_that_cannot_record_its_members_yet_asks_its_writers_to_retry_and_applies_nothing() -> None:
+    # It answered each write with its error (RemoteError): also a write the previous host applied
+    # and the writer sent again, so a caller who retried an incr applied it twice.
+    from ipchannel._shareddict.members import Members  # noqa: PLC0415 - the parts of one test
+    from ipchannel._shareddict.replica import Replica  # noqa: PLC0415
+    from ipchannel._shareddict.store import Store  # noqa: PLC0415
+
+    membership = _FakeMembership("h", {"h"})
+    record = membership.record
+
+    def full(_generation: int, _members: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    membership.record = full  # type: ignore[method-assign,assignment]
+    members = Members("t", membership, 0.2, lambda: 2, lambda: (0, 0))
+    store = Store("t", Replica("t", lambda _data: None), lambda: 2, lambda: 2, lambda *_: None, members, None)
+    write = _queued(["incr", "n", 1], "w", 1)
+    (answer,) = store.commit([write])
+    assert answer == {"g": 0, "r": [["retry", "OSError: [Errno 28] No space left on device"]]}
+    membership.record = record  # type: ignore[method-assign]
+    (answer,) = store.commit([write])  # the same write, sent again
+    assert answer == {"g": 2, "r": [["ok", 1, 1]]}  # applied once: the first answer applied nothing
+    (answer,) = store.commit([write])
+    assert answer["r"] == [["dup", 1]]
+
+
+@pytest.mark.parametrize("answers", [2, None])
+def test_a_write_the_host_asks_to_retry_goes_again_as_itself_until_its_timeout(answers: int | None) -> None:
+    from ipchannel._shareddict.replica import Replica  # noqa: PLC0415 - the parts of one test
+    from ipchannel._shareddict.writes import Writes  # noqa: PLC0415
+
+    sent: list[Any] = []
+
+    def request(message: Any, _timeout: float | None) -> Any:
+        sent.append(message["w"])
+        if answers is None or len(sent) <= answers:
+            return {"v": PROTOCOL, "g": 0, "r": [["retry", "OSError: full"]] * len(message["w"])}
+        ((_op, client, number),) = message["w"]
+        replica.applied[client] = [number, 7, 1]  # the previous host had applied it: the replica has it
+        return {"v": PROTOCOL, "g": 3, "r": [["dup", 7]]}
+
+    def late(deadline: Deadline, detail: str) -> ipchannel.ChannelTimeout:
+        return ipchannel.ChannelTimeout("t", "here", deadline.elapsed(), None, detail)
+
+    replica = Replica("t", lambda _data: None)
+    replica.resync(lambda: {"v": PROTOCOL, "items": [["n", 7]], "applied": {}, "g": 3, "s": 1})
+    writes = Writes("t", request, replica, 0.5, late, local_apply=True)
+    if answers is None:
+        with pytest.raises(ipchannel.ChannelTimeout, match="could not start its term: OSError: full"):
+            writes.write(["incr", "n", 1], lambda: None)
+        assert len(sent) > 3  # sent again and again, backing off, then given up at the timeout
+    else:
+        assert writes.write(["incr", "n", 1], lambda: None) == 7  # answered "dup": applied once
+        assert len(sent) == 3
+        assert all(each == sent[0] for each in sent)  # the same write: (writer, number) unchanged
+
+
 def _queued(op: list[object], client: str, number: int) -> Any:
     from ipchannel._shareddict.store import _Queued  # noqa: PLC0415 - a batch as the host queues it
 

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 __all__ = ["MISSING", "PROTOCOL", "Operation", "apply", "check_protocol", "prepare", "register"]
 
 #: The format of requests and published batches; peers must agree (all run the same version).
-PROTOCOL = 3
+PROTOCOL = 4
 MISSING = object()
 
 

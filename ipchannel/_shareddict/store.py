@@ -23,7 +23,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .. import _hooks, _platform
-from .._errors import ChannelClosed, JournalError
+from .._errors import ChannelClosed, ChannelError, JournalError
 from .._requests.host import Deferred
 from . import history
 from .ops import PROTOCOL
@@ -79,6 +79,7 @@ class Store:
             self._journal.after_fork()
         self._store_lock = threading.Lock()
         self._term = 0
+        self._retrying = ""  # why writes were last asked to retry (said at WARNING once)
         self._store: dict[Any, Any] = {}
         self._applied: dict[str, list[Any]] = {}
         self._seq = 0
@@ -188,14 +189,14 @@ class Store:
         """Apply a batch of requests to the store, publish its changes as one message; return the answers.
 
         A durable dict journals the batch's prepared writes first: if that fails, the batch
-        is applied nowhere and each of its writes is refused (``["journal", ...]``).
+        is applied nowhere and each of its writes is refused (``["journal", ...]``). A term
+        whose members cannot be recorded yet applies nothing either: ``["retry", why]``.
         """
         changes: list[list[Any]] = []
         with self._store_lock:
-            try:
-                self._start_term()
-            except JournalError as exc:  # it cannot be replayed: refused, and tried again at the next one
-                return [{"g": 0, "r": [_refusal(exc)] * len(item.writes)} for item in batch]
+            refused = self._refused(batch)
+            if refused is not None:
+                return refused
             generation = self._term
             first = self._seq + 1
             prepared, outcomes = history.prepare([item.writes for item in batch], self._applied)
@@ -228,6 +229,30 @@ class Store:
                 _hooks.pause("shareddict.published", published)
             self._members.wait(generation, last, exempt=exempt)
         return answers
+
+    def _refused(self, batch: list[_Queued]) -> list[dict[str, Any]] | None:
+        """Start the term at its first batch (call with the store lock), else say how each write is refused.
+
+        Either way nothing is applied, and the next batch tries again: a journal that cannot
+        be replayed refuses (``["journal", ...]``); members that cannot be recorded yet (a full
+        disk, an engine that does not answer) ask the writers to send again (``["retry", why]``),
+        so that a write the previous host applied is answered "dup" once the term starts.
+        """
+        try:
+            self._start_term()
+        except JournalError as exc:
+            outcome = _refusal(exc)
+        except ChannelClosed:  # no longer hosting: nobody answers, and the writers ask the next host
+            raise
+        except (OSError, ChannelError) as exc:  # the engine's errors are ChannelErrors
+            why = f"{type(exc).__name__}: {exc}"
+            level = logging.DEBUG if why == self._retrying else logging.WARNING  # each retry fails alike
+            _LOGGER.log(level, "shared dict %r: no host term yet (%s): writers retry", self._name, why)
+            self._retrying, outcome = why, ["retry", why]
+        else:
+            self._retrying = ""
+            return None
+        return [{"g": 0, "r": [outcome] * len(item.writes)} for item in batch]
 
     def _journal_batch(self, generation: int, prepared: list[history.Prepared]) -> list[Any] | None:
         """Journal the prepared writes (durable dicts); return the refusal every write gets if it failed."""

@@ -35,6 +35,8 @@ SENDERS = 2
 #: Seconds between two looks at a waiting write's state: a thread interrupted after it settled or
 #: handed on a write, before it woke it (``Writes._leave``), never wakes it.
 _RECHECK = 0.5
+#: Seconds before a write the host asked to retry goes again, doubling up to ``_RETRY_MAX``.
+_RETRY_FIRST, _RETRY_MAX = 0.005, 0.1
 
 
 class _Write:
@@ -170,29 +172,52 @@ class Writes:
             waiting[0].wake.release()
 
     def _request_writes(self, batch: list[_Write]) -> None:
-        """One request for ``batch``; each write gets its outcome (or the error), applied locally if next."""
+        """Request ``batch``; each write gets its outcome (or the error), applied locally if next.
+
+        A host that cannot start its term yet answers "retry", having applied nothing: the
+        writes go again, the same (writer, number), until the timeout. One the previous host
+        applied is then answered "dup": never applied twice, never reported failed.
+        """
+        deadline, pause = Deadline(self._timeout), _RETRY_FIRST
+        while True:
+            retry = self._request_once(batch, None if self._timeout is None else deadline.remaining())
+            if not retry:
+                return
+            batch = [write for write, _why in retry]
+            if deadline.remaining() <= pause:
+                why = retry[0][1]
+                for write in batch:
+                    write.error = self._timeout_error(deadline, f"the host could not start its term: {why}")
+                return
+            time.sleep(pause)
+            pause = min(pause * 2, _RETRY_MAX)
+
+    def _request_once(self, batch: list[_Write], timeout: float | None) -> list[tuple[_Write, str]]:
+        """One request for ``batch``; return the writes the host asked to send again, and why."""
         try:
-            answer = self._request(
-                {"v": PROTOCOL, "w": [[w.op, w.client, w.number] for w in batch]}, self._timeout
-            )
+            answer = self._request({"v": PROTOCOL, "w": [[w.op, w.client, w.number] for w in batch]}, timeout)
         except (TypeError, ValueError):
             if len(batch) == 1:
                 batch[0].error = sys.exc_info()[1]
-                return
+                return []
             for write in batch:  # one of them cannot be encoded, or together they are too large: alone
                 self._request_writes([write])
-            return
+            return []
         except Exception as exc:  # noqa: BLE001 - raised in each writer's own thread
             for write in batch:
                 write.error = exc
-            return
-        generation, replica = answer["g"], self._replica
+            return []
+        generation, replica, retry = answer["g"], self._replica, []
         with replica.lock:  # usually our replica is just behind these: apply them here, now
             for write, outcome in zip(batch, answer["r"], strict=True):
+                if outcome[0] == "retry":  # applied nowhere: unanswered, as if not yet sent
+                    retry.append((write, str(outcome[1])))
+                    continue
                 write.generation, write.outcome = generation, outcome
                 if outcome[0] == "ok" and self._local_apply:
                     replica.apply_own(generation, write.op, write.client, write.number, outcome)
             replica.cond.notify_all()
+        return retry
 
     def _settle(self, write: _Write, resync: Callable[[], None]) -> Any:
         """Return the result of a write the host answered, once the local replica holds it."""
