@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 __all__ = ["Members"]
 
 _LOGGER = logging.getLogger("ipchannel")
+#: Seconds between two tries to record out a member cut off, while the record cannot be written.
+_RECORD_AGAIN = 0.5
 
 
 @dataclass
@@ -149,7 +151,7 @@ class Members:
         ``exempt``: the one process whose writes these all are; it is not waited for, as it
         acknowledges its own writes only once its replica has them (``Writes``).
         """
-        deadline = time.monotonic() + self._max_lag
+        deadline, failed = time.monotonic() + self._max_lag, False
         with self._cond:
             while self._term == generation:
                 if self._handing_over():  # not ours to acknowledge: the writers ask the next host
@@ -164,7 +166,21 @@ class Members:
                     return
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    self._leave_behind(behind, position)
+                    try:
+                        self._leave_behind(behind, position)
+                    except ChannelClosed:
+                        raise
+                    except (ChannelError, OSError) as exc:
+                        # Applied and published: failing the batch would tell its writers it was not,
+                        # and a caller retrying an incr would apply it twice. It stays unanswered
+                        # (their timeout: ChannelTimeout, which says it may have been applied) until
+                        # the record can be written, or the host hands over.
+                        level, failed = logging.DEBUG if failed else logging.WARNING, True
+                        _LOGGER.log(
+                            level, "shared dict %r: cannot record %s out (%s): change %d:%d waits",
+                            self._name, ", ".join(behind), exc, generation, position,
+                        )  # fmt: skip
+                        deadline = time.monotonic() + min(self._max_lag, _RECORD_AGAIN)
                     continue
                 self._cond.wait(remaining)
 
