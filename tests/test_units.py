@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 import pytest
@@ -27,6 +27,9 @@ from ipchannel._seams.base import HostState
 from ipchannel._seams.record import HostRecord, own_create_time
 from ipchannel._shareddict.ops import PROTOCOL
 from ipchannel._timing import Backoff, Deadline, validate_timeout
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 
 @pytest.mark.parametrize("name", ["a", "counter", "A-b_c.d", "-x", "_", "9" * 64])
@@ -339,28 +342,38 @@ def test_a_snapshot_holds_no_writer_entry_of_a_later_write() -> None:
     assert snapshot["applied"] == {"w": [1, None, 1]}
 
 
-def test_a_term_whose_members_cannot_be_recorded_is_started_again_at_the_next_request() -> None:
-    # The store took the term before its members did: once recording them failed (a full disk, an
-    # engine that did not answer), the term never had members, and every write of it was
-    # acknowledged without waiting for any (found by a helper attacking dea6e81).
-    from ipchannel._seams.record import Recorded  # noqa: PLC0415
+def _store_on_a_full_disk(membership: _FakeMembership) -> tuple[Any, Callable[[], None]]:
+    """A host's Store (generation 2) whose members record fails with ENOSPC until ``free()``."""
     from ipchannel._shareddict.members import Members  # noqa: PLC0415 - the parts of one test
     from ipchannel._shareddict.replica import Replica  # noqa: PLC0415
     from ipchannel._shareddict.store import Store  # noqa: PLC0415
 
-    membership = _FakeMembership("h", {"h", "a"})
-    membership.recorded = Recorded(1, "old", ["a", "old"])  # "a" holds every write, and lives
     record = membership.record
 
     def full(_generation: int, _members: Any) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
+    def free() -> None:
+        membership.record = record  # type: ignore[method-assign]
+
     membership.record = full  # type: ignore[method-assign,assignment]
     members = Members("t", membership, 0.2, lambda: 2, lambda: (0, 0))
     store = Store("t", Replica("t", lambda _data: None), lambda: 2, lambda: 2, lambda *_: None, members, None)
+    return store, free
+
+
+def test_a_term_whose_members_cannot_be_recorded_is_started_again_at_the_next_request() -> None:
+    # The store took the term before its members did: once recording them failed (a full disk, an
+    # engine that did not answer), the term never had members, and every write of it was
+    # acknowledged without waiting for any (found by a helper attacking dea6e81).
+    from ipchannel._seams.record import Recorded  # noqa: PLC0415 - the record's shape
+
+    membership = _FakeMembership("h", {"h", "a"})
+    membership.recorded = Recorded(1, "old", ["a", "old"])  # "a" holds every write, and lives
+    store, free = _store_on_a_full_disk(membership)
     with pytest.raises(OSError, match="No space"):
         store.on_request({"v": PROTOCOL, "op": "snapshot"})
-    membership.record = record  # type: ignore[method-assign]
+    free()
     assert store.on_request({"v": PROTOCOL, "op": "snapshot"})["g"] == 2
     assert membership.recorded == Recorded(2, "h", ["a", "h"])  # its term, and "a" waited for
 
@@ -368,23 +381,11 @@ def test_a_term_whose_members_cannot_be_recorded_is_started_again_at_the_next_re
 def test_a_host_that_cannot_record_its_members_yet_asks_its_writers_to_retry_and_applies_nothing() -> None:
     # It answered each write with its error (RemoteError): also a write the previous host applied
     # and the writer sent again, so a caller who retried an incr applied it twice.
-    from ipchannel._shareddict.members import Members  # noqa: PLC0415 - the parts of one test
-    from ipchannel._shareddict.replica import Replica  # noqa: PLC0415
-    from ipchannel._shareddict.store import Store  # noqa: PLC0415
-
-    membership = _FakeMembership("h", {"h"})
-    record = membership.record
-
-    def full(_generation: int, _members: Any) -> None:
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    membership.record = full  # type: ignore[method-assign,assignment]
-    members = Members("t", membership, 0.2, lambda: 2, lambda: (0, 0))
-    store = Store("t", Replica("t", lambda _data: None), lambda: 2, lambda: 2, lambda *_: None, members, None)
+    store, free = _store_on_a_full_disk(_FakeMembership("h", {"h"}))
     write = _queued(["incr", "n", 1], "w", 1)
     (answer,) = store.commit([write])
     assert answer == {"g": 0, "r": [["retry", "OSError: [Errno 28] No space left on device"]]}
-    membership.record = record  # type: ignore[method-assign]
+    free()
     (answer,) = store.commit([write])  # the same write, sent again
     assert answer == {"g": 2, "r": [["ok", 1, 1]]}  # applied once: the first answer applied nothing
     (answer,) = store.commit([write])
