@@ -392,6 +392,97 @@ def test_a_host_that_cannot_record_its_members_yet_asks_its_writers_to_retry_and
     assert answer["r"] == [["dup", 1]]
 
 
+def test_a_dup_is_acknowledged_only_once_each_member_carried_into_the_term_confirmed_it() -> None:
+    # A write the previous host applied and never acknowledged is answered "dup" by the next one.
+    # A member carried into the new term may lack it (frozen while it was fanned out): the dup
+    # was acknowledged at once, that member later won an election, and the write was lost while
+    # the writer, holding it, lived (found by a helper attacking 7b99193, with real processes).
+    from ipchannel._seams.record import Recorded  # noqa: PLC0415 - the record's shape
+    from ipchannel._shareddict.members import Members  # noqa: PLC0415 - the parts of one test
+    from ipchannel._shareddict.replica import Replica  # noqa: PLC0415
+    from ipchannel._shareddict.store import Store  # noqa: PLC0415
+
+    membership = _FakeMembership("h", {"h", "a"})
+    membership.recorded = Recorded(1, "old", ["a", "h", "old"])  # "a" lives: carried into term 2
+    members = Members("t", membership, 0.2, lambda: 2, lambda: (1, 1))
+    replica = Replica("t", lambda _data: None)  # this process had the write from the old host
+    replica.resync(lambda: {"v": PROTOCOL, "items": [["n", 1]], "applied": {"w": [1, 1, 1]}, "g": 1, "s": 1})
+    store = Store("t", replica, lambda: 2, lambda: 2, lambda *_: None, members, None)
+    (answer,) = store.commit([_queued(["incr", "n", 1], "w", 1)])  # sent again by its writer
+    assert answer == {"g": 2, "r": [["dup", 1]]}
+    assert membership.recorded is not None
+    assert "a" not in membership.recorded.members  # it never confirmed term 2: recorded out first
+
+
+def _refuse_records(membership: _FakeMembership) -> list[int]:
+    """Make every write of the members record fail (ENOSPC); return the generations refused so far."""
+    refusals: list[int] = []
+
+    def refuse(generation: int, _members: Any) -> None:
+        refusals.append(generation)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    membership.record = refuse  # type: ignore[method-assign,assignment]
+    return refusals
+
+
+def _waiting(members: Any, generation: int, position: int) -> tuple[threading.Thread, list[object]]:
+    """Start ``members.wait`` on a thread; its outcome ("acknowledged", or the exception) is listed."""
+    outcome: list[object] = []
+
+    def wait() -> None:
+        try:
+            members.wait(generation, position)
+            outcome.append("acknowledged")
+        except Exception as exc:  # noqa: BLE001 - the test looks at it
+            outcome.append(exc)
+
+    waiting = threading.Thread(target=wait, daemon=True)
+    waiting.start()
+    return waiting, outcome
+
+
+def test_a_batch_whose_term_ended_while_it_waited_is_not_acknowledged() -> None:
+    # The batch waits to record a lagging member out (the record fails). The process hands over
+    # and is elected again meanwhile: the member, alive, is carried into the new term. The wait
+    # returned, and the batch was acknowledged though that member never confirmed it (found by
+    # a helper attacking 7b99193).
+    membership = _FakeMembership("h", {"h", "a"})
+    serving = [1]
+    members = _members(membership, max_lag=0.05)
+    members._serving = lambda: serving[0]  # noqa: SLF001 - the port's answer, changed mid-wait
+    members.start_term(1)
+    members.confirmed("a", 1, 0, lambda: None)
+    record, refusals = membership.record, _refuse_records(membership)
+    waiting, outcome = _waiting(members, 1, 1)
+    wait_until(lambda: len(refusals) >= 2)
+    serving[0] = 2  # handed over and elected again, between two tries of the record
+    membership.record = record  # type: ignore[method-assign]
+    members.start_term(2)
+    waiting.join(5)
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], ipchannel.ChannelClosed)  # not ours to answer: its writers send again
+
+
+def test_a_batch_its_host_can_no_longer_answer_is_answered_retry_not_failed() -> None:
+    # Applied and published, a batch whose host began to close (or hand over) failed with
+    # ChannelClosed, which reached its writers as RemoteError: a caller retrying an incr applied
+    # it twice (found by a helper attacking 7b99193). Sent again, it is answered "dup".
+    from ipchannel._requests.wire import REPLY  # noqa: PLC0415 - how a Deferred is answered
+
+    def closing(_batch: Any) -> Any:
+        raise ipchannel.ChannelClosed("t", "SharedDict")
+
+    store, _free = _store_on_a_full_disk(_FakeMembership("h", {"h"}))
+    store.commit = closing
+    item = _queued(["incr", "n", 1], "w", 1)
+    store._queue = [item]  # noqa: SLF001 - one batch queued
+    store._commit_queued()  # noqa: SLF001 - the committer's step
+    answered: list[tuple[int, Any]] = []
+    item.answer._bind(lambda kind, body: answered.append((kind, body)))  # noqa: SLF001 - where it goes
+    assert answered == [(REPLY, {"g": 0, "r": [["retry", "the host is handing over"]]})]
+
+
 @pytest.mark.parametrize("answers", [2, None])
 def test_a_write_the_host_asks_to_retry_goes_again_as_itself_until_its_timeout(answers: int | None) -> None:
     from ipchannel._shareddict.replica import Replica  # noqa: PLC0415 - the parts of one test
@@ -604,27 +695,9 @@ def test_a_member_stays_waited_for_while_its_leaving_cannot_be_recorded() -> Non
     members = _members(membership, max_lag=0.05)
     members.start_term(1)
     members.confirmed("a", 1, 0, lambda: None)
-
-    refusals: list[int] = []
-
-    def refuse(generation: int, _members: Any) -> None:
-        refusals.append(generation)
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    record = membership.record
-    membership.record = refuse  # type: ignore[method-assign,assignment]
+    record, refusals = membership.record, _refuse_records(membership)
     members.gone("a")  # cannot be recorded out: still waited for
-    outcome: list[object] = []
-
-    def wait() -> None:
-        try:
-            members.wait(1, 1)
-            outcome.append("acknowledged")
-        except Exception as exc:  # noqa: BLE001 - the test looks at it
-            outcome.append(exc)
-
-    waiting = threading.Thread(target=wait, daemon=True)
-    waiting.start()
+    waiting, outcome = _waiting(members, 1, 1)
     # Applied and published: neither failed (a caller retrying an incr would apply it twice; found
     # by a helper attacking 786bb59) nor acknowledged without it while the record names it.
     wait_until(lambda: len(refusals) >= 4)  # tried again and again (every max_lag here), and failing

@@ -77,6 +77,7 @@ class Members:
         self._members: dict[str, _Member] = {}  # the others: this process holds what it acknowledges
         self._acknowledged = 0  # the highest position ``wait`` let be acknowledged in the term
         self._told_lost: object = None  # the record whose loss was last reported (``may_campaign``)
+        self._record_failing = False  # recording a member out failed, said at WARNING (``wait``)
 
     # -- the host ----------------------------------------------------------------------------------
 
@@ -96,7 +97,10 @@ class Members:
         with self._cond:
             self._record(alive, generation)
             self._term, self._acknowledged = generation, 0
-            self._members = {member: _Member(0, None) for member in alive}
+            # -1: nothing confirmed in this term yet. They hold every write acknowledged so far, not
+            # the ones the previous host applied and never acknowledged, which this term answers
+            # "dup": those wait until each confirmed a position of this term (``wait``; it resyncs).
+            self._members = {member: _Member(-1, None) for member in alive}
 
     def confirmed(self, member: str, generation: int, position: int, cut: Callable[[], None] | None) -> None:
         """Take a replica's confirmation (a handler thread); it joins if it holds every acknowledged write.
@@ -151,7 +155,7 @@ class Members:
         ``exempt``: the one process whose writes these all are; it is not waited for, as it
         acknowledges its own writes only once its replica has them (``Writes``).
         """
-        deadline, failed = time.monotonic() + self._max_lag, False
+        deadline = time.monotonic() + self._max_lag
         with self._cond:
             while self._term == generation:
                 if self._handing_over():  # not ours to acknowledge: the writers ask the next host
@@ -175,7 +179,10 @@ class Members:
                         # and a caller retrying an incr would apply it twice. It stays unanswered
                         # (their timeout: ChannelTimeout, which says it may have been applied) until
                         # the record can be written, or the host hands over.
-                        level, failed = logging.DEBUG if failed else logging.WARNING, True
+                        # once per outage, not once per batch (a member pausing now and then
+                        # makes a batch wait each time): WARNING until a record works again
+                        level = logging.DEBUG if self._record_failing else logging.WARNING
+                        self._record_failing = True
                         _LOGGER.log(
                             level, "shared dict %r: cannot record %s out (%s): change %d:%d waits",
                             self._name, ", ".join(behind), exc, generation, position,
@@ -183,6 +190,10 @@ class Members:
                         deadline = time.monotonic() + min(self._max_lag, _RECORD_AGAIN)
                     continue
                 self._cond.wait(remaining)
+            if self.membership is not None and self._term is not None:
+                # the term ended while this batch waited, and another began (this process was
+                # elected again): its members were not asked for it; the writers ask again
+                raise ChannelClosed(self._name, "SharedDict")
 
     def _leave_behind(self, behind: list[str], position: int) -> None:
         """Record out the members that did not confirm ``position`` in time; cut them off (with the lock)."""
@@ -221,6 +232,7 @@ class Members:
         term = self._term if generation is None else generation
         if self.membership is not None and term is not None:
             self.membership.record(term, [self.membership.me(), *others])
+            self._record_failing = False
 
     # -- every process ---------------------------------------------------------------------------
 

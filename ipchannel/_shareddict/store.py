@@ -178,6 +178,12 @@ class Store:
             batch, self._queue = self._queue, []
         try:
             answers = self.commit(batch)
+        except ChannelClosed:
+            # Not ours to answer any more (closing, handing over, a term that ended), maybe applied:
+            # sent again, the next host (or our next term) answers "dup" if it holds it.
+            answers = [
+                {"g": 0, "r": [["retry", "the host is handing over"]] * len(item.writes)} for item in batch
+            ]
         except Exception as exc:  # noqa: BLE001 - every writer of the batch gets it (the host is leaving)
             for item in batch:
                 item.answer.fail(exc)
@@ -216,19 +222,34 @@ class Store:
             last = self._seq
             if changes and self._journal is not None:
                 self._journal.compact_if_due(self._store, self._applied, (generation, last))
-        answers = [{"g": generation, "r": outcome} for outcome in outcomes]
+        self._acknowledge(batch, generation, (first, last), changes, outcomes)
+        return [{"g": generation, "r": outcome} for outcome in outcomes]
+
+    def _acknowledge(
+        self,
+        batch: list[_Queued],
+        generation: int,
+        span: tuple[int, int],
+        changes: list[list[Any]],
+        outcomes: list[list[Any]],
+    ) -> None:
+        """Publish a batch's changes, outside the store lock; return once every member holds them.
+
+        A batch of one process's writes does not wait for that process (named as "x": it alone
+        confirms nothing, ``Writes.applied``): its writes return once its own replica has them.
+        A batch of "dup" answers waits too: a member carried into this term may lack such a write
+        (applied by the previous host, never acknowledged) until it confirmed a position of it.
+        """
+        exempt = _lone_writer(batch)
         if changes:
-            # Acknowledged once every member applied it. A batch of one process's writes does not
-            # wait for that process: its writes return only once its own replica has them. The
-            # batch names it ("x"), so that it, and only it, confirms nothing (``Writes.applied``).
-            exempt = _lone_writer(batch)
             # outside the store lock: snapshots never wait for a fan-out (a replica skips what it holds)
-            published = {"v": PROTOCOL, "g": generation, "s": first, "ch": changes, "x": exempt}
+            published = {"v": PROTOCOL, "g": generation, "s": span[0], "ch": changes, "x": exempt}
             self._publish_split(published)
             if _hooks.pause is not None:
                 _hooks.pause("shareddict.published", published)
-            self._members.wait(generation, last, exempt=exempt)
-        return answers
+        elif not any(outcome is not None and outcome[0] == "dup" for each in outcomes for outcome in each):
+            return
+        self._members.wait(generation, span[1], exempt=exempt)
 
     def _refused(self, batch: list[_Queued]) -> list[dict[str, Any]] | None:
         """Start the term at its first batch (call with the store lock), else say how each write is refused.
