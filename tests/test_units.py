@@ -505,7 +505,7 @@ def test_a_write_the_host_asks_to_retry_goes_again_as_itself_until_its_timeout(a
     replica.resync(lambda: {"v": PROTOCOL, "items": [["n", 7]], "applied": {}, "g": 3, "s": 1})
     writes = Writes("t", request, replica, 0.5, late, local_apply=True)
     if answers is None:
-        with pytest.raises(ipchannel.ChannelTimeout, match="could not start its term: OSError: full"):
+        with pytest.raises(ipchannel.ChannelTimeout, match="asked to send it again: OSError: full"):
             writes.write(["incr", "n", 1], lambda: None)
         assert len(sent) > 3  # sent again and again, backing off, then given up at the timeout
     else:

@@ -178,9 +178,7 @@ class Members:
                         # Applied and published: failing the batch would tell its writers it was not,
                         # and a caller retrying an incr would apply it twice. It stays unanswered
                         # (their timeout: ChannelTimeout, which says it may have been applied) until
-                        # the record can be written, or the host hands over.
-                        # once per outage, not once per batch (a member pausing now and then
-                        # makes a batch wait each time): WARNING until a record works again
+                        # the record can be written, or the host hands over. Said once an outage.
                         level = logging.DEBUG if self._record_failing else logging.WARNING
                         self._record_failing = True
                         _LOGGER.log(

@@ -174,9 +174,10 @@ class Writes:
     def _request_writes(self, batch: list[_Write]) -> None:
         """Request ``batch``; each write gets its outcome (or the error), applied locally if next.
 
-        A host that cannot start its term yet answers "retry", having applied nothing: the
-        writes go again, the same (writer, number), until the timeout. One the previous host
-        applied is then answered "dup": never applied twice, never reported failed.
+        A host that cannot start its term yet (nothing applied), or that can no longer answer
+        (closing, handing over), answers "retry": the writes go again, the same (writer,
+        number), until the timeout. One applied already is then answered "dup": never applied
+        twice, never reported failed.
         """
         deadline, pause = Deadline(self._timeout), _RETRY_FIRST
         while True:
@@ -187,7 +188,7 @@ class Writes:
             if deadline.remaining() <= pause:
                 why = retry[0][1]
                 for write in batch:
-                    write.error = self._timeout_error(deadline, f"the host could not start its term: {why}")
+                    write.error = self._timeout_error(deadline, f"the host asked to send it again: {why}")
                 return
             time.sleep(pause)
             pause = min(pause * 2, _RETRY_MAX)
