@@ -142,3 +142,42 @@ def test_a_poke_that_only_asks_to_look_again_is_not_sent_to_a_sleeper_that_looks
         assert os.get_blocking(fd) is False
     finally:
         wakeup.close()
+
+
+@pytest.mark.timeout(30)
+def test_closing_connections_while_the_server_starts_a_handler_thread_joins_it(
+    runtime_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The server thread lists a handler thread, then starts it. close_connections() in between
+    # joined a thread not started yet: RuntimeError ("cannot join thread before it is started"),
+    # seen in CI once the ready threads started after the host's first connection.
+    listed, go = threading.Event(), threading.Event()
+    real_start = threading.Thread.start
+
+    def start(thread: threading.Thread) -> None:
+        if thread.name == "ipchannel-handler:slow" and not go.is_set():
+            listed.set()
+            go.wait(10)  # listed by the server, not started: a wide window
+        real_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    with ipchannel.Channel("slow", _peers.echo_handler, runtime_dir=runtime_dir) as channel:
+        channel.connect()
+        wait_until(listed.is_set)
+        term = channel._hosting.term  # noqa: SLF001 - the host's server, as test_policy reaches it
+        assert term is not None
+        failed: list[BaseException] = []
+
+        def close_connections() -> None:
+            try:
+                term[0].close_connections()
+            except BaseException as exc:  # noqa: BLE001 - the test reports it
+                failed.append(exc)
+
+        closer = threading.Thread(target=close_connections)
+        closer.start()
+        closer.join(0.5)  # before the fix it failed at once; after, it waits for the start
+        go.set()
+        closer.join(10)
+        assert not closer.is_alive()
+        assert failed == []

@@ -80,6 +80,7 @@ class _Accepting(socketserver.BaseServer):
         self.channel_name, self._listener = name, listener
         self.socket = listener.sock  # a handler's self.server.socket, as on socketserver's own servers
         self._tracked_lock = threading.Lock()
+        self._starting = threading.Lock()  # held while a handler thread is listed but not yet started
         self._live_requests: set[socket.socket] = set()
         self._handler_threads: set[threading.Thread] = set()
         self._jobs: queue.SimpleQueue[tuple[Any, Any] | None] = queue.SimpleQueue()
@@ -162,20 +163,21 @@ class _Accepting(socketserver.BaseServer):
             name=f"ipchannel-handler:{self.channel_name}",
             daemon=True,
         )
-        with self._tracked_lock:
-            if job is None and self._retired:
-                return  # the server stopped while its thread started them: none would be told to exit
-            self._handler_threads.add(thread)
-            if job is None:
-                self._idle += 1
-        try:
-            thread.start()
-        except BaseException:  # e.g. an interpreter that exits: no thread counted that does not run
+        with self._starting:  # ``tracked()`` lists no thread that has not started: join() would raise
             with self._tracked_lock:
-                self._handler_threads.discard(thread)
+                if job is None and self._retired:
+                    return  # the server stopped while its thread started them: none would be told to exit
+                self._handler_threads.add(thread)
                 if job is None:
-                    self._idle -= 1
-            raise
+                    self._idle += 1
+            try:
+                thread.start()
+            except BaseException:  # e.g. an interpreter that exits: no thread counted that does not run
+                with self._tracked_lock:
+                    self._handler_threads.discard(thread)
+                    if job is None:
+                        self._idle -= 1
+                raise
 
     def _handler_loop(self, job: tuple[Any, Any] | None, inherited: bool) -> None:
         """Serve one connection after another: ``job``, then what ``process_request`` queues."""
@@ -230,7 +232,8 @@ class _Accepting(socketserver.BaseServer):
             self._jobs.put(None)
 
     def tracked(self) -> tuple[list[socket.socket], list[threading.Thread]]:
-        with self._tracked_lock:
+        """Return the live connections and the handler threads, all started (a start under way ends first)."""
+        with self._starting, self._tracked_lock:
             return list(self._live_requests), list(self._handler_threads)
 
     def live_requests_after_fork(self) -> list[socket.socket]:
