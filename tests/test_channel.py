@@ -666,6 +666,7 @@ def test_threads_of_a_host_elected_by_its_monitor_leave_signals_to_the_applicati
     sock.sendall(b"x\n")
     _peers.read_line(sock)
     ours = [t for t in threading.enumerate() if t.name.startswith(("ipchannel-server", "ipchannel-handler"))]
+    wait_until(lambda: all(t.native_id is not None for t in ours))  # ready threads start after a connection
     assert {t.name.split(":")[0] for t in ours} == {"ipchannel-server", "ipchannel-handler"}
     sigterm = 1 << (signal.SIGTERM - 1)
     for thread in ours:
