@@ -124,18 +124,29 @@ class _Accepting(socketserver.BaseServer):
 
     # -- the thread pool ---------------------------------------------------------------------
 
-    def start_ready_threads(self, count: int = READY_THREADS) -> None:
-        """Have ``count`` idle handler threads (at most ``IDLE_THREADS``), so the first clients start none."""
-        with self._tracked_lock:
-            missing = min(count, IDLE_THREADS) - self._idle
-        for _ in range(missing):
-            self._start_handler_thread(None)
+    def start_ready_threads(self, count: int) -> None:
+        """Have ``count`` idle handler threads (at most ``IDLE_THREADS``); serve all the same if that fails.
+
+        Run on the server thread. Without them every connection starts its own thread, and
+        ``shutdown()`` still waits for it.
+        """
+        try:
+            with self._tracked_lock:
+                missing = min(count, IDLE_THREADS) - self._idle
+            for _ in range(missing):
+                self._start_handler_thread(None)
+        except Exception:
+            exiting = not threading.main_thread().is_alive()  # 3.12+ starts no thread then
+            level = logging.DEBUG if exiting else logging.WARNING
+            _LOGGER.log(
+                level, "channel %r: no handler thread started ahead", self.channel_name, exc_info=True
+            )
 
     def service_actions(self) -> None:
         """After each look at the listener (socketserver's hook): start the deferred ready threads once."""
         count, self.deferred_ready = self.deferred_ready, 0
         if count:
-            _ready_threads(self, count)
+            self.start_ready_threads(count)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         with self._tracked_lock:
@@ -290,7 +301,7 @@ class Server:
     def _serve(self, ready: int, inherited: bool) -> None:
         _platform.leave_signals_to_the_application(inherited=inherited)
         try:
-            _ready_threads(self._server, ready)
+            self._server.start_ready_threads(ready)
             self._server.serve_forever(poll_interval=_SERVE_POLL)
         except Exception:
             _LOGGER.exception("channel %r: server thread died", self._name)
@@ -358,18 +369,3 @@ class Server:
                 sock.close()
             except OSError:
                 continue
-
-
-def _ready_threads(server: _Accepting, count: int) -> None:
-    """Start ``count`` ready handler threads on the server thread; serve all the same if that fails.
-
-    Without them every connection starts its own thread, and ``shutdown()`` still waits for it.
-    """
-    if not count:
-        return
-    try:
-        server.start_ready_threads(count)
-    except Exception:
-        exiting = not threading.main_thread().is_alive()  # 3.12+ starts no thread then
-        level = logging.DEBUG if exiting else logging.WARNING
-        _LOGGER.log(level, "channel %r: no handler thread started ahead", server.channel_name, exc_info=True)
