@@ -549,6 +549,10 @@ class _FakeMembership:
         self.alone_in = alone_in
 
 
+def _subscription() -> None:
+    """What cuts a subscription off (``Members.confirmed``, ``gone``): one connection's, in these tests."""
+
+
 def _members(membership: _FakeMembership, max_lag: float = 0.2, serving: int | None = 1) -> Any:
     """Members of a process that may serve as host of generation ``serving`` (None: handing over)."""
     from ipchannel._shareddict.members import Members  # noqa: PLC0415 - the unit under test
@@ -599,11 +603,31 @@ def test_a_member_whose_subscription_ends_leaves_but_not_while_the_host_hands_ov
     membership = _FakeMembership("h", {"h", "a"})
     members = _members(membership)
     members.start_term(1)
-    members.confirmed("a", 1, 0, lambda: None)
-    members.gone("a")
+    members.confirmed("a", 1, 0, _subscription)
+    members.gone("a", _subscription)
     assert membership.recorded.members == ["h"]
     closing = _members(_FakeMembership("h", {"h", "a"}), serving=None)
-    closing.gone("a")  # nothing to record: the next host's set is not ours to write
+    closing.gone("a", _subscription)  # nothing to record: the next host's set is not ours to write
+
+
+def test_a_member_that_confirmed_on_a_new_subscription_stays_when_the_old_one_ends() -> None:
+    # Each connection has a handler thread of its own: the new subscription's first confirmation
+    # can be taken before the old one's end is seen. Taken out then, the member stayed out until
+    # its next confirmation, which a process that writes nothing never sends (seen in CI, 3.13).
+    membership = _FakeMembership("h", {"h", "a"})
+    members = _members(membership)
+    members.start_term(1)
+
+    def new_subscription() -> None:
+        """The member's next connection's."""
+
+    members.confirmed("a", 1, 0, _subscription)
+    members.confirmed("a", 1, 0, new_subscription)  # it subscribed again and confirmed there
+    members.gone("a", _subscription)  # then the old connection's end is seen
+    assert membership.recorded.members == ["a", "h"]
+    members.wait(1, 0)  # still waited for, and it holds 0: acknowledged
+    members.gone("a", new_subscription)
+    assert membership.recorded.members == ["h"]
 
 
 def test_a_host_that_closes_with_no_other_member_records_that_nobody_holds_its_writes(
@@ -657,11 +681,11 @@ def test_a_host_elected_again_writes_nothing_of_its_old_term_before_the_new_one_
     membership = _FakeMembership("h", {"h", "a", "b", "d"})
     members = Members("t", membership, 0.2, lambda: serving[0], lambda: (1, 5))
     members.start_term(1)
-    members.confirmed("a", 1, 0, lambda: None)
+    members.confirmed("a", 1, 0, _subscription)
     serving[0] = None  # stepped down; another host's term 2 records its own set
     membership.recorded = Recorded(2, "h2", ["d", "h2"])
     serving[0] = 3  # elected again: term 3, not started yet (its first request has not come)
-    members.gone("a")
+    members.gone("a", _subscription)
     members.confirmed("b", 1, 0, lambda: None)
     assert membership.recorded == Recorded(2, "h2", ["d", "h2"])
     members.start_term(3)  # the term starts: the living members of term 2 stay
@@ -694,9 +718,9 @@ def test_a_member_stays_waited_for_while_its_leaving_cannot_be_recorded() -> Non
     membership = _FakeMembership("h", {"h", "a"})
     members = _members(membership, max_lag=0.05)
     members.start_term(1)
-    members.confirmed("a", 1, 0, lambda: None)
+    members.confirmed("a", 1, 0, _subscription)
     record, refusals = membership.record, _refuse_records(membership)
-    members.gone("a")  # cannot be recorded out: still waited for
+    members.gone("a", _subscription)  # cannot be recorded out: still waited for
     waiting, outcome = _waiting(members, 1, 1)
     # Applied and published: neither failed (a caller retrying an incr would apply it twice; found
     # by a helper attacking 786bb59) nor acknowledged without it while the record names it.

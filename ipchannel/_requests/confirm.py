@@ -33,8 +33,9 @@ class Confirmations:
     #: host side, for each CONFIRM (on the connection's handler thread): member, generation,
     #: position, and a function that cuts that subscriber off (it subscribes again by itself)
     confirmed: Callable[[str, int, int, Callable[[], None]], None]
-    #: host side, when a connection that confirmed as ``member`` ends (its handler thread)
-    gone: Callable[[str], None]
+    #: host side, when a connection that confirmed as ``member`` ends (its handler thread): the
+    #: member, and the function that cut that connection off (as given to ``confirmed``)
+    gone: Callable[[str, Callable[[], None]], None]
     #: subscriber side, once the subscription moved to a new host (on ``ipchannel-subscriber:NAME``):
     #: what the old host sent last may not have come (it cut us off, then died), so catch up
     moved: Callable[[], None]

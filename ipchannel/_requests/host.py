@@ -182,7 +182,7 @@ class RequestHost:
             peer.cut_off()  # a send blocked in the outbox's thread ends with it
             peer.outbox.close()
             if peer.member and self._confirmations is not None:
-                self._confirmations.gone(peer.member)
+                self._confirmations.gone(peer.member, peer.cut_off)
 
     def _confirmed(self, peer: _Peer, payload: bytes) -> None:
         """Pass a subscriber's word on what it holds to the layer above (``Confirmations``)."""

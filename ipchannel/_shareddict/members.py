@@ -131,10 +131,20 @@ class Members:
                 known.position, known.cut = max(known.position, position), cut or known.cut
             self._cond.notify_all()
 
-    def gone(self, member: str) -> None:
-        """Let a member whose subscription ended leave (a handler thread): it takes no more writes."""
+    def gone(self, member: str, cut: Callable[[], None]) -> None:
+        """Let a member whose subscription ended leave (a handler thread): it takes no more writes.
+
+        ``cut``: the ended connection's. A member that confirmed on a newer connection before
+        this end was seen (its subscription moved on: handler threads race) stays a member.
+        """
         with self._cond:
-            if member in self._members and self._in_term() and not self._left:
+            known = self._members.get(member)
+            if known is not None and known.cut is not None and known.cut != cut:
+                # it confirmed on a newer connection before this one's end was seen
+                _LOGGER.debug(
+                    "shared dict %r: %s stays a member: an old connection ended", self._name, member
+                )
+            elif known is not None and self._in_term() and not self._left:
                 # recorded out first, only then out of what writes wait for; if the record
                 # fails, writes go on waiting for it (``wait`` tries again after max_lag)
                 try:
