@@ -610,22 +610,62 @@ def test_a_member_whose_subscription_ends_leaves_but_not_while_the_host_hands_ov
     closing.gone("a", _subscription)  # nothing to record: the next host's set is not ours to write
 
 
-def test_a_member_that_confirmed_on_a_new_subscription_stays_when_the_old_one_ends() -> None:
-    # Each connection has a handler thread of its own: the new subscription's first confirmation
-    # can be taken before the old one's end is seen. Taken out then, the member stayed out until
-    # its next confirmation, which a process that writes nothing never sends (seen in CI, 3.13).
+def _new_subscription() -> None:
+    """What cuts off a member's next connection (``Members.subscribed``)."""
+
+
+@pytest.mark.parametrize(
+    "late",
+    [
+        # Each connection has a handler thread of its own, so the old connection's frames and end
+        # can be taken after the new one's. Taken out by that end, the member stayed out until its
+        # next confirmation, which a process that writes nothing never sends (seen in CI on 3.13).
+        "the new connection's confirmation before the old one's end",
+        # It made the old connection current again, and that one's end then took the member out.
+        "a confirmation the old connection carried, taken after the new one's",
+        # A member that rejoined by request after a resync names no connection there.
+        "a rejoin by request after a resync",
+    ],
+)
+def test_a_member_subscribed_on_a_new_connection_stays_when_the_old_one_ends_late(late: str) -> None:
     membership = _FakeMembership("h", {"h", "a"})
     members = _members(membership)
     members.start_term(1)
-
-    def new_subscription() -> None:
-        """The member's next connection's."""
-
+    members.subscribed("a", _subscription)  # what the host does on SUBSCRIBE (``RequestHost._named``)
     members.confirmed("a", 1, 0, _subscription)
-    members.confirmed("a", 1, 0, new_subscription)  # it subscribed again and confirmed there
+    members.subscribed("a", _new_subscription)  # it subscribed again, on a new connection
+    if late == "the new connection's confirmation before the old one's end":
+        members.confirmed("a", 1, 0, _new_subscription)
+    elif late == "a confirmation the old connection carried, taken after the new one's":
+        members.confirmed("a", 1, 0, _new_subscription)
+        members.confirmed("a", 1, 1, _subscription)
+    else:
+        members.gone("a", _new_subscription)  # its new subscription ended too: out
+        assert membership.recorded.members == ["h"]
+        members.subscribed("a", _new_subscription)  # a third connection, as far as the set goes
+        members.confirmed("a", 1, 0, None)  # resynced, and said so by request
+    assert membership.recorded.members == ["a", "h"]
     members.gone("a", _subscription)  # then the old connection's end is seen
     assert membership.recorded.members == ["a", "h"]  # recorded and, with it, waited for
-    members.gone("a", new_subscription)
+    members.gone("a", _new_subscription)
+    assert membership.recorded.members == ["h"]
+
+
+def test_a_connection_that_names_its_member_late_takes_it_out_until_its_next_confirmation() -> None:
+    # The one order the set cannot tell: a connection whose handler thread started late names the
+    # member after its newer one did. Its end takes the member out; the next confirmation on the
+    # connection it is really on brings it back, and that connection's end takes it out again.
+    membership = _FakeMembership("h", {"h", "a"})
+    members = _members(membership)
+    members.start_term(1)
+    members.subscribed("a", _new_subscription)
+    members.confirmed("a", 1, 0, _new_subscription)
+    members.subscribed("a", _subscription)  # the older connection, named late
+    members.gone("a", _subscription)
+    assert membership.recorded.members == ["h"]
+    members.confirmed("a", 1, 0, _new_subscription)
+    assert membership.recorded.members == ["a", "h"]
+    members.gone("a", _new_subscription)
     assert membership.recorded.members == ["h"]
 
 

@@ -30,11 +30,14 @@ class Confirmations:
     #: (member, host generation, position) to confirm, or None for nothing new; True: on a new
     #: connection, said whatever the last message was (the host counts members per connection)
     position: Callable[[bool], tuple[str, int, int] | None]
+    #: host side, once a connection names its member (SUBSCRIBE or CONFIRM; its handler thread):
+    #: the member, and the function that cuts that connection off (the process subscribes on it now)
+    subscribed: Callable[[str, Callable[[], None]], None]
     #: host side, for each CONFIRM (on the connection's handler thread): member, generation,
     #: position, and a function that cuts that subscriber off (it subscribes again by itself)
     confirmed: Callable[[str, int, int, Callable[[], None]], None]
-    #: host side, when a connection that confirmed as ``member`` ends (its handler thread): the
-    #: member, and the function that cut that connection off (as given to ``confirmed``)
+    #: host side, when a connection that named ``member`` ends, or names another (its handler
+    #: thread): the member, and the function that cut that connection off (as to ``subscribed``)
     gone: Callable[[str, Callable[[], None]], None]
     #: subscriber side, once the subscription moved to a new host (on ``ipchannel-subscriber:NAME``):
     #: what the old host sent last may not have come (it cut us off, then died), so catch up

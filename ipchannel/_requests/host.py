@@ -69,7 +69,7 @@ class _Peer:
                 self.where = f" at {address[0]}:{address[1]}"
         self.outbox = Outbox(name, conn, self.lock, f"client connection{self.where}", limits, self.cut_off)
         self.subscribed = False
-        self.member = ""  # the name it confirmed under (``Confirmations``), if any
+        self.member = ""  # the member name it gave (SUBSCRIBE, CONFIRM: ``Confirmations``), if any
 
     def send(self, frame: bytes) -> bool:
         """Send or queue ``frame``; False if the client went away (its process resends to whoever hosts)."""
@@ -188,8 +188,18 @@ class RequestHost:
         """Pass a subscriber's word on what it holds to the layer above (``Confirmations``)."""
         assert self._confirmations is not None
         generation, position = CONFIRMED.unpack_from(payload)
-        peer.member = bytes(payload[CONFIRMED.size :]).decode(errors="replace")  # garbage names nobody
+        self._named(peer, payload[CONFIRMED.size :])
         self._confirmations.confirmed(peer.member, generation, position, peer.cut_off)
+
+    def _named(self, peer: _Peer, name: bytes) -> None:
+        """Take the member name ``peer`` gave (SUBSCRIBE, CONFIRM): its subscription is on this connection."""
+        assert self._confirmations is not None
+        member = bytes(name).decode(errors="replace")  # garbage names nobody
+        if member != peer.member:  # this connection is new to it (it named nobody, or another)
+            if peer.member:
+                self._confirmations.gone(peer.member, peer.cut_off)
+            peer.member = member
+            self._confirmations.subscribed(member, peer.cut_off)
 
     def _answer(self, peer: _Peer, ident: int, payload: bytes) -> None:
         # A host giving hosting up answers nothing, not even the error its closing caused: the
@@ -310,7 +320,7 @@ class RequestHost:
         )
         who = f"pid {pid}{peer.where}"
         if self._confirmations is not None and len(payload) > 1 + SUBSCRIBER.size:  # its member name
-            peer.member = bytes(payload[1 + SUBSCRIBER.size :]).decode(errors="replace")
+            self._named(peer, payload[1 + SUBSCRIBER.size :])
         with self._lock:
             self._start_term()
             if not peer.subscribed:

@@ -146,6 +146,7 @@ class SharedDict(_fork.ProcessBound, SnapshotViews, MutableMapping[Any, Any]):
             _kind="SharedDict",  # errors name the class the user holds
             _confirmations=Confirmations(
                 self._confirmation,
+                self._members.subscribed,
                 self._members.confirmed,
                 self._members.gone,
                 lambda: self._replica.on_missed(self._resync),  # moved: the old host may have cut us off

@@ -16,7 +16,7 @@ The promise: an acknowledged write is lost only if every process that held it ha
   must not host from what it has, even if the host died meanwhile. Once every member
   is dead, it may, and says what is lost (ERROR).
 
-Threads: ``confirmed`` and ``gone`` run on the host's handler threads, ``wait`` on the
+Threads: ``subscribed``, ``confirmed`` and ``gone`` run on the host's handler threads, ``wait`` on the
 thread that committed the batch, ``may_campaign`` wherever an election is tried.
 """
 
@@ -47,7 +47,6 @@ _RECORD_AGAIN = 0.5
 @dataclass
 class _Member:
     position: int  # the highest it confirmed in this term
-    cut: Callable[[], None] | None  # ends its subscription (None: not subscribed to us yet)
 
 
 class Members:
@@ -75,6 +74,9 @@ class Members:
         self._cond = threading.Condition()
         self._term: int | None = None  # the host term the set is of
         self._members: dict[str, _Member] = {}  # the others: this process holds what it acknowledges
+        # each process's subscription: what cuts off the connection it last named itself on, until
+        # that one ends; its older connections' late frames and ends change nothing (``gone``)
+        self._subscriptions: dict[str, Callable[[], None]] = {}
         self._acknowledged = 0  # the highest position ``wait`` let be acknowledged in the term
         self._told_lost: object = None  # the record whose loss was last reported (``may_campaign``)
         self._record_failing = False  # recording a member out failed, said at WARNING (``wait``)
@@ -100,16 +102,26 @@ class Members:
             # -1: nothing confirmed in this term yet. They hold every write acknowledged so far, not
             # the ones the previous host applied and never acknowledged, which this term answers
             # "dup": those wait until each confirmed a position of this term (``wait``; it resyncs).
-            self._members = {member: _Member(-1, None) for member in alive}
+            self._members = {member: _Member(-1) for member in alive}
+
+    def subscribed(self, member: str, cut: Callable[[], None]) -> None:
+        """Take a connection that names ``member`` (a handler thread), and that ``cut`` ends: it is on it now.
+
+        Opened after its earlier one ended, whose handler thread may take that end later (``gone``).
+        """
+        with self._cond:
+            self._subscriptions[member] = cut
 
     def confirmed(self, member: str, generation: int, position: int, cut: Callable[[], None] | None) -> None:
         """Take a replica's confirmation (a handler thread); it joins if it holds every acknowledged write.
 
-        ``cut`` ends its subscription; None when it said so by request, after a resync.
+        ``cut`` ends the connection it confirmed on; None when it said so by request, after a resync.
         """
         if _hooks.pause is not None:
             _hooks.pause("members.confirmed", member)
         with self._cond:
+            if cut is not None:  # none known: the connection it last named itself on ended first
+                self._subscriptions.setdefault(member, cut)
             if not self._in_term() or self._left:
                 return
             if generation != self._term or self.membership is None or member == self.membership.me():
@@ -120,7 +132,7 @@ class Members:
                     return  # it lacks an acknowledged write: it joins once it confirms past it
                 # in, then recorded: joining only shrinks who may campaign; if the record
                 # fails, the host waits for it all the same, and tries again at the next change
-                self._members[member] = _Member(position, cut)
+                self._members[member] = _Member(position)
                 try:
                     self._record(self._members)
                 except (ChannelError, OSError) as exc:
@@ -128,23 +140,26 @@ class Members:
                         "shared dict %r: cannot record %s as a member: %s", self._name, member, exc
                     )
             else:
-                known.position, known.cut = max(known.position, position), cut or known.cut
+                known.position = max(known.position, position)
             self._cond.notify_all()
 
     def gone(self, member: str, cut: Callable[[], None]) -> None:
         """Let a member whose subscription ended leave (a handler thread): it takes no more writes.
 
-        ``cut``: the ended connection's. A member that confirmed on a newer connection before
-        this end was seen (its subscription moved on: handler threads race) stays a member.
+        ``cut``: the ended connection's. The end of a connection the process no longer
+        subscribes on (it named itself on a newer one: ``subscribed``) changes nothing.
         """
+        if _hooks.pause is not None:
+            _hooks.pause("members.gone", member)
         with self._cond:
-            known = self._members.get(member)
-            if known is not None and known.cut is not None and known.cut != cut:
-                # it confirmed on a newer connection before this one's end was seen
+            self._cond.notify_all()  # a handover too: ``wait`` gives up
+            if self._subscriptions.get(member) != cut:  # bound methods: equal, not the same object
                 _LOGGER.debug(
-                    "shared dict %r: %s stays a member: an old connection ended", self._name, member
+                    "shared dict %r: %s stays a member: an old connection of it ended", self._name, member
                 )
-            elif known is not None and self._in_term() and not self._left:
+                return
+            del self._subscriptions[member]
+            if member in self._members and self._in_term() and not self._left:
                 # recorded out first, only then out of what writes wait for; if the record
                 # fails, writes go on waiting for it (``wait`` tries again after max_lag)
                 try:
@@ -156,7 +171,6 @@ class Members:
                     _LOGGER.debug(
                         "shared dict %r: %s is out of the members: its subscription ended", self._name, member
                     )
-            self._cond.notify_all()  # a handover too: ``wait`` gives up
 
     def wait(self, generation: int, position: int, exempt: str = "") -> None:
         """Return once every member confirmed ``position`` of ``generation`` or left (recorded first).
@@ -206,7 +220,9 @@ class Members:
     def _leave_behind(self, behind: list[str], position: int) -> None:
         """Record out the members that did not confirm ``position`` in time; cut them off (with the lock)."""
         self._record([name for name in self._members if name not in behind])  # first: it may fail
-        cuts = [self._members.pop(name).cut for name in behind]
+        for name in behind:
+            del self._members[name]
+        cuts = [self._subscriptions.get(name) for name in behind]
         _LOGGER.warning(
             "shared dict %r: %s did not confirm change %d:%d within %.1f s; acknowledged without it,"
             " it resyncs when it runs again",
