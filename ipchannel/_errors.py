@@ -142,7 +142,9 @@ class RuntimeDirError(ChannelError, OSError):
 class JournalError(ChannelError, OSError):
     """A durable SharedDict's journal cannot be written or read; ``path`` says where.
 
-    A write refused with it was applied nowhere; reads keep answering from memory. ``problem``
+    A write refused with it was applied nowhere; reads keep answering from memory. Unless the
+    message says the host could not start its term: then a write sent again after its host
+    died may have been applied by that host, as after a ChannelTimeout. ``problem``
     says what failed, ``hint`` what to do about it, and ``errno`` is the system's error
     number when one caused it (``errno.ENOSPC``: the disk is full).
     """

@@ -106,6 +106,34 @@ def test_a_host_killed_after_journaling_a_batch_answers_its_writes_once_through_
     assert _reopen(journal_dir) == {"n": expected}  # and the journal holds each write once
 
 
+@pytest.mark.timeout(90)
+def test_a_write_resent_to_a_host_that_cannot_open_the_journal_is_not_said_to_be_applied_nowhere(
+    peers: Peers, journal_dir: Path, tmp_path: Path
+) -> None:
+    # Its host had applied and published it, then died; the next could not replay the journal and
+    # refused it with JournalError, which says "applied nowhere": a caller who trusted that and
+    # wrote again would apply it twice.
+    holder, writer, other = peers.start_dicts(3, **_ALWAYS, journal_dir=str(journal_dir))
+    assert _host([holder, writer, other]) is holder
+    writer.call("incr", key="n", times=10)
+    flag = tmp_path / "paused"
+    holder.call("pause_at", point="shareddict.published", marker='"n"', flag=str(flag))
+    writer.call("count", key="n", threads=1)
+    wait_until(flag.exists, timeout=10)  # applied and published: no answer yet
+    log, elsewhere = _log(journal_dir), tmp_path / "elsewhere"
+    log.rename(elsewhere)
+    log.symlink_to(elsewhere)  # never followed: the next host cannot replay the journal
+    holder.kill()
+    stopped = writer.call("stop_count", timeout=60)  # the write in flight is resent, and refused
+    assert stopped["returned"] == 0
+    assert len(stopped["errors"]) == 1
+    (error,) = stopped["errors"]
+    assert error.startswith("JournalError: ")
+    assert "is a symlink" in error
+    assert "may have been applied by that host" in error
+    wait_until(lambda: other.call("copy")["items"] == [("n", 11)])  # it was: the replicas hold it
+
+
 # -- files that are not what the journal wrote ---------------------------------------------------
 
 

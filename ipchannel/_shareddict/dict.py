@@ -81,7 +81,8 @@ class SharedDict(_fork.ProcessBound, SnapshotViews, MutableMapping[Any, Any]):
     :param appendfsync: ``"always"``, ``"everysec"`` (the default) or ``"no"``, as Redis's option.
     :param journal_dir: the journal's directory (default: the runtime directory, emptied at reboot).
     :raises TypeError: (from a write) a key or value the codec would not bring back equal.
-    :raises JournalError: (a durable dict's write) the journal cannot take it: applied nowhere.
+    :raises JournalError: (a durable dict's write) the journal cannot take it: not applied (but see
+        ``JournalError``: sent again after its host died, it may have been applied by that host).
     :raises ChannelClosed: any read or write after ``close()``.
     """
 

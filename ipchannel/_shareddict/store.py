@@ -40,6 +40,11 @@ __all__ = ["Store"]
 _LOGGER = logging.getLogger("ipchannel")
 _TERM_WAIT = 2.0  # how long a new host waits for its replica to catch up before starting anyway
 _JOIN_TIMEOUT = 2.0
+#: What a write refused by a host that could not start its term from the journal is told, beside why.
+_NOT_STARTED = (
+    "; the host could not start its term, so it applied nothing: a write sent again after the"
+    " previous host ended may have been applied by that host"
+)
 
 
 class _Queued:
@@ -262,7 +267,8 @@ class Store:
         try:
             self._start_term()
         except JournalError as exc:
-            outcome = _refusal(exc)
+            # not applied here; but a write sent again after its host died may have been there
+            outcome = _refusal(exc, _NOT_STARTED)
         except ChannelClosed:  # no longer hosting: nobody answers, and the writers ask the next host
             raise
         except (OSError, ChannelError) as exc:  # the engine's errors are ChannelErrors
@@ -353,9 +359,9 @@ class Store:
         self.end_term()
 
 
-def _refusal(exc: JournalError) -> list[Any]:
-    """Return how a write refused for ``exc`` is answered: the writer raises JournalError as it is."""
-    return ["journal", exc.path, exc.problem, exc.hint, exc.errno]
+def _refusal(exc: JournalError, then: str = "") -> list[Any]:
+    """Return how a write refused for ``exc`` is answered: the writer raises JournalError (``then`` added)."""
+    return ["journal", exc.path, exc.problem + then, exc.hint, exc.errno]
 
 
 def _lone_writer(batch: list[_Queued]) -> str:
