@@ -9,8 +9,8 @@ process sets it to ``pause(point, detail)``, which may block; the points are:
   listed it among the channel's sockets yet (``detail``: the socket);
 - ``"members.confirmed"``: the host got a replica's confirmation and has not taken it yet
   (``detail``: the member's name);
-- ``"members.gone"``: a connection that named a member ended, and the host has not
-  taken that end yet (``detail``: the member's name);
+- ``"members.gone"``: a connection that named a member ended (or named another), and the
+  host has not taken that yet (``detail``: the member's name);
 - ``"members.locked"``: a process took the flock of a SharedDict's local members record
   and has not changed the record yet (``detail``: the lock file's path);
 - ``"members.written"``: a process wrote the members record's temporary file and has not

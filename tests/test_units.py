@@ -669,6 +669,40 @@ def test_a_connection_that_names_its_member_late_takes_it_out_until_its_next_con
     assert membership.recorded.members == ["h"]
 
 
+def test_a_member_that_rejoined_by_request_with_no_connection_known_leaves_at_an_old_ones_end() -> None:
+    # Review of 2cc26eb: its new connection ended (the process died) before its "synced" request,
+    # sent meanwhile on another connection, was taken; the old connection's end, seen last, kept it.
+    membership = _FakeMembership("h", {"h", "a"})
+    members = _members(membership, max_lag=0.5)
+    members.start_term(1)
+    members.subscribed("a", _subscription)
+    members.confirmed("a", 1, 0, _subscription)
+    members.subscribed("a", _new_subscription)  # the old one was cut; it subscribed again...
+    members.gone("a", _new_subscription)  # ...and that one ended too: out, no connection of it known
+    assert membership.recorded.members == ["h"]
+    members.confirmed("a", 1, 0, None)  # its "synced" request, taken late: in again
+    members.gone("a", _subscription)  # the old connection's end, taken last: nothing of it is left
+    assert membership.recorded.members == ["h"]  # else the next write waits max_lag for a dead process
+    started = time.monotonic()
+    members.wait(1, 1)
+    assert time.monotonic() - started < 0.4
+
+
+def test_a_member_does_not_join_by_request_once_every_connection_it_named_ended() -> None:
+    # Review of 2cc26eb: its only connection's end was taken before its "synced" request: in with
+    # no connection, it stayed until a write waited max_lag for it (the process had died).
+    membership = _FakeMembership("h", {"h", "a"})
+    members = _members(membership, max_lag=0.5)
+    members.start_term(1)
+    members.subscribed("a", _subscription)
+    members.gone("a", _subscription)
+    members.confirmed("a", 1, 0, None)
+    assert membership.recorded.members == ["h"]
+    members.subscribed("a", _new_subscription)  # alive, it subscribes again: then it may join
+    members.confirmed("a", 1, 0, None)
+    assert membership.recorded.members == ["a", "h"]
+
+
 def test_a_host_that_closes_with_no_other_member_records_that_nobody_holds_its_writes(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

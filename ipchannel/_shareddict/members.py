@@ -122,6 +122,8 @@ class Members:
         with self._cond:
             if cut is not None:  # none known: the connection it last named itself on ended first
                 self._subscriptions.setdefault(member, cut)
+            elif member not in self._subscriptions:  # by request, and no connection of it known: each
+                return  # ended; a new one's first CONFIRM (or this request, sent after its ACK) takes it in
             if not self._in_term() or self._left:
                 return
             if generation != self._term or self.membership is None or member == self.membership.me():
@@ -154,9 +156,7 @@ class Members:
         with self._cond:
             self._cond.notify_all()  # a handover too: ``wait`` gives up
             if self._subscriptions.get(member) != cut:  # bound methods: equal, not the same object
-                _LOGGER.debug(
-                    "shared dict %r: %s stays a member: an old connection of it ended", self._name, member
-                )
+                _LOGGER.debug("shared dict %r: %s stays: an old connection of it ended", self._name, member)
                 return
             del self._subscriptions[member]
             if member in self._members and self._in_term() and not self._left:
@@ -220,9 +220,6 @@ class Members:
     def _leave_behind(self, behind: list[str], position: int) -> None:
         """Record out the members that did not confirm ``position`` in time; cut them off (with the lock)."""
         self._record([name for name in self._members if name not in behind])  # first: it may fail
-        for name in behind:
-            del self._members[name]
-        cuts = [self._subscriptions.get(name) for name in behind]
         _LOGGER.warning(
             "shared dict %r: %s did not confirm change %d:%d within %.1f s; acknowledged without it,"
             " it resyncs when it runs again",
@@ -232,7 +229,9 @@ class Members:
             position,
             self._max_lag,
         )
-        for cut in cuts:
+        for name in behind:
+            del self._members[name]
+            cut = self._subscriptions.get(name)  # its subscription now
             if cut is not None:
                 cut()
 
