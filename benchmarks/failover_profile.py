@@ -17,7 +17,6 @@ import argparse
 import fcntl
 import os
 import select
-import signal
 import statistics
 import subprocess
 import sys
@@ -25,8 +24,7 @@ import tempfile
 import threading
 import time
 
-from . import _workers as w
-from .run import Worker, spawn_many, workers
+from .run import crash_failovers, workers
 
 _INOTIFY = """
 import ctypes, os
@@ -131,42 +129,25 @@ def _cpu(pid: int) -> float:
 def failover(clients: int, kills: int) -> None:
     """The crash failover scenario, with each process's CPU per kill."""
     answered, per_client, host_cpu, later_client, later_host = [], [], [], [], []
+    before: dict[int, float] = {}
+
+    def snapshot(survivors: list[int]) -> None:
+        time.sleep(0.2)  # every thread parked
+        before.clear()
+        before.update({pid: _cpu(pid) for pid in survivors})
+
     with tempfile.TemporaryDirectory() as directory, workers() as started:
-        host = Worker(w.channel_host, "fo", directory, "pid")
-        started.append(host)
-        waiting = spawn_many(started, clients, w.failover_client, "fo", directory)
-        current, seen = host.pid, dict[int, int]()
-        for _ in range(kills):
-            for client in waiting:
-                while seen.get(client.pid) != current:
-                    seen[client.pid] = client.recv(30)["host"]
-            time.sleep(0.2)  # every thread parked
-            survivors = [c.pid for c in waiting if c.pid != current]
-            before = {pid: _cpu(pid) for pid in survivors}
-            killed_at = time.monotonic_ns()
-            os.kill(current, signal.SIGKILL)
-            victim = next((c for c in waiting if c.pid == current), None)
-            if victim is not None:
-                victim.proc.join(10)
-                waiting.remove(victim)
-            delays = []
-            for client in waiting:
-                report = client.recv(30)
-                delays.append((report["at"] - killed_at) / 1e6)
-                current = seen[client.pid] = report["host"]
-            at_answer = {pid: _cpu(pid) - before[pid] for pid in survivors}
+        for kill in crash_failovers(started, clients, kills, "fo", directory, before=snapshot):
+            at_answer = {pid: _cpu(pid) - before[pid] for pid in kill.survivors}
             time.sleep(0.1)
-            after = {pid: _cpu(pid) - before[pid] for pid in survivors}
-            others = [pid for pid in survivors if pid != current]
-            answered.append(max(delays))
+            after = {pid: _cpu(pid) - before[pid] for pid in kill.survivors}
+            answered.append((max(kill.answered_at) - kill.at) / 1e6)
+            others = [pid for pid in kill.survivors if pid != kill.host]
             if others:  # none when the new host is the only client that outlived the kill
                 per_client.append(statistics.mean(at_answer[pid] for pid in others) * 1000)
                 later_client.append(statistics.mean(after[pid] for pid in others) * 1000)
-            host_cpu.append(at_answer[current] * 1000)
-            later_host.append(after[current] * 1000)
-            if victim is not None:  # keep N clients
-                started.append(Worker(w.failover_client, "fo", directory))
-                waiting.append(started[-1])
+            host_cpu.append(at_answer[kill.host] * 1000)
+            later_host.append(after[kill.host] * 1000)
     print(f"crash failover, {clients} clients, {kills} kills: every client answered {_spread(answered)}")
     print(f"  CPU of each other client until then: {_spread(per_client)}")
     print(f"    100 ms later: {_spread(later_client)}")

@@ -489,6 +489,58 @@ def _flock_floor(cfg: Config, rd: str) -> Series:
     return floor
 
 
+@dataclass
+class Kill:
+    """One SIGKILL of the host in ``crash_failovers``."""
+
+    at: int  # time.monotonic_ns() just before it
+    survivors: list[int]  # the clients it left, the new host among them
+    answered_at: list[int]  # when each client had its first reply from the new host
+    host: int  # the new host
+
+
+def crash_failovers(
+    started: list[Worker],
+    clients: int,
+    kills: int,
+    name: str,
+    rd: str,
+    *,
+    before: Callable[[list[int]], object] | None = None,
+) -> Iterator[Kill]:
+    """Start a host and ``clients`` clients parked on it; SIGKILL whoever hosts, ``kills`` times.
+
+    Each kill is yielded once every client answered from the new host; a client killed
+    as host is replaced after that. ``before(survivors)`` runs just before each kill.
+    """
+    first = Worker(w.channel_host, name, rd, "pid")
+    started.append(first)
+    waiting = spawn_many(started, clients, w.failover_client, name, rd)
+    current, seen = first.pid, dict[int, int]()  # the host; client pid -> the host it last reported
+    for _ in range(kills):
+        for client in waiting:  # every client has seen the current host
+            while seen.get(client.pid) != current:
+                seen[client.pid] = client.recv(30)["host"]
+        survivors = [client.pid for client in waiting if client.pid != current]
+        if before is not None:
+            before(survivors)
+        killed_at = time.monotonic_ns()
+        os.kill(current, signal.SIGKILL)
+        victim = next((client for client in waiting if client.pid == current), None)
+        if victim is not None:
+            victim.proc.join(10)
+            waiting.remove(victim)
+        answered_at = []
+        for client in waiting:
+            report = client.recv(30)
+            answered_at.append(report["at"])
+            current = seen[client.pid] = report["host"]
+        yield Kill(killed_at, survivors, answered_at, current)
+        if victim is not None:  # keep N clients
+            started.append(Worker(w.failover_client, name, rd))
+            waiting.append(started[-1])
+
+
 def bench_failover(cfg: Config, rd: str) -> Result:
     ours: list[Series] = []
     for n, trials in cfg.failover_trials.items():
@@ -497,32 +549,10 @@ def bench_failover(cfg: Config, rd: str) -> Result:
         every = Series(f"N={n}: every client answered (slowest client per kill)", unit="ms")
         name = f"fo{n}"
         with workers() as started:
-            host = Worker(w.channel_host, name, rd, "pid")
-            started.append(host)
-            clients = spawn_many(started, n, w.failover_client, name, rd)
-            current = host.pid
-            seen: dict[int, int | None] = {}  # client pid -> the host it last reported
-            for _ in range(trials):
-                for c in clients:  # every client has seen the current host
-                    while seen.get(c.pid) != current:
-                        seen[c.pid] = c.recv(30)["host"]
-                killed_at = time.monotonic_ns()
-                os.kill(current, signal.SIGKILL)
-                victim = next((c for c in clients if c.pid == current), None)
-                if victim is not None:
-                    victim.proc.join(10)
-                    clients.remove(victim)
-                delays = []
-                for c in clients:
-                    report = c.recv(30)
-                    delays.append(report["at"] - killed_at)
-                    current = seen[c.pid] = report["host"]
+            for kill in crash_failovers(started, n, trials, name, rd):
+                delays = [ns - kill.at for ns in kill.answered_at]
                 each.samples.extend(delays)
                 every.samples.append(max(delays))
-                if victim is not None:  # keep N clients
-                    replacement = Worker(w.failover_client, name, rd)
-                    started.append(replacement)
-                    clients.append(replacement)
         ours.extend([each, every])
     progress("failover: the flock floor")
     floor = _flock_floor(cfg, rd)

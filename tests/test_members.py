@@ -165,11 +165,7 @@ def test_a_writer_whose_subscription_ends_after_its_own_batch_is_a_member_again_
     # nothing after it (the host did not wait for it); on a new connection it used to say nothing
     # either, and stayed out of the members until another process wrote.
     log = tmp_path / "ipchannel.log"
-    group = peers.start_dicts(2, log=str(log))
-    host = peers.host(group)
-    (writer,) = [peer for peer in group if peer is not host]
-    writer.call("incr", key="n", times=3)  # batches of its writes alone: it confirms none of them
-    wait_until(lambda: is_member(runtime_dir, writer.pid))
+    _host, writer = _host_and_member_writer(peers, log, runtime_dir)
     writer.call("end_subscription")
     wait_until(lambda: f"pid {writer.pid}@" in _out_of_the_members(log), timeout=10)  # recorded out
     wait_until(lambda: is_member(runtime_dir, writer.pid), timeout=5)  # and in again, with no write
@@ -183,11 +179,7 @@ def test_a_member_stays_when_its_old_subscriptions_end_is_taken_after_its_new_on
     # taken after the new one subscribed and confirmed. That end took the member out, and it
     # stayed out until its next confirmation (seen once in CI on 3.13). Held open here on purpose.
     log = tmp_path / "ipchannel.log"
-    group = peers.start_dicts(2, log=str(log))
-    host = peers.host(group)
-    (writer,) = [peer for peer in group if peer is not host]
-    writer.call("incr", key="n", times=1)
-    wait_until(lambda: is_member(runtime_dir, writer.pid))
+    host, writer = _host_and_member_writer(peers, log, runtime_dir)
     ended, confirmed, release = tmp_path / "ended", tmp_path / "confirmed", tmp_path / "release"
     member = f"pid {writer.pid}@"
     host.call("pause_at", point="members.gone", marker=member, flag=str(ended), release=str(release))
@@ -200,6 +192,16 @@ def test_a_member_stays_when_its_old_subscriptions_end_is_taken_after_its_new_on
     wait_until(lambda: member in _kept(log) + _out_of_the_members(log), timeout=10)  # taken
     assert member not in _out_of_the_members(log)
     assert is_member(runtime_dir, writer.pid)
+
+
+def _host_and_member_writer(peers: Peers, log: Path, runtime_dir: Path) -> tuple[Peer, Peer]:
+    """Two dict processes logging to ``log``: the host, and a writer recorded as a member."""
+    group = peers.start_dicts(2, log=str(log))
+    host = peers.host(group)
+    (writer,) = [peer for peer in group if peer is not host]
+    writer.call("incr", key="n", times=3)  # batches of its writes alone: it confirms none of them
+    wait_until(lambda: is_member(runtime_dir, writer.pid))
+    return host, writer
 
 
 def _kept(log: Path) -> str:
