@@ -25,6 +25,8 @@ from ipchannel._local.coordinator import read_record
 if TYPE_CHECKING:
     from pathlib import Path
 
+_OUT, _KEPT = "out of the members", "an old connection of it ended"  # what the host logs (``Members.gone``)
+
 
 def _stale_replica(peers: Peers, log: Path, runtime_dir: Path) -> tuple[Peer, Peer, Peer]:
     """Host, up-to-date writer, and a replica stopped while the writer's five writes were acknowledged.
@@ -167,7 +169,7 @@ def test_a_writer_whose_subscription_ends_after_its_own_batch_is_a_member_again_
     log = tmp_path / "ipchannel.log"
     _host, writer = _host_and_member_writer(peers, log, runtime_dir)
     writer.call("end_subscription")
-    wait_until(lambda: f"pid {writer.pid}@" in _out_of_the_members(log), timeout=10)  # recorded out
+    wait_until(lambda: f"pid {writer.pid}@" in _said(log, _OUT), timeout=10)  # recorded out
     wait_until(lambda: is_member(runtime_dir, writer.pid), timeout=5)  # and in again, with no write
 
 
@@ -189,8 +191,8 @@ def test_a_member_stays_when_its_old_subscriptions_end_is_taken_after_its_new_on
     wait_until(ended.exists, timeout=10)  # the old connection's end, held before it is taken
     wait_until(confirmed.exists, timeout=10)  # and the new one subscribed, and confirmed
     release.touch()
-    wait_until(lambda: member in _kept(log) + _out_of_the_members(log), timeout=10)  # taken
-    assert member not in _out_of_the_members(log)
+    wait_until(lambda: member in _said(log, _KEPT) + _said(log, _OUT), timeout=10)  # taken
+    assert member not in _said(log, _OUT)
     assert is_member(runtime_dir, writer.pid)
 
 
@@ -204,12 +206,9 @@ def _host_and_member_writer(peers: Peers, log: Path, runtime_dir: Path) -> tuple
     return host, writer
 
 
-def _kept(log: Path) -> str:
-    return "\n".join(line for line in log.read_text().splitlines() if "an old connection of it ended" in line)
-
-
-def _out_of_the_members(log: Path) -> str:
-    return "\n".join(line for line in log.read_text().splitlines() if "out of the members" in line)
+def _said(log: Path, text: str) -> str:
+    """The lines of ``log`` that contain ``text``."""
+    return "\n".join(line for line in log.read_text().splitlines() if text in line)
 
 
 @pytest.mark.timeout(60)
