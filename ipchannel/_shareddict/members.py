@@ -122,8 +122,8 @@ class Members:
         with self._cond:
             if cut is not None:  # none known: the connection it last named itself on ended first
                 self._subscriptions.setdefault(member, cut)
-            elif member not in self._subscriptions:  # by request, and no connection of it known: each
-                return  # ended; a new one's first CONFIRM (or this request, sent after its ACK) takes it in
+            elif member not in self._subscriptions:  # by request, and each connection it named has ended
+                return  # a live process's new connection takes it in (its first CONFIRM, or this after ACK)
             if not self._in_term() or self._left:
                 return
             if generation != self._term or self.membership is None or member == self.membership.me():
